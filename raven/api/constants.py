@@ -1,0 +1,40 @@
+"""Names shared with OpenYurt Raven: API group, labels, annotations, event reasons, defaults."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "raven.openyurt.io"
+VERSION: Final = "v1beta1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "Gateway"
+PLURAL: Final = "gateways"
+SHORT_NAME: Final = "gw"
+
+# A node belongs to gateway G when it carries this label with value G.
+LABEL_GATEWAY: Final = "raven.openyurt.io/gateway"
+# Labels on objects the controller owns (LoadBalancer Services and their Endpoints).
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "raven-controller"
+LABEL_OWNER_GATEWAY: Final = "raven.openyurt.io/owner-gateway"
+
+ENDPOINT_TYPE_TUNNEL: Final = "tunnel"
+ENDPOINT_TYPE_PROXY: Final = "proxy"
+ENDPOINT_TYPES: Final = frozenset({ENDPOINT_TYPE_TUNNEL, ENDPOINT_TYPE_PROXY})
+
+EXPOSE_TYPE_NONE: Final = ""
+EXPOSE_TYPE_PUBLIC_IP: Final = "PublicIP"
+EXPOSE_TYPE_LOAD_BALANCER: Final = "LoadBalancer"
+# None (absent) and "" both mean "not exposed".
+EXPOSE_TYPES: Final = frozenset({None, EXPOSE_TYPE_NONE, EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
+
+DEFAULT_TUNNEL_PORT: Final = 4500
+DEFAULT_PROXY_SECURE_PORT: Final = 10263
+DEFAULT_PROXY_INSECURE_PORT: Final = 10264
+
+EVENT_ACTIVE_ENDPOINT_ELECTED: Final = "ActiveEndpointElected"
+EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"
+
+# Our additive status condition types.
+CONDITION_VALID: Final = "Valid"
+CONDITION_READY: Final = "Ready"

@@ -1,0 +1,72 @@
+"""The few facts Raven needs about a Kubernetes Node, converted once at the edge from API JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from raven.api.constants import LABEL_GATEWAY
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ip: str | None
+    pod_cidrs: tuple[str, ...]
+    ready: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    being_deleted: bool = False
+    resource_version: str = ""
+
+    @property
+    def gateway(self) -> str | None:
+        """The Gateway this node belongs to (its `raven.openyurt.io/gateway` label), if any."""
+        value = self.labels.get(LABEL_GATEWAY)
+        return value or None
+
+    @property
+    def eligible(self) -> bool:
+        """May carry a gateway's traffic: Ready and not being deleted."""
+        return self.ready and not self.being_deleted
+
+    def problems(self) -> list[str]:
+        """What is missing or malformed for Raven's purposes (reported, never fatal)."""
+        out: list[str] = []
+        if not self.internal_ip:
+            out.append(f"node {self.name}: no InternalIP address")
+        if not self.pod_cidrs:
+            out.append(f"node {self.name}: no pod CIDR (spec.podCIDRs/spec.podCIDR)")
+        for cidr in self.pod_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                out.append(f"node {self.name}: invalid pod CIDR {cidr!r}")
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Node:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        internal_ip: str | None = None
+        for addr in status.get("addresses") or []:
+            if isinstance(addr, Mapping) and addr.get("type") == "InternalIP" and addr.get("address"):
+                internal_ip = str(addr["address"])
+                break
+        cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        ready = False
+        for cond in status.get("conditions") or []:
+            if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+                ready = cond.get("status") == "True"
+        labels = meta.get("labels") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            internal_ip=internal_ip,
+            pod_cidrs=tuple(str(c) for c in cidrs),
+            ready=ready,
+            labels={str(k): str(v) for k, v in labels.items()},
+            being_deleted=bool(meta.get("deletionTimestamp")),
+            resource_version=str(meta.get("resourceVersion", "")),
+        )

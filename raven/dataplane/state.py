@@ -1,0 +1,134 @@
+"""The node's network state as plain data: what the agent's plan wants and what the kernel/charon has.
+
+This is the contract between `raven.agent.plan` (pure: cluster view -> `DesiredState`) and the
+appliers in `raven.dataplane` (read current state, diff, apply). Every object here is one the agent
+owns and can recognise as its own: links named `raven*`, routes with protocol `RAVEN_RT_PROTO` in the
+agent's tables, rules at the agent's priorities, VICI connections named `raven-*`.
+
+All types are frozen and hashable so a diff is set arithmetic. Addresses and CIDRs are normalised
+strings (`str(ipaddress.ip_network(x))`), MACs lower case with colons.
+
+Addressing (see DESIGN.md "Data plane"):
+- `raven0` (intra-pool VXLAN, VNI 200, UDP 4472): every node in a pool with an active gateway has one,
+  with an overlay address derived from its node IP (240.0.0.0/8 + the IP's low 24 bits) and a MAC
+  derived from that overlay address. A non-gateway node routes remote subnets via the pool's virtual
+  next hop (one fixed address, `POOL_VIRTUAL_NEXT_HOP`) whose neighbour entry points to the active
+  gateway's raven0 MAC and whose FDB entry points to the gateway's node IP. A failover moves one
+  neighbour and one FDB entry, whatever the number of subnets.
+- `raven1` (inter-gateway VXLAN over IPsec): an active gateway holds its gateway's inner address (a
+  /32 stable per Gateway, not per node); the IPsec CHILD_SA to a peer protects inner/32 <-> inner/32;
+  a remote subnet is routed via the inner address of the gateway it is reached through (direct peer
+  or relay). A failover in a remote pool replaces one VICI connection and writes no route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+# Ownership markers (all configurable through AgentConfig; these are the defaults).
+RAVEN_RT_PROTO: Final = 250  # route protocol number marking routes the agent owns
+RAVEN_TABLE: Final = 9027  # remote subnets (all nodes of a pool with a gateway)
+RAVEN_RETURN_TABLE: Final = 9028  # gateway only: the pool's other nodes' subnets, for tunnel traffic
+RAVEN_RULE_PRIORITY: Final = 9027
+RAVEN_RETURN_RULE_PRIORITY: Final = 9026
+INTRA_POOL_LINK: Final = "raven0"
+INTER_GATEWAY_LINK: Final = "raven1"
+VICI_CONN_PREFIX: Final = "raven-"
+# The fixed address non-gateway nodes route through; its neighbour entry names the active gateway.
+POOL_VIRTUAL_NEXT_HOP: Final = "169.254.240.1"
+
+
+@dataclass(frozen=True, order=True)
+class VxlanLink:
+    name: str
+    vni: int
+    port: int
+    mtu: int
+    mac: str
+    # The VXLAN's local (source) address: the node IP for raven0, the inner address for raven1.
+    local: str
+    # The underlay device to bind to (raven0: the device holding the node IP); None lets routing pick.
+    underlay_ifname: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    ifname: str
+    cidr: str  # "240.0.1.2/8", "241.0.0.3/32"
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    dst: str  # a CIDR
+    table: int
+    ifname: str
+    gateway: str | None = None  # next hop, always onlink on the VXLAN devices
+    mtu: int | None = None
+    src: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    priority: int
+    table: int
+    iif: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Neighbor:
+    ifname: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True, order=True)
+class FdbEntry:
+    ifname: str
+    mac: str
+    dst: str  # the remote VTEP's underlay address
+
+
+@dataclass(frozen=True, order=True)
+class IPsecConnection:
+    """One IKEv2 connection with one CHILD_SA, to one peer gateway (route-based: inner/32 <-> inner/32)."""
+
+    name: str  # VICI_CONN_PREFIX + peer gateway name
+    local_id: str
+    remote_id: str
+    local_addrs: tuple[str, ...]  # ("%any",) or addresses
+    remote_addrs: tuple[str, ...]  # ("%any",) when the peer is under NAT and we only respond
+    remote_port: int
+    local_ts: str  # our inner /32
+    remote_ts: str  # the peer's inner /32
+    initiator: bool  # start the SA ourselves (and restart it on DPD/close) or only respond
+    proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
+    esp_proposals: tuple[str, ...] = ("aes256-sha256",)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything Raven wants on one node. The empty state means "no Raven state at all"."""
+
+    links: frozenset[VxlanLink] = field(default_factory=frozenset)
+    addresses: frozenset[Address] = field(default_factory=frozenset)
+    routes: frozenset[Route] = field(default_factory=frozenset)
+    rules: frozenset[Rule] = field(default_factory=frozenset)
+    neighbors: frozenset[Neighbor] = field(default_factory=frozenset)
+    fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
+    ipsec: frozenset[IPsecConnection] = field(default_factory=frozenset)
+    # Devices on which TCP MSS is clamped to the path MTU for forwarded traffic.
+    mss_clamp_ifnames: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.links
+            or self.addresses
+            or self.routes
+            or self.rules
+            or self.neighbors
+            or self.fdb
+            or self.ipsec
+            or self.mss_clamp_ifnames
+        )
