@@ -1,0 +1,51 @@
+# Raven: every target installs what it needs first, so a fresh machine (as root) can run any of them.
+# The apt package list is the Dockerfile's list plus test-only tools; keep the two in step.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Runtime packages: the same list as the Dockerfile.
+APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins iproute2 iptables ipset wireguard-tools
+# Test-only packages: userspace WireGuard, ping, ps/pkill, for the network-namespace lab.
+APT_TEST := wireguard-go iputils-ping procps
+APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
+PYTEST_ARGS ?=
+
+.PHONY: install install-system install-python test lint bench demo clean
+
+install: install-system install-python
+
+# apt only when something is missing (dpkg-query is instant; apt-get update is not).
+install-system:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+install-python: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install-python
+	$(VENV)/bin/ruff check raven e2e tests
+	$(VENV)/bin/mypy raven
+
+bench: install
+	@mkdir -p bench-results
+	@set -e; for b in $$(ls tests/benchmarks/bench_*.py 2>/dev/null | sort); do \
+		m=$$(echo $$b | sed 's#/#.#g; s#\.py$$##'); echo "== $$m"; $(PY) -m $$m; done
+	$(PY) -m tests.benchmarks.summary
+
+demo: install
+	$(PY) -m e2e.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info
