@@ -13,8 +13,11 @@ RAVEN = [sys.executable, "-m", "raven.cli"]
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME", "VPN_CONNECTION_PSK",
-                                                             "KUBERNETES_SERVICE_HOST")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KUBECONFIG", "NODE_NAME", "VPN_CONNECTION_PSK", "KUBERNETES_SERVICE_HOST")
+    }
     return subprocess.run(RAVEN + args, env={**base, **(env or {})}, capture_output=True, text=True, timeout=30)
 
 
@@ -36,8 +39,19 @@ def psk_file(tmp_path: Path) -> str:
 def test_help_explains_every_flag(mode: str) -> None:
     result = run([f"--mode={mode}", "--help"])
     assert result.returncode == 0
-    for flag in ("--kubeconfig", "--health-addr", "--metrics-addr", "--leader-elect", "--lease-namespace",
-                 "--lease-name", "--node-name", "--vpn-driver", "--vici-socket", "--psk-file", "--log-format"):
+    for flag in (
+        "--kubeconfig",
+        "--health-addr",
+        "--metrics-addr",
+        "--leader-elect",
+        "--lease-namespace",
+        "--lease-name",
+        "--node-name",
+        "--vpn-driver",
+        "--vici-socket",
+        "--psk-file",
+        "--log-format",
+    ):
         assert flag in result.stdout
     assert "$NODE_NAME" in result.stdout and "$VPN_CONNECTION_PSK" in result.stdout
 
@@ -76,7 +90,12 @@ def test_no_kubeconfig_outside_cluster() -> None:
 
 @pytest.mark.parametrize(
     ("addr", "phrase"),
-    [("localhost", "not HOST:PORT"), (":99999", "out of range"), ("1.2.3:80", "not an IP address"), (":http", "not a number")],
+    [
+        ("localhost", "not HOST:PORT"),
+        (":99999", "out of range"),
+        ("1.2.3:80", "not an IP address"),
+        (":http", "not a number"),
+    ],
 )
 def test_bad_listen_address(kubeconfig: str, addr: str, phrase: str) -> None:
     _assert_clean_error(run(["--mode=controller", "--kubeconfig", kubeconfig, "--health-addr", addr]), phrase)
@@ -88,7 +107,9 @@ def test_ipsec_without_psk_has_no_default(kubeconfig: str) -> None:
 
 
 def test_psk_too_short(kubeconfig: str) -> None:
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1"], env={"VPN_CONNECTION_PSK": "secret"})
+    result = run(
+        ["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1"], env={"VPN_CONNECTION_PSK": "secret"}
+    )
     _assert_clean_error(result, "too short")
 
 
@@ -116,9 +137,25 @@ def test_config_reads_every_agent_flag(kubeconfig: str, psk_file: str) -> None:
     from raven.cli import build_config, build_parser
     from raven.config import AgentConfig
 
-    ns = build_parser().parse_args(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--psk-file",
-                                    psk_file, "--vxlan-vni", "300", "--tunnel-cidr", "100.64.0.0/16",
-                                    "--esp-proposals", "aes128-sha256, aes256-sha256", "--underlay-mtu", "9000"])
+    ns = build_parser().parse_args(
+        [
+            "--mode=agent",
+            "--kubeconfig",
+            kubeconfig,
+            "--node-name",
+            "n1",
+            "--psk-file",
+            psk_file,
+            "--vxlan-vni",
+            "300",
+            "--tunnel-cidr",
+            "100.64.0.0/16",
+            "--esp-proposals",
+            "aes128-sha256, aes256-sha256",
+            "--underlay-mtu",
+            "9000",
+        ]
+    )
     cfg = build_config(ns, {})
     assert isinstance(cfg, AgentConfig)
     assert (cfg.node_name, cfg.vxlan_vni, cfg.tunnel_cidr, cfg.underlay_mtu) == ("n1", 300, "100.64.0.0/16", 9000)
