@@ -1,0 +1,184 @@
+"""Gateway election: which candidate nodes carry a Gateway's tunnel and proxy traffic (pure).
+
+`elect()` is a plain function of (Gateway, the nodes labelled for it, load-balancer addresses, now):
+no I/O, no clock, no randomness, so the same inputs always give the same status and the reconciler
+can call it on every event. Rules (OpenYurt Raven's, made sticky):
+
+- candidates: nodes labelled `raven.openyurt.io/gateway=<name>` that appear in `spec.endpoints`;
+  a candidate is eligible when Ready and not being deleted;
+- `tunnelConfig.Replicas` tunnel and `proxyConfig.Replicas` proxy endpoints are active (a missing
+  tunnel Replicas means 1);
+- sticky: an active endpoint that is still an eligible candidate keeps its role and its position in
+  `status.activeEndpoints` (the position is the LoadBalancer slot, see exposure.py); a lost one is
+  replaced, in the same position, by the next eligible candidate in spec order;
+- an invalid spec keeps the last good election and reports the problem in the `Valid` condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from raven.api.constants import (
+    CONDITION_VALID,
+    ENDPOINT_TYPE_PROXY,
+    ENDPOINT_TYPE_TUNNEL,
+    EXPOSE_TYPE_LOAD_BALANCER,
+)
+from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
+from raven.api.node import Node
+
+REASON_VALID = "SpecValid"
+REASON_INVALID = "InvalidSpec"
+
+
+@dataclass(frozen=True)
+class LoadBalancerAddress:
+    """What the cloud gave the LoadBalancer Service of one active tunnel slot."""
+
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ElectionResult:
+    status: GatewayStatus
+    # Endpoints that became active / stopped being active, for Events and metrics.
+    elected: tuple[Endpoint, ...] = ()
+    lost: tuple[Endpoint, ...] = ()
+    # Problems with the gateway's spec (validate()) and with its nodes (missing InternalIP, ...).
+    spec_problems: tuple[str, ...] = ()
+    node_problems: tuple[str, ...] = ()
+    # Why each lost endpoint was lost, by node name (NotReady, deleted, unlabelled, ...).
+    lost_reasons: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.spec_problems
+
+
+def condition(
+    previous: Sequence[Condition] | None, type_: str, status: str, reason: str, message: str, now: str
+) -> Condition:
+    """A condition that keeps its lastTransitionTime while its status does not change."""
+    for old in previous or ():
+        if old.type == type_ and old.status == status and old.last_transition_time:
+            return Condition(type_, status, reason, message, old.last_transition_time)
+    return Condition(type_, status, reason, message, now)
+
+
+def _merge_conditions(previous: Sequence[Condition] | None, new: Condition) -> list[Condition]:
+    """Replace our condition type, keep everyone else's."""
+    out = [c for c in previous or () if c.type != new.type]
+    out.append(new)
+    return sorted(out, key=lambda c: c.type)
+
+
+def invalid_status(gw_status: GatewayStatus, problems: Sequence[str], now: str) -> GatewayStatus:
+    """The last good election, plus a Valid=False condition naming the problems."""
+    cond = condition(gw_status.conditions, CONDITION_VALID, "False", REASON_INVALID, "; ".join(problems), now)
+    return replace(gw_status, conditions=_merge_conditions(gw_status.conditions, cond))
+
+
+def _node_info(node: Node) -> NodeInfo:
+    # Listed with what is known: an empty privateIP or subnet list is better than hiding the node.
+    return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=list(node.pod_cidrs))
+
+
+def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node]) -> str:
+    if ep.key not in {e.key for e in spec_eps}:
+        return "endpoint removed from spec"
+    node = nodes.get(ep.node_name)
+    if node is None:
+        return "node is gone or no longer labelled for this gateway"
+    if node.being_deleted:
+        return "node is being deleted"
+    if not node.ready:
+        return "node is not Ready"
+    return "fewer replicas wanted"
+
+
+def _pick(
+    ep_type: str,
+    wanted: int,
+    spec_eps: Sequence[Endpoint],
+    previous: Sequence[Endpoint],
+    eligible: set[str],
+) -> list[Endpoint]:
+    """Sticky choice for one endpoint type: previous survivors keep their slot, holes filled in spec order."""
+    by_node = {ep.node_name: ep for ep in spec_eps if ep.type == ep_type}
+    slots: list[str | None] = []
+    for old in previous:
+        if old.type != ep_type:
+            continue
+        alive = old.node_name in by_node and old.node_name in eligible and old.node_name not in slots
+        slots.append(old.node_name if alive else None)
+    # Fewer replicas wanted than before: drop holes first, then the last survivors.
+    while len(slots) > wanted and None in slots:
+        slots.remove(None)
+    del slots[wanted:]
+    while len(slots) < wanted:
+        slots.append(None)
+    taken = {s for s in slots if s is not None}
+    spare = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in eligible]
+    spare = [n for n in spare if n not in taken]
+    for i, s in enumerate(slots):
+        if s is None and spare:
+            slots[i] = spare.pop(0)
+    return [by_node[s] for s in slots if s is not None]
+
+
+def elect(
+    gw: Gateway,
+    nodes: Iterable[Node],
+    now: str,
+    lb_addresses: Mapping[int, LoadBalancerAddress] | None = None,
+) -> ElectionResult:
+    """Compute the Gateway's status from its spec, its previous status and its nodes.
+
+    `nodes` are the nodes labelled for this gateway (others are ignored). `lb_addresses` maps a tunnel
+    slot (index among the active tunnel endpoints) to its LoadBalancer's address, for
+    `exposeType: LoadBalancer`; that address becomes the active endpoint's publicIP/publicPort.
+    `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes.
+    """
+    own = {n.name: n for n in nodes if n.gateway == gw.name}
+    previous = gw.status
+    problems = validate(gw)
+    if problems:
+        return ElectionResult(status=invalid_status(previous, problems, now), spec_problems=tuple(problems))
+
+    spec_eps = gw.spec.all_endpoints
+    eligible = {ep.node_name for ep in spec_eps if ep.node_name in own and own[ep.node_name].eligible}
+    prev_active = previous.active_endpoints or []
+    tunnels = _pick(ENDPOINT_TYPE_TUNNEL, gw.spec.tunnel_replicas, spec_eps, prev_active, eligible)
+    proxies = _pick(ENDPOINT_TYPE_PROXY, gw.spec.proxy_replicas, spec_eps, prev_active, eligible)
+
+    if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
+        addrs = lb_addresses or {}
+        tunnels = [
+            replace(ep, public_ip=addrs[i].ip, public_port=addrs[i].port) if i in addrs else replace(
+                ep, public_ip=None, public_port=None)
+            for i, ep in enumerate(tunnels)
+        ]
+    active = tunnels + proxies
+
+    node_problems: list[str] = []
+    for node in sorted(own.values(), key=lambda n: n.name):
+        node_problems.extend(node.problems())
+
+    valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
+    status = GatewayStatus(
+        nodes=[_node_info(n) for n in sorted(own.values(), key=lambda n: n.name)],
+        active_endpoints=active,
+        conditions=_merge_conditions(previous.conditions, valid),
+    )
+    before = {ep.key for ep in prev_active}
+    after = {ep.key for ep in active}
+    lost = tuple(ep for ep in prev_active if ep.key not in after)
+    return ElectionResult(
+        status=status,
+        elected=tuple(ep for ep in active if ep.key not in before),
+        lost=lost,
+        node_problems=tuple(node_problems),
+        lost_reasons={ep.node_name: _why_lost(ep, spec_eps, own) for ep in lost},
+    )
