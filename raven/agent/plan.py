@@ -1,0 +1,400 @@
+"""The agent's plan: a pure function from the cluster view to this node's `DesiredState`.
+
+No I/O, no clock, no randomness: the same Gateways, Nodes, node name and config always give an equal
+`DesiredState`, so the reconciler can diff it against the kernel and charon and apply only changes.
+
+Roles (DESIGN.md "Data plane", issue 5 "The plan"):
+- *none*: the node is in no Gateway's status.nodes, or its Gateway has no active tunnel endpoint:
+  empty state (the appliers remove whatever Raven owned).
+- *member* (non-gateway node): raven0 towards the active endpoint; every remote subnet is routed in the
+  Raven table via the pool's virtual next hop, whose neighbour and FDB entries name the active gateway.
+  A local failover therefore rewrites one neighbour and one FDB entry and no route.
+- *gateway* (the active tunnel endpoint): raven0 for the pool's other nodes (their return routes sit in
+  the return table, reached only from raven1), raven1 on the Gateway's inner address, one IPsec
+  connection per directly connected peer (selectors inner/32 <-> inner/32), and every remote subnet
+  routed via the inner address of the gateway it is reached through (direct peer or relay). A remote
+  failover changes the peer's IPsec connection only: inner addresses are per Gateway, not per node.
+
+Membership comes from status.nodes (the controller's view), not the node label: peers build their
+return paths (FDB, return routes, remote routes to our subnets) from status.nodes, so planning from a
+label the controller has not yet reflected would send traffic whose replies are black-holed. The label
+only breaks a tie when (transiently) two statuses list the node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raven.agent.addressing import compute_mtus, ike_identity, mac_from_ipv4, overlay_address
+from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster
+from raven.api.gateway import Gateway
+from raven.api.node import Node
+from raven.dataplane.state import (
+    INTER_GATEWAY_LINK,
+    INTRA_POOL_LINK,
+    POOL_VIRTUAL_NEXT_HOP,
+    RAVEN_RETURN_RULE_PRIORITY,
+    RAVEN_RETURN_TABLE,
+    RAVEN_RT_PROTO,
+    RAVEN_RULE_PRIORITY,
+    RAVEN_TABLE,
+    VICI_CONN_PREFIX,
+    Address,
+    DesiredState,
+    FdbEntry,
+    IPsecConnection,
+    Neighbor,
+    Route,
+    Rule,
+    VxlanLink,
+)
+
+# Kernel-reserved routing tables (unspec, default, main, local).
+_RESERVED_TABLES = frozenset({0, 253, 254, 255})
+# A path MTU below this is certainly a misconfiguration (IPv4 hosts must accept 576-byte datagrams).
+_MIN_PATH_MTU = 576
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Every parameter of the plan. Field names match `raven.config.AgentConfig` where both exist."""
+
+    vxlan_vni: int = 200  # raven0 (intra-pool), OpenYurt Raven's default
+    vxlan_port: int = 4472
+    tunnel_vni: int = 201  # raven1 (between gateways, inside IPsec)
+    tunnel_port: int = 4473
+    overlay_cidr: str = "240.0.0.0/8"  # raven0 addresses: this prefix + the node IP's host bits
+    tunnel_cidr: str = "241.0.0.0/16"  # inner addresses, one per Gateway
+    table: int = RAVEN_TABLE
+    return_table: int = RAVEN_RETURN_TABLE
+    rule_priority: int = RAVEN_RULE_PRIORITY
+    return_rule_priority: int = RAVEN_RETURN_RULE_PRIORITY
+    # Not carried by `Route` itself: the appliers stamp it on every route they write.
+    route_protocol: int = RAVEN_RT_PROTO
+    intra_pool_link: str = INTRA_POOL_LINK
+    inter_gateway_link: str = INTER_GATEWAY_LINK
+    vici_conn_prefix: str = VICI_CONN_PREFIX
+    virtual_next_hop: str = POOL_VIRTUAL_NEXT_HOP
+    underlay_mtu: int = 1500
+    underlay_ifname: str | None = None  # the device holding the node IP, when known
+    ike_proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
+    esp_proposals: tuple[str, ...] = ("aes256-sha256",)
+
+    def __post_init__(self) -> None:
+        for name, vni in (("vxlan_vni", self.vxlan_vni), ("tunnel_vni", self.tunnel_vni)):
+            if not 1 <= vni <= 0xFFFFFF:
+                raise ValueError(f"{name}: VNI {vni} is out of range 1-16777215")
+        if self.vxlan_vni == self.tunnel_vni:
+            raise ValueError("vxlan_vni and tunnel_vni must differ")
+        for name, port in (("vxlan_port", self.vxlan_port), ("tunnel_port", self.tunnel_port)):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}: port {port} is out of range 1-65535")
+        if self.vxlan_port == self.tunnel_port:
+            raise ValueError("vxlan_port and tunnel_port must differ")
+        nets: dict[str, ipaddress.IPv4Network] = {}
+        for name, cidr in (("overlay_cidr", self.overlay_cidr), ("tunnel_cidr", self.tunnel_cidr)):
+            try:
+                nets[name] = ipaddress.IPv4Network(cidr)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {cidr!r} is not an IPv4 network: {exc}") from None
+        if nets["overlay_cidr"].overlaps(nets["tunnel_cidr"]):
+            raise ValueError("overlay_cidr and tunnel_cidr must not overlap")
+        if nets["tunnel_cidr"].prefixlen > 30:
+            raise ValueError("tunnel_cidr: too small for more than one gateway")
+        try:
+            vnh = ipaddress.IPv4Address(self.virtual_next_hop)
+        except ValueError:
+            raise ValueError(f"virtual_next_hop: {self.virtual_next_hop!r} is not an IPv4 address") from None
+        if any(vnh in net for net in nets.values()):
+            raise ValueError("virtual_next_hop must lie outside overlay_cidr and tunnel_cidr")
+        for name, table in (("table", self.table), ("return_table", self.return_table)):
+            if not 1 <= table <= 0xFFFFFFFF or table in _RESERVED_TABLES:
+                raise ValueError(f"{name}: {table} is reserved or out of range")
+        if self.table == self.return_table:
+            raise ValueError("table and return_table must differ")
+        for name, prio in (("rule_priority", self.rule_priority), ("return_rule_priority", self.return_rule_priority)):
+            if not 1 <= prio < 32766:  # before the main table's rule
+                raise ValueError(f"{name}: {prio} must be in 1-32765")
+        if self.return_rule_priority >= self.rule_priority:
+            # Tunnel traffic for the pool must hit the return table before the Raven table.
+            raise ValueError("return_rule_priority must be smaller than rule_priority")
+        if not 1 <= self.route_protocol <= 255:
+            raise ValueError(f"route_protocol: {self.route_protocol} is out of range 1-255")
+        for name, link in (("intra_pool_link", self.intra_pool_link), ("inter_gateway_link", self.inter_gateway_link)):
+            if not 1 <= len(link) <= 15 or "/" in link or " " in link:
+                raise ValueError(f"{name}: {link!r} is not a valid interface name")
+        if self.intra_pool_link == self.inter_gateway_link:
+            raise ValueError("intra_pool_link and inter_gateway_link must differ")
+        if not self.vici_conn_prefix:
+            raise ValueError("vici_conn_prefix must not be empty")
+        if not self.ike_proposals or not self.esp_proposals:
+            raise ValueError("ike_proposals and esp_proposals must not be empty")
+        if compute_mtus(self.underlay_mtu).cross_pool_path < _MIN_PATH_MTU:
+            raise ValueError(f"underlay_mtu: {self.underlay_mtu} leaves a path MTU below {_MIN_PATH_MTU}")
+
+
+Role = Literal["none", "member", "gateway"]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    state: DesiredState
+    # Malformed input skipped (the rest is planned), in a stable order; one line each, for logs/events.
+    problems: list[str] = field(default_factory=list)
+    # From this node's gateway to every other active gateway (empty for role "none").
+    paths: list[Path] = field(default_factory=list)
+    role: Role = "none"
+    gateway: str | None = None  # the Gateway this node belongs to
+
+
+def _overlaps_any(net: ipaddress.IPv4Network, others: Sequence[ipaddress.IPv4Network]) -> bool:
+    return any(net.overlaps(o) for o in others)
+
+
+def _local_membership(
+    cluster: Cluster, node_name: str, node: Node | None, problems: list[str]
+) -> tuple[GatewayView, PoolNode] | None:
+    found = [
+        (view, pn)
+        for view in sorted(cluster.gateways.values(), key=lambda v: v.age)
+        for pn in view.nodes
+        if pn.name == node_name
+    ]
+    if not found:
+        return None
+    label = node.gateway if node is not None else None
+    chosen = found[0]
+    if len(found) > 1:
+        chosen = next((f for f in found if f[0].name == label), found[0])
+        names = ", ".join(v.name for v, _ in found)
+        problems.append(
+            f"node {node_name}: listed in the status of several gateways ({names}); planning for {chosen[0].name}"
+        )
+    elif label is not None and label != chosen[0].name:
+        problems.append(
+            f"node {node_name}: labelled for gateway {label} but listed in the status of {chosen[0].name}; "
+            "following the status until the controller catches up"
+        )
+    if node is not None and node.internal_ip and node.internal_ip != chosen[1].ip:
+        problems.append(
+            f"node {node_name}: InternalIP {node.internal_ip} differs from privateIP {chosen[1].ip} in gateway "
+            f"{chosen[0].name}'s status; using the status (what peers use)"
+        )
+    return chosen
+
+
+def _pool_overlay(view: GatewayView, cfg: PlanConfig, problems: list[str]) -> dict[str, ipaddress.IPv4Address]:
+    """Overlay address of each node of the pool. Two nodes whose IPs share their host bits would share an
+    address: the active endpoint keeps it, then the first by name; the others are left out."""
+    ep_name = view.endpoint.node_name if view.endpoint is not None else None
+    ordered = sorted(view.nodes, key=lambda n: (n.name != ep_name, n.name))
+    out: dict[str, ipaddress.IPv4Address] = {}
+    owner: dict[ipaddress.IPv4Address, str] = {}
+    for pn in ordered:
+        addr = overlay_address(pn.ip, cfg.overlay_cidr)
+        if addr in owner:
+            problems.append(
+                f"gateway {view.name}: node {pn.name} ({pn.ip}) maps to overlay address {addr} already used by "
+                f"node {owner[addr]}; node left out of the overlay"
+            )
+            continue
+        owner[addr] = pn.name
+        out[pn.name] = addr
+    return out
+
+
+def plan(
+    gateways: Sequence[Gateway],
+    nodes: Mapping[str, Node] | Sequence[Node],
+    node_name: str,
+    cfg: PlanConfig,
+) -> PlanResult:
+    """This node's desired Raven state; malformed input is skipped and listed in `problems`."""
+    node_map = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
+    cluster = build_cluster(gateways, cfg.tunnel_cidr)
+    problems = list(cluster.problems)
+
+    membership = _local_membership(cluster, node_name, node_map.get(node_name), problems)
+    if membership is None:
+        return PlanResult(DesiredState(), problems)
+    gw, me = membership
+    ep_node = gw.endpoint_node
+    if not gw.active or ep_node is None or gw.inner is None:
+        return PlanResult(DesiredState(), problems, gateway=gw.name)
+
+    overlay = _pool_overlay(gw, cfg, problems)
+    if me.name not in overlay or ep_node.name not in overlay:
+        return PlanResult(DesiredState(), problems, gateway=gw.name)
+
+    mtus = compute_mtus(cfg.underlay_mtu)
+    paths = cluster.paths_from(gw.name)
+    for p in paths:
+        if p.kind == "unreachable":
+            problems.append(f"gateway {gw.name}: no path to gateway {p.dst}: {p.describe()}")
+
+    # Remote subnets, with the gateway they are reached through. Anything overlapping this pool's own
+    # subnets is left out: a route for it would steer intra-pool traffic into the tunnel.
+    local_nets = [ipaddress.IPv4Network(s) for s in gw.subnets]
+    remote: list[tuple[str, str]] = []  # (subnet, next gateway name)
+    for p in paths:
+        nxt = p.next_gateway
+        if nxt is None:
+            continue
+        for subnet in cluster.gateways[p.dst].remote_subnets:
+            if _overlaps_any(ipaddress.IPv4Network(subnet), local_nets):
+                problems.append(
+                    f"gateway {p.dst}: subnet {subnet} overlaps a subnet of this node's pool ({gw.name}); not routed"
+                )
+                continue
+            remote.append((subnet, nxt))
+
+    links: set[VxlanLink] = set()
+    addresses: set[Address] = set()
+    routes: set[Route] = set()
+    rules: set[Rule] = {Rule(priority=cfg.rule_priority, table=cfg.table)}
+    neighbors: set[Neighbor] = set()
+    fdb: set[FdbEntry] = set()
+    ipsec: set[IPsecConnection] = set()
+    clamp: set[str] = {cfg.intra_pool_link}
+
+    my_overlay = overlay[me.name]
+    overlay_prefix = ipaddress.IPv4Network(cfg.overlay_cidr).prefixlen
+    links.add(
+        VxlanLink(
+            name=cfg.intra_pool_link,
+            vni=cfg.vxlan_vni,
+            port=cfg.vxlan_port,
+            mtu=mtus.intra_pool,
+            mac=mac_from_ipv4(my_overlay),
+            local=me.ip,
+            underlay_ifname=cfg.underlay_ifname,
+        )
+    )
+    addresses.add(Address(cfg.intra_pool_link, f"{my_overlay}/{overlay_prefix}"))
+
+    if me.name != ep_node.name:
+        gw_mac = mac_from_ipv4(overlay[ep_node.name])
+        neighbors.add(Neighbor(cfg.intra_pool_link, cfg.virtual_next_hop, gw_mac))
+        fdb.add(FdbEntry(cfg.intra_pool_link, gw_mac, ep_node.ip))
+        for subnet, _ in remote:
+            routes.add(
+                Route(
+                    dst=subnet,
+                    table=cfg.table,
+                    ifname=cfg.intra_pool_link,
+                    gateway=cfg.virtual_next_hop,
+                    mtu=mtus.cross_pool_path,
+                )
+            )
+        return PlanResult(
+            _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp),
+            problems,
+            paths,
+            role="member",
+            gateway=gw.name,
+        )
+
+    # --- this node is the gateway ---
+    for pn in gw.nodes:
+        if pn.name == me.name or pn.name not in overlay:
+            continue
+        addr = overlay[pn.name]
+        mac = mac_from_ipv4(addr)
+        neighbors.add(Neighbor(cfg.intra_pool_link, str(addr), mac))
+        fdb.add(FdbEntry(cfg.intra_pool_link, mac, pn.ip))
+        for subnet in pn.subnets:
+            routes.add(Route(dst=subnet, table=cfg.return_table, ifname=cfg.intra_pool_link, gateway=str(addr)))
+    rules.add(Rule(priority=cfg.return_rule_priority, table=cfg.return_table, iif=cfg.inter_gateway_link))
+
+    links.add(
+        VxlanLink(
+            name=cfg.inter_gateway_link,
+            vni=cfg.tunnel_vni,
+            port=cfg.tunnel_port,
+            mtu=mtus.inter_gateway,
+            mac=mac_from_ipv4(gw.inner),
+            local=gw.inner,
+        )
+    )
+    addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))
+    clamp.add(cfg.inter_gateway_link)
+
+    for p in paths:
+        if p.kind != "direct":
+            continue
+        peer = cluster.gateways[p.dst]
+        if peer.inner is None:  # cannot happen: active gateways have one
+            continue
+        peer_mac = mac_from_ipv4(peer.inner)
+        neighbors.add(Neighbor(cfg.inter_gateway_link, peer.inner, peer_mac))
+        fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
+        ipsec.add(_connection(gw, me, peer, p, cfg))
+    for subnet, nxt in remote:
+        next_inner = cluster.gateways[nxt].inner
+        if next_inner is None:  # cannot happen: paths only lead through active gateways
+            continue
+        routes.add(
+            Route(
+                dst=subnet,
+                table=cfg.table,
+                ifname=cfg.inter_gateway_link,
+                gateway=next_inner,
+                mtu=mtus.cross_pool_path,
+            )
+        )
+    return PlanResult(
+        _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp),
+        problems,
+        paths,
+        role="gateway",
+        gateway=gw.name,
+    )
+
+
+def _connection(gw: GatewayView, me: PoolNode, peer: GatewayView, path: Path, cfg: PlanConfig) -> IPsecConnection:
+    initiator = path.initiator == gw.name
+    # Insist on the peer's address when we dial it, or when its IKE packets are known to come from it;
+    # otherwise (peer under NAT, or behind a LoadBalancer that only works inbound) accept it from
+    # anywhere: the peer is still authenticated by its identity and the PSK.
+    if peer.address is not None and (initiator or peer.source_predictable):
+        remote_addrs: tuple[str, ...] = (peer.address,)
+    else:
+        remote_addrs = ("%any",)
+    return IPsecConnection(
+        name=f"{cfg.vici_conn_prefix}{peer.name}",
+        local_id=ike_identity(gw.name),
+        remote_id=ike_identity(peer.name),
+        local_addrs=(me.ip,),
+        remote_addrs=remote_addrs,
+        remote_port=peer.port,
+        local_ts=f"{gw.inner}/32",  # callers pass active gateways: inner is set
+        remote_ts=f"{peer.inner}/32",
+        initiator=initiator,
+        proposals=cfg.ike_proposals,
+        esp_proposals=cfg.esp_proposals,
+    )
+
+
+def _state(
+    links: set[VxlanLink],
+    addresses: set[Address],
+    routes: set[Route],
+    rules: set[Rule],
+    neighbors: set[Neighbor],
+    fdb: set[FdbEntry],
+    ipsec: set[IPsecConnection],
+    clamp: set[str],
+) -> DesiredState:
+    return DesiredState(
+        links=frozenset(links),
+        addresses=frozenset(addresses),
+        routes=frozenset(routes),
+        rules=frozenset(rules),
+        neighbors=frozenset(neighbors),
+        fdb=frozenset(fdb),
+        ipsec=frozenset(ipsec),
+        mss_clamp_ifnames=frozenset(clamp),
+    )
