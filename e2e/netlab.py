@@ -460,8 +460,11 @@ class Lab:
         """Create namespace ``<prefix>-<short>`` with lo up."""
         return self.netns_many([short])[0]
 
-    def netns_many(self, shorts: Sequence[str]) -> list[Netns]:
-        """Create several namespaces with one `ip -batch` fork, plus one per namespace for lo."""
+    def netns_many(self, shorts: Sequence[str], lo_up: bool = True) -> list[Netns]:
+        """Create several namespaces with one `ip -batch` fork, plus one per namespace for lo.
+
+        Builders that batch per namespace anyway pass ``lo_up=False`` and add ``link set lo up``.
+        """
         for s in shorts:
             if not _NAME_RE.match(s):
                 raise ValueError(f"invalid namespace name {s!r}")
@@ -472,8 +475,9 @@ class Lab:
         for ns in created:
             self.namespaces[ns.short] = ns
         _run(["ip", "-batch", "-"], input="".join(f"netns add {ns.name}\n" for ns in created))
-        for ns in created:
-            ns.ip("link", "set", "lo", "up")
+        if lo_up:
+            for ns in created:
+                ns.ip("link", "set", "lo", "up")
         return created
 
     def veth(
@@ -631,7 +635,7 @@ def cleanup_prefix(prefix: str) -> list[str]:
     _remove_namespaces(names)
     # Root-namespace links are never created by the lab, but a crashed veth creation could leave one.
     for link in _root_links():
-        if link.startswith(prefix):
+        if link.startswith(prefix + "-"):
             _run(["ip", "link", "del", link], check=False)
     if names:
         log.info("cleaned leftovers prefix=%s namespaces=%s", prefix, names)
@@ -651,7 +655,7 @@ def find_leftovers(prefix: str) -> dict[str, list[str]]:
         "netns": [n for n in list_netns() if n.startswith(p)],
         "etc_netns": sorted(x.name for x in ETC_NETNS.iterdir() if x.name.startswith(p))
         if ETC_NETNS.exists() else [],
-        "links": [link for link in _root_links() if link.startswith(prefix)],
+        "links": [link for link in _root_links() if link.startswith(p)],
         "mounts": [],
         "processes": [],
     }
@@ -670,13 +674,14 @@ def find_leftovers(prefix: str) -> dict[str, list[str]]:
 _CLONE_NEWNET = 0x40000000
 
 
-def _setns(name: str) -> None:
+def _setns(path: str | Path) -> None:
+    """Move the calling thread into the network namespace at `path` (a /run/netns or /proc file)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(NETNS_DIR / name, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         if libc.setns(fd, _CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
     finally:
         os.close(fd)
 
@@ -700,15 +705,20 @@ def _forward_listen(args: argparse.Namespace) -> socket.socket:
     live in the connect namespace while the listening socket stays where it was bound.
     """
     lhost, lport = args.listen.rsplit(":", 1)
+    # Started in the root namespace: keep a handle on it for "connect in root".
+    root_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
     if args.listen_ns:
-        _setns(args.listen_ns)
+        _setns(NETNS_DIR / args.listen_ns)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((lhost, int(lport)))
     lsock.listen(128)
     lsock.setblocking(False)
     if args.connect_ns:
-        _setns(args.connect_ns)
+        _setns(NETNS_DIR / args.connect_ns)
+    elif args.listen_ns:
+        _setns(f"/proc/self/fd/{root_fd}")
+    os.close(root_fd)
     return lsock
 
 
