@@ -85,7 +85,7 @@ def gateway_json(
         "spec": spec,
         "status": {
             "nodes": [{"nodeName": n, "privateIP": ip, "subnets": list(s)} for n, ip, s in nodes],
-            "activeEndpoints": [e for e in eps if e["nodeName"] == active],
+            "activeEndpoints": [copy.deepcopy(e) for e in eps if e["nodeName"] == active],
         },
     }
 
@@ -114,7 +114,7 @@ def parse(objs: dict[str, JSON] | list[JSON]) -> list[Gateway]:
 
 def set_active(obj: JSON, node: str) -> None:
     """What the controller writes on failover: the spec endpoint of the new winner."""
-    obj["status"]["activeEndpoints"] = [e for e in obj["spec"]["endpoints"] if e["nodeName"] == node]
+    obj["status"]["activeEndpoints"] = [copy.deepcopy(e) for e in obj["spec"]["endpoints"] if e["nodeName"] == node]
 
 
 def nodes() -> list[Node]:

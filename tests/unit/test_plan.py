@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from plan_cluster import cluster_json, nodes, parse
+from plan_cluster import JSON, cluster_json, nodes, parse
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.state import (
@@ -24,11 +26,11 @@ EDGE_B_SUBNETS = {"10.246.0.0/24", "10.246.1.0/24"}
 DC_SUBNETS = {"10.247.0.0/24", "10.247.1.0/24"}
 
 
-def run(node: str, objs: dict[str, dict[str, object]] | None = None, cfg: PlanConfig = CFG) -> PlanResult:
+def run(node: str, objs: dict[str, JSON] | None = None, cfg: PlanConfig = CFG) -> PlanResult:
     return plan(parse(objs if objs is not None else cluster_json()), nodes(), node, cfg)
 
 
-def inner_of(gateway_node: str, objs: dict[str, dict[str, object]] | None = None) -> str:
+def inner_of(gateway_node: str, objs: dict[str, JSON] | None = None) -> str:
     """The inner address a gateway node holds on raven1, from its own plan."""
     (addr,) = [a for a in run(gateway_node, objs).state.addresses if a.ifname == "raven1"]
     assert addr.cidr.endswith("/32")
@@ -117,7 +119,7 @@ def test_gateway_node_serves_its_pool_and_tunnels_to_remote_gateways() -> None:
 def test_gateway_with_one_node_has_no_return_routes() -> None:
     objs = cluster_json()
     for key in ("nodes",):
-        objs["gw-dc"]["status"][key] = objs["gw-dc"]["status"][key][:1]  # type: ignore[index]
+        objs["gw-dc"]["status"][key] = objs["gw-dc"]["status"][key][:1]
     s = run("dc-1", objs).state
     assert {r.table for r in s.routes} == {9027}
     assert not [n for n in s.neighbors if n.ifname == "raven0"]
@@ -131,7 +133,7 @@ def test_node_in_no_gateway_has_no_raven_state() -> None:
 
 def test_gateway_without_active_endpoint_gives_its_nodes_nothing_and_others_no_route_to_it() -> None:
     objs = cluster_json()
-    objs["gw-edge-b"]["status"]["activeEndpoints"] = []  # type: ignore[index]
+    objs["gw-edge-b"]["status"]["activeEndpoints"] = []
     for node in ("edge-b-1", "edge-b-2"):
         result = run(node, objs)
         assert result.state.empty, node
@@ -145,7 +147,7 @@ def test_gateway_without_active_endpoint_gives_its_nodes_nothing_and_others_no_r
 def test_proxy_only_active_endpoint_is_not_a_tunnel_endpoint() -> None:
     objs = cluster_json()
     status = objs["gw-edge-b"]["status"]
-    status["activeEndpoints"] = [{"nodeName": "edge-b-1", "type": "proxy", "port": 10262}]  # type: ignore[index]
+    status["activeEndpoints"] = [{"nodeName": "edge-b-1", "type": "proxy", "port": 10262}]
     assert run("edge-b-2", objs).state.empty
 
 
@@ -153,8 +155,8 @@ def test_standby_active_endpoint_plans_as_a_member() -> None:
     # tunnelConfig.Replicas=2: two active tunnel endpoints; the first carries the Gateway's inner address.
     objs = cluster_json()
     gw = objs["gw-edge-a"]
-    gw["spec"]["tunnelConfig"] = {"Replicas": 2}  # type: ignore[index]
-    gw["status"]["activeEndpoints"] = gw["spec"]["endpoints"][:2]  # type: ignore[index]
+    gw["spec"]["tunnelConfig"] = {"Replicas": 2}
+    gw["status"]["activeEndpoints"] = gw["spec"]["endpoints"][:2]
     assert run("edge-a-1", objs).role == "gateway"
     second = run("edge-a-2", objs)
     assert second.role == "member"
@@ -221,6 +223,6 @@ def test_config_changes_reach_every_object() -> None:
         {"esp_proposals": ()},
     ],
 )
-def test_config_rejects_invalid_settings(kwargs: dict[str, object]) -> None:
+def test_config_rejects_invalid_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        PlanConfig(**kwargs)  # type: ignore[arg-type]
+        PlanConfig(**kwargs)
