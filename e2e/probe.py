@@ -93,12 +93,29 @@ def ping_many(pairs: Sequence[tuple[Netns, str]], count: int = 2, interval: floa
         return list(pool.map(lambda p: ping(p[0], p[1], count, interval, wait), pairs))
 
 
+def start_echo_server(ns: Netns, ip: str, port: int, proto: str = "udp", once: bool = False,
+                      name: str | None = None, timeout: float = 10.0) -> Process:
+    """A UDP or TCP echo server in `ns`, returned once it is bound (it prints "ready")."""
+    argv = _probe_argv(f"{proto}-echo", "--bind", ip, "--port", str(port), *(["--once"] if once else []))
+    server = ns.popen(argv, name=name or f"{proto}-echo-{port}")
+    offset = server.stdout_path.stat().st_size if server.stdout_path.exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(server.stdout_path, "rb") as f:
+            f.seek(offset)
+            if b"ready" in f.read():
+                return server
+        if not server.alive():
+            break
+        time.sleep(0.01)
+    server.stop(1.0)
+    raise RuntimeError(f"echo server {ns.name} {ip}:{port} did not start\n{server.logs()}")
+
+
 def _echo_once(src: Netns, dst: Netns, dst_ip: str, port: int, proto: str, timeout: float) -> float | None:
-    server = dst.popen(_probe_argv(f"{proto}-echo", "--bind", dst_ip, "--port", str(port), "--once"),
-                       name=f"{proto}-echo-{port}")
+    server = start_echo_server(dst, dst_ip, port, proto, once=True)
     try:
-        out = src.run(_probe_argv(f"{proto}-once", "--to", f"{dst_ip}:{port}", "--timeout", str(timeout),
-                                  "--retry-for", "3"),
+        out = src.run(_probe_argv(f"{proto}-once", "--to", f"{dst_ip}:{port}", "--timeout", str(timeout)),
                       check=False, timeout=timeout + 10)
         if out.returncode != 0:
             return None
@@ -163,8 +180,7 @@ class ContinuousProbe:
         for p in (self.out_path, self.ready_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        self.server: Process = dst.popen(_probe_argv("udp-echo", "--bind", dst_ip, "--port", str(port)),
-                                         name=f"{tag}-echo")
+        self.server: Process = start_echo_server(dst, dst_ip, port, "udp", name=f"{tag}-echo")
         self.sender: Process = src.popen(
             _probe_argv("udp-send", "--to", f"{dst_ip}:{port}", "--interval", str(interval),
                         "--grace", str(grace), "--out", str(self.out_path), "--ready", str(self.ready_path)),
@@ -252,6 +268,7 @@ def _udp_echo(args: argparse.Namespace) -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((args.bind, args.port))
+    print("ready", flush=True)
     while True:
         data, addr = s.recvfrom(2048)
         s.sendto(data, addr)
@@ -264,6 +281,7 @@ def _tcp_echo(args: argparse.Namespace) -> int:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((args.bind, args.port))
     s.listen(16)
+    print("ready", flush=True)
     while True:
         c, _ = s.accept()
         with c:
@@ -275,7 +293,7 @@ def _tcp_echo(args: argparse.Namespace) -> int:
 
 
 def _once(args: argparse.Namespace, proto: str) -> int:
-    """Echo one message; print the RTT in ms. Retries for `retry_for` s (the server may be starting)."""
+    """Echo one message; print the RTT in ms. Retries for `retry_for` s if asked."""
     dst = _hostport(args.to)
     deadline = time.monotonic() + args.retry_for
     payload = b"raven-probe"

@@ -19,6 +19,7 @@ import pytest
 from e2e.netlab import find_leftovers
 from e2e.probe import ContinuousProbe, ping, ping_many, tcp_check, udp_check
 from e2e.topology import Cluster, build, load_topology
+from tests.netlab.ipsec_helpers import child_sas, ike_sas, initiate, load_inner_tunnel, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -52,7 +53,7 @@ def test_pods_reach_every_pod_of_their_own_pool_through_the_cni_routes(cluster: 
 def test_pods_never_reach_pods_of_another_pool_without_raven(cluster: Cluster) -> None:
     pairs = _pairs(cluster, same_pool=False)
     assert len(pairs) == 48
-    results = ping_many([(a.netns, b.ip) for a, b in pairs], count=1, wait=0.5)
+    results = ping_many([(a.netns, b.ip) for a, b in pairs], count=1, wait=0.5, parallel=24)
     reached = [(r.src, r.dst) for r in results if r.ok]
     assert reached == []
 
@@ -139,6 +140,34 @@ def test_continuous_probe_sees_no_loss_on_a_quiet_path_and_measures_a_cut(cluste
     assert cut.lost >= 10, cut
     assert 0.3 <= cut.max_outage_s <= 3.0, cut
     assert len([o for o in cut.outages if o.lost > 5]) == 1, cut
+
+
+def test_ipsec_from_a_nat_pool_to_the_public_cloud_carries_inner_traffic(cluster: Cluster) -> None:
+    """NAT-T through the MASQUERADE router: the NAT side initiates, the cloud side accepts any
+    address and authenticates by identity, as the data plane does for underNAT endpoints."""
+    edge, cloud = cluster.nodes["edge-a-1"], cluster.nodes["cloud-1"]
+    inner_edge, inner_cloud = "241.0.1.1", "241.0.0.1"
+    edge.netns.ip("addr", "add", f"{inner_edge}/32", "dev", "lo")
+    cloud.netns.ip("addr", "add", f"{inner_cloud}/32", "dev", "lo")
+    try:
+        ce, cc = edge.netns.start_charon(), cloud.netns.start_charon()
+        load_inner_tunnel(ce, local_addrs=[edge.ip], remote_addrs=[cloud.ip], local_id="edge-a-1",
+                          remote_id="cloud-1", inner_local=inner_edge, inner_remote=inner_cloud)
+        load_inner_tunnel(cc, local_addrs=[cloud.ip], remote_addrs=["%any"], local_id="cloud-1",
+                          remote_id="edge-a-1", inner_local=inner_cloud, inner_remote=inner_edge)
+        initiate(ce)
+        assert wait_for(lambda: any(c.get("state") == b"INSTALLED" for c in child_sas(cc))), cc.read_log()
+        assert ping(edge.netns, inner_cloud, src_ip=inner_edge).ok, ce.read_log()[-3000:]
+        # The cloud saw the NAT router's WAN address, not the edge node's LAN address.
+        ike = ike_sas(cc)[0]
+        assert ike["remote-host"] == cluster.pools["edge-a"].router_wan_ip.encode()
+        assert ike.get("nat-remote") == b"yes"
+    finally:
+        for n in (edge, cloud):
+            if n.netns.charon is not None:
+                n.netns.charon.stop()
+        edge.netns.ip("addr", "del", f"{inner_edge}/32", "dev", "lo", check=False)
+        cloud.netns.ip("addr", "del", f"{inner_cloud}/32", "dev", "lo", check=False)
 
 
 def _retry(fn: Any, attempts: int = 20) -> str:
