@@ -1,0 +1,275 @@
+"""KernelApplier against real network namespaces: exact state, idempotence, ownership, cleanup, failover."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+
+from e2e.netlab import Lab, Netns
+from raven.dataplane.kernel import KernelApplier, Ownership
+from raven.dataplane.state import (
+    Address,
+    DesiredState,
+    FdbEntry,
+    Neighbor,
+    Route,
+    Rule,
+    VxlanLink,
+)
+from tests.dataplane.conftest import bridge_json, ip_json, kernel_snapshot
+
+pytestmark = pytest.mark.root
+
+GW_MAC = "02:f0:a8:32:02:00"
+PEER_MAC = "02:f1:00:00:02:00"
+MEMBER_MAC = "02:f0:a8:32:03:00"
+SUBNETS = [f"10.{i}.0.0/24" for i in range(1, 201)]
+
+
+def gateway_state(subnets: list[str] = SUBNETS) -> DesiredState:
+    """What a gateway node of pool A (node IP 192.168.50.1) wants: raven0, raven1, routes, rules, MSS."""
+    return DesiredState(
+        links=frozenset(
+            {
+                VxlanLink("raven0", 200, 4472, 1450, "02:f0:a8:32:01:00", "192.168.50.1", "eth0"),
+                VxlanLink("raven1", 201, 4473, 1350, "02:f1:00:00:01:00", "241.0.0.1", None),
+            }
+        ),
+        addresses=frozenset({Address("raven0", "240.168.50.1/8"), Address("raven1", "241.0.0.1/32")}),
+        routes=frozenset(
+            {Route(s, 9027, "raven1", "241.0.0.2", 1350) for s in subnets}
+            | {Route("10.240.3.0/24", 9028, "raven0", "240.168.50.3")}
+        ),
+        rules=frozenset({Rule(9027, 9027), Rule(9026, 9028, "raven1")}),
+        neighbors=frozenset(
+            {Neighbor("raven0", "240.168.50.3", MEMBER_MAC), Neighbor("raven1", "241.0.0.2", PEER_MAC)}
+        ),
+        fdb=frozenset({FdbEntry("raven0", MEMBER_MAC, "192.168.50.3"), FdbEntry("raven1", PEER_MAC, "241.0.0.2")}),
+        mss_clamp_ifnames=frozenset({"raven0", "raven1"}),
+    )
+
+
+@pytest.fixture
+def node(lab: Lab) -> Netns:
+    n1, n2 = lab.netns_many(["n1", "n2"])
+    lab.veth(n1, "eth0", n2, "eth0")
+    n1.add_addr("eth0", "192.168.50.1/24")
+    n2.add_addr("eth0", "192.168.50.2/24")
+    return n1
+
+
+@pytest.fixture
+async def applier(node: Netns) -> AsyncIterator[KernelApplier]:
+    a = KernelApplier(Ownership(), netns=node.name)
+    try:
+        yield a
+    finally:
+        await a.close()
+
+
+def read_back(ns: Netns) -> DesiredState:
+    """The Raven-shaped objects in `ns`, parsed from `ip -j`, `bridge -j` and iptables-save (not our reader)."""
+    links = set()
+    addresses = set()
+    for link in ip_json(ns, "-d", "link", "show"):
+        if not link["ifname"].startswith("raven"):
+            continue
+        data = link["linkinfo"]["info_data"]
+        links.add(
+            VxlanLink(
+                link["ifname"], data["id"], data["port"], link["mtu"], link["address"], data["local"], data.get("link")
+            )
+        )
+        assert "UP" in link["flags"]
+    for entry in ip_json(ns, "-4", "addr", "show"):
+        if entry["ifname"].startswith("raven"):
+            for a in entry["addr_info"]:
+                addresses.add(Address(entry["ifname"], f"{a['local']}/{a['prefixlen']}"))
+    routes = set()
+    for table in (9027, 9028):
+        for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):
+            mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
+            dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
+            routes.add(Route(dst, table, r["dev"], r.get("gateway"), mtu, r.get("prefsrc")))
+    rules = set()
+    for rule in ip_json(ns, "-4", "-d", "rule", "show"):
+        if rule.get("protocol") == "250" or rule.get("protocol") == 250:
+            rules.add(Rule(rule["priority"], int(rule["table"]), rule.get("iif")))
+    neighbors = set()
+    fdb = set()
+    for dev in sorted(link.name for link in links):
+        for n in ip_json(ns, "-4", "neigh", "show", "dev", dev, "nud", "permanent"):
+            neighbors.add(Neighbor(dev, n["dst"], n["lladdr"]))
+        for f in bridge_json(ns, "fdb", "show", "dev", dev):
+            if "permanent" in f.get("state", "") and "dst" in f:
+                fdb.add(FdbEntry(dev, f["mac"], f["dst"]))
+    save = ns.run(["iptables-save", "-t", "mangle"]).stdout
+    clamp = set()
+    jumped = "-A FORWARD -j RAVEN-MSS" in save
+    for line in save.splitlines():
+        if line.startswith("-A RAVEN-MSS -o ") and "--clamp-mss-to-pmtu" in line and jumped:
+            clamp.add(line.split()[3])
+    return DesiredState(
+        links=frozenset(links),
+        addresses=frozenset(addresses),
+        routes=frozenset(routes),
+        rules=frozenset(rules),
+        neighbors=frozenset(neighbors),
+        fdb=frozenset(fdb),
+        mss_clamp_ifnames=frozenset(clamp),
+    )
+
+
+def sysctl(ns: Netns, key: str) -> str:
+    return ns.run(["sysctl", "-n", key]).stdout.strip()
+
+
+async def test_apply_creates_exactly_the_desired_state(node: Netns, applier: KernelApplier) -> None:
+    desired = gateway_state()
+    report = await applier.reconcile(desired)
+    assert report.ok, report.errors
+    assert read_back(node) == desired
+    assert report.writes["route"] == len(desired.routes)
+    assert sysctl(node, "net.ipv4.conf.raven0.rp_filter") == "2"
+    assert sysctl(node, "net.ipv4.ip_forward") == "1"
+    # Our own reader agrees with the independent one.
+    observed = await applier.read()
+    assert observed.state == desired
+    assert not observed.links_down
+
+
+async def test_second_reconcile_writes_nothing(node: Netns, applier: KernelApplier) -> None:
+    desired = gateway_state()
+    first = await applier.reconcile(desired)
+    assert first.ok and first.total_writes > len(SUBNETS)
+    second = await applier.reconcile(desired)
+    assert second.ok, second.errors
+    assert second.total_writes == 0, second.writes
+    # A fresh applier (an agent restart) finds nothing to do either.
+    fresh = KernelApplier(Ownership(), netns=node.name)
+    try:
+        third = await fresh.reconcile(desired)
+    finally:
+        await fresh.close()
+    assert third.total_writes == 0, third.writes
+
+
+async def test_foreign_routes_and_rules_in_owned_tables_survive(node: Netns, applier: KernelApplier) -> None:
+    node.ip_batch(
+        [
+            "route add 172.31.0.0/16 dev eth0 table 9027 proto static",
+            "route add 172.30.0.0/16 via 192.168.50.2 table 9028",
+            "rule add priority 100 lookup 9027",
+            "rule add priority 9027 lookup 9028 proto static",
+        ]
+    )
+    await applier.reconcile(gateway_state())
+    # Shrink the desired state, then clean up: only our objects go.
+    await applier.reconcile(gateway_state(SUBNETS[:10]))
+    assert len(read_back(node).routes) == 11
+    report = await applier.cleanup()
+    assert report.ok, report.errors
+    foreign_routes = {r["dst"] for t in (9027, 9028) for r in ip_json(node, "-4", "route", "show", "table", str(t))}
+    assert foreign_routes == {"172.31.0.0/16", "172.30.0.0/16"}
+    rules = {(r["priority"], r["table"]) for r in ip_json(node, "-4", "rule", "show")}
+    assert (100, "9027") in rules and (9027, "9028") in rules
+
+
+async def test_a_conflicting_foreign_route_is_reported_per_route_not_replaced(
+    node: Netns, applier: KernelApplier
+) -> None:
+    node.ip("route", "add", "10.7.0.0/24", "dev", "eth0", "table", "9027", "proto", "static")
+    report = await applier.reconcile(gateway_state())
+    assert [(e.kind, e.op) for e in report.errors] == [("route", "create")]
+    assert "10.7.0.0/24" in report.errors[0].obj and "exists" in report.errors[0].reason
+    # The foreign route is intact and every other route was installed.
+    got = ip_json(node, "-4", "route", "show", "table", "9027", "10.7.0.0/24")
+    assert got[0]["dev"] == "eth0" and got[0]["protocol"] == "static"
+    assert len(read_back(node).routes) == len(gateway_state().routes) - 1
+
+
+async def test_cleanup_leaves_no_trace(node: Netns, applier: KernelApplier) -> None:
+    before = kernel_snapshot(node)
+    await applier.reconcile(gateway_state())
+    assert kernel_snapshot(node) != before
+    report = await applier.cleanup()
+    assert report.ok, report.errors
+    assert kernel_snapshot(node) == before
+    assert read_back(node) == DesiredState()
+    again = await applier.cleanup()
+    assert again.total_writes == 0
+
+
+async def test_gateway_failover_on_a_member_writes_o1_objects(node: Netns, applier: KernelApplier) -> None:
+    """A member node routes every remote subnet via the virtual next hop; failover moves neigh + FDB only."""
+    base = DesiredState(
+        links=frozenset({VxlanLink("raven0", 200, 4472, 1450, "02:f0:a8:32:01:00", "192.168.50.1", "eth0")}),
+        addresses=frozenset({Address("raven0", "240.168.50.1/8")}),
+        routes=frozenset(Route(s, 9027, "raven0", "169.254.240.1", 1350) for s in SUBNETS),
+        rules=frozenset({Rule(9027, 9027)}),
+        neighbors=frozenset({Neighbor("raven0", "169.254.240.1", GW_MAC)}),
+        fdb=frozenset({FdbEntry("raven0", GW_MAC, "192.168.50.2")}),
+        mss_clamp_ifnames=frozenset({"raven0"}),
+    )
+    await applier.reconcile(base)
+    new_mac = "02:f0:a8:32:07:00"
+    failed_over = dataclasses.replace(
+        base,
+        neighbors=frozenset({Neighbor("raven0", "169.254.240.1", new_mac)}),
+        fdb=frozenset({FdbEntry("raven0", new_mac, "192.168.50.7")}),
+    )
+    report = await applier.reconcile(failed_over)
+    assert report.ok, report.errors
+    assert report.writes["route"] == 0
+    assert report.total_writes <= 3, report.writes  # neighbour replace, new FDB entry, old FDB entry gone
+    assert read_back(node) == failed_over
+    # Same gateway MAC on another node (a stable MAC per pool): one FDB replace.
+    moved = dataclasses.replace(failed_over, fdb=frozenset({FdbEntry("raven0", new_mac, "192.168.50.9")}))
+    report = await applier.reconcile(moved)
+    assert report.writes == {**report.writes, "fdb": 1} and report.total_writes == 1
+    assert read_back(node) == moved
+
+
+async def test_changed_attributes_are_replaced_in_place(node: Netns, applier: KernelApplier) -> None:
+    desired = gateway_state()
+    await applier.reconcile(desired)
+    links = {dataclasses.replace(link, mtu=link.mtu - 10) for link in desired.links}
+    routes = {dataclasses.replace(r, mtu=1300) if r.dst == "10.1.0.0/24" else r for r in desired.routes}
+    changed = dataclasses.replace(desired, links=frozenset(links), routes=frozenset(routes))
+    report = await applier.reconcile(changed)
+    assert report.ok, report.errors
+    assert report.writes["route"] == 1 and report.writes["link"] == 2
+    assert report.writes["address"] == 0  # in place: nothing flushed
+    assert read_back(node) == changed
+
+
+async def test_a_recreated_link_gets_its_objects_back(node: Netns, applier: KernelApplier) -> None:
+    desired = gateway_state()
+    await applier.reconcile(desired)
+    links = {dataclasses.replace(link, vni=300) if link.name == "raven1" else link for link in desired.links}
+    changed = dataclasses.replace(desired, links=frozenset(links))
+    report = await applier.reconcile(changed)
+    assert report.ok, report.errors
+    assert read_back(node) == changed
+    # Someone deletes raven0 by hand: the next reconcile restores it and everything on it.
+    node.ip("link", "del", "raven0")
+    report = await applier.reconcile(changed)
+    assert report.ok, report.errors
+    assert read_back(node) == changed
+    assert (await applier.reconcile(changed)).total_writes == 0
+
+
+async def test_missing_underlay_device_is_reported_and_the_rest_applied(
+    node: Netns, applier: KernelApplier
+) -> None:
+    desired = gateway_state()
+    links = {dataclasses.replace(link, underlay_ifname="nosuch0") if link.name == "raven0" else link
+             for link in desired.links}  # fmt: skip
+    report = await applier.reconcile(dataclasses.replace(desired, links=frozenset(links)))
+    kinds = {e.kind for e in report.errors}
+    assert "link" in kinds and any("nosuch0" in e.reason for e in report.errors)
+    got = read_back(node)
+    assert {link.name for link in got.links} == {"raven1"}
+    assert {r for r in got.routes if r.ifname == "raven1"} == {r for r in desired.routes if r.ifname == "raven1"}
