@@ -31,6 +31,7 @@ import ctypes
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -89,6 +90,16 @@ def _run(
             f"stdout: {proc.stdout.strip()}\nstderr: {proc.stderr.strip()}"
         )
     return proc
+
+
+def _ip_batch(opts: Sequence[str], lines: Sequence[str], batch: bool = True) -> None:
+    if not lines:
+        return
+    if batch:
+        _run(["ip", *opts, "-batch", "-"], input="\n".join(lines) + "\n")
+    else:
+        for line in lines:
+            _run(["ip", *opts, *shlex.split(line)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,8 +329,7 @@ class Netns:
 
     def ip_batch(self, lines: Sequence[str]) -> None:
         """Apply many `ip` commands (one per line, without the leading `ip`) in one fork."""
-        if lines:
-            _run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(lines) + "\n")
+        _ip_batch(["-n", self.name], lines, self.lab.batch)
 
     def sysctl(self, **values: str | int) -> None:
         """Set sysctls, e.g. ``sysctl(**{"net.ipv4.ip_forward": 1})``; one fork for all."""
@@ -431,9 +441,13 @@ class Lab:
     individual failures and logs them) so it is safe in `finally` blocks and fixtures.
     """
 
-    def __init__(self, prefix: str, run_dir: Path | None = None, clean_first: bool = True) -> None:
+    def __init__(
+        self, prefix: str, run_dir: Path | None = None, clean_first: bool = True, batch: bool = True
+    ) -> None:
         _check_prefix(prefix)
         self.prefix = prefix
+        # batch=False runs one `ip` per command: only the benchmark's baseline wants that.
+        self.batch = batch
         if clean_first:
             # A previous crashed run with the same prefix must not make this one fail.
             cleanup_prefix(prefix)
@@ -474,7 +488,7 @@ class Lab:
         # Register before creating so close() removes even a half-built batch.
         for ns in created:
             self.namespaces[ns.short] = ns
-        _run(["ip", "-batch", "-"], input="".join(f"netns add {ns.name}\n" for ns in created))
+        _ip_batch([], [f"netns add {ns.name}" for ns in created], self.batch)
         if lo_up:
             for ns in created:
                 ns.ip("link", "set", "lo", "up")
@@ -497,7 +511,7 @@ class Lab:
             # their target namespaces avoids any root-ns name.
             m = f" mtu {mtu}" if mtu else ""
             lines.append(f"link add {a_if}{m} netns {a.name} type veth peer name {b_if}{m} netns {b.name}")
-        _run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+        _ip_batch([], lines, self.batch)
         if up:
             per_ns: dict[str, list[str]] = {}
             for a, a_if, b, b_if in pairs:

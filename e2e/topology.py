@@ -433,9 +433,9 @@ def pod_name(node: str, k: int) -> str:
     return f"{node}-p{k}"
 
 
-def build(spec: TopologySpec, prefix: str, run_dir: Path | None = None) -> Cluster:
+def build(spec: TopologySpec, prefix: str, run_dir: Path | None = None, batch: bool = True) -> Cluster:
     """Build `spec` in namespaces named with `prefix`; on any failure everything is removed again."""
-    lab = Lab(prefix, run_dir)
+    lab = Lab(prefix, run_dir, batch=batch)
     try:
         return build_in(lab, spec)
     except BaseException:
