@@ -22,7 +22,9 @@ Rules (issue 5, "The plan"):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -50,7 +52,9 @@ class GatewayView:
     # The active tunnel endpoint this cluster uses (the first valid one), None when there is none.
     endpoint: Endpoint | None
     inner: str | None  # None only when the inner CIDR is full
-    # Subnets other pools route here: the pool's subnets minus those an older gateway already claims.
+    # All subnets of the pool's usable nodes, sorted (the pool's own view).
+    subnets: tuple[str, ...] = ()
+    # Subnets other pools route here: `subnets` minus those an older gateway already claims.
     remote_subnets: tuple[str, ...] = ()
 
     @property
@@ -115,15 +119,37 @@ class GatewayView:
         """
         return self.reachable and self.expose_type != EXPOSE_TYPE_LOAD_BALANCER
 
-    @property
-    def subnets(self) -> tuple[str, ...]:
-        """All subnets of the pool (its own view, before cross-gateway conflicts)."""
-        return tuple(sorted({s for n in self.nodes for s in n.subnets}, key=_net_key))
+
+@functools.lru_cache(maxsize=1 << 17)
+def net_range(cidr: str) -> tuple[int, int]:
+    """(first, last) address of a normalised IPv4 CIDR as integers, without building an IPv4Network.
+
+    Only for strings this module produced (`normalise_subnet`); planning 10,000 subnets must not spend
+    its time in `ipaddress`.
+    """
+    addr, _, plen = cidr.partition("/")
+    first = int.from_bytes(socket.inet_aton(addr), "big")
+    return first, first + (1 << (32 - int(plen))) - 1
 
 
-def _net_key(cidr: str) -> tuple[int, int]:
-    net = ipaddress.IPv4Network(cidr)
-    return (int(net.network_address), net.prefixlen)
+@functools.lru_cache(maxsize=1 << 17)
+def normalise_subnet(text: str) -> str:
+    """The canonical IPv4 CIDR for a status subnet (host bits cleared); ValueError when it is not one.
+
+    Cached: the same subnets are checked on every plan, and the function is pure.
+    """
+    net = ipaddress.ip_network(text, strict=False)
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ValueError("IPv6 subnets are not supported")
+    return str(net)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _canonical_ipv4(text: str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
 
 
 PathKind = Literal["direct", "relay", "unreachable"]
@@ -162,52 +188,44 @@ def _created(gw: Gateway) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
-    try:
-        return ipaddress.IPv4Address(text)
-    except ValueError:
-        return None
-
-
 def _parse_nodes(gw: Gateway, problems: list[str]) -> tuple[tuple[PoolNode, ...], set[str]]:
-    """The usable status.nodes of a gateway, plus every name listed (usable or not)."""
+    """The usable status.nodes of a gateway (sorted by name), plus every name listed (usable or not)."""
     listed: set[str] = set()
     by_name: dict[str, PoolNode] = {}
     claimed: dict[str, str] = {}  # subnet -> node, inside this pool
+
+    def where(i: int, name: str) -> str:  # built only when there is something to report
+        return f"gateway {gw.name}: status.nodes[{i}] ({name})"
+
+    # By name so that the same entries give the same result (and the same problems) in any order.
     entries = sorted(enumerate(gw.status.nodes or []), key=lambda e: (e[1].node_name, e[0]))
     for i, info in entries:
-        where = f"gateway {gw.name}: status.nodes[{i}]"
-        name = info.node_name.strip()
+        name = info.node_name
         if not name:
-            problems.append(f"{where}: empty nodeName; skipped")
+            problems.append(f"gateway {gw.name}: status.nodes[{i}]: empty nodeName; skipped")
             continue
         listed.add(name)
         if name in by_name:
-            problems.append(f"{where} ({name}): duplicate entry; skipped")
+            problems.append(f"{where(i, name)}: duplicate entry; skipped")
             continue
-        if _parse_ipv4(info.private_ip) is None:
-            problems.append(f"{where} ({name}): invalid privateIP {info.private_ip!r} (IPv4 expected); skipped")
+        ip = _canonical_ipv4(info.private_ip)
+        if ip is None:
+            problems.append(f"{where(i, name)}: invalid privateIP {info.private_ip!r} (IPv4 expected); skipped")
             continue
         subnets: set[str] = set()
         for cidr in info.subnets:
             try:
-                net = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                problems.append(f"{where} ({name}): invalid subnet {cidr!r}; skipped")
+                text = normalise_subnet(cidr)
+            except ValueError as exc:
+                problems.append(f"{where(i, name)}: invalid subnet {cidr!r} ({exc}); skipped")
                 continue
-            if not isinstance(net, ipaddress.IPv4Network):
-                problems.append(f"{where} ({name}): IPv6 subnet {cidr!r} is not supported; skipped")
+            owner = claimed.setdefault(text, name)
+            if owner != name:
+                problems.append(f"{where(i, name)}: subnet {text} already belongs to node {owner}; skipped")
                 continue
-            text = str(net)
-            owner = claimed.get(text)
-            if owner is not None and owner != name:
-                problems.append(f"{where} ({name}): subnet {text} already belongs to node {owner}; skipped")
-                continue
-            claimed[text] = name
             subnets.add(text)
-        ip = str(ipaddress.IPv4Address(info.private_ip))
-        by_name[name] = PoolNode(name, ip, tuple(sorted(subnets, key=_net_key)))
-    return tuple(by_name[n] for n in sorted(by_name)), listed
+        by_name[name] = PoolNode(name, ip, tuple(sorted(subnets)))
+    return tuple(by_name.values()), listed
 
 
 def _pick_endpoint(gw: Gateway, nodes: tuple[PoolNode, ...], listed: set[str], problems: list[str]) -> Endpoint | None:
@@ -223,7 +241,7 @@ def _pick_endpoint(gw: Gateway, nodes: tuple[PoolNode, ...], listed: set[str], p
         if ep.node_name not in usable:
             problems.append(f"{where}: its status.nodes entry is unusable; skipped")
             continue
-        if ep.public_ip and _parse_ipv4(ep.public_ip) is None:
+        if ep.public_ip and _canonical_ipv4(ep.public_ip) is None:
             problems.append(f"{where}: invalid publicIP {ep.public_ip!r} (IPv4 expected); skipped")
             continue
         if chosen is None:
@@ -303,6 +321,7 @@ def build_cluster(gateways: Sequence[Gateway], tunnel_cidr: str) -> Cluster:
             nodes=nodes,
             endpoint=endpoint,
             inner=str(address) if address is not None else None,
+            subnets=tuple(sorted({s for n in nodes for s in n.subnets})),
         )
 
     # The same subnet claimed by two active gateways: the older gateway keeps it everywhere, so every
