@@ -701,15 +701,15 @@ def _setns(path: str | Path) -> None:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction; at EOF half-close (the other direction may still carry a reply)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
     except (ConnectionError, OSError):
         pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
 
 
 def _forward_listen(args: argparse.Namespace) -> socket.socket:
@@ -745,7 +745,12 @@ async def _forward_serve(lsock: socket.socket, connect: str) -> None:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, cwriter), _pipe(creader, writer))
+        try:
+            await asyncio.gather(_pipe(reader, cwriter), _pipe(creader, writer))
+        finally:
+            for w in (writer, cwriter):
+                with contextlib.suppress(Exception):
+                    w.close()
 
     server = await asyncio.start_server(handle, sock=lsock)
     async with server:

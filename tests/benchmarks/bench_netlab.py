@@ -58,7 +58,8 @@ def main() -> int:
     base, fast = rows["baseline (one ip per command)"], rows["batched"]
     speedup = base["build_s"] / fast["build_s"] if fast["build_s"] else 0.0
 
-    print(f"{'default topology (median of %d)' % RUNS:<34} {'build s':>9} {'teardown s':>11} {'netns':>6}")
+    title = f"default topology (median of {RUNS})"
+    print(f"{title:<34} {'build s':>9} {'teardown s':>11} {'netns':>6}")
     for label, r in rows.items():
         print(f"{label:<34} {r['build_s']:>9.3f} {r['teardown_s']:>11.3f} {int(r['namespaces']):>6}")
     print(f"build speedup vs baseline: {speedup:.1f}x")
