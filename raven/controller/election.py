@@ -33,14 +33,6 @@ REASON_INVALID = "InvalidSpec"
 
 
 @dataclass(frozen=True)
-class LoadBalancerAddress:
-    """What the cloud gave the LoadBalancer Service of one active tunnel slot."""
-
-    ip: str
-    port: int
-
-
-@dataclass(frozen=True)
 class ElectionResult:
     status: GatewayStatus
     # Endpoints that became active / stopped being active, for Events and metrics.
@@ -132,13 +124,14 @@ def elect(
     gw: Gateway,
     nodes: Iterable[Node],
     now: str,
-    lb_addresses: Mapping[int, LoadBalancerAddress] | None = None,
+    lb_addresses: Mapping[int, str] | None = None,
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
     `nodes` are the nodes labelled for this gateway (others are ignored). `lb_addresses` maps a tunnel
     slot (index among the active tunnel endpoints) to its LoadBalancer's address, for
-    `exposeType: LoadBalancer`; that address becomes the active endpoint's publicIP/publicPort.
+    `exposeType: LoadBalancer`; that address becomes the active endpoint's publicIP, and the
+    endpoint's port its publicPort (the Service forwards the same port).
     `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes.
     """
     own = {n.name: n for n in nodes if n.gateway == gw.name}
@@ -156,8 +149,8 @@ def elect(
     if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
         addrs = lb_addresses or {}
         tunnels = [
-            replace(ep, public_ip=addrs[i].ip, public_port=addrs[i].port) if i in addrs else replace(
-                ep, public_ip=None, public_port=None)
+            replace(ep, public_ip=addrs[i], public_port=ep.tunnel_port) if i in addrs
+            else replace(ep, public_ip=None, public_port=None)
             for i, ep in enumerate(tunnels)
         ]
     active = tunnels + proxies

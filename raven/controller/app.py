@@ -1,0 +1,110 @@
+"""`raven --mode=controller`: wires informers, leader election, the reconciler and exposure together.
+
+Every replica runs the informers (caches stay warm, so a standby that takes over decides from a full
+view at once) and reports ready when they are synced: being leader is not needed to be ready. Only the
+leader runs the reconcile workers and writes (status, Services, Events); `--no-leader-elect` makes a
+single replica lead unconditionally. On SIGTERM the supervisor cancels the main task: workers stop,
+then the Lease is released (kube/leader.py), then the API client is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from raven.config import ControllerConfig
+from raven.controller.exposure import MANAGED_SELECTOR, Exposure
+from raven.controller.metrics import ControllerMetrics
+from raven.controller.reconciler import GatewayReconciler
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient, new_api_client
+from raven.kube.events import EventRecorder
+from raven.kube.informer import Informer
+from raven.kube.leader import LeaderElector
+from raven.log import kv
+from raven.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "raven-controller"
+RESYNC_PERIOD_S = 300.0
+
+
+class Controller:
+    def __init__(self, cfg: ControllerConfig, rt: Runtime, client: KubeClient, *, workers: int = 8,
+                 resync_period_s: float = RESYNC_PERIOD_S) -> None:
+        self.cfg = cfg
+        self.rt = rt
+        self.client = client
+        self.resync_period_s = resync_period_s
+        self.metrics = ControllerMetrics(rt.registry)
+        self.elector: LeaderElector | None = None
+        if cfg.leader_elect:
+            self.elector = LeaderElector(
+                client, cfg.lease_namespace, cfg.lease_name, cfg.identity,
+                cfg.lease_duration, cfg.renew_deadline, cfg.retry_period,
+                on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
+            )
+        # Owned Services/Endpoints live in the controller's own namespace (the Lease's).
+        namespace = cfg.lease_namespace
+        reg = rt.registry
+        self.gateways = Informer(client, GATEWAYS, "gateways", reg)
+        self.nodes = Informer(client, NODES, "nodes", reg)
+        self.services = Informer(client, SERVICES, "services", reg, namespace=namespace,
+                                 label_selector=MANAGED_SELECTOR)
+        self.endpoints = Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
+                                  label_selector=MANAGED_SELECTOR)
+        self.recorder = EventRecorder(client, COMPONENT, may_write=self.may_write)
+        self.exposure = Exposure(client, namespace, self.services, self.endpoints, self.may_write)
+        self.reconciler = GatewayReconciler(client, self.gateways, self.nodes, self.exposure, self.recorder,
+                                            self.metrics, self.may_write, workers=workers)
+        self.services.add_handler(self.reconciler.on_service)
+        self.endpoints.add_handler(self.reconciler.on_service)
+
+    @property
+    def informers(self) -> list[Informer]:
+        return [self.gateways, self.nodes, self.services, self.endpoints]
+
+    def may_write(self) -> bool:
+        return self.elector.is_leader if self.elector is not None else True
+
+    async def run(self) -> None:
+        for inf in self.informers:
+            self.rt.supervisor.spawn(f"controller-informer-{inf.name}", inf.run())
+            self.rt.health.add_readiness_check(f"informer-{inf.name}", inf.check)
+        self.rt.supervisor.spawn("controller-events", self.recorder.run())
+        log.info("controller starting", extra=kv(identity=self.cfg.identity, leader_elect=self.cfg.leader_elect,
+                                                 lease=f"{self.cfg.lease_namespace}/{self.cfg.lease_name}"))
+        if self.elector is None:
+            self.metrics.leader.set(1)
+            await self.lead()
+        else:
+            await self.elector.run(self.lead)
+
+    async def lead(self) -> None:
+        """Everything only the leader does; cancelled the moment leadership is lost."""
+        for inf in self.informers:
+            await inf.wait_synced()  # decide only from a complete view (or a healthy node looks missing)
+        log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways.cache)))
+        self.reconciler.enqueue_all()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.reconciler.run_workers())
+            tg.create_task(self._resync())
+
+    async def _resync(self) -> None:
+        # A safety net only: events drive everything, this catches anything a bug let slip.
+        while True:
+            await asyncio.sleep(self.resync_period_s)
+            self.reconciler.enqueue_all()
+
+
+def controller_main(cfg: ControllerConfig) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+    async def main(rt: Runtime) -> None:
+        client = KubeClient(await new_api_client(cfg.common.kubeconfig))
+        try:
+            await Controller(cfg, rt, client).run()
+        finally:
+            await client.close()
+
+    return main

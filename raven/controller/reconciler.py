@@ -1,0 +1,344 @@
+"""The Gateway reconciler: informer events -> work queue -> election -> exposure -> status + Events.
+
+Informer handlers only enqueue Gateway names (a node event enqueues just the gateways named by its old
+and new `raven.openyurt.io/gateway` label, and only when a fact the election uses changed: heartbeats
+are ignored). Workers take names from the coalescing queue and reconcile one Gateway at a time:
+
+1. read the Gateway and its nodes from the informer caches (never from the API server);
+2. `elect()` (pure);
+3. make the LoadBalancer objects match (exposure.py);
+4. write the status only if it differs, with PUT /status carrying the resourceVersion the decision was
+   based on; a 409 means our view was stale: re-read the Gateway from the server, decide again, retry;
+5. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway / NodeIncomplete) only for
+   changes actually written, so a restart or a no-op reconcile emits nothing.
+
+Writes are gated by `may_write()` (the leader check): an ex-leader stops writing at once, mid-reconcile.
+A failed reconcile is retried with per-key jittered backoff; bad data is reported and never crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raven.api.constants import (
+    API_VERSION,
+    CONDITION_VALID,
+    EVENT_ACTIVE_ENDPOINT_ELECTED,
+    EVENT_ACTIVE_ENDPOINT_LOST,
+    EXPOSE_TYPE_LOAD_BALANCER,
+    KIND,
+    LABEL_OWNER_GATEWAY,
+)
+from raven.api.gateway import Condition, Gateway, GatewayParseError, GatewayStatus
+from raven.api.node import Node
+from raven.controller.election import REASON_INVALID, ElectionResult, condition, elect
+from raven.controller.exposure import Exposure, desired_slots
+from raven.controller.metrics import ControllerMetrics
+from raven.kube.client import GATEWAYS, JSON, ApiError, KubeClient
+from raven.kube.events import EventRecorder, ObjectRef
+from raven.kube.informer import Informer, InformerEvent, name_of, rv_of
+from raven.kube.workqueue import WorkQueue
+from raven.log import kv
+
+log = logging.getLogger(__name__)
+
+EVENT_INVALID_GATEWAY = "InvalidGateway"
+EVENT_NODE_INCOMPLETE = "NodeIncomplete"
+MAX_CONFLICT_RETRIES = 5
+
+
+class NotLeader(Exception):
+    """Leadership was lost mid-reconcile: stop without writing."""
+
+
+def rfc3339_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the election uses from a Node; equal facts mean a node event can be ignored."""
+
+    node: Node
+
+    def key(self) -> tuple[object, ...]:
+        n = self.node
+        return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+
+
+def _parse_node(obj: JSON) -> Node | None:
+    try:
+        return Node.from_dict(obj)
+    except Exception as exc:  # a malformed Node must not stop anything else
+        log.warning("malformed node ignored", extra=kv(node=name_of(obj), error=f"{type(exc).__name__}: {exc}"))
+        return None
+
+
+class GatewayReconciler:
+    def __init__(
+        self,
+        client: KubeClient,
+        gateways: Informer,
+        nodes: Informer,
+        exposure: Exposure,
+        recorder: EventRecorder,
+        metrics: ControllerMetrics,
+        may_write: Callable[[], bool],
+        *,
+        workers: int = 8,
+        clock: Callable[[], str] = rfc3339_now,
+    ) -> None:
+        self.client = client
+        self.gateways = gateways
+        self.nodes = nodes
+        self.exposure = exposure
+        self.recorder = recorder
+        self.metrics = metrics
+        self.may_write = may_write
+        self.workers = workers
+        self.clock = clock
+        self.queue = WorkQueue()
+        self._facts: dict[str, Node] = {}
+        self._members: dict[str, set[str]] = {}  # gateway -> names of nodes labelled for it
+        self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
+        self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
+        self._invalid: set[str] = set()
+        metrics.queue_depth.set_function(lambda: len(self.queue))
+        gateways.add_handler(self.on_gateway)
+        nodes.add_handler(self.on_node)
+
+    # --- event handlers: cheap, enqueue only ---
+
+    def on_gateway(self, ev: InformerEvent) -> None:
+        name = ev.name
+        if ev.type == "MODIFIED" and rv_of(ev.obj) == self._written_rv.get(name):
+            return  # our own status write coming back: nothing new to decide
+        self.queue.add(name)
+
+    def on_node(self, ev: InformerEvent) -> None:
+        name = ev.name
+        old = self._facts.get(name)
+        new = None if ev.type == "DELETED" else _parse_node(ev.obj)
+        if old is not None and new is not None and _Facts(old).key() == _Facts(new).key():
+            self._facts[name] = new
+            return  # a heartbeat or an unrelated change
+        if new is None:
+            self._facts.pop(name, None)
+        else:
+            self._facts[name] = new
+        old_gw = old.gateway if old else None
+        new_gw = new.gateway if new else None
+        if old_gw and old_gw != new_gw:
+            self._members.get(old_gw, set()).discard(name)
+        if new_gw:
+            self._members.setdefault(new_gw, set()).add(name)
+        for gw in {old_gw, new_gw} - {None}:
+            assert gw is not None
+            self.queue.add(gw)
+
+    def on_service(self, ev: InformerEvent) -> None:
+        owner = ((ev.obj.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY)
+        if owner:
+            self.queue.add(str(owner))
+
+    def enqueue_all(self) -> None:
+        for obj in list(self.gateways.cache.values()):
+            self.queue.add(name_of(obj))
+        # Objects left by gateways deleted while nobody was leading.
+        for owner in self.exposure.owner_gateways():
+            self.queue.add(owner)
+
+    # --- workers ---
+
+    async def run_workers(self) -> None:
+        """Reconcile queued gateways until cancelled (runs only while leading)."""
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.workers):
+                tg.create_task(self._worker(), name=f"gateway-worker-{i}")
+
+    async def _worker(self) -> None:
+        while True:
+            name = await self.queue.get()
+            start = time.perf_counter()
+            try:
+                await self.reconcile(name)
+                self.queue.forget(name)
+            except asyncio.CancelledError:
+                raise
+            except NotLeader:
+                pass
+            except Exception as exc:
+                self.metrics.reconcile_errors.inc()
+                delay = self.queue.add_rate_limited(name)
+                log.warning("reconcile failed, will retry", extra=kv(
+                    gateway=name, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2)))
+            finally:
+                self.queue.done(name)
+                self.metrics.reconcile_duration.observe(time.perf_counter() - start)
+
+    # --- one gateway ---
+
+    def _check_leader(self) -> None:
+        if not self.may_write():
+            raise NotLeader
+
+    async def reconcile(self, name: str) -> None:
+        raw = self.gateways.get(name)
+        if raw is None:
+            self._forget(name)
+            self._check_leader()
+            await self.exposure.apply(name, None, [])
+            return
+        for _ in range(MAX_CONFLICT_RETRIES):
+            self._check_leader()
+            try:
+                gw = Gateway.from_dict(raw)
+            except GatewayParseError as exc:
+                await self._report_unparsable(raw, str(exc))
+                return
+            if gw.being_deleted:
+                await self.exposure.apply(name, None, [])
+                return
+            result = self._elect(gw)
+            if result.valid:
+                self._invalid.discard(name)
+                slots = []
+                if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
+                    slots = desired_slots(gw, (result.status.active_tunnel_endpoints()), self._facts)
+                await self.exposure.apply(name, gw, slots)
+            else:
+                self._invalid.add(name)
+            self.metrics.invalid_gateways.set(len(self._invalid))
+            try:
+                written = await self._write_status(raw, gw, result.status)
+            except ApiError as exc:
+                if exc.conflict:
+                    # Our cache was behind the server: decide again from the server's object.
+                    raw = await self.client.get(GATEWAYS, name)
+                    continue
+                if exc.not_found:
+                    return  # deleted meanwhile; the informer's DELETED event cleans up
+                raise
+            if written:
+                self._after_write(gw, result)
+            self._report_node_problems(gw, result)
+            return
+        raise RuntimeError(f"gateway {name}: status write kept conflicting")
+
+    def _elect(self, gw: Gateway) -> ElectionResult:
+        members = [self._facts[n] for n in self._members.get(gw.name, ()) if n in self._facts]
+        lb = self.exposure.addresses(gw.name) if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER else None
+        return elect(gw, members, self.clock(), lb)
+
+    async def _write_status(self, raw: JSON, gw: Gateway, status: GatewayStatus) -> bool:
+        new = status.to_dict()
+        raw_status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
+        assert isinstance(raw_status, dict)
+        try:
+            current = GatewayStatus.from_dict(raw_status).to_dict()
+        except GatewayParseError:
+            current = None  # malformed status: ours replaces it
+        if current == new:
+            return False
+        self._check_leader()
+        body = dict(raw)
+        body["status"] = {**raw_status, **new}  # keep status fields other writers own
+        try:
+            updated = await self.client.replace(GATEWAYS, gw.name, body, subresource="status")
+        except ApiError as exc:
+            self.metrics.status_write_errors.labels(reason="conflict" if exc.conflict else str(exc.status)).inc()
+            raise
+        except Exception:
+            self.metrics.status_write_errors.labels(reason="error").inc()
+            raise
+        self._written_rv[gw.name] = rv_of(updated)
+        self.metrics.status_writes.inc()
+        return True
+
+    def _ref(self, gw: Gateway | JSON) -> ObjectRef:
+        if isinstance(gw, Gateway):
+            return ObjectRef(API_VERSION, KIND, gw.name, gw.uid)
+        meta = gw.get("metadata") or {}
+        return ObjectRef(API_VERSION, KIND, name_of(gw), str(meta.get("uid", "")))
+
+    def _after_write(self, gw: Gateway, result: ElectionResult) -> None:
+        ref = self._ref(gw)
+        if not result.valid:
+            message = "; ".join(result.spec_problems)
+            log.warning("invalid gateway: keeping last election", extra=kv(gateway=gw.name, problems=message))
+            self.recorder.record(ref, "Warning", EVENT_INVALID_GATEWAY, message)
+            return
+        for ep in result.lost:
+            reason = result.lost_reasons.get(ep.node_name, "")
+            log.warning("active endpoint lost", extra=kv(gateway=gw.name, node=ep.node_name, type=ep.type,
+                                                         why=reason))
+            self.metrics.failovers.labels(gateway=gw.name).inc()
+            self.recorder.record(ref, "Warning", EVENT_ACTIVE_ENDPOINT_LOST,
+                                 f"{ep.type} endpoint on node {ep.node_name} is no longer active: {reason}")
+        for ep in result.elected:
+            log.info("active endpoint elected", extra=kv(gateway=gw.name, node=ep.node_name, type=ep.type))
+            self.metrics.elections.labels(gateway=gw.name).inc()
+            self.recorder.record(ref, "Normal", EVENT_ACTIVE_ENDPOINT_ELECTED,
+                                 f"{ep.type} endpoint on node {ep.node_name} is active")
+        if result.lost and not any(ep.type == "tunnel" for ep in result.status.active_endpoints or []):
+            log.warning("gateway has no active tunnel endpoint", extra=kv(gateway=gw.name))
+
+    def _report_node_problems(self, gw: Gateway, result: ElectionResult) -> None:
+        problems = result.node_problems
+        if problems == self._reported.get(gw.name, ()):
+            return
+        self._reported[gw.name] = problems
+        if problems:
+            message = "; ".join(problems)
+            log.warning("gateway nodes incomplete", extra=kv(gateway=gw.name, problems=message))
+            self.recorder.record(self._ref(gw), "Warning", EVENT_NODE_INCOMPLETE, message)
+
+    async def _report_unparsable(self, raw: JSON, problem: str) -> None:
+        """A Gateway we cannot even parse: only the Valid condition is written (merge patch)."""
+        name = name_of(raw)
+        status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
+        assert isinstance(status, dict)
+        raw_conds = status.get("conditions") if isinstance(status.get("conditions"), list) else []
+        assert isinstance(raw_conds, list)
+        others: list[JSON] = []
+        previous: list[Condition] = []
+        for c in raw_conds:
+            if not isinstance(c, dict):
+                continue
+            try:
+                parsed = Condition.from_dict(c)
+            except GatewayParseError:
+                continue
+            if parsed.type == CONDITION_VALID:
+                previous = [parsed]
+            else:
+                others.append(c)
+        cond = condition(previous, CONDITION_VALID, "False", REASON_INVALID, problem, self.clock())
+        if previous and previous[0].status == "False" and previous[0].message == problem:
+            return  # already reported
+        self._invalid.add(name)
+        self.metrics.invalid_gateways.set(len(self._invalid))
+        self._check_leader()
+        patch = {"status": {"conditions": sorted([*others, cond.to_dict()], key=lambda c: str(c.get("type")))}}
+        try:
+            updated = await self.client.merge_patch(GATEWAYS, name, patch, subresource="status")
+        except ApiError as exc:
+            self.metrics.status_write_errors.labels(reason=str(exc.status)).inc()
+            if exc.not_found:
+                return
+            raise
+        self._written_rv[name] = rv_of(updated)
+        self.metrics.status_writes.inc()
+        log.warning("unparsable gateway", extra=kv(gateway=name, problem=problem))
+        self.recorder.record(self._ref(raw), "Warning", EVENT_INVALID_GATEWAY, problem)
+
+    def _forget(self, name: str) -> None:
+        self._written_rv.pop(name, None)
+        self._reported.pop(name, None)
+        self._invalid.discard(name)
+        self.metrics.invalid_gateways.set(len(self._invalid))
+
