@@ -381,11 +381,16 @@ def _connection(gw: GatewayView, me: PoolNode, peer: GatewayView, path: Path, cf
         remote_addrs: tuple[str, ...] = (peer.address,)
     else:
         remote_addrs = ("%any",)
+    # We initiate from the node IP; as responder we also accept IKE sent to our public address, for
+    # clouds that put the public IP on the NIC rather than 1:1-NATing it to the node IP.
+    local_addrs: tuple[str, ...] = (me.ip,)
+    if gw.public_ip is not None and gw.public_ip != me.ip:
+        local_addrs += (gw.public_ip,)
     return IPsecConnection(
         name=f"{cfg.vici_conn_prefix}{peer.name}",
         local_id=ike_identity(gw.name),
         remote_id=ike_identity(peer.name),
-        local_addrs=(me.ip,),
+        local_addrs=local_addrs,
         remote_addrs=remote_addrs,
         remote_port=peer.port,
         local_ts=f"{gw.inner}/32",  # callers pass active gateways: inner is set

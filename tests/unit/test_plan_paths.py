@@ -30,6 +30,8 @@ def test_both_public_peers_connect_directly_and_the_smaller_name_initiates() -> 
     # gw-cloud (PublicIP) and gw-dc (not under NAT): "gw-cloud" < "gw-dc".
     cloud_side, dc_side = conn("cloud-1", "gw-dc"), conn("dc-1", "gw-cloud")
     assert cloud_side.initiator and not dc_side.initiator
+    # Each side initiates from its node IP; the cloud also answers on its public address.
+    assert cloud_side.local_addrs == ("10.0.0.11", "203.0.113.10") and dc_side.local_addrs == ("172.16.0.11",)
     assert cloud_side.remote_addrs == ("172.16.0.11",) and cloud_side.remote_port == 4500
     # The responder knows where the initiator's packets come from (1:1 public IP), so it insists on it.
     assert dc_side.remote_addrs == ("203.0.113.10",)
