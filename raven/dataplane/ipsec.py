@@ -1,0 +1,358 @@
+"""The IPsec driver: Raven's `IPsecConnection`s -> strongSwan's charon over VICI.
+
+Public surface (what the agent's reconciler calls)::
+
+    driver = IPsecDriver(socket_path, psk, settings=IPsecSettings(), on_op=None)
+    report = await driver.reconcile(conns)   # ApplyReport; ops counted per VICI command
+    states = await driver.states()           # [TunnelState] from list-sas, for metrics and status
+    report = await driver.cleanup()          # terminate + unload every raven-* connection, our PSK
+    await driver.close()
+
+Raises `CharonUnavailable` (with the reason) when charon cannot be reached: the reconciler turns
+that into a readiness failure and retries; the driver reconnects on the next call (a restarted
+charon gets a new socket and, having lost its configuration, everything reloaded).
+
+Ownership: only connections whose name starts with the prefix (`raven-`) and shared keys whose
+id starts with `<prefix>psk-` are read, replaced or removed. Others' connections are never touched.
+
+No local cache decides what to load: every reconcile compares with what charon reports, so an agent
+restart or a charon restart converges the same way. The connection's full configuration is
+fingerprinted into its CHILD_SA name (`inner-<hash>`), which `list-conns` reports back: a converged
+reconcile makes zero load/unload calls, and a changed peer replaces that one connection only (its
+IKE_SA is terminated first so the new addresses take effect at once; other peers' SAs are untouched).
+The PSK is loaded with owners (every local and remote identity in use) under an id derived from a
+slow hash (scrypt) of secret and owners, so charon's `get-shared` answers "already loaded" without
+charon ever revealing the secret, and the id does not make a weak PSK cheap to guess.
+
+DPD: `dpd_delay` on every connection; the timeout of IKEv2 DPD is charon's retransmission schedule
+(strongswan.conf `retransmit_*`). The initiating side uses start_action=start, dpd_action=restart
+and close_action=start (it re-establishes on its own); the responding side uses none/clear/none.
+NAT-T: `encap = yes` forces UDP encapsulation (what NAT'ed peers need anyway, and what kernel-libipsec
+does regardless), so the MTU computation can count on ESP-in-UDP; charon detects NAT by itself.
+
+VICI is blocking and its Session is not thread-safe: every call runs in ONE dedicated worker thread,
+so the event loop never blocks and calls never interleave. vici's list/initiate/terminate calls are
+lazy generators: they are always fully iterated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import vici
+import vici.exception
+
+from raven.dataplane.kernel import ApplyError, ApplyReport
+from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
+
+log = logging.getLogger(__name__)
+
+# VICI operations, as counted in ApplyReport.writes and exported as metrics labels.
+VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared")
+CHILD_PREFIX: Final = "inner-"
+T = TypeVar("T")
+
+
+class CharonUnavailable(RuntimeError):
+    """charon's VICI socket cannot be reached (absent, refused, closed, timed out)."""
+
+
+@dataclass(frozen=True)
+class IPsecSettings:
+    """Knobs that are the same for every connection of a node."""
+
+    dpd_delay: str = "2s"
+    encap: bool = True
+    keyingtries: int = 0  # 0: keep trying forever (initiator)
+    rekey_time: str = "4h"  # IKE_SA rekeying (the CHILD_SA uses charon's default)
+    mobike: bool = False  # peers are fixed gateways; MOBIKE only confuses NAT'ed responders
+    timeout_s: float = 10.0  # per VICI request
+
+
+@dataclass(frozen=True)
+class TunnelState:
+    """One raven-* IKE_SA (and its CHILD_SA) as charon reports it."""
+
+    name: str
+    ike_state: str  # ESTABLISHED, CONNECTING, ...
+    ike_unique_id: int
+    remote_host: str
+    remote_port: int
+    child_state: str | None  # INSTALLED, REKEYING, ... None when no CHILD_SA
+    child_unique_id: int | None
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    encap: bool
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def conn_config(conn: IPsecConnection, settings: IPsecSettings) -> dict[str, Any]:
+    """The VICI load-conn message body for one connection (without the fingerprinted child name)."""
+    initiator = conn.initiator
+    child: dict[str, Any] = {
+        "mode": "tunnel",
+        "local_ts": [conn.local_ts],
+        "remote_ts": [conn.remote_ts],
+        "esp_proposals": list(conn.esp_proposals),
+        "start_action": "start" if initiator else "none",
+        "dpd_action": "restart" if initiator else "clear",
+        "close_action": "start" if initiator else "none",
+    }
+    return {
+        "version": 2,
+        "local_addrs": list(conn.local_addrs),
+        "remote_addrs": list(conn.remote_addrs),
+        "remote_port": conn.remote_port,
+        "proposals": list(conn.proposals),
+        "encap": "yes" if settings.encap else "no",
+        "mobike": "yes" if settings.mobike else "no",
+        "dpd_delay": settings.dpd_delay,
+        "rekey_time": settings.rekey_time,
+        "keyingtries": settings.keyingtries,
+        "unique": "replace",
+        "local": {"auth": "psk", "id": conn.local_id},
+        "remote": {"auth": "psk", "id": conn.remote_id},
+        "children": {"inner": child},
+    }
+
+
+def child_name(config: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return CHILD_PREFIX + digest[:16]
+
+
+def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings) -> tuple[str, dict[str, Any]]:
+    config = conn_config(conn, settings)
+    name = child_name(config)
+    config["children"] = {name: config["children"]["inner"]}
+    return name, config
+
+
+class IPsecDriver:
+    """Keeps charon's raven-* connections and PSK equal to the desired set. See the module docstring."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        psk: str,
+        *,
+        prefix: str = VICI_CONN_PREFIX,
+        settings: IPsecSettings | None = None,
+        on_op: Callable[[str, int], None] | None = None,
+    ) -> None:
+        if not psk:
+            raise ValueError("an IPsec pre-shared key is required")
+        self.socket_path = socket_path
+        self.prefix = prefix
+        self.settings = settings or IPsecSettings()
+        self._psk = psk
+        self._on_op = on_op
+        self._session: Any = None
+        self._sock: socket.socket | None = None
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raven-vici")
+        self._psk_ids: dict[tuple[str, ...], str] = {}
+        self.connects = 0  # how many times a session was (re)established
+
+    # ---- plumbing (worker thread only) ---------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def _connect(self) -> Any:
+        if self._session is not None:
+            return self._session
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.settings.timeout_s)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise CharonUnavailable(f"charon unreachable at {self.socket_path}: {exc.strerror or exc}") from exc
+        self._sock = sock
+        self._session = vici.Session(sock)
+        self.connects += 1
+        log.info("vici connected socket=%s connects=%d", self.socket_path, self.connects)
+        return self._session
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._session = None
+
+    def _with_session(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(session)`; on a broken connection reconnect once (charon restarted) and rerun."""
+        for attempt in (1, 2):
+            session = self._connect()
+            try:
+                return fn(session)
+            except (OSError, vici.exception.SessionException) as exc:
+                self._disconnect()
+                if attempt == 2:
+                    raise CharonUnavailable(f"charon at {self.socket_path} failed: {exc}") from exc
+                log.warning("vici connection lost socket=%s reason=%s reconnecting", self.socket_path, exc)
+        raise AssertionError("unreachable")
+
+    # ---- public ----------------------------------------------------------------------------------
+
+    async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
+        """Make charon's raven-* connections and PSK match `conns`. Zero VICI writes when converged."""
+        desired = {c.name: c for c in conns}
+        bad = [n for n in desired if not n.startswith(self.prefix)]
+        if bad:
+            raise ValueError(f"connection names must start with {self.prefix!r}: {bad}")
+        start = time.perf_counter()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, desired)))
+        report.duration_s = time.perf_counter() - start
+        return report
+
+    async def states(self) -> list[TunnelState]:
+        return await self._run(lambda: self._with_session(self._states_sync))
+
+    async def cleanup(self) -> ApplyReport:
+        """Terminate and unload every raven-* connection and our PSK; nothing else."""
+        start = time.perf_counter()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, {})))
+        report.duration_s = time.perf_counter() - start
+        return report
+
+    async def ping(self) -> str:
+        """charon's version string; raises CharonUnavailable (for readiness checks)."""
+        return await self._run(lambda: self._with_session(lambda s: _s(s.version().get("version", b""))))
+
+    async def close(self) -> None:
+        await self._run(self._disconnect)
+        self._worker.shutdown(wait=False)
+
+    # ---- the work (worker thread) --------------------------------------------------------------
+
+    def _count(self, report: ApplyReport, op: str) -> None:
+        report.writes[op] += 1
+        if self._on_op is not None:
+            self._on_op(op, 1)
+
+    def _loaded(self, s: Any) -> dict[str, set[str]]:
+        """Our loaded connections -> their CHILD_SA names (the fingerprints)."""
+        out: dict[str, set[str]] = {}
+        for item in _drain(s.list_conns()):
+            for name, body in item.items():
+                if name.startswith(self.prefix):
+                    out[name] = set(body.get("children", {}).keys())
+        return out
+
+    def _active_ike(self, s: Any) -> set[str]:
+        return {name for item in _drain(s.list_sas()) for name in item if name.startswith(self.prefix)}
+
+    def _reconcile_sync(self, s: Any, desired: dict[str, IPsecConnection]) -> ApplyReport:
+        report = ApplyReport(writes=dict.fromkeys(VICI_OPS, 0))
+        loaded = self._loaded(s)
+        wanted = {name: _fingerprinted(conn, self.settings) for name, conn in desired.items()}
+        to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
+        to_unload = sorted(n for n in loaded if n not in wanted)
+        if to_load or to_unload:
+            active = self._active_ike(s)
+        else:
+            active = set()
+        # The PSK first: a connection that starts on load needs it.
+        self._sync_psk(s, desired.values(), report)
+        for name in to_unload:
+            if name in active:
+                self._terminate(s, name, report)
+            self._op(report, "unload_conn", name, s.unload_conn, {"name": name})
+        for name in to_load:
+            if name in active:
+                # Changed peer: drop its old SA so the new addresses/proposals apply now.
+                self._terminate(s, name, report)
+            _child, cfg = wanted[name]
+            self._op(report, "load_conn", name, s.load_conn, {name: cfg})
+            log.info(
+                "vici connection loaded name=%s remote=%s initiator=%s",
+                name,
+                ",".join(desired[name].remote_addrs),
+                desired[name].initiator,
+            )
+        if to_load or to_unload:
+            log.info("vici reconcile loaded=%d unloaded=%d", len(to_load), len(to_unload))
+        return report
+
+    def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
+        self._count(report, op)
+        try:
+            _drain(call(*args)) if op == "terminate" else call(*args)
+        except vici.exception.CommandException as exc:
+            report.errors.append(ApplyError("vici", op, name, str(exc)))
+            log.warning("vici %s failed name=%s reason=%s", op, name, exc)
+
+    def _terminate(self, s: Any, name: str, report: ApplyReport) -> None:
+        # force: do not wait for a DELETE answer from a peer that may be gone; timeout=-1: return at once.
+        self._op(report, "terminate", name, s.terminate, {"ike": name, "force": "yes", "timeout": -1})
+
+    def _psk_id(self, owners: tuple[str, ...]) -> str:
+        key = owners
+        if key not in self._psk_ids:
+            salt = b"raven-psk-id\0" + "\0".join(owners).encode()
+            digest = hashlib.scrypt(self._psk.encode(), salt=salt, n=2**14, r=8, p=1, dklen=12)
+            self._psk_ids = {key: f"{self.prefix}psk-{digest.hex()}"}
+        return self._psk_ids[key]
+
+    def _sync_psk(self, s: Any, conns: Iterable[IPsecConnection], report: ApplyReport) -> None:
+        owners = tuple(sorted({c.local_id for c in conns} | {c.remote_id for c in conns}))
+        have = {_s(k) for k in s.get_shared().get("keys", []) if _s(k).startswith(f"{self.prefix}psk-")}
+        want = {self._psk_id(owners)} if owners else set()
+        for key_id in sorted(want - have):
+            self._op(
+                report, "load_shared", key_id, s.load_shared,
+                {"id": key_id, "type": "IKE", "data": self._psk, "owners": list(owners)},
+            )  # fmt: skip
+        for key_id in sorted(have - want):
+            self._op(report, "unload_shared", key_id, s.unload_shared, {"id": key_id})
+
+    def _states_sync(self, s: Any) -> list[TunnelState]:
+        out: list[TunnelState] = []
+        for item in _drain(s.list_sas()):
+            for name, ike in item.items():
+                if not name.startswith(self.prefix):
+                    continue
+                children = list(ike.get("child-sas", {}).values())
+                # Prefer the installed CHILD_SA (during a rekey two exist briefly).
+                children.sort(key=lambda c: _s(c.get("state", b"")) != "INSTALLED")
+                child = children[0] if children else None
+                out.append(
+                    TunnelState(
+                        name=name,
+                        ike_state=_s(ike.get("state", b"")),
+                        ike_unique_id=int(ike.get("uniqueid", 0)),
+                        remote_host=_s(ike.get("remote-host", b"")),
+                        remote_port=int(ike.get("remote-port", 0)),
+                        child_state=_s(child["state"]) if child else None,
+                        child_unique_id=int(child["uniqueid"]) if child else None,
+                        bytes_in=sum(int(c.get("bytes-in", 0)) for c in children),
+                        bytes_out=sum(int(c.get("bytes-out", 0)) for c in children),
+                        packets_in=sum(int(c.get("packets-in", 0)) for c in children),
+                        packets_out=sum(int(c.get("packets-out", 0)) for c in children),
+                        encap=any(_s(c.get("encap", b"no")) == "yes" for c in children),
+                    )
+                )
+        return sorted(out, key=lambda t: (t.name, t.ike_unique_id))
+
+
+def _drain(gen: Iterator[Any] | Any) -> list[Any]:
+    """Iterate vici's lazy generators to the end (nothing is sent until they are iterated)."""
+    return list(gen)

@@ -1,0 +1,244 @@
+"""IPsecDriver with real charons (kernel-libipsec) in namespaces, carrying raven1 VXLAN pod traffic.
+
+Topology: a switch namespace with a bridge; gateways ga, gb, gc on it (192.0.2.1/.2/.3). Each gateway
+holds its inner address on raven1 (applied by KernelApplier), a "pod" address on lo (10.N.0.1) and
+routes to the other pods via the peers' inner addresses. ga initiates to gb and gc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from e2e.netlab import Charon, Lab, Netns
+from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver, TunnelState
+from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.state import Address, DesiredState, FdbEntry, IPsecConnection, Neighbor, Route, Rule, VxlanLink
+
+pytestmark = pytest.mark.root
+
+PSK = "rdp-test-psk-5f0c2a9e"
+NAMES = ("ga", "gb", "gc")
+
+
+@dataclass
+class Gw:
+    name: str
+    idx: int
+    ns: Netns
+    charon: Charon
+    underlay: str
+
+    @property
+    def inner(self) -> str:
+        return f"241.0.0.{self.idx}"
+
+    @property
+    def mac(self) -> str:
+        return f"02:f1:00:00:00:{self.idx:02x}"
+
+    @property
+    def pod(self) -> str:
+        return f"10.{self.idx}.0.1"
+
+
+def kernel_state(me: Gw, peers: list[Gw]) -> DesiredState:
+    return DesiredState(
+        links=frozenset({VxlanLink("raven1", 201, 4473, 1350, me.mac, me.inner, None)}),
+        addresses=frozenset({Address("raven1", f"{me.inner}/32")}),
+        routes=frozenset(Route(f"10.{p.idx}.0.0/24", 9027, "raven1", p.inner, 1350) for p in peers),
+        rules=frozenset({Rule(9027, 9027)}),
+        neighbors=frozenset(Neighbor("raven1", p.inner, p.mac) for p in peers),
+        fdb=frozenset(FdbEntry("raven1", p.mac, p.inner) for p in peers),
+    )
+
+
+def conn(me: Gw, peer: Gw, initiator: bool) -> IPsecConnection:
+    return IPsecConnection(
+        name=f"raven-{peer.name}",
+        local_id=f"{me.name}.raven",
+        remote_id=f"{peer.name}.raven",
+        local_addrs=(me.underlay,),
+        remote_addrs=(peer.underlay,) if initiator else ("%any",),
+        remote_port=4500,
+        local_ts=f"{me.inner}/32",
+        remote_ts=f"{peer.inner}/32",
+        initiator=initiator,
+    )
+
+
+def ping(ns: Netns, src: str, dst: str, count: int = 2) -> bool:
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", "-I", src, dst]
+    return ns.run(argv, check=False).returncode == 0
+
+
+async def wait_for(pred: Callable[[], object], deadline_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        result = pred()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def gws(lab: Lab) -> Iterator[dict[str, Gw]]:
+    sw = lab.netns("sw")
+    sw.add_bridge("br0")
+    out: dict[str, Gw] = {}
+    for i, name in enumerate(NAMES, start=1):
+        ns = lab.netns(name)
+        lab.veth(ns, "eth0", sw, f"p{name}")
+        sw.ip("link", "set", f"p{name}", "master", "br0")
+        ns.add_addr("eth0", f"192.0.2.{i}/24")
+        ns.add_addr("lo", f"10.{i}.0.1/32")
+        out[name] = Gw(name, i, ns, ns.start_charon(), f"192.0.2.{i}")
+    yield out
+
+
+@pytest.fixture
+async def drivers(gws: dict[str, Gw]) -> AsyncIterator[dict[str, tuple[KernelApplier, IPsecDriver]]]:
+    made = {n: (KernelApplier(netns=g.ns.name), IPsecDriver(str(g.charon.vici_socket), PSK)) for n, g in gws.items()}
+    try:
+        yield made
+    finally:
+        for k, d in made.values():
+            await k.close()
+            await d.close()
+
+
+async def installed(driver: IPsecDriver, name: str) -> TunnelState | None:
+    for t in await driver.states():
+        if t.name == name and t.ike_state == "ESTABLISHED" and t.child_state == "INSTALLED":
+            return t
+    return None
+
+
+async def bring_up(gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]) -> None:
+    ga, gb, gc = gws["ga"], gws["gb"], gws["gc"]
+    plan = {
+        "ga": ([gb, gc], [conn(ga, gb, True), conn(ga, gc, True)]),
+        "gb": ([ga], [conn(gb, ga, False)]),
+        "gc": ([ga], [conn(gc, ga, False)]),
+    }
+    # Responders first, so the initiator's start_action finds them ready.
+    for name in ("gb", "gc", "ga"):
+        peers, conns = plan[name]
+        kernel, driver = drivers[name]
+        assert (await kernel.reconcile(kernel_state(gws[name], peers))).ok
+        report = await driver.reconcile(conns)
+        assert report.ok, report.errors
+        assert report.writes["load_conn"] == len(conns) and report.writes["load_shared"] == 1
+    assert await wait_for(lambda: installed(drivers["ga"][1], "raven-gb")), ga.charon.read_log()[-3000:]
+    assert await wait_for(lambda: installed(drivers["ga"][1], "raven-gc")), ga.charon.read_log()[-3000:]
+
+
+async def test_pod_traffic_crosses_the_tunnel_and_a_converged_reconcile_calls_nothing(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    ga, gb = gws["ga"], gws["gb"]
+    # Routes and raven1 alone do not connect the pods: the inner addresses are reachable only through ESP.
+    assert (await drivers["ga"][0].reconcile(kernel_state(ga, [gb]))).ok
+    assert (await drivers["gb"][0].reconcile(kernel_state(gb, [ga]))).ok
+    assert not ping(ga.ns, ga.pod, gb.pod, count=1)
+    await bring_up(gws, drivers)
+    driver = drivers["ga"][1]
+    before = await installed(driver, "raven-gb")
+    assert before is not None and before.encap
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod)), ga.charon.read_log()[-3000:]
+    after = await installed(driver, "raven-gb")
+    assert after is not None and after.bytes_out > before.bytes_out and after.bytes_in > before.bytes_in
+    # The CHILD_SA selectors are inner/32 <-> inner/32, whatever the subnets.
+    with ga.charon.session() as s:
+        sas = [ike for item in s.list_sas() for ike in item.values()]
+    child = next(iter(next(ike for ike in sas if ike["remote-id"] == b"gb.raven")["child-sas"].values()))
+    assert child["local-ts"] == [b"241.0.0.1/32"] and child["remote-ts"] == [b"241.0.0.2/32"]
+    # Converged: zero VICI writes, on every node.
+    for name, peers in (("ga", [gb, gws["gc"]]),):
+        again = await drivers[name][1].reconcile([conn(ga, p, True) for p in peers])
+        assert again.total_writes == 0, again.writes
+    assert (await drivers["gb"][1].reconcile([conn(gb, ga, False)])).total_writes == 0
+    # An agent restart (a fresh driver) finds nothing to do either.
+    fresh = IPsecDriver(str(ga.charon.vici_socket), PSK)
+    try:
+        assert (await fresh.reconcile([conn(ga, gb, True), conn(ga, gws["gc"], True)])).total_writes == 0
+    finally:
+        await fresh.close()
+
+
+async def test_a_changed_peer_replaces_only_that_connection(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    ga, gb, gc = gws["ga"], gws["gb"], gws["gc"]
+    await bring_up(gws, drivers)
+    gb_sa = await installed(drivers["ga"][1], "raven-gb")
+    assert gb_sa is not None
+    # gc gets a new underlay address (a failover to another node of gc's pool looks the same to ga).
+    gc.ns.ip("addr", "del", "192.0.2.3/24", "dev", "eth0")
+    gc.ns.ip("addr", "add", "192.0.2.13/24", "dev", "eth0")
+    gc_moved = dataclasses.replace(gc, underlay="192.0.2.13")
+    assert (await drivers["gc"][1].reconcile([conn(gc_moved, ga, False)])).ok
+    report = await drivers["ga"][1].reconcile([conn(ga, gb, True), conn(ga, gc_moved, True)])
+    assert report.ok, report.errors
+    assert report.writes["load_conn"] == 1 and report.writes["unload_conn"] == 0
+    assert report.writes["terminate"] == 1 and report.writes["load_shared"] == 0
+    new_gc = await wait_for(lambda: installed(drivers["ga"][1], "raven-gc"))
+    assert new_gc, ga.charon.read_log()[-3000:]
+    gc_sa = await installed(drivers["ga"][1], "raven-gc")
+    assert gc_sa is not None and gc_sa.remote_host == "192.0.2.13"
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gc.pod))
+    # The other peer's SA was not touched.
+    gb_after = await installed(drivers["ga"][1], "raven-gb")
+    assert gb_after is not None and gb_after.ike_unique_id == gb_sa.ike_unique_id
+    assert gb_after.child_unique_id == gb_sa.child_unique_id
+    # A removed peer is terminated and unloaded, the PSK re-owned.
+    report = await drivers["ga"][1].reconcile([conn(ga, gb, True)])
+    assert report.writes["unload_conn"] == 1 and report.writes["terminate"] == 1
+    assert [t.name for t in await drivers["ga"][1].states()] == ["raven-gb"]
+
+
+async def test_charon_restart_is_survived_without_restarting_the_driver(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    ga, gb = gws["ga"], gws["gb"]
+    await bring_up(gws, drivers)
+    driver = drivers["ga"][1]
+    conns = [conn(ga, gb, True), conn(ga, gws["gc"], True)]
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod))
+    ga.charon.stop()
+    # charon absent: a clear error, the driver keeps no broken state.
+    with pytest.raises(CharonUnavailable, match="unreachable"):
+        await driver.reconcile(conns)
+    ga.charon.process.start()
+    ga.charon.wait_ready()
+    report = await driver.reconcile(conns)  # reconnects; the new charon has nothing: reload all
+    assert report.ok, report.errors
+    assert report.writes["load_conn"] == 2 and report.writes["load_shared"] == 1
+    assert await wait_for(lambda: installed(driver, "raven-gb")), ga.charon.read_log()[-3000:]
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod)), ga.charon.read_log()[-3000:]
+    assert (await driver.reconcile(conns)).total_writes == 0
+
+
+async def test_cleanup_removes_only_raven_connections(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    ga, gb = gws["ga"], gws["gb"]
+    driver = drivers["ga"][1]
+    assert (await driver.reconcile([conn(ga, gb, True)])).ok
+    with ga.charon.session() as s:
+        s.load_conn({"other-conn": {"version": 2, "remote_addrs": ["192.0.2.99"], "children": {"c": {}}}})
+    report = await driver.cleanup()
+    assert report.ok and report.writes["unload_conn"] == 1 and report.writes["unload_shared"] == 1
+    with ga.charon.session() as s:
+        assert [name.decode() if isinstance(name, bytes) else name for name in s.get_conns()["conns"]] == [
+            "other-conn"
+        ]
+        assert s.get_shared()["keys"] == []
