@@ -581,6 +581,16 @@ class Lab:
         return find_leftovers(self.prefix)
 
 
+def lab_session(prefix: str, run_dir: Path | None = None) -> Iterator[Lab]:
+    """A lab for a pytest fixture: ``@pytest.fixture`` / ``def lab(): yield from lab_session("rdp")``.
+
+    Leftovers of a crashed earlier run with the same prefix are removed first; everything is
+    removed afterwards, whether the test passed or not.
+    """
+    with Lab(prefix, run_dir) as lab:
+        yield lab
+
+
 def _best_effort(fn: Any, *args: Any) -> None:
     try:
         fn(*args)

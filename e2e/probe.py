@@ -94,9 +94,13 @@ def ping_many(pairs: Sequence[tuple[Netns, str]], count: int = 2, interval: floa
 
 
 def start_echo_server(ns: Netns, ip: str, port: int, proto: str = "udp", once: bool = False,
-                      name: str | None = None, timeout: float = 10.0) -> Process:
-    """A UDP or TCP echo server in `ns`, returned once it is bound (it prints "ready")."""
-    argv = _probe_argv(f"{proto}-echo", "--bind", ip, "--port", str(port), *(["--once"] if once else []))
+                      name: str | None = None, timeout: float = 10.0, report_peer: bool = False) -> Process:
+    """A UDP or TCP echo server in `ns`, returned once it is bound (it prints "ready").
+
+    With `report_peer` (UDP) it answers with the source ``ip:port`` it saw instead of the payload.
+    """
+    flags = (["--once"] if once else []) + (["--report-peer"] if report_peer else [])
+    argv = _probe_argv(f"{proto}-echo", "--bind", ip, "--port", str(port), *flags)
     server = ns.popen(argv, name=name or f"{proto}-echo-{port}")
     offset = server.stdout_path.stat().st_size if server.stdout_path.exists() else 0
     deadline = time.monotonic() + timeout
@@ -122,6 +126,25 @@ def _echo_once(src: Netns, dst: Netns, dst_ip: str, port: int, proto: str, timeo
         return float(out.stdout.strip())
     finally:
         server.stop(1.0)
+
+
+def observed_source(src: Netns, servers: Sequence[tuple[str, int]], bind_port: int,
+                    timeout: float = 2.0) -> list[str | None]:
+    """From ONE UDP socket bound to `bind_port` in `src`, ask each `report_peer` echo server which
+    source ``ip:port`` it saw (None when no answer). Reveals the NAT's mapping behaviour."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',int(sys.argv[1])))\n"
+        "s.settimeout(float(sys.argv[2]))\n"
+        "for hp in sys.argv[3:]:\n"
+        "    h,p=hp.rsplit(':',1); s.sendto(b'who',(h,int(p)))\n"
+        "    try: print(s.recvfrom(256)[0].decode())\n"
+        "    except OSError: print('-')\n"
+    )
+    out = src.run([sys.executable, "-c", code, str(bind_port), str(timeout),
+                   *(f"{h}:{p}" for h, p in servers)], check=False, timeout=timeout * len(servers) + 10)
+    lines = out.stdout.split()
+    return [None if x == "-" else x for x in lines] + [None] * (len(servers) - len(lines))
 
 
 def tcp_check(src: Netns, dst: Netns, dst_ip: str, port: int = 18080, timeout: float = 2.0) -> float | None:
@@ -271,7 +294,8 @@ def _udp_echo(args: argparse.Namespace) -> int:
     print("ready", flush=True)
     while True:
         data, addr = s.recvfrom(2048)
-        s.sendto(data, addr)
+        # --report-peer answers with the source address it saw (a poor man's STUN, for NAT tests).
+        s.sendto(f"{addr[0]}:{addr[1]}".encode() if args.report_peer else data, addr)
         if args.once:
             return 0
 
@@ -380,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--bind", required=True)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--once", action="store_true")
+        p.add_argument("--report-peer", action="store_true")
     for name in ("udp-once", "tcp-once"):
         p = sub.add_parser(name)
         p.add_argument("--to", required=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from e2e.netlab import Lab, Netns, Process
+from e2e.netlab import Charon, Lab, Netns, Process
 from raven.api.constants import LABEL_GATEWAY
 from raven.api.gateway import Gateway, GatewayParseError, validate
 
@@ -404,6 +404,11 @@ class Cluster:
             name, (self.control_plane_ip, port), ("127.0.0.1", root_port), listen_ns=self.control_plane
         )
         return proc
+
+    def start_charons(self, nodes: Sequence[str] | None = None) -> dict[str, Charon]:
+        """One charon per node (all nodes by default); each node's VICI socket is
+        ``cluster.nodes[name].netns.charon.vici_socket``."""
+        return {n: self.nodes[n].netns.start_charon() for n in (nodes or list(self.nodes))}
 
     def close(self) -> None:
         self.lab.close()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.netlab import Lab
+from e2e.netlab import Lab, lab_session
 
 PREFIX = "rvl"
 
@@ -18,8 +18,6 @@ def _need_root() -> None:
 
 
 @pytest.fixture
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab() -> Iterator[Lab]:
     _need_root()
-    # Short run dir: VICI socket paths must fit in AF_UNIX's 108 bytes.
-    with Lab(PREFIX) as the_lab:
-        yield the_lab
+    yield from lab_session(PREFIX)
