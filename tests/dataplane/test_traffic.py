@@ -1,0 +1,109 @@
+"""Real traffic through raven0: a member node reaches a remote subnet via the pool's virtual next hop.
+
+Namespaces on one bridge: n1 (member, 192.168.60.1), g1 and g2 (gateway candidates, .2 and .3). Both
+gateways answer for the "remote" address 10.99.0.1 (on lo), so which one carries the traffic shows
+in their raven0 packet counters. Failover moves n1's neighbour + FDB entry from g1 to g2: O(1) writes,
+no route touched, and the traffic follows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e.netlab import Lab, Netns
+from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.state import (
+    POOL_VIRTUAL_NEXT_HOP,
+    Address,
+    DesiredState,
+    FdbEntry,
+    Neighbor,
+    Route,
+    Rule,
+    VxlanLink,
+)
+
+pytestmark = pytest.mark.root
+
+REMOTE = "10.99.0.1"
+
+
+def mac(i: int) -> str:
+    return f"02:f0:a8:3c:{i:02x}:00"
+
+
+def raven0(i: int) -> VxlanLink:
+    return VxlanLink("raven0", 200, 4472, 1450, mac(i), f"192.168.60.{i}", "eth0")
+
+
+def member_state(gateway: int) -> DesiredState:
+    return DesiredState(
+        links=frozenset({raven0(1)}),
+        addresses=frozenset({Address("raven0", "240.168.60.1/8")}),
+        routes=frozenset(
+            {Route("10.99.0.0/24", 9027, "raven0", POOL_VIRTUAL_NEXT_HOP, 1400)}
+            | {Route(f"10.{100 + k}.0.0/24", 9027, "raven0", POOL_VIRTUAL_NEXT_HOP, 1400) for k in range(50)}
+        ),
+        rules=frozenset({Rule(9027, 9027)}),
+        neighbors=frozenset({Neighbor("raven0", POOL_VIRTUAL_NEXT_HOP, mac(gateway))}),
+        fdb=frozenset({FdbEntry("raven0", mac(gateway), f"192.168.60.{gateway}")}),
+        mss_clamp_ifnames=frozenset({"raven0"}),
+    )
+
+
+def gateway_state(i: int) -> DesiredState:
+    return DesiredState(
+        links=frozenset({raven0(i)}),
+        addresses=frozenset({Address("raven0", f"240.168.60.{i}/8")}),
+        neighbors=frozenset({Neighbor("raven0", "240.168.60.1", mac(1))}),
+        fdb=frozenset({FdbEntry("raven0", mac(1), "192.168.60.1")}),
+    )
+
+
+def rx_packets(ns: Netns) -> int:
+    out = json.loads(ns.run(["ip", "-j", "-s", "link", "show", "raven0"]).stdout)
+    return int(out[0]["stats64"]["rx"]["packets"])
+
+
+def ping(ns: Netns, dst: str, count: int = 3) -> bool:
+    return ns.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", dst], check=False).returncode == 0
+
+
+async def test_member_reaches_remote_subnet_via_virtual_next_hop_and_follows_failover(lab: Lab) -> None:
+    sw = lab.netns("sw")
+    sw.add_bridge("br0")
+    nodes = {}
+    for i, name in ((1, "n1"), (2, "g1"), (3, "g2")):
+        ns = lab.netns(name)
+        lab.veth(ns, "eth0", sw, f"p{name}")
+        sw.ip("link", "set", f"p{name}", "master", "br0")
+        ns.add_addr("eth0", f"192.168.60.{i}/24")
+        nodes[name] = ns
+    for name in ("g1", "g2"):
+        nodes[name].add_addr("lo", f"{REMOTE}/32")
+    n1, g1, g2 = nodes["n1"], nodes["g1"], nodes["g2"]
+    appliers = {name: KernelApplier(netns=ns.name) for name, ns in nodes.items()}
+    try:
+        assert not ping(n1, REMOTE, count=1)  # no route before Raven
+        assert (await appliers["g1"].reconcile(gateway_state(2))).ok
+        assert (await appliers["g2"].reconcile(gateway_state(3))).ok
+        assert (await appliers["n1"].reconcile(member_state(gateway=2))).ok
+
+        g1_before, g2_before = rx_packets(g1), rx_packets(g2)
+        assert ping(n1, REMOTE)
+        assert rx_packets(g1) - g1_before >= 3
+        assert rx_packets(g2) == g2_before
+
+        report = await appliers["n1"].reconcile(member_state(gateway=3))
+        assert report.ok, report.errors
+        assert report.writes["route"] == 0 and report.total_writes <= 3, report.writes
+
+        g1_before, g2_before = rx_packets(g1), rx_packets(g2)
+        assert ping(n1, REMOTE)
+        assert rx_packets(g2) - g2_before >= 3
+        assert rx_packets(g1) == g1_before
+    finally:
+        for a in appliers.values():
+            await a.close()
