@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from plan_cluster import JSON, cluster_json, nodes, parse
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.state import (
@@ -18,6 +17,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from tests.unit.plan_cluster import JSON, cluster_json, nodes, parse
 
 CFG = PlanConfig()
 CLOUD_SUBNETS = {"10.244.0.0/24", "10.244.1.0/24"}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 
-from plan_cluster import JSON, changed_objects, cluster_json, diff, gateway_json, nodes, parse, set_active
-
 from raven.agent.plan import PlanConfig, plan
 from raven.dataplane.state import DesiredState
+from tests.unit.plan_cluster import JSON, changed_objects, cluster_json, diff, gateway_json, nodes, parse, set_active
 
 CFG = PlanConfig()
 

@@ -15,10 +15,9 @@ import ipaddress
 import itertools
 from dataclasses import dataclass
 
-from plan_cluster import JSON, POOLS, cluster_json, nodes, parse, set_active
-
 from raven.agent.plan import PlanConfig, plan
 from raven.dataplane.state import DesiredState, Route, VxlanLink
+from tests.unit.plan_cluster import JSON, POOLS, cluster_json, nodes, parse, set_active
 
 CFG = PlanConfig()
 MAX_HOPS = 8

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from plan_cluster import cluster_json, nodes, parse
-
 from raven.agent.graph import render_cluster, render_dot, render_plan, render_topology
 from raven.agent.plan import PlanConfig, plan
 from raven.agent.topology import build_cluster
+from tests.unit.plan_cluster import cluster_json, nodes, parse
 
 CFG = PlanConfig()
 

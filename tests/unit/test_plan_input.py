@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
-
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.api.node import Node
+from tests.unit.plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
 
 CFG = PlanConfig()
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
-
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.agent.topology import build_cluster
 from raven.dataplane.state import IPsecConnection
+from tests.unit.plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
 
 CFG = PlanConfig()
 GATEWAY_NODE = {"gw-cloud": "cloud-1", "gw-edge-a": "edge-a-1", "gw-edge-b": "edge-b-1", "gw-dc": "dc-1"}
