@@ -170,12 +170,12 @@ class LeaderElector:
                 "spec": self._spec({}, now, new_holder=True),
             }
             try:
-                await self.client.create(LEASES, body, self.namespace)
+                created = await self.client.create(LEASES, body, self.namespace)
             except ApiError as exc2:
                 if exc2.status == 409:
                     return False  # someone created it first
                 raise
-            self._other_holder = ""
+            self._observe_own(created)
             return True
 
         spec = lease.get("spec") if isinstance(lease.get("spec"), dict) else {}
@@ -196,12 +196,15 @@ class LeaderElector:
             if exc.conflict:
                 return False  # changed under us: look again next round
             raise
-        new_spec = updated.get("spec") or {}
-        self._observed = (self.identity, new_spec.get("renewTime"), new_spec.get("leaseDurationSeconds"),
-                          new_spec.get("leaseTransitions"))
+        self._observe_own(updated)
+        return True
+
+    def _observe_own(self, lease: JSON) -> None:
+        spec = lease.get("spec") or {}
+        self._observed = (self.identity, spec.get("renewTime"), spec.get("leaseDurationSeconds"),
+                          spec.get("leaseTransitions"))
         self._observed_at = self._clock()
         self._other_holder = ""
-        return True
 
     def _spec(self, old: JSON, now: str, new_holder: bool) -> JSON:
         spec = dict(old)

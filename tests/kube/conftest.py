@@ -1,0 +1,3 @@
+from tests.controller.conftest import kube
+
+__all__ = ["kube"]
