@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -368,6 +370,39 @@ class Netns:
 
     def pids(self) -> list[int]:
         return _netns_pids(self.name)
+
+    # -- latency (no netem here: a TUN device and a userspace delay program, ENVIRONMENT.md)
+
+    def add_delay(self, iif: str, ms: float, dev: str = "dly0", table: int = 100,
+                  timeout: float = 10.0) -> Process:
+        """Delay every packet forwarded from `iif` by `ms` milliseconds (one way).
+
+        Policy routing sends what arrives on `iif` into a TUN device whose program writes each packet
+        back after `ms`; the kernel then forwards it by the main table. Re-injected packets skip
+        conntrack (NOTRACK on `dev`): NAT was already undone on the first pass, and a second
+        conntrack entry for the same flow would clash. Only inbound: outbound NAT must see the
+        packet once. Packets for the box itself are not delayed (the local table comes first).
+        Stopping the process removes the TUN device and its route: traffic flows undelayed again.
+        """
+        check_ifname(dev)
+        ready = self.run_dir / f"delay-{dev}.ready"
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        root = str(Path(__file__).resolve().parent.parent)
+        proc = self.popen(["env", f"PYTHONPATH={root}", sys.executable, "-m", "e2e.netlab", "delay",
+                           "--dev", dev, "--ms", str(ms), "--ready", str(ready)], name=f"delay-{dev}")
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if not proc.alive() or time.monotonic() > deadline:
+                proc.stop(1.0)
+                raise LabError(f"delay program in {self.name} did not start\n{proc.logs()}")
+            time.sleep(0.01)
+        self.ip_batch([f"link set {dev} up", f"route replace default dev {dev} table {table}"])
+        self.ip("rule", "del", "iif", iif, "lookup", str(table), check=False)
+        self.ip("rule", "add", "iif", iif, "lookup", str(table), "priority", str(table))
+        self.run(["sh", "-c", f"iptables -w 5 -t raw -C PREROUTING -i {dev} -j NOTRACK 2>/dev/null || "
+                              f"iptables -w 5 -t raw -A PREROUTING -i {dev} -j NOTRACK"])
+        return proc
 
     # -- strongSwan
 
@@ -767,6 +802,40 @@ async def _forward_serve(lsock: socket.socket, connect: str) -> None:
         await server.serve_forever()
 
 
+# ----------------------------------------------------------------------------------------------
+# delay element (runs as `python -m e2e.netlab delay ...` inside a namespace)
+
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+    os.set_blocking(fd, False)
+    return fd
+
+
+async def _delay_serve(fd: int, delay_s: float) -> None:
+    loop = asyncio.get_running_loop()
+
+    def write(pkt: bytes) -> None:
+        with contextlib.suppress(OSError):  # a full queue drops, as a real link would
+            os.write(fd, pkt)
+
+    def on_readable() -> None:
+        while True:
+            try:
+                pkt = os.read(fd, 65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            loop.call_later(delay_s, write, pkt)
+
+    loop.add_reader(fd, on_readable)
+    await asyncio.Event().wait()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.netlab")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -776,6 +845,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fwd.add_argument("--listen-ns")
     fwd.add_argument("--connect-ns")
     fwd.add_argument("--port-file", required=True)
+    dly = sub.add_parser("delay", help="TUN delay element (inside a namespace)")
+    dly.add_argument("--dev", required=True)
+    dly.add_argument("--ms", type=float, required=True)
+    dly.add_argument("--ready", required=True)
     clean = sub.add_parser("cleanup", help="remove every leftover of a prefix")
     clean.add_argument("prefix")
     args = parser.parse_args(argv)
@@ -785,6 +858,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.port_file).write_text(str(lsock.getsockname()[1]))
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_forward_serve(lsock, args.connect))
+        return 0
+    if args.cmd == "delay":
+        fd = _open_tun(args.dev)
+        Path(args.ready).write_text("1")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_delay_serve(fd, args.ms / 1000.0))
         return 0
     removed = cleanup_prefix(args.prefix)
     print(f"removed {len(removed)} namespaces: {' '.join(removed)}")

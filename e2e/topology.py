@@ -341,6 +341,7 @@ class Cluster:
         self.wan: Netns
         self.control_plane: Netns
         self.build_seconds = 0.0
+        self._delays: dict[str, Process] = {}
 
     def __enter__(self) -> Cluster:
         return self
@@ -388,6 +389,19 @@ class Cluster:
 
     def restore_uplink(self, pool: str) -> None:
         self.pools[pool].router.ip("link", "set", "wan0", "up")
+
+    def set_latency(self, pool: str, ms: float) -> None:
+        """Delay everything entering `pool` from the WAN by `ms` (0 removes the delay).
+
+        One way, at the pool's router: a round trip between two pools gains the sum of both pools'
+        latencies. NAT keeps working (see `Netns.add_delay`).
+        """
+        router = self.pools[pool].router
+        old = self._delays.pop(pool, None)
+        if old is not None:
+            old.stop(2.0)  # its TUN device and route vanish with it
+        if ms > 0:
+            self._delays[pool] = router.add_delay("wan0", ms)
 
     def expose_control_plane(self, port: int, name: str = "cp") -> int:
         """Make ``<control plane ip>:port`` (a server in the cp netns) reachable on 127.0.0.1 of

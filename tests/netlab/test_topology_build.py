@@ -170,6 +170,28 @@ def test_ipsec_from_a_nat_pool_to_the_public_cloud_carries_inner_traffic(cluster
         cloud.netns.ip("addr", "del", f"{inner_cloud}/32", "dev", "lo", check=False)
 
 
+def test_latency_on_a_pool_delays_inbound_traffic_and_nat_still_works(cluster: Cluster) -> None:
+    cloud, pub, nat = cluster.nodes["cloud-1"], cluster.nodes["edge-pub-1"], cluster.nodes["edge-a-1"]
+    try:
+        cluster.set_latency("edge-pub", 60)
+        cluster.set_latency("edge-a", 40)
+        # Lower bounds only: a loaded machine can add delay, never remove it.
+        routed = ping(cloud.netns, pub.ip, count=3)
+        assert routed.ok and routed.rtt_avg_ms is not None and routed.rtt_avg_ms >= 60, routed
+        natted = ping(nat.netns, cloud.ip, count=3)  # replies enter edge-a through its NAT router
+        assert natted.ok and natted.rtt_avg_ms is not None and natted.rtt_avg_ms >= 40, natted
+        both = ping(nat.netns, pub.ip, count=3)
+        assert both.ok and both.rtt_avg_ms is not None and both.rtt_avg_ms >= 100, both
+        assert udp_check(nat.netns, cloud.netns, cloud.ip, port=18110) is not None
+    finally:
+        cluster.set_latency("edge-pub", 0)
+        cluster.set_latency("edge-a", 0)
+    # Removed: the TUN devices are gone and traffic still flows.
+    for pool in ("edge-pub", "edge-a"):
+        assert "dly0" not in cluster.pools[pool].router.ip("-o", "link", "show").stdout
+    assert ping(cloud.netns, pub.ip, count=1).ok and ping(nat.netns, cloud.ip, count=1).ok
+
+
 def _retry(fn: Any, attempts: int = 20) -> str:
     out = ""
     for _ in range(attempts):
