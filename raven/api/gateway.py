@@ -481,11 +481,9 @@ def _valid_ip(text: str) -> bool:
     return True
 
 
-def _port_problem(value: int | None, where: str) -> str | None:
+def _port_ok(value: int | None) -> bool:
     # 0 is Go's zero value for "unset" (the field is omitempty), so it is accepted as "default".
-    if value is not None and not 0 <= value <= 65535:
-        return f"{where}: port {value} is out of range 1-65535"
-    return None
+    return value is None or 0 <= value <= 65535
 
 
 def validate(gw: Gateway) -> list[str]:
@@ -506,6 +504,11 @@ def validate(gw: Gateway) -> list[str]:
 
     seen: set[tuple[str, str]] = set()
     for i, ep in enumerate(spec.all_endpoints):
+        # Called for every Gateway on every plan: build strings only for problems actually found.
+        if ep.key not in seen and ep.node_name.strip() and ep.type in ENDPOINT_TYPES and not ep.public_ip \
+                and _port_ok(ep.port) and _port_ok(ep.public_port):
+            seen.add(ep.key)
+            continue
         where = f"spec.endpoints[{i}]"
         if not ep.node_name.strip():
             problems.append(f"{where}.nodeName: must not be empty")
@@ -517,9 +520,8 @@ def validate(gw: Gateway) -> list[str]:
         if ep.public_ip and not _valid_ip(ep.public_ip):
             problems.append(f"{where}.publicIP: {ep.public_ip!r} is not a valid IP address")
         for port_name, port in (("port", ep.port), ("publicPort", ep.public_port)):
-            problem = _port_problem(port, f"{where}.{port_name}")
-            if problem:
-                problems.append(problem)
+            if not _port_ok(port):
+                problems.append(f"{where}.{port_name}: port {port} is out of range 1-65535")
         if ep.key in seen:
             problems.append(f"{where}: duplicate endpoint for node {ep.node_name!r} and type {ep.type!r}")
         seen.add(ep.key)
