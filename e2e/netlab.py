@@ -601,11 +601,15 @@ class Lab:
         if self._closed:
             return
         self._closed = True
-        for proc in self.forwards:
-            _best_effort(proc.stop, 2.0)
-        for ns in self.namespaces.values():
-            for proc in ns.processes:
-                _best_effort(proc.stop, 3.0)
+        procs = list(self.forwards) + [p for ns in self.namespaces.values() for p in ns.processes]
+        # SIGTERM everyone first and wait once, so teardown costs one grace period, not one each.
+        for proc in procs:
+            _best_effort(proc.signal, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        while any(p.alive() for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for proc in procs:
+            _best_effort(proc.stop, 0.1)
         # Anything else still inside (a process started by hand, a child that escaped its group).
         names = [ns.name for ns in self.namespaces.values()]
         _remove_namespaces(names)

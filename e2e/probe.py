@@ -116,6 +116,14 @@ def start_echo_server(ns: Netns, ip: str, port: int, proto: str = "udp", once: b
     raise RuntimeError(f"echo server {ns.name} {ip}:{port} did not start\n{server.logs()}")
 
 
+def ping_matrix(pods: Sequence[tuple[str, Netns, str]], count: int = 1, wait: float = 1.0,
+                parallel: int = 16) -> dict[tuple[str, str], PingResult]:
+    """Ping every ordered pair of (name, namespace, address) pods; keyed by (source, destination) name."""
+    pairs = [(a, b) for a in pods for b in pods if a[0] != b[0]]
+    results = ping_many([(a[1], b[2]) for a, b in pairs], count=count, wait=wait, parallel=parallel)
+    return {(a[0], b[0]): r for (a, b), r in zip(pairs, results, strict=True)}
+
+
 def _echo_once(src: Netns, dst: Netns, dst_ip: str, port: int, proto: str, timeout: float) -> float | None:
     server = start_echo_server(dst, dst_ip, port, proto, once=True)
     try:
