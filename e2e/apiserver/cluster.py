@@ -41,8 +41,9 @@ log = logging.getLogger("e2e.apiserver")
 CRD_GROUP = "apiextensions.k8s.io"
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # Kinds whose DELETE answers with the deleted object rather than a Success Status.
-_RETURNS_OBJECT = {("", "pods"), ("", "services"), ("", "namespaces"), (CRD_GROUP, "customresourcedefinitions")}
-_GENERATION_KINDS = {(CRD_GROUP, "customresourcedefinitions")}
+_RETURNS_OBJECT = {("", "pods"), ("", "services"), ("", "namespaces"), (CRD_GROUP, "customresourcedefinitions"),
+                   ("apps", "deployments"), ("apps", "daemonsets")}
+_GENERATION_KINDS = {(CRD_GROUP, "customresourcedefinitions"), ("apps", "deployments"), ("apps", "daemonsets")}
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -82,3 +82,74 @@ def root_document(cluster: Cluster) -> dict[str, Any]:
             digest = hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest().upper()[:128]
             paths[_gv_path(group, v)] = {"serverRelativeURL": f"/openapi/v3/{_gv_path(group, v)}?hash={digest}"}
     return {"paths": paths}
+
+
+# ---- /openapi/v2 ---------------------------------------------------------------------------------------
+# kubectl 1.27 and 1.28 check server-side field validation support in the OpenAPI v2 document, which
+# client-go only accepts as protobuf (gnostic openapi_v2.Document). The few fields it reads are encoded
+# by hand below (field numbers from gnostic's OpenAPIv2.proto).
+V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"  # what kube-openapi answers
+_V2_OP_FIELDS = {"get": 2, "put": 3, "post": 4, "delete": 5, "patch": 8}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _ld(num: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint((num << 3) | 2) + _varint(len(data)) + data
+
+
+def _v2_operation(op: dict[str, Any]) -> bytes:
+    out = _ld(5, op["operationId"])
+    for p in op["parameters"]:
+        query = _ld(2, "query") + _ld(4, p["name"]) + _ld(6, p["schema"]["type"])
+        out += _ld(8, _ld(1, _ld(2, _ld(3, query))))
+    out += _ld(9, _ld(1, _ld(1, "200") + _ld(2, _ld(1, _ld(1, "OK")))))
+    gvk = op["x-kubernetes-group-version-kind"]
+    gvk_yaml = f'group: "{gvk["group"]}"\nkind: {gvk["kind"]}\nversion: {gvk["version"]}\n'
+    out += _ld(13, _ld(1, "x-kubernetes-group-version-kind") + _ld(2, _ld(2, gvk_yaml)))
+    out += _ld(13, _ld(1, "x-kubernetes-action") + _ld(2, _ld(2, op["x-kubernetes-action"] + "\n")))
+    return out
+
+
+def _all_paths(cluster: Cluster) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for group, versions in cluster.group_versions().items():
+        for v in versions:
+            doc = gv_document(cluster, group, v)
+            if doc is not None:
+                paths.update(doc["paths"])
+    return paths
+
+
+def v2_protobuf(cluster: Cluster) -> bytes:
+    paths = b""
+    for path, item in sorted(_all_paths(cluster).items()):
+        body = b"".join(_ld(_V2_OP_FIELDS[verb], _v2_operation(op)) for verb, op in item.items())
+        paths += _ld(2, _ld(1, path) + _ld(2, body))
+    return _ld(1, "2.0") + _ld(2, _ld(1, "Kubernetes") + _ld(2, "v1.31.0")) + _ld(8, paths)
+
+
+def v2_json(cluster: Cluster) -> dict[str, Any]:
+    paths = {}
+    for path, item in _all_paths(cluster).items():
+        paths[path] = {verb: {
+            "operationId": op["operationId"],
+            "parameters": [{"name": p["name"], "in": "query", "type": p["schema"]["type"], "uniqueItems": True}
+                           for p in op["parameters"]],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": op["x-kubernetes-action"],
+            "x-kubernetes-group-version-kind": op["x-kubernetes-group-version-kind"],
+        } for verb, op in item.items()}
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.31.0"}, "paths": paths,
+            "definitions": {}}

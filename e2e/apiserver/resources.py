@@ -190,6 +190,30 @@ def _event_cells(o: dict[str, Any]) -> list[Any]:
             f"{(io.get('kind') or '').lower()}/{io.get('name', '')}", o.get("message") or o.get("note", "")]
 
 
+def _deploy_cells(o: dict[str, Any]) -> list[Any]:
+    st = o.get("status", {})
+    want = o.get("spec", {}).get("replicas", 1)
+    return [f"{st.get('readyReplicas', 0)}/{want}", st.get("updatedReplicas", 0), st.get("availableReplicas", 0),
+            _age(o)]
+
+
+def _ds_cells(o: dict[str, Any]) -> list[Any]:
+    st = o.get("status", {})
+    sel = o.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
+    return [st.get("desiredNumberScheduled", 0), st.get("currentNumberScheduled", 0), st.get("numberReady", 0),
+            st.get("updatedNumberScheduled", 0), st.get("numberAvailable", 0),
+            ",".join(f"{k}={v}" for k, v in sel.items()) or "<none>", _age(o)]
+
+
+def _sa_cells(o: dict[str, Any]) -> list[Any]:
+    return [len(o.get("secrets") or []), _age(o)]
+
+
+def _binding_cells(o: dict[str, Any]) -> list[Any]:
+    ref = o.get("roleRef", {})
+    return [f"{ref.get('kind', '')}/{ref.get('name', '')}", _age(o)]
+
+
 def _crd_cells(o: dict[str, Any]) -> list[Any]:
     return [o.get("metadata", {}).get("creationTimestamp", "")]
 
@@ -235,6 +259,25 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, ["ev"],
                      columns=[_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Note")],
                      cells=_event_cells),
+        ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ["sa"],
+                     columns=[_col("Secrets", "integer"), AGE_COL], cells=_sa_cells),
+        ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ["deploy"], ["all"],
+                     has_status=True,
+                     columns=[_col("Ready"), _col("Up-to-date", "integer"), _col("Available", "integer"), AGE_COL],
+                     cells=_deploy_cells),
+        ResourceType("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, ["ds"], ["all"], has_status=True,
+                     columns=[_col("Desired", "integer"), _col("Current", "integer"), _col("Ready", "integer"),
+                              _col("Up-to-date", "integer"), _col("Available", "integer"), _col("Node Selector"),
+                              AGE_COL],
+                     cells=_ds_cells),
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", False,
+                     columns=[_col("Created At", "date")], cells=_crd_cells),
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding",
+                     "ClusterRoleBinding", False, columns=[_col("Role"), AGE_COL], cells=_binding_cells),
+        ResourceType("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", True,
+                     columns=[_col("Created At", "date")], cells=_crd_cells),
+        ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", True,
+                     columns=[_col("Role"), AGE_COL], cells=_binding_cells),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition",
                      "CustomResourceDefinition", False, ["crd", "crds"], ["api-extensions"], has_status=True,
                      columns=[_col("Created At", "date")], cells=_crd_cells),

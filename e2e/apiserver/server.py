@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from .cluster import Cluster
 from .errors import ApiError, bad_request, status
-from .openapi import gv_document, root_document
+from .openapi import V2_PROTOBUF, gv_document, root_document, v2_json, v2_protobuf
 from .resources import ResourceType
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Watcher, encode
@@ -238,6 +238,10 @@ class ApiServer:
             return _json(SERVER_VERSION)
         if not segs:
             return _json({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]})
+        if path == "/openapi/v2":
+            if "protobuf" in request.headers.get("Accept", ""):
+                return web.Response(body=v2_protobuf(self.cluster), content_type=V2_PROTOBUF)
+            return _json(v2_json(self.cluster))
         if segs[0] == "openapi" and len(segs) >= 2 and segs[1] == "v3":
             if len(segs) == 2:
                 return _json(root_document(self.cluster))
