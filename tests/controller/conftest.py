@@ -135,7 +135,7 @@ class RunningController:
 
 
 @pytest.fixture
-async def start_controller(apiserver: ApiServer) -> AsyncIterator[Callable[..., Awaitable[RunningController]]]:
+async def start(apiserver: ApiServer) -> AsyncIterator[Callable[..., Awaitable[RunningController]]]:
     running: list[RunningController] = []
     clients: list[KubeClient] = []
 

@@ -1,0 +1,104 @@
+"""exposeType LoadBalancer: the controller owns one UDP LoadBalancer Service + Endpoints per active tunnel
+slot, moves the Endpoints on failover (same Service, same address), publishes the ingress IP as the
+active endpoint's publicIP, and deletes its objects when exposure is no longer wanted.
+The test plays the cloud's load-balancer controller by writing the Service's status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from raven.api.constants import LABEL_MANAGED_BY, LABEL_OWNER_GATEWAY, MANAGED_BY_VALUE
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
+from tests.controller.conftest import RunningController, eventually, gateway_body, node_body, set_ready
+from tests.controller.test_gateway_election import wait_active
+
+Start = Callable[..., Awaitable[RunningController]]
+NS = "kube-system"  # the controller's namespace (its Lease namespace)
+SVC = "raven-lb-gw-l-0"
+
+
+async def exists(kube: KubeClient, res: Any, name: str) -> bool:
+    try:
+        await kube.get(res, name, NS)
+        return True
+    except ApiError as exc:
+        if exc.not_found:
+            return False
+        raise
+
+
+async def node_ip(kube: KubeClient, name: str) -> str:
+    return str((await kube.get(NODES, name))["status"]["addresses"][0]["address"])
+
+
+async def test_load_balancer_lifecycle(kube: KubeClient, start: Start) -> None:
+    for i in (1, 2, 3):
+        await kube.create(NODES, node_body(f"l-{i}", "gw-l"))
+    body = gateway_body("gw-l", ["l-1", "l-2", "l-3"], exposeType="LoadBalancer")
+    body["spec"]["endpoints"][1]["port"] = 4600
+    await kube.create(GATEWAYS, body)
+    await start()
+    await wait_active(kube, "gw-l", ["l-1"])
+    gw = await kube.get(GATEWAYS, "gw-l")
+
+    svc = await eventually(lambda: kube.get(SERVICES, SVC, NS), lambda s: True, what="Service created")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert [(p["protocol"], p["port"]) for p in svc["spec"]["ports"]] == [("UDP", 4500)]
+    labels = svc["metadata"]["labels"]
+    assert labels[LABEL_MANAGED_BY] == MANAGED_BY_VALUE and labels[LABEL_OWNER_GATEWAY] == "gw-l"
+    (owner,) = svc["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "Gateway", "gw-l", gw["metadata"]["uid"], True)
+    eps = await eventually(lambda: kube.get(ENDPOINTS, SVC, NS), lambda e: bool(e.get("subsets")), what="Endpoints")
+    assert eps["subsets"][0]["addresses"][0]["ip"] == await node_ip(kube, "l-1")
+    assert eps["subsets"][0]["ports"][0]["port"] == 4500
+    assert eps["metadata"]["ownerReferences"][0]["uid"] == gw["metadata"]["uid"]
+
+    # The cloud assigns an address: it becomes the active endpoint's public address.
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}
+    await kube.replace(SERVICES, SVC, svc, NS, subresource="status")
+    got = await eventually(lambda: kube.get(GATEWAYS, "gw-l"),
+                           lambda g: g["status"]["activeEndpoints"][0].get("publicIP") == "198.51.100.7",
+                           what="publicIP from the load balancer")
+    assert got["status"]["activeEndpoints"][0]["publicPort"] == 4500
+
+    # Failover: same Service (and address), Endpoints and port follow the new active node.
+    await set_ready(kube, "l-1", False)
+    await wait_active(kube, "gw-l", ["l-2"])
+    l2_ip = await node_ip(kube, "l-2")
+    eps = await eventually(lambda: kube.get(ENDPOINTS, SVC, NS),
+                           lambda e: e["subsets"][0]["addresses"][0]["ip"] == l2_ip, what="Endpoints moved")
+    assert eps["subsets"][0]["ports"][0]["port"] == 4600
+    svc2 = await eventually(lambda: kube.get(SERVICES, SVC, NS), lambda s: s["spec"]["ports"][0]["port"] == 4600,
+                            what="Service port follows the endpoint")
+    assert svc2["metadata"]["uid"] == svc["metadata"]["uid"]
+    got = await eventually(lambda: kube.get(GATEWAYS, "gw-l"),
+                           lambda g: g["status"]["activeEndpoints"][0].get("publicPort") == 4600, what="publicPort")
+    assert got["status"]["activeEndpoints"][0]["publicIP"] == "198.51.100.7"
+
+    # Exposure cleared: our objects go, and the status no longer claims the load balancer's address.
+    await kube.merge_patch(GATEWAYS, "gw-l", {"spec": {"exposeType": None}})
+    await eventually(lambda: exists(kube, SERVICES, SVC), lambda e: not e, what="Service deleted")
+    await eventually(lambda: exists(kube, ENDPOINTS, SVC), lambda e: not e, what="Endpoints deleted")
+    got = await eventually(lambda: kube.get(GATEWAYS, "gw-l"),
+                           lambda g: "publicIP" not in g["status"]["activeEndpoints"][0], what="publicIP dropped")
+    assert got["status"]["activeEndpoints"][0]["nodeName"] == "l-2"
+
+
+async def test_fewer_tunnel_replicas_removes_the_extra_slot(kube: KubeClient, start: Start) -> None:
+    for i in (1, 2):
+        await kube.create(NODES, node_body(f"m-{i}", "gw-m"))
+    await kube.create(GATEWAYS, gateway_body("gw-m", ["m-1", "m-2"], exposeType="LoadBalancer",
+                                             tunnelConfig={"Replicas": 2}))
+    await start()
+    for slot in (0, 1):
+        await eventually(lambda s=slot: exists(kube, SERVICES, f"raven-lb-gw-m-{s}"), bool, what=f"slot {slot}")
+    await kube.merge_patch(GATEWAYS, "gw-m", {"spec": {"tunnelConfig": {"Replicas": 1}}})
+    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-1"), lambda e: not e, what="slot 1 removed")
+    await asyncio.sleep(0.2)
+    assert await exists(kube, SERVICES, "raven-lb-gw-m-0")
+    await kube.delete(GATEWAYS, "gw-m")
+    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-0"), lambda e: not e, what="gateway gone")
+    await eventually(lambda: exists(kube, ENDPOINTS, "raven-lb-gw-m-0"), lambda e: not e, what="endpoints gone")

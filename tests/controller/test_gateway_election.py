@@ -1,0 +1,153 @@
+"""The controller against the test API server: two gateways x three candidates; election, status shape,
+Events, failover (NotReady, deleted, unlabelled), recovery without stealing back, stickiness across a
+controller restart, and node events touching only their own gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from raven.kube.client import EVENTS, GATEWAYS, NODES, KubeClient
+from tests.controller.conftest import (
+    RunningController,
+    active,
+    eventually,
+    gateway_body,
+    node_body,
+    set_label,
+    set_ready,
+)
+
+Start = Callable[..., Awaitable[RunningController]]
+
+
+async def two_gateways(kube: KubeClient, b1_ready: bool = True) -> None:
+    for gw in ("a", "b"):
+        for i in (1, 2, 3):
+            ready = b1_ready or (gw, i) != ("b", 1)
+            await kube.create(NODES, node_body(f"{gw}-{i}", f"gw-{gw}", ready=ready))
+        await kube.create(GATEWAYS, gateway_body(f"gw-{gw}", [f"{gw}-1", f"{gw}-2", f"{gw}-3"]))
+    await kube.create(NODES, node_body("plain", None))  # a node of no gateway
+
+
+async def wait_active(kube: KubeClient, gw: str, want: list[str], timeout: float = 15) -> None:
+    await eventually(lambda: active(kube, gw), lambda a: a == want, timeout=timeout, what=f"{gw} active {want}")
+
+
+async def events_for(kube: KubeClient, gw: str) -> list[dict[str, Any]]:
+    items = (await kube.list(EVENTS, "default"))["items"]
+    return [e for e in items if e["involvedObject"]["name"] == gw]
+
+
+async def rv(kube: KubeClient, gw: str) -> str:
+    return str((await kube.get(GATEWAYS, gw))["metadata"]["resourceVersion"])
+
+
+async def test_two_gateways_elect_first_ready_candidate_and_write_status(kube: KubeClient, start: Start) -> None:
+    await two_gateways(kube, b1_ready=False)
+    await start()
+    await wait_active(kube, "gw-a", ["a-1"])
+    await wait_active(kube, "gw-b", ["b-2"])
+    gw = await kube.get(GATEWAYS, "gw-a")
+    status = gw["status"]
+    assert status["activeEndpoints"] == [gw["spec"]["endpoints"][0]]
+    assert [n["nodeName"] for n in status["nodes"]] == ["a-1", "a-2", "a-3"]
+    a1 = await kube.get(NODES, "a-1")
+    assert status["nodes"][0] == {"nodeName": "a-1", "privateIP": a1["status"]["addresses"][0]["address"],
+                                  "subnets": a1["spec"]["podCIDRs"]}
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Valid", "True")]
+    evs = await eventually(lambda: events_for(kube, "gw-b"), lambda e: len(e) >= 1, what="election event")
+    assert [(e["reason"], e["type"]) for e in evs] == [("ActiveEndpointElected", "Normal")]
+    assert "b-2" in evs[0]["message"]
+    assert evs[0]["involvedObject"]["kind"] == "Gateway" and evs[0]["involvedObject"]["uid"]
+
+
+async def test_failover_on_not_ready_and_recovery_does_not_steal_back(kube: KubeClient, start: Start) -> None:
+    await two_gateways(kube)
+    rc = await start()
+    await wait_active(kube, "gw-a", ["a-1"])
+    await wait_active(kube, "gw-b", ["b-1"])
+    b_rv = await rv(kube, "gw-b")
+    await set_ready(kube, "a-1", False)
+    await wait_active(kube, "gw-a", ["a-2"])
+    await set_ready(kube, "a-1", True)
+    await set_ready(kube, "a-3", False)  # a non-active candidate changing changes nothing either
+    await eventually(lambda: asyncio.sleep(0, rc.metric("raven_controller_reconcile_duration_seconds_count")),
+                     lambda n: n >= 5, what="reconciles of the recovery")
+    await asyncio.sleep(0.3)
+    assert await active(kube, "gw-a") == ["a-2"]
+    assert await rv(kube, "gw-b") == b_rv  # gw-b was never rewritten by gw-a's node events
+    evs = await eventually(lambda: events_for(kube, "gw-a"), lambda e: len(e) >= 3, what="failover events")
+    lost = [e for e in evs if e["reason"] == "ActiveEndpointLost"]
+    assert len(lost) == 1 and lost[0]["type"] == "Warning" and "a-1" in lost[0]["message"]
+    assert "not Ready" in lost[0]["message"]
+    assert rc.metric("raven_controller_failovers_total", {"gateway": "gw-a"}) == 1
+    assert rc.metric("raven_controller_elections_total", {"gateway": "gw-a"}) == 2
+
+
+async def test_failover_when_active_node_is_deleted_or_unlabelled(kube: KubeClient, start: Start) -> None:
+    await two_gateways(kube)
+    await start()
+    await wait_active(kube, "gw-a", ["a-1"])
+    await wait_active(kube, "gw-b", ["b-1"])
+    await kube.delete(NODES, "a-1")
+    await set_label(kube, "b-1", None)
+    await wait_active(kube, "gw-a", ["a-2"])
+    await wait_active(kube, "gw-b", ["b-2"])
+    gw_b = await kube.get(GATEWAYS, "gw-b")
+    assert [n["nodeName"] for n in gw_b["status"]["nodes"]] == ["b-2", "b-3"]
+    # Moving a node to another gateway's label makes it that gateway's node, not a candidate of either.
+    await set_label(kube, "b-1", "gw-a")
+    await eventually(lambda: kube.get(GATEWAYS, "gw-a"),
+                     lambda g: "b-1" in [n["nodeName"] for n in g["status"]["nodes"]], what="b-1 listed in gw-a")
+    assert await active(kube, "gw-a") == ["a-2"]
+
+
+async def test_election_is_sticky_across_a_controller_restart(kube: KubeClient, start: Start) -> None:
+    await two_gateways(kube)
+    first = await start(identity="first")
+    await wait_active(kube, "gw-a", ["a-1"])
+    await set_ready(kube, "a-1", False)
+    await wait_active(kube, "gw-a", ["a-2"])
+    await set_ready(kube, "a-1", True)
+    await asyncio.sleep(0.3)
+    await first.stop()
+    before = {gw: await rv(kube, gw) for gw in ("gw-a", "gw-b")}
+
+    second = await start(identity="second")
+    await eventually(lambda: asyncio.sleep(0, second.metric("raven_controller_reconcile_duration_seconds_count")),
+                     lambda n: n >= 2, what="restart reconciles both gateways")
+    await asyncio.sleep(0.3)
+    assert second.metric("raven_controller_status_writes_total") == 0
+    assert {gw: await rv(kube, gw) for gw in ("gw-a", "gw-b")} == before
+    assert await active(kube, "gw-a") == ["a-2"]
+
+
+async def test_node_heartbeat_writes_nothing(kube: KubeClient, start: Start) -> None:
+    await two_gateways(kube)
+    rc = await start()
+    await wait_active(kube, "gw-a", ["a-1"])
+    await asyncio.sleep(0.3)
+    writes = rc.metric("raven_controller_status_writes_total")
+    reconciles = rc.metric("raven_controller_reconcile_duration_seconds_count")
+    for i in range(5):
+        node = await kube.get(NODES, "a-1")
+        node["status"]["conditions"][0]["lastHeartbeatTime"] = f"2026-01-01T00:00:0{i}Z"
+        await kube.replace(NODES, "a-1", node, subresource="status")
+    await asyncio.sleep(0.3)
+    assert rc.metric("raven_controller_status_writes_total") == writes
+    assert rc.metric("raven_controller_reconcile_duration_seconds_count") == reconciles
+
+
+async def test_replicas_and_proxy_endpoints(kube: KubeClient, start: Start) -> None:
+    for i in (1, 2, 3):
+        await kube.create(NODES, node_body(f"c-{i}", "gw-c"))
+    body = gateway_body("gw-c", ["c-1", "c-2", "c-3"], tunnelConfig={"Replicas": 2}, proxyConfig={"Replicas": 1})
+    body["spec"]["endpoints"].append({"nodeName": "c-3", "type": "proxy", "port": 10262})
+    await kube.create(GATEWAYS, body)
+    await start()
+    got = await eventually(lambda: kube.get(GATEWAYS, "gw-c"),
+                           lambda g: len((g.get("status") or {}).get("activeEndpoints") or []) == 3, what="3 active")
+    assert [(e["nodeName"], e["type"]) for e in got["status"]["activeEndpoints"]] == [
+        ("c-1", "tunnel"), ("c-2", "tunnel"), ("c-3", "proxy")]
