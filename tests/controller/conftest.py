@@ -51,10 +51,10 @@ async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
         await client.close()
 
 
-async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 15.0,
+async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 15.0,
                      interval: float = 0.05, what: str = "condition") -> T:
-    """Poll `fn()` until `check(result)`; fail with the last result after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `fn()` until `check(result)`; fail with the last result after `within` seconds."""
+    deadline = time.monotonic() + within
     last: Any = None
     while True:
         try:

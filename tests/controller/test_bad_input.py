@@ -44,7 +44,7 @@ async def test_invalid_gateway_gets_condition_and_event_and_keeps_last_good_elec
     assert "spec.endpoints[3]" in cond["message"] and "duplicate endpoint for node 'a-2'" in cond["message"]
     evs = await eventually(lambda: events_for(kube, "gw-a"),
                            lambda e: any(x["reason"] == "InvalidGateway" for x in e), what="InvalidGateway event")
-    inv = [e for e in evs if e["reason"] == "InvalidGateway"][0]
+    inv = next(e for e in evs if e["reason"] == "InvalidGateway")
     assert inv["type"] == "Warning" and "duplicate endpoint" in inv["message"]
     assert rc.metric("raven_controller_invalid_gateways") == 1
 
@@ -90,7 +90,7 @@ async def test_incomplete_nodes_are_listed_with_what_is_known_and_reported(kube:
     assert [e["nodeName"] for e in got["status"]["activeEndpoints"]] == ["i-1"]  # Ready, so eligible
     evs = await eventually(lambda: events_for(kube, "gw-i"),
                            lambda e: any(x["reason"] == "NodeIncomplete" for x in e), what="NodeIncomplete event")
-    msg = [e for e in evs if e["reason"] == "NodeIncomplete"][0]["message"]
+    msg = next(e for e in evs if e["reason"] == "NodeIncomplete")["message"]
     assert "node i-1: no InternalIP address" in msg and "node i-2: no pod CIDR" in msg
 
 
@@ -123,5 +123,5 @@ async def test_garbage_node_and_gateway_fields_never_crash_the_controller(kube: 
     assert got["status"]["nodes"][0] == {"nodeName": "w-1", "privateIP": "", "subnets": ["not-a-cidr"]}
     evs = await eventually(lambda: events_for(kube, "gw-w"),
                            lambda e: any(x["reason"] == "NodeIncomplete" for x in e), what="NodeIncomplete")
-    assert "invalid pod CIDR 'not-a-cidr'" in [e for e in evs if e["reason"] == "NodeIncomplete"][0]["message"]
+    assert "invalid pod CIDR 'not-a-cidr'" in next(e for e in evs if e["reason"] == "NodeIncomplete")["message"]
     assert rc.rt.health.alive

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from e2e.apiserver import ApiServer
 from raven.kube.client import GATEWAYS, NODES, KubeClient
-from tests.controller.conftest import RunningController, active, eventually, set_ready
+from tests.controller.conftest import RunningController, active, set_ready
 from tests.controller.test_gateway_election import two_gateways, wait_active
 
 Start = Callable[..., Awaitable[RunningController]]
@@ -37,8 +37,8 @@ async def test_failover_converges_through_outage_410_and_500s(
     apiserver.fail_next(6, 500)
     await apiserver.resume_accepting()
 
-    await wait_active(kube, "gw-a", ["a-2"], timeout=30)
-    await wait_active(kube, "gw-b", ["b-2"], timeout=30)
+    await wait_active(kube, "gw-a", ["a-2"], within=30)
+    await wait_active(kube, "gw-b", ["b-2"], within=30)
     expired = rc.metric("raven_informer_watch_restarts_total", {"informer": "nodes", "reason": "expired"})
     assert expired >= 1
     gw_b = await kube.get(GATEWAYS, "gw-b")
@@ -57,7 +57,7 @@ async def test_failover_converges_through_dropped_watches_and_throttling(
     await asyncio.sleep(0.05)
     await kube_retrying(lambda: set_ready(kube, "a-2", False))  # lands while the controller reconnects
     apiserver.drop_watches()
-    await wait_active(kube, "gw-a", ["a-3"], timeout=30)
+    await wait_active(kube, "gw-a", ["a-3"], within=30)
     await set_ready(kube, "a-1", True)
     await set_ready(kube, "a-2", True)
     await asyncio.sleep(0.5)
@@ -72,7 +72,7 @@ async def test_status_write_failures_are_retried(apiserver: ApiServer, kube: Kub
     await wait_active(kube, "gw-a", ["a-1"])
     apiserver.fail_next(3, 500)
     await kube_retrying(lambda: set_ready(kube, "a-1", False))
-    await wait_active(kube, "gw-a", ["a-2"], timeout=30)
+    await wait_active(kube, "gw-a", ["a-2"], within=30)
     node = await kube.get(NODES, "a-1")
     assert node["status"]["conditions"][0]["status"] == "False"
     assert rc.metric("raven_controller_status_writes_total") >= 3

@@ -31,8 +31,8 @@ async def two_gateways(kube: KubeClient, b1_ready: bool = True) -> None:
     await kube.create(NODES, node_body("plain", None))  # a node of no gateway
 
 
-async def wait_active(kube: KubeClient, gw: str, want: list[str], timeout: float = 15) -> None:
-    await eventually(lambda: active(kube, gw), lambda a: a == want, timeout=timeout, what=f"{gw} active {want}")
+async def wait_active(kube: KubeClient, gw: str, want: list[str], within: float = 15) -> None:
+    await eventually(lambda: active(kube, gw), lambda a: a == want, within=within, what=f"{gw} active {want}")
 
 
 async def events_for(kube: KubeClient, gw: str) -> list[dict[str, Any]]:

@@ -209,6 +209,6 @@ async def test_silent_connection_is_abandoned_after_the_read_timeout(
     async with running(inf):
         proxy.freeze_existing()  # the watch's TCP connection now swallows everything, like a dead peer
         await kube.create(NODES, node_body("n-2", "gw"))
-        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, timeout=10,
+        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, within=10,
                          what="n-2 through a fresh connection")
         assert restarts(reg, "error") >= 1

@@ -78,7 +78,7 @@ async def test_one_leader_and_release_on_cancel_hands_over_at_once(
     # Released: either nobody holds it yet or b already took it; a's record is gone either way.
     assert lease["spec"].get("holderIdentity") in (None, "", "b")
     assert not a.leading and not a.elector.is_leader
-    await eventually(lambda: poll(b.leading), bool, timeout=1.9, what="b leading before a's lease could expire")
+    await eventually(lambda: poll(b.leading), bool, within=1.9, what="b leading before a's lease could expire")
     assert await holder(kube) == "b"
     assert lease["spec"].get("leaseDurationSeconds") in (1, 2)
 
@@ -111,7 +111,7 @@ async def test_unreachable_server_ends_leadership_after_renew_deadline(
     await eventually(lambda: poll(a.leading), bool, what="a leading")
     await apiserver.stop_accepting()
     try:
-        await eventually(lambda: poll(a.leading), lambda v: not v, timeout=5, what="a gives up")
+        await eventually(lambda: poll(a.leading), lambda v: not v, within=5, what="a gives up")
         assert not a.elector.is_leader
     finally:
         await apiserver.resume_accepting()
