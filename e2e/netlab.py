@@ -486,6 +486,9 @@ class Lab:
         if clean_first:
             # A previous crashed run with the same prefix must not make this one fail.
             cleanup_prefix(prefix)
+        # A run dir the lab made itself is removed by a clean close() (logs stay after a failure
+        # or with NETLAB_KEEP=1); a caller's run dir is never removed.
+        self._own_run_dir = run_dir is None
         if run_dir is None:
             run_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
         self.run_dir = run_dir
@@ -500,7 +503,7 @@ class Lab:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(keep_logs=et is not None)
 
     def __getitem__(self, short: str) -> Netns:
         return self.namespaces[short]
@@ -596,7 +599,7 @@ class Lab:
             time.sleep(0.02)
         raise LabError(f"forwarder {name} did not start\n{proc.logs()}")
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> None:
         """Stop every process, delete every namespace and /etc/netns folder this lab created."""
         if self._closed:
             return
@@ -613,7 +616,12 @@ class Lab:
         # Anything else still inside (a process started by hand, a child that escaped its group).
         names = [ns.name for ns in self.namespaces.values()]
         _remove_namespaces(names)
-        log.info("lab closed prefix=%s namespaces=%d", self.prefix, len(names))
+        keep = keep_logs or os.environ.get("NETLAB_KEEP") == "1" or not self._own_run_dir
+        if keep:
+            log.info("lab closed prefix=%s namespaces=%d logs=%s", self.prefix, len(names), self.run_dir)
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            log.info("lab closed prefix=%s namespaces=%d", self.prefix, len(names))
 
     def leftovers(self) -> dict[str, list[str]]:
         """What with this lab's prefix still exists on the machine (for teardown tests)."""

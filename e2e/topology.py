@@ -349,7 +349,7 @@ class Cluster:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(keep_logs=et is not None)
 
     @property
     def control_plane_ip(self) -> str:
@@ -424,8 +424,10 @@ class Cluster:
         ``cluster.nodes[name].netns.charon.vici_socket``."""
         return {n: self.nodes[n].netns.start_charon() for n in (nodes or list(self.nodes))}
 
-    def close(self) -> None:
-        self.lab.close()
+    def close(self, keep_logs: bool = False) -> None:
+        for proc in self._delays.values():
+            proc.stop(1.0)
+        self.lab.close(keep_logs=keep_logs)
 
 
 def node_object(n: NodeSpec) -> dict[str, Any]:
@@ -458,7 +460,7 @@ def build(spec: TopologySpec, prefix: str, run_dir: Path | None = None, batch: b
     try:
         return build_in(lab, spec)
     except BaseException:
-        lab.close()
+        lab.close(keep_logs=True)
         raise
 
 

@@ -204,13 +204,20 @@ def _retry(fn: Any, attempts: int = 20) -> str:
     return str(out)
 
 
-def test_teardown_leaves_no_namespaces_links_mounts_or_processes() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    cl = build(load_topology("default"), "rvlx")
-    cl.nodes["cloud-1"].netns.start_charon()
-    cl.pod("edge-a-1-p0").netns.popen(["sleep", "60"], name="sleeper")
-    assert find_leftovers("rvlx")["netns"]
-    cl.close()
+def test_a_second_lab_with_the_same_addresses_runs_beside_and_leaves_no_trace(cluster: Cluster) -> None:
+    """Other users' labs (other prefixes) reuse every address; building and tearing one down next
+    to ours changes nothing for ours and leaves nothing of its own."""
+    other = build(load_topology("default"), "rvlx")
+    try:
+        other.nodes["cloud-1"].netns.start_charon()
+        other.pod("edge-a-1-p0").netns.popen(["sleep", "60"], name="sleeper")
+        a, b = other.pod("edge-a-1-p0"), other.pod("edge-a-2-p0")
+        assert ping(a.netns, b.ip, count=1).ok
+        assert find_leftovers("rvlx")["netns"]
+    finally:
+        other.close()
     left = find_leftovers("rvlx")
     assert not any(left.values()), left
+    a, b = cluster.pod("edge-a-1-p0"), cluster.pod("edge-a-2-p0")
+    assert ping(a.netns, b.ip, count=1).ok
+    assert len(find_leftovers("rvl")["netns"]) == len(cluster.lab.namespaces)
