@@ -32,7 +32,7 @@ CONTROLLER_ONLY = ("leader_elect", "lease_namespace", "lease_name", "lease_durat
                    "retry_period")
 AGENT_ONLY = ("node_name", "vpn_driver", "vici_socket", "psk_file", "resync_period", "cleanup", "vxlan_vni",
               "vxlan_port", "overlay_cidr", "tunnel_vni", "tunnel_port", "tunnel_cidr", "underlay_mtu",
-              "ike_proposals", "esp_proposals")
+              "ipsec_device_mtu", "ike_proposals", "esp_proposals")
 
 
 def raven_version() -> str:
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each Gateway gets a stable inner address from this network (default: 241.0.0.0/16)")
     a.add_argument("--underlay-mtu", type=int, default=None,
                    help="MTU of the node's network (default: read from the device holding the node IP)")
+    a.add_argument("--ipsec-device-mtu", type=int, default=None,
+                   help="MTU of a userspace ESP device that carries inter-gateway packets (strongSwan "
+                   "kernel-libipsec's ipsec0, 1400 by default); leave unset with kernel ESP")
     a.add_argument("--ike-proposals", default=None,
                    help="comma-separated IKE proposals (default: aes256-sha256-modp2048)")
     a.add_argument("--esp-proposals", default=None,
@@ -161,6 +164,7 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
         tunnel_port=cast(int, pick(ns.tunnel_port, d["tunnel_port"].default)),
         tunnel_cidr=cast(str, pick(ns.tunnel_cidr, d["tunnel_cidr"].default)),
         underlay_mtu=ns.underlay_mtu,
+        tunnel_device_mtu=ns.ipsec_device_mtu,
         ike_proposals=_proposals(ns.ike_proposals, ("aes256-sha256-modp2048",)),
         esp_proposals=_proposals(ns.esp_proposals, ("aes256-sha256",)),
     )

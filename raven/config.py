@@ -136,6 +136,7 @@ class AgentConfig:
     tunnel_port: int = 4473
     tunnel_cidr: str = "241.0.0.0/16"
     underlay_mtu: int | None = None
+    tunnel_device_mtu: int | None = None
     ike_proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
     esp_proposals: tuple[str, ...] = ("aes256-sha256",)
 
@@ -162,6 +163,8 @@ class AgentConfig:
             raise ConfigError("--overlay-cidr and --tunnel-cidr must not overlap")
         if self.underlay_mtu is not None and not 576 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"--underlay-mtu: {self.underlay_mtu} is out of range 576-65535")
+        if self.tunnel_device_mtu is not None and not 576 <= self.tunnel_device_mtu <= 65535:
+            raise ConfigError(f"--ipsec-device-mtu: {self.tunnel_device_mtu} is out of range 576-65535")
         if self.vpn_driver == "wireguard":
             raise ConfigError("--vpn-driver=wireguard is not implemented yet; use --vpn-driver=ipsec")
         if self.vpn_driver == "ipsec" and not self.cleanup and not self.psk:

@@ -5,16 +5,17 @@ answer on every node, which is what lets a cluster agree on addressing with no c
 - a MAC from an IPv4 address (locally administered, so it never collides with a real NIC);
 - the stable inner address of each Gateway (raven1, IPsec selectors) from the inner CIDR;
 - the IKE identity of a Gateway;
-- the MTUs of the two VXLAN devices and of the cross-pool path. This is an interim home: the data-plane
-  engineer owns `raven/dataplane/mtu.py`; until it exists the plan computes MTUs here.
+- the MTUs of the two VXLAN devices and of the cross-pool path (arithmetic in `raven.dataplane.mtu`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from raven.dataplane import mtu
 
 # 0x0e: unicast (bit 0 clear), locally administered (bit 1 set); 0x72 is "r" for raven.
 MAC_PREFIX = (0x0E, 0x72)
@@ -106,28 +107,7 @@ def allocate_inner_addresses(
     return out, unallocated
 
 
-# --- MTU (interim; see module docstring) ---
-
-IPV4_HEADER = 20
-UDP_HEADER = 8
-VXLAN_HEADER = 8
-ETHERNET_HEADER = 14
-VXLAN_OVERHEAD = IPV4_HEADER + UDP_HEADER + VXLAN_HEADER + ETHERNET_HEADER  # 50
-ESP_HEADER = 8  # SPI + sequence number
-ESP_TRAILER = 2  # pad length + next header
-# Conservative for every proposal we accept: CBC ciphers have a 16-byte IV and block; GCM has less.
-# The ICV is 32 bytes for sha512 (16 for sha256); the 16 bytes lost with sha256 are the price of
-# never under-estimating.
-ESP_IV = 16
-ESP_BLOCK = 16
-ESP_ICV = 32
-
-
-def esp_udp_tunnel_payload_max(underlay_mtu: int) -> int:
-    """The largest inner IP packet that fits into one ESP tunnel-mode packet with UDP encapsulation."""
-    room = underlay_mtu - IPV4_HEADER - UDP_HEADER - ESP_HEADER - ESP_IV - ESP_ICV
-    # The encrypted part (payload + trailer) is padded to a whole number of blocks.
-    return (room // ESP_BLOCK) * ESP_BLOCK - ESP_TRAILER
+# --- MTU: the arithmetic lives in raven.dataplane.mtu; this names what the plan needs from it ---
 
 
 @dataclass(frozen=True)
@@ -137,8 +117,13 @@ class Mtus:
     cross_pool_path: int  # what a packet to a remote subnet can carry, from any node of the pool
 
 
-def compute_mtus(underlay_mtu: int) -> Mtus:
-    intra = underlay_mtu - VXLAN_OVERHEAD
-    inter = esp_udp_tunnel_payload_max(underlay_mtu) - VXLAN_OVERHEAD
+def compute_mtus(
+    underlay_mtu: int,
+    esp_proposals: Sequence[str] = mtu.DEFAULT_ESP_PROPOSALS,
+    tunnel_device_mtu: int | None = None,
+) -> Mtus:
+    """raven0, raven1 and the cross-pool path MTU; `tunnel_device_mtu` caps a userspace ESP device (libipsec)."""
+    intra = mtu.raven0_mtu(underlay_mtu)
+    inter = mtu.raven1_mtu(underlay_mtu, esp_proposals, udp_encap=True, tunnel_device_mtu=tunnel_device_mtu)
     # A non-gateway node's packet crosses raven0 then raven1 (and a relay re-encapsulates the same way).
     return Mtus(intra_pool=intra, inter_gateway=inter, cross_pool_path=min(intra, inter))

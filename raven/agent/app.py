@@ -42,6 +42,7 @@ def plan_config(cfg: AgentConfig, underlay: Underlay | None) -> PlanConfig:
         tunnel_cidr=cfg.tunnel_cidr,
         ike_proposals=cfg.ike_proposals,
         esp_proposals=cfg.esp_proposals,
+        tunnel_device_mtu=cfg.tunnel_device_mtu,
     )
     if cfg.underlay_mtu is not None:
         base = replace(base, underlay_mtu=cfg.underlay_mtu)

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from raven.agent.addressing import compute_mtus, ike_identity, mac_from_ipv4, overlay_address
+from raven.agent.addressing import Mtus, compute_mtus, ike_identity, mac_from_ipv4, overlay_address
 from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range
 from raven.api.gateway import Gateway
 from raven.api.node import Node
@@ -81,6 +81,8 @@ class PlanConfig:
     virtual_next_hop: str = POOL_VIRTUAL_NEXT_HOP
     underlay_mtu: int = 1500
     underlay_ifname: str | None = None  # the device holding the node IP, when known
+    # MTU of a userspace ESP device (strongSwan kernel-libipsec's ipsec0) that caps raven1's packets.
+    tunnel_device_mtu: int | None = None
     ike_proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
     esp_proposals: tuple[str, ...] = ("aes256-sha256",)
 
@@ -133,8 +135,11 @@ class PlanConfig:
             raise ValueError("vici_conn_prefix must not be empty")
         if not self.ike_proposals or not self.esp_proposals:
             raise ValueError("ike_proposals and esp_proposals must not be empty")
-        if compute_mtus(self.underlay_mtu).cross_pool_path < _MIN_PATH_MTU:
+        if self._mtus().cross_pool_path < _MIN_PATH_MTU:
             raise ValueError(f"underlay_mtu: {self.underlay_mtu} leaves a path MTU below {_MIN_PATH_MTU}")
+
+    def _mtus(self) -> Mtus:
+        return compute_mtus(self.underlay_mtu, self.esp_proposals, self.tunnel_device_mtu)
 
 
 Role = Literal["none", "member", "gateway"]
@@ -247,7 +252,7 @@ def plan(
     if me.name not in overlay or ep_node.name not in overlay:
         return PlanResult(DesiredState(), problems, gateway=gw.name)
 
-    mtus = compute_mtus(cfg.underlay_mtu)
+    mtus = cfg._mtus()
     paths = cluster.paths_from(gw.name)
     for p in paths:
         if p.kind == "unreachable":

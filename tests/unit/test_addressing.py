@@ -10,7 +10,6 @@ import pytest
 from raven.agent.addressing import (
     allocate_inner_addresses,
     compute_mtus,
-    esp_udp_tunnel_payload_max,
     ike_identity,
     mac_from_ipv4,
     overlay_address,
@@ -102,14 +101,24 @@ def test_gateway_without_timestamp_sorts_after_timestamped_ones() -> None:
 def test_mtus_subtract_every_encapsulation() -> None:
     m = compute_mtus(1500)
     assert m.intra_pool == 1450
-    # 1500 - IP 20 - UDP 8 - ESP 8 - IV 16 - ICV 32 = 1416 -> 1408 in 16-byte blocks, - 2 trailer bytes.
-    assert esp_udp_tunnel_payload_max(1500) == 1406
-    assert m.inter_gateway == 1356 and m.cross_pool_path == 1356
-    assert compute_mtus(9000).inter_gateway == esp_udp_tunnel_payload_max(9000) - 50
+    # aes256-sha256 in UDP: 1500 - IP 20 - UDP 8 - ESP 8 - IV 16 - ICV 16 = 1432 = 89 blocks of 16, - 2 trailer
+    # bytes = 1422 carried; VXLAN inside takes 50 more.
+    assert m.inter_gateway == 1372 and m.cross_pool_path == 1372
+
+
+def test_the_worst_proposal_counts() -> None:
+    # sha512 has a 32-byte ICV: 1500 - 20 - 8 - 8 - 16 - 32 = 1416 -> 1408 - 2 = 1406 carried.
+    assert compute_mtus(1500, ("aes256-sha256", "aes256-sha512")).inter_gateway == 1406 - 50
+
+
+def test_a_userspace_esp_device_caps_raven1() -> None:
+    # kernel-libipsec's ipsec0 (MTU 1400) carries the VXLAN packets of raven1.
+    m = compute_mtus(1500, ("aes256-sha256",), tunnel_device_mtu=1400)
+    assert m.inter_gateway == 1350 and m.cross_pool_path == 1350
 
 
 @pytest.mark.parametrize("underlay", range(1280, 1600, 7))
 def test_a_full_size_tunnel_packet_fits_the_underlay(underlay: int) -> None:
-    inner = compute_mtus(underlay).inter_gateway + 50  # VXLAN packet leaving raven1
+    inner = compute_mtus(underlay, ("aes256-sha512",)).inter_gateway + 50  # VXLAN packet leaving raven1
     padded = -(-(inner + 2) // 16) * 16  # ESP payload + trailer, padded to the block size
     assert 20 + 8 + 8 + 16 + padded + 32 <= underlay
