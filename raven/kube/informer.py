@@ -190,7 +190,7 @@ class Informer:
         self._m.restarts.labels(informer=self.name, reason="error").inc()
         delay = self._backoff.next()
         log.warning(
-            "watch failed, reconnecting",
+            "list/watch failed, retrying",
             extra=kv(informer=self.name, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2)),
         )
         await asyncio.sleep(delay)
