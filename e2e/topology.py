@@ -15,17 +15,20 @@ running `Cluster` on top of an `e2e.netlab.Lab`:
   their LAN address play the CNI. Nothing routes pod CIDRs between pools: that is Raven's job.
 
 The builder is fast because it batches: one `ip -batch` for all namespaces, one for all veth pairs,
-then one `ip -n NS -batch` per namespace and one `sysctl`/`iptables-restore` exec per forwarding box.
+then one `ip -n NS -batch` per namespace and one `sysctl`/`iptables-restore` exec per forwarding box,
+those run a few at a time in threads (each touches only its own namespace).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +46,8 @@ TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
 _RESERVED = {"wan", "cp"}
 MAX_PODS_PER_NODE = 200
+# Concurrent `ip`/`sysctl` forks while building (each touches one namespace).
+BUILD_PARALLELISM = 4
 # Routers sit at WAN host addresses ROUTER_WAN_OFFSET + pool index.
 ROUTER_WAN_OFFSET = 10
 
@@ -529,20 +534,25 @@ def build_in(lab: Lab, spec: TopologySpec) -> Cluster:
 
     lab.veth_many(veths, up=False)
     # Bridges before their ports: the order inside each batch matters, so "link add br0" comes first.
-    for name, lines in batches.items():
-        ns[name].ip_batch(_bridges_first(lines))
-
     fwd = "sysctl -q -w net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0"
+    jobs: list[Callable[[], object]] = []
+    for name, lines in batches.items():
+        jobs.append(functools.partial(ns[name].ip_batch, _bridges_first(lines)))
     for p in spec.pools:
+        router = ns[router_name(p.name)]
         if p.nat:
             rnd = " --random-fully" if p.symmetric_nat else ""
             rules = (f"*nat\n:POSTROUTING ACCEPT [0:0]\n"
                      f"-A POSTROUTING -s {p.lan} -o wan0 -j MASQUERADE{rnd}\nCOMMIT\n")
-            ns[router_name(p.name)].run(["sh", "-c", f"{fwd} && iptables-restore -w 5"], input=rules)
+            jobs.append(functools.partial(router.run, ["sh", "-c", f"{fwd} && iptables-restore -w 5"],
+                                          input=rules))
         else:
-            ns[router_name(p.name)].run(fwd.split())
-        for n in p.nodes:
-            ns[n.name].run(fwd.split())
+            jobs.append(functools.partial(router.run, fwd.split()))
+        jobs += [functools.partial(ns[n.name].run, fwd.split()) for n in p.nodes]
+    # Every job touches one namespace only, so they are independent: run the forks concurrently.
+    with ThreadPoolExecutor(max_workers=BUILD_PARALLELISM) as executor:
+        for fut in [executor.submit(job) for job in jobs]:
+            fut.result()
     cl.build_seconds = time.monotonic() - t0
     log.info("topology built prefix=%s namespaces=%d seconds=%.3f", lab.prefix, len(names), cl.build_seconds)
     return cl
