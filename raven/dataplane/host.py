@@ -13,11 +13,11 @@ needs no clamp: Raven's routes carry the MTU, which the local TCP stack honours.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -85,24 +85,26 @@ class MssState:
 
 
 class MssClamp:
-    """The RAVEN-MSS mangle chain: read, rewrite, remove. Idempotent."""
+    """The RAVEN-MSS mangle chain: read, rewrite, remove. Idempotent. Blocking: call from a worker thread."""
 
     def __init__(self, chain: str = "RAVEN-MSS", netns: str | None = None, iptables: str = "iptables") -> None:
         self.chain = chain
         self._prefix: list[str] = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self._iptables = iptables
 
-    async def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *self._prefix,
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+    def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        # Blocking on purpose: callers run this in a worker thread (asyncio's subprocess support
+        # starts a watcher thread per child, which costs more than iptables-save itself).
+        proc = subprocess.run(
+            [*self._prefix, *args],
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return proc.returncode, proc.stdout, proc.stderr
 
     def rule_args(self, ifname: str) -> list[str]:
         return [
@@ -110,8 +112,8 @@ class MssClamp:
             "-j", "TCPMSS", "--clamp-mss-to-pmtu",
         ]  # fmt: skip
 
-    async def read(self) -> MssState:
-        rc, out, err = await self._run(f"{self._iptables}-save", "-t", "mangle")
+    def read(self) -> MssState:
+        rc, out, err = self._run(f"{self._iptables}-save", "-t", "mangle")
         if rc != 0:
             raise OSError(f"{self._iptables}-save failed: {err.strip()}")
         return self.parse(out)
@@ -139,28 +141,28 @@ class MssClamp:
             return MssState(jumped=jumped, ifnames=frozenset())
         return MssState(jumped=jumped, ifnames=None if unexpected else frozenset(names))
 
-    async def write(self, ifnames: Sequence[str], current: MssState) -> int:
+    def write(self, ifnames: Sequence[str], current: MssState) -> int:
         """Make the chain clamp exactly `ifnames` (empty: remove it). Returns the number of iptables calls."""
         if not ifnames:
-            return await self.remove()
+            return self.remove()
         lines = ["*mangle", f":{self.chain} - [0:0]"]
         lines += [f"-A {self.chain} " + " ".join(self.rule_args(n)) for n in sorted(ifnames)]
         if not current.jumped:
             lines.append(f"-I FORWARD 1 -j {self.chain}")
         lines.append("COMMIT")
         # --noflush: only our chain (declared, hence flushed) and our jump change.
-        rc, _out, err = await self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin="\n".join(lines) + "\n")
+        rc, _out, err = self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin="\n".join(lines) + "\n")
         if rc != 0:
             raise OSError(f"{self._iptables}-restore failed: {err.strip()}")
         log.info("mss clamp chain=%s ifnames=%s", self.chain, ",".join(sorted(ifnames)))
         return 1
 
-    async def remove(self) -> int:
+    def remove(self) -> int:
         """Remove every jump to the chain and the chain itself; returns how many of those existed."""
         removed = 0
-        while (await self._run(self._iptables, "-w", "-t", "mangle", "-D", "FORWARD", "-j", self.chain))[0] == 0:
+        while self._run(self._iptables, "-w", "-t", "mangle", "-D", "FORWARD", "-j", self.chain)[0] == 0:
             removed += 1
         for op in ("-F", "-X"):
-            if (await self._run(self._iptables, "-w", "-t", "mangle", op, self.chain))[0] == 0:
+            if self._run(self._iptables, "-w", "-t", "mangle", op, self.chain)[0] == 0:
                 removed += op == "-X"
         return removed

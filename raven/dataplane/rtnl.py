@@ -14,10 +14,11 @@ Everything is IPv4: Raven's pod and inner addresses are IPv4.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -76,18 +77,21 @@ DELETE: Final = NLM_F_REQUEST | NLM_F_ACK
 
 
 class RawRoute(NamedTuple):
-    """One IPv4 route as the kernel reports it (only what Raven writes); a tuple: cheap to build."""
+    """One IPv4 route as the kernel reports it (only what Raven writes); a tuple: cheap to build.
 
-    dst: str  # "10.0.0.0/24"
+    The field order is `raven.dataplane.state.Route`'s key order (table, dst, dev, gateway, mtu, src),
+    so a diff can compare these tuples with tuples taken from desired routes, without objects.
+    """
+
     table: int
-    oif: int
+    dst: str  # "10.0.0.0/24"
+    dev: str  # the output device's name ("#<index>" when the index is unknown)
     gateway: str | None
-    prefsrc: str | None
     mtu: int | None
+    prefsrc: str | None
 
 
-@dataclass(frozen=True)
-class RouteMsg:
+class RouteMsg(NamedTuple):
     """One encoded route request; `body` is everything after the netlink header."""
 
     msg_type: int
@@ -107,11 +111,6 @@ def _attr(rta_type: int, payload: bytes) -> bytes:
     return _RTA.pack(length, rta_type) + payload + b"\0" * ((4 - length % 4) % 4)
 
 
-def _split(cidr: str) -> tuple[bytes, int]:
-    addr, _, plen = cidr.partition("/")
-    return socket.inet_aton(addr), int(plen) if plen else 32
-
-
 def encode_route(
     msg_type: int,
     flags: int,
@@ -124,8 +123,28 @@ def encode_route(
     prefsrc: str | None = None,
     mtu: int | None = None,
 ) -> RouteMsg:
-    """Encode one RTM_NEWROUTE/RTM_DELROUTE request (without the netlink header)."""
-    dst_raw, dst_len = _split(dst)
+    """Encode one RTM_NEWROUTE/RTM_DELROUTE request (without the netlink header).
+
+    Routes that differ only in their destination share one cached template; encoding patches in
+    the destination's length and address (a join instead of a dozen packs per route).
+    """
+    addr, _, plen = dst.partition("/")
+    mid, tail = _route_template(msg_type, table, protocol, oif, gateway, prefsrc, mtu)
+    dst_len = int(plen) if plen else 32
+    if not 0 <= dst_len <= 32:
+        raise ValueError(f"invalid prefix length in {dst!r}")
+    return RouteMsg(msg_type, flags, b"".join((_FAMILY_INET, _LEN_BYTES[dst_len], mid, socket.inet_aton(addr), tail)))
+
+
+_FAMILY_INET: Final = bytes([socket.AF_INET])
+_LEN_BYTES: Final = [bytes([n]) for n in range(33)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_template(
+    msg_type: int, table: int, protocol: int, oif: int, gateway: str | None, prefsrc: str | None, mtu: int | None
+) -> tuple[bytes, bytes]:
+    """(rtmsg after dst_len + RTA_TABLE + RTA_DST header, attributes after the destination)."""
     if msg_type == RTM_DELROUTE:
         scope, rtm_flags = RT_SCOPE_NOWHERE, 0
     elif gateway is not None:
@@ -133,31 +152,21 @@ def encode_route(
         scope, rtm_flags = RT_SCOPE_UNIVERSE, RTNH_F_ONLINK
     else:
         scope, rtm_flags = RT_SCOPE_LINK, 0
-    parts = [
-        _RTMSG.pack(
-            socket.AF_INET,
-            dst_len,
-            0,
-            0,
-            table if table < 256 else RT_TABLE_COMPAT,
-            protocol,
-            scope,
-            RTN_UNICAST,
-            rtm_flags,
-        ),
-        _attr(RTA_TABLE, _U32.pack(table)),
-        _attr(RTA_DST, dst_raw),
-    ]
+    rtmsg = _RTMSG.pack(
+        socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol, scope, RTN_UNICAST, rtm_flags
+    )
+    mid = rtmsg[2:] + _attr(RTA_TABLE, _U32.pack(table)) + _RTA.pack(8, RTA_DST)
+    tail: list[bytes] = []
     if msg_type != RTM_DELROUTE:
         if oif:
-            parts.append(_attr(RTA_OIF, _U32.pack(oif)))
+            tail.append(_attr(RTA_OIF, _U32.pack(oif)))
         if gateway is not None:
-            parts.append(_attr(RTA_GATEWAY, socket.inet_aton(gateway)))
+            tail.append(_attr(RTA_GATEWAY, socket.inet_aton(gateway)))
         if prefsrc is not None:
-            parts.append(_attr(RTA_PREFSRC, socket.inet_aton(prefsrc)))
+            tail.append(_attr(RTA_PREFSRC, socket.inet_aton(prefsrc)))
         if mtu is not None:
-            parts.append(_attr(RTA_METRICS, _attr(RTAX_MTU, _U32.pack(mtu))))
-    return RouteMsg(msg_type, flags, b"".join(parts))
+            tail.append(_attr(RTA_METRICS, _attr(RTAX_MTU, _U32.pack(mtu))))
+    return mid, b"".join(tail)
 
 
 class NetlinkError(OSError):
@@ -237,15 +246,15 @@ class RouteSocket:
                         break
         return errors
 
-    def dump_routes(self, table: int, protocol: int) -> list[RawRoute]:
+    def dump_routes(self, table: int, protocol: int, ifnames: Mapping[int, str]) -> list[RawRoute]:
         """All IPv4 routes of `table` with `protocol` (the kernel filters: strict dump checking)."""
         for _attempt in range(5):
-            routes, interrupted = self._dump_once(table, protocol)
+            routes, interrupted = self._dump_once(table, protocol, ifnames)
             if not interrupted:
                 return routes
         raise NetlinkError(errno.EINTR, f"route dump of table {table} kept being interrupted")
 
-    def _dump_once(self, table: int, protocol: int) -> tuple[list[RawRoute], bool]:
+    def _dump_once(self, table: int, protocol: int, ifnames: Mapping[int, str]) -> tuple[list[RawRoute], bool]:
         seq = self._next_seq(1)
         body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, protocol, 0, 0, 0) + _attr(RTA_TABLE, _U32.pack(table))
         self._sock.send(_NLMSGHDR.pack(16 + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
@@ -274,11 +283,11 @@ class RouteSocket:
                     # Routes of one shape share one attribute layout: decode it with a single
                     # cached struct, checked against the attribute headers it expects.
                     layout = layouts.get(length)
-                    route = layout.decode(data, off) if layout is not None else None
+                    route = layout.decode(data, off, ifnames) if layout is not None else None
                     if route is None:
                         layout = _Layout.learn(data, off, length)
                         layouts[length] = layout
-                        route = layout.decode(data, off)
+                        route = layout.decode(data, off, ifnames)
                     if route is not None and route.table == table:
                         out.append(route)
                 off += (length + 3) & ~3
@@ -298,7 +307,7 @@ class _Layout:
 
     __slots__ = ("decode",)
 
-    def __init__(self, decode: Callable[[bytes, int], RawRoute | None]) -> None:
+    def __init__(self, decode: Callable[[bytes, int, Mapping[int, str]], RawRoute | None]) -> None:
         self.decode = decode
 
     @classmethod
@@ -345,20 +354,21 @@ class _Layout:
         else:
             mtu = "None"
         src = (
-            "def decode(data, off):\n"
+            "def decode(data, off, names):\n"
             "    try:\n"
             "        v = unpack(data, off)\n"
             "    except struct_error:\n"
             "        return None\n"
             f"    if not ({' and '.join(checks) or 'True'}):\n"
             "        return None\n"
+            f"    oif = {at(RTA_OIF, '{}', '0')}\n"
             "    return RawRoute(\n"
-            f"        {at(RTA_DST, 'ntoa({})', repr('0.0.0.0'))} + '/' + str(v[0]),\n"
             f"        {at(RTA_TABLE, '{}', 'v[1]')},\n"
-            f"        {at(RTA_OIF, '{}', '0')},\n"
+            f"        {at(RTA_DST, 'ntoa({})', repr('0.0.0.0'))} + '/' + str(v[0]),\n"
+            "        names.get(oif) or '#' + str(oif),\n"
             f"        {at(RTA_GATEWAY, 'ntoa({})', 'None')},\n"
-            f"        {at(RTA_PREFSRC, 'ntoa({})', 'None')},\n"
             f"        {mtu},\n"
+            f"        {at(RTA_PREFSRC, 'ntoa({})', 'None')},\n"
             "    )\n"
         )
         scope: dict[str, object] = {
