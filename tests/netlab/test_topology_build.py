@@ -194,6 +194,25 @@ def test_latency_on_a_pool_delays_inbound_traffic_and_nat_still_works(cluster: C
     assert ping(cloud.netns, pub.ip, count=1).ok and ping(nat.netns, cloud.ip, count=1).ok
 
 
+def test_one_charon_per_node_each_on_its_own_vici_socket(cluster: Cluster) -> None:
+    charons = cluster.start_charons()
+    try:
+        assert set(charons) == set(cluster.nodes)
+        sockets = {str(c.vici_socket) for c in charons.values()}
+        assert len(sockets) == len(charons)
+        pids = set()
+        for name, charon in charons.items():
+            with charon.session() as s:
+                assert s.version()["daemon"] == b"charon"
+            # Each charon really runs inside its node's namespace.
+            assert charon.process.pid in cluster.nodes[name].netns.pids()
+            pids.add(charon.process.pid)
+        assert len(pids) == len(charons)
+    finally:
+        for charon in charons.values():
+            charon.stop()
+
+
 def _retry(fn: Any, attempts: int = 20) -> str:
     out = ""
     for _ in range(attempts):
