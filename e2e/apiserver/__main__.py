@@ -29,10 +29,10 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     server.write_kubeconfig(args.kubeconfig)
     logging.getLogger("e2e.apiserver").info("kubeconfig written path=%s", args.kubeconfig)
-    stop = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    await stop
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
     await server.stop()
 
 

@@ -122,8 +122,8 @@ def _add(doc: Any, path: str, value: Any, replace: bool) -> Any:
 
 def json_patch(doc: Any, ops: Any) -> Any:
     if not isinstance(ops, list):
-        kind = "object" if isinstance(ops, dict) else type(ops).__name__
-        raise bad_request(f"json: cannot unmarshal {kind} into Go value of type jsonpatch.Patch")
+        what = "object" if isinstance(ops, dict) else type(ops).__name__
+        raise bad_request(f"json: cannot unmarshal {what} into Go value of type jsonpatch.Patch")
     if len(ops) > 10000:
         raise ApiError(413, f"The allowed maximum operations in a JSON patch is 10000, got {len(ops)}",
                        "RequestEntityTooLarge")
@@ -132,7 +132,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
         if not isinstance(op, dict):
             raise bad_request("json: cannot unmarshal into Go value of type jsonpatch.Operation")
         kind = op.get("op")
-        path = op.get("path")
+        path: Any = op.get("path")
         if not isinstance(path, str):
             raise _fail(f"the server rejected our request due to an error in our request: "
                         f"operation missing path field: {op}")

@@ -19,8 +19,32 @@ _VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 Matcher = Callable[[Mapping[str, str]], bool]
 
 
+def _label_eq(key: str, value: str, negate: bool) -> Matcher:
+    if negate:
+        return lambda labels: labels.get(key) != value
+    return lambda labels: labels.get(key) == value
+
+
+def _label_in(key: str, values: frozenset[str], negate: bool) -> Matcher:
+    if negate:
+        return lambda labels: labels.get(key) not in values
+    return lambda labels: labels.get(key) in values
+
+
+def _label_exists(key: str, negate: bool) -> Matcher:
+    if negate:
+        return lambda labels: key not in labels
+    return lambda labels: key in labels
+
+
+def _label_cmp(key: str, num: int, sign: int) -> Matcher:
+    return lambda labels: _int_cmp(labels.get(key), num, sign)
+
+
 def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in text:
         if ch == "(":
             depth += 1
@@ -71,10 +95,7 @@ def parse_label_selector(text: str | None) -> Matcher | None:
                                   "can't be empty")
             for v in vals:
                 _check_value(v)
-            if op == "in":
-                reqs.append(lambda labels, k=key, vs=vals: labels.get(k) in vs)
-            else:
-                reqs.append(lambda labels, k=key, vs=vals: labels.get(k) not in vs)
+            reqs.append(_label_in(key, vals, negate=(op == "notin")))
             continue
         for op in ("!=", "==", "=", ">", "<"):
             idx = part.find(op)
@@ -87,28 +108,22 @@ def parse_label_selector(text: str | None) -> Matcher | None:
                     except ValueError as exc:
                         raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must "
                                           f"be an integer (in {text!r})") from exc
-                    if op == ">":
-                        reqs.append(lambda labels, k=key, n=num: _int_cmp(labels.get(k), n, 1))
-                    else:
-                        reqs.append(lambda labels, k=key, n=num: _int_cmp(labels.get(k), n, -1))
+                    reqs.append(_label_cmp(key, num, 1 if op == ">" else -1))
                     break
                 _check_value(value)
-                if op == "!=":
-                    reqs.append(lambda labels, k=key, v=value: labels.get(k) != v)
-                else:
-                    reqs.append(lambda labels, k=key, v=value: labels.get(k) == v)
+                reqs.append(_label_eq(key, value, negate=(op == "!=")))
                 break
         else:
             if part.startswith("!"):
                 key = part[1:].strip()
                 _check_key(key, text)
-                reqs.append(lambda labels, k=key: k not in labels)
+                reqs.append(_label_exists(key, negate=True))
             else:
                 if " " in part:
                     raise bad_request(f"unable to parse requirement: found '{part.split()[1]}', expected: "
                                       f"in, notin, =, ==, !=, gt, lt (in {text!r})")
                 _check_key(part, text)
-                reqs.append(lambda labels, k=part: k in labels)
+                reqs.append(_label_exists(part, negate=False))
     if len(reqs) == 1:
         return reqs[0]
     return lambda labels: all(r(labels) for r in reqs)
@@ -142,6 +157,12 @@ def field_value(obj: Mapping[str, Any], path: str) -> str:
     return str(cur)
 
 
+def _field_eq(path: str, value: str, negate: bool) -> ObjMatcher:
+    if negate:
+        return lambda o: field_value(o, path) != value
+    return lambda o: field_value(o, path) == value
+
+
 def parse_field_selector(text: str | None, allowed: tuple[str, ...], resource_desc: str) -> ObjMatcher | None:
     if text is None or not text.strip():
         return None
@@ -157,10 +178,7 @@ def parse_field_selector(text: str | None, allowed: tuple[str, ...], resource_de
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         if key not in allowed:
             raise ApiError(400, f'field label not supported: {key}', "BadRequest")
-        if op == "!=":
-            reqs.append(lambda o, k=key, v=value: field_value(o, k) != v)
-        else:
-            reqs.append(lambda o, k=key, v=value: field_value(o, k) == v)
+        reqs.append(_field_eq(key, value, negate=(op == "!=")))
     if len(reqs) == 1:
         return reqs[0]
     return lambda o: all(r(o) for r in reqs)
