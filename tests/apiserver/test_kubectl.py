@@ -165,3 +165,27 @@ async def test_kubectl_applies_the_project_manifests_then_example_gateways(kubec
     assert names and all(n.startswith("gateway.raven.openyurt.io/") for n in names)
     again = await kubectl("apply", "-f", str(manifests))
     assert "created" not in again and "configured" not in again
+
+
+async def test_kubectl_get_watch_streams_table_rows_as_objects_change(kubectl: Kubectl, tmp_path: Path):
+    (tmp_path / "crd.yaml").write_text(yaml.safe_dump(gateway_crd()))
+    await kubectl("apply", "-f", str(tmp_path / "crd.yaml"))
+    await kubectl("apply", "-f", "-", stdin=yaml.safe_dump(gateway("g", exposeType="PublicIP")))
+    proc = await asyncio.create_subprocess_exec(
+        kubectl.binary, "--kubeconfig", str(kubectl.server.kubeconfig), "--cache-dir", str(kubectl.cache),
+        "get", "gw", "-w", "--output-watch-events", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 20)).decode()]
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 20)).decode())
+        await kubectl("patch", "gw", "g", "--type=merge", "-p", json.dumps({"spec": {"exposeType": "LoadBalancer"}}))
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 20)).decode())
+        await kubectl("delete", "gw", "g")
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 20)).decode())
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert lines[0].split()[:3] == ["EVENT", "NAME", "EXPOSETYPE"]
+    assert lines[1].split()[:3] == ["ADDED", "g", "PublicIP"]
+    assert lines[2].split()[:3] == ["MODIFIED", "g", "LoadBalancer"]
+    assert lines[3].split()[:2] == ["DELETED", "g"]

@@ -1,0 +1,38 @@
+"""`python -m e2e.apiserver`: writes a kubeconfig, serves a real client, exits cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+
+
+async def test_standalone_server_writes_kubeconfig_serves_and_stops_on_sigterm(tmp_path: Path):
+    kubeconfig = tmp_path / "kc.yaml"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "e2e.apiserver", "--listen", "127.0.0.1:0", "--kubeconfig", str(kubeconfig),
+        "--token", "s3cret", "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            if kubeconfig.exists():
+                break
+            await asyncio.sleep(0.025)
+        assert "token: s3cret" in kubeconfig.read_text()
+        cfg = client.Configuration()
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        async with client.ApiClient(cfg) as api:
+            v1 = client.CoreV1Api(api)
+            await v1.create_namespaced_config_map("default", {"metadata": {"name": "x"}})
+            assert [c.metadata.name for c in (await v1.list_namespaced_config_map("default")).items] == ["x"]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0
+        log = out.decode()
+        assert "method=POST path=/api/v1/namespaces/default/configmaps status=201" in log  # debug request log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

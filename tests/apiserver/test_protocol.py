@@ -1,0 +1,97 @@
+"""Protocol details clients depend on: initial-events bookmarks, dry runs, warnings, discovery, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from e2e.apiserver import ApiServer
+
+from .crds import GROUP, VERSION, gateway
+from .test_objects import install_gateway_crd, node
+
+
+async def raw(server: ApiServer, method: str, path: str, body: Any = None,
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    h = {"Authorization": f"Bearer {server.token}", **(headers or {})}
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, server.url + path, ssl=False, headers=h,
+                             data=json.dumps(body) if body is not None else None) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+async def test_send_initial_events_ends_with_the_initial_events_end_bookmark(apiserver: ApiServer, kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    await v1.create_node(node("a"))
+    status, _, body = await raw(apiserver, "GET", "/api/v1/nodes?watch=1&sendInitialEvents=true"
+                                "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1")
+    events = [json.loads(line) for line in body.decode().splitlines()]
+    assert status == 200
+    assert [e["type"] for e in events[:2]] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+async def test_dry_run_validates_without_storing(kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    created = await v1.create_node(node("dry"), dry_run="All")
+    assert created.metadata.name == "dry"
+    with pytest.raises(ApiException) as err:
+        await v1.read_node("dry")
+    assert err.value.status == 404
+
+
+async def test_unknown_fields_are_pruned_with_a_warning_header_by_default(apiserver: ApiServer, kube_api):
+    await install_gateway_crd(kube_api)
+    status, headers, body = await raw(apiserver, "POST", f"/apis/{GROUP}/{VERSION}/gateways",
+                                      gateway("g", exposeType="", nope=1), {"Content-Type": "application/json"})
+    assert status == 201 and "nope" not in json.loads(body)["spec"]
+    assert headers["Warning"] == '299 - "unknown field \\"spec.nope\\""'
+
+
+async def test_discovery_documents_describe_core_and_group_resources(apiserver: ApiServer):
+    _, _, body = await raw(apiserver, "GET", "/api/v1")
+    res = {r["name"]: r for r in json.loads(body)["resources"]}
+    assert res["nodes"]["namespaced"] is False and res["configmaps"]["shortNames"] == ["cm"]
+    assert "nodes/status" in res and res["pods"]["categories"] == ["all"]
+    _, _, body = await raw(apiserver, "GET", "/apis")
+    groups = {g["name"]: g for g in json.loads(body)["groups"]}
+    assert groups["coordination.k8s.io"]["preferredVersion"]["version"] == "v1"
+    status, _, body = await raw(apiserver, "GET", "/version")
+    assert status == 200 and json.loads(body)["gitVersion"] == "v1.31.0"
+    status, _, body = await raw(apiserver, "GET", "/apis/nope.example/v1/things")
+    assert status == 404 and json.loads(body)["kind"] == "Status"
+
+
+async def test_table_output_for_nodes_and_custom_printer_columns(apiserver: ApiServer, kube_api):
+    objs = await install_gateway_crd(kube_api)
+    await objs.create_cluster_custom_object(GROUP, VERSION, "gateways", gateway("g", exposeType="PublicIP"))
+    # Raw: kubernetes_asyncio cannot even deserialize a Node whose nodeInfo lacks fields it requires.
+    status, _, _ = await raw(apiserver, "POST", "/api/v1/nodes", {**node("n"), "status": {
+        "conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.31.0"}}})
+    assert status == 201
+    accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+    _, _, body = await raw(apiserver, "GET", "/api/v1/nodes", headers=accept)
+    t = json.loads(body)
+    assert t["kind"] == "Table" and [c["name"] for c in t["columnDefinitions"]][:5] == [
+        "Name", "Status", "Roles", "Age", "Version"]
+    assert t["rows"][0]["cells"][:3] == ["n", "Ready", "<none>"]
+    assert t["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    _, _, body = await raw(apiserver, "GET", f"/apis/{GROUP}/{VERSION}/gateways/g", headers=accept)
+    t = json.loads(body)
+    assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "ExposeType", "Active", "Replicas", "Age"]
+    assert t["rows"][0]["cells"][:4] == ["g", "PublicIP", None, None]
+
+
+async def test_methods_and_subresources_that_do_not_exist_are_rejected(apiserver: ApiServer, kube_api):
+    await client.CoreV1Api(kube_api).create_node(node("n"))
+    status, _, body = await raw(apiserver, "POST", "/api/v1/nodes/n", node("n"))
+    assert status == 405 and json.loads(body)["reason"] == "MethodNotAllowed"
+    status, _, _ = await raw(apiserver, "GET", "/api/v1/configmaps/x/status")
+    assert status == 404
+    status, _, body = await raw(apiserver, "POST", "/api/v1/nodes", {"metadata": {"name": "Bad_Name"}})
+    assert status == 422 and json.loads(body)["details"]["causes"][0]["field"] == "metadata.name"
