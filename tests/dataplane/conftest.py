@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from e2e.netlab import Lab, Netns
+from raven.dataplane.state import Address, DesiredState, FdbEntry, Neighbor, Route, Rule, VxlanLink
 
 PREFIX = "rdp"
 
@@ -46,3 +47,56 @@ def kernel_snapshot(ns: Netns) -> dict[str, Any]:
     save = ns.run(["iptables-save", "-t", "mangle"]).stdout
     ipt = [line for line in save.splitlines() if not line.startswith("#")]
     return {"routes": routes, "links": links, "rules": rules, "iptables": ipt}
+
+
+def read_back(ns: Netns) -> DesiredState:
+    """The Raven-shaped objects in `ns`, parsed from `ip -j`, `bridge -j` and iptables-save (not our reader)."""
+    links = set()
+    addresses = set()
+    for link in ip_json(ns, "-d", "link", "show"):
+        if not link["ifname"].startswith("raven"):
+            continue
+        data = link["linkinfo"]["info_data"]
+        links.add(
+            VxlanLink(
+                link["ifname"], data["id"], data["port"], link["mtu"], link["address"], data["local"], data.get("link")
+            )
+        )
+        assert "UP" in link["flags"]
+    for entry in ip_json(ns, "-4", "addr", "show"):
+        if entry["ifname"].startswith("raven"):
+            for a in entry["addr_info"]:
+                addresses.add(Address(entry["ifname"], f"{a['local']}/{a['prefixlen']}"))
+    routes = set()
+    for table in (9027, 9028):
+        for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):
+            mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
+            dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
+            routes.add(Route(dst, table, r["dev"], r.get("gateway"), mtu, r.get("prefsrc")))
+    rules = set()
+    for rule in ip_json(ns, "-4", "-d", "rule", "show"):
+        if rule.get("protocol") == "250" or rule.get("protocol") == 250:
+            rules.add(Rule(rule["priority"], int(rule["table"]), rule.get("iif")))
+    neighbors = set()
+    fdb = set()
+    for dev in sorted(link.name for link in links):
+        for n in ip_json(ns, "-4", "neigh", "show", "dev", dev, "nud", "permanent"):
+            neighbors.add(Neighbor(dev, n["dst"], n["lladdr"]))
+        for f in bridge_json(ns, "fdb", "show", "dev", dev):
+            if "permanent" in f.get("state", "") and "dst" in f:
+                fdb.add(FdbEntry(dev, f["mac"], f["dst"]))
+    save = ns.run(["iptables-save", "-t", "mangle"]).stdout
+    clamp = set()
+    jumped = "-A FORWARD -j RAVEN-MSS" in save
+    for line in save.splitlines():
+        if line.startswith("-A RAVEN-MSS -o ") and "--clamp-mss-to-pmtu" in line and jumped:
+            clamp.add(line.split()[3])
+    return DesiredState(
+        links=frozenset(links),
+        addresses=frozenset(addresses),
+        routes=frozenset(routes),
+        rules=frozenset(rules),
+        neighbors=frozenset(neighbors),
+        fdb=frozenset(fdb),
+        mss_clamp_ifnames=frozenset(clamp),
+    )

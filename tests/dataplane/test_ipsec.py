@@ -242,3 +242,32 @@ async def test_cleanup_removes_only_raven_connections(
             "other-conn"
         ]
         assert s.get_shared()["keys"] == []
+
+
+@pytest.mark.parametrize(
+    "ike,esp",
+    [
+        ("aes256gcm16-prfsha256-curve25519", "aes256gcm16"),
+        ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305"),
+    ],
+)
+async def test_aead_proposals_work_with_userspace_esp(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]], ike: str, esp: str
+) -> None:
+    """The kernel here has no AES-GCM/ChaCha, but kernel-libipsec does ESP in userspace: both work."""
+    ga, gb = gws["ga"], gws["gb"]
+
+    def with_props(c: IPsecConnection) -> IPsecConnection:
+        return dataclasses.replace(c, proposals=(ike,), esp_proposals=(esp,))
+
+    assert (await drivers["ga"][0].reconcile(kernel_state(ga, [gb]))).ok
+    assert (await drivers["gb"][0].reconcile(kernel_state(gb, [ga]))).ok
+    assert (await drivers["gb"][1].reconcile([with_props(conn(gb, ga, False))])).ok
+    assert (await drivers["ga"][1].reconcile([with_props(conn(ga, gb, True))])).ok
+    assert await wait_for(lambda: installed(drivers["ga"][1], "raven-gb")), ga.charon.read_log()[-3000:]
+    with ga.charon.session() as s:
+        sas = [ike_sa for item in s.list_sas() for ike_sa in item.values()]
+    child = next(iter(sas[0]["child-sas"].values()))
+    assert child["encr-alg"].decode().upper() in ("AES_GCM_16", "CHACHA20_POLY1305")
+    # Pod traffic inside raven1 (VXLAN between the inner addresses) through the AEAD SA.
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod)), ga.charon.read_log()[-2000:]

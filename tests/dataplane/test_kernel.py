@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from e2e.netlab import Lab, Netns
-from raven.dataplane.kernel import KernelApplier, Ownership
+from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.state import (
     Address,
     DesiredState,
@@ -18,7 +18,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
-from tests.dataplane.conftest import bridge_json, ip_json, kernel_snapshot
+from tests.dataplane.conftest import ip_json, kernel_snapshot, read_back
 
 pytestmark = pytest.mark.root
 
@@ -67,59 +67,6 @@ async def applier(node: Netns) -> AsyncIterator[KernelApplier]:
         yield a
     finally:
         await a.close()
-
-
-def read_back(ns: Netns) -> DesiredState:
-    """The Raven-shaped objects in `ns`, parsed from `ip -j`, `bridge -j` and iptables-save (not our reader)."""
-    links = set()
-    addresses = set()
-    for link in ip_json(ns, "-d", "link", "show"):
-        if not link["ifname"].startswith("raven"):
-            continue
-        data = link["linkinfo"]["info_data"]
-        links.add(
-            VxlanLink(
-                link["ifname"], data["id"], data["port"], link["mtu"], link["address"], data["local"], data.get("link")
-            )
-        )
-        assert "UP" in link["flags"]
-    for entry in ip_json(ns, "-4", "addr", "show"):
-        if entry["ifname"].startswith("raven"):
-            for a in entry["addr_info"]:
-                addresses.add(Address(entry["ifname"], f"{a['local']}/{a['prefixlen']}"))
-    routes = set()
-    for table in (9027, 9028):
-        for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):
-            mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
-            dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
-            routes.add(Route(dst, table, r["dev"], r.get("gateway"), mtu, r.get("prefsrc")))
-    rules = set()
-    for rule in ip_json(ns, "-4", "-d", "rule", "show"):
-        if rule.get("protocol") == "250" or rule.get("protocol") == 250:
-            rules.add(Rule(rule["priority"], int(rule["table"]), rule.get("iif")))
-    neighbors = set()
-    fdb = set()
-    for dev in sorted(link.name for link in links):
-        for n in ip_json(ns, "-4", "neigh", "show", "dev", dev, "nud", "permanent"):
-            neighbors.add(Neighbor(dev, n["dst"], n["lladdr"]))
-        for f in bridge_json(ns, "fdb", "show", "dev", dev):
-            if "permanent" in f.get("state", "") and "dst" in f:
-                fdb.add(FdbEntry(dev, f["mac"], f["dst"]))
-    save = ns.run(["iptables-save", "-t", "mangle"]).stdout
-    clamp = set()
-    jumped = "-A FORWARD -j RAVEN-MSS" in save
-    for line in save.splitlines():
-        if line.startswith("-A RAVEN-MSS -o ") and "--clamp-mss-to-pmtu" in line and jumped:
-            clamp.add(line.split()[3])
-    return DesiredState(
-        links=frozenset(links),
-        addresses=frozenset(addresses),
-        routes=frozenset(routes),
-        rules=frozenset(rules),
-        neighbors=frozenset(neighbors),
-        fdb=frozenset(fdb),
-        mss_clamp_ifnames=frozenset(clamp),
-    )
 
 
 def sysctl(ns: Netns, key: str) -> str:
@@ -273,3 +220,31 @@ async def test_missing_underlay_device_is_reported_and_the_rest_applied(
     got = read_back(node)
     assert {link.name for link in got.links} == {"raven1"}
     assert {r for r in got.routes if r.ifname == "raven1"} == {r for r in desired.routes if r.ifname == "raven1"}
+
+
+async def test_flood_entries_are_appended_and_pruned(node: Netns, applier: KernelApplier) -> None:
+    zero = "00:00:00:00:00:00"
+    base = gateway_state(SUBNETS[:5])
+    flood = frozenset({FdbEntry("raven0", zero, "192.168.50.3"), FdbEntry("raven0", zero, "192.168.50.4")})
+    first = dataclasses.replace(base, fdb=base.fdb | flood)
+    assert (await applier.reconcile(first)).ok
+    assert read_back(node) == first
+    second = dataclasses.replace(base, fdb=base.fdb | {FdbEntry("raven0", zero, "192.168.50.4"),
+                                                      FdbEntry("raven0", zero, "192.168.50.5")})  # fmt: skip
+    report = await applier.reconcile(second)
+    assert report.ok, report.errors
+    assert report.writes["fdb"] == 2
+    assert read_back(node) == second
+
+
+async def test_a_vanished_namespace_is_a_clear_read_error(lab: Lab) -> None:
+    ns = lab.netns("gone")
+    applier = KernelApplier(netns=ns.name)
+    try:
+        assert (await applier.reconcile(gateway_state(SUBNETS[:1]))).errors  # no eth0: reported, not raised
+        ns.run(["true"])
+        lab.close()
+        with pytest.raises(KernelError):
+            await applier.reconcile(gateway_state(SUBNETS[:1]))
+    finally:
+        await applier.close()
