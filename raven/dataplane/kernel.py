@@ -27,6 +27,17 @@ Order: deletions first, in reverse dependency order (FDB, neighbours, rules, rou
 links), then creations (links, addresses, neighbours, FDB, routes, rules). Objects on a link that
 is deleted or recreated are flushed by the kernel and are not deleted one by one.
 
+Also kept by `reconcile`: `net.ipv4.ip_forward=1` and loose reverse-path filtering (rp_filter=2)
+on Raven's devices, written only when they differ. `cleanup` removes the devices (and with them
+their sysctls) but leaves ip_forward alone: other software on the node relies on it too.
+
+Speed (tests/benchmarks/bench_dataplane.py, 10,000 routes): a cold apply is within 2x of
+`ip -batch` and a converged reconcile (read + diff) takes tens of milliseconds: routes are read and
+diffed as tuples (`Observed.route_rows`), not as dataclass objects.
+
+`netns` (tests, tools) runs everything inside a named network namespace; the agent passes None.
+After `close()` the applier cannot be used again.
+
 Errors never abort a reconcile half way: each failed write is reported in `ApplyReport.errors`
 (kind, operation, object, reason) and the rest is applied; the next reconcile retries. A failure to
 read (netns gone, netlink socket broken) raises `KernelError`.
