@@ -796,6 +796,8 @@ class Cluster:
                     w.push(self._line(rt, w, "ADDED", entry))
             if send_initial and bookmarks:
                 w.push(self.bookmark(rt, initial_end=True))
+        elif rv in (None, "", "0"):
+            pass  # sendInitialEvents=false without a version: start at the current state, no backlog
         else:
             try:
                 start = int(rv or "0")

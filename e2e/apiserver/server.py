@@ -144,6 +144,11 @@ class ApiServer:
         self.kubeconfig = str(p)
         return self.kubeconfig
 
+    @property
+    def open_watches(self) -> int:
+        """Watches currently streaming (tests use it to see that a client reconnected or went away)."""
+        return len(self._watches)
+
     # ---- fault injection ------------------------------------------------------------------------------
     def drop_watches(self, abrupt: bool = False) -> int:
         """End every open watch (cleanly, or by resetting the connection when `abrupt`)."""
@@ -476,8 +481,10 @@ class ApiServer:
                     await resp.write(self.cluster.bookmark(rt))
                     next_bookmark = now + self.bookmark_interval
                     continue
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away; aiohttp does not cancel handlers for that
                 w.wake.clear()
-                wait_until = min(deadline, next_bookmark) if bookmarks else deadline
+                wait_until = min(deadline, next_bookmark, now + 1.0) if bookmarks else min(deadline, now + 1.0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(w.wake.wait(), max(0.0, wait_until - now))
         except (ConnectionResetError, asyncio.CancelledError):

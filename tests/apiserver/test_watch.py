@@ -194,3 +194,21 @@ async def test_namespaced_watch_sees_only_its_namespace(kube_api):
     await asyncio.wait_for(collect(w, w.stream(v1.list_namespaced_config_map, "default", resource_version=rv,
                                                timeout_seconds=3), 1, events), 10)
     assert [(t, n) for t, n, _ in events] == [("ADDED", "d")]
+
+
+async def test_a_watch_whose_client_went_away_is_released(apiserver: ApiServer):
+    async with aiohttp.ClientSession() as s:
+        r = await s.get(f"{apiserver.url}/api/v1/nodes?watch=1", ssl=False,
+                        headers={"Authorization": f"Bearer {apiserver.token}"})
+        assert r.status == 200
+        for _ in range(100):
+            if apiserver.open_watches == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert apiserver.open_watches == 1
+        r.close()
+    for _ in range(200):
+        if apiserver.open_watches == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert apiserver.open_watches == 0
