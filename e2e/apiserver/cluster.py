@@ -748,7 +748,12 @@ class Cluster:
                                "provided token results in an inconsistent list - objects that were created, "
                                "modified, or deleted between the time the first chunk was returned and now may show "
                                "up in the list.", "Expired")
-        keys = store.sorted_keys()
+        if limit or cont:
+            # A paginated list is consistent: every page reads the state at the first page's version.
+            snap = store.snapshots.get(list_rv) if cont else store.snapshot(list_rv)
+            keys, objects = snap if snap is not None else (store.sorted_keys(), store.objects)
+        else:
+            keys, objects = store.sorted_keys(), store.objects
         if start_after is not None:
             idx = bisect.bisect_right(keys, start_after)
         elif ns and rt.namespaced:
@@ -756,7 +761,6 @@ class Cluster:
         else:
             idx = 0
         out: list[Entry] = []
-        objects = store.objects
         n = len(keys)
         filtered = labels is not None or fields is not None
         while idx < n:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -130,6 +130,22 @@ class Store:
         self.window = window
         self.watchers: set[Watcher] = set()
         self._sorted: list[Key] | None = None
+        # Paginated lists read a snapshot taken at their first page, like etcd's MVCC read at the list's
+        # revision. Entries are never mutated after commit, so a snapshot is two shallow copies.
+        self.snapshots: OrderedDict[int, tuple[list[Key], dict[Key, Entry]]] = OrderedDict()
+
+    SNAPSHOTS = 16
+
+    def snapshot(self, rv: int) -> tuple[list[Key], dict[Key, Entry]]:
+        snap = self.snapshots.get(rv)
+        if snap is None:
+            snap = (list(self.sorted_keys()), dict(self.objects))
+            self.snapshots[rv] = snap
+            while len(self.snapshots) > self.SNAPSHOTS:
+                self.snapshots.popitem(last=False)
+        else:
+            self.snapshots.move_to_end(rv)
+        return snap
 
     def sorted_keys(self) -> list[Key]:
         if self._sorted is None:
@@ -165,6 +181,7 @@ class Store:
 
     def compact(self, rv: int) -> None:
         self.history.clear()
+        self.snapshots.clear()
         self.floor = rv
 
     def set_window(self, window: int) -> None:

@@ -337,3 +337,18 @@ async def test_core_and_events_k8s_io_events_can_be_recorded(kube_api):
         "reportingInstance": "r", "action": "Elect", "reason": "ActiveEndpointElected", "type": "Normal",
         "regarding": {"kind": "Gateway", "name": "g"}})
     assert ev2.reason == "ActiveEndpointElected"
+
+
+async def test_paginated_list_is_a_consistent_snapshot_of_its_first_page(kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    for i in range(6):
+        await v1.create_node(node(f"n{i}"))
+    first = await v1.list_node(limit=3)
+    await v1.delete_node("n4")
+    await v1.create_node(node("n9"))
+    await v1.patch_node("n5", {"metadata": {"labels": {"changed": "yes"}}})
+    rest = await v1.list_node(limit=3, _continue=first.metadata._continue)
+    assert rest.metadata.resource_version == first.metadata.resource_version
+    assert [n.metadata.name for n in first.items + rest.items] == [f"n{i}" for i in range(6)]
+    assert rest.items[-1].metadata.labels == {}
+    assert [n.metadata.name for n in (await v1.list_node()).items] == ["n0", "n1", "n2", "n3", "n5", "n9"]
