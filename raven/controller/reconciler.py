@@ -7,8 +7,8 @@ are ignored). Workers take names from the coalescing queue and reconcile one Gat
 1. read the Gateway and its nodes from the informer caches (never from the API server);
 2. `elect()` (pure);
 3. make the LoadBalancer objects match (exposure.py);
-4. write the status only if it differs, with PUT /status carrying the resourceVersion the decision was
-   based on; a 409 means our view was stale: re-read the Gateway from the server, decide again, retry;
+4. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
+   decision was based on; a 409 means our view was stale: re-read the Gateway, decide again, retry;
 5. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway / NodeIncomplete) only for
    changes actually written, so a restart or a no-op reconcile emits nothing.
 
@@ -245,10 +245,11 @@ class GatewayReconciler:
         if current == new:
             return False
         self._check_leader()
-        body = dict(raw)
-        body["status"] = {**raw_status, **new}  # keep status fields other writers own
+        # A merge patch of the fields we own (lists are replaced whole; others' status fields are kept),
+        # carrying the resourceVersion the decision was based on: a stale view is a 409, not a lost update.
+        patch = {"metadata": {"resourceVersion": gw.resource_version}, "status": new}
         try:
-            updated = await self.client.replace(GATEWAYS, gw.name, body, subresource="status")
+            updated = await self.client.merge_patch(GATEWAYS, gw.name, patch, subresource="status")
         except ApiError as exc:
             self.metrics.status_write_errors.labels(reason="conflict" if exc.conflict else str(exc.status)).inc()
             raise

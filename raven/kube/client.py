@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import urllib.request
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
@@ -114,7 +115,28 @@ async def new_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
         raise ConfigError(f"cannot load Kubernetes client config from {kubeconfig or 'in-cluster'}: {exc}") from exc
     # Many Gateways may be written concurrently; the library's default pool is 100 connections.
     cfg.connection_pool_maxsize = 64
-    return k8s_client.ApiClient(configuration=cfg)
+    api = k8s_client.ApiClient(configuration=cfg)
+    _resolve_proxy_once(api)
+    return api
+
+
+def _resolve_proxy_once(api: k8s_client.ApiClient) -> None:
+    """Honour HTTPS_PROXY/NO_PROXY once at start instead of on every request.
+
+    kubernetes_asyncio opens its aiohttp session with trust_env=True, which makes aiohttp read ~/.netrc
+    and the proxy environment in a worker thread for every request: two thread hops per API call, on
+    the failover path. We resolve the proxy here (as client-go does) and switch the per-request lookup off.
+    """
+    rest = api.rest_client
+    session = rest.pool_manager
+    if not getattr(session, "_trust_env", False):
+        return
+    host = urlsplit(api.configuration.host)
+    if rest.proxy is None and host.hostname:
+        proxy = urllib.request.getproxies().get(host.scheme or "https")
+        if proxy and not urllib.request.proxy_bypass(host.hostname):
+            rest.proxy = proxy
+    session._trust_env = False
 
 
 def _error_from(status: int, body: bytes) -> ApiError:
