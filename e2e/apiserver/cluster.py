@@ -112,7 +112,7 @@ class Cluster:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.stores: dict[tuple[str, str], Store] = {}
         self.owner_index: dict[str, set[tuple[tuple[str, str], Key]]] = {}
-        self.uids: set[str] = set()
+        self.by_uid: dict[str, tuple[tuple[str, str], Key]] = {}
         self._next_ip = 1
         self._next_node_port = 30000
         for rt in builtin_types():
@@ -157,11 +157,14 @@ class Cluster:
         return (ns or "", name) if rt.namespaced else ("", name)
 
     def raw_for(self, rt: ResourceType, entry: Entry) -> bytes:
-        if rt.custom and entry.obj.get("apiVersion") != rt.api_version:
+        if rt.to_api is not None or (rt.custom and entry.obj.get("apiVersion") != rt.api_version):
             return encode(self.obj_for(rt, entry.obj))
         return entry.raw
 
     def obj_for(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        """The stored object as this resource version shows it."""
+        if rt.to_api is not None:
+            return rt.to_api(obj)
         if rt.custom and obj.get("apiVersion") != rt.api_version:
             return {**obj, "apiVersion": rt.api_version}
         return obj
@@ -173,10 +176,10 @@ class Cluster:
         entry = Entry(obj, raw)
         if type_ == "DELETED":
             store.remove(key)
-            self.uids.discard(obj["metadata"]["uid"])
+            self.by_uid.pop(obj["metadata"]["uid"], None)
         else:
             store.put(key, entry)
-            self.uids.add(obj["metadata"]["uid"])
+            self.by_uid[obj["metadata"]["uid"]] = ((store.group, store.resource), key)
         self._index_owners(store, key, old, None if type_ == "DELETED" else obj)
         store.record(Event(type_, self.rv, key, obj, raw, old))
         return entry
@@ -233,6 +236,8 @@ class Cluster:
                 raise ApiError(404, "the server could not find the requested resource", "NotFound")
         else:
             meta.pop("namespace", None)
+        if rt.from_api is not None:
+            obj = rt.from_api(obj)
         return obj
 
     def _check_namespace(self, rt: ResourceType, ns: str, creating: bool) -> None:
@@ -628,6 +633,8 @@ class Cluster:
         if policy == "Orphan":
             self._orphan(old["metadata"]["uid"])
         is_ns = rt.group == "" and rt.plural == "namespaces"
+        if policy == "Foreground" and self.owner_index.get(old["metadata"]["uid"]) and not is_ns:
+            return self._delete_foreground(rt, store, key, obj, old), True
         if obj["metadata"].get("finalizers") or is_ns:
             if not obj["metadata"].get("deletionTimestamp"):
                 if obj["metadata"].get("generation"):
@@ -653,8 +660,58 @@ class Cluster:
             details["group"] = rt.group
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}, False
 
+    def _delete_foreground(self, rt: ResourceType, store: Store, key: Key, obj: dict[str, Any],
+                           old: dict[str, Any]) -> dict[str, Any]:
+        """Foreground deletion: the owner stays (deletionTimestamp + foregroundDeletion) until its dependents
+        are gone; the garbage collector then removes the finalizer and the owner with it."""
+        meta = obj["metadata"]
+        if "foregroundDeletion" not in (meta.get("finalizers") or []):
+            meta["finalizers"] = [*(meta.get("finalizers") or []), "foregroundDeletion"]
+        if not meta.get("deletionTimestamp"):
+            if meta.get("generation"):
+                meta["generation"] += 1
+            meta["deletionTimestamp"] = now_str()
+            meta["deletionGracePeriodSeconds"] = 0
+        self._commit(store, "MODIFIED", key, obj, old)
+        uid = meta["uid"]
+        for dep_store_key, dep_key in list(self.owner_index.get(uid, ())):
+            dep_rt = self._type_for(dep_store_key)
+            dep_store = self.stores.get(dep_store_key)
+            if dep_rt is None or dep_store is None or dep_key not in dep_store.objects:
+                continue
+            try:
+                self.delete(dep_rt, dep_key[0] or None, dep_key[1], {"propagationPolicy": "Foreground"})
+            except ApiError as exc:
+                log.warning("gc foreground dependent=%s/%s failed: %s", dep_key[0], dep_key[1], exc)
+        self._release_foreground(uid)
+        current = store.objects.get(key)
+        return self.obj_for(rt, current.obj if current is not None else obj)
+
+    def _release_foreground(self, uid: str) -> None:
+        """Drop the foregroundDeletion finalizer of `uid` once it has no dependents left."""
+        where = self.by_uid.get(uid)
+        if where is None or self.owner_index.get(uid):
+            return
+        store = self.stores.get(where[0])
+        rt = self._type_for(where[0])
+        entry = store.objects.get(where[1]) if store is not None else None
+        if rt is None or entry is None:
+            return
+        fins = entry.obj["metadata"].get("finalizers") or []
+        if not entry.obj["metadata"].get("deletionTimestamp") or "foregroundDeletion" not in fins:
+            return
+        upd = copy.deepcopy(entry.obj)
+        upd["metadata"]["finalizers"] = [f for f in fins if f != "foregroundDeletion"]
+        self.update(rt, where[1][0] or None, where[1][1], upd)
+
+    def _type_for(self, store_key: tuple[str, str]) -> ResourceType | None:
+        return next((t for t in self.types.values() if t.store_key == store_key), None)
+
     def _after_delete(self, rt: ResourceType, store: Store, obj: dict[str, Any], policy: str) -> None:
         meta = obj["metadata"]
+        for ref in meta.get("ownerReferences") or []:
+            if isinstance(ref, dict) and ref.get("uid"):
+                self._release_foreground(ref["uid"])
         if rt.store_key == (CRD_GROUP, "customresourcedefinitions"):
             self._unserve_crd(obj)
         if policy != "Orphan":
@@ -674,7 +731,7 @@ class Cluster:
             dep = store.objects[key].obj
             refs = dep["metadata"].get("ownerReferences") or []
             alive = [r for r in refs if r.get("uid") != uid and self._uid_exists(r)]
-            rt = next((t for t in self.types.values() if t.store_key == store_key), None)
+            rt = self._type_for(store_key)
             if rt is None:
                 continue
             try:
@@ -688,12 +745,12 @@ class Cluster:
                 log.warning("gc dependent=%s/%s failed: %s", key[0], key[1], exc)
 
     def _uid_exists(self, ref: dict[str, Any]) -> bool:
-        return ref.get("uid") in self.uids
+        return ref.get("uid") in self.by_uid
 
     def _orphan(self, uid: str) -> None:
         for store_key, key in list(self.owner_index.get(uid, ())):
             store = self.stores.get(store_key)
-            rt = next((t for t in self.types.values() if t.store_key == store_key), None)
+            rt = self._type_for(store_key)
             if store is None or rt is None or key not in store.objects:
                 continue
             upd = copy.deepcopy(store.objects[key].obj)
@@ -707,7 +764,7 @@ class Cluster:
         for store_key, store in list(self.stores.items()):
             if not store.namespaced:
                 continue
-            rt = next((t for t in self.types.values() if t.store_key == store_key), None)
+            rt = self._type_for(store_key)
             if rt is None:
                 continue
             for key in [k for k in store.objects if k[0] == ns]:

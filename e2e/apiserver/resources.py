@@ -35,6 +35,11 @@ class ResourceType:
     field_selectors: tuple[str, ...] = ("metadata.name", "metadata.namespace")
     columns: list[dict[str, Any]] | None = None  # built-in table columns after Name
     cells: Cells | None = None
+    # A kind served from another group's storage (events.k8s.io/v1 Events live in core v1 Events):
+    # the storage group and the conversions between the stored shape and this version's shape.
+    storage_group: str | None = None
+    to_api: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    from_api: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def api_version(self) -> str:
@@ -42,7 +47,7 @@ class ResourceType:
 
     @property
     def store_key(self) -> tuple[str, str]:
-        return (self.group, self.plural)
+        return (self.group if self.storage_group is None else self.storage_group, self.plural)
 
     @property
     def list_kind(self) -> str:
@@ -227,6 +232,32 @@ EVENT_FIELDS = ("metadata.name", "metadata.namespace", "involvedObject.kind", "i
                 "source", "type")
 
 
+# core v1 Event field <-> events.k8s.io/v1 Event field (the real server stores both as one object).
+_EVENT_FIELDS = [("involvedObject", "regarding"), ("related", "related"), ("message", "note"),
+                 ("reason", "reason"), ("type", "type"), ("action", "action"), ("eventTime", "eventTime"),
+                 ("series", "series"), ("reportingComponent", "reportingController"),
+                 ("reportingInstance", "reportingInstance"), ("source", "deprecatedSource"),
+                 ("firstTimestamp", "deprecatedFirstTimestamp"), ("lastTimestamp", "deprecatedLastTimestamp"),
+                 ("count", "deprecatedCount")]
+
+
+def _event_to_events_v1(o: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": o.get("metadata", {})}
+    for core, new in _EVENT_FIELDS:
+        if o.get(core) not in (None, "", {}, 0):
+            out[new] = o[core]
+    return out
+
+
+def _events_v1_to_event(o: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": "v1", "metadata": o.get("metadata", {})}
+    for core, new in _EVENT_FIELDS:
+        if o.get(new) not in (None, "", {}):
+            out[core] = o[new]
+    out.setdefault("involvedObject", {})
+    return out
+
+
 def builtin_types() -> list[ResourceType]:
     return [
         ResourceType("", "v1", "nodes", "node", "Node", False, ["no"], has_status=True,
@@ -258,7 +289,8 @@ def builtin_types() -> list[ResourceType]:
                      columns=[_col("Holder"), AGE_COL], cells=_lease_cells),
         ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, ["ev"],
                      columns=[_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Note")],
-                     cells=_event_cells),
+                     cells=_event_cells, storage_group="", to_api=_event_to_events_v1,
+                     from_api=_events_v1_to_event),
         ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ["sa"],
                      columns=[_col("Secrets", "integer"), AGE_COL], cells=_sa_cells),
         ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ["deploy"], ["all"],

@@ -441,7 +441,7 @@ class ApiServer:
                 first[0] = False
                 return encode({"type": type_, "object": t}) + b"\n"
             transform = to_table
-        elif rt.custom and rt.version != rt.storage_version:
+        elif rt.to_api is not None or (rt.custom and rt.version != rt.storage_version):
             def convert(type_: str, obj: dict[str, Any], raw: bytes) -> bytes:
                 return encode({"type": type_, "object": self.cluster.obj_for(rt, obj)}) + b"\n"
             transform = convert

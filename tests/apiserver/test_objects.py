@@ -335,8 +335,18 @@ async def test_core_and_events_k8s_io_events_can_be_recorded(kube_api):
     ev2 = await client.EventsV1Api(kube_api).create_namespaced_event("default", {
         "metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "raven",
         "reportingInstance": "r", "action": "Elect", "reason": "ActiveEndpointElected", "type": "Normal",
-        "regarding": {"kind": "Gateway", "name": "g"}})
-    assert ev2.reason == "ActiveEndpointElected"
+        "regarding": {"kind": "Gateway", "name": "g2"}, "note": "elected n2"})
+    assert ev2.reason == "ActiveEndpointElected" and ev2.regarding.name == "g2"
+    # One storage, two shapes: each API shows the other's events converted, as the real server does.
+    core = await v1.read_namespaced_event("e2", "default")
+    assert core.involved_object.name == "g2" and core.message == "elected n2"
+    assert core.reporting_component == "raven"
+    # Raw: a core event has no eventTime, which the generated events.k8s.io model refuses (as against a
+    # real cluster).
+    resp = await client.EventsV1Api(kube_api).read_namespaced_event(ev.metadata.name, "default",
+                                                                      _preload_content=False)
+    as_new = json.loads(await resp.read())
+    assert as_new["regarding"]["name"] == "g" and as_new["note"] == "n1" and "eventTime" not in as_new
 
 
 async def test_paginated_list_is_a_consistent_snapshot_of_its_first_page(kube_api):
@@ -352,3 +362,29 @@ async def test_paginated_list_is_a_consistent_snapshot_of_its_first_page(kube_ap
     assert [n.metadata.name for n in first.items + rest.items] == [f"n{i}" for i in range(6)]
     assert rest.items[-1].metadata.labels == {}
     assert [n.metadata.name for n in (await v1.list_node()).items] == ["n0", "n1", "n2", "n3", "n5", "n9"]
+
+
+async def test_foreground_deletion_keeps_the_owner_until_its_dependents_are_gone(kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    owner = await v1.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid,
+           "blockOwnerDeletion": True}
+    await v1.create_namespaced_config_map("default", {"metadata": {"name": "dep", "ownerReferences": [ref],
+                                                                   "finalizers": ["x/hold"]}})
+    await v1.delete_namespaced_config_map("owner", "default", propagation_policy="Foreground")
+    held = await v1.read_namespaced_config_map("owner", "default")
+    assert held.metadata.deletion_timestamp and held.metadata.finalizers == ["foregroundDeletion"]
+    assert (await v1.read_namespaced_config_map("dep", "default")).metadata.deletion_timestamp
+    await v1.patch_namespaced_config_map("dep", "default", {"metadata": {"finalizers": None}},
+                                         _content_type="application/merge-patch+json")
+    assert [c.metadata.name for c in (await v1.list_namespaced_config_map("default")).items] == []
+
+
+async def test_orphan_deletion_keeps_dependents_and_drops_their_owner_reference(kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    owner = await v1.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    await v1.create_namespaced_config_map("default", {"metadata": {"name": "dep", "ownerReferences": [ref]}})
+    await v1.delete_namespaced_config_map("owner", "default", propagation_policy="Orphan")
+    dep = await v1.read_namespaced_config_map("dep", "default")
+    assert dep.metadata.owner_references is None
