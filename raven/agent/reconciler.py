@@ -53,6 +53,8 @@ class ReconcileOutcome:
     kernel: ApplyReport | None = None
     vpn: ApplyReport | None = None
     errors: list[str] = field(default_factory=list)
+    # Tunnels this node initiates that charon does not report ESTABLISHED yet (checked again soon).
+    tunnels_pending: int = 0
 
     @property
     def writes(self) -> int:
@@ -154,6 +156,10 @@ class Reconciler:
                     "reconcile incomplete, retrying",
                     extra=kv(retry_in_s=round(delay, 2), errors="; ".join(outcome.errors)),
                 )
+            elif outcome.tunnels_pending:
+                # An IKE_SA we initiate is not up (e.g. the peer had not loaded its side yet and charon
+                # gave up): look again soon (backoff), the driver re-initiates, instead of at the resync.
+                retry_at = time.monotonic() + self._backoff.next()
             else:
                 self._backoff.reset()
                 retry_at = None
@@ -215,7 +221,10 @@ class Reconciler:
             if outcome.vpn.errors:
                 outcome.errors.append(f"vpn: {len(outcome.vpn.errors)} operations failed")
             if conns:
-                self._dp_metrics.set_tunnels(await self._vpn.states())
+                states = await self._vpn.states()
+                self._dp_metrics.set_tunnels(states)
+                up = {t.name for t in states if t.ike_state == "ESTABLISHED"}
+                outcome.tunnels_pending = sum(1 for c in conns if c.initiator and c.name not in up)
             self._vpn_error = None
         except CharonUnavailable as exc:
             self._vpn_error = str(exc)

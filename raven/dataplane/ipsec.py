@@ -57,7 +57,7 @@ from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
 log = logging.getLogger(__name__)
 
 # VICI operations, as counted in ApplyReport.writes and exported as metrics labels.
-VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared")
+VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared", "initiate")
 CHILD_PREFIX: Final = "inner-"
 T = TypeVar("T")
 
@@ -266,7 +266,8 @@ class IPsecDriver:
         wanted = {name: _fingerprinted(conn, self.settings) for name, conn in desired.items()}
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
-        if to_load or to_unload:
+        initiators = {n for n, c in desired.items() if c.initiator and n not in to_load}
+        if to_load or to_unload or initiators:
             active = self._active_ike(s)
         else:
             active = set()
@@ -288,6 +289,14 @@ class IPsecDriver:
                 ",".join(desired[name].remote_addrs),
                 desired[name].initiator,
             )
+        # An initiator whose IKE_SA is gone for good: charon does not retry after a hard failure (e.g.
+        # NO_PROPOSAL_CHOSEN from a peer whose agent had not loaded its side yet, AUTHENTICATION_FAILED),
+        # so start it again. Non-blocking; an SA still being set up is listed and left alone.
+        for name in sorted(initiators - active):
+            child, _cfg = wanted[name]
+            self._op(report, "initiate", name, s.initiate,
+                     {"ike": name, "child": child, "timeout": -1, "init-limits": "no"})
+            log.info("vici connection re-initiated name=%s reason=no IKE_SA", name)
         if to_load or to_unload:
             log.info("vici reconcile loaded=%d unloaded=%d", len(to_load), len(to_unload))
         return report
@@ -295,7 +304,7 @@ class IPsecDriver:
     def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
         self._count(report, op)
         try:
-            _drain(call(*args)) if op == "terminate" else call(*args)
+            _drain(call(*args)) if op in ("terminate", "initiate") else call(*args)
         except vici.exception.CommandException as exc:
             report.errors.append(ApplyError("vici", op, name, str(exc)))
             log.warning("vici %s failed name=%s reason=%s", op, name, exc)
