@@ -1,0 +1,579 @@
+"""The end-to-end runner: a whole Raven cluster (API server, controllers, charons, agents) in namespaces.
+
+`RavenCluster` builds a topology with `e2e.topology`, then brings up everything a real deployment has:
+
+- the test API server (`e2e.apiserver.ApiServer`) in this process, on a thread whose network namespace
+  is the topology's control-plane netns: nodes reach it at ``https://<control plane ip>:6443`` over the
+  emulated WAN and NAT routers, as a real control plane would be reached. Tests keep the in-process
+  handle for fault injection (`drop_watches`), and talk to it over HTTP from that same thread;
+- the Gateway CRD from ``manifests/01-crd-gateways.yaml``, every Node (InternalIP, podCIDR, Ready,
+  gateway label) and every Gateway of the topology (some may be held back for churn tests);
+- one charon per node (kernel-libipsec, `Netns.start_charon`), a PSK file per node;
+- two controller replicas with leader election in the control-plane netns;
+- one agent per node inside that node's netns, next to its charon.
+
+Every process logs under the lab's run directory (``<run_dir>/<netns short name>/<process>.{out,err}.log``).
+`close()` stops everything and removes every namespace; it runs on exceptions, on Ctrl-C (the caller's
+`with`/`finally`) and is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import yaml
+
+from e2e import netlab
+from e2e.apiserver import ApiServer
+from e2e.netlab import Netns, Process
+from e2e.probe import PingResult, ping_many
+from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
+from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, new_api_client
+
+log = logging.getLogger("e2e.cluster")
+
+REPO = Path(__file__).resolve().parent.parent
+RAVEN = str(Path(sys.executable).parent / "raven")
+CRD_MANIFEST = REPO / "manifests" / "01-crd-gateways.yaml"
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+LEASES_NS = "kube-system"
+APISERVER_PORT = 6443
+AGENT_HTTP = "127.0.0.1:9650"  # per netns loopback: the same port in every node
+CONTROLLER_HTTP_BASE = 9660
+
+T = TypeVar("T")
+
+
+class ConvergenceError(AssertionError):
+    """The cluster did not reach the expected state before the deadline (message says what was missing)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the API server on a thread inside the control-plane namespace
+
+
+class ApiServerThread:
+    """`ApiServer` on its own event loop, on a thread moved into network namespace `netns`.
+
+    Sockets belong to the namespace of the thread that creates them, so the listener (and the
+    test's own client, which also runs on this loop) live in the control-plane netns while the rest
+    of this process stays in the root namespace.
+    """
+
+    def __init__(self, netns: str, host: str, port: int, kubeconfig: Path) -> None:
+        self.netns = netns
+        self.server = ApiServer(host, port)
+        self.kubeconfig = kubeconfig
+        self.loop = asyncio.new_event_loop()
+        self.client: KubeClient | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="apiserver", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("test API server did not start")
+        if self._error is not None:
+            raise RuntimeError(f"test API server failed to start: {self._error}") from self._error
+
+    def _run(self) -> None:
+        try:
+            netlab._setns(netlab.NETNS_DIR / self.netns)
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self._start())
+        except BaseException as e:  # reported to start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        # stop() ran the shutdown coroutine already; close what is left.
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+    async def _start(self) -> None:
+        await self.server.start()
+        self.server.write_kubeconfig(self.kubeconfig)
+        self.client = KubeClient(await new_api_client(str(self.kubeconfig)))
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run `coro` on the server's loop (inside the control-plane netns) and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def api(self, fn: Callable[[KubeClient], Coroutine[Any, Any, T]], timeout: float = 30.0) -> T:
+        async def run() -> T:
+            assert self.client is not None
+            return await fn(self.client)
+        return self.call(run(), timeout)
+
+    def drop_watches(self, abrupt: bool = False) -> int:
+        async def run() -> int:
+            return self.server.drop_watches(abrupt)
+        return self.call(run())
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            if self.client is not None:
+                await self.client.close()
+            await self.server.stop()
+        with contextlib.suppress(Exception):
+            self.call(shutdown(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+# ----------------------------------------------------------------------------------------------
+# the cluster
+
+
+@dataclass
+class Matrix:
+    """Pod-to-pod ping results keyed by (source pod, destination pod)."""
+
+    results: dict[tuple[str, str], PingResult] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return sorted(k for k, r in self.results.items() if not r.ok)
+
+    @property
+    def green(self) -> bool:
+        return bool(self.results) and not self.failed
+
+
+class RavenCluster:
+    """A running Raven cluster in network namespaces; see the module docstring.
+
+    `hold_nodes` / `hold_gateways` are part of the topology (namespaces, charon) but not registered
+    at start: churn tests add them later with `join_node` / `create_gateway`.
+    """
+
+    def __init__(
+        self,
+        spec: TopologySpec | str = "default",
+        prefix: str = "rve",
+        run_dir: Path | None = None,
+        hold_nodes: Iterable[str] = (),
+        hold_gateways: Iterable[str] = (),
+        controllers: int = 2,
+        lease_duration: float = 4.0,
+        renew_deadline: float = 3.0,
+        retry_period: float = 0.5,
+        agent_args: Sequence[str] = (),
+        log_level: str = "info",
+    ) -> None:
+        self.spec = load_topology(spec) if isinstance(spec, str) else spec
+        self.prefix = prefix
+        self._run_dir = run_dir
+        self.hold_nodes = set(hold_nodes)
+        self.hold_gateways = set(hold_gateways)
+        self.n_controllers = controllers
+        self.lease_args = ["--lease-duration", str(lease_duration), "--renew-deadline", str(renew_deadline),
+                           "--retry-period", str(retry_period)]
+        self.agent_args = list(agent_args)
+        self.log_level = log_level
+        self.psk = secrets.token_hex(24)
+        self.net: Cluster | None = None
+        self.apiserver: ApiServerThread | None = None
+        self.agents: dict[str, Process] = {}
+        self.controllers: list[Process] = []
+        self.registered: set[str] = set()
+        self.timings: dict[str, float] = {}
+        self._closed = False
+
+    # -- lifecycle
+
+    def __enter__(self) -> RavenCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close(keep_logs=True)
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close(keep_logs=et is not None)
+
+    @property
+    def cl(self) -> Cluster:
+        assert self.net is not None, "cluster not started"
+        return self.net
+
+    @property
+    def api(self) -> ApiServerThread:
+        assert self.apiserver is not None, "cluster not started"
+        return self.apiserver
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cl.lab.run_dir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.run_dir / "kubeconfig"
+
+    def start(self, progress: Callable[[str], None] | None = None) -> None:
+        say = progress or (lambda msg: log.info("%s", msg))
+        t0 = time.monotonic()
+        self.net = build(self.spec, self.prefix, self._run_dir)
+        self.timings["build_s"] = time.monotonic() - t0
+        say(f"topology built: {len(self.cl.nodes)} nodes, {len(self.cl.pods)} pods, {len(self.cl.pools)} pools")
+
+        self.apiserver = ApiServerThread(self.cl.control_plane.name, self.cl.control_plane_ip, APISERVER_PORT,
+                                         self.run_dir / "kubeconfig")
+        self.apiserver.start()
+        say(f"test API server at {self.api.server.url} (in {self.cl.control_plane.name})")
+        self.install_crd()
+        for obj in self.cl.node_objects():
+            if obj["metadata"]["name"] not in self.hold_nodes:
+                self.create(NODES, obj)
+                self.registered.add(obj["metadata"]["name"])
+        for gw in self.cl.gateway_objects():
+            if gw["metadata"]["name"] not in self.hold_gateways:
+                self.create(GATEWAYS, gw)
+        say(f"registered {len(self.registered)} nodes and "
+            f"{len(self.spec.gateways) - len(self.hold_gateways)} gateways")
+
+        for node in self.cl.nodes:
+            self.write_psk(node, self.psk)
+        t1 = time.monotonic()
+        self.cl.start_charons()
+        self.timings["charons_s"] = time.monotonic() - t1
+        say(f"{len(self.cl.nodes)} charons up")
+        for i in range(self.n_controllers):
+            self.controllers.append(self._start_controller(i))
+        for name in sorted(self.registered):
+            self.start_agent(name)
+        say(f"{self.n_controllers} controllers and {len(self.agents)} agents started")
+        self.timings["started_s"] = time.monotonic() - t0
+        self._t0 = t0
+
+    def close(self, keep_logs: bool = False) -> None:
+        """Stop agents and controllers (SIGTERM), the API server, then remove every namespace."""
+        if self._closed:
+            return
+        self._closed = True
+        procs = list(self.agents.values()) + self.controllers
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.signal(15)
+        if self.net is not None:
+            self.net.close(keep_logs=keep_logs or os.environ.get("RAVEN_E2E_KEEP") == "1")
+        if self.apiserver is not None:
+            self.apiserver.stop()
+
+    # -- API helpers (run on the API server's thread, over HTTP, from inside the cp netns)
+
+    def create(self, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.api.api(lambda c: c.create(res, obj))
+
+    def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return self.api.api(lambda c: c.get(res, name, namespace))
+
+    def list(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.api.api(lambda c: c.list(res, namespace)).get("items", [])
+        return items
+
+    def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
+        with contextlib.suppress(ApiError):
+            self.api.api(lambda c: c.delete(res, name, namespace))
+
+    def patch(self, res: Resource, name: str, patch: dict[str, Any], subresource: str | None = None
+              ) -> dict[str, Any]:
+        return self.api.api(lambda c: c.merge_patch(res, name, patch, subresource=subresource))
+
+    def install_crd(self) -> None:
+        for doc in yaml.safe_load_all(CRD_MANIFEST.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                self.create(CRDS, doc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # served once the CRD is Established
+            try:
+                self.api.api(lambda c: c.list(GATEWAYS))
+                return
+            except ApiError:
+                time.sleep(0.05)
+        raise ConvergenceError("Gateway CRD never became served")
+
+    def gateways(self) -> dict[str, dict[str, Any]]:
+        return {g["metadata"]["name"]: g for g in self.list(GATEWAYS)}
+
+    def active_endpoints(self) -> dict[str, list[str]]:
+        """Gateway name -> node names of its active endpoints (from the API server)."""
+        return {name: [ep.get("nodeName", "") for ep in (g.get("status") or {}).get("activeEndpoints") or []]
+                for name, g in self.gateways().items()}
+
+    def active_gateway_node(self, gateway: str) -> str:
+        nodes = self.active_endpoints().get(gateway) or []
+        if not nodes:
+            raise ConvergenceError(f"gateway {gateway} has no active endpoint")
+        return nodes[0]
+
+    def set_node_ready(self, node: str, ready: bool) -> None:
+        """Write the node's Ready condition through the status subresource (what the kubelet does)."""
+        status = "True" if ready else "False"
+        cond = {"type": "Ready", "status": status, "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+                "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.patch(NODES, node, {"status": {"conditions": [cond]}}, subresource="status")
+
+    def create_gateway(self, name: str) -> None:
+        for gw in self.cl.gateway_objects():
+            if gw["metadata"]["name"] == name:
+                self.create(GATEWAYS, gw)
+                self.hold_gateways.discard(name)
+                return
+        raise KeyError(name)
+
+    def join_node(self, node: str) -> None:
+        """Register a held-back node (its Node object) and start its agent."""
+        self.create(NODES, node_object(self.cl.nodes[node].spec))
+        self.registered.add(node)
+        self.hold_nodes.discard(node)
+        self.start_agent(node)
+
+    def remove_node(self, node: str) -> None:
+        """The node leaves the cluster: its agent stops (as a drained DaemonSet pod) and its Node is deleted."""
+        agent = self.agents.pop(node, None)
+        if agent is not None:
+            agent.stop()
+        self.delete(NODES, node)
+        self.registered.discard(node)
+
+    # -- processes
+
+    def write_psk(self, node: str, psk: str) -> Path:
+        path = self.cl.nodes[node].netns.run_dir / "psk"
+        path.write_text(psk + "\n")
+        path.chmod(0o600)
+        return path
+
+    def agent_argv(self, node: str) -> list[str]:
+        ns = self.cl.nodes[node].netns
+        assert ns.charon is not None
+        return [RAVEN, "--mode=agent", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
+                "--vici-socket", str(ns.charon.vici_socket), "--psk-file", str(ns.run_dir / "psk"),
+                "--health-addr", AGENT_HTTP, "--metrics-addr", AGENT_HTTP, "--log-level", self.log_level,
+                *self.agent_args]
+
+    def start_agent(self, node: str) -> Process:
+        ns = self.cl.nodes[node].netns
+        proc = self.agents.get(node)
+        if proc is not None and proc.alive():
+            return proc
+        if proc is None:
+            proc = ns.popen(self.agent_argv(node), name="agent")
+            self.agents[node] = proc
+        else:
+            proc.start()
+        return proc
+
+    def _start_controller(self, i: int) -> Process:
+        cp = self.cl.control_plane
+        addr = f"127.0.0.1:{CONTROLLER_HTTP_BASE + i}"
+        argv = [RAVEN, "--mode=controller", "--kubeconfig", str(self.kubeconfig), *self.lease_args,
+                "--health-addr", addr, "--metrics-addr", addr, "--log-level", self.log_level]
+        env = dict(os.environ, POD_NAME=f"raven-controller-{i}")
+        return cp.popen(argv, name=f"controller-{i}", env=env)
+
+    def charon(self, node: str) -> netlab.Charon:
+        c = self.cl.nodes[node].netns.charon
+        assert c is not None
+        return c
+
+    def restart_charon(self, node: str) -> None:
+        self.charon(node).restart()
+
+    def controller_http(self, i: int) -> str:
+        return f"127.0.0.1:{CONTROLLER_HTTP_BASE + i}"
+
+    def http_get(self, ns: Netns, addr: str, path: str, timeout: float = 3.0) -> tuple[int, str]:
+        """GET http://addr/path from inside `ns`; (status code, body); (0, "") when nothing answers."""
+        out = ns.run(["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", f"http://{addr}{path}"],
+                     check=False, timeout=timeout + 5)
+        body, _, code = out.stdout.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def metrics(self, process: str) -> dict[str, float]:
+        """Parsed /metrics of ``agent/<node>`` or ``controller/<i>``: ``name{labels}`` -> value."""
+        kind, _, ident = process.partition("/")
+        if kind == "agent":
+            code, body = self.http_get(self.cl.nodes[ident].netns, AGENT_HTTP, "/metrics")
+        else:
+            code, body = self.http_get(self.cl.control_plane, self.controller_http(int(ident)), "/metrics")
+        if code != 200:
+            raise ConvergenceError(f"{process} /metrics answered {code}")
+        return parse_metrics(body)
+
+    def agent_ready(self, node: str) -> tuple[bool, str]:
+        code, body = self.http_get(self.cl.nodes[node].netns, AGENT_HTTP, "/readyz")
+        return code == 200, body.strip()
+
+    def leader(self) -> int | None:
+        """Index of the controller replica whose raven_controller_leader gauge is 1."""
+        for i, proc in enumerate(self.controllers):
+            if not proc.alive():
+                continue
+            with contextlib.suppress(ConvergenceError):
+                m = self.metrics(f"controller/{i}")
+                if any(k.startswith("raven_controller_leader") and v == 1 for k, v in m.items()):
+                    return i
+        return None
+
+    # -- traffic
+
+    def pods(self, nodes: Iterable[str] | None = None) -> list[tuple[str, Netns, str]]:
+        """(name, netns, ip) of every pod on registered nodes (or on `nodes`)."""
+        want = set(nodes) if nodes is not None else self.registered
+        return [(p.name, p.netns, p.ip) for p in self.cl.pods.values() if p.node in want]
+
+    def ping_matrix(self, pods: Sequence[tuple[str, Netns, str]] | None = None, count: int = 1,
+                    wait: float = 1.0) -> Matrix:
+        pods = list(pods if pods is not None else self.pods())
+        pairs = [(a, b) for a in pods for b in pods if a[0] != b[0]]
+        results = ping_many([(a[1], b[2]) for a, b in pairs], count=count, wait=wait, parallel=16)
+        return Matrix({(a[0], b[0]): r for (a, b), r in zip(pairs, results, strict=True)})
+
+    # -- convergence
+
+    def wait_converged(self, timeout: float = 90.0, progress: Callable[[str], None] | None = None) -> Matrix:
+        """Wait until every registered Gateway has an active endpoint, every agent is ready and the pod
+        ping matrix is green; returns the green matrix. Raises ConvergenceError naming what is missing."""
+        say = progress or (lambda msg: log.info("%s", msg))
+        deadline = time.monotonic() + timeout
+        last = ""
+
+        def report(msg: str) -> None:
+            nonlocal last
+            if msg != last:
+                say(msg)
+                last = msg
+
+        while True:
+            missing = [g for g, eps in self.active_endpoints().items() if not eps]
+            if not missing:
+                break
+            report(f"waiting for active endpoints: {', '.join(sorted(missing))}")
+            self._check_deadline(deadline, f"gateways without active endpoint: {missing}")
+            time.sleep(0.1)
+        report("every gateway has an active endpoint")
+        while True:
+            not_ready = [n for n in sorted(self.agents) if not self.agent_ready(n)[0]]
+            if not not_ready:
+                break
+            report(f"waiting for agents: {', '.join(not_ready)}")
+            self._check_deadline(deadline, "agents not ready: " + "; ".join(
+                f"{n}: {self.agent_ready(n)[1][:300]}" for n in not_ready))
+            time.sleep(0.2)
+        report("every agent is ready")
+        pods = self.pods()
+        while True:
+            m = self.ping_matrix(pods)
+            if m.green:
+                report(f"pod matrix green ({len(m.results)} pairs)")
+                return m
+            report(f"pod matrix: {len(m.results) - len(m.failed)}/{len(m.results)} pairs ok")
+            self._check_deadline(deadline, f"pod pairs failing: {m.failed[:12]}")
+            time.sleep(0.2)
+
+    def _check_deadline(self, deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            dead = [f"{n} rc={p.returncode()}" for n, p in self.agents.items() if not p.alive()]
+            dead += [f"controller-{i} rc={p.returncode()}" for i, p in enumerate(self.controllers) if not p.alive()]
+            raise ConvergenceError(f"not converged: {what}; dead processes: {dead or 'none'}; logs in {self.run_dir}")
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> float:
+        """Poll `check` until true; returns the seconds it took. Raises ConvergenceError with `what`."""
+        t0 = time.monotonic()
+        while True:
+            with contextlib.suppress(ConvergenceError, ApiError, concurrent.futures.TimeoutError):
+                if check():
+                    return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise ConvergenceError(f"timed out after {timeout}s waiting for {what}; logs in {self.run_dir}")
+            time.sleep(interval)
+
+    # -- IPsec state (VICI) and routes, for path assertions
+
+    def sas(self, node: str) -> dict[str, dict[str, Any]]:
+        """IKE_SAs charon on `node` holds: name -> {state, uniqueid, remote-host, child-sas...} (decoded)."""
+        with self.charon(node).session() as s:
+            out: dict[str, dict[str, Any]] = {}
+            for sa in s.list_sas():
+                for name, body in sa.items():
+                    out[name] = _decode(body)
+            return out
+
+    def route_get(self, node: str, dst: str, src: str | None = None, iif: str | None = None) -> str:
+        """`ip route get` in the node's netns (with a pod source and input device, as forwarded traffic)."""
+        args = ["route", "get", dst]
+        if src:
+            args += ["from", src]
+        if iif:
+            args += ["iif", iif]
+        return self.cl.nodes[node].netns.ip(*args).stdout.strip()
+
+    def link_packets(self, node: str, ifname: str) -> tuple[int, int] | None:
+        """(rx, tx) packets of a link in the node's netns; None if it does not exist."""
+        out = self.cl.nodes[node].netns.ip("-j", "-s", "link", "show", "dev", ifname, check=False)
+        if out.returncode != 0:
+            return None
+        data = json.loads(out.stdout)[0]["stats64"]
+        return int(data["rx"]["packets"]), int(data["tx"]["packets"])
+
+    def gateway_objects_from_api(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(g) for g in self.list(GATEWAYS)]
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = float(value)
+    return out
+
+
+def metric(m: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, value in m.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
