@@ -27,7 +27,7 @@ from raven.api.constants import API_VERSION, KIND, LABEL_MANAGED_BY, LABEL_OWNER
 from raven.api.gateway import Endpoint, Gateway
 from raven.api.node import Node
 from raven.kube.client import ENDPOINTS, JSON, SERVICES, ApiError, KubeClient, Resource
-from raven.kube.informer import Informer
+from raven.kube.informer import Informer, InformerEvent, name_of
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,10 @@ def endpoints_body(gw: Gateway, slot: LoadBalancerSlot, namespace: str) -> JSON:
     }
 
 
+def _owner_of(obj: JSON) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY, ""))
+
+
 def ingress_ip(service: JSON) -> str | None:
     ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     if ingress and isinstance(ingress[0], dict):
@@ -138,21 +142,38 @@ class Exposure:
         self.services = services
         self.endpoints = endpoints
         self._may_write = may_write
+        # owner gateway -> names of our objects, per kind: reconciling one gateway must not scan them all.
+        self._index: dict[str, dict[str, set[str]]] = {SERVICES.plural: {}, ENDPOINTS.plural: {}}
+        services.add_handler(lambda ev: self._reindex(SERVICES.plural, ev))
+        endpoints.add_handler(lambda ev: self._reindex(ENDPOINTS.plural, ev))
+
+    def _reindex(self, kind: str, ev: InformerEvent) -> None:
+        index = self._index[kind]
+        for obj, present in ((ev.old, False), (ev.obj, ev.type != "DELETED")):
+            if obj is None:
+                continue
+            owner = _owner_of(obj)
+            if not owner:
+                continue
+            names = index.setdefault(owner, set())
+            if present:
+                names.add(name_of(obj))
+            else:
+                names.discard(name_of(obj))
+                if not names:
+                    del index[owner]
 
     def owned(self, gateway: str) -> dict[str, JSON]:
         """Our Services for this gateway, by name (from the cache)."""
         out = {}
-        for svc in self.services.cache.values():
-            meta = svc.get("metadata") or {}
-            if (meta.get("labels") or {}).get(LABEL_OWNER_GATEWAY) == gateway:
-                out[str(meta.get("name"))] = svc
+        for name in self._index[SERVICES.plural].get(gateway, ()):
+            svc = self.services.get(name, self.namespace)
+            if svc is not None:
+                out[name] = svc
         return out
 
     def owner_gateways(self) -> set[str]:
-        return {
-            str(((s.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY, ""))
-            for s in list(self.services.cache.values()) + list(self.endpoints.cache.values())
-        } - {""}
+        return set(self._index[SERVICES.plural]) | set(self._index[ENDPOINTS.plural])
 
     def addresses(self, gateway: str) -> dict[int, str]:
         """slot -> LoadBalancer ingress IP, for the slots whose Service has one."""
@@ -171,11 +192,8 @@ class Exposure:
             for slot in slots:
                 await self._ensure(SERVICES, self.services, service_body(gw, slot, self.namespace), _svc_differs)
                 await self._ensure(ENDPOINTS, self.endpoints, endpoints_body(gw, slot, self.namespace), _ep_differs)
-        stale = set(self.owned(gw_name))
-        stale |= {
-            str((e.get("metadata") or {}).get("name")) for e in self.endpoints.cache.values()
-            if ((e.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY) == gw_name
-        }
+        stale = set(self._index[SERVICES.plural].get(gw_name, ())) | set(
+            self._index[ENDPOINTS.plural].get(gw_name, ()))
         for name in sorted(stale - wanted):
             for res in (SERVICES, ENDPOINTS):
                 if not self._may_write():

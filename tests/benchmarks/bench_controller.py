@@ -92,7 +92,7 @@ async def bounded(n: int, coros: list[Any]) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 class GatewayWatch:
@@ -104,8 +104,17 @@ class GatewayWatch:
         self.active: dict[str, str] = {}
         self.changed: dict[str, float] = {}
         self.all_valid = asyncio.Event()
+        self.listed = asyncio.Event()
         self.expected = 0
         self.rv = ""
+        self._waiters: dict[str, tuple[str, asyncio.Event]] = {}
+
+    async def wait_for(self, name: str, active: str) -> None:
+        if self.active.get(name) == active:
+            return
+        event = asyncio.Event()
+        self._waiters[name] = (active, event)
+        await event.wait()
 
     def _apply(self, obj: JSON) -> None:
         name = obj["metadata"]["name"]
@@ -116,6 +125,10 @@ class GatewayWatch:
         if self.active.get(name) != act:
             self.active[name] = act
             self.changed[name] = time.perf_counter()
+            waiter = self._waiters.get(name)
+            if waiter is not None and waiter[0] == act:
+                del self._waiters[name]
+                waiter[1].set()
         if self.expected and len(self.valid) >= self.expected:
             self.all_valid.set()
 
@@ -124,6 +137,7 @@ class GatewayWatch:
         for obj in listing["items"]:
             self._apply(obj)
         self.rv = listing["metadata"]["resourceVersion"]
+        self.listed.set()
         while True:
             with contextlib.suppress(Exception):
                 async for ev in self.client.watch(GATEWAYS, self.rv, timeout_seconds=600, read_timeout_s=120):
@@ -171,7 +185,8 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
         await client.create(CRDS, crd)
 
         t = time.perf_counter()
-        await bounded(32, [lambda g=g, i=i: client.create(NODES, node(g, i)) for g in range(gateways) for i in range(10)])
+        await bounded(32, [lambda g=g, i=i: client.create(NODES, node(g, i))
+                           for g in range(gateways) for i in range(10)])
         await bounded(32, [lambda g=g: client.create(GATEWAYS, gateway(g)) for g in range(gateways)])
         setup_s = time.perf_counter() - t
         print(f"setup: {gateways * 10} nodes, {gateways} gateways in {setup_s:.1f} s", file=sys.stderr)
@@ -179,13 +194,13 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
         # The bench watches Gateways during both phases, so both pay for the same watch traffic.
         watch = GatewayWatch(client)
         watch_task = asyncio.create_task(watch.run())
-        while not watch.rv:
-            await asyncio.sleep(0.01)
+        await watch.listed.wait()
 
         # 1. Baseline: bare status PATCHes, same count and concurrency as the controller's writes.
         t = time.perf_counter()
         await bounded(CONCURRENCY, [
-            lambda g=g: client.merge_patch(GATEWAYS, f"gw-{g:04d}", {"status": baseline_status(g)}, subresource="status")
+            lambda g=g: client.merge_patch(GATEWAYS, f"gw-{g:04d}", {"status": baseline_status(g)},
+                                           subresource="status")
             for g in range(gateways)])
         baseline_s = time.perf_counter() - t
         watch.expected = gateways
@@ -213,8 +228,7 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
             obj = node(g, 0, ready=False)
             start = time.perf_counter()
             await client.merge_patch(NODES, obj["metadata"]["name"], {"status": obj["status"]}, subresource="status")
-            while watch.active.get(name) != want:
-                await asyncio.sleep(0.001)
+            await watch.wait_for(name, want)
             latencies.append((watch.changed[name] - start) * 1000)
 
         t0 = time.perf_counter()

@@ -102,3 +102,17 @@ async def test_fewer_tunnel_replicas_removes_the_extra_slot(kube: KubeClient, st
     await kube.delete(GATEWAYS, "gw-m")
     await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-0"), lambda e: not e, what="gateway gone")
     await eventually(lambda: exists(kube, ENDPOINTS, "raven-lb-gw-m-0"), lambda e: not e, what="endpoints gone")
+
+
+async def test_objects_orphaned_while_no_controller_ran_are_collected(kube: KubeClient, start: Start) -> None:
+    await kube.create(NODES, node_body("o-1", "gw-o"))
+    await kube.create(GATEWAYS, gateway_body("gw-o", ["o-1"], exposeType="LoadBalancer"))
+    first = await start(identity="first")
+    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-o-0"), bool, what="Service created")
+    await first.stop()
+    # Deleted with orphaning, so no garbage collector helps: only the controller knows these are stale.
+    await kube.request("DELETE", GATEWAYS.path(name="gw-o"), body={"propagationPolicy": "Orphan"})
+    assert await exists(kube, SERVICES, "raven-lb-gw-o-0")
+    await start(identity="second")
+    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-o-0"), lambda e: not e, what="orphan collected")
+    await eventually(lambda: exists(kube, ENDPOINTS, "raven-lb-gw-o-0"), lambda e: not e, what="endpoints collected")
