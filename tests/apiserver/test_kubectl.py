@@ -165,6 +165,8 @@ async def test_kubectl_applies_the_project_manifests_then_example_gateways(kubec
     assert names and all(n.startswith("gateway.raven.openyurt.io/") for n in names)
     again = await kubectl("apply", "-f", str(manifests))
     assert "created" not in again and "configured" not in again
+    via_kustomize = await kubectl("apply", "-k", str(manifests))
+    assert "unchanged" in via_kustomize and "created" not in via_kustomize
 
 
 async def test_kubectl_get_watch_streams_table_rows_as_objects_change(kubectl: Kubectl, tmp_path: Path):
@@ -189,3 +191,25 @@ async def test_kubectl_get_watch_streams_table_rows_as_objects_change(kubectl: K
     assert lines[1].split()[:3] == ["ADDED", "g", "PublicIP"]
     assert lines[2].split()[:3] == ["MODIFIED", "g", "LoadBalancer"]
     assert lines[3].split()[:2] == ["DELETED", "g"]
+
+
+async def test_kubectl_apply_strategic_merge_keeps_list_elements_by_merge_key(kubectl: Kubectl):
+    def deployment(image: str, env: list[dict[str, str]]) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}}, "template": {
+                "metadata": {"labels": {"app": "d"}},
+                "spec": {"containers": [{"name": "main", "image": image, "env": env},
+                                        {"name": "side", "image": "side:1"}]}}}})
+
+    await kubectl("apply", "-f", "-", stdin=deployment("main:1", [{"name": "A", "value": "1"}]))
+    # A field added by someone else to a list element must survive the next apply (merge by name).
+    await kubectl("patch", "deployment", "d", "-p", json.dumps({"spec": {"template": {"spec": {"containers": [
+        {"name": "side", "imagePullPolicy": "Always"}]}}}}))
+    await kubectl("apply", "-f", "-", stdin=deployment("main:2", [{"name": "B", "value": "2"}]))
+    got = json.loads(await kubectl("get", "deployment", "d", "-o", "json"))
+    containers = {c["name"]: c for c in got["spec"]["template"]["spec"]["containers"]}
+    assert [c["name"] for c in got["spec"]["template"]["spec"]["containers"]] == ["main", "side"]
+    assert containers["main"]["image"] == "main:2" and containers["main"]["env"] == [{"name": "B", "value": "2"}]
+    assert containers["side"]["imagePullPolicy"] == "Always"
+    assert got["metadata"]["generation"] == 3
