@@ -237,6 +237,14 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
             pending.append(asyncio.create_task(fail_over(k)))
         await asyncio.wait_for(asyncio.gather(*pending), 120)
         rss = vm_hwm_mb(controller.pid)
+        if os.environ.get("BENCH_DEBUG"):
+            import aiohttp
+
+            async with aiohttp.ClientSession() as hs, hs.get(f"http://127.0.0.1:{hp}/metrics") as r:
+                text = await r.text()
+            print("\n".join(ln for ln in text.splitlines() if "reconcile_duration" in ln or "gc_" in ln),
+                  file=sys.stderr)
+            print("slowest failovers ms:", sorted(latencies)[-10:], file=sys.stderr)
         watch_task.cancel()
         await client.close()
     finally:

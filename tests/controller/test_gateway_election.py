@@ -151,3 +151,24 @@ async def test_replicas_and_proxy_endpoints(kube: KubeClient, start: Start) -> N
                            lambda g: len((g.get("status") or {}).get("activeEndpoints") or []) == 3, what="3 active")
     assert [(e["nodeName"], e["type"]) for e in got["status"]["activeEndpoints"]] == [
         ("c-1", "tunnel"), ("c-2", "tunnel"), ("c-3", "proxy")]
+
+
+async def test_stale_cache_conflict_is_retried_from_the_server_without_losing_changes(
+    kube: KubeClient, start: Start
+) -> None:
+    import copy
+
+    await two_gateways(kube)
+    rc = await start()
+    await wait_active(kube, "gw-a", ["a-1"])
+    cache = rc.controller.gateways.cache
+    stale = copy.deepcopy(cache["gw-a"])
+    await kube.merge_patch(GATEWAYS, "gw-a", {"metadata": {"labels": {"team": "net"}}})
+    await eventually(lambda: asyncio.sleep(0, cache["gw-a"]["metadata"].get("labels", {})),
+                     lambda labels: labels.get("team") == "net", what="cache caught up")
+    cache["gw-a"] = stale  # as if the watch lagged behind the server
+    await set_ready(kube, "a-1", False)
+    await wait_active(kube, "gw-a", ["a-2"])
+    gw = await kube.get(GATEWAYS, "gw-a")
+    assert gw["metadata"]["labels"]["team"] == "net"
+    assert rc.metric("raven_controller_status_write_errors_total", {"reason": "conflict"}) >= 1
