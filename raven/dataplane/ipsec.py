@@ -27,6 +27,9 @@ charon ever revealing the secret, and the id does not make a weak PSK cheap to g
 DPD: `dpd_delay` on every connection; the timeout of IKEv2 DPD is charon's retransmission schedule
 (strongswan.conf `retransmit_*`). The initiating side uses start_action=start, dpd_action=restart
 and close_action=start (it re-establishes on its own); the responding side uses none/clear/none.
+charon gives up on an IKE_SA after a hard failure (e.g. NO_PROPOSAL_CHOSEN from a peer whose agent
+has not loaded its side yet): a reconcile re-initiates (non-blocking) every initiator connection that
+has no IKE_SA at all. A terminate that finds no SA (it went away on its own) is not an error.
 NAT-T: `encap = yes` forces UDP encapsulation (what NAT'ed peers need anyway, and what kernel-libipsec
 does regardless), so the MTU computation can count on ESP-in-UDP; charon detects NAT by itself.
 
@@ -304,8 +307,12 @@ class IPsecDriver:
     def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
         self._count(report, op)
         try:
-            _drain(call(*args)) if op in ("terminate", "initiate") else call(*args)
+            result = call(*args)
+            if op in ("terminate", "initiate"):
+                _drain(result)  # lazy generators: nothing is sent until iterated
         except vici.exception.CommandException as exc:
+            if op == "terminate" and "no matching SAs" in str(exc):
+                return  # the SA went away on its own since we listed it: the goal is met
             report.errors.append(ApplyError("vici", op, name, str(exc)))
             log.warning("vici %s failed name=%s reason=%s", op, name, exc)
 
