@@ -58,6 +58,18 @@ CONTROLLER_HTTP_BASE = 9660
 
 T = TypeVar("T")
 
+# A tiny HTTP GET run inside a namespace (no curl dependency): prints the status code, then the body.
+_HTTP_GET = """
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        print(r.status); print(r.read().decode(errors="replace"))
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode(errors="replace"))
+except OSError as e:
+    print(0); print(e)
+"""
+
 
 class ConvergenceError(AssertionError):
     """The cluster did not reach the expected state before the deadline (message says what was missing)."""
@@ -289,7 +301,7 @@ class RavenCluster:
     def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return self.api.api(lambda c: c.get(res, name, namespace))
 
-    def list(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.api.api(lambda c: c.list(res, namespace)).get("items", [])
         return items
 
@@ -315,7 +327,7 @@ class RavenCluster:
         raise ConvergenceError("Gateway CRD never became served")
 
     def gateways(self) -> dict[str, dict[str, Any]]:
-        return {g["metadata"]["name"]: g for g in self.list(GATEWAYS)}
+        return {g["metadata"]["name"]: g for g in self.list_objects(GATEWAYS)}
 
     def active_endpoints(self) -> dict[str, list[str]]:
         """Gateway name -> node names of its active endpoints (from the API server)."""
@@ -407,9 +419,9 @@ class RavenCluster:
 
     def http_get(self, ns: Netns, addr: str, path: str, timeout: float = 3.0) -> tuple[int, str]:
         """GET http://addr/path from inside `ns`; (status code, body); (0, "") when nothing answers."""
-        out = ns.run(["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", f"http://{addr}{path}"],
+        out = ns.run([sys.executable, "-c", _HTTP_GET, f"http://{addr}{path}", str(timeout)],
                      check=False, timeout=timeout + 5)
-        body, _, code = out.stdout.rpartition("\n")
+        code, _, body = out.stdout.partition("\n")
         return (int(code) if code.isdigit() else 0), body
 
     def metrics(self, process: str) -> dict[str, float]:
@@ -540,7 +552,7 @@ class RavenCluster:
         return int(data["rx"]["packets"]), int(data["tx"]["packets"])
 
     def gateway_objects_from_api(self) -> list[dict[str, Any]]:
-        return [copy.deepcopy(g) for g in self.list(GATEWAYS)]
+        return [copy.deepcopy(g) for g in self.list_objects(GATEWAYS)]
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0

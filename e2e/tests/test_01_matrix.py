@@ -1,0 +1,83 @@
+"""Scenario 1: full matrix, intra-pool traffic untouched, direct edge-to-edge paths, NAT-NAT via the relay."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.cluster import RavenCluster
+from e2e.probe import ping
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def test_every_pod_reaches_every_other_pod(rc: RavenCluster) -> None:
+    matrix = rc.ping_matrix(count=2)
+    pods = rc.pods()
+    assert len(matrix.results) == len(pods) * (len(pods) - 1)
+    assert {rc.cl.pools[rc.cl.nodes[p.node].pool].name for p in rc.cl.pods.values() if p.node in rc.registered} \
+        == {"cloud", "edge-a", "edge-b", "edge-pub"}
+    assert matrix.failed == []
+
+
+def test_same_pool_traffic_uses_no_raven_device_or_table(rc: RavenCluster) -> None:
+    for pool in rc.cl.pools.values():
+        nodes = [n for n in pool.nodes if n.name in rc.registered]
+        if len(nodes) < 2:
+            continue
+        a, b = nodes[0], nodes[1]
+        src, dst = a.pods[0], b.pods[0]
+        # The route a forwarded pod packet takes on its node (input device = the pod's veth).
+        route = rc.route_get(a.name, dst.ip, src=src.ip, iif="vp0")
+        assert f"via {b.ip} dev eth0" in route, route
+        assert "raven" not in route and "table" not in route, route
+        before = {n.name: (rc.link_packets(n.name, "raven0"), rc.link_packets(n.name, "raven1")) for n in (a, b)}
+        result = ping(src.netns, dst.ip, count=30, interval=0.01, wait=1)
+        assert result.received == 30, result
+        for n in (a, b):
+            for dev, old in zip(("raven0", "raven1"), before[n.name], strict=True):
+                new = rc.link_packets(n.name, dev)
+                if old is None or new is None:
+                    continue
+                # 30 echo requests + 30 replies would show up here if they crossed a Raven device.
+                assert new[0] - old[0] < 10 and new[1] - old[1] < 10, (pool.name, n.name, dev, old, new)
+
+
+def _child_packets(rc: RavenCluster, node: str, conn: str) -> int:
+    sa = rc.sas(node)[conn]
+    return sum(int(c.get("packets-out", 0)) + int(c.get("packets-in", 0)) for c in sa["child-sas"].values())
+
+
+def test_reachable_edge_pools_talk_directly_and_nat_pairs_use_the_relay(rc: RavenCluster) -> None:
+    gw_a = rc.active_gateway_node("gw-edge-a")
+    gw_b = rc.active_gateway_node("gw-edge-b")
+    gw_pub = rc.active_gateway_node("gw-edge-pub")
+    relay = rc.active_gateway_node("gw-cloud")
+    sas_a, sas_b = rc.sas(gw_a), rc.sas(gw_b)
+    # NAT pool <-> reachable pools: an SA of their own.
+    assert sas_a["raven-gw-edge-pub"]["state"] == "ESTABLISHED"
+    assert sas_a["raven-gw-cloud"]["state"] == "ESTABLISHED"
+    assert sas_b["raven-gw-edge-pub"]["state"] == "ESTABLISHED"
+    # NAT <-> NAT: no SA between them (they cannot reach each other) ...
+    assert "raven-gw-edge-b" not in sas_a and "raven-gw-edge-a" not in sas_b
+    # ... their traffic is routed to the relay's inner address instead.
+    pod_a = rc.cl.nodes[gw_a].pods[0]
+    pod_b = rc.cl.nodes[gw_b].pods[0]
+    relay_inner = rc.sas(relay)["raven-gw-edge-a"]["child-sas"]
+    assert relay_inner
+    route = rc.route_get(gw_a, pod_b.ip, src=pod_a.ip, iif="vp0")
+    assert "dev raven1" in route, route
+
+    # Real traffic: edge-a -> edge-b crosses both of the relay's SAs; edge-a -> edge-pub crosses only the direct one.
+    before_relay = (_child_packets(rc, relay, "raven-gw-edge-a"), _child_packets(rc, relay, "raven-gw-edge-b"))
+    r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
+    assert r.received == 40, r
+    after_relay = (_child_packets(rc, relay, "raven-gw-edge-a"), _child_packets(rc, relay, "raven-gw-edge-b"))
+    assert after_relay[0] - before_relay[0] >= 80 and after_relay[1] - before_relay[1] >= 80, (before_relay, after_relay)
+
+    pod_pub = rc.cl.nodes[gw_pub].pods[0]
+    before_direct = _child_packets(rc, gw_a, "raven-gw-edge-pub")
+    before_relay_a = _child_packets(rc, relay, "raven-gw-edge-a")
+    r = ping(pod_a.netns, pod_pub.ip, count=40, interval=0.01, wait=1)
+    assert r.received == 40, r
+    assert _child_packets(rc, gw_a, "raven-gw-edge-pub") - before_direct >= 80
+    assert _child_packets(rc, relay, "raven-gw-edge-a") - before_relay_a < 10  # not hairpinned via the cloud
