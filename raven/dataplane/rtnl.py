@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import operator
 import os
 import socket
 import struct
@@ -76,19 +77,11 @@ REPLACE: Final = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 DELETE: Final = NLM_F_REQUEST | NLM_F_ACK
 
 
-class RawRoute(NamedTuple):
-    """One IPv4 route as the kernel reports it (only what Raven writes); a tuple: cheap to build.
-
-    The field order is `raven.dataplane.state.Route`'s key order (table, dst, dev, gateway, mtu, src),
-    so a diff can compare these tuples with tuples taken from desired routes, without objects.
-    """
-
-    table: int
-    dst: str  # "10.0.0.0/24"
-    dev: str  # the output device's name ("#<index>" when the index is unknown)
-    gateway: str | None
-    mtu: int | None
-    prefsrc: str | None
+# One IPv4 route as the kernel reports it (only what Raven writes), as a plain tuple (cheapest to
+# build): (table, dst "10.0.0.0/24", device name or "#<index>", gateway, mtu, prefsrc). The order is
+# `raven.dataplane.state.Route`'s key order, so a diff compares these with tuples taken from
+# desired routes, without building objects.
+RawRoute = tuple[int, str, str, "str | None", "int | None", "str | None"]
 
 
 class RouteMsg(NamedTuple):
@@ -137,6 +130,7 @@ def encode_route(
 
 
 _FAMILY_INET: Final = bytes([socket.AF_INET])
+_PLEN_SUFFIX: Final = [f"/{n}" for n in range(256)]
 _LEN_BYTES: Final = [bytes([n]) for n in range(33)]
 
 
@@ -288,7 +282,7 @@ class RouteSocket:
                         layout = _Layout.learn(data, off, length)
                         layouts[length] = layout
                         route = layout.decode(data, off, ifnames)
-                    if route is not None and route.table == table:
+                    if route is not None and route[0] == table:
                         out.append(route)
                 off += (length + 3) & ~3
 
@@ -314,7 +308,8 @@ class _Layout:
     def learn(cls, data: bytes, off: int, length: int) -> _Layout:
         fmt = ["=16x", "x", "B", "2x", "B", "3x", "4x"]  # nlmsghdr; rtmsg: dst_len -> v[0], table -> v[1]
         idx = 2
-        checks: list[str] = []
+        header_at: list[int] = []
+        expected: list[int] = []
         fields: dict[int, int] = {}
         metric_mtu_at: int | None = None
         a = off + 28
@@ -325,7 +320,8 @@ class _Layout:
                 break
             pad = ((alen + 3) & ~3) - alen
             fmt.append("HH")
-            checks.append(f"v[{idx}] == {int(alen)} and v[{idx + 1}] == {int(atype)}")
+            header_at += [idx, idx + 1]
+            expected += [int(alen), int(atype)]
             idx += 2
             if atype in _ADDR_ATTRS and alen == 8:
                 fmt.append("4s")
@@ -333,7 +329,8 @@ class _Layout:
                 fmt.append("I")
             elif atype == RTA_METRICS and alen == 12 and _RTA.unpack_from(data, a + 4) == (8, RTAX_MTU):
                 fmt.append("HHI")  # the usual single metric: mtu
-                checks.append(f"v[{idx}] == 8 and v[{idx + 1}] == {RTAX_MTU}")
+                header_at += [idx, idx + 1]
+                expected += [8, RTAX_MTU]
                 metric_mtu_at = idx + 2
                 idx += 2
             else:
@@ -359,12 +356,12 @@ class _Layout:
             "        v = unpack(data, off)\n"
             "    except struct_error:\n"
             "        return None\n"
-            f"    if not ({' and '.join(checks) or 'True'}):\n"
+            "    if headers(v) != expected:\n"
             "        return None\n"
             f"    oif = {at(RTA_OIF, '{}', '0')}\n"
-            "    return RawRoute(\n"
+            "    return (\n"
             f"        {at(RTA_TABLE, '{}', 'v[1]')},\n"
-            f"        {at(RTA_DST, 'ntoa({})', repr('0.0.0.0'))} + '/' + str(v[0]),\n"
+            f"        {at(RTA_DST, 'ntoa({})', repr('0.0.0.0'))} + suffix[v[0]],\n"
             "        names.get(oif) or '#' + str(oif),\n"
             f"        {at(RTA_GATEWAY, 'ntoa({})', 'None')},\n"
             f"        {mtu},\n"
@@ -375,7 +372,10 @@ class _Layout:
             "unpack": struct.Struct("".join(fmt)).unpack_from,
             "struct_error": struct.error,
             "ntoa": socket.inet_ntoa,
-            "RawRoute": RawRoute,
+            # Headers come in (length, type) pairs, so itemgetter always returns a tuple here.
+            "headers": operator.itemgetter(*header_at) if header_at else (lambda v: ()),
+            "expected": tuple(expected),
+            "suffix": _PLEN_SUFFIX,
             "mtu_of": _metric_mtu,
         }
         exec(compile(src, "<rtnl route layout>", "exec"), scope)
