@@ -71,7 +71,7 @@ def read_back(ns: Netns) -> DesiredState:
     for table in (9027, 9028):
         for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):
             mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
-            dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
+            dst = "0.0.0.0/0" if r["dst"] == "default" else r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
             routes.add(Route(dst, table, r["dev"], r.get("gateway"), mtu, r.get("prefsrc")))
     rules = set()
     for rule in ip_json(ns, "-4", "-d", "rule", "show"):

@@ -248,3 +248,19 @@ async def test_a_vanished_namespace_is_a_clear_read_error(lab: Lab) -> None:
             await applier.reconcile(gateway_state(SUBNETS[:1]))
     finally:
         await applier.close()
+
+
+async def test_routes_of_every_shape_round_trip(node: Netns, applier: KernelApplier) -> None:
+    base = gateway_state(SUBNETS[:3])
+    shapes = {
+        Route("0.0.0.0/0", 9027, "raven1", "241.0.0.2"),  # a default route: no RTA_DST in the dump
+        Route("10.250.0.0/24", 9027, "raven1"),  # device route, scope link
+        Route("10.251.0.0/24", 9027, "raven1", None, 1300, "241.0.0.1"),  # with a preferred source
+        Route("10.252.0.7/32", 9028, "raven0", "240.168.50.3", 1400, "240.168.50.1"),
+    }
+    desired = dataclasses.replace(base, routes=base.routes | shapes)
+    report = await applier.reconcile(desired)
+    assert report.ok, report.errors
+    assert read_back(node) == desired
+    assert (await applier.read()).state == desired
+    assert (await applier.reconcile(desired)).total_writes == 0
