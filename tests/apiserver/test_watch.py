@@ -80,7 +80,7 @@ async def test_too_old_resource_version_gets_410_error_event_and_relisting_recov
     await v1.create_node(node("b"))
     # Raw protocol: HTTP 200 and a single ERROR event carrying a 410 Status.
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"{apiserver.url}/api/v1/nodes?watch=1&resourceVersion={old_rv}", ssl=False,
+        async with s.get(f"{apiserver.url}/api/v1/nodes?watch=1&timeoutSeconds=2&resourceVersion={old_rv}", ssl=False,
                          headers={"Authorization": f"Bearer {apiserver.token}"}) as r:
             assert r.status == 200
             lines = (await r.read()).decode().splitlines()
