@@ -8,11 +8,13 @@ no route touched, and the traffic follows.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 
 import pytest
 
-from e2e.netlab import Lab, Netns
+from e2e.netlab import Lab, Netns, Process
 from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import (
     POOL_VIRTUAL_NEXT_HOP,
@@ -107,3 +109,67 @@ async def test_member_reaches_remote_subnet_via_virtual_next_hop_and_follows_fai
     finally:
         for a in appliers.values():
             await a.close()
+
+
+SERVER = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.99.0.1", 5001))
+s.listen()
+while True:
+    c, _ = s.accept()
+    print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), flush=True)
+    c.close()
+"""
+CLIENT = "import socket; socket.create_connection(('10.99.0.1', 5001), timeout=5).close()"
+
+
+async def test_forwarded_tcp_syns_are_clamped_to_the_path_mtu(lab: Lab) -> None:
+    """A pod behind the member node opens TCP to the remote side: with the RAVEN-MSS chain the server
+    sees an MSS that fits the route MTU (1400 - 40), without it the pod's 1460."""
+    sw = lab.netns("sw")
+    sw.add_bridge("br0")
+    n1, g1, pod = lab.netns("n1"), lab.netns("g1"), lab.netns("pod")
+    for i, ns in ((1, n1), (2, g1)):
+        lab.veth(ns, "eth0", sw, f"p{ns.short}")
+        sw.ip("link", "set", f"p{ns.short}", "master", "br0")
+        ns.add_addr("eth0", f"192.168.60.{i}/24")
+    lab.veth(pod, "eth0", n1, "vpod")
+    pod.add_addr("eth0", "10.98.0.2/24")
+    pod.ip("route", "add", "default", "via", "10.98.0.1")
+    n1.add_addr("vpod", "10.98.0.1/24")
+    g1.add_addr("lo", f"{REMOTE}/32")
+    # The gateway's way back to the pod subnet behind the member (the plan's return route).
+    g1_state = dataclasses.replace(
+        gateway_state(2),
+        routes=frozenset({Route("10.98.0.0/24", 9028, "raven0", "240.168.60.1")}),
+        rules=frozenset({Rule(9026, 9028)}),
+    )
+    member = member_state(gateway=2)
+    server = g1.popen(["python3", "-c", SERVER], name="mss-server")
+    appliers = [KernelApplier(netns=n1.name), KernelApplier(netns=g1.name)]
+    try:
+        assert (await appliers[1].reconcile(g1_state)).ok
+        unclamped = dataclasses.replace(member, mss_clamp_ifnames=frozenset())
+        assert (await appliers[0].reconcile(unclamped)).ok  # also turns on forwarding on n1
+        pod.run(["python3", "-c", CLIENT])
+        report = await appliers[0].reconcile(member)
+        assert report.writes["iptables"] == 1, report.writes
+        pod.run(["python3", "-c", CLIENT])
+        seen = await _server_lines(server, 2)
+        # Timestamps take 12 bytes of each segment, so MAXSEG is the advertised MSS minus 12.
+        assert seen[0] > 1400 - 40 - 12 >= seen[1], seen
+        assert seen[1] >= 1400 - 40 - 12 - 12, seen
+    finally:
+        for a in appliers:
+            await a.close()
+
+
+async def _server_lines(server: Process, count: int) -> list[int]:
+    for _ in range(100):
+        lines = server.stdout_path.read_text().split()
+        if len(lines) >= count:
+            return [int(x) for x in lines[:count]]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"server printed {server.stdout_path.read_text()!r}\n{server.logs()}")
