@@ -15,6 +15,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (port 0 picks a free one)")
     p.add_argument("--kubeconfig", required=True, help="where to write a kubeconfig pointing at this server")
     p.add_argument("--token", default=None, help="bearer token clients must send (random when absent)")
+    p.add_argument("--advertise-address", default=None,
+                   help="address written into the kubeconfig and the certificate (default: the listen host, "
+                        "or 127.0.0.1 for a wildcard listener); use it when clients live in other network "
+                        "namespaces")
+    p.add_argument("--tls-san", action="append", default=[], help="extra certificate subject alt name (repeatable)")
     p.add_argument("--history-window", type=int, default=10_000,
                    help="watch events kept per resource; older resourceVersions get 410 Gone")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help="seconds between BOOKMARK events")
@@ -24,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
-    server = ApiServer(host or "127.0.0.1", int(port or 0), args.token, args.history_window,
-                       args.bookmark_interval)
+    server = ApiServer(host.strip("[]") or "127.0.0.1", int(port or 0), args.token, args.history_window,
+                       args.bookmark_interval, extra_sans=args.tls_san, advertise=args.advertise_address)
     await server.start()
     server.write_kubeconfig(args.kubeconfig)
     logging.getLogger("e2e.apiserver").info("kubeconfig written path=%s", args.kubeconfig)

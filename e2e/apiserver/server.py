@@ -70,7 +70,7 @@ def _table_version(accept: str) -> str | None:
 class ApiServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  history_window: int = 10_000, bookmark_interval: float = 60.0,
-                 extra_sans: list[str] | None = None) -> None:
+                 extra_sans: list[str] | None = None, advertise: str | None = None) -> None:
         self.host = host
         self.port = port
         self.token = token or secrets.token_hex(16)
@@ -86,13 +86,16 @@ class ApiServer:
         self._outage_task: asyncio.Task[None] | None = None
         self.requests_served = 0
         self.kubeconfig: str | None = None  # path, once write_kubeconfig() ran
-        self.cert_file, self.key_file = certificate([host, *(extra_sans or [])])
+        # The address clients are told to use (kubeconfig); a wildcard listener advertises loopback.
+        self.advertise = advertise or (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+        self.cert_file, self.key_file = certificate([host, self.advertise, *(extra_sans or [])])
         self._ssl = server_context(self.cert_file, self.key_file)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
+        host = f"[{self.advertise}]" if ":" in self.advertise else self.advertise
+        return f"https://{host}:{self.port}"
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -139,8 +142,11 @@ class ApiServer:
     def write_kubeconfig(self, path: str | Path) -> str:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(yaml.safe_dump(self.kubeconfig_dict(), sort_keys=False))
-        p.chmod(0o600)
+        # Atomic: a harness polling for the file never reads half of it.
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.kubeconfig_dict(), sort_keys=False))
+        tmp.chmod(0o600)
+        tmp.replace(p)
         self.kubeconfig = str(p)
         return self.kubeconfig
 

@@ -7,20 +7,22 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from kubernetes_asyncio import client, config
 
 
-async def test_standalone_server_writes_kubeconfig_serves_and_stops_on_sigterm(tmp_path: Path):
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+async def test_standalone_server_writes_kubeconfig_serves_and_stops_on_sigterm(tmp_path: Path, host: str):
     kubeconfig = tmp_path / "kc.yaml"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "e2e.apiserver", "--listen", "127.0.0.1:0", "--kubeconfig", str(kubeconfig),
+        sys.executable, "-m", "e2e.apiserver", "--listen", f"{host}:0", "--kubeconfig", str(kubeconfig),
         "--token", "s3cret", "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         for _ in range(200):
             if kubeconfig.exists():
                 break
             await asyncio.sleep(0.025)
-        assert "token: s3cret" in kubeconfig.read_text()
+        assert "token: s3cret" in kubeconfig.read_text() and f"server: https://{host}:" in kubeconfig.read_text()
         cfg = client.Configuration()
         await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         async with client.ApiClient(cfg) as api:
