@@ -79,6 +79,7 @@ class IPsecSettings:
     rekey_time: str = "4h"  # IKE_SA rekeying (the CHILD_SA uses charon's default)
     mobike: bool = False  # peers are fixed gateways; MOBIKE only confuses NAT'ed responders
     timeout_s: float = 10.0  # per VICI request
+    nat_t_port: int = 4500  # charon's port_nat_t: where IKE to a non-500 peer port is sent from
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,14 @@ def conn_config(conn: IPsecConnection, settings: IPsecSettings) -> dict[str, Any
         "dpd_action": "restart" if initiator else "clear",
         "close_action": "start" if initiator else "none",
     }
+    # IKE to a peer's NAT-T port (4500) must come from our NAT-T socket with the non-ESP marker
+    # (RFC 3948). Left at 500, charon sends unmarked IKE from port 500 to 4500; the peer takes it for
+    # IKE only while the NAT keeps source port 500. A second node behind the same NAT (the new gateway
+    # after a failover) gets another source port, and its unmarked IKE is dropped as ESP: no tunnel.
+    local_port = {"local_port": settings.nat_t_port} if initiator and conn.remote_port != 500 else {}
     return {
         "version": 2,
+        **local_port,
         "local_addrs": list(conn.local_addrs),
         "remote_addrs": list(conn.remote_addrs),
         "remote_port": conn.remote_port,
