@@ -52,7 +52,7 @@ def e2e_spec() -> TopologySpec:
 
 
 @pytest.fixture(scope="session")
-def rc() -> Iterator[RavenCluster]:
+def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
     if os.geteuid() != 0:
         pytest.skip("end-to-end scenarios need root (network namespaces)")
     cluster = RavenCluster(e2e_spec(), prefix=PREFIX, hold_nodes={SPARE_NODE, SPARE_POOL_NODE},
@@ -66,7 +66,9 @@ def rc() -> Iterator[RavenCluster]:
         failed = False
         yield cluster
     finally:
-        cluster.close(keep_logs=failed or os.environ.get("RAVEN_E2E_KEEP") == "1")
+        # Logs stay (path in the failure messages) when anything failed.
+        cluster.close(keep_logs=failed or request.session.testsfailed > 0
+                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
 
 
 @pytest.fixture(autouse=True)
