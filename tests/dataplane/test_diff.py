@@ -46,7 +46,7 @@ def test_changed_route_attributes_are_one_replace() -> None:
 
 def test_a_new_vni_or_mac_recreates_the_link_and_everything_on_it() -> None:
     for change in ({"vni": 300}, {"mac": "02:f0:00:00:09:00"}, {"local": "192.168.1.9"}):
-        link = dataclasses.replace(R0, **change)  # type: ignore[arg-type]
+        link = dataclasses.replace(R0, **change)
         want = state(links=frozenset({link}))
         c = diff(want, Observed.of(state()))
         assert c.link_delete == ("raven0",) and c.link_create == (link,)
