@@ -312,6 +312,45 @@ class Cluster:
             self._validate_crd(obj, old, errs)
         elif kind == ("coordination.k8s.io", "leases"):
             obj.setdefault("spec", {})
+        elif kind in (("apps", "deployments"), ("apps", "daemonsets")):
+            self._default_workload(kind[1], obj, errs)
+
+    @staticmethod
+    def _default_workload(plural: str, obj: dict[str, Any], errs: list[FieldError]) -> None:
+        """The apps/v1 defaults kubectl shows back (strategy, history limit, pod template defaults)."""
+        spec = obj.setdefault("spec", {})
+        template = spec.get("template") or {}
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if not spec.get("selector"):
+            errs.append(FieldError("FieldValueRequired", "spec.selector", None))
+        elif any(labels.get(k) != v for k, v in selector.items()):
+            errs.append(FieldError("FieldValueInvalid", "spec.template.metadata.labels", labels,
+                                   "`selector` does not match template `labels`"))
+        if plural == "deployments":
+            spec.setdefault("replicas", 1)
+            spec.setdefault("progressDeadlineSeconds", 600)
+            spec.setdefault("strategy", {"type": "RollingUpdate",
+                                         "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        else:
+            spec.setdefault("updateStrategy", {"type": "RollingUpdate",
+                                               "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        spec.setdefault("revisionHistoryLimit", 10)
+        pod = template.get("spec")
+        if isinstance(pod, dict):
+            pod.setdefault("restartPolicy", "Always")
+            pod.setdefault("dnsPolicy", "ClusterFirst")
+            pod.setdefault("schedulerName", "default-scheduler")
+            pod.setdefault("terminationGracePeriodSeconds", 30)
+            pod.setdefault("securityContext", {})
+            for c in pod.get("containers") or []:
+                if isinstance(c, dict):
+                    image = str(c.get("image", ""))
+                    latest = ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
+                    c.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+                    c.setdefault("terminationMessagePath", "/dev/termination-log")
+                    c.setdefault("terminationMessagePolicy", "File")
+        obj.setdefault("status", {})
 
     def _alloc_ip(self) -> str:
         n = self._next_ip
