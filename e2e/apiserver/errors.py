@@ -118,7 +118,7 @@ class FieldError:
         elif self.kind == "FieldValueTooLong":
             text = "Too long"
         elif self.kind == "FieldValueTooMany":
-            text = "Too many"
+            text = "Too many" if self.value is None else f"Too many: {_go_value(self.value)}"
         elif self.kind == "FieldValueDuplicate":
             text = f"Duplicate value: {_go_value(self.value)}"
         else:
