@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from raven.api.constants import (
     API_VERSION,
@@ -59,15 +58,9 @@ def rfc3339_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@dataclass(frozen=True)
-class _Facts:
-    """What the election uses from a Node; equal facts mean a node event can be ignored."""
-
-    node: Node
-
-    def key(self) -> tuple[object, ...]:
-        n = self.node
-        return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+def _facts(n: Node) -> tuple[object, ...]:
+    """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
+    return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
 
 
 def _parse_node(obj: JSON) -> Node | None:
@@ -123,7 +116,7 @@ class GatewayReconciler:
         name = ev.name
         old = self._facts.get(name)
         new = None if ev.type == "DELETED" else _parse_node(ev.obj)
-        if old is not None and new is not None and _Facts(old).key() == _Facts(new).key():
+        if old is not None and new is not None and _facts(old) == _facts(new):
             self._facts[name] = new
             return  # a heartbeat or an unrelated change
         if new is None:

@@ -202,8 +202,10 @@ class Informer:
             k = key_of(obj)
             if k:
                 fresh[k] = obj
-        old_cache = self.cache
-        self.cache = fresh
+        # Replace the contents in place: whoever holds a reference to `cache` keeps seeing the truth.
+        old_cache = dict(self.cache)
+        self.cache.clear()
+        self.cache.update(fresh)
         self.resource_version = rv
         for k, obj in fresh.items():
             old = old_cache.get(k)
