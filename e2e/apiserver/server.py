@@ -335,8 +335,6 @@ class ApiServer:
             raise _page_not_found()
         if rt.namespaced and ns is None and name is not None:
             raise _page_not_found()
-        if not rt.namespaced and rt.plural == "namespaces" and rt.group == "" and name is not None:
-            pass
         method = request.method
         dry_run = q.get("dryRun") == "All"
         fv = q.get("fieldValidation") or "Warn"
