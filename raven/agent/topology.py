@@ -31,6 +31,7 @@ from typing import Literal
 
 from raven.agent.addressing import GatewayAge, allocate_inner_addresses
 from raven.api.constants import DEFAULT_TUNNEL_PORT, ENDPOINT_TYPE_TUNNEL, EXPOSE_TYPE_LOAD_BALANCER
+from raven.api.constants import EXPOSE_TYPE_LOAD_BALANCER, EXPOSE_TYPE_PUBLIC_IP
 from raven.api.gateway import Endpoint, Gateway, validate
 
 
@@ -291,6 +292,10 @@ class Cluster:
         return [self.path(a, b, ranking) for i, a in enumerate(names) for b in names[i + 1 :]]
 
 
+# Expose types that make a gateway reachable; an unknown value counts as not exposed (the safe reading).
+_EXPOSED = frozenset({EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
+
+
 def build_cluster(gateways: Sequence[Gateway], tunnel_cidr: str) -> Cluster:
     problems: list[str] = []
     # Inner addresses are allocated over every named Gateway, valid or not, active or not: a Gateway
@@ -307,17 +312,19 @@ def build_cluster(gateways: Sequence[Gateway], tunnel_cidr: str) -> Cluster:
         if gw.name in views:
             problems.append(f"gateway {gw.name}: listed twice; second copy skipped")
             continue
+        # A spec problem does not stop planning: what the plan uses is the status, where the controller
+        # keeps the last good election, so a typo in the spec must not tear a working pool's tunnels down.
         invalid = validate(gw)
         if invalid:
-            problems.append(f"gateway {gw.name}: invalid, skipped: {'; '.join(invalid)}")
-            continue
+            problems.append(f"gateway {gw.name}: invalid spec (planned from its status): {'; '.join(invalid)}")
+        expose_type = gw.spec.expose_type if gw.spec.expose_type in _EXPOSED else ""
         nodes, listed = _parse_nodes(gw, problems)
         endpoint = _pick_endpoint(gw, nodes, listed, problems)
         address = inner.get(gw.name)
         views[gw.name] = GatewayView(
             name=gw.name,
             age=GatewayAge.of(gw.name, _created(gw)),
-            expose_type=gw.spec.expose_type or "",
+            expose_type=expose_type,
             nodes=nodes,
             endpoint=endpoint,
             inner=str(address) if address is not None else None,

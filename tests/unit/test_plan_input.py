@@ -38,19 +38,40 @@ def test_malformed_status_entries_are_skipped_reported_and_the_rest_planned() ->
     assert has(p, "gw-edge-b", "edge-b-1", "duplicate")
     assert has(p, "gw-edge-a", "edge-a-3", "invalid privateIP", "192.168.1.300")
     assert has(p, "gw-dc", "dc-9", "not in status.nodes")
-    assert has(p, "gw-bad", "invalid", "exposeType")
+    assert has(p, "gw-bad", "invalid spec", "exposeType")
 
-    # The rest is planned: the valid subnets of gw-edge-b (through the relay), all of gw-cloud.
+    # The rest is planned: the valid subnets of gw-edge-b (through the relay), all of gw-cloud, and gw-bad,
+    # whose spec problem does not stop its status from being used.
     remote = {r.dst for r in result.state.routes if r.table == 9027}
-    assert remote == {"10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24", "10.246.1.0/24"}
+    assert remote == {"10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24", "10.246.1.0/24", "10.254.0.0/24"}
     # No return route or FDB entry for the pool node with the broken entry; the good one is served.
     returns = {r.dst for r in result.state.routes if r.table == 9028}
     assert returns == {"10.245.1.0/24"}
     assert "192.168.1.300" not in {f.dst for f in result.state.fdb}
-    # gw-dc (no usable endpoint) and gw-bad (invalid) get no connection.
-    assert {c.name for c in result.state.ipsec} == {"raven-gw-cloud"}
+    # gw-dc (no usable endpoint) gets no connection; gw-bad (reachable, unknown exposeType) gets a direct one.
+    assert {c.name for c in result.state.ipsec} == {"raven-gw-cloud", "raven-gw-bad"}
     # The node whose own entry is broken has nothing to plan with.
     assert run("edge-a-3", objs).state.empty
+
+
+def test_a_spec_typo_does_not_tear_down_a_working_pool() -> None:
+    before = run("edge-a-1", cluster_json())
+    objs = cluster_json()
+    # An operator's typo: the controller reports it and keeps the last good election in the status.
+    objs["gw-edge-b"]["spec"]["endpoints"][0]["type"] = "tunel"
+    after = run("edge-a-1", objs)
+    assert has(after.problems, "gw-edge-b", "invalid spec", "unknown endpoint type")
+    assert after.state == before.state
+    assert run("edge-b-1", objs).state == run("edge-b-1", cluster_json()).state
+
+
+def test_unknown_expose_type_counts_as_not_exposed() -> None:
+    objs = cluster_json()
+    objs["gw-cloud"]["spec"]["exposeType"] = "NodePort"
+    result = run("edge-a-1", objs)
+    assert has(result.problems, "gw-cloud", "unknown expose type")
+    # Still planned: gw-cloud is not under NAT, so it stays directly reachable.
+    assert "raven-gw-cloud" in {c.name for c in result.state.ipsec}
 
 
 def test_active_endpoint_with_bad_public_ip_is_skipped() -> None:
