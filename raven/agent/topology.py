@@ -30,8 +30,12 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from raven.agent.addressing import GatewayAge, allocate_inner_addresses
-from raven.api.constants import DEFAULT_TUNNEL_PORT, ENDPOINT_TYPE_TUNNEL, EXPOSE_TYPE_LOAD_BALANCER
-from raven.api.constants import EXPOSE_TYPE_LOAD_BALANCER, EXPOSE_TYPE_PUBLIC_IP
+from raven.api.constants import (
+    DEFAULT_TUNNEL_PORT,
+    ENDPOINT_TYPE_TUNNEL,
+    EXPOSE_TYPE_LOAD_BALANCER,
+    EXPOSE_TYPE_PUBLIC_IP,
+)
 from raven.api.gateway import Endpoint, Gateway, validate
 
 
