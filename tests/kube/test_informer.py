@@ -212,3 +212,38 @@ async def test_silent_connection_is_abandoned_after_the_read_timeout(
         await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, within=10,
                          what="n-2 through a fresh connection")
         assert restarts(reg, "error") >= 1
+
+
+async def test_bookmarks_keep_an_idle_watch_current_so_resuming_needs_no_relist(tmp_path: Any) -> None:
+    server = ApiServer("127.0.0.1", 0, bookmark_interval=0.1)
+    await server.start()
+    client = KubeClient(await new_api_client(server.write_kubeconfig(tmp_path / "kc")))
+    try:
+        await client.create(NODES, node_body("n-1", "gw"))
+        rec = Recorder()
+        reg = CollectorRegistry()
+        inf = Informer(client, NODES, "nodes", reg, handler=rec, backoff=fast_backoff)
+        async with running(inf):
+            listed_rv = int(inf.resource_version)
+            # Other kinds move the server's version on; only bookmarks tell the idle node watch about it.
+            from raven.kube.client import Resource
+
+            ns = Resource("", "v1", "namespaces")
+            for i in range(3):
+                await client.create(ns, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"x{i}"}})
+            await eventually(lambda: asyncio.sleep(0, int(inf.resource_version)), lambda rv: rv > listed_rv + 2,
+                             what="bookmark advanced the version")
+            server.compact()
+            server.drop_watches()
+            await kube_create_after_resume(client, inf, rec)
+            assert restarts(reg, "expired") == 0  # resumed from the bookmark's version: no 410, no re-list
+            assert rec.seen() == [("ADDED", "n-1"), ("ADDED", "n-2")]
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def kube_create_after_resume(client: KubeClient, inf: Informer, rec: Recorder) -> None:
+    await asyncio.sleep(0.3)
+    await client.create(NODES, node_body("n-2", "gw"))
+    await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, what="n-2")
