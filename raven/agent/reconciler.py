@@ -102,6 +102,7 @@ class Reconciler:
         dataplane_metrics: DataplaneMetrics,
         resync_period: float,
         debounce: float = 0.05,
+        tunnel_check_period: float = 2.0,
     ) -> None:
         self._plan_fn = plan_fn
         self._dp_metrics = dataplane_metrics
@@ -112,6 +113,7 @@ class Reconciler:
         self._metrics = metrics
         self._resync = resync_period
         self._debounce = debounce
+        self._tunnel_check_period = tunnel_check_period
         self._wake = asyncio.Event()
         self._reasons: set[str] = set()
         self._backoff = Backoff(base=0.2, cap=min(30.0, resync_period))
@@ -136,12 +138,20 @@ class Reconciler:
 
     async def run(self) -> None:
         retry_at: float | None = None
+        last_pass = time.monotonic()
         while True:
-            timeout = self._resync if retry_at is None else max(0.0, retry_at - time.monotonic())
+            due = last_pass + self._resync if retry_at is None else retry_at
+            wake_at = min(due, time.monotonic() + self._tunnel_check_period) if self._vpn is not None else due
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wake_at - time.monotonic()))
             except TimeoutError:
-                self._reasons.add("retry" if retry_at is not None else "resync")
+                if time.monotonic() >= due:
+                    self._reasons.add("retry" if retry_at is not None else "resync")
+                else:
+                    reason = await self._tunnel_check()
+                    if reason is None:
+                        continue
+                    self._reasons.add(reason)
             await asyncio.sleep(self._debounce)  # let the rest of a burst arrive
             self._wake.clear()
             reasons, self._reasons = self._reasons, set()
@@ -149,6 +159,7 @@ class Reconciler:
                 retry_at = None
                 continue
             outcome = await self.reconcile_once(",".join(sorted(reasons)))
+            last_pass = time.monotonic()
             if outcome.errors:
                 delay = self._backoff.next()
                 retry_at = time.monotonic() + delay
@@ -163,6 +174,27 @@ class Reconciler:
             else:
                 self._backoff.reset()
                 retry_at = None
+
+    async def _tunnel_check(self) -> str | None:
+        """Between passes, a cheap look at charon (nodes with tunnels only). A restarted charon (the driver
+        had to reconnect: charon lost every connection) or a tunnel we initiate that charon no longer
+        lists calls for a reconcile now rather than at the next resync. Returns the reason, or None."""
+        outcome = self.last_outcome
+        if self._vpn is None or outcome is None or not outcome.plan.state.ipsec or self._vpn_error is not None:
+            return None
+        connects = getattr(self._vpn, "connects", 0)
+        try:
+            states = await self._vpn.states()
+        except CharonUnavailable as exc:
+            log.warning("charon unavailable", extra=kv(error=str(exc)))
+            return "charon-unavailable"
+        self._dp_metrics.set_tunnels(states)
+        if getattr(self._vpn, "connects", 0) != connects:
+            return "charon-restarted"
+        listed = {t.name for t in states}
+        if any(c.initiator and c.name not in listed for c in outcome.plan.state.ipsec):
+            return "tunnel-down"
+        return None
 
     async def reconcile_once(self, reason: str = "manual") -> ReconcileOutcome:
         started = time.perf_counter()
