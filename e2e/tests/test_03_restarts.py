@@ -1,0 +1,135 @@
+"""Scenario 3: restarts. Agent restarts drop nothing; a charon restart heals without touching the agent;
+the controller leader's death changes no active endpoint; dropped API watches break nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from e2e.cluster import RavenCluster, metric
+from e2e.probe import ContinuousProbe
+from raven.kube.client import GATEWAYS
+
+from .conftest import MEASUREMENTS
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _member(rc: RavenCluster, pool: str, gateway: str) -> str:
+    active = rc.active_gateway_node(gateway)
+    return next(n.name for n in rc.cl.pools[pool].nodes if n.name != active and n.name in rc.registered)
+
+
+def _established_ids(rc: RavenCluster, node: str) -> dict[str, str]:
+    return {n: sa["uniqueid"] for n, sa in rc.sas(node).items() if sa["state"] == "ESTABLISHED"}
+
+
+def restart_agent_under_probe(rc: RavenCluster, node: str, src_node: str, dst_node: str, port: int) -> tuple[int, int]:
+    """Restart `node`'s agent while a 10 ms probe runs from a pod on src_node to one on dst_node.
+    Returns (lost, sent)."""
+    src, dst = rc.cl.nodes[src_node].pods[0], rc.cl.nodes[dst_node].pods[0]
+    agent = rc.agents[node]
+    with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"restart-{port}") as probe:
+        assert probe.wait_first_reply()
+        time.sleep(0.3)
+        old_pid = agent.pid
+        agent.restart()
+        assert agent.pid != old_pid
+        rc.wait_for(f"agent on {node} ready again", lambda: rc.agent_ready(node)[0], timeout=30)
+        time.sleep(0.5)
+        res = probe.stop()
+    return res.lost, res.sent
+
+
+def test_agent_restart_on_a_gateway_and_on_a_member_loses_no_packet(rc: RavenCluster) -> None:
+    gw = rc.active_gateway_node("gw-edge-b")
+    member = _member(rc, "edge-b", "gw-edge-b")
+    dst = _member(rc, "edge-pub", "gw-edge-pub")
+    sas_before = _established_ids(rc, gw)
+    # Traffic from the member, through its gateway, to a member of another pool: both agents are on the path.
+    lost_gw, sent_gw = restart_agent_under_probe(rc, gw, member, dst, port=18110)
+    lost_member, sent_member = restart_agent_under_probe(rc, member, member, dst, port=18111)
+    MEASUREMENTS["agent_restart_probe_loss"] = {"gateway": f"{lost_gw}/{sent_gw}",
+                                                "member": f"{lost_member}/{sent_member}"}
+    assert lost_gw == 0 and lost_member == 0
+    # The restarted gateway agent found its tunnels as they were: no SA was replaced.
+    assert _established_ids(rc, gw) == sas_before
+    # ... and it wrote nothing to the kernel or charon: its counters are all zero since the restart.
+    m = rc.metrics(f"agent/{gw}")
+    assert metric(m, "raven_agent_kernel_writes_total") == 0
+    assert metric(m, "raven_agent_vici_operations_total", op="load_conn") == 0
+    assert metric(m, "raven_agent_vici_operations_total", op="terminate") == 0
+
+
+def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: RavenCluster) -> None:
+    gw = rc.active_gateway_node("gw-edge-pub")
+    agent_pid = rc.agents[gw].pid
+    peers = [rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")]
+    t0 = time.monotonic()
+    rc.restart_charon(gw)
+    assert not any(n.startswith("raven-") for n in rc.sas(gw)), "a restarted charon starts empty"
+    rc.wait_for("tunnels back on the restarted charon", lambda: {
+        f"raven-{g}" for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")} <= set(_established_ids(rc, gw)), timeout=60)
+    for peer in peers:
+        rc.wait_for(f"{peer}: tunnel to gw-edge-pub", lambda peer=peer: "raven-gw-edge-pub" in
+                    _established_ids(rc, peer), timeout=60)
+    pods_pub = [p for p in rc.pods() if rc.cl.pods[p[0]].node.startswith("edge-pub")]
+    others = [p for p in rc.pods() if p not in pods_pub]
+    rc.wait_for("pods of edge-pub reachable again", lambda: not [
+        k for k, r in rc.ping_matrix(pods_pub[:1] + others).results.items() if not r.ok], timeout=60, interval=0.2)
+    MEASUREMENTS["charon_restart_recovery_s"] = round(time.monotonic() - t0, 2)
+    assert rc.agents[gw].pid == agent_pid and rc.agents[gw].alive()
+
+
+def test_controller_leader_killed_standby_takes_over_without_flapping(rc: RavenCluster) -> None:
+    leader = rc.leader()
+    assert leader is not None, "no controller reports leadership"
+    standby = 1 - leader
+    active_before = rc.active_endpoints()
+    rvs_before = {n: g["metadata"]["resourceVersion"] for n, g in rc.gateways().items()}
+    t0 = time.monotonic()
+    rc.controllers[leader].kill()
+    try:
+        took = rc.wait_for("standby to lead", lambda: rc.leader() == standby, timeout=30, interval=0.2)
+        MEASUREMENTS["controller_takeover_s"] = round(took, 2)
+        # The new leader reconciles every Gateway from its caches: same decisions, no status rewrite.
+        rc.wait_for("new leader reconciled", lambda: metric(rc.metrics(f"controller/{standby}"),
+                                                           "raven_controller_elections_total") > 0
+                    or time.monotonic() - t0 > 5, timeout=15)
+        assert rc.active_endpoints() == active_before
+        rvs_after = {n: g["metadata"]["resourceVersion"] for n, g in rc.gateways().items()}
+        assert rvs_after == rvs_before, "the new leader rewrote Gateway objects although nothing changed"
+    finally:
+        rc.controllers[leader].start()
+    rc.wait_for("restarted replica ready", lambda: rc.http_get(
+        rc.cl.control_plane, rc.controller_http(leader), "/readyz")[0] == 200, timeout=30)
+    assert rc.leader() == standby  # the old leader comes back as the standby: no flap back
+
+
+def test_api_server_dropping_all_watches_breaks_nothing(rc: RavenCluster) -> None:
+    member = _member(rc, "edge-a", "gw-edge-a")
+    dst = _member(rc, "edge-b", "gw-edge-b")
+    src_pod, dst_pod = rc.cl.nodes[member].pods[0], rc.cl.nodes[dst].pods[0]
+    restarts_before = metric(rc.metrics(f"agent/{member}"), "raven_informer_watch_restarts_total")
+    with ContinuousProbe(src_pod.netns, dst_pod.netns, dst_pod.ip, port=18112, name="drop-watches") as probe:
+        assert probe.wait_first_reply()
+        dropped = rc.api.drop_watches(abrupt=True)
+        assert dropped >= len(rc.agents) * 2  # every agent watches Gateways and Nodes
+        rc.wait_for("agents re-watched", lambda: metric(rc.metrics(f"agent/{member}"),
+                                                         "raven_informer_watch_restarts_total") > restarts_before,
+                    timeout=30)
+        # Changes made after the drop still arrive: a new Gateway gets a status from the controller.
+        rc.create(GATEWAYS, {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+                             "metadata": {"name": "gw-after-drop"},
+                             "spec": {"endpoints": [{"nodeName": "nowhere", "type": "tunnel", "port": 4500}]}})
+        try:
+            rc.wait_for("controller to write the new gateway's status", lambda: bool(
+                (rc.get(GATEWAYS, "gw-after-drop").get("status") or {})), timeout=30)
+            rc.wait_for("agents to see the new gateway", lambda: metric(
+                rc.metrics(f"agent/{member}"), "raven_informer_events_total", informer="gateways", type="ADDED")
+                >= len(rc.gateways()), timeout=30)
+        finally:
+            rc.delete(GATEWAYS, "gw-after-drop")
+        res = probe.stop()
+    assert res.lost == 0, res
