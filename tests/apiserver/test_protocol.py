@@ -25,6 +25,19 @@ async def raw(server: ApiServer, method: str, path: str, body: Any = None,
             return r.status, dict(r.headers), await r.read()
 
 
+async def read_watch(server: ApiServer, path: str, until: str) -> list[dict[str, Any]]:
+    """Watch events up to and including the first of type `until` (then hang up)."""
+    events: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.url + path, ssl=False, timeout=aiohttp.ClientTimeout(total=10),
+                         headers={"Authorization": f"Bearer {server.token}"}) as r:
+            async for line in r.content:
+                events.append(json.loads(line))
+                if events[-1]["type"] == until:
+                    break
+    return events
+
+
 async def test_send_initial_events_ends_with_the_initial_events_end_bookmark(apiserver: ApiServer, kube_api):
     v1 = client.CoreV1Api(kube_api)
     await v1.create_node(node("a"))
@@ -95,3 +108,50 @@ async def test_methods_and_subresources_that_do_not_exist_are_rejected(apiserver
     assert status == 404
     status, _, body = await raw(apiserver, "POST", "/api/v1/nodes", {"metadata": {"name": "Bad_Name"}})
     assert status == 422 and json.loads(body)["details"]["causes"][0]["field"] == "metadata.name"
+
+
+KINDS = [
+    ("/api/v1", "nodes", "Node", None, {}),
+    ("/api/v1", "namespaces", "Namespace", None, {}),
+    ("/api/v1", "services", "Service", "default", {"spec": {"ports": [{"port": 80}]}}),
+    ("/api/v1", "endpoints", "Endpoints", "default",
+     {"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]}),
+    ("/api/v1", "configmaps", "ConfigMap", "default", {"data": {"a": "b"}}),
+    ("/api/v1", "secrets", "Secret", "default", {"data": {"a": "Yg=="}}),
+    ("/api/v1", "events", "Event", "default", {"involvedObject": {"kind": "Node", "name": "n"}, "reason": "R"}),
+    ("/api/v1", "pods", "Pod", "default", {"spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    ("/api/v1", "serviceaccounts", "ServiceAccount", "default", {}),
+    ("/apis/coordination.k8s.io/v1", "leases", "Lease", "default", {"spec": {"holderIdentity": "me"}}),
+    ("/apis/apps/v1", "deployments", "Deployment", "default", {"spec": {
+        "selector": {"matchLabels": {"a": "b"}},
+        "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+    ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", None, {"rules": []}),
+]
+
+
+@pytest.mark.parametrize(("prefix", "plural", "kind", "ns", "extra"), KINDS, ids=[k[1] for k in KINDS])
+async def test_every_built_in_kind_supports_create_get_list_watch_and_delete(
+        apiserver: ApiServer, prefix: str, plural: str, kind: str, ns: str | None, extra: dict[str, Any]):
+    api_version = prefix.split("/", 2)[2] if prefix.startswith("/apis/") else "v1"
+    base = f"{prefix}/namespaces/{ns}/{plural}" if ns else f"{prefix}/{plural}"
+    body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "probe", "labels": {"t": "1"}}, **extra}
+    status, _, created = await raw(apiserver, "POST", base, body, {"Content-Type": "application/json"})
+    assert status == 201, created
+    obj = json.loads(created)
+    assert obj["kind"] == kind and obj["apiVersion"] == api_version and obj["metadata"]["uid"]
+    status, _, got = await raw(apiserver, "GET", f"{base}/probe")
+    assert status == 200 and json.loads(got)["metadata"]["uid"] == obj["metadata"]["uid"]
+    status, _, listed = await raw(apiserver, "GET", f"{base}?labelSelector=t%3D1")
+    lst = json.loads(listed)
+    assert lst["kind"] == f"{kind}List" and [i["metadata"]["name"] for i in lst["items"]] == ["probe"]
+    status, _, _ = await raw(apiserver, "DELETE", f"{base}/probe")
+    assert status == 200
+    watch = (f"{base}?watch=1&fieldSelector=metadata.name%3Dprobe"
+             f"&resourceVersion={obj['metadata']['resourceVersion']}")
+    types = [e["type"] for e in await read_watch(apiserver, watch, until="DELETED")]
+    if plural == "namespaces":
+        assert types == ["MODIFIED", "DELETED"]  # Terminating, then gone
+    else:
+        assert types == ["DELETED"]
+    status, _, _ = await raw(apiserver, "GET", f"{base}/probe")
+    assert status == 404
