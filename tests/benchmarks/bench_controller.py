@@ -159,6 +159,12 @@ async def wait_ready(port: int, t0: float) -> float:
             await asyncio.sleep(0.01)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -197,12 +203,14 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
         await watch.listed.wait()
 
         # 1. Baseline: bare status PATCHes, same count and concurrency as the controller's writes.
+        server_cpu0 = cpu_s(server.pid)
         t = time.perf_counter()
         await bounded(CONCURRENCY, [
             lambda g=g: client.merge_patch(GATEWAYS, f"gw-{g:04d}", {"status": baseline_status(g)},
                                            subresource="status")
             for g in range(gateways)])
         baseline_s = time.perf_counter() - t
+        server_cpu_baseline = cpu_s(server.pid) - server_cpu0
         watch.expected = gateways
 
         # 2. The controller, as a real process.
@@ -214,8 +222,11 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
             "--log-level=info", env={**os.environ, "POD_NAME": "rvctl-bench"},
             stdout=asyncio.subprocess.DEVNULL, stderr=(tmp / "controller.log").open("wb"))
         ready_s = await wait_ready(hp, t)
+        server_cpu_ready, ctl_cpu_ready = cpu_s(server.pid), cpu_s(controller.pid)
         await asyncio.wait_for(watch.all_valid.wait(), 600)
         converge_s = time.perf_counter() - t
+        server_cpu_writes = cpu_s(server.pid) - server_cpu_ready
+        ctl_cpu_writes = cpu_s(controller.pid) - ctl_cpu_ready
         await asyncio.sleep(1.0)
 
         # 3. Failover latency at `rate` events/s, each on a different gateway's active node.
@@ -269,6 +280,9 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
         "failover_latency_ms": {"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1),
                                 "max": round(max(latencies), 1), "mean": round(statistics.mean(latencies), 1)},
         "controller_peak_rss_mb": round(rss, 1),
+        "cpu_s": {"server_during_baseline": round(server_cpu_baseline, 2),
+                  "server_ready_to_all_status": round(server_cpu_writes, 2),
+                  "controller_ready_to_all_status": round(ctl_cpu_writes, 2)},
         "aims": {"ratio": 1.5, "failover_p99_ms": 100, "peak_rss_mb": 250},
     }
 
@@ -286,6 +300,9 @@ def report(res: JSON) -> None:
          f"x{res['ratio_after_ready_to_baseline']:.2f}", ""),
         (f"failover p50 / p99 at {res['failover_rate_per_s']:.0f}/s", f"{lat['p50']:.1f} / {lat['p99']:.1f} ms",
          "ok" if lat["p99"] <= 100 else "MISSED"),
+        ("CPU s: server baseline / server+controller after ready",
+         f"{res['cpu_s']['server_during_baseline']:.2f} / {res['cpu_s']['server_ready_to_all_status']:.2f}"
+         f"+{res['cpu_s']['controller_ready_to_all_status']:.2f}", ""),
         ("controller peak RSS (aim <= 250 MB)", f"{res['controller_peak_rss_mb']:.0f} MB",
          "ok" if res["controller_peak_rss_mb"] <= 250 else "MISSED"),
     ]
