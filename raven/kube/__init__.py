@@ -1,0 +1,10 @@
+"""Kubernetes access shared by both modes (I/O only; no Raven policy lives here).
+
+- `client`: `new_api_client(kubeconfig)` (kubeconfig file or in-cluster) and `KubeClient`, plain-JSON
+  verbs (get/list/create/replace/merge_patch/delete/watch) with client-side timeouts, `ApiError`;
+- `informer`: the one `Informer` (list + watch + cache + handlers + `synced` readiness);
+- `leader`: `LeaderElector` on a coordination.k8s.io/v1 Lease (releases on cancel);
+- `events`: `EventRecorder` (core/v1 Events, non-blocking, repeats counted);
+- `backoff`: `Backoff` (exponential, jittered) and `retry`;
+- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time.
+"""

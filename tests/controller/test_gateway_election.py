@@ -172,3 +172,21 @@ async def test_stale_cache_conflict_is_retried_from_the_server_without_losing_ch
     gw = await kube.get(GATEWAYS, "gw-a")
     assert gw["metadata"]["labels"]["team"] == "net"
     assert rc.metric("raven_controller_status_write_errors_total", {"reason": "conflict"}) >= 1
+
+
+async def test_repeated_identical_events_are_counted_on_one_event(kube: KubeClient, start: Start) -> None:
+    for n in ("f-1", "f-2"):
+        await kube.create(NODES, node_body(n, "gw-f"))
+    await kube.create(GATEWAYS, gateway_body("gw-f", ["f-1", "f-2"]))
+    await start()
+    await wait_active(kube, "gw-f", ["f-1"])
+    for lose, other in (("f-1", "f-2"), ("f-2", "f-1"), ("f-1", "f-2")):
+        await set_ready(kube, lose, False)
+        await wait_active(kube, "gw-f", [other])
+        await set_ready(kube, lose, True)
+    evs = await eventually(
+        lambda: events_for(kube, "gw-f"),
+        lambda e: any(x["reason"] == "ActiveEndpointLost" and "f-1" in x["message"] and x["count"] == 2 for x in e),
+        what="second loss of f-1 counted")
+    lost_f1 = [e for e in evs if e["reason"] == "ActiveEndpointLost" and "f-1" in e["message"]]
+    assert len(lost_f1) == 1
