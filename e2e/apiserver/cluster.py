@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import schema as structural
+from . import shapes
 from .errors import (
     ApiError,
     FieldError,
@@ -212,6 +213,10 @@ class Cluster:
                               f"version ({rt.api_version})")
         if kind and kind != rt.kind:
             raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+        if not isinstance(body.get("metadata", {}), dict):
+            raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: json: cannot '
+                              "unmarshal into Go struct field ObjectMeta.metadata of type v1.ObjectMeta")
+        shapes.check(rt.kind, rt.version, rt.store_key if rt.from_api is None else (rt.group, rt.plural), body)
         obj = copy.deepcopy(body)
         # Custom resources are stored at the CRD's storage version (conversion strategy None).
         obj["apiVersion"] = f"{rt.group}/{rt.storage_version}" if rt.custom else rt.api_version
@@ -609,7 +614,7 @@ class Cluster:
             raise bad_request(f"error decoding patch: {exc}") from exc
         if ctype == "application/apply-patch+yaml":
             # Server-side apply, approximated: create if absent, else a merge of the applied configuration.
-            if not isinstance(body, dict):
+            if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
                 raise bad_request("error decoding YAML: object expected")
             if entry is None:
                 if subresource:

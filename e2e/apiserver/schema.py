@@ -279,6 +279,11 @@ def structural_problems(schema: Any, path: str = "spec.validation.openAPIV3Schem
     errs: list[FieldError] = []
     if not isinstance(schema, dict):
         return [FieldError("FieldValueRequired", path, None, "must be an object")]
+    for key, typ in (("properties", dict), ("required", list), ("enum", list)):
+        if key in schema and not isinstance(schema[key], typ):
+            return [FieldError("FieldValueInvalid", _join(path, key), schema[key], f"must be a {typ.__name__}")]
+    if "items" in schema and not isinstance(schema["items"], dict | list):
+        return [FieldError("FieldValueInvalid", _join(path, "items"), schema["items"], "must be a schema")]
     has_type = "type" in schema or schema.get("x-kubernetes-int-or-string") or schema.get(
         "x-kubernetes-preserve-unknown-fields")
     if not has_type:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from e2e.apiserver import ApiServer
 
-from .crds import GROUP, VERSION, gateway
+from .crds import GROUP, VERSION, gateway, gateway_crd
 from .test_objects import install_gateway_crd, node
 
 
@@ -155,3 +156,46 @@ async def test_every_built_in_kind_supports_create_get_list_watch_and_delete(
         assert types == ["DELETED"]
     status, _, _ = await raw(apiserver, "GET", f"{base}/probe")
     assert status == 404
+
+
+NAME = {"name": "a"}
+BODIES: list[Any] = [
+    [], "x", 1, None, {}, {"metadata": []}, {"metadata": {"name": 5}}, {"metadata": {**NAME, "labels": []}},
+    {"metadata": {**NAME, "labels": {"k": 1}}}, {"metadata": {**NAME, "annotations": {"k": 1}}},
+    {"metadata": {**NAME, "finalizers": "x"}}, {"metadata": {**NAME, "ownerReferences": "x"}},
+    {"metadata": {**NAME, "ownerReferences": [1]}}, {"metadata": NAME, "spec": []},
+    {"metadata": NAME, "spec": {"ports": "x"}}, {"metadata": NAME, "spec": {"ports": [1]}},
+    {"metadata": NAME, "spec": {"containers": "x"}}, {"metadata": NAME, "data": []},
+    {"metadata": NAME, "stringData": {"a": 1}}, {"metadata": NAME, "spec": {"versions": "x"}},
+    {"metadata": NAME, "spec": {"selector": "x", "template": []}}, {"metadata": NAME, "spec": {"type": 5}},
+    {"metadata": {"name": "a.b"}, "spec": {"group": "b", "names": {"plural": "a", "kind": "A"}, "scope": "Cluster",
+                                           "versions": [{"name": "v1", "storage": True,
+                                                         "schema": {"openAPIV3Schema": {"type": "object",
+                                                                                        "properties": []}}}]}},
+]
+PATHS = ["/api/v1/nodes", "/api/v1/namespaces/default/services", "/api/v1/namespaces/default/pods",
+         "/api/v1/namespaces/default/secrets", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+         "/apis/apps/v1/namespaces/default/deployments", f"/apis/{GROUP}/{VERSION}/gateways",
+         "/apis/events.k8s.io/v1/namespaces/default/events", "/api/v1/namespaces"]
+PATCH_TYPES = ["application/merge-patch+json", "application/json-patch+json",
+               "application/strategic-merge-patch+json", "application/apply-patch+yaml"]
+QUERIES = ["labelSelector=%21", "labelSelector=a%20in", "fieldSelector=x", "limit=x", "continue=zzz",
+           "watch=1&resourceVersion=abc", "watch=1&timeoutSeconds=x", "labelSelector=a%3E"]
+
+
+async def test_malformed_bodies_and_queries_get_4xx_status_objects_never_a_crash(apiserver: ApiServer):
+    """Bad input is answered like the real server's decoder answers it: a 4xx Status, never a 500."""
+    await raw(apiserver, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", gateway_crd())
+    crashes = []
+    for path, body in itertools.product(PATHS, BODIES):
+        calls = [("POST", path, None), ("PUT", path + "/a", None), ("PUT", path + "/a/status", None)]
+        calls += [("PATCH", path + "/a", ctype) for ctype in PATCH_TYPES]
+        for method, p, ctype in calls:
+            st, _, out = await raw(apiserver, method, p, body, {"Content-Type": ctype} if ctype else None)
+            assert json.loads(out)["kind"] == "Status" or st < 300
+            if st >= 500:
+                crashes.append((method, p, ctype, body, out[:200]))
+    for q in QUERIES:
+        st, _, out = await raw(apiserver, "GET", "/api/v1/nodes?" + q)
+        assert st == 400 and json.loads(out)["reason"] == "BadRequest", (q, out)
+    assert not crashes, crashes
