@@ -100,6 +100,11 @@ async def test_kubectl_crd_then_objects_printer_columns_label_status_patch_and_d
         "node/n1"]
     assert rows(await k("get", "node", "n1"))[1][1] == "Ready"
 
+    await k("annotate", "gw", "gw-cloud", "raven.openyurt.io/note=primary")
+    await k("label", "gw", "gw-cloud", "tier=cloud")
+    got = json.loads(await k("get", "gw", "-l", "tier=cloud", "-o", "json"))
+    assert [i["metadata"]["annotations"]["raven.openyurt.io/note"] for i in got["items"]] == ["primary"]
+
     await k("patch", "gw", "gw-cloud", "--subresource=status", "--type=merge", "-p",
             json.dumps({"status": {"activeEndpoints": [{"nodeName": "n1", "type": "tunnel", "port": 4500}]}}))
     assert rows(await k("get", "gw", "gw-cloud"))[1][2] == "n1"
