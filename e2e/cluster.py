@@ -370,6 +370,14 @@ class RavenCluster:
         self.delete(NODES, node)
         self.registered.discard(node)
 
+    def cleanup_agent(self, node: str) -> None:
+        """`raven --mode=agent --cleanup` on the node: removes every kernel object and VICI connection
+        Raven owns there (what a node leaving the cluster is left with once its agent is gone)."""
+        argv = [a for a in self.agent_argv(node) if a not in ("--health-addr", "--metrics-addr", AGENT_HTTP)]
+        out = self.cl.nodes[node].netns.run([*argv, "--cleanup"], check=False, timeout=60)
+        if out.returncode != 0:
+            raise ConvergenceError(f"agent cleanup on {node} failed rc={out.returncode}: {out.stderr[-2000:]}")
+
     # -- processes
 
     def write_psk(self, node: str, psk: str) -> Path:
@@ -488,6 +496,10 @@ class RavenCluster:
             time.sleep(0.1)
         report("every gateway has an active endpoint")
         while True:
+            dead = {n: p.returncode() for n, p in self.agents.items() if not p.alive()}
+            if dead:  # an agent that exited will not become ready: say so now, with its last words
+                name = sorted(dead)[0]
+                raise ConvergenceError(f"agents exited {dead}; {name}: {self.agents[name].logs()[-1500:]}")
             not_ready = [n for n in sorted(self.agents) if not self.agent_ready(n)[0]]
             if not not_ready:
                 break

@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--once", action="store_true", help="tear down right after printing the results")
     ap.add_argument("--topology", default="default", help="a name in e2e/topologies/ or a YAML path")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for convergence")
+    ap.add_argument("--prefix", default=PREFIX, help="name prefix of every namespace the demo creates")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every lab step")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
-    rc = RavenCluster(spec, prefix=PREFIX)
+    rc = RavenCluster(spec, prefix=args.prefix)
     ok = False
     try:
         say(f"building topology {args.topology!r}: "

@@ -72,7 +72,8 @@ def test_reachable_edge_pools_talk_directly_and_nat_pairs_use_the_relay(rc: Rave
     r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
     assert r.received == 40, r
     after_relay = (_child_packets(rc, relay, "raven-gw-edge-a"), _child_packets(rc, relay, "raven-gw-edge-b"))
-    assert after_relay[0] - before_relay[0] >= 80 and after_relay[1] - before_relay[1] >= 80, (before_relay, after_relay)
+    assert after_relay[0] - before_relay[0] >= 80, (before_relay, after_relay)
+    assert after_relay[1] - before_relay[1] >= 80, (before_relay, after_relay)
 
     pod_pub = rc.cl.nodes[gw_pub].pods[0]
     before_direct = _child_packets(rc, gw_a, "raven-gw-edge-pub")

@@ -36,7 +36,6 @@ def failover_once(rc: RavenCluster, gateway: str, pool: str, dst_pool: str, port
     with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"failover-{port}") as probe:
         assert probe.wait_first_reply(), "probe never answered before the failover"
         time.sleep(0.3)
-        t_write = time.monotonic()
         rc.set_node_ready(old, False)
         try:
             elected = rc.wait_for(f"{gateway} to elect {new}",
@@ -82,8 +81,9 @@ def test_peer_address_change_replaces_only_that_connection_on_remote_gateways(rc
     try:
         rc.wait_for("gw-edge-pub failover", lambda: rc.active_endpoints()["gw-edge-pub"] == [new], timeout=30)
         for r in remotes:
-            rc.wait_for(f"{r}: tunnel to the new gw-edge-pub endpoint", lambda r=r: _unique_ids(rc, r).get(
-                "raven-gw-edge-pub", ("", ""))[1] == new_ip, timeout=45)
+            def moved(r: str = r) -> bool:
+                return _unique_ids(rc, r).get("raven-gw-edge-pub", ("", ""))[1] == new_ip
+            rc.wait_for(f"{r}: tunnel to the new gw-edge-pub endpoint", moved, timeout=45)
         after = {r: _unique_ids(rc, r) for r in remotes}
     finally:
         rc.set_node_ready(old, True)

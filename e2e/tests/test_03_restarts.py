@@ -72,8 +72,9 @@ def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: R
     rc.wait_for("tunnels back on the restarted charon", lambda: {
         f"raven-{g}" for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")} <= set(_established_ids(rc, gw)), timeout=60)
     for peer in peers:
-        rc.wait_for(f"{peer}: tunnel to gw-edge-pub", lambda peer=peer: "raven-gw-edge-pub" in
-                    _established_ids(rc, peer), timeout=60)
+        def back(peer: str = peer) -> bool:
+            return "raven-gw-edge-pub" in _established_ids(rc, peer)
+        rc.wait_for(f"{peer}: tunnel to gw-edge-pub", back, timeout=60)
     pods_pub = [p for p in rc.pods() if rc.cl.pods[p[0]].node.startswith("edge-pub")]
     others = [p for p in rc.pods() if p not in pods_pub]
     rc.wait_for("pods of edge-pub reachable again", lambda: not [
@@ -125,7 +126,7 @@ def test_api_server_dropping_all_watches_breaks_nothing(rc: RavenCluster) -> Non
                              "spec": {"endpoints": [{"nodeName": "nowhere", "type": "tunnel", "port": 4500}]}})
         try:
             rc.wait_for("controller to write the new gateway's status", lambda: bool(
-                (rc.get(GATEWAYS, "gw-after-drop").get("status") or {})), timeout=30)
+                rc.get(GATEWAYS, "gw-after-drop").get("status") or {}), timeout=30)
             rc.wait_for("agents to see the new gateway", lambda: metric(
                 rc.metrics(f"agent/{member}"), "raven_informer_events_total", informer="gateways", type="ADDED")
                 >= len(rc.gateways()), timeout=30)

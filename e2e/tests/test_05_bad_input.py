@@ -1,0 +1,95 @@
+"""Scenario 5: bad input. An invalid Gateway, a node without pod CIDR, a PSK mismatch on one gateway:
+the rest of the cluster keeps full connectivity and each problem is visible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from e2e.cluster import RavenCluster, metric
+from raven.kube.client import EVENTS, GATEWAYS, NODES
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _condition(gw: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (gw.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def _events(rc: RavenCluster, reason: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in rc.list_objects(EVENTS, "default")
+            if e.get("reason") == reason and (e.get("involvedObject") or {}).get("name") == name]
+
+
+def test_invalid_gateway_is_reported_and_the_rest_keeps_working(rc: RavenCluster) -> None:
+    bad = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway", "metadata": {"name": "gw-bad"},
+           "spec": {"endpoints": [
+               {"nodeName": "edge-pub-2", "type": "tunnel", "port": 4500, "underNAT": False, "publicIP": "not-an-ip"},
+               {"nodeName": "edge-pub-2", "type": "tunnel", "port": 4500}]}}
+    rc.create(GATEWAYS, bad)
+    try:
+        rc.wait_for("Valid=False on gw-bad", lambda: (_condition(rc.get(GATEWAYS, "gw-bad"), "Valid") or {}).get(
+            "status") == "False", timeout=30)
+        cond = _condition(rc.get(GATEWAYS, "gw-bad"), "Valid")
+        assert cond is not None and "publicIP" in cond.get("message", ""), cond
+        leader = rc.leader()
+        assert leader is not None
+        assert metric(rc.metrics(f"controller/{leader}"), "raven_controller_invalid_gateways") >= 1
+        rc.wait_for("InvalidGateway event", lambda: bool(_events(rc, "InvalidGateway", "gw-bad")), timeout=30)
+        assert not rc.active_endpoints().get("gw-bad")
+        assert rc.ping_matrix().green
+    finally:
+        rc.delete(GATEWAYS, "gw-bad")
+
+
+def test_node_without_pod_cidr_is_reported_and_the_rest_keeps_working(rc: RavenCluster) -> None:
+    ghost = {"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": "edge-pub-ghost", "labels": {"raven.openyurt.io/gateway": "gw-edge-pub"}},
+             "spec": {},
+             "status": {"addresses": [{"type": "InternalIP", "address": "198.18.4.99"}],
+                        "conditions": [{"type": "Ready", "status": "True"}]}}
+    rc.create(NODES, ghost)
+    try:
+        rc.wait_for("NodeIncomplete event", lambda: any(
+            "edge-pub-ghost" in e.get("message", "") for e in _events(rc, "NodeIncomplete", "gw-edge-pub")),
+            timeout=30)
+        status_nodes = (rc.get(GATEWAYS, "gw-edge-pub").get("status") or {}).get("nodes") or []
+        for n in status_nodes:
+            if n.get("nodeName") == "edge-pub-ghost":
+                assert not n.get("subnets"), n
+        assert rc.ping_matrix().green
+    finally:
+        rc.delete(NODES, "edge-pub-ghost")
+
+
+def test_psk_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -> None:
+    gw = rc.active_gateway_node("gw-edge-pub")
+    peers = {g: rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")}
+    rc.write_psk(gw, "a-different-key-" + "x" * 24)
+    rc.agents[gw].restart()
+    rc.restart_charon(gw)  # existing SAs were authenticated with the old key: make every peer re-authenticate
+    try:
+        # Visible: peers' agents export the tunnel as down, their charon logs the failed authentication.
+        for peer in peers.values():
+            def down(peer: str = peer) -> bool:
+                m = rc.metrics(f"agent/{peer}")
+                up = {n for n, sa in rc.sas(peer).items() if sa["state"] == "ESTABLISHED"}
+                return metric(m, "raven_agent_tunnel_ike_established", connection="raven-gw-edge-pub") == 0 \
+                    and "raven-gw-edge-pub" not in up
+            rc.wait_for(f"{peer}: tunnel to gw-edge-pub reported down", down, timeout=45)
+        logs = "".join(rc.charon(p).read_log() for p in [gw, *peers.values()])
+        assert "AUTHENTICATION_FAILED" in logs, logs[-3000:]
+        # Isolated: every pod outside edge-pub still reaches every other pod outside edge-pub.
+        others = [p for p in rc.pods() if rc.cl.nodes[rc.cl.pods[p[0]].node].pool != "edge-pub"]
+        m = rc.ping_matrix(others)
+        assert m.green, m.failed
+        pub_pod = rc.cl.nodes[gw].pods[0]
+        cut = rc.ping_matrix([others[0], (pub_pod.name, pub_pod.netns, pub_pod.ip)])
+        assert not cut.green  # the mismatched pool really is cut off (the check above is not vacuous)
+    finally:
+        rc.write_psk(gw, rc.psk)
+        rc.agents[gw].restart()

@@ -1,0 +1,78 @@
+"""Scenario 6: teardown leaves the machine as it found it: no namespace, /etc/netns folder, root link,
+mount or process with the prefix, also when the runner is interrupted (Ctrl-C) or fails mid-way.
+
+Runs last: it closes the session's cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import ConvergenceError, RavenCluster
+from e2e.netlab import find_leftovers
+
+from .conftest import PREFIX
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def _clean() -> dict[str, list[str]]:
+    return {k: v for k, v in find_leftovers(PREFIX).items() if v}
+
+
+def test_closing_the_cluster_leaves_nothing_behind(rc: RavenCluster) -> None:
+    run_dir = str(rc.run_dir)
+    assert find_leftovers(PREFIX)["netns"], "the cluster should exist before teardown"
+    rc.close()
+    assert _clean() == {}
+    assert _processes_mentioning(run_dir) == []
+    assert not rc.api._thread.is_alive()
+
+
+def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) -> None:
+    if find_leftovers(PREFIX)["netns"]:
+        pytest.skip("the session cluster is still up (run this file alone or last)")
+    # Ctrl-C while the demo is converging.
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "demo.out"
+    with open(out, "w") as f:
+        demo = subprocess.Popen([sys.executable, "-m", "e2e.demo", "--prefix", PREFIX], stdout=f,
+                                stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "agents started" not in out.read_text() and time.monotonic() < deadline and demo.poll() is None:
+            time.sleep(0.05)
+        assert "agents started" in out.read_text(), out.read_text()
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) in (0, 1), out.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "tearing down" in out.read_text()
+    assert _clean() == {}
+    # A start that fails half-way (an agent flag the agent rejects) cleans up too.
+    with pytest.raises(ConvergenceError, match="agents exited"):
+        with RavenCluster(prefix=PREFIX, agent_args=["--vxlan-vni", "not-a-number"]) as broken:
+            broken.wait_converged(timeout=15)
+    assert _clean() == {}
