@@ -289,7 +289,17 @@ class Cluster:
                 obj["status"] = {"phase": "Active"}
         elif kind == ("", "services"):
             self._default_service(obj, old, errs)
-        elif kind == ("", "secrets"):
+        if kind in (("", "configmaps"), ("", "secrets")) and old is not None and old.get("immutable"):
+            if kind == ("", "secrets"):
+                obj.setdefault("type", "Opaque")
+            changed = [f for f in ("data", "binaryData", "immutable", "type") if obj.get(f) != old.get(f)]
+            if obj.get("stringData"):
+                changed.append("data")
+            if changed:
+                errs.append(FieldError("FieldValueForbidden", changed[0], None,
+                                       "field is immutable when `immutable` is set"))
+                return
+        if kind == ("", "secrets"):
             obj.setdefault("type", "Opaque")
             data = obj.get("data") or {}
             for k, v in data.items():

@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,9 @@ class ApiServer:
         self._watches: set[Watcher] = set()
         self._outage_task: asyncio.Task[None] | None = None
         self.requests_served = 0
+        # (verb, resource) -> count, verbs as the real server's audit log names them (get, list, watch,
+        # create, update, patch, delete, deletecollection); resource is "plural" or "plural/subresource".
+        self.request_counts: Counter[tuple[str, str]] = Counter()
         self.kubeconfig: str | None = None  # path, once write_kubeconfig() ran
         # The address clients are told to use (kubeconfig); a wildcard listener advertises loopback.
         self.advertise = advertise or (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
@@ -336,6 +340,9 @@ class ApiServer:
         if rt.namespaced and ns is None and name is not None:
             raise _page_not_found()
         method = request.method
+        verb = {"GET": "get" if name else ("watch" if watch else "list"), "POST": "create", "PUT": "update",
+                "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+        self.request_counts[(verb, f"{rt.plural}/{sub}" if sub else rt.plural)] += 1
         dry_run = q.get("dryRun") == "All"
         fv = q.get("fieldValidation") or "Warn"
         if fv not in ("Strict", "Warn", "Ignore"):

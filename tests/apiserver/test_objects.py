@@ -388,3 +388,14 @@ async def test_orphan_deletion_keeps_dependents_and_drops_their_owner_reference(
     await v1.delete_namespaced_config_map("owner", "default", propagation_policy="Orphan")
     dep = await v1.read_namespaced_config_map("dep", "default")
     assert dep.metadata.owner_references is None
+
+
+async def test_immutable_config_maps_refuse_data_changes_but_accept_metadata(kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    await v1.create_namespaced_config_map("default", {"metadata": {"name": "frozen"}, "data": {"a": "1"},
+                                                      "immutable": True})
+    with pytest.raises(ApiException) as err:
+        await v1.patch_namespaced_config_map("frozen", "default", {"data": {"a": "2"}})
+    assert err.value.status == 422 and "field is immutable" in status_of(err.value)["message"]
+    labelled = await v1.patch_namespaced_config_map("frozen", "default", {"metadata": {"labels": {"x": "y"}}})
+    assert labelled.metadata.labels == {"x": "y"} and labelled.data == {"a": "1"}

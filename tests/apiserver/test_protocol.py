@@ -50,6 +50,17 @@ async def test_send_initial_events_ends_with_the_initial_events_end_bookmark(api
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
+async def test_request_counts_name_verbs_and_resources(apiserver: ApiServer, kube_api):
+    v1 = client.CoreV1Api(kube_api)
+    await v1.create_node(node("n"))
+    await v1.list_node()
+    await v1.patch_node_status("n", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    await v1.delete_node("n")
+    counts = apiserver.request_counts
+    assert counts[("create", "nodes")] == 1 and counts[("list", "nodes")] == 1
+    assert counts[("patch", "nodes/status")] == 1 and counts[("delete", "nodes")] == 1
+
+
 async def test_dry_run_validates_without_storing(kube_api):
     v1 = client.CoreV1Api(kube_api)
     created = await v1.create_node(node("dry"), dry_run="All")
