@@ -1,4 +1,4 @@
-"""The Gateway reconciler: informer events -> work queue -> election -> exposure -> status + Events.
+"""The Gateway reconciler: informer events -> work queue -> election -> status + Events -> exposure.
 
 Informer handlers only enqueue Gateway names (a node event enqueues just the gateways named by its old
 and new `raven.openyurt.io/gateway` label, and only when a fact the election uses changed: heartbeats
@@ -6,11 +6,12 @@ are ignored). Workers take names from the coalescing queue and reconcile one Gat
 
 1. read the Gateway and its nodes from the informer caches (never from the API server);
 2. `elect()` (pure);
-3. make the LoadBalancer objects match (exposure.py);
-4. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
+3. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
    decision was based on; a 409 means our view was stale: re-read the Gateway, decide again, retry;
-5. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway / NodeIncomplete) only for
-   changes actually written, so a restart or a no-op reconcile emits nothing.
+4. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway / NodeIncomplete) only for
+   changes actually written, so a restart or a no-op reconcile emits nothing;
+5. make the LoadBalancer objects match (exposure.py). Last, so a failing Service write never holds
+   back the status agents route by.
 
 Writes are gated by `may_write()` (the leader check): an ex-leader stops writing at once, mid-reconcile.
 A failed reconcile is retried with per-key jittered backoff; bad data is reported and never crashes.
@@ -199,10 +200,6 @@ class GatewayReconciler:
             result = self._elect(gw)
             if result.valid:
                 self._invalid.discard(name)
-                slots = []
-                if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
-                    slots = desired_slots(gw, (result.status.active_tunnel_endpoints()), self._facts)
-                await self.exposure.apply(name, gw, slots)
             else:
                 self._invalid.add(name)
             self.metrics.invalid_gateways.set(len(self._invalid))
@@ -219,6 +216,13 @@ class GatewayReconciler:
             if written:
                 self._after_write(gw, result)
             self._report_node_problems(gw, result)
+            # Exposure after the status: agents need the election even when a Service write fails
+            # (that failure is retried with backoff; an invalid spec keeps the last good objects).
+            if result.valid:
+                slots = []
+                if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
+                    slots = desired_slots(gw, result.status.active_tunnel_endpoints(), self._facts)
+                await self.exposure.apply(name, gw, slots)
             return
         raise RuntimeError(f"gateway {name}: status write kept conflicting")
 

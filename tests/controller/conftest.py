@@ -140,11 +140,12 @@ async def start(apiserver: ApiServer) -> AsyncIterator[Callable[..., Awaitable[R
     clients: list[KubeClient] = []
 
     async def start(identity: str = "ctrl-a", leader_elect: bool = False, lease: tuple[float, float, float] =
-                    (3.0, 2.0, 0.5), workers: int = 4) -> RunningController:
+                    (3.0, 2.0, 0.5), workers: int = 4, namespace: str = "kube-system") -> RunningController:
         assert apiserver.kubeconfig
         common = CommonConfig(apiserver.kubeconfig, ListenAddr("127.0.0.1", 0), ListenAddr("127.0.0.1", 0))
         cfg = ControllerConfig(common=common, leader_elect=leader_elect, lease_duration=lease[0],
-                               renew_deadline=lease[1], retry_period=lease[2], identity=identity)
+                               renew_deadline=lease[1], retry_period=lease[2], identity=identity,
+                               lease_namespace=namespace)
         health = Health()
         registry = CollectorRegistry()
         rt = Runtime(health, Supervisor(health, registry), registry, asyncio.Event())

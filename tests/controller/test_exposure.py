@@ -116,3 +116,16 @@ async def test_objects_orphaned_while_no_controller_ran_are_collected(kube: Kube
     await start(identity="second")
     await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-o-0"), lambda e: not e, what="orphan collected")
     await eventually(lambda: exists(kube, ENDPOINTS, "raven-lb-gw-o-0"), lambda e: not e, what="endpoints collected")
+
+
+async def test_failing_service_writes_never_hold_back_the_status(kube: KubeClient, start: Start) -> None:
+    for i in (1, 2):
+        await kube.create(NODES, node_body(f"z-{i}", "gw-z"))
+    await kube.create(GATEWAYS, gateway_body("gw-z", ["z-1", "z-2"], exposeType="LoadBalancer"))
+    # The controller's namespace does not exist: every Service create fails (404), again and again.
+    rc = await start(namespace="raven-absent")
+    await wait_active(kube, "gw-z", ["z-1"])
+    await set_ready(kube, "z-1", False)
+    await wait_active(kube, "gw-z", ["z-2"])
+    await eventually(lambda: asyncio.sleep(0, rc.metric("raven_controller_reconcile_errors_total")), lambda n: n >= 1,
+                     what="the Service failure is counted and retried")
