@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import weakref
 from collections.abc import Callable
 from contextlib import aclosing
@@ -259,7 +260,9 @@ class Informer:
             self.resource_version,
             namespace=self.namespace,
             label_selector=self.label_selector,
-            timeout_seconds=self.watch_timeout_s,
+            # Like client-go, spread the server-side watch timeouts (between 1x and 2x) so that
+            # informers started together do not all reconnect at the same moment forever after.
+            timeout_seconds=int(self.watch_timeout_s * (1 + random.random())),
             read_timeout_s=self.read_timeout_s,
         )
         async with aclosing(stream):
