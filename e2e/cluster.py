@@ -41,7 +41,7 @@ import yaml
 from e2e import netlab
 from e2e.apiserver import ApiServer
 from e2e.netlab import Netns, Process
-from e2e.probe import PingResult, ping_many
+from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many
 from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
 from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, new_api_client
 
@@ -155,6 +155,22 @@ class ApiServerThread:
 
 # ----------------------------------------------------------------------------------------------
 # the cluster
+
+
+@dataclass(frozen=True)
+class FailoverResult:
+    gateway: str
+    old: str
+    new: str
+    elected_s: float  # NotReady write -> the API shows the new active endpoint
+    traffic_s: float  # NotReady write -> a ping through the new gateway answers
+    probe: ProbeResult
+
+    @property
+    def resumed(self) -> bool:
+        """No outage ran to the end of the probe: traffic flowed again when it stopped."""
+        end = self.probe.sent * self.probe.interval_s
+        return self.probe.received > 0 and all(o.start_s + o.length_s < end - 0.3 for o in self.probe.outages)
 
 
 @dataclass
@@ -471,6 +487,52 @@ class RavenCluster:
         pairs = [(a, b) for a in pods for b in pods if a[0] != b[0]]
         results = ping_many([(a[1], b[2]) for a, b in pairs], count=count, wait=wait, parallel=16)
         return Matrix({(a[0], b[0]): r for (a, b), r in zip(pairs, results, strict=True)})
+
+    def member_node(self, pool: str) -> str:
+        """A registered node of `pool` that is not its gateway's active endpoint."""
+        gateway = self.cl.pools[pool].spec.gateway
+        active = self.active_endpoints().get(gateway or "", [])
+        return next(n.name for n in self.cl.pools[pool].nodes if n.name not in active and n.name in self.registered)
+
+    def failover_under_probe(self, pool: str, dst_node: str, port: int, settle: float = 1.0) -> FailoverResult:
+        """Mark the active endpoint of `pool`'s Gateway NotReady while a pod behind the pool's other node
+        sends a 10 ms UDP probe to a pod on `dst_node`; wait for the new election and for traffic, let the
+        probe run `settle` s more, then mark the old node Ready again (the new endpoint stays: sticky)."""
+        gateway = self.cl.pools[pool].spec.gateway
+        assert gateway is not None
+        old = self.active_gateway_node(gateway)
+        new = self.member_node(pool)
+        src, dst = self.cl.nodes[new].pods[0], self.cl.nodes[dst_node].pods[0]
+        with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"failover-{port}") as probe:
+            if not probe.wait_first_reply():
+                raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered before the failover")
+            time.sleep(0.3)
+            self.set_node_ready(old, False)
+            try:
+                elected = self.wait_for(f"{gateway} to elect {new}",
+                                        lambda: self.active_endpoints()[gateway] == [new], timeout=30, interval=0.02)
+                resumed = self.wait_for("traffic through the new gateway",
+                                        lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=30,
+                                        interval=0.02)
+                time.sleep(settle)
+            finally:
+                result = probe.stop()
+                self.set_node_ready(old, True)
+        return FailoverResult(gateway, old, new, elected, elected + resumed, result)
+
+    def restart_agent_under_probe(self, node: str, src_node: str, dst_node: str, port: int) -> ProbeResult:
+        """Restart `node`'s agent (SIGTERM, start) while a 10 ms probe runs from a pod on `src_node` to a
+        pod on `dst_node`; the probe stops 0.5 s after the new agent reports ready."""
+        src, dst = self.cl.nodes[src_node].pods[0], self.cl.nodes[dst_node].pods[0]
+        agent = self.agents[node]
+        with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"restart-{port}") as probe:
+            if not probe.wait_first_reply():
+                raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered")
+            time.sleep(0.3)
+            agent.restart()
+            self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=30)
+            time.sleep(0.5)
+            return probe.stop()
 
     # -- convergence
 
