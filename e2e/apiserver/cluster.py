@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import copy
 import json
 import logging
 import random
@@ -35,7 +34,7 @@ from .errors import (
 from .patch import json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceType, builtin_types, crd_types
 from .selectors import Matcher, ObjMatcher
-from .store import Entry, Event, Key, Store, Transform, Watcher, encode
+from .store import Entry, Event, Key, Store, Transform, Watcher, clone, encode
 
 log = logging.getLogger("e2e.apiserver")
 
@@ -217,7 +216,7 @@ class Cluster:
             raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: json: cannot '
                               "unmarshal into Go struct field ObjectMeta.metadata of type v1.ObjectMeta")
         shapes.check(rt.kind, rt.version, rt.store_key if rt.from_api is None else (rt.group, rt.plural), body)
-        obj = copy.deepcopy(body)
+        obj: dict[str, Any] = clone(body)
         # Custom resources are stored at the CRD's storage version (conversion strategy None).
         obj["apiVersion"] = f"{rt.group}/{rt.storage_version}" if rt.custom else rt.api_version
         obj["kind"] = rt.kind
@@ -492,7 +491,7 @@ class Cluster:
         if store is not None:
             for k in list(store.objects):
                 entry = store.objects[k]
-                obj = copy.deepcopy(entry.obj)
+                obj = clone(entry.obj)
                 self._commit(store, "DELETED", k, obj, entry.obj)
             for w in list(store.watchers):
                 w.close()
@@ -561,7 +560,7 @@ class Cluster:
                            f"UID in object meta: {old['metadata']['uid']}")
         if subresource == "status":
             status = new.get("status")
-            new = copy.deepcopy(old)
+            new = clone(old)
             if status is None:
                 new.pop("status", None)
             else:
@@ -570,11 +569,11 @@ class Cluster:
         else:
             if rt.has_status and not (rt.group == "" and rt.plural == "namespaces" and subresource == "finalize"):
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = clone(old["status"])
                 else:
                     new.pop("status", None)
             if rt.plural == "namespaces" and rt.group == "" and subresource != "finalize":
-                new["spec"] = copy.deepcopy(old.get("spec", {}))
+                new["spec"] = clone(old.get("spec", {}))
             for f in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation",
                       "selfLink"):
                 if f in old["metadata"]:
@@ -683,7 +682,7 @@ class Cluster:
         policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
         if dry_run:
             return self.obj_for(rt, old), True
-        obj = copy.deepcopy(old)
+        obj = clone(old)
         if policy == "Orphan":
             self._orphan(old["metadata"]["uid"])
         is_ns = rt.group == "" and rt.plural == "namespaces"
@@ -754,7 +753,7 @@ class Cluster:
         fins = entry.obj["metadata"].get("finalizers") or []
         if not entry.obj["metadata"].get("deletionTimestamp") or "foregroundDeletion" not in fins:
             return
-        upd = copy.deepcopy(entry.obj)
+        upd = clone(entry.obj)
         upd["metadata"]["finalizers"] = [f for f in fins if f != "foregroundDeletion"]
         self.update(rt, where[1][0] or None, where[1][1], upd)
 
@@ -790,7 +789,7 @@ class Cluster:
                 continue
             try:
                 if alive:
-                    upd = copy.deepcopy(dep)
+                    upd = clone(dep)
                     upd["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
                     self.update(rt, key[0] or None, key[1], upd)
                 else:
@@ -807,7 +806,7 @@ class Cluster:
             rt = self._type_for(store_key)
             if store is None or rt is None or key not in store.objects:
                 continue
-            upd = copy.deepcopy(store.objects[key].obj)
+            upd = clone(store.objects[key].obj)
             upd["metadata"]["ownerReferences"] = [r for r in upd["metadata"].get("ownerReferences") or []
                                                   if r.get("uid") != uid]
             if not upd["metadata"]["ownerReferences"]:
@@ -834,7 +833,7 @@ class Cluster:
         store = self.stores[("", "namespaces")]
         entry = store.objects.get(("", ns))
         if entry is not None:
-            obj = copy.deepcopy(entry.obj)
+            obj = clone(entry.obj)
             obj.get("spec", {}).pop("finalizers", None)
             self._commit(store, "DELETED", ("", ns), obj, entry.obj)
 

@@ -9,15 +9,15 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .errors import ApiError, bad_request
+from .store import clone
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -127,7 +127,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
     if len(ops) > 10000:
         raise ApiError(413, f"The allowed maximum operations in a JSON patch is 10000, got {len(ops)}",
                        "RequestEntityTooLarge")
-    doc = copy.deepcopy(doc)
+    doc = clone(doc)
     for op in ops:
         if not isinstance(op, dict):
             raise bad_request("json: cannot unmarshal into Go value of type jsonpatch.Operation")
@@ -139,14 +139,14 @@ def json_patch(doc: Any, ops: Any) -> Any:
         if kind in ("add", "replace"):
             if "value" not in op:
                 raise _fail(f"Unexpected kind: {kind}: missing value")
-            doc = _add(doc, path, copy.deepcopy(op["value"]), replace=(kind == "replace"))
+            doc = _add(doc, path, clone(op["value"]), replace=(kind == "replace"))
         elif kind == "remove":
             _remove(doc, path)
         elif kind in ("move", "copy"):
             src = op.get("from")
             if not isinstance(src, str):
                 raise _fail(f"{kind} operation missing from field")
-            value = _remove(doc, src) if kind == "move" else copy.deepcopy(_get(doc, src))
+            value = _remove(doc, src) if kind == "move" else clone(_get(doc, src))
             doc = _add(doc, path, value, replace=False)
         elif kind == "test":
             try:
@@ -193,12 +193,12 @@ def _merge_key(parent: str, field: str) -> str | None:
 
 def strategic_merge_patch(target: Any, patch: Any, parent: str = "") -> Any:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: clone(v) for k, v in patch.items() if k != "$patch"}
     if patch.get("$patch") == "delete":
         return None
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    result = clone(target) if isinstance(target, dict) else {}
     retain = patch.get("$retainKeys")
     for key, value in patch.items():
         if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
@@ -229,7 +229,7 @@ def strategic_merge_patch(target: Any, patch: Any, parent: str = "") -> Any:
                     if not (isinstance(item, dict) and item.get("$patch") == "delete")
                 ]
             else:
-                result[key] = copy.deepcopy(value)
+                result[key] = clone(value)
         elif isinstance(value, dict):
             merged_val = strategic_merge_patch(current, value, key)
             if merged_val is None:
@@ -237,14 +237,14 @@ def strategic_merge_patch(target: Any, patch: Any, parent: str = "") -> Any:
             else:
                 result[key] = merged_val
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = clone(value)
     if isinstance(retain, list):
         result = {k: v for k, v in result.items() if k in retain}
     return result
 
 
 def _merge_list(current: list[Any], patch: list[Any], mk: str, field: str) -> list[Any]:
-    out = [copy.deepcopy(x) for x in current]
+    out = [clone(x) for x in current]
     if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
         return [x for x in patch if not (isinstance(x, dict) and x.get("$patch") == "replace")]
     for item in patch:

@@ -9,13 +9,13 @@ CEL rules (x-kubernetes-validations) are deliberately not evaluated.
 from __future__ import annotations
 
 import base64
-import copy
 import ipaddress
 import re
 from datetime import datetime
 from typing import Any
 
 from .errors import FieldError
+from .store import clone
 
 Schema = dict[str, Any]
 
@@ -77,7 +77,7 @@ def apply_defaults(schema: Schema | None, obj: Any) -> Any:
             if not isinstance(sub, dict):
                 continue
             if (key not in obj or (obj[key] is None and not sub.get("nullable"))) and "default" in sub:
-                obj[key] = copy.deepcopy(sub["default"])
+                obj[key] = clone(sub["default"])
             if key in obj:
                 obj[key] = apply_defaults(sub, obj[key])
         addl = schema.get("additionalProperties")

@@ -20,6 +20,15 @@ Key = tuple[str, str]  # (namespace or "", name)
 Transform = Callable[[str, dict[str, Any], bytes], bytes]
 
 
+def clone(obj: Any) -> Any:
+    """Deep copy of a JSON tree (dicts, lists, scalars): several times faster than copy.deepcopy."""
+    if type(obj) is dict:
+        return {k: clone(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [clone(v) for v in obj]
+    return obj
+
+
 def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
