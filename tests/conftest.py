@@ -3,8 +3,9 @@
 `apiserver` starts a fresh server on 127.0.0.1 with a free port (TLS, bearer token) and yields the
 `ApiServer` handle: `.kubeconfig` (path), `.url`, `.token`, `.cluster` (the state, for white-box checks)
 and the fault-injection methods (`drop_watches`, `compact`, `set_history_window`, `fail_next`,
-`set_latency`, `stop_accepting`/`resume_accepting`/`outage`). `kube_api` is a kubernetes_asyncio ApiClient
-configured from that kubeconfig.
+`set_latency`, `stop_accepting`/`resume_accepting`/`outage`, the `bookmark_interval` attribute) and
+introspection (`request_counts`, `open_watches`). `kube_api` is a kubernetes_asyncio ApiClient configured
+from that kubeconfig. See e2e/README.md for what the server implements.
 """
 
 from __future__ import annotations
