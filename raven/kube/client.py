@@ -269,7 +269,9 @@ class KubeClient:
         if label_selector:
             query["labelSelector"] = label_selector
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=read_timeout_s)
-        resp = await self._open("GET", res.path(namespace), query, client_timeout=timeout)
+        # The response headers must come as promptly as for any request; only the stream may idle.
+        resp = await asyncio.wait_for(self._open("GET", res.path(namespace), query, client_timeout=timeout),
+                                      self.timeout_s)
         async with resp:
             if not 200 <= resp.status <= 299:
                 raise _error_from(resp.status, await resp.read())
