@@ -494,10 +494,15 @@ class RavenCluster:
         active = self.active_endpoints().get(gateway or "", [])
         return next(n.name for n in self.cl.pools[pool].nodes if n.name not in active and n.name in self.registered)
 
-    def failover_under_probe(self, pool: str, dst_node: str, port: int, settle: float = 1.0) -> FailoverResult:
+    def failover_under_probe(self, pool: str, dst_node: str, port: int, settle: float = 1.0,
+                             dead: bool = True) -> FailoverResult:
         """Mark the active endpoint of `pool`'s Gateway NotReady while a pod behind the pool's other node
         sends a 10 ms UDP probe to a pod on `dst_node`; wait for the new election and for traffic, let the
-        probe run `settle` s more, then mark the old node Ready again (the new endpoint stays: sticky)."""
+        probe run `settle` s more, then mark the old node Ready again (the new endpoint stays: sticky).
+
+        With `dead` the old gateway also drops off its LAN at the moment of the write (a crashed node,
+        restored afterwards): the old path cannot carry anything, so resumed traffic proves the new one.
+        Without it the old gateway keeps forwarding until its own agent stands down (a drained node)."""
         gateway = self.cl.pools[pool].spec.gateway
         assert gateway is not None
         old = self.active_gateway_node(gateway)
@@ -507,6 +512,8 @@ class RavenCluster:
             if not probe.wait_first_reply():
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered before the failover")
             time.sleep(0.3)
+            if dead:
+                self.cl.cut_link(old)
             self.set_node_ready(old, False)
             try:
                 elected = self.wait_for(f"{gateway} to elect {new}",
@@ -517,6 +524,8 @@ class RavenCluster:
                 time.sleep(settle)
             finally:
                 result = probe.stop()
+                if dead:
+                    self.cl.restore_link(old)
                 self.set_node_ready(old, True)
         return FailoverResult(gateway, old, new, elected, elected + resumed, result)
 
