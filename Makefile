@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Runtime packages: the same list as the Dockerfile.
 APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins iproute2 iptables ipset wireguard-tools
-# Test-only packages: userspace WireGuard, ping, ps/pkill for the network-namespace lab; openssl makes the
+# Test-only packages: ping, ps/pkill for the network-namespace lab; openssl makes the
 # test API server's certificate.
-APT_TEST := wireguard-go iputils-ping procps openssl
+APT_TEST := iputils-ping procps openssl
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
 PYTEST_ARGS ?=
 
