@@ -7,7 +7,7 @@ from typing import Any
 from raven.api.constants import LABEL_GATEWAY
 from raven.api.gateway import Gateway
 from raven.api.node import Node
-from raven.controller.election import LoadBalancerAddress, elect
+from raven.controller.election import elect
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
@@ -219,7 +219,7 @@ def test_load_balancer_address_becomes_the_active_endpoints_public_address() -> 
     gw = gateway(THREE, exposeType="LoadBalancer")
     waiting = elect(gw, [node("n-1")], NOW)
     assert (waiting.status.active_endpoints or [])[0].public_ip is None
-    r = elect(gw, [node("n-1")], NOW, {0: LoadBalancerAddress("198.51.100.9", 4500)})
+    r = elect(gw, [node("n-1")], NOW, {0: "198.51.100.9"})
     ep = (r.status.active_endpoints or [])[0]
     assert (ep.node_name, ep.public_ip, ep.public_port) == ("n-1", "198.51.100.9", 4500)
 
