@@ -56,7 +56,7 @@ class Controller:
                                  label_selector=MANAGED_SELECTOR)
         self.endpoints = Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
                                   label_selector=MANAGED_SELECTOR)
-        self.recorder = EventRecorder(client, COMPONENT, may_write=self.may_write)
+        self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
         self.exposure = Exposure(client, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(client, self.gateways, self.nodes, self.exposure, self.recorder,
                                             self.metrics, self.may_write, workers=workers)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from raven.kube.client import EVENTS, JSON, ApiError, KubeClient
-from raven.kube.leader import micro_time
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -61,12 +60,14 @@ class EventRecorder:
         client: KubeClient,
         component: str,
         *,
+        instance: str = "",
         may_write: Callable[[], bool] = lambda: True,
         max_pending: int = 1000,
         max_remembered: int = 4096,
     ) -> None:
         self.client = client
         self.component = component
+        self.instance = instance
         self._may_write = may_write
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(max_pending)
         # (object uid/name, type, reason, message) -> (namespace, event name, count), oldest first.
@@ -129,9 +130,11 @@ class EventRecorder:
             "type": item.type,
             "source": {"component": self.component},
             "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+            # Legacy-style (first/lastTimestamp + count, no eventTime) like client-go's core/v1 recorder:
+            # a real API server demands more fields (action, ...) once eventTime is set.
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "eventTime": micro_time(),
             "count": 1,
         }
         await self.client.create(EVENTS, body, namespace)
