@@ -41,7 +41,7 @@ import yaml
 from e2e import netlab
 from e2e.apiserver import ApiServer
 from e2e.netlab import Netns, Process
-from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many
+from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many, tcp_check, udp_check
 from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
 from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, new_api_client
 
@@ -542,6 +542,32 @@ class RavenCluster:
             self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=30)
             time.sleep(0.5)
             return probe.stop()
+
+    def ping(self, src_pod: str, dst_pod: str, count: int = 3) -> PingResult:
+        """ICMP between two pods by name (loss and RTT in the result)."""
+        return ping(self.cl.pods[src_pod].netns, self.cl.pods[dst_pod].ip, count=count, interval=0.05)
+
+    def tcp(self, src_pod: str, dst_pod: str, port: int = 18080) -> float | None:
+        """TCP connect + echo between two pods: RTT in ms, None on failure."""
+        dst = self.cl.pods[dst_pod]
+        return tcp_check(self.cl.pods[src_pod].netns, dst.netns, dst.ip, port)
+
+    def udp(self, src_pod: str, dst_pod: str, port: int = 18081) -> float | None:
+        """One UDP echo between two pods: RTT in ms, None on failure."""
+        dst = self.cl.pods[dst_pod]
+        return udp_check(self.cl.pods[src_pod].netns, dst.netns, dst.ip, port)
+
+    def process(self, name: str) -> Process:
+        """``agent/<node>``, ``charon/<node>`` or ``controller/<i>``: kill(), stop(), start(), restart(), logs().
+        (For charon prefer `restart_charon`, which also waits until VICI answers.)"""
+        kind, _, ident = name.partition("/")
+        if kind == "agent":
+            return self.agents[ident]
+        if kind == "charon":
+            return self.charon(ident).process
+        if kind == "controller":
+            return self.controllers[int(ident)]
+        raise KeyError(name)
 
     # -- convergence
 

@@ -82,3 +82,44 @@ def test_reachable_edge_pools_talk_directly_and_nat_pairs_use_the_relay(rc: Rave
     assert r.received == 40, r
     assert _child_packets(rc, gw_a, "raven-gw-edge-pub") - before_direct >= 80
     assert _child_packets(rc, relay, "raven-gw-edge-a") - before_relay_a < 10  # not hairpinned via the cloud
+
+
+_BULK_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+c.sendall(str(n).encode()); c.close()
+"""
+_BULK_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+c.sendall(b"x" * int(sys.argv[3])); c.shutdown(socket.SHUT_WR)
+print(c.recv(64).decode())
+"""
+
+
+def test_bulk_tcp_over_the_longest_path_does_not_black_hole(rc: RavenCluster) -> None:
+    """2 MB of TCP from a member of one NAT pool to a member of the other: VXLAN, IPsec to the relay,
+    IPsec to the far gateway, VXLAN. Full-size segments must fit (MTU/MSS), or this stalls."""
+    import sys
+    import time
+
+    src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
+    dst = rc.cl.nodes[rc.member_node("edge-b")].pods[0]
+    size, port = 2_000_000, 18120
+    server = dst.netns.popen([sys.executable, "-c", _BULK_SERVER, dst.ip, str(port)], name="bulk-server")
+    try:
+        deadline = time.monotonic() + 10
+        while "ready" not in server.stdout_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        out = src.netns.run([sys.executable, "-c", _BULK_CLIENT, dst.ip, str(port), str(size)], check=False,
+                            timeout=40)
+        assert out.returncode == 0 and out.stdout.strip() == str(size), (out.stdout, out.stderr[-500:])
+    finally:
+        server.stop(1.0)
