@@ -99,7 +99,7 @@ def hint(rc: RavenCluster) -> str:
         "The cluster keeps running. Poke at it from another shell (as root):",
         f"  ip netns exec {a.netns.name} ping {b.ip}            # pod {a.name} -> pod {b.name}",
         f"  ip netns exec {gw.netns.name} ip route show table all | grep -v local   # a node's routes",
-        f"  ip netns exec {gw.netns.name} swanctl --list-sas --uri unix://{rc.charon(gw.name).vici_socket}",
+        f"  ip netns exec {gw.netns.name} swanctl --list-sas --uri unix://{rc.charon(gw.name).vici_socket} 2>/dev/null",
         f"  ip netns exec {rc.cl.control_plane.name} kubectl --kubeconfig {rc.kubeconfig} get gw",
         f"  ip netns list | grep '^{rc.prefix}-'                # every namespace of the demo",
         f"Logs: {rc.run_dir}/<namespace>/{{agent,charon}}.*.log, controllers in {rc.run_dir}/cp/",
@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C must tear down even when started in the background of a script (where SIGINT is ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = load_topology(args.topology)
     t0 = time.monotonic()
 
@@ -160,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ndemo failed: {e}", file=sys.stderr)
     finally:
         print("tearing down ...", flush=True)
+        # A second Ctrl-C must not leave a half-removed lab behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         rc.close(keep_logs=not ok)
         if not ok and rc.net is not None:
             print(f"logs kept in {rc.run_dir}")
