@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from e2e.cluster import Matrix, RavenCluster
+from e2e.netlab import find_leftovers
 from e2e.topology import load_topology
 from raven.agent.graph import render_topology
 from raven.agent.plan import PlanConfig
@@ -168,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc.close(keep_logs=not ok)
         if not ok and rc.net is not None:
             print(f"logs kept in {rc.run_dir}")
-        print("done: no namespace or process of the demo is left.", flush=True)
+        left = {k: v for k, v in find_leftovers(rc.prefix).items() if v}
+        if left:
+            print(f"WARNING: left behind: {left}; remove with: python -m e2e.netlab cleanup {rc.prefix}")
+        else:
+            print(f"done: no namespace, mount or process named {rc.prefix}-* is left.", flush=True)
     return 0 if ok else 1
 
 

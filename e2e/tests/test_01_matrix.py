@@ -123,3 +123,18 @@ def test_bulk_tcp_over_the_longest_path_does_not_black_hole(rc: RavenCluster) ->
         assert out.returncode == 0 and out.stdout.strip() == str(size), (out.stdout, out.stderr[-500:])
     finally:
         server.stop(1.0)
+
+
+def test_kubectl_sees_the_gateways_and_their_active_endpoints(rc: RavenCluster) -> None:
+    """An independent client (the real kubectl, from the control-plane netns) reads what the controller wrote."""
+    import shutil
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = rc.cl.control_plane.run([kubectl, "--kubeconfig", str(rc.kubeconfig), "get", "gw", "--no-headers"],
+                                  check=False, timeout=60)
+    assert out.returncode == 0, out.stderr[-1000:]
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
+    for name, nodes in rc.active_endpoints().items():
+        assert nodes and rows[name][0] == nodes[0], (name, rows.get(name))
