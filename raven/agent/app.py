@@ -149,7 +149,8 @@ def agent_main(cfg: AgentConfig) -> Callable[[Runtime], Coroutine[Any, Any, None
                                             psk_source=cfg.psk_source))
         try:
             gateways = Informer(client, GATEWAYS, "gateways", rt.registry)
-            nodes = Informer(client, NODES, "nodes", rt.registry)
+            # Only this node's facts feed the plan: caching every Node would cost memory on big clusters.
+            nodes = Informer(client, NODES, "nodes", rt.registry, field_selector=f"metadata.name={cfg.node_name}")
             view = ClusterView(cfg, gateways, nodes)
             reconciler = Reconciler(
                 view.plan, view.synced, kernel, vpn, AgentMetrics(rt.registry), DataplaneMetrics(rt.registry),

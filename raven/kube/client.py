@@ -215,10 +215,13 @@ class KubeClient:
         resource_version: str | None = None,
         limit: int | None = None,
         continue_token: str | None = None,
+        field_selector: str | None = None,
     ) -> JSON:
         query: dict[str, str | int] = {}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         if resource_version is not None:
             query["resourceVersion"] = resource_version
         if limit:
@@ -252,6 +255,7 @@ class KubeClient:
         label_selector: str | None = None,
         timeout_seconds: int = 300,
         read_timeout_s: float = 60.0,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[JSON, None]:
         """Watch events (`{"type", "object"}`) from `resource_version`, bookmarks included.
 
@@ -268,6 +272,8 @@ class KubeClient:
         }
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=read_timeout_s)
         # The response headers must come as promptly as for any request; only the stream may idle.
         resp = await asyncio.wait_for(self._open("GET", res.path(namespace), query, client_timeout=timeout),

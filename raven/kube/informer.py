@@ -117,6 +117,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         handler: Handler | None = None,
         watch_timeout_s: int = 300,
         read_timeout_s: float = 90.0,
@@ -128,6 +129,8 @@ class Informer:
         self.name = name
         self.namespace = namespace
         self.label_selector = label_selector
+        # e.g. "metadata.name=node-1": the agent caches its own Node only, not the whole cluster's.
+        self.field_selector = field_selector
         self.watch_timeout_s = watch_timeout_s
         self.read_timeout_s = read_timeout_s
         self.page_size = page_size
@@ -228,7 +231,8 @@ class Informer:
         while True:
             try:
                 page = await self.client.list(
-                    self.resource, self.namespace, self.label_selector, limit=self.page_size, continue_token=token
+                    self.resource, self.namespace, self.label_selector, limit=self.page_size, continue_token=token,
+                    field_selector=self.field_selector,
                 )
             except ApiError as exc:
                 if exc.gone and token:
@@ -260,6 +264,7 @@ class Informer:
             self.resource_version,
             namespace=self.namespace,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
             # Like client-go, spread the server-side watch timeouts (between 1x and 2x) so that
             # informers started together do not all reconnect at the same moment forever after.
             timeout_seconds=int(self.watch_timeout_s * (1 + random.random())),

@@ -247,3 +247,21 @@ async def kube_create_after_resume(client: KubeClient, inf: Informer, rec: Recor
     await asyncio.sleep(0.3)
     await client.create(NODES, node_body("n-2", "gw"))
     await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, what="n-2")
+
+
+async def test_field_selector_caches_and_delivers_only_the_named_object(kube: KubeClient) -> None:
+    # The agent's Node informer: its own Node only, however many the cluster has.
+    await kube.create(NODES, node_body("me", "gw"))
+    await kube.create(NODES, node_body("other", "gw"))
+    rec = Recorder()
+    inf = Informer(kube, NODES, "nodes", CollectorRegistry(), handler=rec, field_selector="metadata.name=me")
+    async with running(inf):
+        await kube.create(NODES, node_body("third", "gw"))
+        await kube.merge_patch(NODES, "other", {"metadata": {"labels": {"x": "1"}}})
+        await kube.merge_patch(NODES, "me", {"metadata": {"labels": {"x": "1"}}})
+        async def seen() -> list[tuple[str, str]]:
+            return rec.seen()
+
+        await eventually(seen, lambda events: ("MODIFIED", "me") in events, what="the MODIFIED event for me")
+    assert set(inf.cache) == {"me"}
+    assert {name for _, name in rec.seen()} == {"me"}
