@@ -226,6 +226,7 @@ class RavenCluster:
         self.controllers: list[Process] = []
         self.registered: set[str] = set()
         self.timings: dict[str, float] = {}
+        self._t0 = time.monotonic()
         self._closed = False
 
     # -- lifecycle
