@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         matrix = rc.wait_converged(timeout=args.timeout, progress=say)
         green_s = time.monotonic() - t0
         pods = sorted(p for p, _, _ in rc.pods())
-        print("\nPod-to-pod connectivity (ping RTT, rows = source):")
+        print("\nPod-to-pod connectivity (ping RTT; rows = source, columns = destination; <node> = pod <node>-p0):")
         print(format_matrix(matrix, pods))
         print("\nGateways (status written by the controller):")
         print(format_gateways(rc))
