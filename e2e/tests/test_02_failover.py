@@ -3,9 +3,12 @@ only that one connection on remote gateways."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from e2e.cluster import RavenCluster, metric
+from e2e.probe import ContinuousProbe, ping
 
 from .conftest import MEASUREMENTS
 
@@ -70,3 +73,32 @@ def test_peer_address_change_replaces_only_that_connection_on_remote_gateways(rc
         others_before = {k: v for k, v in before[r].items() if k != "raven-gw-edge-pub"}
         others_after = {k: v for k, v in after[r].items() if k != "raven-gw-edge-pub"}
         assert others_after == others_before, f"{r}: other SAs were replaced too"
+
+
+def test_relay_failover_keeps_nat_to_nat_traffic_flowing(rc: RavenCluster) -> None:
+    """The relay itself (gw-cloud) crashes: the NAT-NAT pair edge-a <-> edge-b follows it to its new endpoint."""
+    old = rc.active_gateway_node("gw-cloud")
+    new = rc.member_node("cloud")
+    src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
+    dst = rc.cl.nodes[rc.member_node("edge-b")].pods[0]
+    with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18102, name="relay-failover") as probe:
+        assert probe.wait_first_reply()
+        time.sleep(0.3)
+        rc.cl.cut_link(old)
+        rc.set_node_ready(old, False)
+        try:
+            rc.wait_for("gw-cloud to elect its other node", lambda: rc.active_endpoints()["gw-cloud"] == [new],
+                        timeout=30)
+            took = rc.wait_for("NAT-NAT traffic via the new relay endpoint",
+                               lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=60, interval=0.05)
+            time.sleep(1.0)
+        finally:
+            res = probe.stop()
+            rc.cl.restore_link(old)
+            rc.set_node_ready(old, True)
+    MEASUREMENTS["relay_failover"] = {"write_to_traffic_s": round(took, 3), "outage_s": round(res.max_outage_s, 3)}
+    assert res.received > 0
+    end = res.sent * res.interval_s
+    assert all(o.start_s + o.length_s < end - 0.3 for o in res.outages), res
+    relay_sas = {n for n, sa in rc.sas(new).items() if sa["state"] == "ESTABLISHED"}
+    assert {"raven-gw-edge-a", "raven-gw-edge-b"} <= relay_sas
