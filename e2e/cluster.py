@@ -48,10 +48,12 @@ from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, n
 log = logging.getLogger("e2e.cluster")
 
 REPO = Path(__file__).resolve().parent.parent
-RAVEN = str(Path(sys.executable).parent / "raven")
+# The installed entry point next to this interpreter; else the module from this checkout (same code).
+_RAVEN_SCRIPT = Path(sys.executable).parent / "raven"
+RAVEN_ARGV = [str(_RAVEN_SCRIPT)] if _RAVEN_SCRIPT.exists() else ["env", f"PYTHONPATH={REPO}", sys.executable,
+                                                                   "-m", "raven.cli"]
 CRD_MANIFEST = REPO / "manifests" / "01-crd-gateways.yaml"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-LEASES_NS = "kube-system"
 APISERVER_PORT = 6443
 AGENT_HTTP = "127.0.0.1:9650"  # per netns loopback: the same port in every node
 CONTROLLER_HTTP_BASE = 9660
@@ -406,7 +408,7 @@ class RavenCluster:
     def agent_argv(self, node: str) -> list[str]:
         ns = self.cl.nodes[node].netns
         assert ns.charon is not None
-        return [RAVEN, "--mode=agent", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
+        return [*RAVEN_ARGV, "--mode=agent", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
                 "--vici-socket", str(ns.charon.vici_socket), "--psk-file", str(ns.run_dir / "psk"),
                 "--health-addr", AGENT_HTTP, "--metrics-addr", AGENT_HTTP, "--log-level", self.log_level,
                 *self.agent_args]
@@ -426,7 +428,7 @@ class RavenCluster:
     def _start_controller(self, i: int) -> Process:
         cp = self.cl.control_plane
         addr = f"127.0.0.1:{CONTROLLER_HTTP_BASE + i}"
-        argv = [RAVEN, "--mode=controller", "--kubeconfig", str(self.kubeconfig), *self.lease_args,
+        argv = [*RAVEN_ARGV, "--mode=controller", "--kubeconfig", str(self.kubeconfig), *self.lease_args,
                 "--health-addr", addr, "--metrics-addr", addr, "--log-level", self.log_level]
         env = dict(os.environ, POD_NAME=f"raven-controller-{i}")
         return cp.popen(argv, name=f"controller-{i}", env=env)
