@@ -5,7 +5,7 @@ The topology is the default one plus spares used by the churn scenarios: a third
 charons exist from the start, their Node/Gateway objects are registered only by the tests.
 
 Each scenario restores what it changed; the autouse `healthy` fixture checks after every test that
-the cluster is back to a full green matrix (and heals it, so one failure does not cascade).
+the cluster is back to a full green matrix (waiting for it, so the next scenario starts converged).
 Measurements (outages, recovery times) go to `MEASUREMENTS` and are printed in the terminal summary.
 """
 
@@ -27,8 +27,6 @@ SPARE_NODE = "edge-a-3"
 SPARE_POOL_NODE = "edge-c-1"
 SPARE_GATEWAY = "gw-edge-c"
 MEASUREMENTS: dict[str, Any] = {}
-
-pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def e2e_spec() -> TopologySpec:
