@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rc = RavenCluster(spec, prefix=args.prefix)
     ok = False
+    failed = False  # logs are kept only when something went wrong (not on Ctrl-C)
     try:
         say(f"building topology {args.topology!r}: "
             + ", ".join(f"{p.name} ({'NAT' if p.nat else 'public'}, {len(p.nodes)} nodes)" for p in spec.pools))
@@ -160,14 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
     except Exception as e:
+        failed = True
         print(f"\ndemo failed: {e}", file=sys.stderr)
     finally:
         print("tearing down ...", flush=True)
         # A second Ctrl-C must not leave a half-removed lab behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        rc.close(keep_logs=not ok)
-        if not ok and rc.net is not None:
+        rc.close(keep_logs=failed)
+        if failed and rc.net is not None:
             print(f"logs kept in {rc.run_dir}")
         left = {k: v for k, v in find_leftovers(rc.prefix).items() if v}
         if left:

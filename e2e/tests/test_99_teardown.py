@@ -54,6 +54,7 @@ def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) 
     if find_leftovers(PREFIX)["netns"]:
         pytest.skip("the session cluster is still up (run this file alone or last)")
     # Ctrl-C while the demo is converging.
+    run_dirs_before = set(Path("/tmp").glob(f"{PREFIX}-*"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "demo.out"
     with open(out, "w") as f:
@@ -71,8 +72,11 @@ def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) 
             demo.kill()
     assert "tearing down" in out.read_text()
     assert _clean() == {}
-    # A start that fails half-way (an agent flag the agent rejects) cleans up too.
+    assert set(Path("/tmp").glob(f"{PREFIX}-*")) == run_dirs_before, "the demo left its run directory"
+    # A start that fails half-way (an agent flag the agent rejects) cleans up too (its logs stay in
+    # the run directory the caller gave, for the failure message).
     with pytest.raises(ConvergenceError, match="agents exited"):
-        with RavenCluster(prefix=PREFIX, agent_args=["--vxlan-vni", "not-a-number"]) as broken:
+        with RavenCluster(prefix=PREFIX, run_dir=tmp_path / "broken",
+                          agent_args=["--vxlan-vni", "not-a-number"]) as broken:
             broken.wait_converged(timeout=15)
     assert _clean() == {}
