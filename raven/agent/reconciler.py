@@ -42,6 +42,9 @@ class KernelDriver(Protocol):
 class VpnDriver(Protocol):
     """Makes the VPN daemon match the desired tunnels (`raven.dataplane.ipsec.IPsecDriver`)."""
 
+    # How many times the driver (re)connected to the daemon: a change means charon restarted.
+    connects: int
+
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport: ...
 
     async def states(self) -> list[TunnelState]: ...
@@ -182,14 +185,14 @@ class Reconciler:
         outcome = self.last_outcome
         if self._vpn is None or outcome is None or not outcome.plan.state.ipsec or self._vpn_error is not None:
             return None
-        connects = getattr(self._vpn, "connects", 0)
+        connects = self._vpn.connects
         try:
             states = await self._vpn.states()
         except CharonUnavailable as exc:
             log.warning("charon unavailable", extra=kv(error=str(exc)))
             return "charon-unavailable"
         self._dp_metrics.set_tunnels(states)
-        if getattr(self._vpn, "connects", 0) != connects:
+        if self._vpn.connects != connects:
             return "charon-restarted"
         listed = {t.name for t in states}
         if any(c.initiator and c.name not in listed for c in outcome.plan.state.ipsec):

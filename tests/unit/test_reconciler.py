@@ -1,0 +1,188 @@
+"""The agent's reconcile loop decides when to plan and apply; these tests pin those decisions down.
+
+The kernel and charon here are in-memory test doubles of the two small driver interfaces (the real ones
+are proven against real namespaces and charons in tests/dataplane and e2e/tests): they record what the
+loop asked for, so each test can assert what the loop did and did not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+
+from raven.agent.plan import PlanResult
+from raven.agent.reconciler import AgentMetrics, Reconciler
+from raven.dataplane.ipsec import CharonUnavailable, TunnelState
+from raven.dataplane.kernel import ApplyError, ApplyReport
+from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.state import DesiredState, IPsecConnection, Route
+
+CONN = IPsecConnection(
+    name="raven-gw-b", local_id="raven-gw-a", remote_id="raven-gw-b", local_addrs=("%any",),
+    remote_addrs=("198.18.2.11",), remote_port=4500, local_ts="241.0.0.1/32", remote_ts="241.0.0.2/32",
+    initiator=True,
+)
+GATEWAY = PlanResult(
+    DesiredState(routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2")}), ipsec=frozenset({CONN})),
+    role="gateway", gateway="gw-a",
+)
+MEMBER = PlanResult(
+    DesiredState(routes=frozenset({Route("10.2.0.0/24", 9027, "raven0", "169.254.240.1")})),
+    role="member", gateway="gw-a",
+)
+
+
+class RecordingKernel:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.applied: list[DesiredState] = []
+        self.fail_first = fail_first
+
+    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+        self.applied.append(desired)
+        report = ApplyReport()
+        if len(self.applied) <= self.fail_first:
+            report.errors.append(ApplyError("route", "create", "10.2.0.0/24", "No such device"))
+        return report
+
+
+class RecordingCharon:
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+        self.connects = 1
+        self.loaded: list[frozenset[IPsecConnection]] = []
+        self.established: set[str] = set()
+
+    async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
+        if not self.up:
+            raise CharonUnavailable("no VICI socket at /run/test.vici")
+        self.loaded.append(frozenset(conns))
+        self.established = {c.name for c in conns}
+        return ApplyReport()
+
+    async def states(self) -> list[TunnelState]:
+        if not self.up:
+            raise CharonUnavailable("no VICI socket at /run/test.vici")
+        return [TunnelState(n, "ESTABLISHED", 1, "198.18.2.11", 4500, "INSTALLED", 1, 0, 0, 0, 0, True)
+                for n in sorted(self.established)]
+
+
+def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: RecordingCharon | None,
+         synced: list[bool] | None = None, **kw: float) -> Reconciler:
+    plans = plan if isinstance(plan, list) else [plan]
+    state = {"synced": synced if synced is not None else [True]}
+
+    async def plan_fn() -> PlanResult:
+        return plans.pop(0) if len(plans) > 1 else plans[0]
+
+    registry = CollectorRegistry()
+    return Reconciler(plan_fn, lambda: state["synced"][0], kernel, charon, AgentMetrics(registry),
+                      DataplaneMetrics(registry), resync_period=kw.get("resync", 30.0), debounce=0.01,
+                      tunnel_check_period=kw.get("tunnel_check", 30.0))
+
+
+async def run_for(rec: Reconciler, seconds: float) -> None:
+    task = asyncio.create_task(rec.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_nothing_is_applied_before_the_informers_synced() -> None:
+    # A half-filled cache looks like an empty cluster: applying it would tear down working tunnels.
+    kernel, synced = RecordingKernel(), [False]
+    rec = make(GATEWAY, kernel, RecordingCharon(), synced=synced)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("gateway/gw-a")
+    await asyncio.sleep(0.1)
+    assert kernel.applied == [] and not rec.ready().ok
+    synced[0] = True
+    rec.trigger("synced")
+    await asyncio.sleep(0.1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert kernel.applied == [GATEWAY.state] and rec.ready().ok
+
+
+async def test_a_burst_of_events_is_one_pass() -> None:
+    kernel = RecordingKernel()
+    rec = make(GATEWAY, kernel, RecordingCharon())
+    task = asyncio.create_task(rec.run())
+    for i in range(20):
+        rec.trigger(f"node/n{i}")
+    await asyncio.sleep(0.15)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(kernel.applied) == 1
+
+
+async def test_a_dead_charon_does_not_stop_route_changes_and_fails_readiness() -> None:
+    kernel, charon = RecordingKernel(), RecordingCharon()
+    rec = make(GATEWAY, kernel, charon)
+    await rec.reconcile_once()
+    assert rec.ready().ok
+    charon.up = False
+    outcome = await rec.reconcile_once()
+    assert kernel.applied == [GATEWAY.state, GATEWAY.state]
+    assert any(e.startswith("vpn:") for e in outcome.errors)
+    check = rec.ready()
+    assert not check.ok and "charon: no VICI socket" in check.reason
+
+
+async def test_a_member_node_does_not_need_charon() -> None:
+    rec = make(MEMBER, RecordingKernel(), RecordingCharon(up=False))
+    outcome = await rec.reconcile_once()
+    assert outcome.errors == [] and rec.ready().ok
+
+
+async def test_a_planning_bug_leaves_the_data_plane_alone() -> None:
+    kernel, charon = RecordingKernel(), RecordingCharon()
+
+    async def broken() -> PlanResult:
+        raise KeyError("status")
+
+    registry = CollectorRegistry()
+    rec = Reconciler(broken, lambda: True, kernel, charon, AgentMetrics(registry), DataplaneMetrics(registry),
+                     resync_period=30)
+    outcome = await rec.reconcile_once()
+    assert outcome.errors and kernel.applied == [] and charon.loaded == []
+
+
+async def test_a_failed_pass_is_retried_without_a_new_event() -> None:
+    kernel = RecordingKernel(fail_first=1)
+    rec = make(MEMBER, kernel, None)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await asyncio.sleep(0.8)  # backoff starts at 0.2 s (jittered down to half)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(kernel.applied) == 2 and rec.ready().ok
+
+
+async def test_a_restarted_charon_is_reloaded_between_resyncs() -> None:
+    charon = RecordingCharon()
+    rec = make(GATEWAY, RecordingKernel(), charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await asyncio.sleep(0.2)
+    assert len(charon.loaded) == 1
+    # charon restarts: it lost every connection and the driver had to reconnect.
+    charon.established.clear()
+    charon.connects += 1
+    await asyncio.sleep(0.3)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(charon.loaded) == 2 and charon.established == {"raven-gw-b"}
+
+
+async def test_a_converged_node_makes_no_extra_passes() -> None:
+    kernel, charon = RecordingKernel(), RecordingCharon()
+    rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await asyncio.sleep(0.4)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # Tunnel checks looked at charon several times, but nothing changed, so nothing was re-applied.
+    assert len(kernel.applied) == 1 and len(charon.loaded) == 1
