@@ -4,7 +4,7 @@ FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+      strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
       iproute2 iptables ipset wireguard-tools \
  && rm -rf /var/lib/apt/lists/*
 
