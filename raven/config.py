@@ -141,7 +141,7 @@ class AgentConfig:
     esp_proposals: tuple[str, ...] = ("aes256-sha256",)
 
     def __post_init__(self) -> None:
-        if not self.node_name:
+        if not self.node_name and not self.cleanup:
             raise ConfigError("agent mode needs the node name: pass --node-name or set NODE_NAME")
         _positive(self.resync_period, "--resync-period")
         for flag, vni in (("--vxlan-vni", self.vxlan_vni), ("--tunnel-vni", self.tunnel_vni)):
