@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import RavenCluster
+from e2e.cluster import RavenCluster, metric
 from e2e.probe import ContinuousProbe
 
 PREFIX = "rveb"
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"(elected {r.elected_s:.3f} s, traffic {r.traffic_s:.3f} s after the write)", flush=True)
             rc.wait_converged(timeout=60)
 
+        # Memory of the real processes after all that churn (their own process_resident_memory_bytes).
+        rss_mib = {name: metric(rc.metrics(f"agent/{name}"), "process_resident_memory_bytes") / 2**20
+                   for name in rc.registered}
+        rss_mib["controller/0"] = metric(rc.metrics("controller/0"), "process_resident_memory_bytes") / 2**20
+
         restarts: list[dict[str, Any]] = []
         gw = rc.active_gateway_node("gw-edge-b")
         member = rc.member_node("edge-b")
@@ -126,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(f['traffic_s'] for f in failovers):>12.3f} {'-':>12}")
     print(f"{'probe loss, agent restarts on a gateway (packets)':<52} {lost_gw:>12d} {base_lost:>12d}")
     print(f"{'probe loss, agent restarts on a member (packets)':<52} {lost_member:>12d} {base_lost:>12d}")
+    agents_rss = [v for k, v in rss_mib.items() if not k.startswith("controller")]
+    print(f"{'agent RSS, max over ' + str(len(agents_rss)) + ' agents (MiB)':<52} {max(agents_rss):>12.1f} {'-':>12}")
+    print(f"{'controller RSS (MiB)':<52} {rss_mib['controller/0']:>12.1f} {'-':>12}")
     print(f"(baselines: processes merely started; the same 10 ms probe for 3 s with no restart, {base_sent} sent; "
           f"{sent_restart} probes sent across restarts)")
 
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "e2e.json").write_text(json.dumps({
         "topology": "default",
         "builds": builds,
+        "rss_mib": rss_mib,
         "full_matrix_median_s": statistics.median(full),
         "baseline_processes_started_median_s": started_med,
         "failovers_crashed_gateway": failovers,
