@@ -191,6 +191,9 @@ class Reconciler:
         except CharonUnavailable as exc:
             log.warning("charon unavailable", extra=kv(error=str(exc)))
             return "charon-unavailable"
+        except Exception as exc:  # this runs in the agent's main loop: nothing here may end it
+            log.warning("tunnel check failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+            return "tunnel-check-failed"
         self._dp_metrics.set_tunnels(states)
         if self._vpn.connects != connects:
             return "charon-restarted"

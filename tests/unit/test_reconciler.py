@@ -186,3 +186,35 @@ async def test_a_converged_node_makes_no_extra_passes() -> None:
     await asyncio.gather(task, return_exceptions=True)
     # Tunnel checks looked at charon several times, but nothing changed, so nothing was re-applied.
     assert len(kernel.applied) == 1 and len(charon.loaded) == 1
+
+
+class GarbledCharon(RecordingCharon):
+    """charon answers list-sas with something the VICI library cannot decode (not a connection error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.garbled = False
+
+    async def states(self) -> list[TunnelState]:
+        if self.garbled:
+            raise ValueError("unexpected VICI message")
+        return await super().states()
+
+
+async def test_an_unexpected_error_in_the_tunnel_check_does_not_end_the_loop() -> None:
+    # The loop is the agent's main supervised task: if it died, the node would stop converging for good.
+    kernel, charon = RecordingKernel(), GarbledCharon()
+    rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await asyncio.sleep(0.15)
+    charon.garbled = True
+    await asyncio.sleep(0.2)
+    charon.garbled = False
+    rec.trigger("gateway/gw-b")
+    await asyncio.sleep(0.2)
+    alive = not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert alive
+    assert len(kernel.applied) >= 2
