@@ -18,7 +18,7 @@ import ctypes
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -59,6 +59,16 @@ def in_netns(netns: str | None) -> Iterator[None]:
 
 def sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
+
+
+def read_sysctls(netns: str | None, keys: Iterable[str]) -> dict[str, str]:
+    """Current values (blocking; run in a worker thread). Reading works where /proc/sys is read-only."""
+    out: dict[str, str] = {}
+    with in_netns(netns):
+        for key in keys:
+            with open(sysctl_path(key)) as f:
+                out[key] = f.read().strip()
+    return out
 
 
 def ensure_sysctls(netns: str | None, wanted: dict[str, str]) -> list[str]:

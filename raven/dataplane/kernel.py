@@ -62,7 +62,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
 
 from raven.dataplane import rtnl
-from raven.dataplane.host import MssClamp, MssState, ensure_sysctls
+from raven.dataplane.host import MssClamp, MssState, ensure_sysctls, read_sysctls
 from raven.dataplane.state import (
     RAVEN_RETURN_RULE_PRIORITY,
     RAVEN_RETURN_TABLE,
@@ -546,18 +546,38 @@ class KernelApplier:
         return args
 
     async def _sysctls(self, links: Iterable[VxlanLink], report: ApplyReport) -> None:
-        wanted = {"net.ipv4.ip_forward": "1"}
-        present = set(self._ifindex)
-        for link in links:
-            if link.name in present:
-                # Loose reverse-path filtering: replies from remote pools arrive on Raven's devices
-                # while the main table knows another way back to those sources (or none).
-                wanted[f"net.ipv4.conf.{link.name}.rp_filter"] = "2"
+        """Loose rp_filter on Raven's devices, and IPv4 forwarding on.
+
+        Per-device settings are written over rtnetlink (RTM_SETLINK), which needs CAP_NET_ADMIN only: in a
+        non-privileged container /proc/sys is read-only. The global ip_forward has no netlink setter; a
+        Kubernetes node has it on already (the CNI needs it), so it is written only when off.
+        """
+        # Loose reverse-path filtering: replies from remote pools arrive on Raven's devices while the
+        # main table knows another way back to those sources (or none).
+        devices = {f"net.ipv4.conf.{link.name}.rp_filter": link.name for link in links if link.name in self._ifindex}
         try:
-            written: list[str] = await self._in_worker(ensure_sysctls, self.netns, wanted)
+            current = await self._in_worker(read_sysctls, self.netns, ["net.ipv4.ip_forward", *devices])
         except OSError as exc:
-            report.errors.append(ApplyError("sysctl", "write", ",".join(sorted(wanted)), str(exc)))
+            report.errors.append(ApplyError("sysctl", "read", ",".join(sorted(devices)), str(exc)))
             return
+        written: list[str] = []
+        todo = [(key, name) for key, name in sorted(devices.items()) if current[key] != "2"]
+        if todo:
+            _, rt = await self._open()
+            msgs = [rtnl.encode_inet_devconf(self._ifindex[name], {rtnl.IPV4_DEVCONF_RP_FILTER: 2}) for _, name in todo]
+            errors: list[rtnl.MsgError] = await self._in_worker(rt.send, msgs)
+            failed = {e.index for e in errors}
+            for e in errors:
+                report.errors.append(ApplyError("sysctl", "setlink", todo[e.index][0], e.message))
+            written += [key for i, (key, _) in enumerate(todo) if i not in failed]
+        if current["net.ipv4.ip_forward"] != "1":
+            try:
+                written += await self._in_worker(ensure_sysctls, self.netns, {"net.ipv4.ip_forward": "1"})
+            except OSError as exc:
+                report.errors.append(ApplyError(
+                    "sysctl", "write", "net.ipv4.ip_forward",
+                    f"forwarding is off and cannot be turned on here ({exc}); enable it on the node",
+                ))
         if written:
             report.writes["sysctl"] += len(written)
             if self._on_write is not None:

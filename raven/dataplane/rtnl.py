@@ -33,6 +33,7 @@ NETLINK_GET_STRICT_CHK: Final = 12
 
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
+RTM_SETLINK: Final = 19
 RTM_NEWROUTE: Final = 24
 RTM_DELROUTE: Final = 25
 RTM_GETROUTE: Final = 26
@@ -102,6 +103,25 @@ class MsgError:
 def _attr(rta_type: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return _RTA.pack(length, rta_type) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+# IPv4 per-device configuration (net.ipv4.conf.<dev>.*) over rtnetlink.
+IFLA_AF_SPEC: Final = 26
+IFLA_INET_CONF: Final = 1
+IPV4_DEVCONF_RP_FILTER: Final = 8  # index in the kernel's enum (1-based: FORWARDING is 1)
+_IFINFOMSG: Final = struct.Struct("=BxHiII")
+
+
+def encode_inet_devconf(ifindex: int, settings: Mapping[int, int]) -> RouteMsg:
+    """RTM_SETLINK that sets IPv4 per-device sysctls (e.g. rp_filter) of one link.
+
+    The same effect as writing /proc/sys/net/ipv4/conf/<dev>/<key>, but it needs only CAP_NET_ADMIN:
+    a non-privileged container has /proc/sys mounted read-only, and the agent must work there.
+    """
+    conf = b"".join(_attr(key, struct.pack("=I", value)) for key, value in sorted(settings.items()))
+    af_spec = _attr(IFLA_AF_SPEC, _attr(socket.AF_INET, _attr(IFLA_INET_CONF, conf)))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + af_spec
+    return RouteMsg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
 
 def encode_route(
