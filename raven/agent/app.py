@@ -68,7 +68,9 @@ class ClusterView:
         self._cfg = cfg
         self._gateways = gateways
         self._nodes = nodes
-        self._parsed: dict[str, tuple[str, Gateway | None]] = {}
+        # name -> (resourceVersion seen, the version to plan with, whether that rv parsed). An unparsable
+        # edit keeps the last good version: bad input must not tear down a working pool's tunnels.
+        self._parsed: dict[str, tuple[str, Gateway | None, bool]] = {}
         self._generation = 0
         self._planned_generation = -1
         self._last: PlanResult | None = None
@@ -102,15 +104,21 @@ class ClusterView:
             cached = self._parsed.get(name)
             if cached is None or cached[0] != rv:
                 try:
-                    cached = (rv, Gateway.from_dict(obj))
+                    cached = (rv, Gateway.from_dict(obj), True)
                 except GatewayParseError as exc:
-                    log.warning("malformed gateway skipped", extra=kv(gateway=name, error=str(exc)))
-                    cached = (rv, None)
+                    last_good = cached[1] if cached is not None else None
+                    log.warning("malformed gateway", extra=kv(gateway=name, rv=rv, error=str(exc),
+                                                             planned_from="last good version" if last_good
+                                                             else "nothing (skipped)"))
+                    cached = (rv, last_good, False)
                 self._parsed[name] = cached
-            if cached[1] is None:
+            _rv, gateway, parsed = cached
+            if gateway is None:
                 problems.append(f"gateway {name}: malformed object skipped")
-            else:
-                out.append(cached[1])
+                continue
+            if not parsed:
+                problems.append(f"gateway {name}: malformed object; planned from its last good version")
+            out.append(gateway)
         for gone in set(self._parsed) - seen:
             del self._parsed[gone]
         return out

@@ -1,0 +1,77 @@
+"""The agent's cluster view (raven.agent.app.ClusterView): what the plan is built from when inputs go bad.
+
+The informer caches are filled directly (no API server): the view only reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from raven.agent.app import ClusterView
+from raven.config import AgentConfig, CommonConfig, ListenAddr
+from raven.kube.client import GATEWAYS, NODES, KubeClient
+from raven.kube.informer import Informer, InformerEvent
+from tests.unit.plan_cluster import cluster_json
+
+
+def _view(node_name: str) -> tuple[ClusterView, Informer]:
+    client: Any = object.__new__(KubeClient)  # never used: the view only reads the caches
+    registry = CollectorRegistry()
+    gateways = Informer(client, GATEWAYS, "gateways", registry)
+    nodes = Informer(client, NODES, "nodes", registry)
+    for name, obj in cluster_json().items():
+        gateways.cache[name] = obj
+    common = CommonConfig(kubeconfig=None, health_addr=ListenAddr("", 0), metrics_addr=ListenAddr("", 0))
+    cfg = AgentConfig(common=common, node_name=node_name, psk="0123456789abcdef0123")
+    return ClusterView(cfg, gateways, nodes), gateways
+
+
+def _edit(view: ClusterView, gateways: Informer, name: str, obj: dict[str, Any]) -> None:
+    old = gateways.cache[name]
+    gateways.cache[name] = obj
+    view.on_gateway(InformerEvent("MODIFIED", obj, old))
+
+
+async def test_an_unparsable_edit_of_a_gateway_keeps_its_last_good_version_planned() -> None:
+    # A wrong JSON type in an edit (Replicas as a string) must not tear down a working pool's tunnels.
+    view, gateways = _view("edge-a-1")
+    before = await view.plan()
+    assert before.role == "gateway" and before.state.ipsec
+
+    bad = copy.deepcopy(gateways.cache["gw-edge-a"])
+    bad["metadata"]["resourceVersion"] = "1001"
+    bad["spec"]["tunnelConfig"]["Replicas"] = "1"
+    _edit(view, gateways, "gw-edge-a", bad)
+    during = await view.plan()
+    assert during.state == before.state
+    assert any("gw-edge-a" in p and "malformed" in p for p in during.problems)
+
+
+async def test_an_unparsable_peer_gateway_keeps_its_routes_on_other_pools() -> None:
+    view, gateways = _view("edge-a-2")
+    before = await view.plan()
+    assert before.role == "member"
+    bad = copy.deepcopy(gateways.cache["gw-dc"])
+    bad["metadata"]["resourceVersion"] = "1001"
+    bad["status"]["nodes"] = "dc-1"
+    _edit(view, gateways, "gw-dc", bad)
+    assert (await view.plan()).state == before.state
+
+
+async def test_a_repaired_gateway_is_planned_from_its_new_version() -> None:
+    view, gateways = _view("edge-a-2")
+    bad = copy.deepcopy(gateways.cache["gw-dc"])
+    bad["metadata"]["resourceVersion"] = "1001"
+    bad["status"]["nodes"] = "dc-1"
+    _edit(view, gateways, "gw-dc", bad)
+    await view.plan()
+    fixed = copy.deepcopy(gateways.cache["gw-dc"])
+    fixed["metadata"]["resourceVersion"] = "1002"
+    fixed["status"] = {"nodes": [], "activeEndpoints": []}  # the pool lost its nodes: no route to it any more
+    _edit(view, gateways, "gw-dc", fixed)
+    after = await view.plan()
+    assert not any("10.247." in r.dst for r in after.state.routes)
+    assert not any("malformed" in p for p in after.problems)
