@@ -188,18 +188,27 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 async def _run(cfg: ControllerConfig | AgentConfig) -> int:
+    from raven.kube.client import new_api_client
     from raven.runtime import run_mode
 
-    if isinstance(cfg, ControllerConfig):
-        from raven.controller.app import controller_main
+    if isinstance(cfg, AgentConfig) and cfg.cleanup:
+        from raven.agent.app import agent_cleanup
 
-        return await run_mode("controller", raven_version(), cfg.common, controller_main(cfg))
-    from raven.agent.app import agent_cleanup, agent_main
-
-    if cfg.cleanup:
         await agent_cleanup(cfg)
         return 0
-    return await run_mode("agent", raven_version(), cfg.common, agent_main(cfg))
+    # Loaded here, before anything starts: an unusable kubeconfig is a ConfigError (exit 2, one line),
+    # not a crashed supervised task in a process that keeps running.
+    api = await new_api_client(cfg.common.kubeconfig)
+    try:
+        if isinstance(cfg, ControllerConfig):
+            from raven.controller.app import controller_main
+
+            return await run_mode("controller", raven_version(), cfg.common, controller_main(cfg, api))
+        from raven.agent.app import agent_main
+
+        return await run_mode("agent", raven_version(), cfg.common, agent_main(cfg, api))
+    finally:
+        await api.close()
 
 
 if __name__ == "__main__":

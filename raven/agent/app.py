@@ -15,6 +15,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
+
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.underlay import Underlay, detect_underlay
@@ -24,7 +26,7 @@ from raven.config import AgentConfig
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
-from raven.kube.client import GATEWAYS, NODES, KubeClient, new_api_client
+from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer, InformerEvent, rv_of
 from raven.log import kv
 from raven.runtime import Runtime
@@ -148,9 +150,11 @@ def _plan_facts(node: Node) -> tuple[object, ...]:
     return (node.internal_ip, node.pod_cidrs, node.labels.get("raven.openyurt.io/gateway"), node.being_deleted)
 
 
-def agent_main(cfg: AgentConfig) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+    """The agent's main coroutine over `api` (from `new_api_client`, loaded before anything starts)."""
+
     async def main(rt: Runtime) -> None:
-        client = KubeClient(await new_api_client(cfg.common.kubeconfig))
+        client = KubeClient(api)
         kernel = KernelApplier(ownership(plan_config(cfg, None)))
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk) if cfg.vpn_driver == "ipsec" else None
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,

@@ -15,11 +15,13 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
+
 from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.reconciler import GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient, new_api_client
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
@@ -118,9 +120,11 @@ class Controller:
             self.reconciler.enqueue_all()
 
 
-def controller_main(cfg: ControllerConfig) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+def controller_main(cfg: ControllerConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+    """The controller's main coroutine over `api` (from `new_api_client`, loaded before anything starts)."""
+
     async def main(rt: Runtime) -> None:
-        client = KubeClient(await new_api_client(cfg.common.kubeconfig))
+        client = KubeClient(api)
         try:
             await Controller(cfg, rt, client).run()
         finally:

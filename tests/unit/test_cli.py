@@ -161,3 +161,18 @@ def test_config_reads_every_agent_flag(kubeconfig: str, psk_file: str) -> None:
     assert (cfg.node_name, cfg.vxlan_vni, cfg.tunnel_cidr, cfg.underlay_mtu) == ("n1", 300, "100.64.0.0/16", 9000)
     assert cfg.esp_proposals == ("aes128-sha256", "aes256-sha256")
     assert cfg.psk == "x" * 48 and "x" * 48 not in repr(cfg)  # the key never reaches logs
+
+
+@pytest.mark.parametrize("mode", ["controller", "agent"])
+def test_unusable_kubeconfig_exits_at_once_with_one_line(tmp_path: Path, psk_file: str, mode: str) -> None:
+    # Readable but not a kubeconfig: only loading it tells. That must end the process with exit 2,
+    # not crash a supervised task inside a process that keeps running (and serving /healthz 500).
+    path = tmp_path / "kubeconfig"
+    path.write_text("")
+    args = [f"--mode={mode}", "--kubeconfig", str(path), "--health-addr", "127.0.0.1:0", "--metrics-addr",
+            "127.0.0.1:0"]
+    if mode == "agent":
+        args += ["--node-name", "n1", "--psk-file", psk_file]
+    result = run(args)
+    assert result.returncode == 2
+    _assert_clean_error(result, "cannot load Kubernetes client config")
