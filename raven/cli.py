@@ -148,7 +148,7 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
         return default if value is None else value
 
     d = AgentConfig.__dataclass_fields__
-    return AgentConfig(
+    agent = AgentConfig(
         common=common,
         node_name=ns.node_name or env.get("NODE_NAME", ""),
         vpn_driver=cast(Literal["ipsec", "wireguard"], ns.vpn_driver or "ipsec"),
@@ -168,6 +168,15 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
         ike_proposals=_proposals(ns.ike_proposals, ("aes256-sha256-modp2048",)),
         esp_proposals=_proposals(ns.esp_proposals, ("aes256-sha256",)),
     )
+    # The plan checks combinations of these settings too (ports that must differ, an underlay MTU that
+    # leaves no room for the encapsulation); what it would reject at start is a configuration error here.
+    from raven.agent.app import plan_config
+
+    try:
+        plan_config(agent, None)
+    except ValueError as exc:
+        raise ConfigError(f"agent settings: {exc}") from None
+    return agent
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -176,3 +176,18 @@ def test_unusable_kubeconfig_exits_at_once_with_one_line(tmp_path: Path, psk_fil
     result = run(args)
     assert result.returncode == 2
     _assert_clean_error(result, "cannot load Kubernetes client config")
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--vxlan-port", "4473"], "must differ"),  # the default --tunnel-port
+        (["--underlay-mtu", "600"], "path MTU below 576"),
+    ],
+)
+def test_agent_settings_the_plan_rejects_are_config_errors(
+    kubeconfig: str, psk_file: str, flags: list[str], phrase: str
+) -> None:
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--psk-file", psk_file, *flags])
+    assert result.returncode == 2
+    _assert_clean_error(result, phrase)
