@@ -132,8 +132,9 @@ class ClusterView:
         me_obj = self._nodes.get(self._cfg.node_name)
         me = Node.from_dict(me_obj) if me_obj is not None else None
         if me is not None and me.internal_ip and me.internal_ip != self._node_ip:
-            self._node_ip = me.internal_ip
             self._underlay = await detect_underlay(me.internal_ip)
+            # Only once the lookup worked: a failed one (raised) is tried again by the next plan.
+            self._node_ip = me.internal_ip
             log.info("underlay", extra=kv(node_ip=me.internal_ip, ifname=self._underlay.ifname if self._underlay
                                           else None, mtu=self._underlay.mtu if self._underlay else None))
         problems: list[str] = []

@@ -75,3 +75,33 @@ async def test_a_repaired_gateway_is_planned_from_its_new_version() -> None:
     after = await view.plan()
     assert not any("10.247." in r.dst for r in after.state.routes)
     assert not any("malformed" in p for p in after.problems)
+
+
+async def test_a_failed_underlay_lookup_is_retried_on_the_next_plan(monkeypatch: Any) -> None:
+    # A transient netlink failure must not leave raven0 planned with the default MTU for good.
+    import raven.agent.app as app
+    from raven.agent.underlay import Underlay
+
+    calls: list[str] = []
+
+    async def flaky(node_ip: str) -> Underlay | None:
+        calls.append(node_ip)
+        if len(calls) == 1:
+            raise OSError(105, "No buffer space available")
+        return Underlay("eth9", 1400)
+
+    monkeypatch.setattr(app, "detect_underlay", flaky)
+    view, _gateways = _view("edge-a-2")
+    nodes = view._nodes
+    nodes.cache["edge-a-2"] = {
+        "metadata": {"name": "edge-a-2", "labels": {"raven.openyurt.io/gateway": "gw-edge-a"}},
+        "spec": {"podCIDRs": ["10.245.1.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.12"}]},
+    }
+    try:
+        await view.plan()
+    except OSError:
+        pass  # the reconciler reports a failed plan and retries it
+    result = await view.plan()
+    raven0 = next(link for link in result.state.links if link.name == "raven0")
+    assert (raven0.mtu, raven0.underlay_ifname) == (1350, "eth9")
