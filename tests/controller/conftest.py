@@ -32,12 +32,15 @@ T = TypeVar("T")
 async def install_crd(client: KubeClient) -> None:
     crd = yaml.safe_load((ROOT / "manifests" / "01-crd-gateways.yaml").read_text())
     await client.create(CRDS, crd)
+    last: Exception | None = None
     for _ in range(100):  # served at once by the test server; a real one takes a moment
         try:
             await client.list(GATEWAYS)
             return
-        except Exception:
+        except Exception as exc:
+            last = exc
             await asyncio.sleep(0.05)
+    raise AssertionError(f"the Gateway CRD was never served: {last!r}")
 
 
 @pytest.fixture
