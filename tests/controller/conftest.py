@@ -131,6 +131,14 @@ class RunningController:
         value = self.rt.registry.get_sample_value(name, labels or {})
         return value or 0.0
 
+    def reconciles(self) -> float:
+        """Gateway reconciles completed so far (wait for it to grow to know a change was acted on)."""
+        return self.metric("raven_controller_reconcile_duration_seconds_count")
+
+    def delivered(self, informer: str, type_: str) -> float:
+        """Watch events of `type_` the `informer` delivered to the controller's handlers so far."""
+        return self.metric("raven_informer_events_total", {"informer": informer, "type": type_})
+
     async def stop(self) -> None:
         if not self.stopped:
             self.stopped = True

@@ -49,8 +49,11 @@ async def test_invalid_gateway_gets_condition_and_event_and_keeps_last_good_elec
     assert rc.metric("raven_controller_invalid_gateways") == 1
 
     # The last good election holds while the spec is invalid, even though its node fails.
+    seen = rc.delivered("nodes", "MODIFIED")
     await set_ready(kube, "a-1", False)
-    await asyncio.sleep(0.5)
+    await eventually(lambda: asyncio.sleep(0, rc.delivered("nodes", "MODIFIED")), lambda n: n > seen,
+                     what="a-1 NotReady delivered to the controller")
+    await asyncio.sleep(0.3)  # the pass it queued has run
     assert await active(kube, "gw-a") == ["a-1"]
     await wait_active(kube, "gw-b", ["b-1"])  # the other gateway is unaffected
 
@@ -102,8 +105,10 @@ async def test_gateway_naming_a_missing_node_is_fine(kube: KubeClient, start: St
     await kube.create(NODES, node_body("g-2", "gw-g"))
     await wait_active(kube, "gw-g", ["g-2"])
     await kube.create(NODES, node_body("ghost", "gw-g"))
-    await asyncio.sleep(0.3)
-    assert await active(kube, "gw-g") == ["g-2"]  # sticky: the late first candidate does not steal
+    # Once the controller has listed the late node in the status, it has decided with it in view ...
+    await eventually(lambda: kube.get(GATEWAYS, "gw-g"),
+                     lambda g: "ghost" in [n["nodeName"] for n in g["status"]["nodes"]], what="ghost listed")
+    assert await active(kube, "gw-g") == ["g-2"]  # ... sticky: the late first candidate does not steal
 
 
 async def test_garbage_node_and_gateway_fields_never_crash_the_controller(kube: KubeClient, start: Start) -> None:

@@ -128,14 +128,19 @@ async def test_node_heartbeat_writes_nothing(kube: KubeClient, start: Start) -> 
     await two_gateways(kube)
     rc = await start()
     await wait_active(kube, "gw-a", ["a-1"])
-    await asyncio.sleep(0.3)
+    await wait_active(kube, "gw-b", ["b-1"])
+    await asyncio.sleep(0.3)  # the first passes' last writes (Events) land
     writes = rc.metric("raven_controller_status_writes_total")
-    reconciles = rc.metric("raven_controller_reconcile_duration_seconds_count")
+    reconciles = rc.reconciles()
+    seen = rc.delivered("nodes", "MODIFIED")
     for i in range(5):
         node = await kube.get(NODES, "a-1")
         node["status"]["conditions"][0]["lastHeartbeatTime"] = f"2026-01-01T00:00:0{i}Z"
         await kube.replace(NODES, "a-1", node, subresource="status")
-    await asyncio.sleep(0.3)
+    # The controller did receive every heartbeat (else "nothing written" proves nothing) ...
+    await eventually(lambda: asyncio.sleep(0, rc.delivered("nodes", "MODIFIED")), lambda n: n >= seen + 5,
+                     what="the 5 heartbeats delivered to the controller")
+    await asyncio.sleep(0.3)  # ... and a pass it had queued for them would have run by now
     assert rc.metric("raven_controller_status_writes_total") == writes
     assert rc.metric("raven_controller_reconcile_duration_seconds_count") == reconciles
 
