@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from raven.config import ListenAddr
+from raven.config import ConfigError, ListenAddr
 from raven.health import Health
 from raven.log import kv
 
@@ -58,7 +58,12 @@ class HttpServer:
         await self._runner.setup()
         for addr in self._addrs:
             site = web.TCPSite(self._runner, addr.host or None, addr.port, reuse_address=True)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                # Port taken, address not on this host: the operator's to fix, said in one line (exit 2).
+                await self._runner.cleanup()
+                raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
             server = site._server  # the only way to learn an ephemeral port
             for sock in getattr(server, "sockets", None) or []:
                 host, port = sock.getsockname()[:2]

@@ -191,3 +191,23 @@ def test_agent_settings_the_plan_rejects_are_config_errors(
     result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--psk-file", psk_file, *flags])
     assert result.returncode == 2
     _assert_clean_error(result, phrase)
+
+
+def test_a_taken_health_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {}}]\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["--mode=controller", "--kubeconfig", str(path), "--health-addr", f"127.0.0.1:{port}",
+                      "--metrics-addr", "127.0.0.1:0"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # Logging is set up by then (the other address may have been served a moment): the error is the last line.
+    assert result.stderr.strip().splitlines()[-1].startswith(f"raven: error: cannot listen on 127.0.0.1:{port}")
