@@ -38,6 +38,10 @@ PORT_NAME = "tunnel"
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
 
 
+class ForeignObjectError(RuntimeError):
+    """An object with the name we need exists and is not ours: reported, retried, never overwritten."""
+
+
 @dataclass(frozen=True)
 class LoadBalancerSlot:
     name: str
@@ -221,7 +225,14 @@ class Exposure:
             except ApiError as exc:
                 if not exc.already_exists and exc.status != 409:
                     raise
-                # Created before our cache saw it: fall through to update.
+            # Our informer lists only objects labelled as ours, so this one is either ours and not yet
+            # in the cache, or someone else's with the same name: never take the latter over.
+            existing = await self.client.get(res, name, self.namespace)
+            labels = (existing.get("metadata") or {}).get("labels") or {}
+            if labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE:
+                raise ForeignObjectError(
+                    f"{res.plural} {self.namespace}/{name} exists and is not managed by {MANAGED_BY_VALUE}; "
+                    "rename or remove it to expose the gateway")
         patch = {k: v for k, v in want.items() if k not in ("apiVersion", "kind")}
         await self.client.merge_patch(res, name, patch, self.namespace)
         log.info("updated load balancer object", extra=kv(kind=res.plural, name=name))

@@ -129,3 +129,24 @@ async def test_failing_service_writes_never_hold_back_the_status(kube: KubeClien
     await wait_active(kube, "gw-z", ["z-2"])
     await eventually(lambda: asyncio.sleep(0, rc.metric("raven_controller_reconcile_errors_total")), lambda n: n >= 1,
                      what="the Service failure is counted and retried")
+
+
+async def test_a_foreign_service_with_our_name_is_never_taken_over(kube: KubeClient, start: Start) -> None:
+    # Someone else's Service that happens to carry the name of a load-balancer slot is not Raven's:
+    # the reconcile reports the clash (and retries) but never rewrites the object.
+    name = "raven-lb-gw-f-0"
+    foreign = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": NS, "labels": {"app": "theirs"}},
+               "spec": {"type": "ClusterIP", "ports": [{"name": "web", "protocol": "TCP", "port": 80}]}}
+    await kube.create(SERVICES, foreign, NS)
+    await kube.create(NODES, node_body("f-1", "gw-f"))
+    await kube.create(GATEWAYS, gateway_body("gw-f", ["f-1"], exposeType="LoadBalancer"))
+    rc = await start()
+    await wait_active(kube, "gw-f", ["f-1"])
+    await eventually(lambda: asyncio.sleep(0, rc.metric("raven_controller_reconcile_errors_total")),
+                     lambda n: n >= 1, what="the clash reported as a failed reconcile")
+    svc = await kube.get(SERVICES, name, NS)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert [(p["protocol"], p["port"]) for p in svc["spec"]["ports"]] == [("TCP", 80)]
+    assert svc["metadata"]["labels"] == {"app": "theirs"} and not svc["metadata"].get("ownerReferences")
+    assert not await exists(kube, ENDPOINTS, name)
