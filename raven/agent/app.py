@@ -204,6 +204,9 @@ async def agent_cleanup(cfg: AgentConfig) -> None:
     kernel = KernelApplier(ownership(plan_config(cfg, None)))
     try:
         report = await kernel.cleanup()
+        for err in report.errors:
+            log.warning("kernel cleanup write failed", extra=kv(kind=err.kind, op=err.op, obj=err.obj,
+                                                                reason=err.reason))
         log.info("kernel state removed", extra=kv(writes=report.total_writes, errors=len(report.errors)))
     finally:
         await kernel.close()
@@ -212,6 +215,8 @@ async def agent_cleanup(cfg: AgentConfig) -> None:
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk or "cleanup-only")
         try:
             vici_report = await vpn.cleanup()
+            for err in vici_report.errors:
+                log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
             log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
         except Exception as exc:
             log.warning("could not clean up charon (is it running?)", extra=kv(error=str(exc)))

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from raven.log import kv
+
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET: Final = 0x40000000
@@ -164,7 +166,7 @@ class MssClamp:
         rc, _out, err = self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin="\n".join(lines) + "\n")
         if rc != 0:
             raise OSError(f"{self._iptables}-restore failed: {err.strip()}")
-        log.info("mss clamp chain=%s ifnames=%s", self.chain, ",".join(sorted(ifnames)))
+        log.info("mss clamp written", extra=kv(chain=self.chain, ifnames=",".join(sorted(ifnames))))
         return 1
 
     def remove(self) -> int:

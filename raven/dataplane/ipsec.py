@@ -56,6 +56,7 @@ import vici.exception
 
 from raven.dataplane.kernel import ApplyError, ApplyReport
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
+from raven.log import kv
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class IPsecDriver:
         self._sock = sock
         self._session = vici.Session(sock)
         self.connects += 1
-        log.info("vici connected socket=%s connects=%d", self.socket_path, self.connects)
+        log.info("vici connected", extra=kv(socket=self.socket_path, connects=self.connects))
         return self._session
 
     def _disconnect(self) -> None:
@@ -217,7 +218,7 @@ class IPsecDriver:
                 self._disconnect()
                 if attempt == 2:
                     raise CharonUnavailable(f"charon at {self.socket_path} failed: {exc}") from exc
-                log.warning("vici connection lost socket=%s reason=%s reconnecting", self.socket_path, exc)
+                log.warning("vici connection lost, reconnecting", extra=kv(socket=self.socket_path, reason=str(exc)))
         raise AssertionError("unreachable")
 
     # ---- public ----------------------------------------------------------------------------------
@@ -293,12 +294,8 @@ class IPsecDriver:
                 self._terminate(s, name, report)
             _child, cfg = wanted[name]
             self._op(report, "load_conn", name, s.load_conn, {name: cfg})
-            log.info(
-                "vici connection loaded name=%s remote=%s initiator=%s",
-                name,
-                ",".join(desired[name].remote_addrs),
-                desired[name].initiator,
-            )
+            log.info("vici connection loaded", extra=kv(conn=name, remote=",".join(desired[name].remote_addrs),
+                                                        initiator=desired[name].initiator))
         # An initiator whose IKE_SA is gone for good: charon does not retry after a hard failure (e.g.
         # NO_PROPOSAL_CHOSEN from a peer whose agent had not loaded its side yet, AUTHENTICATION_FAILED),
         # so start it again. Non-blocking; an SA still being set up is listed and left alone.
@@ -306,9 +303,9 @@ class IPsecDriver:
             child, _cfg = wanted[name]
             self._op(report, "initiate", name, s.initiate,
                      {"ike": name, "child": child, "timeout": -1, "init-limits": "no"})
-            log.info("vici connection re-initiated name=%s reason=no IKE_SA", name)
+            log.info("vici connection re-initiated", extra=kv(conn=name, reason="no IKE_SA"))
         if to_load or to_unload:
-            log.info("vici reconcile loaded=%d unloaded=%d", len(to_load), len(to_unload))
+            log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))
         return report
 
     def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
@@ -321,7 +318,8 @@ class IPsecDriver:
             if op == "terminate" and "no matching SAs" in str(exc):
                 return  # the SA went away on its own since we listed it: the goal is met
             report.errors.append(ApplyError("vici", op, name, str(exc)))
-            log.warning("vici %s failed name=%s reason=%s", op, name, exc)
+            # debug: whoever holds the report logs each failure once (the agent's loop, --cleanup).
+            log.debug("vici operation failed", extra=kv(op=op, conn=name, reason=str(exc)))
 
     def _terminate(self, s: Any, name: str, report: ApplyReport) -> None:
         # force: do not wait for a DELETE answer from a peer that may be gone; timeout=-1: return at once.

@@ -77,6 +77,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from raven.log import kv
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -525,13 +526,9 @@ class KernelApplier:
             await self._reset()
         report.duration_s = time.perf_counter() - start
         if report.total_writes or report.errors:
-            log.info(
-                "kernel apply writes=%d %s errors=%d duration_ms=%.1f",
-                report.total_writes,
-                " ".join(f"{k}={v}" for k, v in report.writes.items() if v),
-                len(report.errors),
-                report.duration_s * 1000,
-            )
+            log.info("kernel applied", extra=kv(writes=report.total_writes,
+                                                **{k: v for k, v in report.writes.items() if v},
+                                                errors=len(report.errors), ms=round(report.duration_s * 1000, 1)))
         return report
 
     def _rule_args(self, r: Rule) -> dict[str, Any]:
@@ -582,7 +579,7 @@ class KernelApplier:
             report.writes["sysctl"] += len(written)
             if self._on_write is not None:
                 self._on_write("sysctl", len(written))
-            log.info("sysctl written keys=%s", ",".join(written))
+            log.info("sysctl written", extra=kv(keys=",".join(written)))
 
     async def cleanup(self) -> ApplyReport:
         """Remove every owned object (links, routes, rules, neighbours, FDB, the MSS chain) and nothing else."""
@@ -599,7 +596,7 @@ class KernelApplier:
             else:
                 report.writes["iptables"] += removed
         report.duration_s = time.perf_counter() - start
-        log.info("kernel cleanup writes=%d errors=%d", report.total_writes, len(report.errors))
+        log.info("kernel cleanup", extra=kv(writes=report.total_writes, errors=len(report.errors)))
         return report
 
 
@@ -648,7 +645,8 @@ class _Writer:
 
     def error(self, kind: str, op: str, obj: object, reason: str) -> None:
         self.report.errors.append(ApplyError(kind, op, str(obj), reason))
-        log.warning("kernel write failed kind=%s op=%s obj=%s reason=%s", kind, op, obj, reason)
+        # debug: whoever holds the report logs each failure once (the agent's loop, --cleanup).
+        log.debug("kernel write failed", extra=kv(kind=kind, op=op, obj=obj, reason=reason))
 
     def idx(self, name: str) -> int:
         try:
