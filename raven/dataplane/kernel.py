@@ -357,8 +357,10 @@ class KernelApplier:
             self._ipr.close()
             self._ipr = None
         if self._rt is not None:
-            self._rt.close()
-            self._rt = None
+            rt, self._rt = self._rt, None
+            # In the worker, after whatever still runs there (a cancelled apply leaves its send running):
+            # closing the socket under that thread could hand its fd number to another socket meanwhile.
+            await self._in_worker(rt.close)
         self._worker.shutdown(wait=False)
         self._aux.shutdown(wait=False)
 
