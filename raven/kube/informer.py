@@ -23,7 +23,8 @@ How nothing is lost or applied twice:
   informer re-lists and diffs the fresh list against its cache: ADDED for new objects, MODIFIED for
   ones whose resourceVersion changed, and a synthetic DELETED for objects that vanished meanwhile;
 - a connection that goes silent (half-open TCP) is abandoned after `read_timeout_s` without a byte;
-  reconnects back off with jitter so a restarted API server is not stampeded.
+  reconnects back off with jitter so a restarted API server is not stampeded; so does a watch that
+  ends at once without a single event (a proxy closing streams), which would otherwise spin.
 Every watch restart is counted in `raven_informer_watch_restarts_total{informer,reason}`.
 """
 
@@ -33,6 +34,7 @@ import asyncio
 import inspect
 import logging
 import random
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import aclosing
@@ -49,6 +51,8 @@ from raven.log import kv
 log = logging.getLogger(__name__)
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+# A watch that ends sooner than this without a single event counts as a failed one (backoff).
+QUICK_CLOSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,14 @@ class Informer:
                     await self._relist()
                     need_list = False
                     self._backoff.reset()
-                await self._watch()
+                started = time.monotonic()
+                received = await self._watch()
                 self._m.restarts.labels(informer=self.name, reason="closed").inc()
                 log.debug("watch closed, resuming", extra=kv(informer=self.name, rv=self.resource_version))
+                if not received and time.monotonic() - started < QUICK_CLOSE_S:
+                    # Ended at once with nothing in it (a proxy closing streams, a broken server): back off
+                    # as after an error, or this loop would reconnect thousands of times a second.
+                    await self._backoff.sleep()
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
@@ -258,7 +267,9 @@ class Informer:
             if not token:
                 return items, rv
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> int:
+        """Follow one watch until it ends; returns how many events (bookmarks included) it carried."""
+        received = 0
         stream = self.client.watch(
             self.resource,
             self.resource_version,
@@ -272,6 +283,7 @@ class Informer:
         )
         async with aclosing(stream):
             async for event in stream:
+                received += 1
                 etype = event.get("type")
                 obj = event["object"]
                 rv = rv_of(obj)
@@ -299,6 +311,7 @@ class Informer:
                 if rv:
                     self.resource_version = rv
                 self._backoff.reset()
+        return received
 
     async def _emit(self, event: InformerEvent) -> None:
         self._m.events.labels(informer=self.name, type=event.type).inc()
