@@ -8,7 +8,8 @@ loop asked for, so each test can assert what the loop did and did not do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 
@@ -53,6 +54,7 @@ class RecordingCharon:
         self.connects = 1
         self.loaded: list[frozenset[IPsecConnection]] = []
         self.established: set[str] = set()
+        self.state_reads = 0
 
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
         if not self.up:
@@ -62,6 +64,7 @@ class RecordingCharon:
         return ApplyReport()
 
     async def states(self) -> list[TunnelState]:
+        self.state_reads += 1
         if not self.up:
             raise CharonUnavailable("no VICI socket at /run/test.vici")
         return [TunnelState(n, "ESTABLISHED", 1, "198.18.2.11", 4500, "INSTALLED", 1, 0, 0, 0, 0, True)
@@ -82,11 +85,12 @@ def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: R
                       tunnel_check_period=kw.get("tunnel_check", 30.0))
 
 
-async def run_for(rec: Reconciler, seconds: float) -> None:
-    task = asyncio.create_task(rec.run())
-    await asyncio.sleep(seconds)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Let the loop run until `check()` holds (a loaded machine may be slow; never a fixed wait)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_nothing_is_applied_before_the_informers_synced() -> None:
@@ -99,7 +103,7 @@ async def test_nothing_is_applied_before_the_informers_synced() -> None:
     assert kernel.applied == [] and not rec.ready().ok
     synced[0] = True
     rec.trigger("synced")
-    await asyncio.sleep(0.1)
+    await until(lambda: bool(kernel.applied), "the first apply after sync")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert kernel.applied == [GATEWAY.state] and rec.ready().ok
@@ -111,7 +115,8 @@ async def test_a_burst_of_events_is_one_pass() -> None:
     task = asyncio.create_task(rec.run())
     for i in range(20):
         rec.trigger(f"node/n{i}")
-    await asyncio.sleep(0.15)
+    await until(lambda: bool(kernel.applied), "the first pass")
+    await asyncio.sleep(0.1)  # ten debounce periods: a second pass would have started by now
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(kernel.applied) == 1
@@ -154,7 +159,8 @@ async def test_a_failed_pass_is_retried_without_a_new_event() -> None:
     rec = make(MEMBER, kernel, None)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await asyncio.sleep(0.8)  # backoff starts at 0.2 s (jittered down to half)
+    await until(lambda: len(kernel.applied) >= 2, "the retry")  # backoff starts at 0.2 s (jittered down to half)
+    await asyncio.sleep(0.1)  # a successful retry ends the backoff: no third pass
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(kernel.applied) == 2 and rec.ready().ok
@@ -165,12 +171,15 @@ async def test_a_restarted_charon_is_reloaded_between_resyncs() -> None:
     rec = make(GATEWAY, RecordingKernel(), charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await asyncio.sleep(0.2)
-    assert len(charon.loaded) == 1
+    await until(lambda: bool(charon.loaded), "the first load")
+    reads = charon.state_reads
+    await until(lambda: charon.state_reads >= reads + 2, "two tunnel checks")
+    assert len(charon.loaded) == 1  # checks of a healthy charon reload nothing
     # charon restarts: it lost every connection and the driver had to reconnect.
     charon.established.clear()
     charon.connects += 1
-    await asyncio.sleep(0.3)
+    await until(lambda: len(charon.loaded) >= 2, "the reload after the restart")
+    await asyncio.sleep(0.1)  # two tunnel-check periods: the reloaded charon is healthy, no more loads
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(charon.loaded) == 2 and charon.established == {"raven-gw-b"}
@@ -181,7 +190,9 @@ async def test_a_converged_node_makes_no_extra_passes() -> None:
     rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await asyncio.sleep(0.4)
+    await until(lambda: bool(kernel.applied), "the first pass")
+    reads = charon.state_reads
+    await until(lambda: charon.state_reads >= reads + 5, "five tunnel checks")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     # Tunnel checks looked at charon several times, but nothing changed, so nothing was re-applied.
