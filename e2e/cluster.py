@@ -161,6 +161,9 @@ class ApiServerThread:
 
 @dataclass(frozen=True)
 class FailoverResult:
+    """What `RavenCluster.failover_under_probe` measured: who was active before and after, seconds from
+    the NotReady write to the new election and to resumed traffic, and the probe's loss and outages."""
+
     gateway: str
     old: str
     new: str

@@ -52,6 +52,8 @@ def _probe_argv(*args: str) -> list[str]:
 
 @dataclass(frozen=True)
 class PingResult:
+    """The summary of one `ping` run (counts and RTTs parsed from its output)."""
+
     src: str
     dst: str
     sent: int
@@ -171,6 +173,9 @@ def udp_check(src: Netns, dst: Netns, dst_ip: str, port: int = 18081, timeout: f
 
 @dataclass(frozen=True)
 class Outage:
+    """A run of consecutive unanswered probe packets: when it began (s from probe start), how long it
+    lasted, how many packets it lost."""
+
     start_s: float  # offset from the probe's start of the first unanswered packet
     length_s: float  # from the first unanswered packet to the next answered one
     lost: int
@@ -178,6 +183,8 @@ class Outage:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """What a `ContinuousProbe` saw: packets sent and answered (warm-up excluded), every outage, RTTs."""
+
     sent: int
     received: int
     interval_s: float

@@ -106,6 +106,14 @@ def validate_metadata(meta: dict[str, Any], namespace_like: bool) -> list[FieldE
 
 
 class Cluster:
+    """The API server's state, with no HTTP in it: resource types (built-ins and CRDs), one `Store` per
+    resource, the global resourceVersion counter, owner references for garbage collection.
+
+    `create`/`update`/`delete`/`get` take a `ResourceType` (from `lookup(group, version, plural)`); they
+    are the very methods the HTTP handlers call, so tests may call them directly to change the world
+    behind a client's back (e.g. while it cannot connect) and watchers see it as any other change.
+    """
+
     def __init__(self, history_window: int = 10_000) -> None:
         self.rv = 1
         self.window = history_window

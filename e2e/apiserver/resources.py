@@ -18,6 +18,9 @@ Cells = Callable[[dict[str, Any]], list[Any]]
 
 @dataclass
 class ResourceType:
+    """Everything the server needs to serve one kind at one version: names (for discovery and URLs),
+    scope, status subresource, the schema and printer columns of a CRD, field selectors, table cells."""
+
     group: str
     version: str
     plural: str

@@ -69,6 +69,15 @@ def _table_version(accept: str) -> str | None:
 
 
 class ApiServer:
+    """The test Kubernetes API server: an aiohttp app over TLS with one bearer token, serving `cluster`.
+
+    Lifecycle: `await start()` / `await stop()` (port 0 picks a free port: read `.port`/`.url` after
+    start), `write_kubeconfig(path)` for clients. Everything else is fault injection for tests
+    (`drop_watches`, `compact`, `fail_next`, `set_latency`, `stop_accepting`/`resume_accepting`/`outage`,
+    `bookmark_interval`) and introspection (`request_counts`, `open_watches`). e2e/README.md lists what
+    the server implements and what it does not.
+    """
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  history_window: int = 10_000, bookmark_interval: float = 60.0,
                  extra_sans: list[str] | None = None, advertise: str | None = None) -> None:

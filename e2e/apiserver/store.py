@@ -34,6 +34,8 @@ def encode(obj: Any) -> bytes:
 
 
 class Entry:
+    """A stored object and its serialised bytes (encoded once at commit, served as-is)."""
+
     __slots__ = ("obj", "raw")
 
     def __init__(self, obj: dict[str, Any], raw: bytes) -> None:
@@ -128,6 +130,9 @@ class Watcher:
 
 
 class Store:
+    """The objects of one resource (group + plural), their recent history (for watches that resume from a
+    resourceVersion) and the open watchers; versions older than `floor` are gone (410)."""
+
     def __init__(self, group: str, resource: str, namespaced: bool, floor: int, window: int) -> None:
         self.group = group
         self.resource = resource
