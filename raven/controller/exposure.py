@@ -227,9 +227,11 @@ class Exposure:
                     raise
             # Our informer lists only objects labelled as ours, so this one is either ours and not yet
             # in the cache, or someone else's with the same name: never take the latter over.
-            existing = await self.client.get(res, name, self.namespace)
-            labels = (existing.get("metadata") or {}).get("labels") or {}
-            if labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE:
+            # (A list by name, not a GET: the controller's RBAC grants list on these kinds, not get.)
+            found = await self.client.list(res, self.namespace, field_selector=f"metadata.name={name}")
+            existing = [o for o in found.get("items") or [] if isinstance(o, dict) and name_of(o) == name]
+            labels = ((existing[0].get("metadata") or {}).get("labels") or {}) if existing else {}
+            if existing and labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE:
                 raise ForeignObjectError(
                     f"{res.plural} {self.namespace}/{name} exists and is not managed by {MANAGED_BY_VALUE}; "
                     "rename or remove it to expose the gateway")
