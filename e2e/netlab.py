@@ -7,6 +7,11 @@ removes what this lab created, and `cleanup_prefix(prefix)` removes the leftover
 by name alone. Nothing with another prefix is ever touched, so several labs (other engineers' tests,
 the end-to-end suite) run side by side on one machine.
 
+A prefix belongs to one live lab at a time, machine-wide: a lab holds an flock on
+``/run/lock/raven-netlab-<prefix>.lock`` while open. A second run with the same prefix (two pytest
+runs on a shared machine) waits for it instead of "cleaning up" the first run's live namespaces;
+the kernel drops the lock when its holder dies, so a crashed run never blocks the next one.
+
 Everything here is plain `subprocess` (iproute2, iptables, sysctl) so it can be used from sync
 pytest fixtures, from the e2e runner and from a shell. Bulk changes go through ``ip -n NS -batch -``
 (one fork per namespace instead of one per object).
@@ -66,6 +71,75 @@ CHARON_PLUGINS = (
 
 class LabError(RuntimeError):
     """A lab operation failed (a command returned non-zero, a process did not come up)."""
+
+
+LOCK_DIR = Path("/run/lock")
+# How long a new lab waits for another live lab with its prefix to close (RAVEN_LAB_LOCK_WAIT seconds).
+LOCK_WAIT_S = float(os.environ.get("RAVEN_LAB_LOCK_WAIT", "600"))
+# prefix -> [fd of its lock file, labs open in this process]. Within one process a new lab with a
+# prefix still cleans up after an earlier one (a test that failed before close()), as it always did.
+_held: dict[str, list[int]] = {}
+
+
+def _lock_path(prefix: str) -> Path:
+    return LOCK_DIR / f"raven-netlab-{prefix}.lock"
+
+
+def _lock_holder(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    return "?"
+
+
+def _claim_prefix(prefix: str, timeout: float) -> None:
+    """Take the machine-wide lock of `prefix` (see the module docstring), waiting up to `timeout` s."""
+    if prefix in _held:
+        _held[prefix][1] += 1
+        return
+    fd = os.open(_lock_path(prefix), os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+    deadline = time.monotonic() + timeout
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise LabError(f"prefix {prefix!r} is still in use by a live lab (pid {holder}) after "
+                               f"{timeout:.0f} s") from None
+            if not waiting:
+                log.warning("prefix in use by another live lab, waiting prefix=%s pid=%s", prefix, _lock_holder(fd))
+                waiting = True
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[prefix] = [fd, 1]
+
+
+def _release_prefix(prefix: str) -> None:
+    held = _held.get(prefix)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _held[prefix]
+        os.close(held[0])  # drops the flock
+
+
+def _prefix_in_use_elsewhere(prefix: str) -> str | None:
+    """The pid of another process holding `prefix`'s lock, or None (free, or held by this process)."""
+    if prefix in _held or not _lock_path(prefix).exists():
+        return None
+    fd = os.open(_lock_path(prefix), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
+    return None
 
 
 def _check_prefix(prefix: str) -> None:
@@ -483,16 +557,21 @@ class Lab:
         self.prefix = prefix
         # batch=False runs one `ip` per command: only the benchmark's baseline wants that.
         self.batch = batch
-        if clean_first:
-            # A previous crashed run with the same prefix must not make this one fail.
-            cleanup_prefix(prefix)
-        # A run dir the lab made itself is removed by a clean close() (logs stay after a failure
-        # or with NETLAB_KEEP=1); a caller's run dir is never removed.
-        self._own_run_dir = run_dir is None
-        if run_dir is None:
-            run_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
-        self.run_dir = run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _claim_prefix(prefix, LOCK_WAIT_S)
+        try:
+            if clean_first:
+                # A previous crashed run with the same prefix must not make this one fail.
+                cleanup_prefix(prefix)
+            # A run dir the lab made itself is removed by a clean close() (logs stay after a failure
+            # or with NETLAB_KEEP=1); a caller's run dir is never removed.
+            self._own_run_dir = run_dir is None
+            if run_dir is None:
+                run_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+            self.run_dir = run_dir
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            _release_prefix(prefix)
+            raise
         self.namespaces: dict[str, Netns] = {}
         self.forwards: list[Process] = []
         self._closed = False
@@ -616,6 +695,7 @@ class Lab:
         # Anything else still inside (a process started by hand, a child that escaped its group).
         names = [ns.name for ns in self.namespaces.values()]
         _remove_namespaces(names)
+        _release_prefix(self.prefix)
         keep = keep_logs or os.environ.get("NETLAB_KEEP") == "1" or not self._own_run_dir
         if keep:
             log.info("lab closed prefix=%s namespaces=%d logs=%s", self.prefix, len(names), self.run_dir)
@@ -697,9 +777,13 @@ def list_netns() -> list[str]:
 def cleanup_prefix(prefix: str) -> list[str]:
     """Remove every namespace (with its processes, links, mounts) and /etc/netns folder of `prefix`.
 
-    For leftovers of a crashed run. Returns the namespace names it removed.
+    For leftovers of a crashed run. Returns the namespace names it removed. Refuses (LabError) while
+    another process's lab with this prefix is open: those are not leftovers.
     """
     _check_prefix(prefix)
+    holder = _prefix_in_use_elsewhere(prefix)
+    if holder is not None:
+        raise LabError(f"prefix {prefix!r} belongs to a live lab (pid {holder}); not cleaning it up")
     names = [n for n in list_netns() if n.startswith(prefix + "-")]
     if ETC_NETNS.exists():
         names += [p.name for p in ETC_NETNS.iterdir() if p.name.startswith(prefix + "-") and p.name not in names]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,3 +123,41 @@ def test_cleanup_prefix_removes_leftovers_of_a_crashed_run() -> None:
 def test_prefix_is_validated() -> None:
     with pytest.raises(ValueError):
         Lab("Bad Prefix", clean_first=False)
+
+
+_OTHER_RUN = """
+import sys
+from e2e.netlab import Lab, LabError, cleanup_prefix
+try:
+    if sys.argv[1] == "cleanup":
+        cleanup_prefix(sys.argv[2])
+    else:
+        Lab(sys.argv[2]).close()
+except LabError as e:
+    print("refused:", e)
+    sys.exit(3)
+print("done")
+"""
+
+
+def _other_run(what: str, wait_s: float) -> subprocess.CompletedProcess[str]:
+    """Another process (another engineer's pytest) using our prefix."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), RAVEN_LAB_LOCK_WAIT=str(wait_s))
+    return subprocess.run([sys.executable, "-c", _OTHER_RUN, what, PREFIX], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_a_second_run_with_the_same_prefix_never_tears_down_a_live_lab(lab: Lab) -> None:
+    ns = lab.netns("live")
+    proc = ns.popen(["sleep", "60"], name="sleeper")
+    # Neither a crash clean-up nor a new lab of another process may touch this one while it is open ...
+    cleanup = _other_run("cleanup", wait_s=0)
+    assert cleanup.returncode == 3 and "live lab" in cleanup.stdout, (cleanup.stdout, cleanup.stderr)
+    second = _other_run("lab", wait_s=0.5)
+    assert second.returncode == 3 and "still in use" in second.stdout, (second.stdout, second.stderr)
+    assert ns.name in find_leftovers(PREFIX)["netns"] and proc.alive()
+    # ... and once it is closed, the other process gets the prefix.
+    lab.close()
+    assert _other_run("lab", wait_s=5).stdout.strip() == "done"
+    assert _nothing_left(find_leftovers(PREFIX))
