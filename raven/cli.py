@@ -203,8 +203,7 @@ async def _run(cfg: ControllerConfig | AgentConfig) -> int:
     if isinstance(cfg, AgentConfig) and cfg.cleanup:
         from raven.agent.app import agent_cleanup
 
-        await agent_cleanup(cfg)
-        return 0
+        return await agent_cleanup(cfg)
     # Loaded here, before anything starts: an unusable kubeconfig is a ConfigError (exit 2, one line),
     # not a crashed supervised task in a process that keeps running.
     api = await new_api_client(cfg.common.kubeconfig)

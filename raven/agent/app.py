@@ -23,8 +23,8 @@ from raven.agent.underlay import Underlay, detect_underlay
 from raven.api.gateway import Gateway, GatewayParseError
 from raven.api.node import Node
 from raven.config import AgentConfig
-from raven.dataplane.ipsec import IPsecDriver
-from raven.dataplane.kernel import KernelApplier, Ownership
+from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
+from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer, InformerEvent, rv_of
@@ -199,14 +199,23 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
     return main
 
 
-async def agent_cleanup(cfg: AgentConfig) -> None:
-    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections)."""
+async def agent_cleanup(cfg: AgentConfig) -> int:
+    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections).
+
+    Returns the exit code: 1 when anything could not be removed (so a script or an operator notices), else 0.
+    """
+    failed = False
     kernel = KernelApplier(ownership(plan_config(cfg, None)))
     try:
         report = await kernel.cleanup()
+    except KernelError as exc:
+        failed = True
+        log.error("kernel cleanup failed: nothing removed", extra=kv(error=str(exc)))
+    else:
         for err in report.errors:
             log.warning("kernel cleanup write failed", extra=kv(kind=err.kind, op=err.op, obj=err.obj,
                                                                 reason=err.reason))
+        failed = failed or not report.ok
         log.info("kernel state removed", extra=kv(writes=report.total_writes, errors=len(report.errors)))
     finally:
         await kernel.close()
@@ -217,8 +226,14 @@ async def agent_cleanup(cfg: AgentConfig) -> None:
             vici_report = await vpn.cleanup()
             for err in vici_report.errors:
                 log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
+            failed = failed or not vici_report.ok
             log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
+        except CharonUnavailable as exc:
+            # A charon that is not running holds no connections (it loses them all when it stops).
+            log.warning("charon not reachable; nothing to remove there", extra=kv(error=str(exc)))
         except Exception as exc:
-            log.warning("could not clean up charon (is it running?)", extra=kv(error=str(exc)))
+            failed = True
+            log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
         finally:
             await vpn.close()
+    return 1 if failed else 0
