@@ -23,7 +23,16 @@ from .crds import gateway, gateway_crd
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed on this machine")
+# kubectl comes with the machine image (ENVIRONMENT.md), not from `make install`: on a machine without it
+# these tests fail and say so, rather than let the suite pass without them. RAVEN_SKIP_KUBECTL=1 opts out.
+pytestmark = pytest.mark.skipif(KUBECTL is None and os.environ.get("RAVEN_SKIP_KUBECTL") == "1",
+                                reason="kubectl is not installed and RAVEN_SKIP_KUBECTL=1")
+
+
+@pytest.fixture(autouse=True)
+def kubectl_installed() -> None:
+    if KUBECTL is None:
+        pytest.fail("kubectl is not on PATH (set RAVEN_SKIP_KUBECTL=1 to skip these tests knowingly)")
 
 
 def versioned(v: str) -> str:
