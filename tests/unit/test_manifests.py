@@ -46,6 +46,11 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == [p.name for p in BUILTIN_FILES]
 
 
+def test_there_are_manifests_and_examples_to_check() -> None:
+    # The parametrized tests run once per file: with no files they would be skipped, not failed.
+    assert BUILTIN_FILES and EXAMPLES
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_gateway_matches_crd_schema_and_model(path: Path) -> None:
     for doc in _docs(path):
