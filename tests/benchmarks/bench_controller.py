@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -258,6 +259,11 @@ async def main(gateways: int, events: int, rate: float) -> JSON:
             print("slowest failovers ms:", sorted(latencies)[-10:], file=sys.stderr)
         watch_task.cancel()
         await client.close()
+    except BaseException:
+        print(f"bench failed; apiserver and controller logs in {tmp}", file=sys.stderr)
+        raise
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # logs are kept only when the run failed
     finally:
         for proc in (controller, server):
             if proc is not None and proc.returncode is None:
