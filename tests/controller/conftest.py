@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import yaml
@@ -54,16 +55,20 @@ async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
         await client.close()
 
 
-async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 15.0,
+async def eventually(fn: Callable[[], Awaitable[T] | T], check: Callable[[T], bool], within: float = 15.0,
                      interval: float = 0.05, what: str = "condition") -> T:
-    """Poll `fn()` until `check(result)`; fail with the last result after `within` seconds."""
+    """Poll `fn()` (a coroutine function, or a plain one reading local state such as a metric) until
+    `check(result)`; fail with the last result after `within` seconds. The one polling helper of the
+    asyncio tests: never a fixed sleep where something is expected to happen."""
     deadline = time.monotonic() + within
     last: Any = None
     while True:
         try:
-            last = await fn()
-            if check(last):
-                return last
+            got = fn()
+            value = cast(T, await got if inspect.isawaitable(got) else got)
+            last = value
+            if check(value):
+                return value
         except AssertionError:
             raise
         except Exception as exc:  # the server may be injecting faults: keep polling

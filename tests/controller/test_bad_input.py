@@ -51,7 +51,7 @@ async def test_invalid_gateway_gets_condition_and_event_and_keeps_last_good_elec
     # The last good election holds while the spec is invalid, even though its node fails.
     seen = rc.delivered("nodes", "MODIFIED")
     await set_ready(kube, "a-1", False)
-    await eventually(lambda: asyncio.sleep(0, rc.delivered("nodes", "MODIFIED")), lambda n: n > seen,
+    await eventually(lambda: rc.delivered("nodes", "MODIFIED"), lambda n: n > seen,
                      what="a-1 NotReady delivered to the controller")
     await asyncio.sleep(0.3)  # the pass it queued has run
     assert await active(kube, "gw-a") == ["a-1"]

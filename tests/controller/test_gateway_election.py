@@ -73,7 +73,7 @@ async def test_failover_on_not_ready_and_recovery_does_not_steal_back(kube: Kube
     await wait_active(kube, "gw-a", ["a-2"])
     await set_ready(kube, "a-1", True)
     await set_ready(kube, "a-3", False)  # a non-active candidate changing changes nothing either
-    await eventually(lambda: asyncio.sleep(0, rc.metric("raven_controller_reconcile_duration_seconds_count")),
+    await eventually(lambda: rc.metric("raven_controller_reconcile_duration_seconds_count"),
                      lambda n: n >= 5, what="reconciles of the recovery")
     await asyncio.sleep(0.3)
     assert await active(kube, "gw-a") == ["a-2"]
@@ -116,7 +116,7 @@ async def test_election_is_sticky_across_a_controller_restart(kube: KubeClient, 
     before = {gw: await rv(kube, gw) for gw in ("gw-a", "gw-b")}
 
     second = await start(identity="second")
-    await eventually(lambda: asyncio.sleep(0, second.metric("raven_controller_reconcile_duration_seconds_count")),
+    await eventually(lambda: second.metric("raven_controller_reconcile_duration_seconds_count"),
                      lambda n: n >= 2, what="restart reconciles both gateways")
     await asyncio.sleep(0.3)
     assert second.metric("raven_controller_status_writes_total") == 0
@@ -138,7 +138,7 @@ async def test_node_heartbeat_writes_nothing(kube: KubeClient, start: Start) -> 
         node["status"]["conditions"][0]["lastHeartbeatTime"] = f"2026-01-01T00:00:0{i}Z"
         await kube.replace(NODES, "a-1", node, subresource="status")
     # The controller did receive every heartbeat (else "nothing written" proves nothing) ...
-    await eventually(lambda: asyncio.sleep(0, rc.delivered("nodes", "MODIFIED")), lambda n: n >= seen + 5,
+    await eventually(lambda: rc.delivered("nodes", "MODIFIED"), lambda n: n >= seen + 5,
                      what="the 5 heartbeats delivered to the controller")
     await asyncio.sleep(0.3)  # ... and a pass it had queued for them would have run by now
     assert rc.metric("raven_controller_status_writes_total") == writes
@@ -169,7 +169,7 @@ async def test_stale_cache_conflict_is_retried_from_the_server_without_losing_ch
     cache = rc.controller.gateways.cache
     stale = copy.deepcopy(cache["gw-a"])
     await kube.merge_patch(GATEWAYS, "gw-a", {"metadata": {"labels": {"team": "net"}}})
-    await eventually(lambda: asyncio.sleep(0, cache["gw-a"]["metadata"].get("labels", {})),
+    await eventually(lambda: cache["gw-a"]["metadata"].get("labels", {}),
                      lambda labels: labels.get("team") == "net", what="cache caught up")
     cache["gw-a"] = stale  # as if the watch lagged behind the server
     await set_ready(kube, "a-1", False)

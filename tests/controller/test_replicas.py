@@ -172,7 +172,7 @@ async def test_in_process_replicas_exactly_one_writes_and_a_stolen_lease_stops_w
     await eventually(lambda: holder(kube), lambda h: h == "ctrl-a", what="a leads")
     b = await start(identity="ctrl-b", leader_elect=True, lease=lease)
     await wait_active(kube, "gw-a", ["a-1"])
-    await eventually(lambda: asyncio.sleep(0, all(r.ok for r in b.rt.health.readiness().values())), bool,
+    await eventually(lambda: all(r.ok for r in b.rt.health.readiness().values()), bool,
                      what="standby ready")
     await set_ready(kube, "a-1", False)
     await wait_active(kube, "gw-a", ["a-2"])
@@ -184,7 +184,7 @@ async def test_in_process_replicas_exactly_one_writes_and_a_stolen_lease_stops_w
     obj = await kube.get(LEASES, LEASE, NS)
     obj["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
     await kube.replace(LEASES, LEASE, obj, NS)
-    await eventually(lambda: asyncio.sleep(0, a.metric("raven_controller_leader")), lambda v: v == 0,
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0,
                      what="a steps down")
     gw_rv = (await kube.get(GATEWAYS, "gw-a"))["metadata"]["resourceVersion"]
     await set_ready(kube, "a-2", False)

@@ -60,7 +60,7 @@ async def test_lists_then_delivers_add_update_delete_in_order(kube: KubeClient) 
         await kube.create(NODES, node_body("n-2", "gw"))
         await kube.merge_patch(NODES, "n-1", {"metadata": {"labels": {"x": "1"}}})
         await kube.delete(NODES, "n-2")
-        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: len(s) == 4, what="4 events")
+        await eventually(lambda: rec.seen(), lambda s: len(s) == 4, what="4 events")
         assert rec.seen() == [("ADDED", "n-1"), ("ADDED", "n-2"), ("MODIFIED", "n-1"), ("DELETED", "n-2")]
         modified = rec.events[2]
         assert modified.old is not None and "x" not in modified.old["metadata"]["labels"]
@@ -79,7 +79,7 @@ async def test_dropped_watches_lose_nothing_and_deliver_nothing_twice(apiserver:
             if i % 4 == 3:
                 apiserver.drop_watches(abrupt=bool(i % 8 == 7))
                 await asyncio.sleep(0.01)
-        await eventually(lambda: asyncio.sleep(0, inf.cache["n-1"]),
+        await eventually(lambda: inf.cache["n-1"],
                          lambda o: o["metadata"].get("annotations", {}).get("seq") == "19", what="last change")
         seqs = [int(e.obj["metadata"]["annotations"]["seq"]) for e in rec.events if e.type == "MODIFIED"]
         assert seqs == list(range(20))
@@ -106,7 +106,7 @@ async def test_410_relists_and_diffs_against_the_cache(apiserver: ApiServer, kub
         cluster.create(rt, None, node_body("n-4", "gw"))
         apiserver.compact()
         await apiserver.resume_accepting()
-        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: len(s) >= 3, what="diff events")
+        await eventually(lambda: rec.seen(), lambda s: len(s) >= 3, what="diff events")
         await asyncio.sleep(0.3)  # nothing more may follow
         assert sorted(rec.seen()) == [("ADDED", "n-4"), ("DELETED", "n-2"), ("MODIFIED", "n-1")]
         assert set(inf.cache) == {"n-1", "n-3", "n-4"}
@@ -130,11 +130,11 @@ async def test_reconnects_through_injected_500s(apiserver: ApiServer, kube: Kube
         apiserver.fail_next(4, 500)
         apiserver.drop_watches()
         # The reconnects hit the 500s (polled: on a loaded machine 0.5 s may not see a single one).
-        await eventually(lambda: asyncio.sleep(0, restarts(reg, "error")), lambda n: n >= 1,
+        await eventually(lambda: restarts(reg, "error"), lambda n: n >= 1,
                          what="a reconnect that failed with 500")
         apiserver.fail_next(0)
         await kube.create(NODES, node_body("n-2", "gw"))
-        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, what="n-2")
+        await eventually(lambda: rec.seen(), lambda s: ("ADDED", "n-2") in s, what="n-2")
         assert rec.seen() == [("ADDED", "n-1"), ("ADDED", "n-2")]
         assert restarts(reg, "error") >= 1
 
@@ -211,7 +211,7 @@ async def test_silent_connection_is_abandoned_after_the_read_timeout(
     async with running(inf):
         proxy.freeze_existing()  # the watch's TCP connection now swallows everything, like a dead peer
         await kube.create(NODES, node_body("n-2", "gw"))
-        await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, within=10,
+        await eventually(lambda: rec.seen(), lambda s: ("ADDED", "n-2") in s, within=10,
                          what="n-2 through a fresh connection")
         assert restarts(reg, "error") >= 1
 
@@ -233,7 +233,7 @@ async def test_bookmarks_keep_an_idle_watch_current_so_resuming_needs_no_relist(
             ns = Resource("", "v1", "namespaces")
             for i in range(3):
                 await client.create(ns, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"x{i}"}})
-            await eventually(lambda: asyncio.sleep(0, int(inf.resource_version)), lambda rv: rv > listed_rv + 2,
+            await eventually(lambda: int(inf.resource_version), lambda rv: rv > listed_rv + 2,
                              what="bookmark advanced the version")
             server.compact()
             server.drop_watches()
@@ -248,7 +248,7 @@ async def test_bookmarks_keep_an_idle_watch_current_so_resuming_needs_no_relist(
 async def kube_create_after_resume(client: KubeClient, inf: Informer, rec: Recorder) -> None:
     await asyncio.sleep(0.3)
     await client.create(NODES, node_body("n-2", "gw"))
-    await eventually(lambda: asyncio.sleep(0, rec.seen()), lambda s: ("ADDED", "n-2") in s, what="n-2")
+    await eventually(lambda: rec.seen(), lambda s: ("ADDED", "n-2") in s, what="n-2")
 
 
 async def test_field_selector_caches_and_delivers_only_the_named_object(kube: KubeClient) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -58,17 +57,13 @@ async def holder(kube: KubeClient) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
-async def poll(x: Any) -> Any:
-    return x
-
-
 async def test_one_leader_and_release_on_cancel_hands_over_at_once(
     kube: KubeClient, candidates: list[Candidate]
 ) -> None:
     a, b = Candidate(kube, "a"), Candidate(kube, "b")
     candidates += [a, b]
     a.start()
-    await eventually(lambda: poll(a.leading), bool, what="a leading")
+    await eventually(lambda: a.leading, bool, what="a leading")
     b.start()
     await asyncio.sleep(0.5)  # several of b's retry periods
     assert a.elector.is_leader and not b.elector.is_leader and not b.leading
@@ -78,7 +73,7 @@ async def test_one_leader_and_release_on_cancel_hands_over_at_once(
     # Released: either nobody holds it yet or b already took it; a's record is gone either way.
     assert lease["spec"].get("holderIdentity") in (None, "", "b")
     assert not a.leading and not a.elector.is_leader
-    await eventually(lambda: poll(b.leading), bool, within=1.9, what="b leading before a's lease could expire")
+    await eventually(lambda: b.leading, bool, within=1.9, what="b leading before a's lease could expire")
     assert await holder(kube) == "b"
     assert lease["spec"].get("leaseDurationSeconds") in (1, 2)
 
@@ -89,16 +84,16 @@ async def test_stolen_lease_cancels_lead_and_the_elector_competes_again(
     a = Candidate(kube, "a")
     candidates.append(a)
     a.start()
-    await eventually(lambda: poll(a.leading), bool, what="a leading")
+    await eventually(lambda: a.leading, bool, what="a leading")
     lease = await kube.get(LEASES, NAME, NS)
     lease["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
     await kube.replace(LEASES, NAME, lease, NS)
-    await eventually(lambda: poll(a.leading), lambda v: not v, what="a stops leading")
+    await eventually(lambda: a.leading, lambda v: not v, what="a stops leading")
     assert not a.elector.is_leader
     lease = await kube.get(LEASES, NAME, NS)
     del lease["spec"]["holderIdentity"]
     await kube.replace(LEASES, NAME, lease, NS)
-    await eventually(lambda: poll(a.leading), bool, what="a leads again")
+    await eventually(lambda: a.leading, bool, what="a leads again")
     assert a.terms == 2
 
 
@@ -108,14 +103,14 @@ async def test_unreachable_server_ends_leadership_after_renew_deadline(
     a = Candidate(kube, "a")
     candidates.append(a)
     a.start()
-    await eventually(lambda: poll(a.leading), bool, what="a leading")
+    await eventually(lambda: a.leading, bool, what="a leading")
     await apiserver.stop_accepting()
     try:
-        await eventually(lambda: poll(a.leading), lambda v: not v, within=5, what="a gives up")
+        await eventually(lambda: a.leading, lambda v: not v, within=5, what="a gives up")
         assert not a.elector.is_leader
     finally:
         await apiserver.resume_accepting()
-    await eventually(lambda: poll(a.leading), bool, what="a leads again")
+    await eventually(lambda: a.leading, bool, what="a leads again")
 
 
 async def test_lead_failure_releases_the_lease_and_propagates(kube: KubeClient) -> None:

@@ -8,8 +8,7 @@ loop asked for, so each test can assert what the loop did and did not do.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +18,7 @@ from raven.dataplane.ipsec import CharonUnavailable, TunnelState
 from raven.dataplane.kernel import ApplyError, ApplyReport
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.state import DesiredState, IPsecConnection, Route
+from tests.controller.conftest import eventually
 
 CONN = IPsecConnection(
     name="raven-gw-b", local_id="raven-gw-a", remote_id="raven-gw-b", local_addrs=("%any",),
@@ -85,14 +85,6 @@ def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: R
                       tunnel_check_period=kw.get("tunnel_check", 30.0))
 
 
-async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Let the loop run until `check()` holds (a loaded machine may be slow; never a fixed wait)."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def test_nothing_is_applied_before_the_informers_synced() -> None:
     # A half-filled cache looks like an empty cluster: applying it would tear down working tunnels.
     kernel, synced = RecordingKernel(), [False]
@@ -103,7 +95,7 @@ async def test_nothing_is_applied_before_the_informers_synced() -> None:
     assert kernel.applied == [] and not rec.ready().ok
     synced[0] = True
     rec.trigger("synced")
-    await until(lambda: bool(kernel.applied), "the first apply after sync")
+    await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first apply after sync")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert kernel.applied == [GATEWAY.state] and rec.ready().ok
@@ -115,7 +107,7 @@ async def test_a_burst_of_events_is_one_pass() -> None:
     task = asyncio.create_task(rec.run())
     for i in range(20):
         rec.trigger(f"node/n{i}")
-    await until(lambda: bool(kernel.applied), "the first pass")
+    await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first pass")
     await asyncio.sleep(0.1)  # ten debounce periods: a second pass would have started by now
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -159,7 +151,8 @@ async def test_a_failed_pass_is_retried_without_a_new_event() -> None:
     rec = make(MEMBER, kernel, None)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await until(lambda: len(kernel.applied) >= 2, "the retry")  # backoff starts at 0.2 s (jittered down to half)
+    # The backoff starts at 0.2 s (jittered down to half).
+    await eventually(lambda: len(kernel.applied) >= 2, bool, interval=0.01, what="the retry")
     await asyncio.sleep(0.1)  # a successful retry ends the backoff: no third pass
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -171,14 +164,14 @@ async def test_a_restarted_charon_is_reloaded_between_resyncs() -> None:
     rec = make(GATEWAY, RecordingKernel(), charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await until(lambda: bool(charon.loaded), "the first load")
+    await eventually(lambda: bool(charon.loaded), bool, interval=0.01, what="the first load")
     reads = charon.state_reads
-    await until(lambda: charon.state_reads >= reads + 2, "two tunnel checks")
+    await eventually(lambda: charon.state_reads >= reads + 2, bool, interval=0.01, what="two tunnel checks")
     assert len(charon.loaded) == 1  # checks of a healthy charon reload nothing
     # charon restarts: it lost every connection and the driver had to reconnect.
     charon.established.clear()
     charon.connects += 1
-    await until(lambda: len(charon.loaded) >= 2, "the reload after the restart")
+    await eventually(lambda: len(charon.loaded) >= 2, bool, interval=0.01, what="the reload after the restart")
     await asyncio.sleep(0.1)  # two tunnel-check periods: the reloaded charon is healthy, no more loads
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -190,9 +183,9 @@ async def test_a_converged_node_makes_no_extra_passes() -> None:
     rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await until(lambda: bool(kernel.applied), "the first pass")
+    await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first pass")
     reads = charon.state_reads
-    await until(lambda: charon.state_reads >= reads + 5, "five tunnel checks")
+    await eventually(lambda: charon.state_reads >= reads + 5, bool, interval=0.01, what="five tunnel checks")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     # Tunnel checks looked at charon several times, but nothing changed, so nothing was re-applied.
