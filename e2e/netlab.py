@@ -962,7 +962,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_delay_serve(fd, args.ms / 1000.0))
         return 0
-    removed = cleanup_prefix(args.prefix)
+    try:
+        removed = cleanup_prefix(args.prefix)
+    except LabError as e:  # a live lab holds the prefix: say so, touch nothing
+        print(f"cleanup: {e}", file=sys.stderr)
+        return 1
     print(f"removed {len(removed)} namespaces: {' '.join(removed)}")
     return 0
 
