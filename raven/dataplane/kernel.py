@@ -48,9 +48,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import functools
 import logging
 import operator
+import os
 import socket
 import time
 from collections import defaultdict
@@ -389,9 +391,12 @@ class KernelApplier:
             raise KernelError(f"reading kernel state failed: {exc}") from exc
 
     async def _read(self) -> Observed:
+        if self.netns is not None and not await self._in_aux(os.path.exists, f"/run/netns/{self.netns}"):
+            # Sockets opened inside it keep a deleted namespace alive: only its name tells it is gone.
+            raise FileNotFoundError(errno.ENOENT, f"network namespace {self.netns} is gone")
         ipr, rt = await self._open()
         owner = self.owner
-        mss_job = asyncio.ensure_future(self._in_aux(self._mss.read))
+        mss_job = asyncio.ensure_future(self._read_mss())
         route_jobs: list[asyncio.Future[list[rtnl.RawRoute]]] = []
         try:
             links_raw = [m async for m in await ipr.get_links()]
@@ -423,6 +428,19 @@ class KernelApplier:
         )
         unexpected = mss.ifnames is None or (bool(mss.ifnames) and not mss.jumped)
         return Observed(base=base, route_rows=rows, links_down=frozenset(down), mss_unexpected=unexpected)
+
+    async def _read_mss(self) -> MssState:
+        """The MSS chain, or "unknown" when iptables cannot run (missing from the image, a broken backend).
+
+        The clamp is an optimisation next to devices and routes: its failure must not stop them from being
+        applied. Unknown reads as unexpected content, so `apply` tries to rewrite the chain and reports the
+        same failure as an iptables error on every pass.
+        """
+        try:
+            return await self._in_aux(self._mss.read)
+        except OSError as exc:
+            log.debug("mss chain unreadable", extra=kv(chain=self.owner.mss_chain, error=str(exc)))
+            return MssState(jumped=False, ifnames=None)
 
     async def _read_small(
         self, ipr: AsyncIPRoute, links_raw: list[Any], names: dict[int, str]

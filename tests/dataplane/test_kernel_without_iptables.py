@@ -1,0 +1,35 @@
+"""iptables failing (missing from the image, a broken backend) costs the MSS clamp only: devices, addresses
+and routes are still applied, and the clamp failure is reported as an iptables error every pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.netlab import Lab
+from raven.dataplane.host import MssClamp
+from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.state import Address, DesiredState, Route, Rule, VxlanLink
+from tests.dataplane.conftest import ip_json
+
+pytestmark = pytest.mark.root
+
+STATE = DesiredState(
+    links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
+    addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
+    routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2", 1350)}),
+    rules=frozenset({Rule(9027, 9027)}),
+    mss_clamp_ifnames=frozenset({"raven1"}),
+)
+
+
+async def test_routes_are_applied_when_iptables_cannot_run(lab: Lab) -> None:
+    ns = lab.netns("nip")
+    applier = KernelApplier(netns=ns.name)
+    applier._mss = MssClamp(applier.owner.mss_chain, ns.name, iptables="iptables-not-installed")
+    try:
+        report = await applier.reconcile(STATE)
+    finally:
+        await applier.close()
+    routes = ip_json(ns, "-4", "route", "show", "table", "9027")
+    assert [r["dst"] for r in routes] == ["10.2.0.0/24"]
+    assert report.errors and {e.kind for e in report.errors} == {"iptables"}
