@@ -1,6 +1,6 @@
 """Agent mode: wire informers, the pure plan, the kernel applier and the IPsec driver into one loop.
 
-`agent_main(cfg)` is what `raven --mode=agent` runs under the supervisor; `agent_cleanup(cfg)` is
+`agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor; `agent_cleanup(cfg)` is
 `raven --mode=agent --cleanup`: remove every kernel object and VICI connection Raven owns, then exit.
 
 Inputs are cached so a converged resync costs a kernel read and a diff, not a re-plan: Gateways are
