@@ -92,14 +92,16 @@ def test_close_removes_namespaces_processes_etc_and_mounts_even_with_charon() ->
     if os.geteuid() != 0:
         pytest.skip("needs root")
     lab = Lab(PREFIX)
-    a, b = lab.netns_many(["ta", "tb"])
-    lab.veth(a, "eth0", b, "eth0")
-    a.start_charon()
-    b.popen(["sleep", "60"], name="sleeper")
-    assert not _nothing_left(find_leftovers(PREFIX))
-    lab.close()
-    assert _nothing_left(find_leftovers(PREFIX)), find_leftovers(PREFIX)
-    lab.close()  # idempotent
+    try:
+        a, b = lab.netns_many(["ta", "tb"])
+        lab.veth(a, "eth0", b, "eth0")
+        a.start_charon()
+        b.popen(["sleep", "60"], name="sleeper")
+        assert not _nothing_left(find_leftovers(PREFIX))
+        lab.close()
+        assert _nothing_left(find_leftovers(PREFIX)), find_leftovers(PREFIX)
+    finally:
+        lab.close()  # idempotent (and the clean-up if anything above failed)
 
 
 def test_cleanup_prefix_removes_leftovers_of_a_crashed_run() -> None:
