@@ -8,8 +8,9 @@ are ignored). Workers take names from the coalescing queue and reconcile one Gat
 2. `elect()` (pure);
 3. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
    decision was based on; a 409 means our view was stale: re-read the Gateway, decide again, retry;
-4. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway / NodeIncomplete) only for
-   changes actually written, so a restart or a no-op reconcile emits nothing;
+4. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway) only for changes actually
+   written, so a restart or a no-op reconcile emits nothing; NodeIncomplete when a gateway's node
+   problems change (remembered in memory only: a new leader reports existing problems once more);
 5. make the LoadBalancer objects match (exposure.py). Last, so a failing Service write never holds
    back the status agents route by.
 
