@@ -6,8 +6,8 @@ Why it is shaped this way:
   like "the cluster is empty" and tear down working tunnels.
 - The kernel and the VPN are applied independently: a dead charon must not stop route changes, and a
   kernel error must not stop IPsec from converging. A failed pass is retried with backoff.
-- Shutdown leaves the data plane as it is, so an agent restart drops no packet; only `--cleanup`
-  removes Raven's state.
+- Shutdown lets a pass in flight finish, then leaves the data plane as it is, so an agent restart drops
+  no packet; only `--cleanup` removes Raven's state.
 """
 
 from __future__ import annotations
@@ -161,7 +161,14 @@ class Reconciler:
             if not self._synced():
                 retry_at = None
                 continue
-            outcome = await self.reconcile_once(",".join(sorted(reasons)))
+            pass_task = asyncio.ensure_future(self.reconcile_once(",".join(sorted(reasons))))
+            try:
+                outcome = await asyncio.shield(pass_task)
+            except asyncio.CancelledError:
+                # Shutting down mid-pass: finish it first (a link deleted and not yet re-created would drop
+                # traffic until the next agent starts). The supervisor's shutdown grace bounds the wait.
+                await asyncio.wait({pass_task})
+                raise
             last_pass = time.monotonic()
             if outcome.errors:
                 delay = self._backoff.next()

@@ -222,3 +222,31 @@ async def test_an_unexpected_error_in_the_tunnel_check_does_not_end_the_loop() -
     await asyncio.gather(task, return_exceptions=True)
     assert alive
     assert len(kernel.applied) >= 2
+
+
+class SlowKernel(RecordingKernel):
+    """A kernel pass that takes a while (a link being re-created, thousands of routes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.finished = 0
+
+    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+        self.started.set()
+        await asyncio.sleep(0.2)
+        self.finished += 1
+        return await super().reconcile(desired)
+
+
+async def test_a_shutdown_in_the_middle_of_a_pass_lets_the_pass_finish() -> None:
+    # Stopping half-way (a link deleted, not yet re-created) would drop traffic until the next agent starts.
+    kernel = SlowKernel()
+    rec = make(MEMBER, kernel, None)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await asyncio.wait_for(kernel.started.wait(), 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert kernel.finished == 1
