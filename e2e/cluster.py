@@ -591,6 +591,7 @@ class RavenCluster:
                 last = msg
 
         while True:
+            self._raise_if_agents_exited()
             missing = [g for g, eps in self.active_endpoints().items() if not eps]
             if not missing:
                 break
@@ -599,10 +600,7 @@ class RavenCluster:
             time.sleep(0.1)
         report("every gateway has an active endpoint")
         while True:
-            dead = {n: p.returncode() for n, p in self.agents.items() if not p.alive()}
-            if dead:  # an agent that exited will not become ready: say so now, with its last words
-                name = sorted(dead)[0]
-                raise ConvergenceError(f"agents exited {dead}; {name}: {self.agents[name].logs()[-1500:]}")
+            self._raise_if_agents_exited()
             not_ready = [n for n in sorted(self.agents) if not self.agent_ready(n)[0]]
             if not not_ready:
                 break
@@ -613,6 +611,7 @@ class RavenCluster:
         report("every agent is ready")
         pods = self.pods()
         while True:
+            self._raise_if_agents_exited()
             m = self.ping_matrix(pods)
             if m.green:
                 report(f"pod matrix green ({len(m.results)} pairs)")
@@ -620,6 +619,14 @@ class RavenCluster:
             report(f"pod matrix: {len(m.results) - len(m.failed)}/{len(m.results)} pairs ok")
             self._check_deadline(deadline, f"pod pairs failing: {m.failed[:12]}")
             time.sleep(0.2)
+
+    def _raise_if_agents_exited(self) -> None:
+        """An agent that exited will not come back by waiting: say so at once, with its last words
+        (checked in every phase, so a start with a broken agent fails fast whatever else is slow)."""
+        dead = {n: p.returncode() for n, p in self.agents.items() if not p.alive()}
+        if dead:
+            name = sorted(dead)[0]
+            raise ConvergenceError(f"agents exited {dead}; {name}: {self.agents[name].logs()[-1500:]}")
 
     def _check_deadline(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
