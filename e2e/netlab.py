@@ -96,6 +96,7 @@ def _claim_prefix(prefix: str, timeout: float) -> None:
     if prefix in _held:
         _held[prefix][1] += 1
         return
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)  # a minimal container may have no /run/lock
     fd = os.open(_lock_path(prefix), os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
     deadline = time.monotonic() + timeout
     waiting = False
