@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ async def test_standalone_server_writes_kubeconfig_serves_and_stops_on_sigterm(t
         sys.executable, "-m", "e2e.apiserver", "--listen", f"{host}:0", "--kubeconfig", str(kubeconfig),
         "--token", "s3cret", "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        for _ in range(200):
+        # Start-up (imports, a fresh certificate from openssl) can take seconds on a loaded machine.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.returncode is None:
             if kubeconfig.exists():
                 break
             await asyncio.sleep(0.025)
