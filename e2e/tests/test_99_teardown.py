@@ -61,7 +61,9 @@ def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) 
         demo = subprocess.Popen([sys.executable, "-m", "e2e.demo", "--prefix", PREFIX], stdout=f,
                                 stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
-        deadline = time.monotonic() + 60
+        # Generous: on a shared machine the demo may first wait for another run's lab to release the
+        # prefix (e2e.netlab's per-prefix lock; its output then says so).
+        deadline = time.monotonic() + 240
         while "agents started" not in out.read_text() and time.monotonic() < deadline and demo.poll() is None:
             time.sleep(0.05)
         assert "agents started" in out.read_text(), out.read_text()
