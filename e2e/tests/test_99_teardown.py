@@ -1,7 +1,8 @@
 """Scenario 6: teardown leaves the machine as it found it: no namespace, /etc/netns folder, root link,
 mount or process with the prefix, also when the runner is interrupted (Ctrl-C) or fails mid-way.
 
-Runs last: it closes the session's cluster."""
+The first test runs last: it closes the session's cluster. The second (an interrupted demo, a failed
+start) builds its own clusters under the prefix ``rvet``, so it runs in any order and alone."""
 
 from __future__ import annotations
 
@@ -37,8 +38,13 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def _clean() -> dict[str, list[str]]:
-    return {k: v for k, v in find_leftovers(PREFIX).items() if v}
+# The interrupted demo and the broken start use their own prefix: they never depend on (or wait for)
+# the session cluster, whatever order the tests run in.
+OWN_PREFIX = "rvet"
+
+
+def _clean(prefix: str = PREFIX) -> dict[str, list[str]]:
+    return {k: v for k, v in find_leftovers(prefix).items() if v}
 
 
 def test_closing_the_cluster_leaves_nothing_behind(rc: RavenCluster) -> None:
@@ -51,18 +57,16 @@ def test_closing_the_cluster_leaves_nothing_behind(rc: RavenCluster) -> None:
 
 
 def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) -> None:
-    if find_leftovers(PREFIX)["netns"]:
-        pytest.skip("the session cluster is still up (run this file alone or last)")
     # Ctrl-C while the demo is converging.
-    run_dirs_before = set(Path("/tmp").glob(f"{PREFIX}-*"))
+    run_dirs_before = set(Path("/tmp").glob(f"{OWN_PREFIX}-*"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "demo.out"
     with open(out, "w") as f:
-        demo = subprocess.Popen([sys.executable, "-m", "e2e.demo", "--prefix", PREFIX], stdout=f,
+        demo = subprocess.Popen([sys.executable, "-m", "e2e.demo", "--prefix", OWN_PREFIX], stdout=f,
                                 stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
-        # Generous: on a shared machine the demo may first wait for another run's lab to release the
-        # prefix (e2e.netlab's per-prefix lock; its output then says so).
+        # Generous: on a shared machine the demo may first wait for another run's teardown test to
+        # release the prefix (e2e.netlab's per-prefix lock; its output then says so).
         deadline = time.monotonic() + 240
         while "agents started" not in out.read_text() and time.monotonic() < deadline and demo.poll() is None:
             time.sleep(0.05)
@@ -73,12 +77,12 @@ def test_interrupted_demo_and_failed_start_leave_nothing_behind(tmp_path: Path) 
         if demo.poll() is None:
             demo.kill()
     assert "tearing down" in out.read_text()
-    assert _clean() == {}
-    assert set(Path("/tmp").glob(f"{PREFIX}-*")) == run_dirs_before, "the demo left its run directory"
+    assert _clean(OWN_PREFIX) == {}
+    assert set(Path("/tmp").glob(f"{OWN_PREFIX}-*")) == run_dirs_before, "the demo left its run directory"
     # A start that fails half-way (an agent flag the agent rejects) cleans up too (its logs stay in
     # the run directory the caller gave, for the failure message).
     with pytest.raises(ConvergenceError, match="agents exited"):
-        with RavenCluster(prefix=PREFIX, run_dir=tmp_path / "broken",
+        with RavenCluster(prefix=OWN_PREFIX, run_dir=tmp_path / "broken",
                           agent_args=["--vxlan-vni", "not-a-number"]) as broken:
             broken.wait_converged(timeout=60)  # fails as soon as the agents have exited
-    assert _clean() == {}
+    assert _clean(OWN_PREFIX) == {}
