@@ -60,6 +60,7 @@ def ownership(cfg: PlanConfig) -> Ownership:
         rt_proto=cfg.route_protocol,
         tables=frozenset({cfg.table, cfg.return_table}),
         rule_priorities=frozenset({cfg.rule_priority, cfg.return_rule_priority}),
+        link_names=frozenset({cfg.intra_pool_link, cfg.inter_gateway_link}),
     )
 
 

@@ -10,8 +10,8 @@ Public surface (what the agent's reconciler calls)::
     report = await applier.cleanup()             # remove everything owned, nothing else
     await applier.close()
 
-Ownership (`Ownership`, defaults from `raven.dataplane.state`): links whose name starts with the
-link prefix (`raven`) and everything on them (IPv4 addresses, permanent neighbours, permanent FDB
+Ownership (`Ownership`, defaults from `raven.dataplane.state`): the links named exactly as planned
+(`raven0`, `raven1`; not a prefix) and everything on them (IPv4 addresses, permanent neighbours, permanent FDB
 entries); routes with the owned protocol number in the owned tables; rules at the owned priorities
 carrying the owned protocol; the MSS chain. Foreign routes and rules in the same tables are never
 read as ours, so never deleted: deletes name the protocol, which the kernel matches. A new route
@@ -66,6 +66,8 @@ from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
 from raven.dataplane import rtnl
 from raven.dataplane.host import MssClamp, MssState, ensure_sysctls, read_sysctls
 from raven.dataplane.state import (
+    INTER_GATEWAY_LINK,
+    INTRA_POOL_LINK,
     RAVEN_RETURN_RULE_PRIORITY,
     RAVEN_RETURN_TABLE,
     RAVEN_RT_PROTO,
@@ -103,11 +105,12 @@ class Ownership:
     rt_proto: int = RAVEN_RT_PROTO
     tables: frozenset[int] = frozenset({RAVEN_TABLE, RAVEN_RETURN_TABLE})
     rule_priorities: frozenset[int] = frozenset({RAVEN_RULE_PRIORITY, RAVEN_RETURN_RULE_PRIORITY})
-    link_prefix: str = "raven"
+    # Exact names, not a prefix: a user's `ravenbr0` is not ours and must never be deleted.
+    link_names: frozenset[str] = frozenset({INTRA_POOL_LINK, INTER_GATEWAY_LINK})
     mss_chain: str = "RAVEN-MSS"
 
     def owns_link(self, name: str) -> bool:
-        return name.startswith(self.link_prefix)
+        return name in self.link_names
 
 
 # A route as a plain tuple in this order; `rtnl.RawRoute` uses the same order.

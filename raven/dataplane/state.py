@@ -2,7 +2,7 @@
 
 This is the contract between `raven.agent.plan` (pure: cluster view -> `DesiredState`) and the
 appliers in `raven.dataplane` (read current state, diff, apply). Every object here is one the agent
-owns and can recognise as its own: links named `raven*`, routes with protocol `RAVEN_RT_PROTO` in the
+owns and can recognise as its own: the links `raven0` and `raven1`, routes with protocol `RAVEN_RT_PROTO` in the
 agent's tables, rules at the agent's priorities, VICI connections named `raven-*`.
 
 All types are frozen and hashable so a diff is set arithmetic. Addresses and CIDRs are normalised
