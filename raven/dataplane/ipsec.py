@@ -79,7 +79,9 @@ class IPsecSettings:
     keyingtries: int = 0  # 0: keep trying forever (initiator)
     rekey_time: str = "4h"  # IKE_SA rekeying (the CHILD_SA uses charon's default)
     mobike: bool = False  # peers are fixed gateways; MOBIKE only confuses NAT'ed responders
-    timeout_s: float = 10.0  # per VICI request
+    # Per VICI request: charon answers in milliseconds; 5 s keeps a hung charon from outlasting the
+    # 8 s shutdown grace (raven.runtime.SHUTDOWN_TIMEOUT_S).
+    timeout_s: float = 5.0
     nat_t_port: int = 4500  # charon's port_nat_t: where IKE to a non-500 peer port is sent from
 
 
