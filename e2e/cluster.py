@@ -265,6 +265,11 @@ class RavenCluster:
     def kubeconfig(self) -> Path:
         return self.run_dir / "kubeconfig"
 
+    @property
+    def closed(self) -> bool:
+        """`close()` ran: nothing of this cluster exists any more."""
+        return self._closed
+
     def start(self, progress: Callable[[str], None] | None = None) -> None:
         say = progress or (lambda msg: log.info("%s", msg))
         t0 = time.monotonic()

@@ -76,7 +76,7 @@ def healthy(request: pytest.FixtureRequest) -> Iterator[None]:
     if "rc" not in request.fixturenames:
         return
     cluster: RavenCluster = request.getfixturevalue("rc")
-    if cluster._closed:
+    if cluster.closed:  # the teardown scenario closed it
         return
     cluster.wait_converged(timeout=60)
 

@@ -16,19 +16,14 @@ from .conftest import MEASUREMENTS
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def _member(rc: RavenCluster, pool: str, gateway: str) -> str:
-    active = rc.active_gateway_node(gateway)
-    return next(n.name for n in rc.cl.pools[pool].nodes if n.name != active and n.name in rc.registered)
-
-
 def _established_ids(rc: RavenCluster, node: str) -> dict[str, str]:
     return {n: sa["uniqueid"] for n, sa in rc.sas(node).items() if sa["state"] == "ESTABLISHED"}
 
 
 def test_agent_restart_on_a_gateway_and_on_a_member_loses_no_packet(rc: RavenCluster) -> None:
     gw = rc.active_gateway_node("gw-edge-b")
-    member = _member(rc, "edge-b", "gw-edge-b")
-    dst = _member(rc, "edge-pub", "gw-edge-pub")
+    member = rc.member_node("edge-b")
+    dst = rc.member_node("edge-pub")
     sas_before = _established_ids(rc, gw)
     # Traffic from the member, through its gateway, to a member of another pool: both agents are on the path.
     r_gw = rc.restart_agent_under_probe(gw, member, dst, port=18110)
@@ -92,8 +87,8 @@ def test_controller_leader_killed_standby_takes_over_without_flapping(rc: RavenC
 
 
 def test_api_server_dropping_all_watches_breaks_nothing(rc: RavenCluster) -> None:
-    member = _member(rc, "edge-a", "gw-edge-a")
-    dst = _member(rc, "edge-b", "gw-edge-b")
+    member = rc.member_node("edge-a")
+    dst = rc.member_node("edge-b")
     src_pod, dst_pod = rc.cl.nodes[member].pods[0], rc.cl.nodes[dst].pods[0]
     restarts_before = metric(rc.metrics(f"agent/{member}"), "raven_informer_watch_restarts_total")
     with ContinuousProbe(src_pod.netns, dst_pod.netns, dst_pod.ip, port=18112, name="drop-watches") as probe:
