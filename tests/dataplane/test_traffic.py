@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -117,6 +118,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("10.99.0.1", 5001))
 s.listen()
+print("listening", flush=True)
 while True:
     c, _ = s.accept()
     print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), flush=True)
@@ -153,6 +155,7 @@ async def test_forwarded_tcp_syns_are_clamped_to_the_path_mtu(lab: Lab) -> None:
         assert (await appliers[1].reconcile(g1_state)).ok
         unclamped = dataclasses.replace(member, mss_clamp_ifnames=frozenset())
         assert (await appliers[0].reconcile(unclamped)).ok  # also turns on forwarding on n1
+        await _server_lines(server, 0)  # listening (python starts slowly on a loaded machine)
         pod.run(["python3", "-c", CLIENT])
         report = await appliers[0].reconcile(member)
         assert report.writes["iptables"] == 1, report.writes
@@ -167,9 +170,11 @@ async def test_forwarded_tcp_syns_are_clamped_to_the_path_mtu(lab: Lab) -> None:
 
 
 async def _server_lines(server: Process, count: int) -> list[int]:
-    for _ in range(100):
+    """The first `count` MSS values the server printed, once it is listening and has printed them."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         lines = server.stdout_path.read_text().split()
-        if len(lines) >= count:
-            return [int(x) for x in lines[:count]]
+        if lines[:1] == ["listening"] and len(lines) > count:
+            return [int(x) for x in lines[1:count + 1]]
         await asyncio.sleep(0.05)
     raise AssertionError(f"server printed {server.stdout_path.read_text()!r}\n{server.logs()}")
