@@ -115,9 +115,10 @@ def test_bulk_tcp_over_the_longest_path_does_not_black_hole(rc: RavenCluster) ->
     size, port = 2_000_000, 18120
     server = dst.netns.popen([sys.executable, "-c", _BULK_SERVER, dst.ip, str(port)], name="bulk-server")
     try:
-        deadline = time.monotonic() + 10
-        while "ready" not in server.stdout_path.read_text() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while "ready" not in server.stdout_path.read_text() and time.monotonic() < deadline and server.alive():
             time.sleep(0.02)
+        assert "ready" in server.stdout_path.read_text(), server.logs()
         out = src.netns.run([sys.executable, "-c", _BULK_CLIENT, dst.ip, str(port), str(size)], check=False,
                             timeout=40)
         assert out.returncode == 0 and out.stdout.strip() == str(size), (out.stdout, out.stderr[-500:])
