@@ -60,10 +60,6 @@ class Supervisor:
         self._deaths.labels(task=name).inc()
         self._health.mark_dead(name, reason)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     async def stop(self, grace_s: float = 10.0) -> None:
         """Cancel every task and wait for their cleanup, at most `grace_s` seconds in all."""
         self._stopping = True

@@ -246,10 +246,6 @@ class IPsecDriver:
         report.duration_s = time.perf_counter() - start
         return report
 
-    async def ping(self) -> str:
-        """charon's version string; raises CharonUnavailable (for readiness checks)."""
-        return await self._run(lambda: self._with_session(lambda s: _s(s.version().get("version", b""))))
-
     async def close(self) -> None:
         await self._run(self._disconnect)
         self._worker.shutdown(wait=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,25 +37,3 @@ class Backoff:
         delay = self.next()
         await asyncio.sleep(delay)
         return delay
-
-
-async def retry(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    retry_on: Callable[[BaseException], bool],
-    backoff: Backoff | None = None,
-) -> T:
-    """Call `fn` until it succeeds, at most `attempts` times, sleeping a jittered backoff in between.
-
-    Only exceptions for which `retry_on(exc)` is true are retried; the last one is re-raised.
-    """
-    b = backoff or Backoff()
-    for attempt in range(1, attempts + 1):
-        try:
-            return await fn()
-        except Exception as exc:
-            if attempt >= attempts or not retry_on(exc):
-                raise
-            await b.sleep()
-    raise AssertionError("unreachable")  # attempts < 1

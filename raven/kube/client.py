@@ -96,13 +96,6 @@ class ApiError(Exception):
         return self.status in (408, 429, 500, 502, 503, 504)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: network trouble, timeouts, 5xx/429."""
-    if isinstance(exc, ApiError):
-        return exc.retryable
-    return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | ConnectionError)
-
-
 async def new_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
     """An ApiClient for the kubeconfig file, or the in-cluster service account when `kubeconfig` is None."""
     cfg = k8s_client.Configuration()

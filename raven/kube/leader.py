@@ -76,11 +76,6 @@ class LeaderElector:
         """Safe to write: leading, and the last renewal is recent enough that nobody else can lead."""
         return self._leader and self._clock() < self._last_renew + self.renew_deadline
 
-    @property
-    def holder(self) -> str:
-        """Who holds the Lease as far as we know ("" when free or unknown)."""
-        return self.identity if self._leader else self._other_holder
-
     def _set_leader(self, value: bool) -> None:
         if value == self._leader:
             return

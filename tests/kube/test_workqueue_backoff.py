@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
-
-from raven.kube.backoff import Backoff, retry
+from raven.kube.backoff import Backoff
 from raven.kube.workqueue import WorkQueue
 
 
@@ -85,24 +83,3 @@ def test_backoff_grows_to_the_cap_with_jitter_and_resets() -> None:
     assert len({round(d, 6) for d in delays[4:]}) > 1  # jittered, not lock-step
     b.reset()
     assert b.next() <= 0.1
-
-
-async def test_retry_retries_only_what_it_is_told_and_reraises_the_last() -> None:
-    calls = 0
-
-    async def flaky() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            raise ConnectionError("reset")
-        return "ok"
-
-    assert await retry(flaky, attempts=5, retry_on=lambda e: isinstance(e, ConnectionError),
-                       backoff=Backoff(base=0.001, cap=0.002)) == "ok"
-    assert calls == 3
-
-    async def broken() -> str:
-        raise ValueError("bad input")
-
-    with pytest.raises(ValueError):
-        await retry(broken, attempts=5, retry_on=lambda e: isinstance(e, ConnectionError))
