@@ -10,29 +10,22 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from raven import log as raven_log
 from raven.config import (
-    DEFAULT_HEALTH_ADDR,
-    DEFAULT_METRICS_ADDR,
-    DEFAULT_VICI_SOCKET,
+    SETTINGS,
     AgentConfig,
     CommonConfig,
     ConfigError,
     ControllerConfig,
-    parse_listen_addr,
+    Setting,
     read_psk,
     resolve_kubeconfig,
+    settings_for,
 )
-
-# Flags that only make sense in one mode; passing them in the other is an error, not silently ignored.
-CONTROLLER_ONLY = ("leader_elect", "lease_namespace", "lease_name", "lease_duration", "renew_deadline",
-                   "retry_period")
-AGENT_ONLY = ("node_name", "vpn_driver", "vici_socket", "psk_file", "resync_period", "cleanup", "vxlan_vni",
-              "vxlan_port", "overlay_cidr", "tunnel_vni", "tunnel_port", "tunnel_cidr", "underlay_mtu",
-              "ipsec_device_mtu", "ike_proposals", "esp_proposals")
 
 
 def raven_version() -> str:
@@ -42,141 +35,86 @@ def raven_version() -> str:
         return "0.0.0+unknown"
 
 
+def help_text(s: Setting) -> str:
+    """A setting's help with its default and environment variable, as --help and the README show it."""
+    notes = []
+    if s.kind == "value" and s.default not in (None, ""):
+        notes.append(f"default: {s.show(s.default)}")
+    elif s.kind == "toggle":
+        notes.append(f"default: {'on' if s.default else 'off'}")
+    if s.env:
+        notes.append(f"env ${s.env}")
+    return f"{s.help} ({'; '.join(notes)})" if notes else s.help
+
+
+def _add(group: argparse.ArgumentParser | argparse._ArgumentGroup, s: Setting) -> None:
+    # No defaults here: an absent flag is absent from the namespace (SUPPRESS), so a flag of the other
+    # mode can be told from an unset one, and the default comes from the declaration alone.
+    common: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS, "help": help_text(s).replace("%", "%%")}
+    if s.kind == "toggle":
+        group.add_argument(s.flag, action=argparse.BooleanOptionalAction, **common)
+    elif s.kind == "switch":
+        group.add_argument(s.flag, action="store_true", **common)
+    else:
+        group.add_argument(s.flag, choices=s.choices, metavar=None if s.choices else s.name.upper(), **common)
+
+
+GROUPS = {"common": None, "controller": "controller mode", "agent": "agent mode"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raven",
         description="Raven: cross-region pod networking for edge Kubernetes clusters. "
         "One binary, two modes: the controller elects each Gateway's active endpoints; "
         "the agent (on every node) programs routes, VXLAN and IPsec to match.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"raven {raven_version()}")
     p.add_argument("--mode", choices=("controller", "agent"), required=True, help="what this process runs")
-    p.add_argument("--kubeconfig", default=None,
-                   help="kubeconfig file; falls back to $KUBECONFIG, then to in-cluster config")
-    p.add_argument("--health-addr", default=DEFAULT_HEALTH_ADDR,
-                   help="HOST:PORT serving /healthz and /readyz (also /metrics)")
-    p.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR,
-                   help="HOST:PORT serving /metrics (may equal --health-addr)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                   help="least severe level logged")
-
-    c = p.add_argument_group("controller mode")
-    c.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=None,
-                   help="compete for a Lease so only one replica writes (default: on); "
-                   "--no-leader-elect for a single replica")
-    c.add_argument("--lease-namespace", default=None, help="namespace of the Lease (default: kube-system)")
-    c.add_argument("--lease-name", default=None, help="name of the Lease (default: raven-controller)")
-    c.add_argument("--lease-duration", type=float, default=None,
-                   help="seconds a standby waits before taking over an unrenewed Lease (default: 15)")
-    c.add_argument("--renew-deadline", type=float, default=None,
-                   help="seconds the leader keeps trying to renew before it stops writing (default: 10)")
-    c.add_argument("--retry-period", type=float, default=None,
-                   help="seconds between Lease acquire/renew attempts (default: 2)")
-
-    a = p.add_argument_group("agent mode")
-    a.add_argument("--node-name", default=None, help="this node's name; falls back to $NODE_NAME (required)")
-    a.add_argument("--vpn-driver", choices=("ipsec", "wireguard"), default=None,
-                   help="tunnel between gateways (default: ipsec, through charon over VICI)")
-    a.add_argument("--vici-socket", default=None,
-                   help=f"charon's VICI socket (default: {DEFAULT_VICI_SOCKET})")
-    a.add_argument("--psk-file", default=None,
-                   help="file holding the IPsec pre-shared key; falls back to $VPN_CONNECTION_PSK. "
-                   "There is no default key")
-    a.add_argument("--resync-period", type=float, default=None,
-                   help="seconds between full reconciles even without events (default: 30)")
-    a.add_argument("--cleanup", action="store_true", default=None,
-                   help="remove every route, rule, device and IPsec connection Raven created, then exit")
-    a.add_argument("--vxlan-vni", type=int, default=None, help="VNI of the intra-pool VXLAN raven0 (default: 200)")
-    a.add_argument("--vxlan-port", type=int, default=None, help="UDP port of raven0 (default: 4472)")
-    a.add_argument("--overlay-cidr", default=None,
-                   help="raven0 addresses are derived from node IPs inside this network (default: 240.0.0.0/8)")
-    a.add_argument("--tunnel-vni", type=int, default=None,
-                   help="VNI of the inter-gateway VXLAN raven1 (default: 201)")
-    a.add_argument("--tunnel-port", type=int, default=None, help="UDP port of raven1 (default: 4473)")
-    a.add_argument("--tunnel-cidr", default=None,
-                   help="each Gateway gets a stable inner address from this network (default: 241.0.0.0/16)")
-    a.add_argument("--underlay-mtu", type=int, default=None,
-                   help="MTU of the node's network (default: read from the device holding the node IP)")
-    a.add_argument("--ipsec-device-mtu", type=int, default=None,
-                   help="MTU of a userspace ESP device that carries inter-gateway packets (strongSwan "
-                   "kernel-libipsec's ipsec0, 1400 by default); leave unset with kernel ESP")
-    a.add_argument("--ike-proposals", default=None,
-                   help="comma-separated IKE proposals (default: aes256-sha256-modp2048)")
-    a.add_argument("--esp-proposals", default=None,
-                   help="comma-separated ESP proposals (default: aes256-sha256)")
+    for mode, title in GROUPS.items():
+        group = p.add_argument_group(title) if title else p
+        for s in SETTINGS:
+            if s.mode == mode:
+                _add(group, s)
     return p
 
 
-def _given(ns: argparse.Namespace, names: Sequence[str]) -> list[str]:
-    return ["--" + n.replace("_", "-") for n in names if getattr(ns, n) is not None]
+def _values(mode: Literal["controller", "agent"], ns: argparse.Namespace, env: Mapping[str, str]
+            ) -> dict[str, Any]:
+    """Each setting of `mode` that the flags or the environment set, parsed; the flag wins."""
+    given = vars(ns)
+    wrong = [s.flag for s in SETTINGS if s.mode not in ("common", mode) and s.name in given]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} cannot be used with --mode={mode}")
+    values: dict[str, Any] = {}
+    for s in settings_for(mode):
+        if s.name in given:
+            raw = given[s.name]
+            values[s.name] = raw if isinstance(raw, bool) else s.read(raw, "")
+        elif s.env and env.get(s.env):
+            values[s.name] = s.read(env[s.env], f" (from ${s.env})")
+    return values
 
 
-def _proposals(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if text is None:
-        return default
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+def _split(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: values.pop(k) for k in list(values) if k in names}
 
 
 def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerConfig | AgentConfig:
-    wrong = _given(ns, AGENT_ONLY if ns.mode == "controller" else CONTROLLER_ONLY)
-    if wrong:
-        raise ConfigError(f"{', '.join(wrong)} cannot be used with --mode={ns.mode}")
-    common = CommonConfig(
-        kubeconfig=None if ns.mode == "agent" and ns.cleanup else resolve_kubeconfig(ns.kubeconfig, env),
-        health_addr=parse_listen_addr(ns.health_addr, "--health-addr"),
-        metrics_addr=parse_listen_addr(ns.metrics_addr, "--metrics-addr"),
-        log_format=cast(Literal["text", "json"], ns.log_format),
-        log_level=ns.log_level,
-    )
-    if ns.mode == "controller":
-        defaults = ControllerConfig(common=common)
-        return ControllerConfig(
-            common=common,
-            leader_elect=defaults.leader_elect if ns.leader_elect is None else ns.leader_elect,
-            lease_namespace=ns.lease_namespace or defaults.lease_namespace,
-            lease_name=ns.lease_name or defaults.lease_name,
-            lease_duration=defaults.lease_duration if ns.lease_duration is None else ns.lease_duration,
-            renew_deadline=defaults.renew_deadline if ns.renew_deadline is None else ns.renew_deadline,
-            retry_period=defaults.retry_period if ns.retry_period is None else ns.retry_period,
-            identity=env.get("POD_NAME") or defaults.identity,
-        )
-    psk, psk_source = read_psk(ns.psk_file, env)
-
-    def pick(value: object, default: object) -> object:
-        return default if value is None else value
-
-    d = AgentConfig.__dataclass_fields__
-    agent = AgentConfig(
-        common=common,
-        node_name=ns.node_name or env.get("NODE_NAME", ""),
-        vpn_driver=cast(Literal["ipsec", "wireguard"], ns.vpn_driver or "ipsec"),
-        vici_socket=ns.vici_socket or DEFAULT_VICI_SOCKET,
-        psk=psk,
-        psk_source=psk_source,
-        resync_period=cast(float, pick(ns.resync_period, d["resync_period"].default)),
-        cleanup=bool(ns.cleanup),
-        vxlan_vni=cast(int, pick(ns.vxlan_vni, d["vxlan_vni"].default)),
-        vxlan_port=cast(int, pick(ns.vxlan_port, d["vxlan_port"].default)),
-        overlay_cidr=cast(str, pick(ns.overlay_cidr, d["overlay_cidr"].default)),
-        tunnel_vni=cast(int, pick(ns.tunnel_vni, d["tunnel_vni"].default)),
-        tunnel_port=cast(int, pick(ns.tunnel_port, d["tunnel_port"].default)),
-        tunnel_cidr=cast(str, pick(ns.tunnel_cidr, d["tunnel_cidr"].default)),
-        underlay_mtu=ns.underlay_mtu,
-        tunnel_device_mtu=ns.ipsec_device_mtu,
-        ike_proposals=_proposals(ns.ike_proposals, ("aes256-sha256-modp2048",)),
-        esp_proposals=_proposals(ns.esp_proposals, ("aes256-sha256",)),
-    )
-    # The plan checks combinations of these settings too (ports that must differ, an underlay MTU that
-    # leaves no room for the encapsulation); what it would reject at start is a configuration error here.
-    from raven.agent.app import plan_config
-
-    try:
-        plan_config(agent, None)
-    except ValueError as exc:
-        raise ConfigError(f"agent settings: {exc}") from None
-    return agent
+    mode = cast(Literal["controller", "agent"], ns.mode)
+    values = _values(mode, ns, env)
+    common = _split(values, CommonConfig)
+    cleanup = mode == "agent" and bool(values.get("cleanup"))
+    # --cleanup touches only this node's kernel and charon: it needs no kubeconfig (nor a PSK, see AgentConfig).
+    common["kubeconfig"] = None if cleanup else resolve_kubeconfig(common.get("kubeconfig"), env)
+    common_cfg = CommonConfig(**common)
+    if mode == "controller":
+        if env.get("POD_NAME"):
+            values["identity"] = env["POD_NAME"]
+        return ControllerConfig(common=common_cfg, **values)
+    psk, psk_source = read_psk(values.get("psk_file"), env)
+    return AgentConfig(common=common_cfg, psk=psk, psk_source=psk_source, **values)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

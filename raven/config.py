@@ -1,8 +1,18 @@
-"""One frozen config per mode, built from flags + environment and validated before anything starts.
+"""Every user setting, declared once, and the frozen, validated config of each mode built from them.
 
-Validation happens here, once, so that a bad setting gives one clear line on stderr and a non-zero
-exit instead of a traceback minutes later. Every flag the CLI parses ends up in a field that some code
-reads: nothing is parsed and then ignored.
+A setting is one field of `CommonConfig` (both modes), `ControllerConfig` or `AgentConfig` (whose plan
+settings sit in `PlanSettings`), declared with `setting(default, help, check=..., env=..., cluster=...)`.
+Its flag is the field name with dashes (`tunnel_cidr` -> `--tunnel-cidr`), its type the field's annotation.
+`SETTINGS` lists them all; from it come the CLI flags (`raven.cli`), the environment fallbacks (the flag
+wins), the README flag table and the agent ConfigMap (`raven.docs`). The plan's parameters
+(`raven.agent.plan.PlanConfig`) extend `PlanSettings`, so they are these same fields and checks.
+
+Validation runs in `__post_init__`, once per construction: a bad value is a `ConfigError` whose message
+starts with the flag it is about, shown as one line on stderr with exit code 2 instead of a traceback
+minutes later. Fields without `setting(...)` (`common`, the key read from `--psk-file`, the Lease identity)
+are derived by `raven.cli` from settings and the environment.
+
+A new setting is one line: a field with `setting(...)`; regenerate the docs with `python -m raven.docs --write`.
 """
 
 from __future__ import annotations
@@ -10,16 +20,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import typing
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from types import NoneType, UnionType
+from typing import Any, Literal, TypeVar
 
-DEFAULT_HEALTH_ADDR = ":10275"
-DEFAULT_METRICS_ADDR = ":10265"
-DEFAULT_VICI_SOCKET = "/var/run/charon.vici"
+from raven.agent.addressing import compute_mtus
+from raven.dataplane.state import POOL_VIRTUAL_NEXT_HOP
+
 MIN_PSK_LENGTH = 16
+# A path MTU below this is certainly a misconfiguration (IPv4 hosts must accept 576-byte datagrams).
+MIN_PATH_MTU = 576
+
+Mode = Literal["common", "controller", "agent"]
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -36,31 +53,363 @@ class ListenAddr:
         return f"{host}:{self.port}"
 
 
-def parse_listen_addr(text: str, flag: str) -> ListenAddr:
+def parse_listen_addr(text: str) -> ListenAddr:
     """`HOST:PORT`, `:PORT` (all interfaces) or `[V6]:PORT`; port 0 picks a free port."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise ConfigError(f"{flag}: {text!r} is not HOST:PORT")
+        raise ValueError(f"{text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"{flag}: port {port_text!r} in {text!r} is not a number") from None
+        raise ValueError(f"port {port_text!r} in {text!r} is not a number") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"{flag}: port {port} in {text!r} is out of range 0-65535")
+        raise ValueError(f"port {port} in {text!r} is out of range 0-65535")
     if host and host != "localhost":
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise ConfigError(f"{flag}: host {host!r} in {text!r} is not an IP address") from None
+            raise ValueError(f"host {host!r} in {text!r} is not an IP address") from None
     return ListenAddr(host, port)
 
 
-def resolve_kubeconfig(flag_value: str | None, env: Mapping[str, str]) -> str | None:
-    """The kubeconfig path to use, or None for in-cluster config; checks it can be read."""
-    path = flag_value or env.get("KUBECONFIG") or None
-    if path is None:
+# --- checks: a value in, a problem (without the flag, which the caller prepends) or None out -------------
+
+Check = Callable[[Any], "str | None"]
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
+
+
+def not_empty(value: str | tuple[str, ...]) -> str | None:
+    return None if value else "must not be empty"
+
+
+def vni(value: int) -> str | None:
+    return None if 1 <= value <= 0xFFFFFF else f"VNI {value} is out of range 1-16777215"
+
+
+def udp_port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"port {value} is out of range 1-65535"
+
+
+def mtu(value: int | None) -> str | None:
+    return None if value is None or 576 <= value <= 65535 else f"{value} is out of range 576-65535"
+
+
+def ipv4_network(value: str) -> str | None:
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError:
+        return f"{value!r} is not a valid IPv4 CIDR"
+    if net.version != 4 or net.prefixlen > 24:
+        return f"{value!r} must be an IPv4 network of /24 or larger"
+    return None
+
+
+def implemented_driver(value: str) -> str | None:
+    return None if value == "ipsec" else f"{value} is not implemented yet; use --vpn-driver=ipsec"
+
+
+# --- declaration ----------------------------------------------------------------------------------------
+
+_META = "raven.setting"
+
+
+@dataclass(frozen=True)
+class _Declared:
+    help: str
+    check: Check | None
+    env: str | None
+    cluster: bool
+
+
+def setting(default: T, help: str, *, check: Check | None = None, env: str | None = None,
+            cluster: bool = False) -> T:
+    """Declare a config field as a user setting (see the module docstring).
+
+    `env`: the environment variable read when the flag is absent. `cluster`: the value must be the same on
+    every node, so it is set in the ConfigMap raven-agent-config and read from `$RAVEN_<NAME>` (the
+    default `env` of a cluster setting).
+    """
+    return field(default=default, metadata={_META: _Declared(help, check, env, cluster)})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user setting as the CLI, the environment, the docs and the ConfigMap see it."""
+
+    name: str  # the config field, e.g. "tunnel_cidr"
+    mode: Mode
+    default: object
+    help: str
+    env: str | None
+    check: Check | None
+    cluster: bool
+    parse: Callable[[str], object]  # text of a flag or env var -> value; ValueError with the problem
+    choices: tuple[str, ...] | None
+    kind: Literal["value", "switch", "toggle"]  # --x VALUE, --x, --x/--no-x
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def show(self, value: object) -> str:
+        """A value as it is written on the command line, in the environment or in the ConfigMap."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        return "" if value is None else str(value)
+
+    def read(self, text: str, source: str) -> object:
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{self.flag}: {exc}{source}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _parse_number(kind: type[int] | type[float]) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+    return parse
+
+
+def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _parse_list(text: str) -> object:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _codec(hint: object) -> tuple[Callable[[str], object], tuple[str, ...] | None]:
+    """How text becomes a value of the field's type (`X | None` parses as X: None is "unset")."""
+    if isinstance(hint, UnionType):
+        (inner,) = (a for a in typing.get_args(hint) if a is not NoneType)
+        return _codec(inner)
+    if typing.get_origin(hint) is Literal:
+        choices = tuple(str(a) for a in typing.get_args(hint))
+        return _parse_choice(choices), choices
+    if hint is bool:
+        return _parse_bool, None
+    if hint is int or hint is float:
+        return _parse_number(hint), None
+    if hint is str:
+        return str, None
+    if hint is ListenAddr:
+        return parse_listen_addr, None
+    if hint == tuple[str, ...]:
+        return _parse_list, None
+    raise TypeError(f"no parser for settings of type {hint!r}")
+
+
+def _declared(cls: type, mode: Mode, skip: type | None = None) -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(cls)
+    skipped = {f.name for f in fields(skip)} if skip else set()
+    out: list[Setting] = []
+    for f in fields(cls):
+        decl = f.metadata.get(_META)
+        if f.name in skipped:
+            continue
+        if not isinstance(decl, _Declared):
+            continue
+        hint = hints[f.name]
+        parse, choices = _codec(hint)
+        kind: Literal["value", "switch", "toggle"] = "value"
+        if hint is bool:
+            kind = "toggle" if f.default is True else "switch"
+        env = decl.env or (f"RAVEN_{f.name.upper()}" if decl.cluster else None)
+        out.append(Setting(f.name, mode, f.default, decl.help, env, decl.check, decl.cluster, parse, choices,
+                           kind))
+    return tuple(out)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_fields(cfg: object) -> None:
+    """Every declared setting's own check; the message names the flag."""
+    for f in fields(cfg):  # type: ignore[arg-type]
+        decl = f.metadata.get(_META)
+        if isinstance(decl, _Declared) and decl.check is not None:
+            problem = decl.check(getattr(cfg, f.name))
+            if problem is not None:
+                raise ConfigError(f"{flag(f.name)}: {problem}")
+
+
+# --- the configs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    # The kubeconfig path raven.cli resolved (checked readable), or None for in-cluster config.
+    kubeconfig: str | None = setting(None, "kubeconfig file (neither given: in-cluster config)", env="KUBECONFIG")
+    # (ListenAddr is frozen: a shared default is safe.)
+    health_addr: ListenAddr = setting(ListenAddr("", 10275),  # noqa: RUF009
+                                      "HOST:PORT serving /healthz and /readyz (also /metrics)")
+    metrics_addr: ListenAddr = setting(ListenAddr("", 10265),  # noqa: RUF009
+                                       "HOST:PORT serving /metrics (may equal --health-addr)")
+    log_format: Literal["text", "json"] = setting("text", "log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "least severe level logged")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    common: CommonConfig
+    leader_elect: bool = setting(True, "compete for a Lease so only one replica writes; --no-leader-elect for "
+                                 "a single replica")
+    lease_namespace: str = setting("kube-system", "namespace of the Lease", check=not_empty)
+    lease_name: str = setting("raven-controller", "name of the Lease", check=not_empty)
+    lease_duration: float = setting(15.0, "seconds a standby waits before taking over an unrenewed Lease",
+                                    check=positive)
+    renew_deadline: float = setting(10.0, "seconds the leader keeps trying to renew before it stops writing",
+                                    check=positive)
+    retry_period: float = setting(2.0, "seconds between Lease acquire/renew attempts", check=positive)
+    # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not self.renew_deadline < self.lease_duration:
+            raise ConfigError(f"--renew-deadline: must be shorter than --lease-duration ({self.renew_deadline} >= "
+                              f"{self.lease_duration})")
+        if not self.retry_period < self.renew_deadline:
+            raise ConfigError(f"--retry-period: must be shorter than --renew-deadline ({self.retry_period} >= "
+                              f"{self.renew_deadline})")
+
+
+def path_mtu_problem(underlay_mtu: int, esp_proposals: tuple[str, ...], ipsec_device_mtu: int | None) -> str | None:
+    path = compute_mtus(underlay_mtu, esp_proposals, ipsec_device_mtu).cross_pool_path
+    return f"{underlay_mtu} leaves a path MTU below {MIN_PATH_MTU}" if path < MIN_PATH_MTU else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings:
+    """The agent settings the plan reads (`raven.agent.plan.PlanConfig` extends this class)."""
+
+    vxlan_vni: int = setting(200, "VNI of the intra-pool VXLAN raven0", check=vni, cluster=True)
+    vxlan_port: int = setting(4472, "UDP port of raven0", check=udp_port, cluster=True)
+    overlay_cidr: str = setting("240.0.0.0/8", "raven0 addresses are derived from node IPs inside this network",
+                                check=ipv4_network, cluster=True)
+    tunnel_vni: int = setting(201, "VNI of the inter-gateway VXLAN raven1", check=vni, cluster=True)
+    tunnel_port: int = setting(4473, "UDP port of raven1", check=udp_port, cluster=True)
+    tunnel_cidr: str = setting("241.0.0.0/16", "each Gateway gets a stable inner address from this network",
+                               check=ipv4_network, cluster=True)
+    underlay_mtu: int | None = setting(None, "MTU of the node's network; unset: read from the device holding "
+                                       "the node IP", check=mtu)
+    ipsec_device_mtu: int | None = setting(None, "MTU of a userspace ESP device that carries inter-gateway "
+                                           "packets (strongSwan kernel-libipsec's ipsec0, 1400 by default); "
+                                           "leave unset with kernel ESP", check=mtu)
+    ike_proposals: tuple[str, ...] = setting(("aes256-sha256-modp2048",), "comma-separated IKE proposals",
+                                             check=not_empty, cluster=True)
+    esp_proposals: tuple[str, ...] = setting(("aes256-sha256",), "comma-separated ESP proposals",
+                                             check=not_empty, cluster=True)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.vxlan_vni == self.tunnel_vni:
+            raise ConfigError(f"--tunnel-vni: must differ from --vxlan-vni (both {self.vxlan_vni})")
+        if self.vxlan_port == self.tunnel_port:
+            raise ConfigError(f"--tunnel-port: must differ from --vxlan-port (both {self.vxlan_port})")
+        overlay, tunnel = ipaddress.ip_network(self.overlay_cidr), ipaddress.ip_network(self.tunnel_cidr)
+        if overlay.overlaps(tunnel):
+            raise ConfigError(f"--tunnel-cidr: {self.tunnel_cidr} overlaps --overlay-cidr {self.overlay_cidr}")
+        vnh = ipaddress.ip_address(POOL_VIRTUAL_NEXT_HOP)
+        for name, net in (("overlay_cidr", overlay), ("tunnel_cidr", tunnel)):
+            if vnh in net:
+                raise ConfigError(f"{flag(name)}: {net} contains {vnh}, the pools' virtual next hop")
+        if self.underlay_mtu is not None:
+            problem = path_mtu_problem(self.underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
+            if problem:
+                raise ConfigError(f"--underlay-mtu: {problem}")
+
+
+P = TypeVar("P", bound=PlanSettings)
+
+
+def carry_plan_settings(source: PlanSettings, target: P) -> P:
+    """`target` with every plan setting taken from `source` (e.g. an AgentConfig into a PlanConfig)."""
+    return replace(target, **{f.name: getattr(source, f.name) for f in fields(PlanSettings)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig(PlanSettings):
+    common: CommonConfig
+    node_name: str = setting("", "this node's name (required)", env="NODE_NAME")
+    vpn_driver: Literal["ipsec", "wireguard"] = setting("ipsec", "tunnel between gateways (ipsec: through "
+                                                        "charon over VICI)", check=implemented_driver)
+    vici_socket: str = setting("/var/run/charon.vici", "charon's VICI socket", check=not_empty)
+    psk_file: str | None = setting(None, "file holding the IPsec pre-shared key; unset: the key in "
+                                   "$VPN_CONNECTION_PSK. There is no default key")
+    resync_period: float = setting(30.0, "seconds between full reconciles even without events", check=positive,
+                                   cluster=True)
+    cleanup: bool = setting(False, "remove every route, rule, device and IPsec connection Raven created, "
+                            "then exit")
+    # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
+    psk: str = field(default="", repr=False)
+    psk_source: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.node_name and not self.cleanup:
+            raise ConfigError("agent mode needs the node name: pass --node-name or set NODE_NAME")
+        if self.vpn_driver == "ipsec" and not self.cleanup and not self.psk:
+            raise ConfigError(
+                "the ipsec driver needs a pre-shared key: pass --psk-file or set VPN_CONNECTION_PSK "
+                "(there is no default key; generate one with: openssl rand -base64 48)"
+            )
+
+
+SETTINGS: tuple[Setting, ...] = (
+    *_declared(CommonConfig, "common"),
+    *_declared(ControllerConfig, "controller"),
+    *_declared(AgentConfig, "agent", skip=PlanSettings),  # the agent's own settings first, then the plan's
+    *_declared(PlanSettings, "agent"),
+)
+
+
+def settings_for(mode: Literal["controller", "agent"]) -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if s.mode in ("common", mode))
+
+
+def configmap_data() -> dict[str, str]:
+    """The agent ConfigMap's data: every cluster-wide setting's env var and default."""
+    return {s.env: s.show(s.default) for s in SETTINGS if s.cluster and s.env}
+
+
+# --- values that are not plain settings -----------------------------------------------------------------
+
+
+def resolve_kubeconfig(path: str | None, env: Mapping[str, str]) -> str | None:
+    """The kubeconfig path to use (--kubeconfig or $KUBECONFIG), or None for in-cluster config."""
+    if not path:
         if not env.get("KUBERNETES_SERVICE_HOST"):
             raise ConfigError(
                 "no kubeconfig: pass --kubeconfig or set KUBECONFIG (or run inside a cluster)"
@@ -77,103 +426,6 @@ def resolve_kubeconfig(flag_value: str | None, env: Mapping[str, str]) -> str | 
     except OSError as exc:
         raise ConfigError(f"kubeconfig {first!r} is not readable: {exc.strerror}") from None
     return first
-
-
-def _positive(value: float, flag: str) -> float:
-    if value <= 0:
-        raise ConfigError(f"{flag}: must be > 0, got {value}")
-    return value
-
-
-@dataclass(frozen=True)
-class CommonConfig:
-    kubeconfig: str | None
-    health_addr: ListenAddr
-    metrics_addr: ListenAddr
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = "info"
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    common: CommonConfig
-    leader_elect: bool = True
-    lease_namespace: str = "kube-system"
-    lease_name: str = "raven-controller"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-    # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
-
-    def __post_init__(self) -> None:
-        _positive(self.lease_duration, "--lease-duration")
-        _positive(self.renew_deadline, "--renew-deadline")
-        _positive(self.retry_period, "--retry-period")
-        if not self.renew_deadline < self.lease_duration:
-            raise ConfigError("--renew-deadline must be shorter than --lease-duration")
-        if not self.retry_period < self.renew_deadline:
-            raise ConfigError("--retry-period must be shorter than --renew-deadline")
-        if not self.lease_name or not self.lease_namespace:
-            raise ConfigError("--lease-name and --lease-namespace must not be empty")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    common: CommonConfig
-    node_name: str
-    vpn_driver: Literal["ipsec", "wireguard"] = "ipsec"
-    vici_socket: str = DEFAULT_VICI_SOCKET
-    # The pre-shared key itself; never logged (repr=False) and never defaulted.
-    psk: str = field(default="", repr=False)
-    psk_source: str = ""
-    resync_period: float = 30.0
-    cleanup: bool = False
-    vxlan_vni: int = 200
-    vxlan_port: int = 4472
-    overlay_cidr: str = "240.0.0.0/8"
-    tunnel_vni: int = 201
-    tunnel_port: int = 4473
-    tunnel_cidr: str = "241.0.0.0/16"
-    underlay_mtu: int | None = None
-    tunnel_device_mtu: int | None = None
-    ike_proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
-    esp_proposals: tuple[str, ...] = ("aes256-sha256",)
-
-    def __post_init__(self) -> None:
-        if not self.node_name and not self.cleanup:
-            raise ConfigError("agent mode needs the node name: pass --node-name or set NODE_NAME")
-        _positive(self.resync_period, "--resync-period")
-        for flag, vni in (("--vxlan-vni", self.vxlan_vni), ("--tunnel-vni", self.tunnel_vni)):
-            if not 1 <= vni <= 16777215:
-                raise ConfigError(f"{flag}: VNI {vni} is out of range 1-16777215")
-        if self.vxlan_vni == self.tunnel_vni:
-            raise ConfigError("--vxlan-vni and --tunnel-vni must differ")
-        for flag, port in (("--vxlan-port", self.vxlan_port), ("--tunnel-port", self.tunnel_port)):
-            if not 1 <= port <= 65535:
-                raise ConfigError(f"{flag}: port {port} is out of range 1-65535")
-        for flag, cidr in (("--overlay-cidr", self.overlay_cidr), ("--tunnel-cidr", self.tunnel_cidr)):
-            try:
-                net = ipaddress.ip_network(cidr)
-            except ValueError:
-                raise ConfigError(f"{flag}: {cidr!r} is not a valid IPv4 CIDR") from None
-            if net.version != 4 or net.prefixlen > 24:
-                raise ConfigError(f"{flag}: {cidr!r} must be an IPv4 network of /24 or larger")
-        if ipaddress.ip_network(self.overlay_cidr).overlaps(ipaddress.ip_network(self.tunnel_cidr)):
-            raise ConfigError("--overlay-cidr and --tunnel-cidr must not overlap")
-        if self.underlay_mtu is not None and not 576 <= self.underlay_mtu <= 65535:
-            raise ConfigError(f"--underlay-mtu: {self.underlay_mtu} is out of range 576-65535")
-        if self.tunnel_device_mtu is not None and not 576 <= self.tunnel_device_mtu <= 65535:
-            raise ConfigError(f"--ipsec-device-mtu: {self.tunnel_device_mtu} is out of range 576-65535")
-        if self.vpn_driver == "wireguard":
-            raise ConfigError("--vpn-driver=wireguard is not implemented yet; use --vpn-driver=ipsec")
-        if self.vpn_driver == "ipsec" and not self.cleanup and not self.psk:
-            raise ConfigError(
-                "the ipsec driver needs a pre-shared key: pass --psk-file or set VPN_CONNECTION_PSK "
-                "(there is no default key; generate one with: openssl rand -base64 48)"
-            )
-        if not self.ike_proposals or not self.esp_proposals:
-            raise ConfigError("--ike-proposals and --esp-proposals must not be empty")
 
 
 def read_psk(psk_file: str | None, env: Mapping[str, str]) -> tuple[str, str]:

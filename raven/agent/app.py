@@ -22,7 +22,7 @@ from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.underlay import Underlay, detect_underlay
 from raven.api.gateway import Gateway, GatewayParseError
 from raven.api.node import Node
-from raven.config import AgentConfig
+from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
@@ -35,24 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def plan_config(cfg: AgentConfig, underlay: Underlay | None) -> PlanConfig:
-    base = PlanConfig(
-        vxlan_vni=cfg.vxlan_vni,
-        vxlan_port=cfg.vxlan_port,
-        tunnel_vni=cfg.tunnel_vni,
-        tunnel_port=cfg.tunnel_port,
-        overlay_cidr=cfg.overlay_cidr,
-        tunnel_cidr=cfg.tunnel_cidr,
-        ike_proposals=cfg.ike_proposals,
-        esp_proposals=cfg.esp_proposals,
-        tunnel_device_mtu=cfg.tunnel_device_mtu,
-    )
-    if cfg.underlay_mtu is not None:
-        base = replace(base, underlay_mtu=cfg.underlay_mtu)
-    elif underlay is not None:
-        base = replace(base, underlay_mtu=underlay.mtu)
-    if underlay is not None:
-        base = replace(base, underlay_ifname=underlay.ifname)
-    return base
+    """The plan's parameters: the agent's (validated) plan settings plus what was detected on the node."""
+    base = carry_plan_settings(cfg, PlanConfig())
+    if underlay is None:
+        return base
+    return replace(base, detected_underlay_mtu=underlay.mtu, underlay_ifname=underlay.ifname)
 
 
 def ownership(cfg: PlanConfig) -> Ownership:

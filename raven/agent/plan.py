@@ -33,6 +33,7 @@ from raven.agent.addressing import Mtus, compute_mtus, ike_identity, mac_from_ip
 from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range
 from raven.api.gateway import Gateway
 from raven.api.node import Node
+from raven.config import PlanSettings, path_mtu_problem
 from raven.dataplane.state import (
     INTER_GATEWAY_LINK,
     INTRA_POOL_LINK,
@@ -55,20 +56,16 @@ from raven.dataplane.state import (
 
 # Kernel-reserved routing tables (unspec, default, main, local).
 _RESERVED_TABLES = frozenset({0, 253, 254, 255})
-# A path MTU below this is certainly a misconfiguration (IPv4 hosts must accept 576-byte datagrams).
-_MIN_PATH_MTU = 576
 
 
-@dataclass(frozen=True)
-class PlanConfig:
-    """Every parameter of the plan. Field names match `raven.config.AgentConfig` where both exist."""
+@dataclass(frozen=True, kw_only=True)
+class PlanConfig(PlanSettings):
+    """Every parameter of the plan: the user's plan settings (validated by `PlanSettings`, with messages
+    naming their flags), what the agent detected about the node, and constants the agent owns."""
 
-    vxlan_vni: int = 200  # raven0 (intra-pool), OpenYurt Raven's default
-    vxlan_port: int = 4472
-    tunnel_vni: int = 201  # raven1 (between gateways, inside IPsec)
-    tunnel_port: int = 4473
-    overlay_cidr: str = "240.0.0.0/8"  # raven0 addresses: this prefix + the node IP's host bits
-    tunnel_cidr: str = "241.0.0.0/16"  # inner addresses, one per Gateway
+    # The MTU of the device holding the node IP, used when --underlay-mtu is unset.
+    detected_underlay_mtu: int = 1500
+    underlay_ifname: str | None = None  # the device holding the node IP, when known
     table: int = RAVEN_TABLE
     return_table: int = RAVEN_RETURN_TABLE
     rule_priority: int = RAVEN_RULE_PRIORITY
@@ -79,40 +76,19 @@ class PlanConfig:
     inter_gateway_link: str = INTER_GATEWAY_LINK
     vici_conn_prefix: str = VICI_CONN_PREFIX
     virtual_next_hop: str = POOL_VIRTUAL_NEXT_HOP
-    underlay_mtu: int = 1500
-    underlay_ifname: str | None = None  # the device holding the node IP, when known
-    # MTU of a userspace ESP device (strongSwan kernel-libipsec's ipsec0) that caps raven1's packets.
-    tunnel_device_mtu: int | None = None
-    ike_proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
-    esp_proposals: tuple[str, ...] = ("aes256-sha256",)
 
     def __post_init__(self) -> None:
-        for name, vni in (("vxlan_vni", self.vxlan_vni), ("tunnel_vni", self.tunnel_vni)):
-            if not 1 <= vni <= 0xFFFFFF:
-                raise ValueError(f"{name}: VNI {vni} is out of range 1-16777215")
-        if self.vxlan_vni == self.tunnel_vni:
-            raise ValueError("vxlan_vni and tunnel_vni must differ")
-        for name, port in (("vxlan_port", self.vxlan_port), ("tunnel_port", self.tunnel_port)):
-            if not 1 <= port <= 65535:
-                raise ValueError(f"{name}: port {port} is out of range 1-65535")
-        if self.vxlan_port == self.tunnel_port:
-            raise ValueError("vxlan_port and tunnel_port must differ")
-        nets: dict[str, ipaddress.IPv4Network] = {}
-        for name, cidr in (("overlay_cidr", self.overlay_cidr), ("tunnel_cidr", self.tunnel_cidr)):
-            try:
-                nets[name] = ipaddress.IPv4Network(cidr)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {cidr!r} is not an IPv4 network: {exc}") from None
-        if nets["overlay_cidr"].overlaps(nets["tunnel_cidr"]):
-            raise ValueError("overlay_cidr and tunnel_cidr must not overlap")
-        if nets["tunnel_cidr"].prefixlen > 30:
-            raise ValueError("tunnel_cidr: too small for more than one gateway")
+        super().__post_init__()
+        # What follows checks only the fields above: the agent's constants (overridden by tests) and
+        # the detected MTU. The user's settings were checked by PlanSettings.
         try:
             vnh = ipaddress.IPv4Address(self.virtual_next_hop)
         except ValueError:
             raise ValueError(f"virtual_next_hop: {self.virtual_next_hop!r} is not an IPv4 address") from None
-        if any(vnh in net for net in nets.values()):
-            raise ValueError("virtual_next_hop must lie outside overlay_cidr and tunnel_cidr")
+        # (PlanSettings checked the default next hop against the user's CIDRs.)
+        moved = vnh != ipaddress.IPv4Address(POOL_VIRTUAL_NEXT_HOP)
+        if moved and any(vnh in ipaddress.ip_network(cidr) for cidr in (self.overlay_cidr, self.tunnel_cidr)):
+            raise ValueError("virtual_next_hop must lie outside --overlay-cidr and --tunnel-cidr")
         for name, table in (("table", self.table), ("return_table", self.return_table)):
             if not 1 <= table <= 0xFFFFFFFF or table in _RESERVED_TABLES:
                 raise ValueError(f"{name}: {table} is reserved or out of range")
@@ -133,13 +109,18 @@ class PlanConfig:
             raise ValueError("intra_pool_link and inter_gateway_link must differ")
         if not self.vici_conn_prefix:
             raise ValueError("vici_conn_prefix must not be empty")
-        if not self.ike_proposals or not self.esp_proposals:
-            raise ValueError("ike_proposals and esp_proposals must not be empty")
-        if self._mtus().cross_pool_path < _MIN_PATH_MTU:
-            raise ValueError(f"underlay_mtu: {self.underlay_mtu} leaves a path MTU below {_MIN_PATH_MTU}")
+        if self.underlay_mtu is None:
+            problem = path_mtu_problem(self.detected_underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
+            if problem:
+                dev = self.underlay_ifname or "the underlay device"
+                raise ValueError(f"MTU of {dev}: {problem}; set --underlay-mtu")
+
+    @property
+    def effective_underlay_mtu(self) -> int:
+        return self.detected_underlay_mtu if self.underlay_mtu is None else self.underlay_mtu
 
     def _mtus(self) -> Mtus:
-        return compute_mtus(self.underlay_mtu, self.esp_proposals, self.tunnel_device_mtu)
+        return compute_mtus(self.effective_underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
 
 
 Role = Literal["none", "member", "gateway"]

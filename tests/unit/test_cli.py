@@ -125,7 +125,7 @@ def test_flag_of_the_other_mode_is_rejected(kubeconfig: str) -> None:
 
 def test_lease_timings_must_be_ordered(kubeconfig: str) -> None:
     result = run(["--mode=controller", "--kubeconfig", kubeconfig, "--lease-duration", "5", "--renew-deadline", "6"])
-    _assert_clean_error(result, "--renew-deadline must be shorter")
+    _assert_clean_error(result, "--renew-deadline: must be shorter")
 
 
 def test_unknown_mode() -> None:
