@@ -1,6 +1,8 @@
 """`raven --mode=controller|agent ...`: parse flags + environment into a validated config and run.
 
-Bad configuration ends here with one line on stderr and exit code 2, never a traceback.
+The flags are built from `raven.config.SETTINGS` (nothing about a setting is written here); a flag wins
+over the setting's environment variable. Bad configuration ends here with one line on stderr and exit
+code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def raven_version() -> str:
 
 
 def help_text(s: Setting) -> str:
-    """A setting's help with its default and environment variable, as --help and the README show it."""
+    """A setting's help for --help, with its default and environment variable."""
     notes = []
     if s.kind == "value" and s.default not in (None, ""):
         notes.append(f"default: {s.show(s.default)}")

@@ -26,10 +26,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from raven.agent.addressing import compute_mtus
 from raven.dataplane.state import POOL_VIRTUAL_NEXT_HOP
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 MIN_PSK_LENGTH = 16
 # A path MTU below this is certainly a misconfiguration (IPv4 hosts must accept 576-byte datagrams).
@@ -154,7 +157,7 @@ class Setting:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag(self.name)
 
     def show(self, value: object) -> str:
         """A value as it is written on the command line, in the environment or in the ConfigMap."""
@@ -232,9 +235,7 @@ def _declared(cls: type, mode: Mode, skip: type | None = None) -> tuple[Setting,
     out: list[Setting] = []
     for f in fields(cls):
         decl = f.metadata.get(_META)
-        if f.name in skipped:
-            continue
-        if not isinstance(decl, _Declared):
+        if f.name in skipped or not isinstance(decl, _Declared):
             continue
         hint = hints[f.name]
         parse, choices = _codec(hint)
@@ -251,9 +252,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _check_fields(cfg: object) -> None:
+def _check_fields(cfg: DataclassInstance) -> None:
     """Every declared setting's own check; the message names the flag."""
-    for f in fields(cfg):  # type: ignore[arg-type]
+    for f in fields(cfg):
         decl = f.metadata.get(_META)
         if isinstance(decl, _Declared) and decl.check is not None:
             problem = decl.check(getattr(cfg, f.name))

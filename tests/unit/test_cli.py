@@ -23,20 +23,6 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.run(RAVEN + args, env={**base, **(env or {})}, capture_output=True, text=True, timeout=30)
 
 
-@pytest.fixture
-def kubeconfig(tmp_path: Path) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    return str(path)
-
-
-@pytest.fixture
-def psk_file(tmp_path: Path) -> str:
-    path = tmp_path / "psk"
-    path.write_text("x" * 48 + "\n")
-    return str(path)
-
-
 @pytest.mark.parametrize("mode", ["controller", "agent"])
 def test_help_explains_every_flag(mode: str) -> None:
     result = run([f"--mode={mode}", "--help"])

@@ -26,20 +26,6 @@ MANIFESTS = ROOT / "manifests"
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@pytest.fixture
-def kubeconfig(tmp_path: Path) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    return str(path)
-
-
-@pytest.fixture
-def psk_file(tmp_path: Path) -> str:
-    path = tmp_path / "psk"
-    path.write_text("k" * 32)
-    return str(path)
-
-
 def agent(kubeconfig: str, psk_file: str, *flags: str, env: dict[str, str] | None = None) -> AgentConfig:
     ns = build_parser().parse_args(
         ["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--psk-file", psk_file, *flags]
