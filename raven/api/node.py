@@ -48,7 +48,7 @@ class Node:
     @classmethod
     def from_dict(cls, obj: JSONObject) -> Node:
         """Lenient: a field of the wrong type reads as absent (what is missing is then in `problems()`)."""
-        meta, spec, status = (_obj(obj.get(k)) for k in ("metadata", "spec", "status"))
+        meta, spec, status = _obj(obj.get("metadata")), _obj(obj.get("spec")), _obj(obj.get("status"))
         internal_ip: str | None = None
         for addr in _arr(status.get("addresses")):
             if is_object(addr) and addr.get("type") == "InternalIP" and addr.get("address"):
@@ -71,8 +71,11 @@ class Node:
         )
 
 
+_EMPTY: JSONObject = {}
+
+
 def _obj(value: object) -> JSONObject:
-    return value if is_object(value) else {}
+    return value if is_object(value) else _EMPTY
 
 
 def _arr(value: object) -> Sequence[object]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -134,7 +134,8 @@ class TypedInformer(Generic[T]):
         self._entries[key] = new
         return new
 
-    async def _on_event(self, ev: InformerEvent) -> None:
+    def _on_event(self, ev: InformerEvent) -> Awaitable[None] | None:
+        # Synchronous unless a handler is async: this runs for every event (10,000 Node heartbeats).
         key = key_of(ev.obj)
         before = self._entries.get(key)
         old = before.value if before is not None else None
@@ -144,14 +145,26 @@ class TypedInformer(Generic[T]):
         else:
             e = self.store(ev.obj)
             tev = TypedEvent(ev.type, key, e.value, old, e.error)
+        pending: list[Awaitable[object]] = []
         for handler in self._handlers:
             try:
                 result = handler(tev)
-                if inspect.isawaitable(result):
-                    await result
             except Exception:
-                log.exception("typed informer handler failed", extra=kv(informer=self.name, type=ev.type,
-                                                                        object=key))
+                self._log_failure(tev)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(result)
+        return self._await_all(tev, pending) if pending else None
+
+    async def _await_all(self, tev: TypedEvent[T], pending: list[Awaitable[object]]) -> None:
+        for result in pending:
+            try:
+                await result
+            except Exception:
+                self._log_failure(tev)
+
+    def _log_failure(self, tev: TypedEvent[T]) -> None:
+        log.exception("typed informer handler failed", extra=kv(informer=self.name, type=tev.type, object=tev.key))
 
 
 class TypedClient:

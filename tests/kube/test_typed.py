@@ -32,7 +32,7 @@ def _typed() -> tuple[TypedInformer[Gateway], list[str], list[TypedEvent[Gateway
 
 async def test_each_version_is_parsed_once_and_handlers_get_typed_objects() -> None:
     typed, parsed, events = _typed()
-    await typed._on_event(InformerEvent("ADDED", _gw("1")))
+    typed._on_event(InformerEvent("ADDED", _gw("1")))
     typed.store(_gw("1"))  # the same version again (a re-list): not parsed again
     assert parsed == ["1"]
     gw = typed.get("gw")
@@ -44,13 +44,13 @@ async def test_each_version_is_parsed_once_and_handlers_get_typed_objects() -> N
 
 async def test_an_unparsable_version_keeps_the_last_good_value_with_the_error() -> None:
     typed, parsed, events = _typed()
-    await typed._on_event(InformerEvent("ADDED", _gw("1")))
+    typed._on_event(InformerEvent("ADDED", _gw("1")))
     good = typed.get("gw")
-    await typed._on_event(InformerEvent("MODIFIED", _gw("2", "one"), _gw("1")))
+    typed._on_event(InformerEvent("MODIFIED", _gw("2", "one"), _gw("1")))
     entry = typed.entry("gw")
     assert entry is not None and entry.resource_version == "2"
     assert entry.value is good and entry.current is None and "Replicas" in (entry.error or "")
     assert events[-1].obj is good and events[-1].error == entry.error
-    await typed._on_event(InformerEvent("DELETED", _gw("2", "one"), _gw("2", "one")))
+    typed._on_event(InformerEvent("DELETED", _gw("2", "one"), _gw("2", "one")))
     assert typed.get("gw") is None and events[-1].type == "DELETED" and events[-1].obj is good
     assert parsed == ["1", "2"]
