@@ -124,3 +124,25 @@ async def test_a_failed_underlay_lookup_is_retried_on_the_next_plan(monkeypatch:
     result = await view.plan()
     raven0 = next(link for link in result.state.links if link.name == "raven0")
     assert (raven0.mtu, raven0.underlay_ifname) == (1350, "eth9")
+
+
+async def test_the_plan_is_reused_until_an_input_or_its_parameters_change() -> None:
+    from dataclasses import replace
+
+    from raven.agent.plan import PlanConfig
+
+    view, gateways = _view("edge-a-2")
+    cfg = PlanConfig()
+    first = view.inputs.plan(cfg)
+    assert view.inputs.plan(cfg) is first  # nothing changed: the cached plan
+    heartbeat = {"metadata": {"name": "edge-a-2", "resourceVersion": "7"}, "spec": {"podCIDRs": ["10.245.1.0/24"]}}
+    old = view.nodes.store(heartbeat).value
+    new = view.nodes.store({**heartbeat, "metadata": {"name": "edge-a-2", "resourceVersion": "8"}}).value
+    assert not view.inputs.on_node(TypedEvent("MODIFIED", "edge-a-2", new, old))  # same facts: no re-plan
+    assert not view.inputs.on_node(TypedEvent("MODIFIED", "other-node", new, old))
+    assert view.inputs.plan(cfg) is first
+    assert view.inputs.plan(replace(cfg, underlay_mtu=1400)) is not first  # e.g. the underlay MTU was found
+    bad = copy.deepcopy(gateways["gw-dc"])
+    bad["metadata"]["resourceVersion"] = "1001"
+    _edit(view, gateways, "gw-dc", bad)
+    assert view.inputs.plan(cfg) is not first
