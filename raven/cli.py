@@ -141,7 +141,7 @@ async def _run(cfg: ControllerConfig | AgentConfig) -> int:
     from raven.runtime import run_mode
 
     if isinstance(cfg, AgentConfig) and cfg.cleanup:
-        from raven.agent.app import agent_cleanup
+        from raven.agent.cleanup import agent_cleanup
 
         return await agent_cleanup(cfg)
     # Loaded here, before anything starts: an unusable kubeconfig is a ConfigError (exit 2, one line),

@@ -15,7 +15,7 @@ from typing import Any, Final
 FIELDS_ATTR: Final = "raven_fields"
 
 
-def kv(**fields: Any) -> dict[str, Any]:
+def kv(**fields: object) -> dict[str, object]:
     """`logger.info("msg", extra=kv(a=1))` attaches structured fields to one log line."""
     return {FIELDS_ATTR: fields}
 

@@ -36,7 +36,7 @@ def overlay_address(node_ip: str, overlay_cidr: str) -> ipaddress.IPv4Address:
 def mac_from_ipv4(address: str | ipaddress.IPv4Address) -> str:
     """A MAC that encodes the address: 0e:72:a:b:c:d, so a neighbour entry is checkable by eye."""
     packed = ipaddress.IPv4Address(address).packed
-    return ":".join(f"{b:02x}" for b in (*MAC_PREFIX, *packed))
+    return ":".join(f"{b:02x}" for b in MAC_PREFIX + tuple(packed))
 
 
 def ike_identity(gateway_name: str) -> str:

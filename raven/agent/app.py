@@ -1,33 +1,35 @@
-"""Agent mode: wire informers, the pure plan, the kernel applier and the IPsec driver into one loop.
+"""Agent mode, the wiring: informers, the plan inputs, the underlay lookup, the kernel applier and the
+IPsec driver joined into one reconcile loop.
 
-`agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor; `agent_cleanup(cfg)` is
-`raven --mode=agent --cleanup`: remove every kernel object and VICI connection Raven owns, then exit.
-
-Inputs are cached so a converged resync costs a kernel read and a diff, not a re-plan: Gateways are
-parsed once per resourceVersion, and the plan is recomputed only when an informer delivered a change
-that can affect it (any Gateway change; a change to this node's own Node facts).
+`agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor. `plan_config()` maps the
+agent's configuration to the plan's parameters. The plan's inputs are cached in `inputs.PlanInputs`
+(pure); the one piece of I/O the plan depends on, finding the underlay interface and its MTU from this
+node's InternalIP (netlink), is done here, before each plan, by `UnderlayFollower`. `--cleanup` is
+`cleanup.agent_cleanup`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from raven.agent.plan import PlanConfig, PlanResult, plan
+from raven.agent.inputs import PlanInputs
+from raven.agent.plan import PlanConfig, PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.underlay import Underlay, detect_underlay
-from raven.api.gateway import Gateway, GatewayParseError
+from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
-from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
-from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
+from raven.dataplane.ipsec import IPsecDriver
+from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.kube.client import GATEWAYS, NODES, KubeClient
-from raven.kube.informer import Informer, InformerEvent, rv_of
+from raven.kube.informer import Informer
+from raven.kube.typed import TypedEvent, TypedInformer
 from raven.log import kv
 from raven.runtime import Runtime
 
@@ -51,92 +53,33 @@ def ownership(cfg: PlanConfig) -> Ownership:
     )
 
 
-class ClusterView:
-    """The plan's inputs, kept up to date by informer events, and the cached plan built from them."""
+class UnderlayFollower:
+    """The underlay (interface, MTU) of this node's InternalIP, looked up again only when that IP changes."""
 
-    def __init__(self, cfg: AgentConfig, gateways: Informer, nodes: Informer) -> None:
-        self._cfg = cfg
-        self._gateways = gateways
-        self._nodes = nodes
-        # name -> (resourceVersion seen, the version to plan with, whether that rv parsed). An unparsable
-        # edit keeps the last good version: bad input must not tear down a working pool's tunnels.
-        self._parsed: dict[str, tuple[str, Gateway | None, bool]] = {}
-        self._generation = 0
-        self._planned_generation = -1
-        self._last: PlanResult | None = None
+    def __init__(self) -> None:
         self._node_ip: str | None = None
-        self._underlay: Underlay | None = None
+        self.underlay: Underlay | None = None
 
-    def synced(self) -> bool:
-        return self._gateways.synced and self._nodes.synced
-
-    def on_gateway(self, event: InformerEvent) -> bool:
-        self._generation += 1
-        return True
-
-    def on_node(self, event: InformerEvent) -> bool:
-        """Only this node's own facts feed the plan; other nodes' heartbeats must not cause work."""
-        if event.name != self._cfg.node_name:
-            return False
-        old = Node.from_dict(event.old) if event.old is not None else None
-        new = Node.from_dict(event.obj) if event.type != "DELETED" else None
-        if old is not None and new is not None and _plan_facts(old) == _plan_facts(new):
-            return False
-        self._generation += 1
-        return True
-
-    def _gateway_list(self, problems: list[str]) -> list[Gateway]:
-        out: list[Gateway] = []
-        seen: set[str] = set()
-        for name, obj in self._gateways.cache.items():
-            seen.add(name)
-            rv = rv_of(obj)
-            cached = self._parsed.get(name)
-            if cached is None or cached[0] != rv:
-                try:
-                    cached = (rv, Gateway.from_dict(obj), True)
-                except GatewayParseError as exc:
-                    last_good = cached[1] if cached is not None else None
-                    log.warning("malformed gateway", extra=kv(gateway=name, rv=rv, error=str(exc),
-                                                             planned_from="last good version" if last_good
-                                                             else "nothing (skipped)"))
-                    cached = (rv, last_good, False)
-                self._parsed[name] = cached
-            _rv, gateway, parsed = cached
-            if gateway is None:
-                problems.append(f"gateway {name}: malformed object skipped")
-                continue
-            if not parsed:
-                problems.append(f"gateway {name}: malformed object; planned from its last good version")
-            out.append(gateway)
-        for gone in set(self._parsed) - seen:
-            del self._parsed[gone]
-        return out
-
-    async def plan(self) -> PlanResult:
-        if self._last is not None and self._planned_generation == self._generation:
-            return self._last
-        generation = self._generation
-        me_obj = self._nodes.get(self._cfg.node_name)
-        me = Node.from_dict(me_obj) if me_obj is not None else None
-        if me is not None and me.internal_ip and me.internal_ip != self._node_ip:
-            self._underlay = await detect_underlay(me.internal_ip)
+    async def follow(self, node: Node | None) -> Underlay | None:
+        if node is not None and node.internal_ip and node.internal_ip != self._node_ip:
+            self.underlay = await detect_underlay(node.internal_ip)
             # Only once the lookup worked: a failed one (raised) is tried again by the next plan.
-            self._node_ip = me.internal_ip
-            log.info("underlay", extra=kv(node_ip=me.internal_ip, ifname=self._underlay.ifname if self._underlay
-                                          else None, mtu=self._underlay.mtu if self._underlay else None))
-        problems: list[str] = []
-        gateways = self._gateway_list(problems)
-        nodes = {me.name: me} if me is not None else {}
-        result = plan(gateways, nodes, self._cfg.node_name, plan_config(self._cfg, self._underlay))
-        if problems:
-            result = replace(result, problems=problems + result.problems)
-        self._last, self._planned_generation = result, generation
-        return result
+            self._node_ip = node.internal_ip
+            u = self.underlay
+            log.info("underlay", extra=kv(node_ip=node.internal_ip, ifname=u.ifname if u else None,
+                                          mtu=u.mtu if u else None))
+        return self.underlay
 
 
-def _plan_facts(node: Node) -> tuple[object, ...]:
-    return (node.internal_ip, node.pod_cidrs, node.labels.get("raven.openyurt.io/gateway"), node.being_deleted)
+def plan_with_underlay(
+    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower
+) -> Callable[[], Awaitable[PlanResult]]:
+    """The reconciler's plan step: follow the underlay (I/O), then plan from the cached inputs (pure)."""
+
+    async def plan_fn() -> PlanResult:
+        return inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())))
+
+    return plan_fn
 
 
 def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
@@ -149,21 +92,24 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
                                             psk_source=cfg.psk_source))
         try:
-            gateways = Informer(client, GATEWAYS, "gateways", rt.registry)
+            gateways = TypedInformer(Informer(client, GATEWAYS, "gateways", rt.registry), Gateway.from_dict)
             # Only this node's facts feed the plan: caching every Node would cost memory on big clusters.
-            nodes = Informer(client, NODES, "nodes", rt.registry, field_selector=f"metadata.name={cfg.node_name}")
-            view = ClusterView(cfg, gateways, nodes)
+            nodes = TypedInformer(
+                Informer(client, NODES, "nodes", rt.registry, field_selector=f"metadata.name={cfg.node_name}"),
+                Node.from_dict,
+            )
+            inputs = PlanInputs(cfg.node_name, gateways, nodes)
             reconciler = Reconciler(
-                view.plan, view.synced, kernel, vpn, AgentMetrics(rt.registry), DataplaneMetrics(rt.registry),
-                resync_period=cfg.resync_period,
+                plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced, kernel, vpn,
+                AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
-            def on_gateway(ev: InformerEvent) -> None:
-                if view.on_gateway(ev):
+            def on_gateway(ev: TypedEvent[Gateway]) -> None:
+                if inputs.on_gateway(ev):
                     reconciler.trigger(f"gateway/{ev.name}")
 
-            def on_node(ev: InformerEvent) -> None:
-                if view.on_node(ev):
+            def on_node(ev: TypedEvent[Node]) -> None:
+                if inputs.on_node(ev):
                     reconciler.trigger(f"node/{ev.name}")
 
             gateways.add_handler(on_gateway)
@@ -185,43 +131,3 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             await client.close()
 
     return main
-
-
-async def agent_cleanup(cfg: AgentConfig) -> int:
-    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections).
-
-    Returns the exit code: 1 when anything could not be removed (so a script or an operator notices), else 0.
-    """
-    failed = False
-    kernel = KernelApplier(ownership(plan_config(cfg, None)))
-    try:
-        report = await kernel.cleanup()
-    except KernelError as exc:
-        failed = True
-        log.error("kernel cleanup failed: nothing removed", extra=kv(error=str(exc)))
-    else:
-        for err in report.errors:
-            log.warning("kernel cleanup write failed", extra=kv(kind=err.kind, op=err.op, obj=err.obj,
-                                                                reason=err.reason))
-        failed = failed or not report.ok
-        log.info("kernel state removed", extra=kv(writes=report.total_writes, errors=len(report.errors)))
-    finally:
-        await kernel.close()
-    if cfg.vpn_driver == "ipsec":
-        # No PSK is needed to remove connections; the driver insists on one, so give it a throwaway.
-        vpn = IPsecDriver(cfg.vici_socket, cfg.psk or "cleanup-only")
-        try:
-            vici_report = await vpn.cleanup()
-            for err in vici_report.errors:
-                log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
-            failed = failed or not vici_report.ok
-            log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
-        except CharonUnavailable as exc:
-            # A charon that is not running holds no connections (it loses them all when it stops).
-            log.warning("charon not reachable; nothing to remove there", extra=kv(error=str(exc)))
-        except Exception as exc:
-            failed = True
-            log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
-        finally:
-            await vpn.close()
-    return 1 if failed else 0

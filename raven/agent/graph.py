@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from raven.agent.plan import PlanResult
-from raven.agent.topology import Cluster, GatewayView, build_cluster
+from raven.agent.topology import Cluster, GatewayView, build_cluster, view_name
 from raven.api.gateway import Gateway
 
 
@@ -30,7 +30,7 @@ def _describe_gateway(g: GatewayView) -> str:
 def render_cluster(cluster: Cluster) -> str:
     """Every gateway, then one line per pair: "a -> b: direct (x initiates)" or "a -> b: via relay r"."""
     lines = ["gateways:"]
-    lines += [f"  {_describe_gateway(g)}" for g in sorted(cluster.gateways.values(), key=lambda g: g.name)]
+    lines += [f"  {_describe_gateway(g)}" for g in sorted(cluster.gateways.values(), key=view_name)]
     lines.append("paths:")
     lines += [f"  {p.describe()}" for p in cluster.all_paths()] or ["  (fewer than two active gateways)"]
     if cluster.problems:
@@ -46,7 +46,7 @@ def render_topology(gateways: Sequence[Gateway], tunnel_cidr: str) -> str:
 def render_dot(cluster: Cluster) -> str:
     """Graphviz: solid edges are IPsec tunnels (arrow from the initiator), dashed ones relayed pairs."""
     out = ["graph raven {", "  node [shape=box];"]
-    for g in sorted(cluster.gateways.values(), key=lambda g: g.name):
+    for g in sorted(cluster.gateways.values(), key=view_name):
         style = "" if g.active else ", style=dashed"
         nat = " (NAT)" if g.active and not g.reachable else ""
         out.append(f'  "{g.name}" [label="{g.name}{nat}"{style}];')

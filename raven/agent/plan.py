@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raven.agent.addressing import Mtus, compute_mtus, ike_identity, mac_from_ipv4, overlay_address
-from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range
+from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range, view_age
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import PlanSettings, path_mtu_problem
@@ -163,7 +163,7 @@ def _local_membership(
 ) -> tuple[GatewayView, PoolNode] | None:
     found = [
         (view, pn)
-        for view in sorted(cluster.gateways.values(), key=lambda v: v.age)
+        for view in sorted(cluster.gateways.values(), key=view_age)
         for pn in view.nodes
         if pn.name == node_name
     ]
@@ -194,7 +194,10 @@ def _pool_overlay(view: GatewayView, cfg: PlanConfig, problems: list[str]) -> di
     """Overlay address of each node of the pool. Two nodes whose IPs share their host bits would share an
     address: the active endpoint keeps it, then the first by name; the others are left out."""
     ep_name = view.endpoint.node_name if view.endpoint is not None else None
-    ordered = sorted(view.nodes, key=lambda n: (n.name != ep_name, n.name))
+    def endpoint_first(n: PoolNode) -> tuple[bool, str]:
+        return (n.name != ep_name, n.name)
+
+    ordered = sorted(view.nodes, key=endpoint_first)
     out: dict[str, ipaddress.IPv4Address] = {}
     owner: dict[ipaddress.IPv4Address, str] = {}
     for pn in ordered:

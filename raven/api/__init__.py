@@ -1,4 +1,5 @@
-"""The Gateway API (raven.openyurt.io/v1beta1) and the Node facts Raven uses."""
+"""The project's typed API objects: the Gateway (raven.openyurt.io/v1beta1), and the Node, Service and Endpoints
+facts Raven uses. Each is converted once from API JSON (read as `object`, never `Any`) by `raven.kube.typed`."""
 
 from raven.api.gateway import (
     Condition,
@@ -8,9 +9,12 @@ from raven.api.gateway import (
     GatewaySpec,
     GatewayStatus,
     NodeInfo,
+    UnparsableGateway,
+    parse_gateway,
     validate,
 )
 from raven.api.node import Node
+from raven.api.service import Service, ServiceEndpoints
 
 __all__ = [
     "Condition",
@@ -21,5 +25,9 @@ __all__ = [
     "GatewayStatus",
     "Node",
     "NodeInfo",
+    "Service",
+    "ServiceEndpoints",
+    "UnparsableGateway",
+    "parse_gateway",
     "validate",
 ]

@@ -10,10 +10,11 @@ replica) are applied by the accessors that need them, not stored.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeGuard
 
 from raven.api.constants import (
     DEFAULT_TUNNEL_PORT,
@@ -23,7 +24,9 @@ from raven.api.constants import (
     EXPOSE_TYPES,
 )
 
-JSON = dict[str, Any]
+# API JSON as the model sees it: values are `object`, narrowed by isinstance (never `Any`).
+JSON = dict[str, object]
+JSONObject = Mapping[str, object]
 
 
 class GatewayParseError(ValueError):
@@ -34,10 +37,20 @@ class GatewayParseError(ValueError):
         self.path = path
 
 
+def is_object(value: object) -> TypeGuard[JSONObject]:
+    """A JSON object (str keys, as JSON decoding gives). `dict`, not the Mapping ABC: this runs for every field
+    of every object the informers deliver, and an ABC isinstance check costs several times more."""
+    return isinstance(value, dict)
+
+
+def is_array(value: object) -> TypeGuard[Sequence[object]]:
+    return isinstance(value, list)
+
+
 # --- small typed readers: they turn a wrong JSON type into a GatewayParseError naming the field ---
 
 
-def _opt_str(obj: Mapping[str, Any], key: str, path: str) -> str | None:
+def _opt_str(obj: JSONObject, key: str, path: str) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
@@ -46,7 +59,7 @@ def _opt_str(obj: Mapping[str, Any], key: str, path: str) -> str | None:
     return value
 
 
-def _opt_int(obj: Mapping[str, Any], key: str, path: str) -> int | None:
+def _opt_int(obj: JSONObject, key: str, path: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
@@ -55,7 +68,7 @@ def _opt_int(obj: Mapping[str, Any], key: str, path: str) -> int | None:
     return value
 
 
-def _opt_bool(obj: Mapping[str, Any], key: str, path: str) -> bool | None:
+def _opt_bool(obj: JSONObject, key: str, path: str) -> bool | None:
     value = obj.get(key)
     if value is None:
         return None
@@ -64,25 +77,25 @@ def _opt_bool(obj: Mapping[str, Any], key: str, path: str) -> bool | None:
     return value
 
 
-def _opt_obj(obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any] | None:
+def _opt_obj(obj: JSONObject, key: str, path: str) -> JSONObject | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if not is_object(value):
         raise GatewayParseError(f"{path}.{key}", f"expected object, got {type(value).__name__}")
     return value
 
 
-def _opt_list(obj: Mapping[str, Any], key: str, path: str) -> list[Any] | None:
+def _opt_list(obj: JSONObject, key: str, path: str) -> Sequence[object] | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, list):
+    if not is_array(value):
         raise GatewayParseError(f"{path}.{key}", f"expected array, got {type(value).__name__}")
     return value
 
 
-def _opt_str_map(obj: Mapping[str, Any], key: str, path: str) -> dict[str, str] | None:
+def _opt_str_map(obj: JSONObject, key: str, path: str) -> dict[str, str] | None:
     value = _opt_obj(obj, key, path)
     if value is None:
         return None
@@ -94,17 +107,19 @@ def _opt_str_map(obj: Mapping[str, Any], key: str, path: str) -> dict[str, str] 
     return out
 
 
-def _opt_str_list(obj: Mapping[str, Any], key: str, path: str) -> list[str] | None:
+def _opt_str_list(obj: JSONObject, key: str, path: str) -> list[str] | None:
     value = _opt_list(obj, key, path)
     if value is None:
         return None
+    out: list[str] = []
     for i, v in enumerate(value):
         if not isinstance(v, str):
             raise GatewayParseError(f"{path}.{key}[{i}]", "expected string")
-    return list(value)
+        out.append(v)
+    return out
 
 
-def _put(out: JSON, key: str, value: Any) -> None:
+def _put(out: JSON, key: str, value: object) -> None:
     if value is not None:
         out[key] = value
 
@@ -119,7 +134,7 @@ class LabelSelectorRequirement:
     values: list[str] | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str) -> LabelSelectorRequirement:
+    def from_dict(cls, obj: JSONObject, path: str) -> LabelSelectorRequirement:
         return cls(
             key=_opt_str(obj, "key", path) or "",
             operator=_opt_str(obj, "operator", path) or "",
@@ -138,7 +153,7 @@ class LabelSelector:
     match_expressions: list[LabelSelectorRequirement] | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str) -> LabelSelector:
+    def from_dict(cls, obj: JSONObject, path: str) -> LabelSelector:
         exprs = _opt_list(obj, "matchExpressions", path)
         return cls(
             match_labels=_opt_str_map(obj, "matchLabels", path),
@@ -158,8 +173,8 @@ class LabelSelector:
         return out
 
 
-def _as_obj(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+def _as_obj(value: object, path: str) -> JSONObject:
+    if not is_object(value):
         raise GatewayParseError(path, f"expected object, got {type(value).__name__}")
     return value
 
@@ -171,7 +186,7 @@ class ProxyConfiguration:
     proxy_https_port: str | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str) -> ProxyConfiguration:
+    def from_dict(cls, obj: JSONObject, path: str) -> ProxyConfiguration:
         return cls(
             replicas=_opt_int(obj, "Replicas", path),
             proxy_http_port=_opt_str(obj, "proxyHTTPPort", path),
@@ -191,7 +206,7 @@ class TunnelConfiguration:
     replicas: int | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str) -> TunnelConfiguration:
+    def from_dict(cls, obj: JSONObject, path: str) -> TunnelConfiguration:
         return cls(replicas=_opt_int(obj, "Replicas", path))
 
     def to_dict(self) -> JSON:
@@ -214,7 +229,7 @@ class Endpoint:
     config: dict[str, str] | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str = "endpoint") -> Endpoint:
+    def from_dict(cls, obj: JSONObject, path: str = "endpoint") -> Endpoint:
         return cls(
             node_name=_opt_str(obj, "nodeName", path) or "",
             type=_opt_str(obj, "type", path) or "",
@@ -259,7 +274,7 @@ class GatewaySpec:
     expose_type: str | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str = "spec") -> GatewaySpec:
+    def from_dict(cls, obj: JSONObject, path: str = "spec") -> GatewaySpec:
         sel = _opt_obj(obj, "nodeSelector", path)
         proxy = _opt_obj(obj, "proxyConfig", path)
         tunnel = _opt_obj(obj, "tunnelConfig", path)
@@ -323,7 +338,7 @@ class NodeInfo:
     subnets: list[str]
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str = "status.nodes[]") -> NodeInfo:
+    def from_dict(cls, obj: JSONObject, path: str = "status.nodes[]") -> NodeInfo:
         return cls(
             node_name=_opt_str(obj, "nodeName", path) or "",
             private_ip=_opt_str(obj, "privateIP", path) or "",
@@ -346,7 +361,7 @@ class Condition:
     observed_generation: int | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str = "status.conditions[]") -> Condition:
+    def from_dict(cls, obj: JSONObject, path: str = "status.conditions[]") -> Condition:
         return cls(
             type=_opt_str(obj, "type", path) or "",
             status=_opt_str(obj, "status", path) or "",
@@ -370,7 +385,7 @@ class GatewayStatus:
     conditions: list[Condition] | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], path: str = "status") -> GatewayStatus:
+    def from_dict(cls, obj: JSONObject, path: str = "status") -> GatewayStatus:
         nodes = _opt_list(obj, "nodes", path)
         active = _opt_list(obj, "activeEndpoints", path)
         conds = _opt_list(obj, "conditions", path)
@@ -423,7 +438,7 @@ class Gateway:
     kind: str | None = None
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> Gateway:
+    def from_dict(cls, obj: JSONObject) -> Gateway:
         meta = _opt_obj(obj, "metadata", "") or {}
         name = _opt_str(meta, "name", "metadata") or ""
         spec = _opt_obj(obj, "spec", "")
@@ -469,6 +484,51 @@ class Gateway:
     def being_deleted(self) -> bool:
         return bool(self.metadata.get("deletionTimestamp"))
 
+    @functools.cached_property
+    def problems(self) -> tuple[str, ...]:
+        """`validate()`'s findings, computed once per parsed object (that is, once per resourceVersion)."""
+        return tuple(_problems(self))
+
+
+@dataclass(frozen=True)
+class UnparsableGateway:
+    """What can still be read from a Gateway whose JSON does not parse: enough to report it on its status.
+
+    `conditions` are the status conditions that do parse (others' conditions are kept when we write ours).
+    """
+
+    name: str
+    error: str
+    uid: str = ""
+    resource_version: str = ""
+    conditions: tuple[Condition, ...] = ()
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, error: str) -> UnparsableGateway:
+        meta = obj.get("metadata")
+        meta = meta if is_object(meta) else {}
+        status = obj.get("status")
+        raw_conds = status.get("conditions") if is_object(status) else None
+        conds: list[Condition] = []
+        for c in raw_conds if is_array(raw_conds) else ():
+            if not is_object(c):
+                continue
+            try:
+                conds.append(Condition.from_dict(c))
+            except GatewayParseError:
+                continue
+        name, uid, rv = (meta.get(k) for k in ("name", "uid", "resourceVersion"))
+        return cls(name=name if isinstance(name, str) else "", error=error, uid=uid if isinstance(uid, str) else "",
+                   resource_version=rv if isinstance(rv, str) else "", conditions=tuple(conds))
+
+
+def parse_gateway(obj: JSONObject) -> Gateway | UnparsableGateway:
+    """The controller's edge conversion: never raises; an unparsable object is kept for reporting."""
+    try:
+        return Gateway.from_dict(obj)
+    except GatewayParseError as exc:
+        return UnparsableGateway.from_dict(obj, str(exc))
+
 
 # --- validation ---
 
@@ -487,7 +547,15 @@ def _port_ok(value: int | None) -> bool:
 
 
 def validate(gw: Gateway) -> list[str]:
-    """Human-readable problems with a Gateway's spec; an empty list means it is valid."""
+    """Human-readable problems with a Gateway's spec; an empty list means it is valid.
+
+    Computed once per parsed Gateway (`Gateway.problems`): the controller's election and the agent's plan
+    both ask, on every event, and a Gateway from the typed informer cache is parsed once per resourceVersion.
+    """
+    return list(gw.problems)
+
+
+def _problems(gw: Gateway) -> list[str]:
     problems: list[str] = []
     spec = gw.spec
     if spec.expose_type not in EXPOSE_TYPES:
@@ -504,7 +572,7 @@ def validate(gw: Gateway) -> list[str]:
 
     seen: set[tuple[str, str]] = set()
     for i, ep in enumerate(spec.all_endpoints):
-        # Called for every Gateway on every plan: build strings only for problems actually found.
+        # Build strings only for problems actually found.
         if ep.key not in seen and ep.node_name.strip() and ep.type in ENDPOINT_TYPES and not ep.public_ip \
                 and _port_ok(ep.port) and _port_ok(ep.public_port):
             seen.add(ep.key)

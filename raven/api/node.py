@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from raven.api.constants import LABEL_GATEWAY
+from raven.api.gateway import JSONObject, is_array, is_object
 
 
 @dataclass(frozen=True)
@@ -46,21 +46,20 @@ class Node:
         return out
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> Node:
-        meta = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
+    def from_dict(cls, obj: JSONObject) -> Node:
+        """Lenient: a field of the wrong type reads as absent (what is missing is then in `problems()`)."""
+        meta, spec, status = _obj(obj.get("metadata")), _obj(obj.get("spec")), _obj(obj.get("status"))
         internal_ip: str | None = None
-        for addr in status.get("addresses") or []:
-            if isinstance(addr, Mapping) and addr.get("type") == "InternalIP" and addr.get("address"):
-                internal_ip = str(addr["address"])
+        for addr in _arr(status.get("addresses")):
+            if is_object(addr) and addr.get("type") == "InternalIP" and addr.get("address"):
+                internal_ip = str(addr.get("address"))
                 break
-        cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        cidrs = _arr(spec.get("podCIDRs")) or ([spec.get("podCIDR")] if spec.get("podCIDR") else [])
         ready = False
-        for cond in status.get("conditions") or []:
-            if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+        for cond in _arr(status.get("conditions")):
+            if is_object(cond) and cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
-        labels = meta.get("labels") or {}
+        labels = _obj(meta.get("labels"))
         return cls(
             name=str(meta.get("name", "")),
             internal_ip=internal_ip,
@@ -70,3 +69,14 @@ class Node:
             being_deleted=bool(meta.get("deletionTimestamp")),
             resource_version=str(meta.get("resourceVersion", "")),
         )
+
+
+_EMPTY: JSONObject = {}
+
+
+def _obj(value: object) -> JSONObject:
+    return value if is_object(value) else _EMPTY
+
+
+def _arr(value: object) -> Sequence[object]:
+    return value if is_array(value) else ()

@@ -17,14 +17,18 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from raven.api.gateway import parse_gateway
+from raven.api.node import Node
+from raven.api.service import Service, ServiceEndpoints
 from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.metrics import ControllerMetrics
-from raven.controller.reconciler import GatewayReconciler
+from raven.controller.reconciler import AnyGateway, GatewayReconciler
 from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
+from raven.kube.typed import TypedClient, TypedInformer
 from raven.log import kv
 from raven.runtime import Runtime
 
@@ -52,22 +56,25 @@ class Controller:
         # Owned Services/Endpoints live in the controller's own namespace (the Lease's).
         namespace = cfg.lease_namespace
         reg = rt.registry
-        self.gateways = Informer(client, GATEWAYS, "gateways", reg)
-        self.nodes = Informer(client, NODES, "nodes", reg)
-        self.services = Informer(client, SERVICES, "services", reg, namespace=namespace,
-                                 label_selector=MANAGED_SELECTOR)
-        self.endpoints = Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
-                                  label_selector=MANAGED_SELECTOR)
+        # The typed caches: each object is parsed once per resourceVersion, at the edge.
+        self.gateways: TypedInformer[AnyGateway] = TypedInformer(
+            Informer(client, GATEWAYS, "gateways", reg), parse_gateway)
+        self.nodes = TypedInformer(Informer(client, NODES, "nodes", reg), Node.from_dict)
+        self.services = TypedInformer(Informer(client, SERVICES, "services", reg, namespace=namespace,
+                                               label_selector=MANAGED_SELECTOR), Service.from_dict)
+        self.endpoints = TypedInformer(Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
+                                                label_selector=MANAGED_SELECTOR), ServiceEndpoints.from_dict)
+        api = TypedClient(client)
         self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
-        self.exposure = Exposure(client, namespace, self.services, self.endpoints, self.may_write)
-        self.reconciler = GatewayReconciler(client, self.gateways, self.nodes, self.exposure, self.recorder,
+        self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
+        self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
                                             self.metrics, self.may_write, workers=workers)
         self.services.add_handler(self.reconciler.on_service)
-        self.endpoints.add_handler(self.reconciler.on_service)
+        self.endpoints.add_handler(self.reconciler.on_endpoints)
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.gateways, self.nodes, self.services, self.endpoints]
+        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints)]
 
     def may_write(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True
@@ -107,7 +114,7 @@ class Controller:
         """Everything only the leader does; cancelled the moment leadership is lost."""
         for inf in self.informers:
             await inf.wait_synced()  # decide only from a complete view (or a healthy node looks missing)
-        log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways.cache)))
+        log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
         self.reconciler.enqueue_all()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.reconciler.run_workers())

@@ -59,11 +59,19 @@ def condition(
     return Condition(type_, status, reason, message, now)
 
 
+def _condition_type(c: Condition) -> str:
+    return c.type
+
+
+def _node_name(n: Node) -> str:
+    return n.name
+
+
 def _merge_conditions(previous: Sequence[Condition] | None, new: Condition) -> list[Condition]:
     """Replace our condition type, keep everyone else's."""
     out = [c for c in previous or () if c.type != new.type]
     out.append(new)
-    return sorted(out, key=lambda c: c.type)
+    return sorted(out, key=_condition_type)
 
 
 def invalid_status(gw_status: GatewayStatus, problems: Sequence[str], now: str) -> GatewayStatus:
@@ -156,12 +164,12 @@ def elect(
     active = tunnels + proxies
 
     node_problems: list[str] = []
-    for node in sorted(own.values(), key=lambda n: n.name):
+    for node in sorted(own.values(), key=_node_name):
         node_problems.extend(node.problems())
 
     valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
     status = GatewayStatus(
-        nodes=[_node_info(n) for n in sorted(own.values(), key=lambda n: n.name)],
+        nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
         conditions=_merge_conditions(previous.conditions, valid),
     )

@@ -20,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from raven.api.constants import API_VERSION, KIND, LABEL_MANAGED_BY, LABEL_OWNER_GATEWAY, MANAGED_BY_VALUE
-from raven.api.gateway import Endpoint, Gateway
+from raven.api.gateway import JSON, Endpoint, Gateway
 from raven.api.node import Node
-from raven.kube.client import ENDPOINTS, JSON, SERVICES, ApiError, KubeClient, Resource
-from raven.kube.informer import Informer, InformerEvent, name_of
+from raven.api.service import Meta, Service, ServiceEndpoints
+from raven.kube.client import ENDPOINTS, SERVICES, ApiError, Resource
+from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ LABEL_SLOT = "raven.openyurt.io/lb-slot"
 ANNOTATION_NODE = "raven.openyurt.io/endpoint-node"
 PORT_NAME = "tunnel"
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+
+S = TypeVar("S", Service, ServiceEndpoints)
 
 
 class ForeignObjectError(RuntimeError):
@@ -61,12 +65,15 @@ def service_name(gateway: str, slot: int) -> str:
     return name
 
 
-def desired_slots(gw: Gateway, active_tunnels: Sequence[Endpoint], nodes: Mapping[str, Node]) -> list[LoadBalancerSlot]:
+def desired_slots(
+    gw: Gateway, active_tunnels: Sequence[Endpoint], node: Callable[[str], Node | None]
+) -> list[LoadBalancerSlot]:
+    """`node(name)` looks a Node up (the typed node cache's `get`)."""
     out = []
     for i, ep in enumerate(active_tunnels):
-        node = nodes.get(ep.node_name)
+        node_obj = node(ep.node_name)
         out.append(LoadBalancerSlot(service_name(gw.name, i), i, ep.node_name,
-                                    node.internal_ip if node else None, ep.tunnel_port))
+                                    node_obj.internal_ip if node_obj else None, ep.tunnel_port))
     return out
 
 
@@ -104,43 +111,27 @@ def endpoints_body(gw: Gateway, slot: LoadBalancerSlot, namespace: str) -> JSON:
     }
 
 
-def _owner_of(obj: JSON) -> str:
-    return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY, ""))
-
-
-def ingress_ip(service: JSON) -> str | None:
-    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    if ingress and isinstance(ingress[0], dict):
-        ip = ingress[0].get("ip")
-        return str(ip) if ip else None
-    return None
-
-
-def _svc_differs(current: JSON, want: JSON) -> bool:
-    cur_spec, want_spec = current.get("spec") or {}, want["spec"]
-    cur_ports = [{k: p.get(k) for k in ("name", "protocol", "port", "targetPort")} for p in cur_spec.get("ports") or []]
-    meta, want_meta = current.get("metadata") or {}, want["metadata"]
+def _svc_differs(current: Service, want: Service) -> bool:
     return (
-        cur_spec.get("type") != want_spec["type"]
-        or cur_ports != want_spec["ports"]
-        or any((meta.get("labels") or {}).get(k) != v for k, v in want_meta["labels"].items())
-        or (meta.get("annotations") or {}).get(ANNOTATION_NODE) != want_meta["annotations"][ANNOTATION_NODE]
-        or [o.get("uid") for o in meta.get("ownerReferences") or []] != [o["uid"] for o in want_meta["ownerReferences"]]
+        current.type != want.type
+        or current.ports != want.ports
+        or any(current.meta.labels.get(k) != v for k, v in want.meta.labels.items())
+        or current.meta.annotations.get(ANNOTATION_NODE) != want.meta.annotations.get(ANNOTATION_NODE)
+        or current.meta.owner_uids != want.meta.owner_uids
     )
 
 
-def _ep_differs(current: JSON, want: JSON) -> bool:
-    meta = current.get("metadata") or {}
-    return (current.get("subsets") or []) != want["subsets"] or any(
-        (meta.get("labels") or {}).get(k) != v for k, v in want["metadata"]["labels"].items()
+def _ep_differs(current: ServiceEndpoints, want: ServiceEndpoints) -> bool:
+    return current.subsets != want.subsets or any(
+        current.meta.labels.get(k) != v for k, v in want.meta.labels.items()
     )
 
 
 class Exposure:
     """Creates, updates and deletes the Services/Endpoints of exposed gateways, from informer caches."""
 
-    def __init__(self, client: KubeClient, namespace: str, services: Informer, endpoints: Informer,
-                 may_write: Callable[[], bool]) -> None:
+    def __init__(self, client: TypedClient, namespace: str, services: TypedInformer[Service],
+                 endpoints: TypedInformer[ServiceEndpoints], may_write: Callable[[], bool]) -> None:
         self.client = client
         self.namespace = namespace
         self.services = services
@@ -148,26 +139,34 @@ class Exposure:
         self._may_write = may_write
         # owner gateway -> names of our objects, per kind: reconciling one gateway must not scan them all.
         self._index: dict[str, dict[str, set[str]]] = {SERVICES.plural: {}, ENDPOINTS.plural: {}}
-        services.add_handler(lambda ev: self._reindex(SERVICES.plural, ev))
-        endpoints.add_handler(lambda ev: self._reindex(ENDPOINTS.plural, ev))
+        services.add_handler(self._on_service)
+        endpoints.add_handler(self._on_endpoints)
 
-    def _reindex(self, kind: str, ev: InformerEvent) -> None:
+    def _on_service(self, ev: TypedEvent[Service]) -> None:
+        self._reindex(SERVICES.plural, ev.old.meta if ev.old else None, ev.obj.meta if ev.obj else None,
+                      ev.type != "DELETED")
+
+    def _on_endpoints(self, ev: TypedEvent[ServiceEndpoints]) -> None:
+        self._reindex(ENDPOINTS.plural, ev.old.meta if ev.old else None, ev.obj.meta if ev.obj else None,
+                      ev.type != "DELETED")
+
+    def _reindex(self, kind: str, old: Meta | None, new: Meta | None, present: bool) -> None:
         index = self._index[kind]
-        for obj, present in ((ev.old, False), (ev.obj, ev.type != "DELETED")):
-            if obj is None:
+        for meta, here in ((old, False), (new, present)):
+            if meta is None:
                 continue
-            owner = _owner_of(obj)
+            owner = meta.labels.get(LABEL_OWNER_GATEWAY)
             if not owner:
                 continue
             names = index.setdefault(owner, set())
-            if present:
-                names.add(name_of(obj))
+            if here:
+                names.add(meta.name)
             else:
-                names.discard(name_of(obj))
+                names.discard(meta.name)
                 if not names:
                     del index[owner]
 
-    def owned(self, gateway: str) -> dict[str, JSON]:
+    def owned(self, gateway: str) -> dict[str, Service]:
         """Our Services for this gateway, by name (from the cache)."""
         out = {}
         for name in self._index[SERVICES.plural].get(gateway, ()):
@@ -183,8 +182,8 @@ class Exposure:
         """slot -> LoadBalancer ingress IP, for the slots whose Service has one."""
         out: dict[int, str] = {}
         for svc in self.owned(gateway).values():
-            slot = ((svc.get("metadata") or {}).get("labels") or {}).get(LABEL_SLOT, "")
-            ip = ingress_ip(svc)
+            slot = svc.meta.labels.get(LABEL_SLOT, "")
+            ip = svc.ingress_ip
             if ip and slot.isdigit():
                 out[int(slot)] = ip
         return out
@@ -195,7 +194,8 @@ class Exposure:
         if gw is not None:
             for slot in slots:
                 await self._ensure(SERVICES, self.services, service_body(gw, slot, self.namespace), _svc_differs)
-                await self._ensure(ENDPOINTS, self.endpoints, endpoints_body(gw, slot, self.namespace), _ep_differs)
+                await self._ensure(ENDPOINTS, self.endpoints, endpoints_body(gw, slot, self.namespace),
+                                   _ep_differs)
         stale = set(self._index[SERVICES.plural].get(gw_name, ())) | set(
             self._index[ENDPOINTS.plural].get(gw_name, ()))
         for name in sorted(stale - wanted):
@@ -209,9 +209,11 @@ class Exposure:
                     if not exc.not_found:
                         raise
 
-    async def _ensure(self, res: Resource, informer: Informer, want: JSON,
-                      differs: Callable[[JSON, JSON], bool]) -> None:
-        name = want["metadata"]["name"]
+    async def _ensure(self, res: Resource, informer: TypedInformer[S], body: JSON,
+                      differs: Callable[[S, S], bool]) -> None:
+        # Our own body read back with the cache's parser: the comparison is between two typed objects.
+        want = informer.parse(body)
+        name = want.meta.name
         current = informer.get(name, self.namespace)
         if current is not None and not differs(current, want):
             return
@@ -219,7 +221,7 @@ class Exposure:
             return
         if current is None:
             try:
-                await self.client.create(res, want, self.namespace)
+                await self.client.create(res, body, self.namespace)
                 log.info("created load balancer object", extra=kv(kind=res.plural, name=name))
                 return
             except ApiError as exc:
@@ -228,13 +230,12 @@ class Exposure:
             # Our informer lists only objects labelled as ours, so this one is either ours and not yet
             # in the cache, or someone else's with the same name: never take the latter over.
             # (A list by name, not a GET: the controller's RBAC grants list on these kinds, not get.)
-            found = await self.client.list(res, self.namespace, field_selector=f"metadata.name={name}")
-            existing = [o for o in found.get("items") or [] if isinstance(o, dict) and name_of(o) == name]
-            labels = ((existing[0].get("metadata") or {}).get("labels") or {}) if existing else {}
-            if existing and labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE:
+            found = await self.client.list(res, Meta.from_dict, self.namespace, field_selector=f"metadata.name={name}")
+            existing = [m for m in found if m.name == name]
+            if existing and existing[0].labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE:
                 raise ForeignObjectError(
                     f"{res.plural} {self.namespace}/{name} exists and is not managed by {MANAGED_BY_VALUE}; "
                     "rename or remove it to expose the gateway")
-        patch = {k: v for k, v in want.items() if k not in ("apiVersion", "kind")}
+        patch = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
         await self.client.merge_patch(res, name, patch, self.namespace)
         log.info("updated load balancer object", extra=kv(kind=res.plural, name=name))

@@ -4,7 +4,8 @@ Informer handlers only enqueue Gateway names (a node event enqueues just the gat
 and new `raven.openyurt.io/gateway` label, and only when a fact the election uses changed: heartbeats
 are ignored). Workers take names from the coalescing queue and reconcile one Gateway at a time:
 
-1. read the Gateway and its nodes from the informer caches (never from the API server);
+1. read the Gateway and its nodes from the typed informer caches (never from the API server; each object
+   was parsed once, when its resourceVersion arrived);
 2. `elect()` (pure);
 3. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
    decision was based on; a 409 means our view was stale: re-read the Gateway, decide again, retry;
@@ -34,14 +35,15 @@ from raven.api.constants import (
     KIND,
     LABEL_OWNER_GATEWAY,
 )
-from raven.api.gateway import Condition, Gateway, GatewayParseError, GatewayStatus
+from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
 from raven.api.node import Node
+from raven.api.service import Meta, Service, ServiceEndpoints
 from raven.controller.election import REASON_INVALID, ElectionResult, condition, elect
 from raven.controller.exposure import Exposure, desired_slots
 from raven.controller.metrics import ControllerMetrics
-from raven.kube.client import GATEWAYS, JSON, ApiError, KubeClient
+from raven.kube.client import GATEWAYS, ApiError
 from raven.kube.events import EventRecorder, ObjectRef
-from raven.kube.informer import Informer, InformerEvent, name_of, rv_of
+from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.kube.workqueue import WorkQueue
 from raven.log import kv
 
@@ -65,20 +67,19 @@ def _facts(n: Node) -> tuple[object, ...]:
     return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
 
 
-def _parse_node(obj: JSON) -> Node | None:
-    try:
-        return Node.from_dict(obj)
-    except Exception as exc:  # a malformed Node must not stop anything else
-        log.warning("malformed node ignored", extra=kv(node=name_of(obj), error=f"{type(exc).__name__}: {exc}"))
-        return None
+AnyGateway = Gateway | UnparsableGateway
+
+
+def _condition_type(c: JSON) -> str:
+    return str(c.get("type"))
 
 
 class GatewayReconciler:
     def __init__(
         self,
-        client: KubeClient,
-        gateways: Informer,
-        nodes: Informer,
+        client: TypedClient,
+        gateways: TypedInformer[AnyGateway],
+        nodes: TypedInformer[Node],
         exposure: Exposure,
         recorder: EventRecorder,
         metrics: ControllerMetrics,
@@ -97,7 +98,6 @@ class GatewayReconciler:
         self.workers = workers
         self.clock = clock
         self.queue = WorkQueue()
-        self._facts: dict[str, Node] = {}
         self._members: dict[str, set[str]] = {}  # gateway -> names of nodes labelled for it
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
@@ -108,23 +108,18 @@ class GatewayReconciler:
 
     # --- event handlers: cheap, enqueue only ---
 
-    def on_gateway(self, ev: InformerEvent) -> None:
+    def on_gateway(self, ev: TypedEvent[AnyGateway]) -> None:
         name = ev.name
-        if ev.type == "MODIFIED" and rv_of(ev.obj) == self._written_rv.get(name):
+        if ev.type == "MODIFIED" and ev.obj is not None and ev.obj.resource_version == self._written_rv.get(name):
             return  # our own status write coming back: nothing new to decide
         self.queue.add(name)
 
-    def on_node(self, ev: InformerEvent) -> None:
+    def on_node(self, ev: TypedEvent[Node]) -> None:
         name = ev.name
-        old = self._facts.get(name)
-        new = None if ev.type == "DELETED" else _parse_node(ev.obj)
+        old = ev.old
+        new = None if ev.type == "DELETED" else ev.obj
         if old is not None and new is not None and _facts(old) == _facts(new):
-            self._facts[name] = new
             return  # a heartbeat or an unrelated change
-        if new is None:
-            self._facts.pop(name, None)
-        else:
-            self._facts[name] = new
         old_gw = old.gateway if old else None
         new_gw = new.gateway if new else None
         if old_gw and old_gw != new_gw:
@@ -135,14 +130,20 @@ class GatewayReconciler:
             assert gw is not None
             self.queue.add(gw)
 
-    def on_service(self, ev: InformerEvent) -> None:
-        owner = ((ev.obj.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_GATEWAY)
+    def on_service(self, ev: TypedEvent[Service]) -> None:
+        self._enqueue_owner(ev.obj.meta if ev.obj is not None else None)
+
+    def on_endpoints(self, ev: TypedEvent[ServiceEndpoints]) -> None:
+        self._enqueue_owner(ev.obj.meta if ev.obj is not None else None)
+
+    def _enqueue_owner(self, meta: Meta | None) -> None:
+        owner = meta.labels.get(LABEL_OWNER_GATEWAY) if meta is not None else None
         if owner:
-            self.queue.add(str(owner))
+            self.queue.add(owner)
 
     def enqueue_all(self) -> None:
-        for obj in list(self.gateways.cache.values()):
-            self.queue.add(name_of(obj))
+        for name in self.gateways.keys():
+            self.queue.add(name)
         # Objects left by gateways deleted while nobody was leading.
         for owner in self.exposure.owner_gateways():
             self.queue.add(owner)
@@ -182,19 +183,18 @@ class GatewayReconciler:
             raise NotLeader
 
     async def reconcile(self, name: str) -> None:
-        raw = self.gateways.get(name)
-        if raw is None:
+        current = self.gateways.get(name)
+        if current is None:
             self._forget(name)
             self._check_leader()
             await self.exposure.apply(name, None, [])
             return
         for _ in range(MAX_CONFLICT_RETRIES):
             self._check_leader()
-            try:
-                gw = Gateway.from_dict(raw)
-            except GatewayParseError as exc:
-                await self._report_unparsable(raw, str(exc))
+            if isinstance(current, UnparsableGateway):
+                await self._report_unparsable(current)
                 return
+            gw = current
             if gw.being_deleted:
                 await self.exposure.apply(name, None, [])
                 return
@@ -205,11 +205,11 @@ class GatewayReconciler:
                 self._invalid.add(name)
             self.metrics.invalid_gateways.set(len(self._invalid))
             try:
-                written = await self._write_status(raw, gw, result.status)
+                written = await self._write_status(gw, result.status)
             except ApiError as exc:
                 if exc.conflict:
                     # Our cache was behind the server: decide again from the server's object.
-                    raw = await self.client.get(GATEWAYS, name)
+                    current = await self.client.get(GATEWAYS, name, parse_gateway)
                     continue
                 if exc.not_found:
                     return  # deleted meanwhile; the informer's DELETED event cleans up
@@ -222,47 +222,39 @@ class GatewayReconciler:
             if result.valid:
                 slots = []
                 if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
-                    slots = desired_slots(gw, result.status.active_tunnel_endpoints(), self._facts)
+                    slots = desired_slots(gw, result.status.active_tunnel_endpoints(), self.nodes.get)
                 await self.exposure.apply(name, gw, slots)
             return
         raise RuntimeError(f"gateway {name}: status write kept conflicting")
 
     def _elect(self, gw: Gateway) -> ElectionResult:
-        members = [self._facts[n] for n in self._members.get(gw.name, ()) if n in self._facts]
+        members = [n for n in map(self.nodes.get, self._members.get(gw.name, ())) if n is not None]
         lb = self.exposure.addresses(gw.name) if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER else None
         return elect(gw, members, self.clock(), lb)
 
-    async def _write_status(self, raw: JSON, gw: Gateway, status: GatewayStatus) -> bool:
-        new = status.to_dict()
-        raw_status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
-        assert isinstance(raw_status, dict)
-        try:
-            current = GatewayStatus.from_dict(raw_status).to_dict()
-        except GatewayParseError:
-            current = None  # malformed status: ours replaces it
-        if current == new:
+    async def _write_status(self, gw: Gateway, status: GatewayStatus) -> bool:
+        # `gw.status` is the status as parsed from the cache (a malformed one never gets here: the whole
+        # Gateway is then an UnparsableGateway, reported by _report_unparsable).
+        if status == gw.status:
             return False
         self._check_leader()
         # A merge patch of the fields we own (lists are replaced whole; others' status fields are kept),
         # carrying the resourceVersion the decision was based on: a stale view is a 409, not a lost update.
-        patch = {"metadata": {"resourceVersion": gw.resource_version}, "status": new}
+        patch: JSON = {"metadata": {"resourceVersion": gw.resource_version}, "status": status.to_dict()}
         try:
-            updated = await self.client.merge_patch(GATEWAYS, gw.name, patch, subresource="status")
+            updated_rv = await self.client.merge_patch(GATEWAYS, gw.name, patch, subresource="status")
         except ApiError as exc:
             self.metrics.status_write_errors.labels(reason="conflict" if exc.conflict else str(exc.status)).inc()
             raise
         except Exception:
             self.metrics.status_write_errors.labels(reason="error").inc()
             raise
-        self._written_rv[gw.name] = rv_of(updated)
+        self._written_rv[gw.name] = updated_rv
         self.metrics.status_writes.inc()
         return True
 
-    def _ref(self, gw: Gateway | JSON) -> ObjectRef:
-        if isinstance(gw, Gateway):
-            return ObjectRef(API_VERSION, KIND, gw.name, gw.uid)
-        meta = gw.get("metadata") or {}
-        return ObjectRef(API_VERSION, KIND, name_of(gw), str(meta.get("uid", "")))
+    def _ref(self, gw: AnyGateway) -> ObjectRef:
+        return ObjectRef(API_VERSION, KIND, gw.name, gw.uid)
 
     def _after_write(self, gw: Gateway, result: ElectionResult) -> None:
         ref = self._ref(gw)
@@ -296,44 +288,29 @@ class GatewayReconciler:
             log.warning("gateway nodes incomplete", extra=kv(gateway=gw.name, problems=message))
             self.recorder.record(self._ref(gw), "Warning", EVENT_NODE_INCOMPLETE, message)
 
-    async def _report_unparsable(self, raw: JSON, problem: str) -> None:
+    async def _report_unparsable(self, bad: UnparsableGateway) -> None:
         """A Gateway we cannot even parse: only the Valid condition is written (merge patch)."""
-        name = name_of(raw)
-        status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
-        assert isinstance(status, dict)
-        raw_conds = status.get("conditions") if isinstance(status.get("conditions"), list) else []
-        assert isinstance(raw_conds, list)
-        others: list[JSON] = []
-        previous: list[Condition] = []
-        for c in raw_conds:
-            if not isinstance(c, dict):
-                continue
-            try:
-                parsed = Condition.from_dict(c)
-            except GatewayParseError:
-                continue
-            if parsed.type == CONDITION_VALID:
-                previous = [parsed]
-            else:
-                others.append(c)
+        name, problem = bad.name, bad.error
+        others = [c.to_dict() for c in bad.conditions if c.type != CONDITION_VALID]
+        previous = [c for c in bad.conditions if c.type == CONDITION_VALID][-1:]
         cond = condition(previous, CONDITION_VALID, "False", REASON_INVALID, problem, self.clock())
         if previous and previous[0].status == "False" and previous[0].message == problem:
             return  # already reported
         self._invalid.add(name)
         self.metrics.invalid_gateways.set(len(self._invalid))
         self._check_leader()
-        patch = {"status": {"conditions": sorted([*others, cond.to_dict()], key=lambda c: str(c.get("type")))}}
+        patch: JSON = {"status": {"conditions": sorted([*others, cond.to_dict()], key=_condition_type)}}
         try:
-            updated = await self.client.merge_patch(GATEWAYS, name, patch, subresource="status")
+            updated_rv = await self.client.merge_patch(GATEWAYS, name, patch, subresource="status")
         except ApiError as exc:
             self.metrics.status_write_errors.labels(reason=str(exc.status)).inc()
             if exc.not_found:
                 return
             raise
-        self._written_rv[name] = rv_of(updated)
+        self._written_rv[name] = updated_rv
         self.metrics.status_writes.inc()
         log.warning("unparsable gateway", extra=kv(gateway=name, problem=problem))
-        self.recorder.record(self._ref(raw), "Warning", EVENT_INVALID_GATEWAY, problem)
+        self.recorder.record(self._ref(bad), "Warning", EVENT_INVALID_GATEWAY, problem)
 
     def _forget(self, name: str) -> None:
         self._written_rv.pop(name, None)

@@ -3,6 +3,8 @@
 - `client`: `new_api_client(kubeconfig)` (kubeconfig file or in-cluster) and `KubeClient`, plain-JSON
   verbs (get/list/create/replace/merge_patch/delete/watch) with client-side timeouts, `ApiError`;
 - `informer`: the one `Informer` (list + watch + cache + handlers + `synced` readiness);
+- `typed`: `TypedInformer`, the typed cache over an Informer (API JSON parsed once per resourceVersion into
+  the project's objects; nothing above raven/kube/ sees JSON), and `TypedClient` (verbs with typed results);
 - `leader`: `LeaderElector` on a coordination.k8s.io/v1 Lease (releases on cancel);
 - `events`: `EventRecorder` (core/v1 Events, non-blocking, repeats counted);
 - `backoff`: `Backoff` (exponential, jittered) and `retry`;

@@ -166,12 +166,12 @@ async def test_stale_cache_conflict_is_retried_from_the_server_without_losing_ch
     await two_gateways(kube)
     rc = await start()
     await wait_active(kube, "gw-a", ["a-1"])
-    cache = rc.controller.gateways.cache
+    cache = rc.controller.gateways.informer.cache
     stale = copy.deepcopy(cache["gw-a"])
     await kube.merge_patch(GATEWAYS, "gw-a", {"metadata": {"labels": {"team": "net"}}})
     await eventually(lambda: cache["gw-a"]["metadata"].get("labels", {}),
                      lambda labels: labels.get("team") == "net", what="cache caught up")
-    cache["gw-a"] = stale  # as if the watch lagged behind the server
+    rc.controller.gateways.store(stale)  # as if the watch lagged behind the server
     await set_ready(kube, "a-1", False)
     await wait_active(kube, "gw-a", ["a-2"])
     gw = await kube.get(GATEWAYS, "gw-a")

@@ -1,0 +1,53 @@
+"""`raven --mode=agent --cleanup`: remove every kernel object and VICI connection Raven owns, then exit."""
+
+from __future__ import annotations
+
+import logging
+
+from raven.agent.app import ownership, plan_config
+from raven.config import AgentConfig
+from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
+from raven.dataplane.kernel import KernelApplier, KernelError
+from raven.log import kv
+
+log = logging.getLogger(__name__)
+
+
+async def agent_cleanup(cfg: AgentConfig) -> int:
+    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections).
+
+    Returns the exit code: 1 when anything could not be removed (so a script or an operator notices), else 0.
+    """
+    failed = False
+    kernel = KernelApplier(ownership(plan_config(cfg, None)))
+    try:
+        report = await kernel.cleanup()
+    except KernelError as exc:
+        failed = True
+        log.error("kernel cleanup failed: nothing removed", extra=kv(error=str(exc)))
+    else:
+        for err in report.errors:
+            log.warning("kernel cleanup write failed", extra=kv(kind=err.kind, op=err.op, obj=err.obj,
+                                                                reason=err.reason))
+        failed = failed or not report.ok
+        log.info("kernel state removed", extra=kv(writes=report.total_writes, errors=len(report.errors)))
+    finally:
+        await kernel.close()
+    if cfg.vpn_driver == "ipsec":
+        # No PSK is needed to remove connections; the driver insists on one, so give it a throwaway.
+        vpn = IPsecDriver(cfg.vici_socket, cfg.psk or "cleanup-only")
+        try:
+            vici_report = await vpn.cleanup()
+            for err in vici_report.errors:
+                log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
+            failed = failed or not vici_report.ok
+            log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
+        except CharonUnavailable as exc:
+            # A charon that is not running holds no connections (it loses them all when it stops).
+            log.warning("charon not reachable; nothing to remove there", extra=kv(error=str(exc)))
+        except Exception as exc:
+            failed = True
+            log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            await vpn.close()
+    return 1 if failed else 0
