@@ -25,6 +25,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 from raven.api.constants import (
     API_VERSION,
     CONDITION_VALID,
@@ -37,7 +39,7 @@ from raven.api.constants import (
 from raven.api.gateway import Condition, Gateway, GatewayParseError, GatewayStatus
 from raven.api.node import Node
 from raven.controller.election import REASON_INVALID, ElectionResult, condition, elect
-from raven.controller.exposure import Exposure, desired_slots
+from raven.controller.exposure import Exposure, ForeignObjectError, desired_slots
 from raven.controller.metrics import ControllerMetrics
 from raven.kube.client import GATEWAYS, JSON, ApiError, KubeClient
 from raven.kube.events import EventRecorder, ObjectRef
@@ -63,6 +65,17 @@ def rfc3339_now() -> str:
 def _facts(n: Node) -> tuple[object, ...]:
     """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
     return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+
+
+def error_kind(exc: Exception) -> str:
+    """The `kind` label of raven_controller_reconcile_errors_total: `api` (the server refused, or an
+    object we may not touch is in the way), `network` (no usable answer), `unexpected` (anything else:
+    a bug, logged with its traceback)."""
+    if isinstance(exc, (ApiError, ForeignObjectError)):
+        return "api"
+    if isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError)):
+        return "network"
+    return "unexpected"
 
 
 def _parse_node(obj: JSON) -> Node | None:
@@ -102,6 +115,7 @@ class GatewayReconciler:
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
+        self._tracebacks_logged: set[tuple[str, str]] = set()  # (gateway, exception type) logged in full
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
@@ -167,13 +181,25 @@ class GatewayReconciler:
             except NotLeader:
                 pass
             except Exception as exc:
-                self.metrics.reconcile_errors.inc()
-                delay = self.queue.add_rate_limited(name)
-                log.warning("reconcile failed, will retry", extra=kv(
-                    gateway=name, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2)))
+                self._failed(name, exc)
             finally:
                 self.queue.done(name)
                 self.metrics.reconcile_duration.observe(time.perf_counter() - start)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        """Count the failure by kind and retry with backoff. An unexpected exception (a bug, not the API
+        or the network saying no) is logged with its traceback the first time it hits this gateway; its
+        retries log one line each, so the loop is never silent and never floods."""
+        kind = error_kind(exc)
+        self.metrics.reconcile_errors.labels(kind=kind).inc()
+        delay = self.queue.add_rate_limited(name)
+        fields = kv(gateway=name, error=f"{type(exc).__name__}: {exc}", kind=kind, retry_in_s=round(delay, 2))
+        seen = (name, type(exc).__qualname__)
+        if kind == "unexpected" and seen not in self._tracebacks_logged:
+            self._tracebacks_logged.add(seen)
+            log.error("reconcile failed unexpectedly, will retry", exc_info=exc, extra=fields)
+        else:
+            log.warning("reconcile failed, will retry", extra=fields)
 
     # --- one gateway ---
 

@@ -127,7 +127,7 @@ async def test_failing_service_writes_never_hold_back_the_status(kube: KubeClien
     await wait_active(kube, "gw-z", ["z-1"])
     await set_ready(kube, "z-1", False)
     await wait_active(kube, "gw-z", ["z-2"])
-    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total"), lambda n: n >= 1,
+    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total", {"kind": "api"}), lambda n: n >= 1,
                      what="the Service failure is counted and retried")
 
 
@@ -143,7 +143,7 @@ async def test_a_foreign_service_with_our_name_is_never_taken_over(kube: KubeCli
     await kube.create(GATEWAYS, gateway_body("gw-f", ["f-1"], exposeType="LoadBalancer"))
     rc = await start()
     await wait_active(kube, "gw-f", ["f-1"])
-    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total"),
+    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total", {"kind": "api"}),
                      lambda n: n >= 1, what="the clash reported as a failed reconcile")
     svc = await kube.get(SERVICES, name, NS)
     assert svc["spec"]["type"] == "ClusterIP"
