@@ -20,6 +20,9 @@ import aiohttp
 import pytest
 
 from e2e.apiserver import ApiServer
+from raven.controller.reconciler import GatewayReconciler
+from raven.kube import workqueue
+from raven.kube.backoff import Backoff
 from raven.kube.client import GATEWAYS, LEASES, KubeClient
 from raven.kube.leader import micro_time
 from tests.controller.conftest import RunningController, active, eventually, set_ready
@@ -201,3 +204,25 @@ async def test_in_process_replicas_exactly_one_writes_and_a_stolen_lease_stops_w
     assert a.metric("raven_controller_leader") + b.metric("raven_controller_leader") == 1
     with contextlib.suppress(Exception):
         await a.stop()
+
+
+async def test_losing_leadership_cancels_the_pending_retries(
+    kube: KubeClient, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every reconcile fails and its retry is scheduled 10 s out: long enough that only close() removes it.
+    monkeypatch.setattr(workqueue, "Backoff", lambda **_: Backoff(base=10.0, cap=10.0, jitter=0.0))
+
+    def broken(self: GatewayReconciler, gw: object) -> None:
+        raise ZeroDivisionError("a bug in the election")
+
+    monkeypatch.setattr(GatewayReconciler, "_elect", broken)
+    await two_gateways(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, lease=(3.0, 2.0, 0.2))
+    queue = a.controller.reconciler.queue
+    await eventually(lambda: queue.retries_scheduled, lambda n: n == 2, what="both gateways' retries scheduled")
+    obj = await kube.get(LEASES, LEASE, NS)
+    obj["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
+    await kube.replace(LEASES, LEASE, obj, NS)
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0, what="a steps down")
+    await eventually(lambda: queue.retries_scheduled, lambda n: n == 0, within=3.0,
+                     what="the retries cancelled with the term")
