@@ -5,6 +5,6 @@
 - `informer`: the one `Informer` (list + watch + cache + handlers + `synced` readiness);
 - `leader`: `LeaderElector` on a coordination.k8s.io/v1 Lease (releases on cancel);
 - `events`: `EventRecorder` (core/v1 Events, non-blocking, repeats counted);
-- `backoff`: `Backoff` (exponential, jittered) and `retry`;
-- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time.
+- `backoff`: `Backoff` (exponential, jittered delays);
+- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time, delayed retries.
 """
