@@ -85,6 +85,11 @@ class WorkQueue:
             self.add(key)
 
     @property
+    def idle(self) -> bool:
+        """No key waiting and none being processed: every pass queued so far has finished."""
+        return not self._queue and not self._processing
+
+    @property
     def retries_scheduled(self) -> int:
         """Keys with a delayed re-queue pending (`add_after`)."""
         return len(self._timers)

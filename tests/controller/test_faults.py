@@ -63,10 +63,11 @@ async def test_failover_converges_through_dropped_watches_and_throttling(
     await kube_retrying(lambda: set_ready(kube, "a-2", False))  # lands while the controller reconnects
     apiserver.drop_watches()
     await wait_active(kube, "gw-a", ["a-3"], within=30)
+    seen = rc.delivered("nodes", "MODIFIED")
     await set_ready(kube, "a-1", True)
     await set_ready(kube, "a-2", True)
-    await asyncio.sleep(0.5)
-    assert await active(kube, "gw-a") == ["a-3"]
+    await rc.acted_on("nodes", "MODIFIED", seen, n=2, within=30)
+    assert await active(kube, "gw-a") == ["a-3"]  # both recoveries seen: no stealing back
     assert rc.metric("raven_informer_watch_restarts_total", {"informer": "nodes", "reason": "closed"}) + \
         rc.metric("raven_informer_watch_restarts_total", {"informer": "nodes", "reason": "error"}) >= 1
 
