@@ -115,7 +115,8 @@ class GatewayReconciler:
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
-        self._tracebacks_logged: set[tuple[str, str]] = set()  # (gateway, exception type) logged in full
+        # gateway -> exception types whose traceback was logged since its last success
+        self._tracebacks_logged: dict[str, set[str]] = {}
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
@@ -176,6 +177,7 @@ class GatewayReconciler:
             try:
                 await self.reconcile(name)
                 self.queue.forget(name)
+                self._tracebacks_logged.pop(name, None)
             except asyncio.CancelledError:
                 raise
             except NotLeader:
@@ -188,15 +190,14 @@ class GatewayReconciler:
 
     def _failed(self, name: str, exc: Exception) -> None:
         """Count the failure by kind and retry with backoff. An unexpected exception (a bug, not the API
-        or the network saying no) is logged with its traceback the first time it hits this gateway; its
-        retries log one line each, so the loop is never silent and never floods."""
+        or the network saying no) is logged with its traceback the first time it hits this gateway (again
+        after a success); its retries log one line each, so the loop is never silent and never floods."""
         kind = error_kind(exc)
         self.metrics.reconcile_errors.labels(kind=kind).inc()
         delay = self.queue.add_rate_limited(name)
         fields = kv(gateway=name, error=f"{type(exc).__name__}: {exc}", kind=kind, retry_in_s=round(delay, 2))
-        seen = (name, type(exc).__qualname__)
-        if kind == "unexpected" and seen not in self._tracebacks_logged:
-            self._tracebacks_logged.add(seen)
+        if kind == "unexpected" and type(exc).__qualname__ not in self._tracebacks_logged.get(name, ()):
+            self._tracebacks_logged.setdefault(name, set()).add(type(exc).__qualname__)
             log.error("reconcile failed unexpectedly, will retry", exc_info=exc, extra=fields)
         else:
             log.warning("reconcile failed, will retry", extra=fields)
@@ -363,6 +364,7 @@ class GatewayReconciler:
 
     def _forget(self, name: str) -> None:
         self._written_rv.pop(name, None)
+        self._tracebacks_logged.pop(name, None)
         self._reported.pop(name, None)
         self._invalid.discard(name)
         self.metrics.invalid_gateways.set(len(self._invalid))
