@@ -507,10 +507,13 @@ class ApiServer:
                 wait_until = min(deadline, next_bookmark, now + 1.0) if bookmarks else min(deadline, now + 1.0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(w.wake.wait(), max(0.0, wait_until - now))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            # The client closed the watch while we wrote (typically the next bookmark): normal, not an error.
             w.close()
-            store.watchers.discard(w)
-            self._watches.discard(w)
+            log.debug("watcher went away resource=%s", rt.plural)
+            return resp
+        except asyncio.CancelledError:
+            w.close()
             raise
         finally:
             store.watchers.discard(w)

@@ -121,7 +121,6 @@ class Reconciler:
         self._reasons: set[str] = set()
         self._backoff = Backoff(base=0.2, cap=min(30.0, resync_period))
         self._last_plan: PlanResult | None = None
-        self.passes = 0
         self.first_success = asyncio.Event()
         self.last_outcome: ReconcileOutcome | None = None
 
@@ -211,7 +210,6 @@ class Reconciler:
 
     async def reconcile_once(self, reason: str = "manual") -> ReconcileOutcome:
         started = time.perf_counter()
-        self.passes += 1
         try:
             result = await self._plan_fn()
         except Exception as exc:  # a planning bug must not kill the loop; the data plane stays as it is

@@ -8,8 +8,6 @@ GROUP: Final = "raven.openyurt.io"
 VERSION: Final = "v1beta1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "Gateway"
-PLURAL: Final = "gateways"
-SHORT_NAME: Final = "gw"
 
 # A node belongs to gateway G when it carries this label with value G.
 LABEL_GATEWAY: Final = "raven.openyurt.io/gateway"
@@ -29,12 +27,9 @@ EXPOSE_TYPE_LOAD_BALANCER: Final = "LoadBalancer"
 EXPOSE_TYPES: Final = frozenset({None, EXPOSE_TYPE_NONE, EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
 
 DEFAULT_TUNNEL_PORT: Final = 4500
-DEFAULT_PROXY_SECURE_PORT: Final = 10263
-DEFAULT_PROXY_INSECURE_PORT: Final = 10264
 
 EVENT_ACTIVE_ENDPOINT_ELECTED: Final = "ActiveEndpointElected"
 EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"
 
-# Our additive status condition types.
+# Our additive status condition type.
 CONDITION_VALID: Final = "Valid"
-CONDITION_READY: Final = "Ready"

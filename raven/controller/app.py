@@ -116,9 +116,12 @@ class Controller:
             await inf.wait_synced()  # decide only from a complete view (or a healthy node looks missing)
         log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
         self.reconciler.enqueue_all()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.reconciler.run_workers())
-            tg.create_task(self._resync())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.reconciler.run_workers())
+                tg.create_task(self._resync())
+        finally:
+            self.reconciler.queue.close()  # no retry scheduled while leading outlives the term
 
     async def _resync(self) -> None:
         # A safety net only: events drive everything, this catches anything a bug let slip.

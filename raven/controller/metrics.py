@@ -14,7 +14,9 @@ class ControllerMetrics:
             registry=registry,
         )
         self.reconcile_errors = Counter(
-            "raven_controller_reconcile_errors_total", "Reconciles that failed and were retried.", registry=registry
+            "raven_controller_reconcile_errors_total",
+            "Reconciles that failed and were retried, by kind (api, network, unexpected).", ["kind"],
+            registry=registry,
         )
         self.elections = Counter(
             "raven_controller_elections_total", "Endpoints that became active, per gateway.", ["gateway"],

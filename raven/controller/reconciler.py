@@ -26,6 +26,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 from raven.api.constants import (
     API_VERSION,
     CONDITION_VALID,
@@ -39,7 +41,7 @@ from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, p
 from raven.api.node import Node
 from raven.api.service import Meta, Service, ServiceEndpoints
 from raven.controller.election import REASON_INVALID, ElectionResult, condition, elect
-from raven.controller.exposure import Exposure, desired_slots
+from raven.controller.exposure import Exposure, ForeignObjectError, desired_slots
 from raven.controller.metrics import ControllerMetrics
 from raven.kube.client import GATEWAYS, ApiError
 from raven.kube.events import EventRecorder, ObjectRef
@@ -74,6 +76,17 @@ def _condition_type(c: JSON) -> str:
     return str(c.get("type"))
 
 
+def error_kind(exc: Exception) -> str:
+    """The `kind` label of raven_controller_reconcile_errors_total: `api` (the server refused, or an
+    object we may not touch is in the way), `network` (no usable answer), `unexpected` (anything else:
+    a bug, logged with its traceback)."""
+    if isinstance(exc, (ApiError, ForeignObjectError)):
+        return "api"
+    if isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError)):
+        return "network"
+    return "unexpected"
+
+
 class GatewayReconciler:
     def __init__(
         self,
@@ -102,6 +115,8 @@ class GatewayReconciler:
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
+        # gateway -> exception types whose traceback was logged since its last success
+        self._tracebacks_logged: dict[str, set[str]] = {}
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
@@ -163,18 +178,30 @@ class GatewayReconciler:
             try:
                 await self.reconcile(name)
                 self.queue.forget(name)
+                self._tracebacks_logged.pop(name, None)
             except asyncio.CancelledError:
                 raise
             except NotLeader:
                 pass
             except Exception as exc:
-                self.metrics.reconcile_errors.inc()
-                delay = self.queue.add_rate_limited(name)
-                log.warning("reconcile failed, will retry", extra=kv(
-                    gateway=name, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2)))
+                self._failed(name, exc)
             finally:
                 self.queue.done(name)
                 self.metrics.reconcile_duration.observe(time.perf_counter() - start)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        """Count the failure by kind and retry with backoff. An unexpected exception (a bug, not the API
+        or the network saying no) is logged with its traceback the first time it hits this gateway (again
+        after a success); its retries log one line each, so the loop is never silent and never floods."""
+        kind = error_kind(exc)
+        self.metrics.reconcile_errors.labels(kind=kind).inc()
+        delay = self.queue.add_rate_limited(name)
+        fields = kv(gateway=name, error=f"{type(exc).__name__}: {exc}", kind=kind, retry_in_s=round(delay, 2))
+        if kind == "unexpected" and type(exc).__qualname__ not in self._tracebacks_logged.get(name, ()):
+            self._tracebacks_logged.setdefault(name, set()).add(type(exc).__qualname__)
+            log.error("reconcile failed unexpectedly, will retry", exc_info=exc, extra=fields)
+        else:
+            log.warning("reconcile failed, will retry", extra=fields)
 
     # --- one gateway ---
 
@@ -314,6 +341,7 @@ class GatewayReconciler:
 
     def _forget(self, name: str) -> None:
         self._written_rv.pop(name, None)
+        self._tracebacks_logged.pop(name, None)
         self._reported.pop(name, None)
         self._invalid.discard(name)
         self.metrics.invalid_gateways.set(len(self._invalid))

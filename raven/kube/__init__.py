@@ -7,6 +7,6 @@
   the project's objects; nothing above raven/kube/ sees JSON), and `TypedClient` (verbs with typed results);
 - `leader`: `LeaderElector` on a coordination.k8s.io/v1 Lease (releases on cancel);
 - `events`: `EventRecorder` (core/v1 Events, non-blocking, repeats counted);
-- `backoff`: `Backoff` (exponential, jittered) and `retry`;
-- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time.
+- `backoff`: `Backoff` (exponential, jittered delays);
+- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time, delayed retries.
 """

@@ -1,4 +1,4 @@
-"""The one retry/backoff helper: exponential delays with jitter, and a retry loop built on them.
+"""The one backoff helper: exponential delays with jitter (the work queue's and the watches' retries).
 
 Jitter matters here: after an API server restart every watcher and every replica reconnects at once;
 without it they would all come back in lock-step and hammer the server together.
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class Backoff:

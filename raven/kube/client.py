@@ -91,10 +91,6 @@ class ApiError(Exception):
     def gone(self) -> bool:
         return self.status == 410
 
-    @property
-    def retryable(self) -> bool:
-        return self.status in (408, 429, 500, 502, 503, 504)
-
 
 async def new_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
     """An ApiClient for the kubeconfig file, or the in-cluster service account when `kubeconfig` is None."""

@@ -73,13 +73,11 @@ class EventRecorder:
         # (object uid/name, type, reason, message) -> (namespace, event name, count), oldest first.
         self._seen: OrderedDict[tuple[str, str, str, str], tuple[str, str, int]] = OrderedDict()
         self._max_remembered = max_remembered
-        self.dropped = 0
 
     def record(self, ref: ObjectRef, type_: EventKind, reason: str, message: str) -> None:
         try:
             self._queue.put_nowait(_Pending(ref, type_, reason, message[:1024]))
         except asyncio.QueueFull:
-            self.dropped += 1
             log.warning("event dropped: queue full", extra=kv(object=ref.name, reason=reason))
 
     async def run(self) -> None:
@@ -95,13 +93,6 @@ class EventRecorder:
                                                           error=f"{type(exc).__name__}: {exc}"))
             finally:
                 self._queue.task_done()
-
-    async def flush(self, timeout_s: float = 5.0) -> None:
-        """Wait (bounded) until every queued event was handled; for tests and shutdown."""
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
-        except TimeoutError:
-            log.warning("events still pending", extra=kv(pending=self._queue.qsize()))
 
     async def _send(self, item: _Pending) -> None:
         ref = item.ref

@@ -4,7 +4,8 @@
   reconcile;
 - a key is never handed to two workers at once: adding a key that is being processed marks it dirty
   and it is queued again when the worker calls `done()`, so the latest state is always reconciled;
-- `add_after()` re-queues with a delay (failed reconciles retry with per-key backoff).
+- `add_after()` re-queues with a delay (failed reconciles retry with per-key backoff);
+- `close()` cancels those delayed re-queues when the workers stop (loss of leadership, shutdown).
 """
 
 from __future__ import annotations
@@ -83,7 +84,21 @@ class WorkQueue:
             self._dirty.discard(key)
             self.add(key)
 
+    @property
+    def idle(self) -> bool:
+        """No key waiting and none being processed: every pass queued so far has finished."""
+        return not self._queue and not self._processing
+
+    @property
+    def retries_scheduled(self) -> int:
+        """Keys with a delayed re-queue pending (`add_after`)."""
+        return len(self._timers)
+
     def close(self) -> None:
+        """Cancel every pending retry and forget the backoffs: called when this process stops working
+        the queue (leadership lost, shutdown), so no timer outlives the term that scheduled it. The queue
+        stays usable; the next term re-enqueues what it needs."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._backoffs.clear()

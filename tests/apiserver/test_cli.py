@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes_asyncio import client, config
 
 
@@ -25,7 +26,9 @@ async def test_standalone_server_writes_kubeconfig_serves_and_stops_on_sigterm(t
             if kubeconfig.exists():
                 break
             await asyncio.sleep(0.025)
-        assert "token: s3cret" in kubeconfig.read_text() and f"server: https://{host}:" in kubeconfig.read_text()
+        kc = yaml.safe_load(kubeconfig.read_text())
+        assert [u["user"]["token"] for u in kc["users"]] == ["s3cret"]
+        assert [c["cluster"]["server"].rsplit(":", 1)[0] for c in kc["clusters"]] == [f"https://{host}"]
         cfg = client.Configuration()
         await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         async with client.ApiClient(cfg) as api:

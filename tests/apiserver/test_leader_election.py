@@ -9,8 +9,10 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
+from tests.controller.conftest import eventually
 
-async def test_second_candidate_takes_over_after_the_leader_stops_renewing(kube_api):
+
+async def test_second_candidate_takes_over_after_the_leader_stops_renewing(apiserver, kube_api):
     leading: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
 
     def elector(identity: str) -> leaderelection.LeaderElection:
@@ -26,12 +28,19 @@ async def test_second_candidate_takes_over_after_the_leader_stops_renewing(kube_
                                     onstarted_leading=started, onstopped_leading=stopped)
         return leaderelection.LeaderElection(cfg)
 
+    def lease_calls() -> tuple[int, int]:
+        return apiserver.request_counts[("get", "leases")], apiserver.request_counts[("update", "leases")]
+
     a = asyncio.create_task(elector("a").run())
     await asyncio.wait_for(leading["a"].wait(), 10)
-    b = asyncio.create_task(elector("b").run())
     lease = await client.CoordinationV1Api(kube_api).read_namespaced_lease("raven-controller", "kube-system")
     assert lease.spec.holder_identity == "a"
-    await asyncio.sleep(1.2)
+    gets0, updates0 = lease_calls()
+    b = asyncio.create_task(elector("b").run())
+    # The leader reads and writes to renew; b, finding the Lease held, only reads. Two reads more than
+    # writes (one renewal may be half done) mean b competed at least once and was refused.
+    await eventually(lambda: (lease_calls()[0] - gets0) - (lease_calls()[1] - updates0), lambda n: n >= 2,
+                     within=10, what="b refused")
     assert not leading["b"].is_set()
     a.cancel()  # the leader dies without releasing the lease
     with contextlib.suppress(asyncio.CancelledError):

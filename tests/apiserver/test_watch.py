@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from e2e.apiserver import ApiServer
+from tests.controller.conftest import eventually
 
 from .test_objects import node
 
@@ -212,3 +214,20 @@ async def test_a_watch_whose_client_went_away_is_released(apiserver: ApiServer):
             break
         await asyncio.sleep(0.02)
     assert apiserver.open_watches == 0
+
+
+async def test_a_watcher_that_went_away_before_a_bookmark_costs_one_debug_line(apiserver, caplog):
+    # A client closing its watch is normal: the server's next bookmark write finds the connection gone and
+    # says so in one debug line, with no traceback (aiohttp logs one for any exception a handler raises).
+    caplog.set_level(logging.DEBUG)
+    apiserver.bookmark_interval = 0.2
+    async with aiohttp.ClientSession() as s:
+        r = await s.get(f"{apiserver.url}/api/v1/nodes?watch=1&allowWatchBookmarks=true&timeoutSeconds=30",
+                        ssl=False, headers={"Authorization": f"Bearer {apiserver.token}"})
+        assert r.status == 200
+        assert b'"BOOKMARK"' in await asyncio.wait_for(r.content.readline(), 5)
+        r.close()  # drop the connection while the server waits to send the next bookmark
+    await eventually(lambda: apiserver.open_watches, lambda n: n == 0, within=5, what="the watcher gone")
+    gone = [r for r in caplog.records if r.name == "e2e.apiserver" and "watcher went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.DEBUG, [r.getMessage() for r in caplog.records]
+    assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []

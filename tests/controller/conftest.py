@@ -144,6 +144,20 @@ class RunningController:
         """Watch events of `type_` the `informer` delivered to the controller's handlers so far."""
         return self.metric("raven_informer_events_total", {"informer": informer, "type": type_})
 
+    async def acted_on(self, informer: str, type_: str, seen: float, n: int = 1, within: float = 15.0) -> None:
+        """Wait until the controller has processed `n` more `type_` events of `informer` than `seen`:
+        they were delivered (the handlers run synchronously on delivery, so whatever they queued is in
+        the work queue by then) and every reconcile queued so far has finished. Only after this does
+        "nothing changed" mean the controller saw the change and decided to change nothing."""
+        await eventually(lambda: self.delivered(informer, type_), lambda v: v >= seen + n, within=within,
+                         what=f"{n} {type_} event(s) of {informer} delivered to {self.identity}")
+        await self.drained(within)
+
+    async def drained(self, within: float = 15.0) -> None:
+        """Wait until no Gateway is waiting in the work queue or being reconciled."""
+        queue = self.controller.reconciler.queue
+        await eventually(lambda: queue.idle, bool, within=within, what=f"{self.identity}'s work queue drained")
+
     async def stop(self) -> None:
         if not self.stopped:
             self.stopped = True

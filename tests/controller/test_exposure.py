@@ -5,7 +5,6 @@ The test plays the cloud's load-balancer controller by writing the Service's sta
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,12 +91,14 @@ async def test_fewer_tunnel_replicas_removes_the_extra_slot(kube: KubeClient, st
         await kube.create(NODES, node_body(f"m-{i}", "gw-m"))
     await kube.create(GATEWAYS, gateway_body("gw-m", ["m-1", "m-2"], exposeType="LoadBalancer",
                                              tunnelConfig={"Replicas": 2}))
-    await start()
+    rc = await start()
     for slot in (0, 1):
         await eventually(lambda s=slot: exists(kube, SERVICES, f"raven-lb-gw-m-{s}"), bool, what=f"slot {slot}")
+    seen = rc.delivered("services", "DELETED")
     await kube.merge_patch(GATEWAYS, "gw-m", {"spec": {"tunnelConfig": {"Replicas": 1}}})
     await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-1"), lambda e: not e, what="slot 1 removed")
-    await asyncio.sleep(0.2)
+    # The removal came back as an event and the pass it queued ran: slot 0 survived all of it.
+    await rc.acted_on("services", "DELETED", seen)
     assert await exists(kube, SERVICES, "raven-lb-gw-m-0")
     await kube.delete(GATEWAYS, "gw-m")
     await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-0"), lambda e: not e, what="gateway gone")
@@ -127,7 +128,7 @@ async def test_failing_service_writes_never_hold_back_the_status(kube: KubeClien
     await wait_active(kube, "gw-z", ["z-1"])
     await set_ready(kube, "z-1", False)
     await wait_active(kube, "gw-z", ["z-2"])
-    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total"), lambda n: n >= 1,
+    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total", {"kind": "api"}), lambda n: n >= 1,
                      what="the Service failure is counted and retried")
 
 
@@ -143,7 +144,7 @@ async def test_a_foreign_service_with_our_name_is_never_taken_over(kube: KubeCli
     await kube.create(GATEWAYS, gateway_body("gw-f", ["f-1"], exposeType="LoadBalancer"))
     rc = await start()
     await wait_active(kube, "gw-f", ["f-1"])
-    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total"),
+    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total", {"kind": "api"}),
                      lambda n: n >= 1, what="the clash reported as a failed reconcile")
     svc = await kube.get(SERVICES, name, NS)
     assert svc["spec"]["type"] == "ClusterIP"

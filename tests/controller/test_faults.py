@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from e2e.apiserver import ApiServer
+from raven.controller.reconciler import GatewayReconciler
 from raven.kube.client import GATEWAYS, NODES, KubeClient
-from tests.controller.conftest import RunningController, active, set_ready
+from raven.log import FIELDS_ATTR
+from tests.controller.conftest import RunningController, active, eventually, set_ready
 from tests.controller.test_gateway_election import two_gateways, wait_active
 
 Start = Callable[..., Awaitable[RunningController]]
@@ -58,10 +63,11 @@ async def test_failover_converges_through_dropped_watches_and_throttling(
     await kube_retrying(lambda: set_ready(kube, "a-2", False))  # lands while the controller reconnects
     apiserver.drop_watches()
     await wait_active(kube, "gw-a", ["a-3"], within=30)
+    seen = rc.delivered("nodes", "MODIFIED")
     await set_ready(kube, "a-1", True)
     await set_ready(kube, "a-2", True)
-    await asyncio.sleep(0.5)
-    assert await active(kube, "gw-a") == ["a-3"]
+    await rc.acted_on("nodes", "MODIFIED", seen, n=2, within=30)
+    assert await active(kube, "gw-a") == ["a-3"]  # both recoveries seen: no stealing back
     assert rc.metric("raven_informer_watch_restarts_total", {"informer": "nodes", "reason": "closed"}) + \
         rc.metric("raven_informer_watch_restarts_total", {"informer": "nodes", "reason": "error"}) >= 1
 
@@ -87,3 +93,31 @@ async def kube_retrying(fn: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             await asyncio.sleep(0.05)
     await fn()
+
+
+async def test_a_bug_in_reconcile_is_logged_with_its_traceback_once_and_counted(
+    kube: KubeClient, start: Start, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A code bug is retried like any failure, but must be visible: its traceback once, a metric by kind.
+    await two_gateways(kube)
+    calls = 0
+
+    def broken(self: GatewayReconciler, gw: object) -> None:
+        nonlocal calls
+        calls += 1
+        raise ZeroDivisionError("a bug in the election")
+
+    monkeypatch.setattr(GatewayReconciler, "_elect", broken)
+    caplog.set_level(logging.WARNING, logger="raven.controller.reconciler")
+    rc = await start()
+    await eventually(lambda: rc.metric("raven_controller_reconcile_errors_total", {"kind": "unexpected"}),
+                     lambda n: n >= 6, what="the bug counted on every retry")
+    failures = [r for r in caplog.records if r.getMessage().startswith("reconcile failed")]
+    with_traceback = [r for r in failures if r.exc_info is not None]
+    # One traceback per gateway (gw-a, gw-b), however many retries; every retry still logs one line.
+    assert sorted(getattr(r, FIELDS_ATTR)["gateway"] for r in with_traceback) == ["gw-a", "gw-b"], failures
+    assert all(r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is ZeroDivisionError
+               for r in with_traceback)
+    assert len(failures) >= 6 and all(r.levelno == logging.WARNING for r in failures if r.exc_info is None)
+    assert rc.metric("raven_controller_reconcile_errors_total", {"kind": "api"}) == 0
+    assert calls >= 6

@@ -20,6 +20,9 @@ import aiohttp
 import pytest
 
 from e2e.apiserver import ApiServer
+from raven.controller.reconciler import GatewayReconciler
+from raven.kube import workqueue
+from raven.kube.backoff import Backoff
 from raven.kube.client import GATEWAYS, LEASES, KubeClient
 from raven.kube.leader import micro_time
 from tests.controller.conftest import RunningController, active, eventually, set_ready
@@ -108,7 +111,10 @@ async def test_kill_9_of_the_leader_hands_over_within_the_lease_duration(
     await eventually(lambda: b.get("/readyz"), lambda r: r[0] == 200, what="standby ready")
     await eventually(lambda: a.metric("raven_controller_status_writes_total"), lambda n: n >= 2,
                      what="the leader wrote both gateways' status")
-    await asyncio.sleep(0.5)  # a synced standby that wrongly wrote would have done so by now
+    # The standby received both gateways (its handlers queued them: the queue depth says so) and, not
+    # leading, works none of them: only then does "b wrote nothing" mean something.
+    await eventually(lambda: b.metric("raven_controller_queue_depth"), lambda n: n >= 2,
+                     what="both gateways queued, unworked, on the standby")
     assert await a.metric("raven_controller_leader") == 1 and await b.metric("raven_controller_leader") == 0
     assert await b.metric("raven_controller_status_writes_total") == 0
 
@@ -188,8 +194,14 @@ async def test_in_process_replicas_exactly_one_writes_and_a_stolen_lease_stops_w
     await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0,
                      what="a steps down")
     gw_rv = (await kube.get(GATEWAYS, "gw-a"))["metadata"]["resourceVersion"]
+    seen = {rc.identity: rc.delivered("nodes", "MODIFIED") for rc in (a, b)}
     await set_ready(kube, "a-2", False)
-    await asyncio.sleep(1.0)
+    # Both replicas received the failure and queued gw-a for it, and neither works the queue now.
+    for rc in (a, b):
+        await eventually(lambda rc=rc: rc.delivered("nodes", "MODIFIED"), lambda n, rc=rc: n > seen[rc.identity],
+                         what=f"a-2 NotReady delivered to {rc.identity}")
+        await eventually(lambda rc=rc: rc.metric("raven_controller_queue_depth"), lambda n: n >= 1,
+                         what=f"gw-a queued, unworked, on {rc.identity}")
     assert (await kube.get(GATEWAYS, "gw-a"))["metadata"]["resourceVersion"] == gw_rv
     assert await active(kube, "gw-a") == ["a-2"]
 
@@ -201,3 +213,25 @@ async def test_in_process_replicas_exactly_one_writes_and_a_stolen_lease_stops_w
     assert a.metric("raven_controller_leader") + b.metric("raven_controller_leader") == 1
     with contextlib.suppress(Exception):
         await a.stop()
+
+
+async def test_losing_leadership_cancels_the_pending_retries(
+    kube: KubeClient, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every reconcile fails and its retry is scheduled 10 s out: long enough that only close() removes it.
+    monkeypatch.setattr(workqueue, "Backoff", lambda **_: Backoff(base=10.0, cap=10.0, jitter=0.0))
+
+    def broken(self: GatewayReconciler, gw: object) -> None:
+        raise ZeroDivisionError("a bug in the election")
+
+    monkeypatch.setattr(GatewayReconciler, "_elect", broken)
+    await two_gateways(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, lease=(3.0, 2.0, 0.2))
+    queue = a.controller.reconciler.queue
+    await eventually(lambda: queue.retries_scheduled, lambda n: n == 2, what="both gateways' retries scheduled")
+    obj = await kube.get(LEASES, LEASE, NS)
+    obj["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
+    await kube.replace(LEASES, LEASE, obj, NS)
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0, what="a steps down")
+    await eventually(lambda: queue.retries_scheduled, lambda n: n == 0, within=3.0,
+                     what="the retries cancelled with the term")

@@ -107,9 +107,13 @@ async def test_410_relists_and_diffs_against_the_cache(apiserver: ApiServer, kub
         apiserver.compact()
         await apiserver.resume_accepting()
         await eventually(lambda: rec.seen(), lambda s: len(s) >= 3, what="diff events")
-        await asyncio.sleep(0.3)  # nothing more may follow
-        assert sorted(rec.seen()) == [("ADDED", "n-4"), ("DELETED", "n-2"), ("MODIFIED", "n-1")]
-        assert set(inf.cache) == {"n-1", "n-3", "n-4"}
+        # Nothing more may follow: a change made now is delivered after anything the re-list still had
+        # to say (one stream, in order), so once it is in, the diff is complete.
+        await kube.create(NODES, node_body("n-5", "gw"))
+        await eventually(lambda: rec.seen(), lambda s: ("ADDED", "n-5") in s, what="the marker n-5")
+        assert rec.seen()[-1] == ("ADDED", "n-5")
+        assert sorted(rec.seen()[:-1]) == [("ADDED", "n-4"), ("DELETED", "n-2"), ("MODIFIED", "n-1")]
+        assert set(inf.cache) == {"n-1", "n-3", "n-4", "n-5"}
         assert restarts(reg, "expired") >= 1
 
 
@@ -237,7 +241,7 @@ async def test_bookmarks_keep_an_idle_watch_current_so_resuming_needs_no_relist(
                              what="bookmark advanced the version")
             server.compact()
             server.drop_watches()
-            await kube_create_after_resume(client, inf, rec)
+            await kube_create_after_resume(server, client, reg, rec)
             assert restarts(reg, "expired") == 0  # resumed from the bookmark's version: no 410, no re-list
             assert rec.seen() == [("ADDED", "n-1"), ("ADDED", "n-2")]
     finally:
@@ -245,8 +249,12 @@ async def test_bookmarks_keep_an_idle_watch_current_so_resuming_needs_no_relist(
         await server.stop()
 
 
-async def kube_create_after_resume(client: KubeClient, inf: Informer, rec: Recorder) -> None:
-    await asyncio.sleep(0.3)
+async def kube_create_after_resume(server: ApiServer, client: KubeClient, reg: CollectorRegistry,
+                                   rec: Recorder) -> None:
+    """Create n-2 once the informer has seen its watch end and is watching again."""
+    await eventually(lambda: restarts(reg, "closed") + restarts(reg, "error"), lambda n: n >= 1,
+                     what="the dropped watch noticed")
+    await eventually(lambda: server.open_watches, lambda n: n == 1, what="watching again")
     await client.create(NODES, node_body("n-2", "gw"))
     await eventually(lambda: rec.seen(), lambda s: ("ADDED", "n-2") in s, what="n-2")
 

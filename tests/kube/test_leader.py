@@ -57,15 +57,29 @@ async def holder(kube: KubeClient) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
+def refusals(apiserver: ApiServer, since: tuple[int, int]) -> int:
+    """Lease reads not followed by a write since `since` (from `lease_calls`): the leader reads and
+    then writes to renew, a standby that finds the Lease held only reads."""
+    gets, updates = lease_calls(apiserver)
+    return (gets - since[0]) - (updates - since[1])
+
+
+def lease_calls(apiserver: ApiServer) -> tuple[int, int]:
+    return apiserver.request_counts[("get", "leases")], apiserver.request_counts[("update", "leases")]
+
+
 async def test_one_leader_and_release_on_cancel_hands_over_at_once(
-    kube: KubeClient, candidates: list[Candidate]
+    apiserver: ApiServer, kube: KubeClient, candidates: list[Candidate]
 ) -> None:
     a, b = Candidate(kube, "a"), Candidate(kube, "b")
     candidates += [a, b]
     a.start()
     await eventually(lambda: a.leading, bool, what="a leading")
+    before = lease_calls(apiserver)
     b.start()
-    await asyncio.sleep(0.5)  # several of b's retry periods
+    # b has competed and been refused several times (one of a's renewals may be half done: >= 4 means
+    # at least 3 refusals) before we look at who leads.
+    await eventually(lambda: refusals(apiserver, before), lambda n: n >= 4, what="b refused three times")
     assert a.elector.is_leader and not b.elector.is_leader and not b.leading
     assert await holder(kube) == "a"
     await a.stop()

@@ -72,27 +72,35 @@ class RecordingCharon:
 
 
 def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: RecordingCharon | None,
-         synced: list[bool] | None = None, **kw: float) -> Reconciler:
+         synced: list[bool] | None = None, sync_checks: list[int] | None = None, **kw: float) -> Reconciler:
+    """`sync_checks[0]` (when given) counts the loop's looks at the sync state: it is how a test sees
+    that a trigger was taken up while the caches were not synced."""
     plans = plan if isinstance(plan, list) else [plan]
     state = {"synced": synced if synced is not None else [True]}
+
+    def is_synced() -> bool:
+        if sync_checks is not None:
+            sync_checks[0] += 1
+        return state["synced"][0]
 
     async def plan_fn() -> PlanResult:
         return plans.pop(0) if len(plans) > 1 else plans[0]
 
     registry = CollectorRegistry()
-    return Reconciler(plan_fn, lambda: state["synced"][0], kernel, charon, AgentMetrics(registry),
+    return Reconciler(plan_fn, is_synced, kernel, charon, AgentMetrics(registry),
                       DataplaneMetrics(registry), resync_period=kw.get("resync", 30.0), debounce=0.01,
                       tunnel_check_period=kw.get("tunnel_check", 30.0))
 
 
 async def test_nothing_is_applied_before_the_informers_synced() -> None:
     # A half-filled cache looks like an empty cluster: applying it would tear down working tunnels.
-    kernel, synced = RecordingKernel(), [False]
-    rec = make(GATEWAY, kernel, RecordingCharon(), synced=synced)
+    kernel, synced, checks = RecordingKernel(), [False], [0]
+    rec = make(GATEWAY, kernel, RecordingCharon(), synced=synced, sync_checks=checks)
     task = asyncio.create_task(rec.run())
     rec.trigger("gateway/gw-a")
-    await asyncio.sleep(0.1)
-    assert kernel.applied == [] and not rec.ready().ok
+    # The loop took the trigger up and looked at the sync state (then decided not to plan) ...
+    await eventually(lambda: checks[0], lambda n: n >= 1, interval=0.01, what="the trigger taken up")
+    assert kernel.applied == [] and not rec.ready().ok  # ... and applied nothing
     synced[0] = True
     rec.trigger("synced")
     await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first apply after sync")
@@ -102,13 +110,16 @@ async def test_nothing_is_applied_before_the_informers_synced() -> None:
 
 
 async def test_a_burst_of_events_is_one_pass() -> None:
-    kernel = RecordingKernel()
-    rec = make(GATEWAY, kernel, RecordingCharon())
+    kernel, charon = RecordingKernel(), RecordingCharon()
+    rec = make(GATEWAY, kernel, charon, tunnel_check=0.02)
     task = asyncio.create_task(rec.run())
     for i in range(20):
         rec.trigger(f"node/n{i}")
     await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first pass")
-    await asyncio.sleep(0.1)  # ten debounce periods: a second pass would have started by now
+    # Tunnel checks run only while the loop waits with nothing triggered: once two have run after the
+    # pass, no second pass for the burst is pending.
+    reads = charon.state_reads
+    await eventually(lambda: charon.state_reads, lambda n: n >= reads + 2, interval=0.01, what="the loop idle")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(kernel.applied) == 1
@@ -172,7 +183,8 @@ async def test_a_restarted_charon_is_reloaded_between_resyncs() -> None:
     charon.established.clear()
     charon.connects += 1
     await eventually(lambda: len(charon.loaded) >= 2, bool, interval=0.01, what="the reload after the restart")
-    await asyncio.sleep(0.1)  # two tunnel-check periods: the reloaded charon is healthy, no more loads
+    reads = charon.state_reads  # two tunnel checks after the reload find it healthy: no more loads
+    await eventually(lambda: charon.state_reads, lambda n: n >= reads + 2, interval=0.01, what="two more checks")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(charon.loaded) == 2 and charon.established == {"raven-gw-b"}
@@ -198,9 +210,11 @@ class GarbledCharon(RecordingCharon):
     def __init__(self) -> None:
         super().__init__()
         self.garbled = False
+        self.garbled_answers = 0
 
     async def states(self) -> list[TunnelState]:
         if self.garbled:
+            self.garbled_answers += 1
             raise ValueError("unexpected VICI message")
         return await super().states()
 
@@ -211,12 +225,14 @@ async def test_an_unexpected_error_in_the_tunnel_check_does_not_end_the_loop() -
     rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
-    await asyncio.sleep(0.15)
+    await eventually(lambda: bool(kernel.applied), bool, interval=0.01, what="the first pass")
     charon.garbled = True
-    await asyncio.sleep(0.2)
+    await eventually(lambda: charon.garbled_answers, lambda n: n >= 2, interval=0.01, what="garbled tunnel checks")
     charon.garbled = False
+    applied = len(kernel.applied)
     rec.trigger("gateway/gw-b")
-    await asyncio.sleep(0.2)
+    await eventually(lambda: len(kernel.applied), lambda n: n > applied, interval=0.01,
+                     what="a pass after the garbled checks")
     alive = not task.done()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

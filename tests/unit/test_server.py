@@ -13,6 +13,7 @@ from raven.health import CheckResult, Health
 from raven.metrics import new_registry
 from raven.server import HttpServer, make_app
 from raven.supervisor import Supervisor
+from tests.controller.conftest import eventually
 
 
 class Served:
@@ -100,7 +101,7 @@ async def test_task_returning_early_is_also_a_death(served: Served) -> None:
         return None
 
     served.supervisor.spawn("informer", quits())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: served.health.dead_tasks, bool, what="the early return noticed")
     assert served.health.dead_tasks == {"informer": "returned"}
 
 
