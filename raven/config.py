@@ -270,10 +270,15 @@ class CommonConfig:
     # The kubeconfig path raven.cli resolved (checked readable), or None for in-cluster config.
     kubeconfig: str | None = setting(None, "kubeconfig file (neither given: in-cluster config)", env="KUBECONFIG")
     # (ListenAddr is frozen: a shared default is safe.)
-    health_addr: ListenAddr = setting(ListenAddr("", 10275),  # noqa: RUF009
-                                      "HOST:PORT serving /healthz and /readyz (also /metrics)")
-    metrics_addr: ListenAddr = setting(ListenAddr("", 10265),  # noqa: RUF009
-                                       "HOST:PORT serving /metrics (may equal --health-addr)")
+    # Loopback by default: nothing is served to the network unless asked for (an agent runs with hostNetwork,
+    # so `:PORT` would be every address of the node, a gateway's public one included). The manifests bind
+    # metrics to the node's IP (agent) or the pod's IP (controller), from the downward API.
+    health_addr: ListenAddr = setting(ListenAddr("127.0.0.1", 10275),  # noqa: RUF009
+                                      "HOST:PORT serving /healthz and /readyz (also /metrics); `:PORT` is every "
+                                      "address")
+    metrics_addr: ListenAddr = setting(ListenAddr("127.0.0.1", 10265),  # noqa: RUF009
+                                       "HOST:PORT serving /metrics (may equal --health-addr); the manifests set "
+                                       "the node's or pod's IP")
     log_format: Literal["text", "json"] = setting("text", "log line format")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "least severe level logged")
 

@@ -3,6 +3,6 @@
 See e2e/README.md for what it implements and what it deliberately leaves out.
 """
 
-from .server import SERVER_VERSION, ApiServer
+from .server import SERVER_VERSION, ApiRequest, ApiServer
 
-__all__ = ["SERVER_VERSION", "ApiServer"]
+__all__ = ["SERVER_VERSION", "ApiRequest", "ApiServer"]

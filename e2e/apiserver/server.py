@@ -16,6 +16,8 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,27 @@ SERVER_VERSION = {
 }
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
 DEFAULT_WATCH_TIMEOUT = 1800.0
+ADMIN_USER = "system:admin"  # the user of the server's own token
+# Where a request carries its authenticated user (typed keys exist from aiohttp 3.12 on).
+_USER: Any = web.RequestKey("user", str) if hasattr(web, "RequestKey") else "user"
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One resource request as a Kubernetes authorizer sees it (apiserver's RequestInfo, plus the user).
+
+    `verb` as RBAC names it (get, list, watch, create, update, patch, delete, deletecollection);
+    `namespace` and `name` are "" when absent; a list or watch with the field selector
+    `metadata.name=X` has name X, as the real server sets it (so RBAC `resourceNames` can allow it).
+    """
+
+    user: str
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
 
 
 def _json(body: Any, status_code: int = 200, headers: CIMultiDict[str] | dict[str, str] | None = None) -> web.Response:
@@ -99,6 +122,11 @@ class ApiServer:
         # create, update, patch, delete, deletecollection); resource is "plural" or "plural/subresource".
         self.request_counts: Counter[tuple[str, str]] = Counter()
         self.kubeconfig: str | None = None  # path, once write_kubeconfig() ran
+        # token -> user; `add_user()` adds more (e.g. one per ServiceAccount, to tell clients apart).
+        self.users: dict[str, str] = {self.token: ADMIN_USER}
+        # Called with every resource request before it is served (after authentication and fault
+        # injection): tests record what clients do, and may refuse a request by raising ApiError (403).
+        self.on_request: Callable[[ApiRequest], None] | None = None
         # The address clients are told to use (kubeconfig); a wildcard listener advertises loopback.
         self.advertise = advertise or (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
         self.cert_file, self.key_file = certificate([host, self.advertise, *(extra_sans or [])])
@@ -138,30 +166,39 @@ class ApiServer:
             self._runner = None
         self._site = None
 
-    def kubeconfig_dict(self) -> dict[str, Any]:
+    def add_user(self, user: str) -> str:
+        """A new bearer token that authenticates as `user` (pass it to `write_kubeconfig`)."""
+        token = secrets.token_hex(16)
+        self.users[token] = user
+        return token
+
+    def kubeconfig_dict(self, token: str | None = None) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "raven-test", "cluster": {
                 "server": self.url,
                 "certificate-authority-data": base64.b64encode(Path(self.cert_file).read_bytes()).decode()}}],
-            "users": [{"name": "raven-test", "user": {"token": self.token}}],
+            "users": [{"name": "raven-test", "user": {"token": token or self.token}}],
             "contexts": [{"name": "raven-test",
                           "context": {"cluster": "raven-test", "user": "raven-test", "namespace": "default"}}],
             "current-context": "raven-test",
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: str | Path) -> str:
+    def write_kubeconfig(self, path: str | Path, token: str | None = None) -> str:
+        """Write a kubeconfig for this server (with `token`, default the server's own; `.kubeconfig` is only
+        set for the latter)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         # Atomic: a harness polling for the file never reads half of it.
         tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.kubeconfig_dict(), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(self.kubeconfig_dict(token), sort_keys=False))
         tmp.chmod(0o600)
         tmp.replace(p)
-        self.kubeconfig = str(p)
-        return self.kubeconfig
+        if token is None or token == self.token:
+            self.kubeconfig = str(p)
+        return str(p)
 
     @property
     def open_watches(self) -> int:
@@ -230,8 +267,10 @@ class ApiServer:
         try:
             if path not in UNAUTHENTICATED_PATHS:
                 auth = request.headers.get("Authorization", "")
-                if auth != f"Bearer {self.token}":
+                user = self.users.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+                if user is None:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
+                request[_USER] = user
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self._fail_remaining > 0:
@@ -352,6 +391,12 @@ class ApiServer:
         verb = {"GET": "get" if name else ("watch" if watch else "list"), "POST": "create", "PUT": "update",
                 "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
         self.request_counts[(verb, f"{rt.plural}/{sub}" if sub else rt.plural)] += 1
+        if self.on_request is not None:
+            by_name = name or ""
+            if verb in ("list", "watch"):
+                by_name = _name_selected(q.get("fieldSelector"))
+            self.on_request(ApiRequest(request.get(_USER, ""), verb, rt.group, rt.plural, sub or "", ns or "",
+                                       by_name))
         dry_run = q.get("dryRun") == "All"
         fv = q.get("fieldValidation") or "Warn"
         if fv not in ("Strict", "Warn", "Ignore"):
@@ -524,6 +569,15 @@ class ApiServer:
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
+
+
+def _name_selected(field_selector: str | None) -> str:
+    """X when the field selector requires `metadata.name=X` (or `==`), else "" (apiserver's RequestInfo)."""
+    for term in (field_selector or "").split(","):
+        key, sep, value = term.replace("==", "=").partition("=")
+        if sep and key.strip() == "metadata.name":
+            return value.strip()
+    return ""
 
 
 def _page_not_found() -> ApiError:

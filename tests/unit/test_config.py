@@ -261,6 +261,48 @@ def test_controller_deployment_args_are_controller_settings() -> None:
     assert all(BY_NAME[name].mode in ("common", "controller") for name in set(vars(ns)) - {"mode"})
 
 
+# What the kubelet substitutes for `$(VAR)` in args: the env vars the container takes from the downward API.
+DOWNWARD = {"status.hostIP": "192.0.2.10", "status.podIP": "10.244.1.7", "spec.nodeName": "n1",
+            "metadata.name": "raven-controller-0"}
+
+
+def _expanded_args(container: dict[str, Any]) -> list[str]:
+    env = {e["name"]: DOWNWARD[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in container["env"]
+           if "fieldRef" in e.get("valueFrom", {})}
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+
+
+def test_agent_serves_health_on_loopback_and_metrics_on_the_node_ip_only(kubeconfig: str, psk_file: str) -> None:
+    container = _agent_container()
+    args = _expanded_args(container)
+    cfg = build_config(build_parser().parse_args([*args, "--kubeconfig", kubeconfig, "--psk-file", psk_file]),
+                       {"NODE_NAME": "n1"})
+    assert isinstance(cfg, AgentConfig)
+    assert cfg.common.health_addr.host == "127.0.0.1"
+    assert cfg.common.metrics_addr.host == DOWNWARD["status.hostIP"]
+    for probe in ("livenessProbe", "readinessProbe"):  # the kubelet probes from the node: loopback works
+        get = container[probe]["httpGet"]
+        assert (get["host"], get["port"]) == ("127.0.0.1", cfg.common.health_addr.port), probe
+    assert {"name": "metrics", "containerPort": cfg.common.metrics_addr.port} in container["ports"]
+
+
+def test_controller_serves_health_and_metrics_on_the_pod_ip_only(kubeconfig: str) -> None:
+    (deploy,) = _docs("04-controller.yaml")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    cfg = build_config(build_parser().parse_args([*_expanded_args(container), "--kubeconfig", kubeconfig]), {})
+    assert isinstance(cfg, ControllerConfig)
+    assert cfg.common.health_addr.host == cfg.common.metrics_addr.host == DOWNWARD["status.podIP"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["health"], ports["metrics"]) == (cfg.common.health_addr.port, cfg.common.metrics_addr.port)
+    for probe in ("livenessProbe", "readinessProbe"):  # the kubelet probes the pod IP (no host given)
+        assert container[probe]["httpGet"]["port"] == "health" and "host" not in container[probe]["httpGet"]
+
+
+def test_the_code_serves_nothing_beyond_loopback_by_default(kubeconfig: str) -> None:
+    common = controller(kubeconfig).common
+    assert common.health_addr.host == common.metrics_addr.host == "127.0.0.1"
+
+
 # --- the README -----------------------------------------------------------------------------------------
 
 def _readme_rows() -> dict[str, list[str]]:
