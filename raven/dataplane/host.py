@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import subprocess
@@ -99,23 +100,31 @@ class MssState:
 class MssClamp:
     """The RAVEN-MSS mangle chain: read, rewrite, remove. Idempotent. Blocking: call from a worker thread."""
 
-    def __init__(self, chain: str = "RAVEN-MSS", netns: str | None = None, iptables: str = "iptables") -> None:
+    def __init__(
+        self, chain: str = "RAVEN-MSS", netns: str | None = None, iptables: str = "iptables", timeout: float = 30.0
+    ) -> None:
         self.chain = chain
         self._prefix: list[str] = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self._iptables = iptables
+        self._timeout = timeout
 
     def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        """Run one iptables command; a hung one (a stuck xtables lock, a broken backend) is killed after
+        `timeout` seconds and raised as an OSError, which callers report as the clamp's failure only."""
         # Blocking on purpose: callers run this in a worker thread (asyncio's subprocess support
         # starts a watcher thread per child, which costs more than iptables-save itself).
-        proc = subprocess.run(
-            [*self._prefix, *args],
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [*self._prefix, *args],
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=self._timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"{args[0]} did not finish within {self._timeout:g} s") from None
         return proc.returncode, proc.stdout, proc.stderr
 
     def rule_args(self, ifname: str) -> list[str]:
