@@ -19,13 +19,13 @@ from kubernetes_asyncio.client import ApiClient
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.agent.reconciler import AgentMetrics, Reconciler
-from raven.agent.underlay import Underlay, detect_underlay
 from raven.api.gateway import Gateway, GatewayParseError
 from raven.api.node import Node
 from raven.config import AgentConfig
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.underlay import Underlay, detect_underlay
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer, InformerEvent, rv_of
 from raven.log import kv

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from raven.dataplane.ipsec import VICI_OPS, TunnelState
-from raven.dataplane.kernel import KINDS, ApplyReport
+from raven.dataplane.report import KINDS, ApplyReport
 
 
 class DataplaneMetrics:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2e.netlab import Lab
-from raven.dataplane.host import MssClamp
 from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.mssclamp import MssClamp
 from raven.dataplane.state import Address, DesiredState, Route, Rule, VxlanLink
 from tests.dataplane.conftest import ip_json
 

@@ -1,4 +1,4 @@
-"""Find the node's underlay: the device holding the node IP and its MTU (what every tunnel MTU derives from)."""
+"""Find the node's underlay (a kernel read): the device holding the node IP and its MTU, whence every MTU."""
 
 from __future__ import annotations
 
