@@ -37,9 +37,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
-
 from raven.dataplane import rtnl
 from raven.dataplane.diff import Changes, Observed, diff
 from raven.dataplane.kernel_read import KernelError, Ownership, read_observed
@@ -69,7 +66,6 @@ class KernelApplier:
         self.owner = owner or Ownership()
         self.netns = netns
         self._on_write = on_write
-        self._ipr: AsyncIPRoute | None = None
         self._rt: rtnl.RouteSocket | None = None
         # One worker thread for the blocking parts (the netlink socket, sysctls): the loop stays free.
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raven-kernel")
@@ -84,21 +80,13 @@ class KernelApplier:
     async def _in_aux(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._aux, fn, *args)
 
-    async def _open(self) -> tuple[AsyncIPRoute, rtnl.RouteSocket]:
-        if self._ipr is None:
-            kwargs: dict[str, Any] = {"netns": self.netns, "flags": 0} if self.netns else {}
-            ipr = AsyncIPRoute(**kwargs)
-            await ipr.setup_endpoint()
-            self._ipr = ipr
+    async def _open(self) -> rtnl.RouteSocket:
         if self._rt is None:
             self._rt = await self._in_worker(rtnl.RouteSocket, self.netns)
         assert self._rt is not None
-        return self._ipr, self._rt
+        return self._rt
 
     async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
         if self._rt is not None:
             rt, self._rt = self._rt, None
             # In the worker, after whatever still runs there (a cancelled apply leaves its send running):
@@ -108,16 +96,10 @@ class KernelApplier:
         self._aux.shutdown(wait=False)
 
     async def _reset(self) -> None:
-        """Drop the sockets after a failure; the next call reopens them."""
-        if self._ipr is not None:
-            try:
-                self._ipr.close()
-            except Exception:  # closing a broken socket
-                pass
-            self._ipr = None
+        """Drop the socket after a failure (in the worker, after whatever runs there); the next call reopens it."""
         if self._rt is not None:
-            self._rt.close()
-            self._rt = None
+            rt, self._rt = self._rt, None
+            await self._in_worker(rt.close)
 
     # ---- read ---------------------------------------------------------------------------------
 
@@ -126,10 +108,10 @@ class KernelApplier:
             if self.netns is not None and not await self._in_aux(os.path.exists, f"/run/netns/{self.netns}"):
                 # Sockets opened inside it keep a deleted namespace alive: only its name tells it is gone.
                 raise FileNotFoundError(errno.ENOENT, f"network namespace {self.netns} is gone")
-            ipr, rt = await self._open()
-            observed, self._ifindex = await read_observed(ipr, rt, self.owner, self._worker, self._read_mss)
+            rt = await self._open()
+            observed, self._ifindex = await read_observed(rt, self.owner, self._worker, self._read_mss)
             return observed
-        except (OSError, PyrNetlinkError) as exc:
+        except OSError as exc:
             await self._reset()
             raise KernelError(f"reading kernel state failed: {exc}") from exc
 
@@ -169,7 +151,7 @@ class KernelApplier:
         if changes.empty:
             report.duration_s = time.perf_counter() - start
             return report
-        _, rt = await self._open()
+        rt = await self._open()
         w = self._writer(rt, report)
         try:
             await w.apply(changes)
@@ -209,7 +191,7 @@ class KernelApplier:
         written: list[str] = []
         todo = [(key, name) for key, name in sorted(devices.items()) if current[key] != "2"]
         if todo:
-            _, rt = await self._open()
+            rt = await self._open()
             written += await self._writer(rt, report).rp_filter(todo)
         if current["net.ipv4.ip_forward"] != "1":
             try:

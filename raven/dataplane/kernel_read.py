@@ -6,20 +6,20 @@ permanent FDB entries); routes with the owned protocol number in the owned table
 priorities carrying the owned protocol; the MSS chain. Foreign routes and rules in the same tables are
 never read as ours, so never deleted.
 
-Routes (thousands) come from `raven.dataplane.rtnl`'s filtered dump in the worker thread, decoded
-straight into tuples; the few links, addresses, rules and neighbours from pyroute2's dumps meanwhile.
+Everything is read over `raven.dataplane.rtnl` on the applier's worker thread: routes (thousands) from a
+dump the kernel filters by table and protocol, decoded straight into tuples; the few links, addresses,
+rules, neighbours and FDB entries from plain dumps filtered here. The MSS chain (iptables) is read
+meanwhile on its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import socket
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
-
-from pyroute2 import AsyncIPRoute
+from typing import Final
 
 from raven.dataplane import rtnl
 from raven.dataplane.diff import Observed, RouteRow
@@ -64,35 +64,24 @@ class Ownership:
 
 
 async def read_observed(
-    ipr: AsyncIPRoute,
     rt: rtnl.RouteSocket,
     owner: Ownership,
     worker: concurrent.futures.Executor,
     read_mss: Callable[[], Awaitable[MssState]],
 ) -> tuple[Observed, dict[str, int]]:
-    """The owned state, and every device's ifindex by name (the writer resolves devices with it)."""
+    """The owned state, and every device's ifindex by name (the writer resolves devices with it).
+
+    All netlink reads run on `worker` (the socket is blocking and not thread-safe); iptables meanwhile."""
     mss_job = asyncio.ensure_future(read_mss())
-    route_jobs: list[asyncio.Future[list[rtnl.RawRoute]]] = []
     try:
-        links_raw = [m async for m in await ipr.get_links()]
-        names: dict[int, str] = {m["index"]: m.get("ifname") for m in links_raw}
-        ifindex = {v: k for k, v in names.items()}
-        # The big part (routes) in the worker thread, iptables in its own, the small dumps meanwhile.
         loop = asyncio.get_running_loop()
-        route_jobs = [
-            loop.run_in_executor(worker, rt.dump_routes, table, owner.rt_proto, names)
-            for table in sorted(owner.tables)
-        ]
-        links, down, addresses, rules, neighbors, fdb = await _read_small(ipr, owner, links_raw, names)
-        raw_routes: list[list[rtnl.RawRoute]] = list(await asyncio.gather(*route_jobs))
+        read = functools.partial(_read_netlink, rt, owner)
+        links, down, addresses, rules, neighbors, fdb, rows, ifindex = await loop.run_in_executor(worker, read)
         mss: MssState = await mss_job
     finally:
-        # Never leave a blocking call running on a socket the next call may reset.
-        jobs: list[asyncio.Future[Any]] = [*route_jobs, mss_job]
-        pending = [job for job in jobs if not job.done()]
-        if pending:
-            await asyncio.wait(pending)
-    rows: frozenset[RouteRow] = frozenset(r for batch in raw_routes for r in batch)
+        # Never leave a call running that the next pass could race.
+        if not mss_job.done():
+            await asyncio.wait([mss_job])
     base = DesiredState(
         links=frozenset(links),
         addresses=frozenset(addresses),
@@ -102,69 +91,85 @@ async def read_observed(
         mss_clamp_ifnames=mss.ifnames if (mss.ifnames is not None and mss.jumped) else frozenset(),
     )
     unexpected = mss.ifnames is None or (bool(mss.ifnames) and not mss.jumped)
-    return Observed(base=base, route_rows=rows, links_down=frozenset(down), mss_unexpected=unexpected), ifindex
+    observed = Observed(base=base, route_rows=rows, links_down=frozenset(down), mss_unexpected=unexpected)
+    return observed, ifindex
 
-async def _read_small(
-    ipr: AsyncIPRoute, owner: Ownership, links_raw: list[Any], names: dict[int, str]
-) -> tuple[list[VxlanLink], set[str], list[Address], list[Rule], list[Neighbor], list[FdbEntry]]:
+
+_Read = tuple[
+    list[VxlanLink], set[str], list[Address], list[Rule], list[Neighbor], list[FdbEntry], frozenset[RouteRow],
+    dict[str, int],
+]  # fmt: skip
+
+
+def _read_netlink(rt: rtnl.RouteSocket, owner: Ownership) -> _Read:
+    """Blocking: every dump, on the worker thread."""
+    raw_links = [(rtnl.IFINFOMSG.unpack_from(p), rtnl.attrs(p, rtnl.IFINFOMSG.size))
+                 for p in rt.dump(rtnl.RTM_GETLINK, rtnl.LINK_DUMP)]  # fmt: skip
+    names: dict[int, str] = {hdr[2]: rtnl.text(a.get(rtnl.IFLA_IFNAME)) or "" for hdr, a in raw_links}
+    ifindex = {v: k for k, v in names.items()}
     links: list[VxlanLink] = []
     down: set[str] = set()
     owned_idx: dict[int, str] = {}
-    for m in links_raw:
-        name = m.get("ifname")
+    for hdr, a in raw_links:
+        name = names[hdr[2]]
         if not owner.owns_link(name):
             continue
-        owned_idx[m["index"]] = name
-        links.append(_link_from_msg(m, names))
-        if not m["flags"] & IFF_UP:
+        owned_idx[hdr[2]] = name
+        links.append(_link_from(name, a, names))
+        if not hdr[3] & IFF_UP:
             down.add(name)
-    addresses = [
-        Address(owned_idx[m["index"]], f"{m.get('address')}/{m['prefixlen']}")
-        async for m in await ipr.get_addr(family=socket.AF_INET)
-        if m["index"] in owned_idx
-    ]
+    addresses = []
+    for p in rt.dump(rtnl.RTM_GETADDR, rtnl.ADDR_DUMP):
+        _family, plen, _flags, _scope, index = rtnl.IFADDRMSG.unpack_from(p)
+        if index in owned_idx:
+            a = rtnl.attrs(p, rtnl.IFADDRMSG.size)
+            ip = rtnl.ipv4(a.get(rtnl.IFA_ADDRESS)) or rtnl.ipv4(a.get(rtnl.IFA_LOCAL))
+            addresses.append(Address(owned_idx[index], f"{ip}/{plen}"))
     rules = []
-    async for m in await ipr.get_rules(family=socket.AF_INET):
-        a = _attrs(m)
-        if a.get("FRA_PRIORITY", 0) in owner.rule_priorities and a.get("FRA_PROTOCOL") == owner.rt_proto:
-            rules.append(Rule(a["FRA_PRIORITY"], a.get("FRA_TABLE", m["table"]), a.get("FRA_IIFNAME")))
+    for p in rt.dump(rtnl.RTM_GETRULE, rtnl.RULE_DUMP):
+        table8 = rtnl.FIB_RULE_HDR.unpack_from(p)[4]
+        a = rtnl.attrs(p, rtnl.FIB_RULE_HDR.size)
+        priority = rtnl.u32(a.get(rtnl.FRA_PRIORITY), 0)
+        proto = a.get(rtnl.FRA_PROTOCOL)
+        if priority in owner.rule_priorities and proto is not None and proto[0] == owner.rt_proto:
+            rules.append(Rule(priority, rtnl.u32(a.get(rtnl.FRA_TABLE), table8), rtnl.text(a.get(rtnl.FRA_IIFNAME))))
     neighbors: list[Neighbor] = []
     fdb: list[FdbEntry] = []
-    for idx, name in owned_idx.items():
-        async for m in await ipr.get_neighbours(family=socket.AF_INET, ifindex=idx):
-            a = _attrs(m)
-            if m["state"] & NUD_PERMANENT and "NDA_LLADDR" in a:
-                neighbors.append(Neighbor(name, a["NDA_DST"], a["NDA_LLADDR"].lower()))
-        async for m in await ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=idx):
-            a = _attrs(m)
-            if m["state"] & NUD_PERMANENT and "NDA_DST" in a and "NDA_LLADDR" in a and m["ifindex"] == idx:
-                fdb.append(FdbEntry(name, a["NDA_LLADDR"].lower(), a["NDA_DST"]))
-    return links, down, addresses, rules, neighbors, fdb
+    for request, out in ((rtnl.NEIGH_DUMP, neighbors), (rtnl.FDB_DUMP, fdb)):
+        for p in rt.dump(rtnl.RTM_GETNEIGH, request):
+            _family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(p)
+            if index not in owned_idx or not state & NUD_PERMANENT:
+                continue
+            a = rtnl.attrs(p, rtnl.NDMSG.size)
+            ip, lladdr = rtnl.ipv4(a.get(rtnl.NDA_DST)), a.get(rtnl.NDA_LLADDR)
+            if ip is None or not lladdr:
+                continue
+            if out is neighbors:
+                neighbors.append(Neighbor(owned_idx[index], ip, rtnl.mac(lladdr)))
+            else:
+                fdb.append(FdbEntry(owned_idx[index], rtnl.mac(lladdr), ip))
+    rows: frozenset[RouteRow] = frozenset(
+        r for table in sorted(owner.tables) for r in rt.dump_routes(table, owner.rt_proto, names)
+    )
+    return links, down, addresses, rules, neighbors, fdb, rows, ifindex
 
 
-def _attrs(msg: Any) -> dict[str, Any]:
-    return dict((k, v) for k, v in msg["attrs"])
-
-
-def _link_from_msg(m: Any, names: dict[int, str]) -> VxlanLink:
-    info = m.get("IFLA_LINKINFO")
-    data: dict[str, Any] = {}
-    kind = None
-    if info is not None:
-        kind = info.get("IFLA_INFO_KIND")
-        inner = info.get("IFLA_INFO_DATA")
-        if inner is not None and kind == "vxlan":
-            data = {k: v for k, v in inner["attrs"]}
-    if kind != "vxlan":
+def _link_from(name: str, a: dict[int, bytes], names: dict[int, str]) -> VxlanLink:
+    info = rtnl.attrs(a[rtnl.IFLA_LINKINFO], 0) if rtnl.IFLA_LINKINFO in a else {}
+    mtu = rtnl.u32(a.get(rtnl.IFLA_MTU), 0)
+    address = rtnl.mac(a.get(rtnl.IFLA_ADDRESS))
+    if rtnl.text(info.get(rtnl.IFLA_INFO_KIND)) != "vxlan" or rtnl.IFLA_INFO_DATA not in info:
         # An owned name on something that is not our VXLAN: never matches a desired link.
-        return VxlanLink(m.get("ifname"), -1, -1, m.get("IFLA_MTU") or 0, m.get("IFLA_ADDRESS") or "", "")
-    underlay = data.get("IFLA_VXLAN_LINK")
+        return VxlanLink(name, -1, -1, mtu, address, "")
+    data = rtnl.attrs(info[rtnl.IFLA_INFO_DATA], 0)
+    port = data.get(rtnl.IFLA_VXLAN_PORT)
+    underlay = rtnl.u32(data.get(rtnl.IFLA_VXLAN_LINK), 0)
     return VxlanLink(
-        name=m.get("ifname"),
-        vni=data.get("IFLA_VXLAN_ID", -1),
-        port=data.get("IFLA_VXLAN_PORT", -1),
-        mtu=m.get("IFLA_MTU"),
-        mac=(m.get("IFLA_ADDRESS") or "").lower(),
-        local=data.get("IFLA_VXLAN_LOCAL") or "",
+        name=name,
+        vni=rtnl.u32(data.get(rtnl.IFLA_VXLAN_ID), -1),
+        port=int.from_bytes(port[:2], "big") if port else -1,
+        mtu=mtu,
+        mac=address,
+        local=rtnl.ipv4(data.get(rtnl.IFLA_VXLAN_LOCAL)) or "",
         underlay_ifname=names.get(underlay) if underlay else None,
     )

@@ -393,6 +393,38 @@ class RouteSocket:
                         return int(_IFINFOMSG.unpack_from(view, off + 16)[2])
                 off += (length + 3) & ~3
 
+    def dump(self, msg_type: int, body: bytes) -> list[bytes]:
+        """A whole dump (`msg_type` a RTM_GET*, `body` its filter header): each reply's payload, retried when
+        the kernel reports the dump was interrupted by a change."""
+        for _attempt in range(5):
+            seq = self._next_seq(1)
+            self._sock.send(_NLMSGHDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            out: list[bytes] = []
+            interrupted = False
+            done = False
+            while not done:
+                data = bytes(self._recv())
+                off = 0
+                while off + 16 <= len(data):
+                    length, mtype, mflags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+                    if length < 16:
+                        break
+                    if mseq == seq:
+                        interrupted = interrupted or bool(mflags & NLM_F_DUMP_INTR)
+                        if mtype == NLMSG_DONE:
+                            done = True
+                        elif mtype == NLMSG_ERROR:
+                            (err,) = _ERR.unpack_from(data, off + 16)
+                            if err:
+                                raise NetlinkError(-err, f"dump {msg_type}: {os.strerror(-err)}")
+                            done = True
+                        else:
+                            out.append(data[off + 16 : off + length])
+                    off += (length + 3) & ~3
+            if not interrupted:
+                return out
+        raise NetlinkError(errno.EINTR, f"dump {msg_type} kept being interrupted")
+
     def dump_routes(self, table: int, protocol: int, ifnames: Mapping[int, str]) -> list[RawRoute]:
         """All IPv4 routes of `table` with `protocol` (the kernel filters: strict dump checking)."""
         for _attempt in range(5):
@@ -438,6 +470,50 @@ class RouteSocket:
                     if route is not None and route[0] == table:
                         out.append(route)
                 off += (length + 3) & ~3
+
+
+def attrs(payload: bytes, start: int) -> dict[int, bytes]:
+    """The attributes from `start` on, by type (the first of each type; nested ones stay raw)."""
+    out: dict[int, bytes] = {}
+    a = start
+    while a + 4 <= len(payload):
+        alen, atype = _RTA.unpack_from(payload, a)
+        if alen < 4:
+            break
+        out.setdefault(atype & 0x3FFF, payload[a + 4 : a + alen])  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        a += (alen + 3) & ~3
+    return out
+
+
+def u32(raw: bytes | None, default: int) -> int:
+    return int(_U32.unpack_from(raw)[0]) if raw is not None and len(raw) >= 4 else default
+
+
+def text(raw: bytes | None) -> str | None:
+    return raw.split(b"\0", 1)[0].decode(errors="replace") if raw is not None else None
+
+
+def mac(raw: bytes | None) -> str:
+    return ":".join(f"{b:02x}" for b in raw) if raw else ""
+
+
+def ipv4(raw: bytes | None) -> str | None:
+    return socket.inet_ntoa(raw) if raw is not None and len(raw) == 4 else None
+
+
+# Dump requests (the kernel's strict checking wants the header zero but for the family).
+RTM_GETADDR: Final = 22
+RTM_GETRULE: Final = 34
+RTM_GETNEIGH: Final = 30
+LINK_DUMP: Final = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+ADDR_DUMP: Final = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+RULE_DUMP: Final = _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+NEIGH_DUMP: Final = _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+FDB_DUMP: Final = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
+IFINFOMSG: Final = _IFINFOMSG
+IFADDRMSG: Final = _IFADDRMSG
+FIB_RULE_HDR: Final = _FIB_RULE_HDR
+NDMSG: Final = _NDMSG
 
 
 _ADDR_ATTRS: Final = frozenset({RTA_DST, RTA_GATEWAY, RTA_PREFSRC})
