@@ -153,18 +153,17 @@ class KernelApplier:
             return report
         rt = await self._open()
         w = self._writer(rt, report)
+        # The MSS chain (iptables, its own thread) names devices, needs none to exist: written meanwhile.
+        mss_job = asyncio.ensure_future(self._write_mss(changes.mss, w)) if changes.mss is not None else None
         try:
             await w.apply(changes)
         except rtnl.NetlinkError as exc:
             # The socket broke mid-batch: outcome unknown, start afresh next time.
             w.error("route", "send", "batch", str(exc))
             await self._reset()
-        if changes.mss is not None:
-            try:
-                current = await self._in_aux(self._mss.read)
-                w.count("iptables", await self._in_aux(self._mss.write, sorted(changes.mss), current))
-            except OSError as exc:
-                w.error("iptables", "write", self.owner.mss_chain, str(exc))
+        finally:
+            if mss_job is not None:
+                await mss_job
         report.duration_s = time.perf_counter() - start
         if report.total_writes or report.errors:
             written = {k: v for k, v in report.writes.items() if v}
@@ -172,6 +171,13 @@ class KernelApplier:
             errors = len(report.errors)
             log.info("kernel applied", extra=kv(writes=report.total_writes, **written, errors=errors, ms=ms))
         return report
+
+    async def _write_mss(self, ifnames: frozenset[str], w: Writer) -> None:
+        try:
+            current = await self._in_aux(self._mss.read)
+            w.count("iptables", await self._in_aux(self._mss.write, sorted(ifnames), current))
+        except OSError as exc:
+            w.error("iptables", "write", self.owner.mss_chain, str(exc))
 
     async def _sysctls(self, links: Iterable[VxlanLink], report: ApplyReport) -> None:
         """Loose rp_filter on Raven's devices, and IPv4 forwarding on.

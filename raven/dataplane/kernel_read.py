@@ -19,7 +19,6 @@ import concurrent.futures
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
 
 from raven.dataplane import rtnl
 from raven.dataplane.diff import Observed, RouteRow
@@ -39,9 +38,6 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
-
-NUD_PERMANENT: Final = 0x80
-IFF_UP: Final = 0x1
 
 
 class KernelError(RuntimeError):
@@ -116,7 +112,7 @@ def _read_netlink(rt: rtnl.RouteSocket, owner: Ownership) -> _Read:
             continue
         owned_idx[hdr[2]] = name
         links.append(_link_from(name, a, names))
-        if not hdr[3] & IFF_UP:
+        if not hdr[3] & rtnl.IFF_UP:
             down.add(name)
     addresses = []
     for p in rt.dump(rtnl.RTM_GETADDR, rtnl.ADDR_DUMP):
@@ -138,7 +134,7 @@ def _read_netlink(rt: rtnl.RouteSocket, owner: Ownership) -> _Read:
     for request, out in ((rtnl.NEIGH_DUMP, neighbors), (rtnl.FDB_DUMP, fdb)):
         for p in rt.dump(rtnl.RTM_GETNEIGH, request):
             _family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(p)
-            if index not in owned_idx or not state & NUD_PERMANENT:
+            if index not in owned_idx or not state & rtnl.NUD_PERMANENT:
                 continue
             a = rtnl.attrs(p, rtnl.NDMSG.size)
             ip, lladdr = rtnl.ipv4(a.get(rtnl.NDA_DST)), a.get(rtnl.NDA_LLADDR)

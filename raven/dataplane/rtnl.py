@@ -42,7 +42,6 @@ RTM_DELROUTE: Final = 25
 RTM_GETROUTE: Final = 26
 
 NLM_F_REQUEST: Final = 0x1
-NLM_F_MULTI: Final = 0x2
 NLM_F_ACK: Final = 0x4
 NLM_F_DUMP_INTR: Final = 0x10
 NLM_F_DUMP: Final = 0x300
