@@ -65,5 +65,5 @@ def setup(fmt: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Client libraries are chatty at debug level; keep them at warning unless asked otherwise.
-    for noisy in ("aiohttp.access", "kubernetes_asyncio", "pyroute2", "asyncio"):
+    for noisy in ("aiohttp.access", "kubernetes_asyncio", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level.lower() != "debug" else logging.INFO)

@@ -20,13 +20,13 @@ from kubernetes_asyncio.client import ApiClient
 from raven.agent.inputs import PlanInputs
 from raven.agent.plan import PlanConfig, PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
-from raven.agent.underlay import Underlay, detect_underlay
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.underlay import Underlay, detect_underlay
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedEvent, TypedInformer

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven.agent.plan import PlanResult
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
-from raven.dataplane.kernel import ApplyReport
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.report import ApplyReport
 from raven.dataplane.state import DesiredState, IPsecConnection
 from raven.health import CheckResult
 from raven.kube.backoff import Backoff

@@ -54,7 +54,7 @@ from typing import Any, Final, TypeVar
 import vici
 import vici.exception
 
-from raven.dataplane.kernel import ApplyError, ApplyReport
+from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
 from raven.log import kv
 

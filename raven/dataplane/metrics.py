@@ -5,7 +5,7 @@
     m.record_vici(report)          # after IPsecDriver.reconcile/cleanup
     m.set_tunnels(states)          # after IPsecDriver.states()
 
-Exported (label values are the write kinds of `raven.dataplane.kernel.KINDS` and the VICI ops of
+Exported (label values are the write kinds of `raven.dataplane.report.KINDS` and the VICI ops of
 `raven.dataplane.ipsec.VICI_OPS`):
 
 - raven_agent_kernel_writes_total{kind}, raven_agent_kernel_write_errors_total{kind}
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from raven.dataplane.ipsec import VICI_OPS, TunnelState
-from raven.dataplane.kernel import KINDS, ApplyReport
+from raven.dataplane.report import KINDS, ApplyReport
 
 
 class DataplaneMetrics:

@@ -25,8 +25,8 @@ kernel-libipsec (tests, ENVIRONMENT.md) sends ESP through its TUN device `ipsec0
 `charon.plugins.kernel-libipsec.mtu`, default 1400) also caps what raven1 may emit: pass it as
 `tunnel_device_mtu`.
 
-Routes to remote subnets carry the path MTU: on a gateway the raven1 MTU, on a member node the
-smaller of raven0 and raven1 (a packet crosses both), and through a relay the smallest over every hop.
+Routes to remote subnets carry the path MTU, the smaller of raven0 and raven1 (a packet from a member
+node crosses both); `raven.agent.addressing.compute_mtus` takes it, the plan applies it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ ETHERNET_HEADER: Final = 14
 VXLAN_OVERHEAD: Final = IPV4_HEADER + UDP_HEADER + VXLAN_HEADER + ETHERNET_HEADER  # 50
 ESP_HEADER: Final = 8
 ESP_TRAILER: Final = 2
-MIN_MTU: Final = 576  # IPv4 minimum reassembly size: anything below is a misconfiguration
 DEFAULT_ESP_PROPOSALS: Final = ("aes256-sha256",)
 
 
@@ -123,18 +122,3 @@ def raven1_mtu(
     if tunnel_device_mtu is not None:
         carried = min(carried, tunnel_device_mtu)
     return carried - VXLAN_OVERHEAD
-
-
-def route_mtu(hops: Iterable[int]) -> int:
-    """The path MTU of a remote-subnet route: the smallest device MTU the packet crosses.
-
-    A member node passes [raven0 MTU, raven1 MTU of its gateway]; a gateway passes [its raven1 MTU];
-    a relayed path adds each relay's raven1 MTU.
-    """
-    values = list(hops)
-    if not values:
-        raise ValueError("a path has at least one hop")
-    mtu = min(values)
-    if mtu < MIN_MTU:
-        raise ValueError(f"path MTU {mtu} is below {MIN_MTU}: the underlay MTU is too small for the encapsulation")
-    return mtu

@@ -1,11 +1,14 @@
-"""A lean NETLINK_ROUTE socket for bulk IPv4 route writes and filtered route dumps.
+"""Raven's one netlink path: a lean NETLINK_ROUTE socket, the encoders for every kernel object the
+agent writes (VXLAN links, IPv4 addresses, routes, rules, neighbours, FDB entries, per-device IPv4
+sysctls) and a filtered route dump.
 
-Why not pyroute2 for routes: one `route("replace")` costs ~230 us of Python encoding, so 10,000
-remote subnets take seconds. Here each route is one `struct.pack` of a fixed layout (a few us), many
-messages go to the kernel in one `send`, and every message asks for an ACK carrying its sequence
-number, so a failure is reported per route (errno and the kernel's extended-ACK text), never
-swallowed. Dumps ask the kernel to filter by table and protocol (NETLINK_GET_STRICT_CHK) and parse
-only the attributes Raven writes.
+Why not pyroute2 (measured in tests/benchmarks/bench_dataplane.py, see docs/architecture.md, "Netlink:
+one path"): its message classes cost ~100 us per route to encode even without a socket, so 10,000 remote
+subnets take a second or more; here each route is one join of cached bytes (about 1 us). Many messages
+go to the kernel in one `send`, and every message asks for an ACK carrying its sequence number, so a
+failure is reported per object (errno and the kernel's extended-ACK text), never swallowed. Dumps ask
+the kernel to filter by table and protocol (NETLINK_GET_STRICT_CHK) and parse only the attributes
+Raven writes.
 
 The socket is blocking; callers run it off the event loop (`KernelApplier` uses one worker thread).
 Everything is IPv4: Raven's pod and inner addresses are IPv4.
@@ -23,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from pyroute2 import netns as _netns
+from raven.dataplane.netns import in_netns
 
 NETLINK_ROUTE: Final = 0
 SOL_NETLINK: Final = 270
@@ -39,7 +42,6 @@ RTM_DELROUTE: Final = 25
 RTM_GETROUTE: Final = 26
 
 NLM_F_REQUEST: Final = 0x1
-NLM_F_MULTI: Final = 0x2
 NLM_F_ACK: Final = 0x4
 NLM_F_DUMP_INTR: Final = 0x10
 NLM_F_DUMP: Final = 0x300
@@ -124,6 +126,118 @@ def encode_inet_devconf(ifindex: int, settings: Mapping[int, int]) -> RouteMsg:
     return RouteMsg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
 
+# Links, addresses, rules, neighbours and FDB entries: few per node, so plain packing is enough.
+RTM_NEWLINK: Final = 16
+RTM_DELLINK: Final = 17
+RTM_GETLINK: Final = 18
+RTM_NEWADDR: Final = 20
+RTM_DELADDR: Final = 21
+RTM_NEWNEIGH: Final = 28
+RTM_DELNEIGH: Final = 29
+RTM_NEWRULE: Final = 32
+RTM_DELRULE: Final = 33
+NLM_F_APPEND: Final = 0x800
+APPEND: Final = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+
+IFF_UP: Final = 0x1
+IFLA_ADDRESS: Final = 1
+IFLA_IFNAME: Final = 3
+IFLA_MTU: Final = 4
+IFLA_LINKINFO: Final = 18
+IFLA_INFO_KIND: Final = 1
+IFLA_INFO_DATA: Final = 2
+IFLA_VXLAN_ID: Final = 1
+IFLA_VXLAN_LINK: Final = 3
+IFLA_VXLAN_LOCAL: Final = 4
+IFLA_VXLAN_LEARNING: Final = 7
+IFLA_VXLAN_PORT: Final = 15
+IFA_ADDRESS: Final = 1
+IFA_LOCAL: Final = 2
+_IFADDRMSG: Final = struct.Struct("=BBBBI")
+FRA_IIFNAME: Final = 3
+FRA_PRIORITY: Final = 6
+FRA_TABLE: Final = 15
+FRA_PROTOCOL: Final = 21
+FR_ACT_TO_TBL: Final = 1
+_FIB_RULE_HDR: Final = struct.Struct("=BBBBBBBBI")
+NDA_DST: Final = 1
+NDA_LLADDR: Final = 2
+NUD_PERMANENT: Final = 0x80
+NTF_SELF: Final = 0x02
+_NDMSG: Final = struct.Struct("=BxxxiHBB")
+
+
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _str(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def encode_link_create_vxlan(
+    name: str, *, vni: int, port: int, local: str, mac: str, mtu: int, underlay_ifindex: int | None
+) -> RouteMsg:
+    """RTM_NEWLINK (exclusive) of an up VXLAN device without learning: the FDB is Raven's alone."""
+    data = [
+        _attr(IFLA_VXLAN_ID, _U32.pack(vni)),
+        _attr(IFLA_VXLAN_LOCAL, socket.inet_aton(local)),
+        _attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
+        _attr(IFLA_VXLAN_LEARNING, b"\0"),
+    ]
+    if underlay_ifindex is not None:
+        data.append(_attr(IFLA_VXLAN_LINK, _U32.pack(underlay_ifindex)))
+    info = _attr(IFLA_INFO_KIND, _str("vxlan")) + _attr(IFLA_INFO_DATA, b"".join(data))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + b"".join(
+        (_attr(IFLA_IFNAME, _str(name)), _attr(IFLA_ADDRESS, _mac(mac)), _attr(IFLA_MTU, _U32.pack(mtu)),
+         _attr(IFLA_LINKINFO, info))
+    )  # fmt: skip
+    return RouteMsg(RTM_NEWLINK, CREATE, body)
+
+
+def encode_link_set(ifindex: int, *, mtu: int) -> RouteMsg:
+    """RTM_NEWLINK on an existing device: set its MTU and bring it up."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP, IFF_UP) + _attr(IFLA_MTU, _U32.pack(mtu))
+    return RouteMsg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
+
+
+def encode_link_delete(ifindex: int) -> RouteMsg:
+    return RouteMsg(RTM_DELLINK, DELETE, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
+
+
+def encode_link_get(name: str) -> RouteMsg:
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _str(name))
+    return RouteMsg(RTM_GETLINK, NLM_F_REQUEST, body)
+
+
+def encode_addr(msg_type: int, ifindex: int, cidr: str) -> RouteMsg:
+    """RTM_NEWADDR (exclusive) or RTM_DELADDR of one IPv4 address ("a.b.c.d/len")."""
+    ip, _, plen = cidr.partition("/")
+    raw = socket.inet_aton(ip)
+    body = _IFADDRMSG.pack(socket.AF_INET, int(plen or 32), 0, 0, ifindex)
+    body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+    return RouteMsg(msg_type, CREATE if msg_type == RTM_NEWADDR else DELETE, body)
+
+
+def encode_rule(msg_type: int, *, priority: int, table: int, protocol: int, iif: str | None) -> RouteMsg:
+    """RTM_NEWRULE (exclusive) or RTM_DELRULE: look up `table`, tagged with Raven's protocol (deletes match it)."""
+    hdr = _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, 0, 0, FR_ACT_TO_TBL, 0)
+    attrs = [_attr(FRA_PRIORITY, _U32.pack(priority)), _attr(FRA_TABLE, _U32.pack(table)),
+             _attr(FRA_PROTOCOL, bytes([protocol]))]  # fmt: skip
+    if iif is not None:
+        attrs.append(_attr(FRA_IIFNAME, _str(iif)))
+    return RouteMsg(msg_type, CREATE if msg_type == RTM_NEWRULE else DELETE, hdr + b"".join(attrs))
+
+
+def encode_neigh(msg_type: int, flags: int, ifindex: int, ip: str, mac: str | None, *, fdb: bool = False) -> RouteMsg:
+    """A permanent IPv4 neighbour (ip -> mac) or, with `fdb`, a VXLAN FDB entry (mac -> remote ip)."""
+    family, ntf = (socket.AF_BRIDGE, NTF_SELF) if fdb else (socket.AF_INET, 0)
+    body = _NDMSG.pack(family, ifindex, NUD_PERMANENT, ntf, 0) + _attr(NDA_DST, socket.inet_aton(ip))
+    if mac is not None:
+        body += _attr(NDA_LLADDR, _mac(mac))
+    return RouteMsg(msg_type, flags, body)
+
+
 def encode_route(
     msg_type: int,
     flags: int,
@@ -191,13 +305,9 @@ class RouteSocket:
     """A blocking NETLINK_ROUTE socket, optionally opened inside a named network namespace."""
 
     def __init__(self, netns: str | None = None) -> None:
-        if netns is None:
+        # A socket belongs to the namespace it was created in; in_netns never creates one (a typo fails).
+        with in_netns(netns):
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        else:
-            # flags=0: never create the namespace as a side effect of a typo.
-            sock = _netns.create_socket(
-                netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW, proto=NETLINK_ROUTE, flags=0
-            )
         self._sock = sock
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             sock.setsockopt(SOL_NETLINK, opt, 1)
@@ -260,6 +370,60 @@ class RouteSocket:
                         break
         return errors
 
+    def link_index(self, name: str) -> int | None:
+        """The ifindex of the device named `name`, None when there is none."""
+        m = encode_link_get(name)
+        seq = self._next_seq(1)
+        self._sock.send(_NLMSGHDR.pack(16 + len(m.body), m.msg_type, m.flags, seq, 0) + m.body)
+        while True:
+            view = self._recv()
+            off = 0
+            while off + 16 <= len(view):
+                length, mtype, _mflags, mseq, _pid = _NLMSGHDR.unpack_from(view, off)
+                if length < 16:
+                    break
+                if mseq == seq:
+                    if mtype == NLMSG_ERROR:
+                        (err,) = _ERR.unpack_from(view, off + 16)
+                        if -err == errno.ENODEV:
+                            return None
+                        raise NetlinkError(-err, f"link lookup of {name}: {os.strerror(-err)}")
+                    if mtype == RTM_NEWLINK:
+                        return int(_IFINFOMSG.unpack_from(view, off + 16)[2])
+                off += (length + 3) & ~3
+
+    def dump(self, msg_type: int, body: bytes) -> list[bytes]:
+        """A whole dump (`msg_type` a RTM_GET*, `body` its filter header): each reply's payload, retried when
+        the kernel reports the dump was interrupted by a change."""
+        for _attempt in range(5):
+            seq = self._next_seq(1)
+            self._sock.send(_NLMSGHDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            out: list[bytes] = []
+            interrupted = False
+            done = False
+            while not done:
+                data = bytes(self._recv())
+                off = 0
+                while off + 16 <= len(data):
+                    length, mtype, mflags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+                    if length < 16:
+                        break
+                    if mseq == seq:
+                        interrupted = interrupted or bool(mflags & NLM_F_DUMP_INTR)
+                        if mtype == NLMSG_DONE:
+                            done = True
+                        elif mtype == NLMSG_ERROR:
+                            (err,) = _ERR.unpack_from(data, off + 16)
+                            if err:
+                                raise NetlinkError(-err, f"dump {msg_type}: {os.strerror(-err)}")
+                            done = True
+                        else:
+                            out.append(data[off + 16 : off + length])
+                    off += (length + 3) & ~3
+            if not interrupted:
+                return out
+        raise NetlinkError(errno.EINTR, f"dump {msg_type} kept being interrupted")
+
     def dump_routes(self, table: int, protocol: int, ifnames: Mapping[int, str]) -> list[RawRoute]:
         """All IPv4 routes of `table` with `protocol` (the kernel filters: strict dump checking)."""
         for _attempt in range(5):
@@ -305,6 +469,50 @@ class RouteSocket:
                     if route is not None and route[0] == table:
                         out.append(route)
                 off += (length + 3) & ~3
+
+
+def attrs(payload: bytes, start: int) -> dict[int, bytes]:
+    """The attributes from `start` on, by type (the first of each type; nested ones stay raw)."""
+    out: dict[int, bytes] = {}
+    a = start
+    while a + 4 <= len(payload):
+        alen, atype = _RTA.unpack_from(payload, a)
+        if alen < 4:
+            break
+        out.setdefault(atype & 0x3FFF, payload[a + 4 : a + alen])  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        a += (alen + 3) & ~3
+    return out
+
+
+def u32(raw: bytes | None, default: int) -> int:
+    return int(_U32.unpack_from(raw)[0]) if raw is not None and len(raw) >= 4 else default
+
+
+def text(raw: bytes | None) -> str | None:
+    return raw.split(b"\0", 1)[0].decode(errors="replace") if raw is not None else None
+
+
+def mac(raw: bytes | None) -> str:
+    return ":".join(f"{b:02x}" for b in raw) if raw else ""
+
+
+def ipv4(raw: bytes | None) -> str | None:
+    return socket.inet_ntoa(raw) if raw is not None and len(raw) == 4 else None
+
+
+# Dump requests (the kernel's strict checking wants the header zero but for the family).
+RTM_GETADDR: Final = 22
+RTM_GETRULE: Final = 34
+RTM_GETNEIGH: Final = 30
+LINK_DUMP: Final = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+ADDR_DUMP: Final = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+RULE_DUMP: Final = _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+NEIGH_DUMP: Final = _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+FDB_DUMP: Final = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
+IFINFOMSG: Final = _IFINFOMSG
+IFADDRMSG: Final = _IFADDRMSG
+FIB_RULE_HDR: Final = _FIB_RULE_HDR
+NDMSG: Final = _NDMSG
 
 
 _ADDR_ATTRS: Final = frozenset({RTA_DST, RTA_GATEWAY, RTA_PREFSRC})

@@ -2,8 +2,12 @@
 
 Measured in one run, in fresh network namespaces (prefix `rdpb`):
 - cold apply: `KernelApplier.reconcile` of a member node's state (raven0, neighbour, FDB, rule,
-  10,000 routes) vs the baseline `ip -batch` installing the same 10,000 routes (ratio; aim <= 2),
-  and vs pyroute2's `AsyncIPRoute.route("add")` one route at a time (what the bulk path replaces);
+  10,000 routes) vs the baseline `ip -batch` installing the same 10,000 routes (ratio; aim <= 2);
+- the netlink alternatives side by side, each installing the same 10,000 routes into a namespace that
+  has raven0 (docs/architecture.md, "Netlink: one path"): Raven's encoder (`rtnl`) alone; one long-lived
+  `ip -force -batch -` process fed on stdin; pyroute2 0.9's `IPBatch` (its encoder without a socket)
+  sent through Raven's socket; pyroute2 `AsyncIPRoute.route("add")` with 256 requests in flight and
+  one at a time; and reading them back: Raven's dump vs pyroute2's `get_routes`;
 - converged reconcile (read + diff, zero writes; aim <= 50 ms);
 - failover on the member node (the pool's gateway moves: neighbour + FDB) - writes and time;
 - failover seen by a remote gateway (a peer pool's gateway node changes): kernel writes (expected
@@ -21,15 +25,18 @@ import json
 import os
 import resource
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import AsyncIPRoute, IPBatch
 
 from e2e.netlab import Lab, Netns
+from raven.dataplane import rtnl
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import (
@@ -170,6 +177,117 @@ async def pyroute2_baseline(lab: Lab) -> float:
         ipr.close()
 
 
+async def prepared(lab: Lab, short: str) -> tuple[Netns, int]:
+    """A namespace with raven0 (and no routes); returns it and raven0's ifindex."""
+    ns = underlay(lab, short)
+    a = KernelApplier(netns=ns.name)
+    await a.reconcile(dataclasses.replace(member_state(), routes=frozenset()))
+    await a.close()
+    return ns, int(ns.ip("-j", "link", "show", "raven0").stdout.split('"ifindex":')[1].split(",")[0])
+
+
+def count_routes(ns: Netns) -> int:
+    return len(ns.ip("route", "show", "table", "9027").stdout.splitlines())
+
+
+def ipbatch_msgs(idx: int) -> list[rtnl.RouteMsg]:
+    """pyroute2's own encoder: IPBatch compiles the requests into one buffer without a socket."""
+    ipb = IPBatch()
+    try:
+        for s in subnets():
+            ipb.route(
+                "add", dst=s, gateway=POOL_VIRTUAL_NEXT_HOP, oif=idx, flags=4, table=9027, proto=250,
+                metrics={"mtu": 1372},
+            )  # fmt: skip
+        buf = bytes(ipb.batch)
+    finally:
+        ipb.close()
+    msgs, off = [], 0
+    while off < len(buf):
+        length, mtype, mflags = struct.unpack_from("=IHH", buf, off)
+        msgs.append(rtnl.RouteMsg(mtype, mflags | rtnl.NLM_F_ACK, buf[off + 16 : off + length]))
+        off += (length + 3) & ~3
+    return msgs
+
+
+async def alternatives(lab: Lab) -> dict[str, float]:
+    """Each way of installing the same N routes, in its own fresh namespace; seconds."""
+    out: dict[str, float] = {}
+    gw = POOL_VIRTUAL_NEXT_HOP
+
+    ns, idx = await prepared(lab, "alr")  # Raven's encoder and socket, routes only
+    rt = rtnl.RouteSocket(ns.name)
+    try:
+        t0 = time.perf_counter()
+        msgs = [
+            rtnl.encode_route(rtnl.RTM_NEWROUTE, rtnl.CREATE, dst=s, table=9027, protocol=250, oif=idx, gateway=gw,
+                              mtu=1372) for s in subnets()
+        ]  # fmt: skip
+        errors = rt.send(msgs)
+        out["rtnl_s"] = time.perf_counter() - t0
+        assert not errors, errors[:3]
+        t0 = time.perf_counter()
+        assert len(rt.dump_routes(9027, 250, {idx: "raven0"})) == N
+        out["rtnl_dump_s"] = time.perf_counter() - t0
+    finally:
+        rt.close()
+
+    ns, idx = await prepared(lab, "alp")  # one long-lived `ip -force -batch -`, fed on stdin
+    proc = subprocess.Popen(  # noqa: ASYNC220 - blocking on purpose: the clock times only the pipe
+        ["ip", "netns", "exec", ns.name, "ip", "-force", "-batch", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1 << 16,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write("route show table 9027\n")  # started and warm before the clock
+        proc.stdin.flush()
+        lines = "".join(
+            f"route add {s} via {gw} dev raven0 onlink table 9027 proto 250 mtu 1372\n" for s in subnets()
+        )
+        t0 = time.perf_counter()
+        # The end marker: a delete that must fail; -force goes on, and its error is the only stderr line.
+        proc.stdin.write(lines + "route del 255.255.255.255/32 table 9027 proto 250\n")
+        proc.stdin.flush()
+        proc.stderr.readline()
+        out["ip_batch_stdin_s"] = time.perf_counter() - t0
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    assert count_routes(ns) == N
+
+    ns, idx = await prepared(lab, "alb")  # pyroute2's encoder (IPBatch), sent through Raven's socket
+    rt = rtnl.RouteSocket(ns.name)
+    try:
+        t0 = time.perf_counter()
+        msgs = await asyncio.to_thread(ipbatch_msgs, idx)  # IPBatch is synchronous: runs its own loop
+        errors = rt.send(msgs)
+        out["pyroute2_ipbatch_s"] = time.perf_counter() - t0
+        assert not errors, errors[:3]
+    finally:
+        rt.close()
+
+    ns, idx = await prepared(lab, "ala")  # AsyncIPRoute, many requests in flight
+    ipr = AsyncIPRoute(netns=ns.name, flags=0)
+    await ipr.setup_endpoint()
+    try:
+        t0 = time.perf_counter()
+        nets = subnets()
+        for i in range(0, N, 256):
+            await asyncio.gather(*(
+                ipr.route("add", dst=s, gateway=gw, oif=idx, flags=4, table=9027, proto=250, metrics={"mtu": 1372})
+                for s in nets[i : i + 256]
+            ))  # fmt: skip
+        out["pyroute2_async_inflight_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = len([m async for m in await ipr.get_routes(table=9027)])
+        out["pyroute2_dump_s"] = time.perf_counter() - t0
+        assert n >= N, n
+    finally:
+        ipr.close()
+    assert count_routes(ns) == N
+    return out
+
+
 async def kernel_member(lab: Lab) -> dict[str, Any]:
     baseline, cold = await cold_vs_ip_batch(lab)
     ns = lab["cold0"]
@@ -252,6 +370,7 @@ async def run() -> dict[str, Any]:
     with Lab(PREFIX) as lab:
         member = await kernel_member(lab)
         pyr = await pyroute2_baseline(lab)
+        alt = await alternatives(lab)
         gw = await remote_gateway(lab)
     rss, max_rss = rss_kb()
     return {
@@ -259,6 +378,7 @@ async def run() -> dict[str, Any]:
         **member,
         "cold_ratio_vs_ip_batch": member["cold_apply_s"] / member["ip_batch_s"],
         "pyroute2_one_by_one_s": pyr,
+        **alt,
         **gw,
         "rss_kb": rss,
         "max_rss_kb": max_rss,
@@ -276,8 +396,18 @@ def main() -> int:
         ("ip -batch (baseline), same routes", f"{r['ip_batch_s'] * ms:.1f} ms", ""),
         ("cold reconcile (link+neigh+fdb+rule+routes)", f"{r['cold_apply_s'] * ms:.1f} ms",
          f"ratio {r['cold_ratio_vs_ip_batch']:.2f} (aim <= 2)"),
-        ("pyroute2 route('add') one by one", f"{r['pyroute2_one_by_one_s'] * ms:.0f} ms",
-         f"{r['pyroute2_one_by_one_s'] / r['cold_apply_s']:.1f}x slower than the bulk path"),
+        ("10,000 routes alone, each way (ratio to ip -batch):", "", ""),
+        *[(f"  {label}", f"{r[key] * ms:.1f} ms", f"{r[key] / r['ip_batch_s']:.2f}x")
+          for label, key in (
+              ("ip -batch file (baseline)", "ip_batch_s"),
+              ("ip -force -batch - (long-lived, stdin)", "ip_batch_stdin_s"),
+              ("rtnl encoder + socket (Raven's path)", "rtnl_s"),
+              ("pyroute2 IPBatch encode + Raven's socket", "pyroute2_ipbatch_s"),
+              ("pyroute2 AsyncIPRoute, 256 in flight", "pyroute2_async_inflight_s"),
+              ("pyroute2 AsyncIPRoute, one by one", "pyroute2_one_by_one_s"),
+          )],
+        ("dump 10,000 routes: rtnl / pyroute2", f"{r['rtnl_dump_s'] * ms:.1f} ms",
+         f"pyroute2 get_routes {r['pyroute2_dump_s'] * ms:.1f} ms"),
         ("converged reconcile (read+diff, 0 writes)", f"{r['converged_reconcile_s'] * ms:.1f} ms",
          f"median of {CONVERGED_RUNS}, max {r['converged_reconcile_max_s'] * ms:.1f} ms (aim <= 50 ms)"),
         ("  of which read", f"{r['read_s'] * ms:.1f} ms", ""),

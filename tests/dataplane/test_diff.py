@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from raven.dataplane.kernel import Changes, Observed, diff
+from raven.dataplane.diff import Changes, Observed, diff
 from raven.dataplane.state import Address, DesiredState, FdbEntry, Neighbor, Route, Rule, VxlanLink
 
 R0 = VxlanLink("raven0", 200, 4472, 1450, "02:f0:00:00:01:00", "192.168.1.1", "eth0")

@@ -3,11 +3,14 @@ and routes are still applied, and the clamp failure is reported as an iptables e
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from e2e.netlab import Lab
-from raven.dataplane.host import MssClamp
 from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.mssclamp import MssClamp
 from raven.dataplane.state import Address, DesiredState, Route, Rule, VxlanLink
 from tests.dataplane.conftest import ip_json
 
@@ -33,3 +36,24 @@ async def test_routes_are_applied_when_iptables_cannot_run(lab: Lab) -> None:
     routes = ip_json(ns, "-4", "route", "show", "table", "9027")
     assert [r["dst"] for r in routes] == ["10.2.0.0/24"]
     assert report.errors and {e.kind for e in report.errors} == {"iptables"}
+
+
+async def test_a_hung_iptables_costs_the_clamp_only(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables that never returns (a stuck xtables lock) is killed after the clamp's timeout and reported;
+    the rest of the pass is applied. Without the timeout turned into an error, the pass itself would fail."""
+    for name in ("iptables", "iptables-save", "iptables-restore"):
+        script = tmp_path / name
+        script.write_text("#!/bin/sh\nexec sleep 60\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    ns = lab.netns("nhung")
+    applier = KernelApplier(netns=ns.name)
+    applier._mss = MssClamp(applier.owner.mss_chain, ns.name, timeout=0.3)
+    try:
+        report = await applier.reconcile(STATE)
+    finally:
+        await applier.close()
+    routes = ip_json(ns, "-4", "route", "show", "table", "9027")
+    assert [r["dst"] for r in routes] == ["10.2.0.0/24"]
+    assert report.errors and {e.kind for e in report.errors} == {"iptables"}
+    assert all("did not finish within 0.3 s" in e.reason for e in report.errors), report.errors

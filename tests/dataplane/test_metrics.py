@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from raven.dataplane.ipsec import TunnelState
-from raven.dataplane.kernel import ApplyError, ApplyReport
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.report import ApplyError, ApplyReport
 
 
 def tunnel(name: str, child: str | None = "INSTALLED", bytes_in: int = 10) -> TunnelState:

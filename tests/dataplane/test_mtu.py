@@ -11,7 +11,6 @@ from raven.dataplane.mtu import (
     esp_transform,
     raven0_mtu,
     raven1_mtu,
-    route_mtu,
 )
 
 
@@ -64,12 +63,3 @@ def test_every_packet_that_fits_raven1_fits_the_underlay() -> None:
             # and one more byte would not fit (the MTU is tight, not just safe)
             padded_more = -(-(inner + 3) // t.block) * t.block
             assert 20 + 8 + 8 + t.iv + padded_more + t.icv > underlay
-
-
-def test_route_mtu_is_the_smallest_hop_and_rejects_nonsense() -> None:
-    assert route_mtu([raven0_mtu(1500), raven1_mtu(1500)]) == 1372
-    assert route_mtu([raven1_mtu(1500), raven1_mtu(1400)]) == raven1_mtu(1400)
-    with pytest.raises(ValueError):
-        route_mtu([])
-    with pytest.raises(ValueError, match="below"):
-        route_mtu([raven1_mtu(600)])

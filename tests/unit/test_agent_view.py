@@ -100,7 +100,7 @@ async def test_a_repaired_gateway_is_planned_from_its_new_version() -> None:
 async def test_a_failed_underlay_lookup_is_retried_on_the_next_plan(monkeypatch: Any) -> None:
     # A transient netlink failure must not leave raven0 planned with the default MTU for good.
     import raven.agent.app as app
-    from raven.agent.underlay import Underlay
+    from raven.dataplane.underlay import Underlay
 
     calls: list[str] = []
 

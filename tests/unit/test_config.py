@@ -16,9 +16,9 @@ import yaml
 
 from raven.agent.app import plan_config
 from raven.agent.plan import PlanConfig
-from raven.agent.underlay import Underlay
 from raven.cli import build_config, build_parser
 from raven.config import SETTINGS, AgentConfig, ConfigError, ControllerConfig, PlanSettings, configmap_data
+from raven.dataplane.underlay import Underlay
 from raven.docs import BEGIN, END, configmap_settings_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

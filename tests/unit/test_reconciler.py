@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from raven.agent.plan import PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
-from raven.dataplane.kernel import ApplyError, ApplyReport
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import DesiredState, IPsecConnection, Route
 from tests.controller.conftest import eventually
 
