@@ -24,12 +24,30 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def udp_frame(dst_mac: str, src_ip: str, dst_ip: str, dport: int, payload: bytes, sport: int = 40000,
-              src_mac: str = "02:00:5e:10:00:01") -> bytes:
+def udp_frame(
+    dst_mac: str,
+    src_ip: str,
+    dst_ip: str,
+    dport: int,
+    payload: bytes,
+    sport: int = 40000,
+    src_mac: str = "02:00:5e:10:00:01",
+) -> bytes:
     """Ethernet + IPv4 + UDP (checksum 0: none, allowed over IPv4)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, socket.IPPROTO_UDP, 0,
-                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0x1234,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+    )
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
     return eth + ip + udp

@@ -79,8 +79,9 @@ while True:
 
 class Listener:
     def __init__(self, rc: RavenCluster, pod: str) -> None:
-        self.proc: Process = rc.cl.pods[pod].netns.popen([sys.executable, "-c", _LISTENER, str(PORT)],
-                                                         name=f"ingress-listener-{secrets.token_hex(2)}")
+        self.proc: Process = rc.cl.pods[pod].netns.popen(
+            [sys.executable, "-c", _LISTENER, str(PORT)], name=f"ingress-listener-{secrets.token_hex(2)}"
+        )
         rc.wait_for(f"listener in {pod}", lambda: "ready" in self.output(), timeout=10)
 
     def output(self) -> str:
@@ -92,8 +93,27 @@ class Listener:
 
 def _inject(rc: RavenCluster, a: Attack, token: str, count: int = 5) -> None:
     pod = rc.cl.pods[a.victim]
-    argv = [sys.executable, "-m", "e2e.inject", "--to", a.to, "--vni", str(a.vni), "--dst-mac", a.dst_mac,
-            "--src", a.src, "--dst", pod.ip, "--dport", str(PORT), "--payload", token, "--count", str(count)]
+    argv = [
+        sys.executable,
+        "-m",
+        "e2e.inject",
+        "--to",
+        a.to,
+        "--vni",
+        str(a.vni),
+        "--dst-mac",
+        a.dst_mac,
+        "--src",
+        a.src,
+        "--dst",
+        pod.ip,
+        "--dport",
+        str(PORT),
+        "--payload",
+        token,
+        "--count",
+        str(count),
+    ]
     if a.bind:
         argv += ["--bind", a.bind]
     a.sender.run(argv)
@@ -112,16 +132,45 @@ def attacks(rc: RavenCluster) -> Iterator[tuple[str, list[Attack]]]:
     mac0, mac1 = _link_mac(gw_ns, "raven0"), _link_mac(gw_ns, "raven1")
     victim = nodes[gw].pods[0].name
     wan = rc.cl.control_plane
-    yield gw, [
-        Attack("A wan->raven1", wan, f"{gw_ip}:4473", 201, mac1, edge_a_pod.ip, victim,
-               drop_chain="RAVEN-INGRESS-T"),
-        Attack("B wan->raven0->tunnel", wan, f"{gw_ip}:4472", 200, mac0, nodes[member].pods[0].ip,
-               nodes[peer].pods[0].name, drop_chain="RAVEN-INGRESS-P"),
-        Attack("C member->raven0 spoofed", nodes[member].netns, f"{gw_ip}:4472", 200, mac0, edge_b_pod.ip, victim,
-               drop_chain="RAVEN-OVERLAY-P"),
-        Attack("D peer SA->raven1 spoofed", nodes[peer].netns, f"{_inner(gw_ns)}:4473", 201, mac1, edge_a_pod.ip,
-               victim, bind=_inner(nodes[peer].netns), drop_chain="RAVEN-OVERLAY-T"),
-    ]
+    yield (
+        gw,
+        [
+            Attack(
+                "A wan->raven1", wan, f"{gw_ip}:4473", 201, mac1, edge_a_pod.ip, victim, drop_chain="RAVEN-INGRESS-T"
+            ),
+            Attack(
+                "B wan->raven0->tunnel",
+                wan,
+                f"{gw_ip}:4472",
+                200,
+                mac0,
+                nodes[member].pods[0].ip,
+                nodes[peer].pods[0].name,
+                drop_chain="RAVEN-INGRESS-P",
+            ),
+            Attack(
+                "C member->raven0 spoofed",
+                nodes[member].netns,
+                f"{gw_ip}:4472",
+                200,
+                mac0,
+                edge_b_pod.ip,
+                victim,
+                drop_chain="RAVEN-OVERLAY-P",
+            ),
+            Attack(
+                "D peer SA->raven1 spoofed",
+                nodes[peer].netns,
+                f"{_inner(gw_ns)}:4473",
+                201,
+                mac1,
+                edge_a_pod.ip,
+                victim,
+                bind=_inner(nodes[peer].netns),
+                drop_chain="RAVEN-OVERLAY-T",
+            ),
+        ],
+    )
 
 
 def test_injected_vxlan_frames_are_delivered_without_the_filter_and_dropped_with_it(
@@ -140,8 +189,9 @@ def test_injected_vxlan_frames_are_delivered_without_the_filter_and_dropped_with
         for a in cases:
             token = f"open-{a.name[0]}-{secrets.token_hex(4)}"
             _inject(rc, a, token)
-            rc.wait_for(f"{a.name} delivered without the filter", lambda t=token, v=a.victim: listeners[v].got(t),
-                        timeout=10)
+            rc.wait_for(
+                f"{a.name} delivered without the filter", lambda t=token, v=a.victim: listeners[v].got(t), timeout=10
+            )
     finally:
         agent.start()
     rc.wait_for("agent put its filter back", lambda: _jumps(gw_ns), timeout=30)
@@ -152,8 +202,11 @@ def test_injected_vxlan_frames_are_delivered_without_the_filter_and_dropped_with
         token = f"shut-{a.name[0]}-{secrets.token_hex(4)}"
         before = _drops(gw_ns, a.drop_chain)
         _inject(rc, a, token, count=5)
-        rc.wait_for(f"{a.name} dropped by {a.drop_chain}", lambda a=a, b=before: _drops(gw_ns, a.drop_chain) >= b + 5,
-                    timeout=10)
+        rc.wait_for(
+            f"{a.name} dropped by {a.drop_chain}",
+            lambda a=a, b=before: _drops(gw_ns, a.drop_chain) >= b + 5,
+            timeout=10,
+        )
         time.sleep(0.2)  # the drops are counted; give a (wrongly) delivered copy time to show anyway
         assert not listeners[a.victim].got(token), f"{a.name}: delivered through the filter"
     for lst in listeners.values():

@@ -42,6 +42,7 @@ Blocking (subprocesses): `IngressFilterApplier` methods run in a worker thread; 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import subprocess
 import time
@@ -90,6 +91,11 @@ def _cidr(c: str) -> str:
     return c if "/" in c else f"{c}/32"
 
 
+def _collapsed(cidrs: tuple[str, ...]) -> list[str]:
+    """The fewest CIDRs covering exactly the same addresses (a pool's aligned pod CIDRs become one rule)."""
+    return [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cidrs)]
+
+
 def render(f: IngressFilter | None) -> Rules:
     """Pure: the owned chains and their rules, in iptables-save's canonical form (empty: no filter)."""
     if f is None:
@@ -110,7 +116,7 @@ def render(f: IngressFilter | None) -> Rules:
         rules = [
             f"-s {_cidr(src)} -m mark --mark {_mark(p.mark, mask)} -j RETURN"
             for p in sorted(peers)
-            for src in sorted(set(p.sources))
+            for src in _collapsed(p.sources)
         ]
         return (*rules, "-j DROP")
 
@@ -151,6 +157,7 @@ class IngressObserved:
         if not all(self.jumps.get(b, 0) >= 1 for b in JUMPS) or set(self.chains) != set(CHAINS):
             return False
         return all(self.chains[c] and self.chains[c][-1].endswith("-j DROP") for c in _CLOSING)
+
 
 def parse(save: str) -> IngressObserved:
     """The owned part of `iptables-save -t mangle` output."""
@@ -221,9 +228,7 @@ class IngressFilterApplier:
         """One iptables-restore (0 when already converged). Returns the number of iptables calls."""
         if current.converged(want):
             return 0
-        rc, _out, err = self._run(
-            f"{self._iptables}-restore", "-w", "--noflush", stdin=restore_script(want, current)
-        )
+        rc, _out, err = self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin=restore_script(want, current))
         if rc != 0:
             raise OSError(f"{self._iptables}-restore failed: {err.strip()}")
         return 1
@@ -268,9 +273,14 @@ class IngressGuard:
             return bool(want) and current.enforcing
         if n:
             report.writes["iptables"] += n
-            log.info("ingress filter written", extra=kv(
-                tunnel_peers=len(f.tunnel) if f else 0, pool_peers=len(f.pool) if f else 0,
-                rules=sum(len(r) for r in want.values())))
+            log.info(
+                "ingress filter written",
+                extra=kv(
+                    tunnel_peers=len(f.tunnel) if f else 0,
+                    pool_peers=len(f.pool) if f else 0,
+                    rules=sum(len(r) for r in want.values()),
+                ),
+            )
         return True
 
     async def reconcile(self, desired: DesiredState) -> ApplyReport:
@@ -282,11 +292,15 @@ class IngressGuard:
                 if desired.ingress is None:
                     mine.errors.append(ApplyError("iptables", "plan", OUTER_CHAIN, "no ingress filter planned"))
                 names = ",".join(sorted(link.name for link in desired.links))
-                mine.errors.append(ApplyError(
-                    "iptables", "guard", names,
-                    "overlay withheld: its VXLAN sockets would accept unauthenticated frames without the "
-                    "ingress filter (fix iptables in the agent's image)",
-                ))
+                mine.errors.append(
+                    ApplyError(
+                        "iptables",
+                        "guard",
+                        names,
+                        "overlay withheld: its VXLAN sockets would accept unauthenticated frames without the "
+                        "ingress filter (fix iptables in the agent's image)",
+                    )
+                )
                 desired = DesiredState()
             report = await self._kernel.reconcile(desired)
         else:

@@ -111,7 +111,19 @@ async def test_cleanup_command_removes_the_filter_and_nothing_else(lab: Lab) -> 
     finally:
         await kernel.close()
     assert _owned(ns)
-    result = ns.run([sys.executable, "-m", "raven.cli", "--mode=agent", "--cleanup", "--vpn-driver", "ipsec",
-                     "--vici-socket", str(ns.run_dir / "no-charon.vici")], check=False)
+    result = ns.run(
+        [
+            sys.executable,
+            "-m",
+            "raven.cli",
+            "--mode=agent",
+            "--cleanup",
+            "--vpn-driver",
+            "ipsec",
+            "--vici-socket",
+            str(ns.run_dir / "no-charon.vici"),
+        ],
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert kernel_snapshot(ns) == before

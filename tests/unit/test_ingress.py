@@ -160,3 +160,9 @@ def test_a_filter_without_its_final_drop_is_not_enforcing() -> None:
     want = dict(render(FILTER))
     want[OUTER_TUNNEL_CHAIN] = want[OUTER_TUNNEL_CHAIN][:-1]
     assert not parse(save_of(want, {"INPUT": 1, "PREROUTING": 1})).enforcing
+
+
+def test_adjacent_sources_become_one_rule() -> None:
+    peer = IngressPeer("241.0.0.2", 0x10000, ("10.2.1.0/24", "10.2.0.0/24", "10.2.2.0/24", "241.0.0.2/32"))
+    rules = render(dataclasses.replace(FILTER, tunnel=(peer,)))[INNER_TUNNEL_CHAIN]
+    assert [r.split()[1] for r in rules[:-1]] == ["10.2.0.0/23", "10.2.2.0/24", "241.0.0.2/32"]
