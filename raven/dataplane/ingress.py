@@ -263,6 +263,11 @@ class IngressGuard:
         want = render(f)
         try:
             current = await asyncio.to_thread(self._ingress.read)
+        except FileNotFoundError:
+            if not want:  # no iptables on this node: no filter to remove either
+                return True
+            report.errors.append(ApplyError("iptables", "read", OUTER_CHAIN, "iptables is not installed"))
+            return False
         except OSError as exc:
             report.errors.append(ApplyError("iptables", "read", OUTER_CHAIN, str(exc)))
             return False

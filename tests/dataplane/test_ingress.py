@@ -127,3 +127,28 @@ async def test_cleanup_command_removes_the_filter_and_nothing_else(lab: Lab) -> 
     )
     assert result.returncode == 0, result.stderr
     assert kernel_snapshot(ns) == before
+
+
+async def test_a_failed_rewrite_keeps_the_old_filter_and_the_overlay_but_no_filter_means_no_overlay(lab: Lab) -> None:
+    # iptables refuses this rule (interface name longer than IFNAMSIZ): a real failed iptables-restore.
+    bad = dataclasses.replace(STATE, ingress=dataclasses.replace(FILTER, ipsec_ifname="x" * 20))
+    ns = lab.netns("ings")
+    kernel = KernelApplier(netns=ns.name)
+    guard = IngressGuard(kernel, IngressFilterApplier(ns.name))
+    try:
+        assert (await guard.reconcile(STATE)).ok
+        good = _owned(ns)
+        report = await guard.reconcile(bad)
+        assert [(e.kind, e.op) for e in report.errors] == [("iptables", "write")], report.errors
+        assert _owned(ns) == good and _links(ns) == ["raven1"]  # atomic: the old filter stands, closed
+
+        fresh = lab.netns("ingf")
+        kernel2 = KernelApplier(netns=fresh.name)
+        try:
+            report = await IngressGuard(kernel2, IngressFilterApplier(fresh.name)).reconcile(bad)
+        finally:
+            await kernel2.close()
+        assert {(e.kind, e.op) for e in report.errors} == {("iptables", "write"), ("iptables", "guard")}
+        assert _links(fresh) == [] and _owned(fresh) == {}
+    finally:
+        await kernel.close()
