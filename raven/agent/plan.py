@@ -309,8 +309,10 @@ def plan(
                     mtu=mtus.cross_pool_path,
                 )
             )
-        # Only the active gateway may send into raven0 here, with sources it routes to us.
-        gw_peer = (ep_node.ip, f"{overlay[ep_node.name]}/32", cfg.virtual_next_hop)
+        # Only the active gateway may send into raven0 here. Whatever inner source it sends was checked
+        # against its peers by its own filter, so any source goes: a failover rewrites one rule, not one
+        # per remote subnet, before the FDB moves.
+        gw_peer = (ep_node.ip, "0.0.0.0/0", "")
         ingress = _ingress(cfg, routes, tunnel=[], pool=[gw_peer], problems=problems)
         return PlanResult(
             _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
