@@ -139,7 +139,8 @@ def render(f: IngressFilter | None) -> Rules:
 
     def inner(peers: tuple[IngressPeer, ...]) -> tuple[str, ...]:
         rules = [
-            f"-s {_cidr(src)} -m mark --mark {_mark(p.mark, mask)} -j RETURN"
+            # iptables-save prints no "-s" for 0.0.0.0/0: neither do we, or we would never converge.
+            f"{'' if src == '0.0.0.0/0' else f'-s {src} '}-m mark --mark {_mark(p.mark, mask)} -j RETURN"
             for p in sorted(peers)
             for src in _collapsed(p.sources)
         ]

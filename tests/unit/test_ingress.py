@@ -10,6 +10,7 @@ import pytest
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.ingress import (
     CHAINS,
+    INNER_POOL_CHAIN,
     INNER_TUNNEL_CHAIN,
     OUTER_POOL_CHAIN,
     OUTER_TUNNEL_CHAIN,
@@ -70,6 +71,8 @@ def test_member_accepts_only_its_gateway_which_vouches_for_the_inner_sources() -
     assert [p.outer for p in f.pool] == ["192.168.1.11"]
     # The gateway's own filter checked the sources against its peers; one rule keeps a failover cheap.
     assert f.pool[0].sources == ("0.0.0.0/0",)
+    # As iptables-save prints it (no "-s 0.0.0.0/0"), or the filter would be rewritten on every pass.
+    assert render(f)[INNER_POOL_CHAIN] == ("-m mark --mark 0x10000/0xfff0000 -j RETURN", "-j DROP")
 
 
 def test_no_overlay_no_filter_and_failover_moves_the_member_filter() -> None:
