@@ -23,6 +23,7 @@ from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
+from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
@@ -100,7 +101,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
             reconciler = Reconciler(
-                plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced, kernel, vpn,
+                plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced,
+                IngressGuard(kernel, IngressFilterApplier()), vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 

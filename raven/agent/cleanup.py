@@ -6,6 +6,7 @@ import logging
 
 from raven.agent.app import ownership, plan_config
 from raven.config import AgentConfig
+from raven.dataplane.ingress import IngressFilterApplier
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, KernelError
 from raven.log import kv
@@ -33,6 +34,7 @@ async def agent_cleanup(cfg: AgentConfig) -> int:
         log.info("kernel state removed", extra=kv(writes=report.total_writes, errors=len(report.errors)))
     finally:
         await kernel.close()
+    failed = not _remove_ingress_filter() or failed
     if cfg.vpn_driver == "ipsec":
         # No PSK is needed to remove connections; the driver insists on one, so give it a throwaway.
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk or "cleanup-only")
@@ -51,3 +53,17 @@ async def agent_cleanup(cfg: AgentConfig) -> int:
         finally:
             await vpn.close()
     return 1 if failed else 0
+
+
+def _remove_ingress_filter() -> bool:
+    """The ingress filter's chains and jumps (after the links: no socket is left unfiltered). True if done."""
+    try:
+        writes = IngressFilterApplier().remove()
+    except FileNotFoundError as exc:  # no iptables on this node: no filter either
+        log.warning("iptables not found; no ingress filter to remove", extra=kv(error=str(exc)))
+        return True
+    except OSError as exc:
+        log.error("ingress filter cleanup failed", extra=kv(error=str(exc)))
+        return False
+    log.info("ingress filter removed", extra=kv(writes=writes))
+    return True

@@ -34,6 +34,7 @@ from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_clu
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import PlanSettings, path_mtu_problem
+from raven.dataplane.ingress import mark_capacity, mark_shift
 from raven.dataplane.state import (
     INTER_GATEWAY_LINK,
     INTRA_POOL_LINK,
@@ -47,6 +48,8 @@ from raven.dataplane.state import (
     Address,
     DesiredState,
     FdbEntry,
+    IngressFilter,
+    IngressPeer,
     IPsecConnection,
     Neighbor,
     Route,
@@ -76,6 +79,11 @@ class PlanConfig(PlanSettings):
     inter_gateway_link: str = INTER_GATEWAY_LINK
     vici_conn_prefix: str = VICI_CONN_PREFIX
     virtual_next_hop: str = POOL_VIRTUAL_NEXT_HOP
+    # The ingress filter (raven.dataplane.ingress): the skb mark bits that carry a VXLAN packet's sender
+    # from the outer packet to the decapsulated one (reserved for Raven: 4095 senders), and the TUN
+    # device through which strongSwan's kernel-libipsec delivers decrypted packets.
+    ingress_mark_mask: int = 0x0FFF0000
+    ipsec_tun_ifname: str = "ipsec0"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +115,11 @@ class PlanConfig(PlanSettings):
                 raise ValueError(f"{name}: {link!r} is not a valid interface name")
         if self.intra_pool_link == self.inter_gateway_link:
             raise ValueError("intra_pool_link and inter_gateway_link must differ")
+        mask = self.ingress_mark_mask
+        if not 0 < mask <= 0xFFFFFFFF or (mask + (mask & -mask)) & mask:
+            raise ValueError(f"ingress_mark_mask: {mask:#x} must be one contiguous run of bits in 32")
+        if not 1 <= len(self.ipsec_tun_ifname) <= 15 or "/" in self.ipsec_tun_ifname:
+            raise ValueError(f"ipsec_tun_ifname: {self.ipsec_tun_ifname!r} is not a valid interface name")
         if not self.vici_conn_prefix:
             raise ValueError("vici_conn_prefix must not be empty")
         if self.underlay_mtu is None:
@@ -296,8 +309,13 @@ def plan(
                     mtu=mtus.cross_pool_path,
                 )
             )
+        # Only the active gateway may send into raven0 here. Whatever inner source it sends was checked
+        # against its peers by its own filter, so any source goes: a failover rewrites one rule, not one
+        # per remote subnet, before the FDB moves.
+        gw_peer = (ep_node.ip, "0.0.0.0/0", "")
+        ingress = _ingress(cfg, routes, tunnel=[], pool=[gw_peer], problems=problems)
         return PlanResult(
-            _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp),
+            _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
             problems,
             paths,
             role="member",
@@ -352,8 +370,17 @@ def plan(
                 mtu=mtus.cross_pool_path,
             )
         )
+    # Peers may send from the subnets we route via them (relayed pools included) and their inner address;
+    # members from their own pod CIDRs (the return routes) and their overlay address.
+    tunnel_peers = [(n.ip, f"{n.ip}/32", n.ip) for n in neighbors if n.ifname == cfg.inter_gateway_link]
+    pool_peers = [
+        (pn.ip, f"{overlay[pn.name]}/32", str(overlay[pn.name]))
+        for pn in gw.nodes
+        if pn.name != me.name and pn.name in overlay
+    ]
+    ingress = _ingress(cfg, routes, tunnel=tunnel_peers, pool=pool_peers, problems=problems)
     return PlanResult(
-        _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp),
+        _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
         problems,
         paths,
         role="gateway",
@@ -399,6 +426,7 @@ def _state(
     fdb: set[FdbEntry],
     ipsec: set[IPsecConnection],
     clamp: set[str],
+    ingress: IngressFilter,
 ) -> DesiredState:
     return DesiredState(
         links=frozenset(links),
@@ -409,4 +437,47 @@ def _state(
         fdb=frozenset(fdb),
         ipsec=frozenset(ipsec),
         mss_clamp_ifnames=frozenset(clamp),
+        ingress=ingress,
+    )
+
+
+def _ingress(
+    cfg: PlanConfig,
+    routes: set[Route],
+    *,
+    tunnel: list[tuple[str, str, str]],
+    pool: list[tuple[str, str, str]],
+    problems: list[str],
+) -> IngressFilter:
+    """Who may send into raven1 (`tunnel`) and raven0 (`pool`): (outer source, its own inner address, the
+    next hop our routes use for it). A sender may use as inner source its own address and every subnet
+    routed via that next hop on that link (so the filter follows whatever the plan routes)."""
+    via: dict[tuple[str, str], set[str]] = {}
+    for r in routes:
+        if r.gateway is not None:
+            via.setdefault((r.ifname, r.gateway), set()).add(r.dst)
+    capacity = mark_capacity(cfg.ingress_mark_mask)
+    shift = mark_shift(cfg.ingress_mark_mask)
+
+    def peers(ifname: str, senders: list[tuple[str, str, str]]) -> tuple[IngressPeer, ...]:
+        out: list[IngressPeer] = []
+        for i, (outer, own, nh) in enumerate(sorted(senders), start=1):
+            if i > capacity:
+                problems.append(
+                    f"ingress filter: more than {capacity} senders on {ifname}; {outer} and later ones are "
+                    "refused (widen ingress_mark_mask)"
+                )
+                break
+            out.append(IngressPeer(outer, i << shift, tuple(sorted(via.get((ifname, nh), set()) | {own}))))
+        return tuple(out)
+
+    return IngressFilter(
+        tunnel_port=cfg.tunnel_port,
+        pool_port=cfg.vxlan_port,
+        tunnel_ifname=cfg.inter_gateway_link,
+        pool_ifname=cfg.intra_pool_link,
+        ipsec_ifname=cfg.ipsec_tun_ifname,
+        mark_mask=cfg.ingress_mark_mask,
+        tunnel=peers(cfg.inter_gateway_link, tunnel),
+        pool=peers(cfg.intra_pool_link, pool),
     )

@@ -106,6 +106,39 @@ class IPsecConnection:
     esp_proposals: tuple[str, ...] = ("aes256-sha256",)
 
 
+@dataclass(frozen=True, order=True)
+class IngressPeer:
+    """A sender the overlay accepts VXLAN packets from, and the inner sources it may use.
+
+    `outer`: the outer (VXLAN) source address: a peer gateway's inner address on the tunnel port, a
+    node IP on the pool port. `mark`: the value (within `IngressFilter.mark_mask`) its packets carry from
+    the outer UDP packet to the decapsulated one. `sources`: CIDRs the decapsulated packets may come from.
+    """
+
+    outer: str
+    mark: int
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IngressFilter:
+    """What may enter the overlay through the VXLAN sockets (see `raven.dataplane.ingress`).
+
+    `tunnel`: peers on the inter-gateway port (decrypted by an IPsec SA only); `pool`: nodes on the
+    intra-pool port. A port whose link is not planned has no peers and is closed to everyone.
+    """
+
+    tunnel_port: int
+    pool_port: int
+    tunnel_ifname: str
+    pool_ifname: str
+    # strongSwan kernel-libipsec's TUN device: packets read from it were decrypted by charon.
+    ipsec_ifname: str
+    mark_mask: int
+    tunnel: tuple[IngressPeer, ...] = ()
+    pool: tuple[IngressPeer, ...] = ()
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything Raven wants on one node. The empty state means "no Raven state at all"."""
@@ -119,6 +152,8 @@ class DesiredState:
     ipsec: frozenset[IPsecConnection] = field(default_factory=frozenset)
     # Devices on which TCP MSS is clamped to the path MTU for forwarded traffic.
     mss_clamp_ifnames: frozenset[str] = field(default_factory=frozenset)
+    # Who may send into raven0/raven1 (None: no filter, only with no links).
+    ingress: IngressFilter | None = None
 
     @property
     def empty(self) -> bool:
@@ -131,4 +166,5 @@ class DesiredState:
             or self.fdb
             or self.ipsec
             or self.mss_clamp_ifnames
+            or self.ingress is not None
         )

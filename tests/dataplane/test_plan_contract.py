@@ -12,11 +12,28 @@ import dataclasses
 
 import pytest
 
-from e2e.netlab import Lab
+from e2e.netlab import Lab, Netns
 from raven.agent.plan import PlanConfig, plan
+from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, render
 from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.state import DesiredState
 from tests.dataplane.conftest import read_back
 from tests.unit.plan_cluster import cluster_json, nodes, parse, set_active
+
+
+def _ingress_rules(ns: Netns) -> dict[str, tuple[str, ...]]:
+    """The owned chains as iptables-save prints them (not our reader)."""
+    out: dict[str, list[str]] = {}
+    for line in ns.run(["iptables-save", "-t", "mangle"]).stdout.splitlines():
+        words = line.split(" ", 2)
+        if words[0] == "-A" and words[1] in CHAINS:
+            out.setdefault(words[1], []).append(words[2])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _applied(ns: Netns, desired: DesiredState) -> bool:
+    want = {c: r for c, r in render(desired.ingress).items() if r}
+    return read_back(ns) == dataclasses.replace(desired, ingress=None) and _ingress_rules(ns) == want
 
 pytestmark = pytest.mark.root
 
@@ -35,11 +52,12 @@ async def test_plan_output_applies_exactly_and_converges(lab: Lab, node_name: st
     lab.veth(ns, "eth0", peer, "eth0")
     ns.add_addr("eth0", f"{NODE_IPS[node_name]}/24")
     applier = KernelApplier(netns=ns.name)
+    guard = IngressGuard(applier, IngressFilterApplier(ns.name))  # what the agent drives
     try:
-        report = await applier.reconcile(desired)
+        report = await guard.reconcile(desired)
         assert report.ok, report.errors
-        assert read_back(ns) == desired
-        assert (await applier.reconcile(desired)).total_writes == 0
+        assert _applied(ns, desired)
+        assert (await guard.reconcile(desired)).total_writes == 0
 
         # The node's own pool fails over to another gateway node.
         objs = cluster_json()
@@ -47,11 +65,12 @@ async def test_plan_output_applies_exactly_and_converges(lab: Lab, node_name: st
         new_active = {"gw-edge-a": "edge-a-2", "gw-cloud": "cloud-2"}[pool]
         set_active(objs[pool], new_active)
         after = dataclasses.replace(plan(parse(objs), nodes(), node_name, cfg).state, ipsec=frozenset())
-        report = await applier.reconcile(after)
+        report = await guard.reconcile(after)
         assert report.ok, report.errors
-        assert read_back(ns) == after
+        assert _applied(ns, after)
         if node_name == "edge-a-3":
-            # A member: neighbour + FDB move, no route.
-            assert report.writes["route"] == 0 and report.total_writes <= 3, report.writes
+            # A member: neighbour + FDB move, the ingress filter accepts the new gateway, no route.
+            assert report.writes["route"] == 0 and report.writes["iptables"] == 1, report.writes
+            assert report.total_writes <= 4, report.writes
     finally:
         await applier.close()

@@ -139,8 +139,14 @@ def nodes() -> list[Node]:
 def diff(before: DesiredState, after: DesiredState) -> dict[str, tuple[set[Any], set[Any]]]:
     """Per object kind, (removed, added); kinds without change are left out."""
     out: dict[str, tuple[set[Any], set[Any]]] = {}
+    def objects(state: DesiredState, name: str) -> set[Any]:
+        value = getattr(state, name)
+        if name == "ingress":  # one filter, rewritten in one iptables-restore
+            return set() if value is None else {value}
+        return set(value)
+
     for f in fields(DesiredState):
-        old, new = set(getattr(before, f.name)), set(getattr(after, f.name))
+        old, new = objects(before, f.name), objects(after, f.name)
         if old != new:
             out[f.name] = (old - new, new - old)
     return out

@@ -33,8 +33,9 @@ def test_local_failover_moves_one_neighbour_and_one_fdb_entry_on_a_member_and_no
     old, new = state("edge-a-2", before), state("edge-a-2", after)
     assert len(old.routes) > 500  # many remote subnets ...
     changes = diff(old, new)
-    assert set(changes) == {"neighbors", "fdb"}  # ... yet not one route changes
-    assert changed_objects(old, new) == 2
+    # ... yet not one route changes; the ingress filter now accepts the new gateway (one iptables-restore).
+    assert set(changes) == {"neighbors", "fdb", "ingress"}
+    assert changed_objects(old, new) == 3
     (removed,), (added,) = changes["fdb"]
     assert (removed.dst, added.dst) == ("192.168.1.11", "192.168.1.13")
     (n_removed,), (n_added,) = changes["neighbors"]
