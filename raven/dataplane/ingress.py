@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from raven.dataplane.kernel import ApplyError, ApplyReport
+from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import DesiredState, IngressFilter, IngressPeer
 from raven.log import kv
 
