@@ -44,6 +44,8 @@ class HealthInput:
     not_forwarding: Mapping[str, str] = field(default_factory=dict)
     unfit: Mapping[str, str] = field(default_factory=dict)
     keep: Mapping[str, str] = field(default_factory=dict)
+    # (type, status, reason, message) of the health condition to set; None leaves conditions as they are.
+    condition: tuple[str, str, str, str] | None = None
 
 
 NO_HEALTH = HealthInput()
@@ -213,10 +215,13 @@ def elect(
         node_problems.extend(node.problems())
 
     valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
+    conditions = _merge_conditions(previous.conditions, valid)
+    if health.condition is not None:
+        conditions = _merge_conditions(conditions, condition(previous.conditions, *health.condition, now))
     status = GatewayStatus(
         nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
-        conditions=_merge_conditions(previous.conditions, valid),
+        conditions=conditions,
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}

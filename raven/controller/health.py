@@ -65,6 +65,7 @@ REASON_NO_BETTER = "NoBetterCandidate"
 REASON_KEPT = "KeptDespiteNotReady"
 REASON_NO_EVIDENCE = "NoEvidence"
 REASON_NO_ACTIVE = "NoActiveEndpoint"
+REASON_FAILED_OVER = "FailedOver"
 
 KIND_LAN = "lan"
 KIND_FORWARDING = "forwarding"
@@ -85,6 +86,7 @@ class Hold:
 
     since: datetime
     clean_since: datetime | None = None
+    evidence: str = ""  # why it was replaced (kept in the condition while the hold lasts)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class HealthVerdict:
 def record_failover(memory: HealthMemory, node: str, blame: Blame, now: datetime) -> HealthMemory:
     """`node` was replaced on `blame`: hold it, and spend the trial budget when the evidence was of the uplink kind."""
     holds = dict(memory.holds)
-    holds[node] = Hold(since=now)
+    holds[node] = Hold(since=now, evidence=blame.evidence)
     return HealthMemory(holds=holds, trial_spent=memory.trial_spent or blame.kind in UPLINK_KINDS)
 
 
@@ -295,7 +297,7 @@ def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], no
         end = max(h.since + hold, clean + hold) if clean is not None else None
         if end is not None and end <= now:
             continue  # released
-        kept[node] = Hold(h.since, clean)
+        kept[node] = Hold(h.since, clean, h.evidence)
         if end is not None:
             ends.append(end)
             why[node] = (f"failed over at {_hhmmss(h.since)}, held until healthy for {hold.total_seconds():g} s "
@@ -336,7 +338,8 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         view.peer_views_of(gw.name, a) for a in active) or any(view.own_peers(a) for a in active)
 
     if not active:
-        return HealthVerdict(HealthInput(unfit=unfit), "False", REASON_NO_ACTIVE, "no active tunnel endpoint",
+        status, reason = ("False", REASON_NO_ACTIVE) if view.member_reports else ("Unknown", REASON_NO_EVIDENCE)
+        return HealthVerdict(HealthInput(unfit=unfit), status, reason, "no active tunnel endpoint",
                              HealthMemory(holds, memory.trial_spent), next_check=next_check)
 
     not_forwarding: dict[str, str] = {}
@@ -390,6 +393,10 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         status, reason = "False", REASON_NOT_FORWARDING
     if status == "True" and reason == REASON_HEALTHY and has_evidence:
         trial_spent = False  # seen healthy: a later uplink-kind failure may be tried once more
+    if holds and reason in (REASON_HEALTHY, REASON_NO_EVIDENCE, REASON_DEGRADED):
+        # The failover stays visible while its node is held.
+        reason = REASON_FAILED_OVER
+        messages += [f"{n} failed over at {_hhmmss(h.since)}: {h.evidence}" for n, h in sorted(holds.items())]
     return HealthVerdict(
         election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),

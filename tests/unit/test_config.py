@@ -89,6 +89,8 @@ BAD = {
     "lease_duration": "0",
     "renew_deadline": "-1",
     "retry_period": "0",
+    "health_hold_time": "0",
+    "health_stale_after": "-1",
     "vpn_driver": "wireguard",
     "vici_socket": "",
     "resync_period": "0",
