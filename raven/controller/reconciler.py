@@ -237,13 +237,17 @@ class GatewayReconciler:
             self._mentioned_by.get(gw, set()).discard(ev.name)
         for gw in after:
             self._mentioned_by.setdefault(gw, set()).add(ev.name)
-        if _states(old) == _states(new):
-            return  # a heartbeat or an RTT change: no verdict changes (staleness is timed, see _assess)
+        freshness_changed = self._fresh(old) != self._fresh(new)
+        if _states(old) == _states(new) and not freshness_changed:
+            return  # a heartbeat or an RTT change: no verdict changes (going stale is timed, see _assess)
         for gw in before | after:
-            if _evidence(old, gw) != _evidence(new, gw):
+            if freshness_changed or _evidence(old, gw) != _evidence(new, gw):
                 self.queue.add(gw)
         for gw in self._sensitive:
             self.queue.add(gw)
+
+    def _fresh(self, r: PathReport | None) -> bool:
+        return r is not None and self.health is not None and r.fresh(self.now(), self.health.stale_after)
 
     def on_service(self, ev: TypedEvent[Service]) -> None:
         self._enqueue_owner(ev.obj.meta if ev.obj is not None else None)
