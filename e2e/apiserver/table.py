@@ -1,7 +1,8 @@
 """meta.k8s.io Table output, which `kubectl get` asks for (Accept: ...;as=Table;g=meta.k8s.io).
 
 Custom resources get the CRD's additionalPrinterColumns (evaluated with a small JSONPath subset:
-fields, escaped dots, [n], [*] and [?(@.field=="value")]), or Age when none are declared; built-in kinds get their kubectl columns.
+fields, escaped dots, [n], [*] and [?(@.field=="value")]), or Age when none are declared; built-in kinds get
+their kubectl columns.
 """
 
 from __future__ import annotations

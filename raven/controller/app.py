@@ -27,7 +27,7 @@ from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.health import HealthSettings
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.reconciler import PATHREPORTS, AnyGateway, GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
@@ -131,12 +131,7 @@ class Controller:
         for inf in self.informers:
             await inf.wait_synced()  # decide only from a complete view (or a healthy node looks missing)
         if self.pathreports is not None:
-            try:
-                async with asyncio.timeout(PATHREPORT_SYNC_WAIT_S):
-                    await self.pathreports.wait_synced()
-            except TimeoutError:
-                log.warning("PathReports not listed yet (is the CRD installed?): deciding on Node readiness until "
-                            "they are", extra=kv(waited_s=PATHREPORT_SYNC_WAIT_S))
+            await self._wait_for_reports()
         log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
         self.reconciler.enqueue_all()
         try:
@@ -145,6 +140,25 @@ class Controller:
                 tg.create_task(self._resync())
         finally:
             self.reconciler.queue.close()  # no retry scheduled while leading outlives the term
+
+    async def _wait_for_reports(self) -> None:
+        """Give the PathReport cache a moment (a NotReady pool the data plane still reaches must not be failed
+        over just because the reports were not read yet), but never wait for a CRD that is not installed."""
+        assert self.pathreports is not None
+        try:
+            await self.client.list(PATHREPORTS, limit=1)
+        except ApiError as exc:
+            if exc.not_found:
+                log.warning("the PathReport CRD is not installed: failover follows Node readiness only until it is")
+                return
+        except Exception:  # the informer reports its own errors; wait as usual
+            pass
+        try:
+            async with asyncio.timeout(PATHREPORT_SYNC_WAIT_S):
+                await self.pathreports.wait_synced()
+        except TimeoutError:
+            log.warning("PathReports not listed yet: deciding on Node readiness until they are",
+                        extra=kv(waited_s=PATHREPORT_SYNC_WAIT_S))
 
     async def _resync(self) -> None:
         # A safety net only: events drive everything, this catches anything a bug let slip.
