@@ -303,6 +303,9 @@ class ControllerConfig:
                                     "--no-health-failover: Node readiness only")
     health_hold_time: float = setting(60.0, "seconds a gateway replaced on health evidence must show nothing against "
                                       "it before it may be elected again", check=positive)
+    health_settle_time: float = setting(1.0, "seconds a loss must last before it counts against a gateway when "
+                                        "another report still says the far end is up (that report may just be "
+                                        "written later)", check=positive)
     health_stale_after: float = setting(180.0, "seconds after which a PathReport's heartbeat is stale (no evidence); "
                                         "3 x the agents' heartbeat", check=positive)
     # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.

@@ -16,12 +16,14 @@ which counts as reached. For the active endpoint A of Gateway G:
   raven0 is gone; nothing remote explains that).
 - R2 forwarding: more than half of the members that reach A over raven0 and probe through A a remote gateway R
   known to work (A itself reaches R, or a third gateway does) reach none of those R through A -> A answers but
-  does not forward.
+  does not forward. "Known to work" rests on another report, which may simply be written later than the loss:
+  the losses count once they are `settle` old (1 s), by when a truly dead R would have been reported lost too.
 - R3 peers: no peer reaches A, and at least one peer that lost A still reaches another gateway (its own uplink
   works) -> A is not forwarding. A peer that reaches nobody is no evidence (its own uplink may be cut).
-- R4 self: A's own report says it reaches no peer, no peer reaches A, and at least one peer it lost is reached by a
-  third gateway -> A is not forwarding. A's losses are "better explained" when every peer it lost is
-  unreached by everyone else (that peer is down, or the cut is between two pools and nothing can tell which end).
+- R4 self: A's own report says it reaches no peer (losses `settle` old), no peer reaches A, and at least one peer
+  it lost is reached by a third gateway -> A is not forwarding. A's losses are "better explained" when every
+  peer it lost is unreached by everyone else (that peer is down, or the cut is between two pools and nothing can
+  tell which end).
 Any positive evidence that A forwards (a member reaching a remote gateway through A, a peer reaching A) rules
 out R3 and R4, so a remote failure is never blamed on the local gateway: when the cloud gateway dies, its
 members lose it (R1), while every edge gateway's losses are all "the cloud gateway", which nobody else reaches.
@@ -78,6 +80,9 @@ UPLINK_KINDS = frozenset({KIND_PEERS, KIND_SELF})
 class HealthSettings:
     stale_after: timedelta = timedelta(seconds=180)
     hold_time: timedelta = timedelta(seconds=60)
+    # Evidence that rests on *another* report still saying "up" (R2, R4) counts only once the loss is this old:
+    # if the other end were down too, its own report would have said so by then (reports are written apart).
+    settle: timedelta = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -140,17 +145,11 @@ class _View:
     member_reports: Sequence[PathReport]  # fresh reports of nodes labelled for `gateway`
     gateway_reports: Mapping[str, PathReport]  # node -> fresh report of an active endpoint (any gateway)
     by_node: Mapping[str, PathReport]  # node -> its fresh, trusted report (the two above)
+    # (gateway, node) -> (reporting gateway, target) of every other gateway's active endpoint that probed it
+    peer_index: Mapping[tuple[str, str], Sequence[tuple[str, Target]]]
 
-    def peer_views_of(self, gw: str, node: str) -> list[tuple[str, Target]]:
-        """(reporting gateway, target) for every other gateway's active endpoint that probed `gw` at `node`."""
-        out = []
-        for r in self.gateway_reports.values():
-            if r.status.gateway == gw:
-                continue
-            for t in r.status.targets:
-                if t.kind == "peer" and t.gateway == gw and t.node == node and t.state != "unknown":
-                    out.append((r.status.gateway, t))
-        return out
+    def peer_views_of(self, gw: str, node: str) -> Sequence[tuple[str, Target]]:
+        return self.peer_index.get((gw, node), ())
 
     def reached_by_others(self, gw: str, node: str, excluding: frozenset[str]) -> bool:
         return any(t.reached for g, t in self.peer_views_of(gw, node) if g not in excluding)
@@ -180,7 +179,12 @@ def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Ite
             gateways[r.name] = r
         elif st.gateway == gateway and labelled.get(r.name) == gateway and st.role != "gateway":
             members.append(r)
-    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways})
+    index: dict[tuple[str, str], list[tuple[str, Target]]] = {}
+    for r in gateways.values():
+        for t in r.status.targets:
+            if t.kind == "peer" and t.gateway != r.status.gateway and t.state != "unknown":
+                index.setdefault((t.gateway, t.node), []).append((r.status.gateway, t))
+    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index)
 
 
 def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
@@ -194,11 +198,20 @@ def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
     return out
 
 
-def _blame(view: _View, node: str) -> tuple[Blame | None, list[str]]:
+def _blame(view: _View, node: str, now: datetime, settle: timedelta,
+           pending: list[datetime]) -> tuple[Blame | None, list[str]]:
     """Why `node` (an active endpoint of view.gateway) is not forwarding, or None; plus what was seen (for the
     condition when nothing is blamed). The evidence names every loss seen, e.g. "3 of 3 peers and 1 of 1 members
     lost the gateway since 12:00:01"."""
     g = view.gateway
+
+    def settled(t: Target) -> bool:
+        """A loss old enough that a report contradicting it is not merely written later (else: re-check then)."""
+        if t.since is None or now - t.since >= settle:
+            return True
+        pending.append(t.since + settle)
+        return False
+
     lan = _member_targets(view, node)
     lan_lost = [t for _, t in lan if t.lost]
     own = view.own_peers(node)
@@ -214,10 +227,11 @@ def _blame(view: _View, node: str) -> tuple[Blame | None, list[str]]:
                     and (t.gateway in own_reached or view.reached_by_others(t.gateway, t.node, frozenset({g})))]
         if not relevant:
             continue
-        fwd_total += 1
         if any(t.reached for t in relevant):
+            fwd_total += 1
             forwards = True
-        else:
+        elif all(settled(t) for t in relevant):
+            fwd_total += 1
             fwd_failing += 1
             fwd_lost.extend(relevant)
     peers = view.peer_views_of(g, node)
@@ -256,7 +270,7 @@ def _blame(view: _View, node: str) -> tuple[Blame | None, list[str]]:
            for t in r.status.targets if t.kind == "peer" and t.gateway == g and t.node == node):
         return Blame(KIND_PEERS, evidence(" (the peers still reach each other)")), seen
     # R4: A's own report: it reaches no peer, and one it lost is reached by a third gateway.
-    if own and not own_reached:
+    if own and not own_reached and all(settled(t) for t in own):
         third = sorted({t.gateway for t in own if view.reached_by_others(t.gateway, t.node, frozenset({g}))})
         if third:
             return Blame(KIND_SELF, f"the gateway lost {len(own)} of {len(own)} peers since "
@@ -348,8 +362,9 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     messages: list[str] = []
     status, reason = "True", REASON_HEALTHY
     trial_spent = memory.trial_spent
+    pending: list[datetime] = []
     for a in active:
-        blame, seen = _blame(view, a)
+        blame, seen = _blame(view, a, now, settings.settle, pending)
         node = candidates.get(a)
         if blame is None:
             peers = view.peer_views_of(gw.name, a)
@@ -397,6 +412,8 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         # The failover stays visible while its node is held.
         reason = REASON_FAILED_OVER
         messages += [f"{n} failed over at {_hhmmss(h.since)}: {h.evidence}" for n, h in sorted(holds.items())]
+    if pending:
+        next_check = min([*pending, *([next_check] if next_check is not None else [])])
     return HealthVerdict(
         election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),

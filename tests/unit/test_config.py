@@ -90,6 +90,7 @@ BAD = {
     "renew_deadline": "-1",
     "retry_period": "0",
     "health_hold_time": "0",
+    "health_settle_time": "0",
     "health_stale_after": "-1",
     "vpn_driver": "wireguard",
     "vici_socket": "",

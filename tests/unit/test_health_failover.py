@@ -373,3 +373,27 @@ def test_a_candidate_that_lost_the_gateway_over_raven0_while_others_reach_it_is_
     w.target("ea-2", about("gw-ea", "gateway"), "down")
     v = w.assess("gw-ea")
     assert "lost ea-1 over raven0" in v.election.unfit["ea-2"]
+
+
+def test_a_loss_that_another_report_contradicts_waits_for_that_report() -> None:
+    """Two pools, the cloud gateway dies: ea's members report their losses through ea-1 before ea-1's own report
+    says it lost the cloud too. Until the losses are `settle` old, "ea-1 still reaches the cloud" may only be an
+    older report: nothing is blamed, and the verdict asks to be re-checked when they are."""
+    w = world(TWO)
+    for m in ("ea-2", "ea-3"):
+        w.target(m, about("gw-cloud", "via"), "down")
+    early = T0 + timedelta(milliseconds=500)
+    v = w.assess("gw-ea", now=early)
+    assert not v.blamed and v.next_check == T0 + SETTINGS.settle
+    # ea-1's report arrives: it lost the cloud too. Nobody is known to reach the cloud: not ea's fault.
+    w.target("ea-1", about("gw-cloud", "peer"), "down")
+    assert not w.assess("gw-ea", now=T0 + timedelta(seconds=1.5)).blamed
+
+
+def test_forwarding_off_in_two_pools_is_blamed_once_the_losses_settled() -> None:
+    w = world(TWO)
+    forwarding_off(w, "gw-ea")
+    assert not w.assess("gw-ea", now=T0 + timedelta(milliseconds=500)).blamed
+    v = w.assess("gw-ea", now=T0 + timedelta(seconds=1))
+    assert v.blamed["ea-1"].kind == "forwarding"
+    assert w.elect("gw-ea", v) == ["ea-2"]
