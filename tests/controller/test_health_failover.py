@@ -7,13 +7,27 @@ nodes 2 and 3 are members that probe node 1 over raven0 and, through it, the oth
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import yaml
+
+from e2e.apiserver import ApiServer
+from raven.controller.app import PATHREPORT_SYNC_WAIT_S
 from raven.controller.reconciler import PATHREPORTS
-from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient
-from tests.controller.conftest import RunningController, active, eventually, gateway_body, node_body, set_ready
+from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, new_api_client
+from tests.controller.conftest import (
+    CRDS,
+    ROOT,
+    RunningController,
+    active,
+    eventually,
+    gateway_body,
+    node_body,
+    set_ready,
+)
 from tests.controller.test_gateway_election import events_for, wait_active
 
 Start = Callable[..., Awaitable[RunningController]]
@@ -250,3 +264,23 @@ async def test_health_failover_off_ignores_reports(kube: KubeClient, start: Star
     await wait_active(kube, "gw-c", ["c-2"])
     await ctrl.drained()
     assert await active(kube, "gw-a") == ["a-1"] and await tunnels(kube, "gw-a") is None
+
+
+async def test_without_the_pathreport_crd_the_leader_does_not_wait_for_reports(apiserver: ApiServer,
+                                                                               start: Start) -> None:
+    """A cluster that did not apply 06-crd-pathreports.yaml: Node readiness decides, from the first election on
+    (a new leader waits up to PATHREPORT_SYNC_WAIT_S for reports only when their CRD is served)."""
+    assert apiserver.kubeconfig
+    kube = KubeClient(await new_api_client(apiserver.kubeconfig))
+    try:
+        crd = yaml.safe_load((ROOT / "manifests" / "01-crd-gateways.yaml").read_text())
+        await kube.create(CRDS, crd)
+        await eventually(lambda: kube.list(GATEWAYS), lambda _: True, what="the Gateway CRD served")
+        await kube.create(NODES, node_body("a-1", "gw-a"))
+        await kube.create(GATEWAYS, gateway_body("gw-a", ["a-1"]))
+        began = time.monotonic()
+        await start()
+        await wait_active(kube, "gw-a", ["a-1"], within=PATHREPORT_SYNC_WAIT_S - 2)
+        assert time.monotonic() - began < PATHREPORT_SYNC_WAIT_S - 2
+    finally:
+        await kube.close()
