@@ -45,7 +45,7 @@ from raven.api.constants import (
     KIND,
     LABEL_OWNER_GATEWAY,
 )
-from raven.api.gateway import JSON, Condition, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
+from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
 from raven.api.node import Node
 from raven.api.pathreport import GROUP as HEALTH_GROUP
 from raven.api.pathreport import PLURAL as PATHREPORT_PLURAL
@@ -462,13 +462,9 @@ class GatewayReconciler:
 
     def _record_health_transition(self, gw: Gateway, result: ElectionResult) -> None:
         """An Event when the TunnelsHealthy condition turns to NoBetterCandidate (nothing moves: say why once)."""
-        def reason_of(conds: Iterable[object]) -> str:
-            for c in conds:
-                if isinstance(c, Condition) and c.type == CONDITION_TUNNELS_HEALTHY:
-                    return c.reason
-            return ""
+        old = [c.reason for c in gw.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
         new = [c for c in result.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
-        if new and new[0].reason == REASON_NO_BETTER and reason_of(gw.status.conditions or ()) != REASON_NO_BETTER:
+        if new and new[0].reason == REASON_NO_BETTER and old != [REASON_NO_BETTER]:
             log.warning("gateway not forwarding and no better candidate", extra=kv(gateway=gw.name,
                                                                                     why=new[0].message))
             self.recorder.record(self._ref(gw), "Warning", EVENT_NO_BETTER_CANDIDATE, new[0].message)
