@@ -10,8 +10,9 @@ path-health contract shared by the agent side (probes) and the controller side (
              state, since, rttSeconds, lossRatio}]}
 
 Parsing is strict about types (a wrong type raises `PathReportParseError`, so the typed informer keeps no
-value for that version and the controller treats the node as having no evidence) and lenient about
-absence (a missing field reads as its empty value). `to_dict(from_dict(x))` keeps every known field.
+value for that version and the controller treats the node as having no evidence), lenient about absence (a
+missing field reads as its empty value) and skips targets of a kind it does not know (a newer agent's).
+`to_dict(from_dict(x))` keeps every known field.
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ class PathReportStatus:
         for i, t in enumerate(raw if _is_arr(raw) else ()):
             if not _is_obj(t):
                 raise PathReportParseError(f"{path}.targets[{i}]", f"expected object, got {type(t).__name__}")
+            if t.get("kind") not in TARGET_KINDS:
+                continue  # a kind a newer agent measures: not evidence this controller knows how to read
             targets.append(Target.from_dict(t, f"{path}.targets[{i}]"))
         return cls(
             gateway=_str(obj, "gateway", path),

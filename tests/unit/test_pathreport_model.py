@@ -48,7 +48,7 @@ def test_staleness_and_the_writer_check() -> None:
 
 @pytest.mark.parametrize("status,where", [
     ({"targets": {}}, "status.targets"),
-    ({"targets": [{"kind": "bogus", "gateway": "g", "state": "up"}]}, "status.targets[0].kind"),
+    ({"targets": [{"kind": "peer", "gateway": "g", "state": "sideways"}]}, "status.targets[0].state"),
     ({"targets": [{"kind": "peer", "gateway": "g", "state": "up", "rttSeconds": "fast"}]},
      "status.targets[0].rttSeconds"),
     ({"heartbeatTime": "yesterday"}, "status.heartbeatTime"),
@@ -58,3 +58,10 @@ def test_wrong_types_are_errors_naming_the_field(status: dict[str, object], wher
     with pytest.raises(PathReportParseError) as err:
         PathReport.from_dict({**CONTRACT, "status": status})
     assert err.value.path == where, err.value
+
+
+def test_targets_of_an_unknown_kind_are_skipped() -> None:
+    status = {**CONTRACT["status"], "targets": [{"kind": "uplink", "gateway": "g", "state": "down"},
+                                                 *CONTRACT["status"]["targets"]]}  # type: ignore[dict-item]
+    r = PathReport.from_dict({**CONTRACT, "status": status})
+    assert [t.kind for t in r.status.targets] == ["gateway", "via"]
