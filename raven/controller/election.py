@@ -44,6 +44,9 @@ class HealthInput:
     not_forwarding: Mapping[str, str] = field(default_factory=dict)
     unfit: Mapping[str, str] = field(default_factory=dict)
     keep: Mapping[str, str] = field(default_factory=dict)
+    # Of `unfit`, the nodes unfit only because they are held after a health failover: they may still fill a
+    # hole that Node readiness (not health) left, when nobody else can (better a held node than no tunnel).
+    held: frozenset[str] = frozenset()
     # (type, status, reason, message) of the health condition to set; None leaves conditions as they are.
     condition: tuple[str, str, str, str] | None = None
 
@@ -138,11 +141,13 @@ def _pick(
     eligible: set[str],
     electable: set[str] | None = None,
     demote: Mapping[str, str] | None = None,
+    last_resort: set[str] | None = None,
 ) -> list[Endpoint]:
     """Sticky choice for one endpoint type: previous survivors keep their slot, holes filled in spec order.
 
     `eligible`: may stay active; `electable` (default: the same): may become active; `demote`: survivors to
-    replace by an electable spare when there is one (kept otherwise)."""
+    replace by an electable spare when there is one (kept otherwise); `last_resort`: may fill a hole (never
+    replace a demoted survivor) when no electable spare is left."""
     electable = eligible if electable is None else electable
     by_node = {ep.node_name: ep for ep in spec_eps if ep.type == ep_type}
     slots: list[str | None] = []
@@ -166,6 +171,13 @@ def _pick(
     for i, s in enumerate(slots):
         if s is not None and s in (demote or {}) and spare:
             slots[i] = spare.pop(0)
+    if last_resort and None in slots:
+        taken = {s for s in slots if s is not None}
+        extra = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in last_resort
+                 and ep.node_name not in taken]
+        for i, s in enumerate(slots):
+            if s is None and extra:
+                slots[i] = extra.pop(0)
     return [by_node[s] for s in slots if s is not None]
 
 
@@ -198,7 +210,7 @@ def elect(
     stay = eligible | {n for n in health.keep if n in own and not own[n].being_deleted}
     electable = eligible - set(health.unfit) - set(health.not_forwarding)
     tunnels = _pick(ENDPOINT_TYPE_TUNNEL, gw.spec.tunnel_replicas, spec_eps, prev_active, stay, electable,
-                    health.not_forwarding)
+                    health.not_forwarding, (eligible & health.held) - set(health.not_forwarding))
     proxies = _pick(ENDPOINT_TYPE_PROXY, gw.spec.proxy_replicas, spec_eps, prev_active, eligible)
 
     if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:

@@ -415,6 +415,7 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     if pending:
         next_check = min([*pending, *([next_check] if next_check is not None else [])])
     return HealthVerdict(
-        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep),
+        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep,
+                             held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None)),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),
         memory=replace(memory, holds=holds, trial_spent=trial_spent), blamed=blamed, next_check=next_check)

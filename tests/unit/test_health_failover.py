@@ -397,3 +397,19 @@ def test_forwarding_off_in_two_pools_is_blamed_once_the_losses_settled() -> None
     v = w.assess("gw-ea", now=T0 + timedelta(seconds=1))
     assert v.blamed["ea-1"].kind == "forwarding"
     assert w.elect("gw-ea", v) == ["ea-2"]
+
+
+def test_a_held_node_still_fills_a_hole_left_by_readiness_when_nobody_else_can() -> None:
+    """a-1 was failed over on health and is held; then ea-2's node goes NotReady. A held node is better than no
+    tunnel at all; a node whose own reports say it cannot do better is not."""
+    w = world()
+    forwarding_off(w, "gw-ea")
+    v = w.assess("gw-ea")
+    assert w.elect("gw-ea", v) == ["ea-2"]
+    memory = record_failover(v.memory, "ea-1", v.blamed["ea-1"], NOW)
+    w.replan()
+    w.set_ready("ea-2", False)
+    peers_of_lose(w, "gw-ea")  # ea-2 is really gone: no edge autonomy
+    v = w.assess("gw-ea", memory, NOW + timedelta(seconds=5))
+    assert "ea-1" in v.election.unfit and v.election.held == {"ea-1"}
+    assert w.elect("gw-ea", v) == ["ea-1"]
