@@ -40,7 +40,8 @@ likely cause: nothing moves until the gateway has been seen healthy again.
 No flapping. A node replaced on health evidence is held: it becomes eligible again only once its reports have
 shown nothing against it (no target down, or no fresh report at all: then Node readiness decides, as before)
 for `hold_time`, counted from the failover at the earliest. The election stays sticky, so a released node
-returns only when the current active is lost in turn.
+returns only when the current active is lost in turn. A held node may still fill a hole that Node readiness left
+when no other candidate can (`HealthInput.held`): better a held node than no tunnel.
 
 Edge autonomy. An active endpoint whose Node is NotReady (the control plane lost its pool) is kept while a
 fresh report from another pool's gateway still reaches it through the tunnel and nothing above blames it. When
