@@ -34,12 +34,13 @@ Candidates. A candidate c is unfit (never newly elected) when it is held (below)
 it reaches none of its peers (it has peer targets and all are down), or when it lost A over raven0 while most
 members reach A (its own LAN is broken). When A is not forwarding and no fit Ready candidate exists, nothing
 moves and the condition says why. Trial budget: when A was elected by a health failover whose evidence was
-about peers (R3/R4: the uplink kind) and A now fails with that kind of evidence too, the pool's uplink is the
-likely cause: nothing moves until the gateway has been seen healthy again.
+about peers (R3/R4, or R2 while its tunnels are down too: the uplink kind) and A now fails with that kind of
+evidence too, the pool's uplink is the likely cause: nothing moves until the gateway has been seen healthy again.
+Without candidate evidence (no standby probes) a whole-pool uplink cut thus costs exactly one trial failover.
 
-No flapping. A node replaced on health evidence is held: it becomes eligible again only once its reports have
-shown nothing against it (no target down, or no fresh report at all: then Node readiness decides, as before)
-for `hold_time`, counted from the failover at the earliest. The election stays sticky, so a released node
+No flapping. A node replaced on health evidence is held: it becomes eligible again only once its own reports have
+shown nothing against it (nothing that makes a candidate unfit; its losses *through* the current gateway are that
+gateway's; no fresh report at all: Node readiness decides, as before) for `hold_time`, counted from the failover at the earliest. The election stays sticky, so a released node
 returns only when the current active is lost in turn. A held node may still fill a hole that Node readiness left
 when no other candidate can (`HealthInput.held`): better a held node than no tunnel.
 
