@@ -40,9 +40,10 @@ Without candidate evidence (no standby probes) a whole-pool uplink cut thus cost
 
 No flapping. A node replaced on health evidence is held: it becomes eligible again only once its own reports have
 shown nothing against it (nothing that makes a candidate unfit; its losses *through* the current gateway are that
-gateway's; no fresh report at all: Node readiness decides, as before) for `hold_time`, counted from the failover at the earliest. The election stays sticky, so a released node
-returns only when the current active is lost in turn. A held node may still fill a hole that Node readiness left
-when no other candidate can (`HealthInput.held`): better a held node than no tunnel.
+gateway's; no fresh report at all: Node readiness decides, as before) for `hold_time`, counted from the failover
+at the earliest. The election stays sticky, so a released node returns only when the current active is lost in
+turn. A held node may still fill a hole that Node readiness left when no other candidate can
+(`HealthInput.held`): better a held node than no tunnel.
 
 Edge autonomy. An active endpoint whose Node is NotReady (the control plane lost its pool) is kept while a
 fresh report from another pool's gateway still reaches it through the tunnel and nothing above blames it. When
