@@ -6,8 +6,8 @@
   is the topology's control-plane netns: nodes reach it at ``https://<control plane ip>:6443`` over the
   emulated WAN and NAT routers, as a real control plane would be reached. Tests keep the in-process
   handle for fault injection (`drop_watches`), and talk to it over HTTP from that same thread;
-- the Gateway CRD from ``manifests/01-crd-gateways.yaml``, every Node (InternalIP, podCIDR, Ready,
-  gateway label) and every Gateway of the topology (some may be held back for churn tests);
+- the Gateway and PathReport CRDs (``manifests/01-crd-gateways.yaml``, ``06-crd-pathreports.yaml``), every Node
+  (InternalIP, podCIDR, Ready, gateway label) and every Gateway of the topology (some may be held back for churn tests);
 - one charon per node (kernel-libipsec, `Netns.start_charon`), a PSK file per node;
 - two controller replicas with leader election in the control-plane netns;
 - one agent per node inside that node's netns, next to its charon.
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 _RAVEN_SCRIPT = Path(sys.executable).parent / "raven"
 RAVEN_ARGV = [str(_RAVEN_SCRIPT)] if _RAVEN_SCRIPT.exists() else ["env", f"PYTHONPATH={REPO}", sys.executable,
                                                                    "-m", "raven.cli"]
-CRD_MANIFEST = REPO / "manifests" / "01-crd-gateways.yaml"
+CRD_MANIFESTS = (REPO / "manifests" / "01-crd-gateways.yaml", REPO / "manifests" / "06-crd-pathreports.yaml")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 APISERVER_PORT = 6443
 AGENT_HTTP = "127.0.0.1:9650"  # per netns loopback: the same port in every node
@@ -341,9 +341,10 @@ class RavenCluster:
         return self.api.api(lambda c: c.merge_patch(res, name, patch, subresource=subresource))
 
     def install_crd(self) -> None:
-        for doc in yaml.safe_load_all(CRD_MANIFEST.read_text()):
-            if doc and doc.get("kind") == "CustomResourceDefinition":
-                self.create(CRDS, doc)
+        for manifest in CRD_MANIFESTS:
+            for doc in yaml.safe_load_all(manifest.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    self.create(CRDS, doc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # served once the CRD is Established
             try:

@@ -298,6 +298,16 @@ class ControllerConfig:
     renew_deadline: float = setting(10.0, "seconds the leader keeps trying to renew before it stops writing",
                                     check=positive)
     retry_period: float = setting(2.0, "seconds between Lease acquire/renew attempts", check=positive)
+    health_failover: bool = setting(True, "replace a Ready active gateway that the agents' PathReports show is not "
+                                    "forwarding, and keep a NotReady one the data plane still reaches; "
+                                    "--no-health-failover: Node readiness only")
+    health_hold_time: float = setting(60.0, "seconds a gateway replaced on health evidence must show nothing against "
+                                      "it before it may be elected again", check=positive)
+    health_settle_time: float = setting(1.0, "seconds a loss must last before it counts against a gateway when "
+                                        "another report still says the far end is up (that report may just be "
+                                        "written later)", check=positive)
+    health_stale_after: float = setting(180.0, "seconds after which a PathReport's heartbeat is stale (no evidence); "
+                                        "3 x the agents' heartbeat", check=positive)
     # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
 

@@ -4,9 +4,10 @@ A real controller and a real agent (`raven --mode=...` with the args of the ship
 run against the test API server, each with a token of its ServiceAccount. The server's `on_request` hook sees
 every resource request as an authorizer does (verb, API group, resource, subresource, namespace, name) and
 enforces the manifest's rules with the small RBAC evaluator below: a request no rule allows gets the real
-server's 403, and fails the test. The scenario drives every API call the code makes (informers, Lease
-acquire/renew/release, status writes including a 409 re-read, Events created and repeated, LoadBalancer
-Services/Endpoints created, moved, clashing with a foreign object and deleted); afterwards every rule
+server's 403, and fails the test. The scenario drives every API call the code makes (informers, the
+controller's PathReport informer included, Lease acquire/renew/release, status writes including a 409 re-read,
+Events created and repeated, LoadBalancer Services/Endpoints created, moved, clashing with a foreign object and
+deleted); afterwards every rule
 (verb x group x resource, in its namespace) must have been needed by at least one request.
 
 The agent needs a network namespace (it programs its kernel as a member node), so this runs as root; both

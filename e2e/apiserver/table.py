@@ -1,7 +1,8 @@
 """meta.k8s.io Table output, which `kubectl get` asks for (Accept: ...;as=Table;g=meta.k8s.io).
 
 Custom resources get the CRD's additionalPrinterColumns (evaluated with a small JSONPath subset:
-fields, escaped dots, [n] and [*]), or Age when none are declared; built-in kinds get their kubectl columns.
+fields, escaped dots, [n], [*] and [?(@.field=="value")]), or Age when none are declared; built-in kinds get
+their kubectl columns.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
                     continue
                 if inner == "*":
                     nxt.extend(v)
+                elif inner.startswith("?(@.") and inner.endswith(")") and "==" in inner:
+                    # A filter on one field, as printer columns use it: [?(@.type=="Ready")].
+                    key, _, want = inner[4:-1].partition("==")
+                    want = want.strip().strip("'\"")
+                    nxt.extend(x for x in v if isinstance(x, dict) and str(x.get(key.strip())) == want)
                 else:
                     try:
                         idx = int(inner)

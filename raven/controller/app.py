@@ -13,18 +13,21 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
 from raven.api.gateway import parse_gateway
 from raven.api.node import Node
+from raven.api.pathreport import PathReport
 from raven.api.service import Service, ServiceEndpoints
 from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
+from raven.controller.health import HealthSettings
 from raven.controller.metrics import ControllerMetrics
-from raven.controller.reconciler import AnyGateway, GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
+from raven.controller.reconciler import PATHREPORTS, AnyGateway, GatewayReconciler
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "raven-controller"
 RESYNC_PERIOD_S = 300.0
+# How long a new leader waits for the PathReport cache before deciding without it (no evidence: Node readiness
+# decides, as before). Not a readiness check: a cluster without the PathReport CRD must still work.
+PATHREPORT_SYNC_WAIT_S = 10.0
 
 
 class Controller:
@@ -64,11 +70,20 @@ class Controller:
                                                label_selector=MANAGED_SELECTOR), Service.from_dict)
         self.endpoints = TypedInformer(Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
                                                 label_selector=MANAGED_SELECTOR), ServiceEndpoints.from_dict)
+        # The agents' path measurements (failover on data-plane health); see raven/controller/health.py.
+        self.pathreports: TypedInformer[PathReport] | None = None
+        health: HealthSettings | None = None
+        if cfg.health_failover:
+            self.pathreports = TypedInformer(Informer(client, PATHREPORTS, "pathreports", reg), PathReport.from_dict)
+            health = HealthSettings(stale_after=timedelta(seconds=cfg.health_stale_after),
+                                    hold_time=timedelta(seconds=cfg.health_hold_time),
+                                    settle=timedelta(seconds=cfg.health_settle_time))
         api = TypedClient(client)
         self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
-                                            self.metrics, self.may_write, workers=workers)
+                                            self.metrics, self.may_write, workers=workers,
+                                            reports=self.pathreports, health=health)
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 
@@ -83,6 +98,8 @@ class Controller:
         for inf in self.informers:
             self.rt.supervisor.spawn(f"controller-informer-{inf.name}", inf.run())
             self.rt.health.add_readiness_check(f"informer-{inf.name}", inf.check)
+        if self.pathreports is not None:
+            self.rt.supervisor.spawn("controller-informer-pathreports", self.pathreports.run())
         self.rt.supervisor.spawn("controller-events", self.recorder.run())
         self.rt.supervisor.spawn("controller-gc", self._gc_after_sync())
         log.info("controller starting", extra=kv(identity=self.cfg.identity, leader_elect=self.cfg.leader_elect,
@@ -114,6 +131,8 @@ class Controller:
         """Everything only the leader does; cancelled the moment leadership is lost."""
         for inf in self.informers:
             await inf.wait_synced()  # decide only from a complete view (or a healthy node looks missing)
+        if self.pathreports is not None:
+            await self._wait_for_reports()
         log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
         self.reconciler.enqueue_all()
         try:
@@ -122,6 +141,25 @@ class Controller:
                 tg.create_task(self._resync())
         finally:
             self.reconciler.queue.close()  # no retry scheduled while leading outlives the term
+
+    async def _wait_for_reports(self) -> None:
+        """Give the PathReport cache a moment (a NotReady pool the data plane still reaches must not be failed
+        over just because the reports were not read yet), but never wait for a CRD that is not installed."""
+        assert self.pathreports is not None
+        try:
+            await self.client.list(PATHREPORTS, limit=1)
+        except ApiError as exc:
+            if exc.not_found:
+                log.warning("the PathReport CRD is not installed: failover follows Node readiness only until it is")
+                return
+        except Exception:  # the informer reports its own errors; wait as usual
+            pass
+        try:
+            async with asyncio.timeout(PATHREPORT_SYNC_WAIT_S):
+                await self.pathreports.wait_synced()
+        except TimeoutError:
+            log.warning("PathReports not listed yet: deciding on Node readiness until they are",
+                        extra=kv(waited_s=PATHREPORT_SYNC_WAIT_S))
 
     async def _resync(self) -> None:
         # A safety net only: events drive everything, this catches anything a bug let slip.

@@ -11,7 +11,12 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
 - sticky: an active endpoint that is still an eligible candidate keeps its role and its position in
   `status.activeEndpoints` (the position is the LoadBalancer slot, see exposure.py); a lost one is
   replaced, in the same position, by the next eligible candidate in spec order;
-- an invalid spec keeps the last good election and reports the problem in the `Valid` condition.
+- an invalid spec keeps the last good election and reports the problem in the `Valid` condition;
+- data-plane health (`HealthInput`, decided by health.py from the agents' PathReports) adjusts eligibility
+  without forking these rules: an active endpoint that is `not_forwarding` is replaced, in its slot, by the
+  next fit candidate (and kept when there is none: nothing better to move to); an `unfit` candidate (held
+  after a health failover, or its own reports say it cannot do better) is never newly elected; a `keep`
+  active endpoint stays although its Node is NotReady (edge autonomy: the data plane says it works).
 """
 
 from __future__ import annotations
@@ -33,6 +38,30 @@ REASON_INVALID = "InvalidSpec"
 
 
 @dataclass(frozen=True)
+class HealthInput:
+    """What the data plane says (health.py), by node name, each with its evidence for Events and conditions."""
+
+    not_forwarding: Mapping[str, str] = field(default_factory=dict)
+    unfit: Mapping[str, str] = field(default_factory=dict)
+    keep: Mapping[str, str] = field(default_factory=dict)
+    # Of `unfit`, the nodes unfit only because they are held after a health failover: they may still fill a
+    # hole that Node readiness (not health) left, when nobody else can (better a held node than no tunnel).
+    held: frozenset[str] = frozenset()
+    # (type, status, reason, message) of the health condition to set; None leaves conditions as they are.
+    condition: tuple[str, str, str, str] | None = None
+
+
+NO_HEALTH = HealthInput()
+
+# ElectionResult.lost_kinds values (the `reason` label of raven_gateway_failovers_total).
+LOST_NOT_FORWARDING = "not_forwarding"
+LOST_NOT_READY = "not_ready"
+LOST_DELETED = "node_deleted"
+LOST_GONE = "node_gone"
+LOST_SPEC = "spec_changed"
+
+
+@dataclass(frozen=True)
 class ElectionResult:
     status: GatewayStatus
     # Endpoints that became active / stopped being active, for Events and metrics.
@@ -43,6 +72,8 @@ class ElectionResult:
     node_problems: tuple[str, ...] = ()
     # Why each lost endpoint was lost, by node name (NotReady, deleted, unlabelled, ...).
     lost_reasons: Mapping[str, str] = field(default_factory=dict)
+    # The same as a short kind (LOST_*), by node name.
+    lost_kinds: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -85,17 +116,21 @@ def _node_info(node: Node) -> NodeInfo:
     return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=list(node.pod_cidrs))
 
 
-def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node]) -> str:
+def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node],
+              health: HealthInput) -> tuple[str, str]:
+    """(kind, message) of why an active endpoint was lost."""
     if ep.key not in {e.key for e in spec_eps}:
-        return "endpoint removed from spec"
+        return LOST_SPEC, "endpoint removed from spec"
     node = nodes.get(ep.node_name)
     if node is None:
-        return "node is gone or no longer labelled for this gateway"
+        return LOST_GONE, "node is gone or no longer labelled for this gateway"
     if node.being_deleted:
-        return "node is being deleted"
-    if not node.ready:
-        return "node is not Ready"
-    return "fewer replicas wanted"
+        return LOST_DELETED, "node is being deleted"
+    if not node.ready and ep.node_name not in health.keep:
+        return LOST_NOT_READY, "node is not Ready"
+    if ep.node_name in health.not_forwarding:
+        return LOST_NOT_FORWARDING, f"not forwarding: {health.not_forwarding[ep.node_name]}"
+    return LOST_SPEC, "fewer replicas wanted"
 
 
 def _pick(
@@ -104,8 +139,16 @@ def _pick(
     spec_eps: Sequence[Endpoint],
     previous: Sequence[Endpoint],
     eligible: set[str],
+    electable: set[str] | None = None,
+    demote: Mapping[str, str] | None = None,
+    last_resort: set[str] | None = None,
 ) -> list[Endpoint]:
-    """Sticky choice for one endpoint type: previous survivors keep their slot, holes filled in spec order."""
+    """Sticky choice for one endpoint type: previous survivors keep their slot, holes filled in spec order.
+
+    `eligible`: may stay active; `electable` (default: the same): may become active; `demote`: survivors to
+    replace by an electable spare when there is one (kept otherwise); `last_resort`: may fill a hole (never
+    replace a demoted survivor) when no electable spare is left."""
+    electable = eligible if electable is None else electable
     by_node = {ep.node_name: ep for ep in spec_eps if ep.type == ep_type}
     slots: list[str | None] = []
     for old in previous:
@@ -120,11 +163,21 @@ def _pick(
     while len(slots) < wanted:
         slots.append(None)
     taken = {s for s in slots if s is not None}
-    spare = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in eligible]
-    spare = [n for n in spare if n not in taken]
+    spare = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in electable]
+    spare = [n for n in spare if n not in taken and n not in (demote or {})]
     for i, s in enumerate(slots):
         if s is None and spare:
             slots[i] = spare.pop(0)
+    for i, s in enumerate(slots):
+        if s is not None and s in (demote or {}) and spare:
+            slots[i] = spare.pop(0)
+    if last_resort and None in slots:
+        taken = {s for s in slots if s is not None}
+        extra = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in last_resort
+                 and ep.node_name not in taken]
+        for i, s in enumerate(slots):
+            if s is None and extra:
+                slots[i] = extra.pop(0)
     return [by_node[s] for s in slots if s is not None]
 
 
@@ -133,6 +186,7 @@ def elect(
     nodes: Iterable[Node],
     now: str,
     lb_addresses: Mapping[int, str] | None = None,
+    health: HealthInput = NO_HEALTH,
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -140,7 +194,8 @@ def elect(
     slot (index among the active tunnel endpoints) to its LoadBalancer's address, for
     `exposeType: LoadBalancer`; that address becomes the active endpoint's publicIP, and the
     endpoint's port its publicPort (the Service forwards the same port).
-    `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes.
+    `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes. `health`: what the data
+    plane says (see HealthInput); the default changes nothing.
     """
     own = {n.name: n for n in nodes if n.gateway == gw.name}
     previous = gw.status
@@ -151,7 +206,11 @@ def elect(
     spec_eps = gw.spec.all_endpoints
     eligible = {ep.node_name for ep in spec_eps if ep.node_name in own and own[ep.node_name].eligible}
     prev_active = previous.active_endpoints or []
-    tunnels = _pick(ENDPOINT_TYPE_TUNNEL, gw.spec.tunnel_replicas, spec_eps, prev_active, eligible)
+    # Health only touches tunnel endpoints: the data plane measures tunnels, not proxies.
+    stay = eligible | {n for n in health.keep if n in own and not own[n].being_deleted}
+    electable = eligible - set(health.unfit) - set(health.not_forwarding)
+    tunnels = _pick(ENDPOINT_TYPE_TUNNEL, gw.spec.tunnel_replicas, spec_eps, prev_active, stay, electable,
+                    health.not_forwarding, (eligible & health.held) - set(health.not_forwarding))
     proxies = _pick(ENDPOINT_TYPE_PROXY, gw.spec.proxy_replicas, spec_eps, prev_active, eligible)
 
     if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
@@ -168,18 +227,23 @@ def elect(
         node_problems.extend(node.problems())
 
     valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
+    conditions = _merge_conditions(previous.conditions, valid)
+    if health.condition is not None:
+        conditions = _merge_conditions(conditions, condition(previous.conditions, *health.condition, now))
     status = GatewayStatus(
         nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
-        conditions=_merge_conditions(previous.conditions, valid),
+        conditions=conditions,
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}
     lost = tuple(ep for ep in prev_active if ep.key not in after)
+    why = {ep.node_name: _why_lost(ep, spec_eps, own, health) for ep in lost}
     return ElectionResult(
         status=status,
         elected=tuple(ep for ep in active if ep.key not in before),
         lost=lost,
         node_problems=tuple(node_problems),
-        lost_reasons={ep.node_name: _why_lost(ep, spec_eps, own) for ep in lost},
+        lost_reasons={n: w[1] for n, w in why.items()},
+        lost_kinds={n: w[0] for n, w in why.items()},
     )

@@ -26,6 +26,12 @@ class ControllerMetrics:
             "raven_controller_failovers_total", "Active endpoints lost (each starts a failover), per gateway.",
             ["gateway"], registry=registry,
         )
+        self.gateway_failovers = Counter(
+            "raven_gateway_failovers_total",
+            "Active tunnel/proxy endpoints replaced, by reason (not_forwarding: the data plane's PathReports; "
+            "not_ready: the Node's Ready condition; node_deleted, node_gone, spec_changed).", ["reason"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "raven_controller_queue_depth", "Gateways waiting to be reconciled.", registry=registry
         )

@@ -15,6 +15,12 @@ are ignored). Workers take names from the coalescing queue and reconcile one Gat
 5. make the LoadBalancer objects match (exposure.py). Last, so a failing Service write never holds
    back the status agents route by.
 
+With --health-failover (the default) step 2 first asks health.py what the agents' PathReports say (a pure
+verdict: not forwarding / unfit / kept despite NotReady, and the TunnelsHealthy condition) and feeds it to the
+same election. A PathReport event enqueues only the Gateways whose evidence it changes (the ones it names,
+plus the Gateways whose last verdict saw losses: third-party evidence can change theirs); a verdict that
+depends on time (a hold ending, a report going stale) re-queues its Gateway for then.
+
 Writes are gated by `may_write()` (the leader check): an ex-leader stops writing at once, mid-reconcile.
 A failed reconcile is retried with per-key jittered backoff; bad data is reported and never crashes.
 """
@@ -24,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -39,11 +47,34 @@ from raven.api.constants import (
 )
 from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
 from raven.api.node import Node
+from raven.api.pathreport import GROUP as HEALTH_GROUP
+from raven.api.pathreport import PLURAL as PATHREPORT_PLURAL
+from raven.api.pathreport import VERSION as HEALTH_VERSION
+from raven.api.pathreport import PathReport
 from raven.api.service import Meta, Service, ServiceEndpoints
-from raven.controller.election import REASON_INVALID, ElectionResult, condition, elect
+from raven.controller.election import (
+    LOST_NOT_FORWARDING,
+    NO_HEALTH,
+    REASON_INVALID,
+    ElectionResult,
+    HealthInput,
+    condition,
+    elect,
+)
 from raven.controller.exposure import Exposure, ForeignObjectError, desired_slots
+from raven.controller.health import (
+    CONDITION_TUNNELS_HEALTHY,
+    REASON_HEALTHY,
+    REASON_NO_BETTER,
+    REASON_NO_EVIDENCE,
+    HealthMemory,
+    HealthSettings,
+    HealthVerdict,
+    assess,
+    record_failover,
+)
 from raven.controller.metrics import ControllerMetrics
-from raven.kube.client import GATEWAYS, ApiError
+from raven.kube.client import GATEWAYS, ApiError, Resource
 from raven.kube.events import EventRecorder, ObjectRef
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.kube.workqueue import WorkQueue
@@ -53,11 +84,18 @@ log = logging.getLogger(__name__)
 
 EVENT_INVALID_GATEWAY = "InvalidGateway"
 EVENT_NODE_INCOMPLETE = "NodeIncomplete"
+EVENT_NOT_FORWARDING = "GatewayNotForwarding"
+EVENT_NO_BETTER_CANDIDATE = "NoBetterCandidate"
+PATHREPORTS = Resource(HEALTH_GROUP, HEALTH_VERSION, PATHREPORT_PLURAL)
 MAX_CONFLICT_RETRIES = 5
 
 
 class NotLeader(Exception):
     """Leadership was lost mid-reconcile: stop without writing."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def rfc3339_now() -> str:
@@ -70,6 +108,29 @@ def _facts(n: Node) -> tuple[object, ...]:
 
 
 AnyGateway = Gateway | UnparsableGateway
+
+
+def _mentions(r: PathReport | None) -> frozenset[str]:
+    """The Gateways a report is evidence about: its own and every target's."""
+    if r is None:
+        return frozenset()
+    return frozenset({r.status.gateway, *(t.gateway for t in r.status.targets)} - {""})
+
+
+def _evidence(r: PathReport | None, gw: str) -> tuple[object, ...]:
+    """What of a report the verdict about `gw` can use (RTT and heartbeat-only changes are not)."""
+    if r is None:
+        return ()
+    facts: tuple[object, ...] = (r.node_name, r.status.role, r.status.gateway == gw, r.status.gateway)
+    return facts + tuple((t.kind, t.gateway, t.node, t.state, t.since) for t in r.status.targets
+                         if r.status.gateway == gw or t.gateway == gw)
+
+
+def _states(r: PathReport | None) -> tuple[object, ...]:
+    if r is None:
+        return ()
+    return (r.node_name, r.status.role, r.status.gateway,
+            tuple((t.kind, t.gateway, t.node, t.state) for t in r.status.targets))
 
 
 def _condition_type(c: JSON) -> str:
@@ -100,6 +161,9 @@ class GatewayReconciler:
         *,
         workers: int = 8,
         clock: Callable[[], str] = rfc3339_now,
+        reports: TypedInformer[PathReport] | None = None,
+        health: HealthSettings | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.client = client
         self.gateways = gateways
@@ -115,16 +179,36 @@ class GatewayReconciler:
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
+        self._verdicts: dict[str, HealthVerdict | None] = {}  # the verdict of the gateway's last election
         # gateway -> exception types whose traceback was logged since its last success
         self._tracebacks_logged: dict[str, set[str]] = {}
+        # Failover on data-plane health (None: Node readiness only).
+        self.reports = reports
+        self.health = health if reports is not None else None
+        self.now = now or _utcnow
+        self._actives: dict[str, frozenset[str]] = {}  # gateway -> active tunnel nodes, from the cache
+        self._mentioned_by: dict[str, set[str]] = {}  # gateway -> reports that are evidence about it
+        self._memory: dict[str, HealthMemory] = {}
+        self._sensitive: set[str] = set()  # gateways whose last verdict saw losses
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
+        if reports is not None and self.health is not None:
+            reports.add_handler(self.on_report)
 
     # --- event handlers: cheap, enqueue only ---
 
     def on_gateway(self, ev: TypedEvent[AnyGateway]) -> None:
         name = ev.name
+        if ev.type == "DELETED":
+            self._actives.pop(name, None)
+        elif isinstance(ev.obj, Gateway):
+            actives = frozenset(e.node_name for e in ev.obj.status.active_tunnel_endpoints())
+            if actives != self._actives.get(name):
+                self._actives[name] = actives
+                # Who is whose peer changed: gateways whose evidence involved this one decide again.
+                for other in self._sensitive - {name}:
+                    self.queue.add(other)
         if ev.type == "MODIFIED" and ev.obj is not None and ev.obj.resource_version == self._written_rv.get(name):
             return  # our own status write coming back: nothing new to decide
         self.queue.add(name)
@@ -144,6 +228,26 @@ class GatewayReconciler:
         for gw in {old_gw, new_gw} - {None}:
             assert gw is not None
             self.queue.add(gw)
+
+    def on_report(self, ev: TypedEvent[PathReport]) -> None:
+        old = ev.old
+        new = None if ev.type == "DELETED" or ev.error is not None else ev.obj
+        before, after = _mentions(old), _mentions(new)
+        for gw in before - after:
+            self._mentioned_by.get(gw, set()).discard(ev.name)
+        for gw in after:
+            self._mentioned_by.setdefault(gw, set()).add(ev.name)
+        freshness_changed = self._fresh(old) != self._fresh(new)
+        if _states(old) == _states(new) and not freshness_changed:
+            return  # a heartbeat or an RTT change: no verdict changes (going stale is timed, see _assess)
+        for gw in before | after:
+            if freshness_changed or _evidence(old, gw) != _evidence(new, gw):
+                self.queue.add(gw)
+        for gw in self._sensitive:
+            self.queue.add(gw)
+
+    def _fresh(self, r: PathReport | None) -> bool:
+        return r is not None and self.health is not None and r.fresh(self.now(), self.health.stale_after)
 
     def on_service(self, ev: TypedEvent[Service]) -> None:
         self._enqueue_owner(ev.obj.meta if ev.obj is not None else None)
@@ -257,7 +361,45 @@ class GatewayReconciler:
     def _elect(self, gw: Gateway) -> ElectionResult:
         members = [n for n in map(self.nodes.get, self._members.get(gw.name, ())) if n is not None]
         lb = self.exposure.addresses(gw.name) if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER else None
-        return elect(gw, members, self.clock(), lb)
+        verdict = self._assess(gw, members)
+        health = NO_HEALTH if verdict is None else self._health_input(gw, verdict)
+        result = elect(gw, members, self.clock(), lb, health)
+        self._verdicts[gw.name] = verdict
+        return result
+
+    def _relevant_reports(self, gw: str) -> Iterable[PathReport]:
+        """The reports about `gw`, and those about every gateway they name (third-party evidence)."""
+        assert self.reports is not None
+        names = set(self._mentioned_by.get(gw, ()))
+        for r in [self.reports.get(n) for n in list(names)]:
+            for other in _mentions(r) - {gw}:
+                names |= self._mentioned_by.get(other, set())
+        for n in names:
+            e = self.reports.entry(n)
+            if e is not None and e.current is not None:
+                yield e.current
+
+    def _assess(self, gw: Gateway, members: list[Node]) -> HealthVerdict | None:
+        if self.health is None or self.reports is None:
+            return None
+        now = self.now()
+        verdict = assess(gw, {n.name: n for n in members}, self._actives, self._relevant_reports(gw.name),
+                         self._memory.get(gw.name, HealthMemory()), now, self.health)
+        self._memory[gw.name] = verdict.memory
+        if verdict.condition_reason in (REASON_HEALTHY, REASON_NO_EVIDENCE) and not verdict.memory.holds:
+            self._sensitive.discard(gw.name)
+        else:
+            self._sensitive.add(gw.name)
+        if verdict.next_check is not None:
+            self.queue.add_after(gw.name, max((verdict.next_check - now).total_seconds(), 0.0) + 0.05)
+        return verdict
+
+    def _health_input(self, gw: Gateway, verdict: HealthVerdict) -> HealthInput:
+        previous = [c for c in gw.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
+        if verdict.condition_reason == REASON_NO_EVIDENCE and not previous:
+            return verdict.election  # no reports ever: the status stays exactly what it was before PathReports
+        return replace(verdict.election, condition=(CONDITION_TUNNELS_HEALTHY, verdict.condition_status,
+                                                    verdict.condition_reason, verdict.condition_message))
 
     async def _write_status(self, gw: Gateway, status: GatewayStatus) -> bool:
         # `gw.status` is the status as parsed from the cache (a malformed one never gets here: the whole
@@ -290,13 +432,26 @@ class GatewayReconciler:
             log.warning("invalid gateway: keeping last election", extra=kv(gateway=gw.name, problems=message))
             self.recorder.record(ref, "Warning", EVENT_INVALID_GATEWAY, message)
             return
+        verdict = self._verdicts.get(gw.name)
         for ep in result.lost:
             reason = result.lost_reasons.get(ep.node_name, "")
+            kind = result.lost_kinds.get(ep.node_name, "")
             log.warning("active endpoint lost", extra=kv(gateway=gw.name, node=ep.node_name, type=ep.type,
                                                          why=reason))
             self.metrics.failovers.labels(gateway=gw.name).inc()
+            self.metrics.gateway_failovers.labels(reason=kind).inc()
             self.recorder.record(ref, "Warning", EVENT_ACTIVE_ENDPOINT_LOST,
                                  f"{ep.type} endpoint on node {ep.node_name} is no longer active: {reason}")
+            if kind == LOST_NOT_FORWARDING and verdict is not None and ep.node_name in verdict.blamed:
+                blame = verdict.blamed[ep.node_name]
+                self._memory[gw.name] = record_failover(self._memory.get(gw.name, verdict.memory), ep.node_name,
+                                                        blame, self.now())
+                self._sensitive.add(gw.name)
+                new = ", ".join(e.node_name for e in result.status.active_tunnel_endpoints()) or "nobody"
+                self.recorder.record(ref, "Warning", EVENT_NOT_FORWARDING,
+                                     f"gateway {ep.node_name} is not forwarding, failed over to {new}: "
+                                     f"{blame.evidence}")
+        self._record_health_transition(gw, result)
         for ep in result.elected:
             log.info("active endpoint elected", extra=kv(gateway=gw.name, node=ep.node_name, type=ep.type))
             self.metrics.elections.labels(gateway=gw.name).inc()
@@ -304,6 +459,15 @@ class GatewayReconciler:
                                  f"{ep.type} endpoint on node {ep.node_name} is active")
         if result.lost and not any(ep.type == "tunnel" for ep in result.status.active_endpoints or []):
             log.warning("gateway has no active tunnel endpoint", extra=kv(gateway=gw.name))
+
+    def _record_health_transition(self, gw: Gateway, result: ElectionResult) -> None:
+        """An Event when the TunnelsHealthy condition turns to NoBetterCandidate (nothing moves: say why once)."""
+        old = [c.reason for c in gw.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
+        new = [c for c in result.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
+        if new and new[0].reason == REASON_NO_BETTER and old != [REASON_NO_BETTER]:
+            log.warning("gateway not forwarding and no better candidate", extra=kv(gateway=gw.name,
+                                                                                    why=new[0].message))
+            self.recorder.record(self._ref(gw), "Warning", EVENT_NO_BETTER_CANDIDATE, new[0].message)
 
     def _report_node_problems(self, gw: Gateway, result: ElectionResult) -> None:
         problems = result.node_problems
@@ -341,6 +505,9 @@ class GatewayReconciler:
 
     def _forget(self, name: str) -> None:
         self._written_rv.pop(name, None)
+        self._memory.pop(name, None)
+        self._verdicts.pop(name, None)
+        self._sensitive.discard(name)
         self._tracebacks_logged.pop(name, None)
         self._reported.pop(name, None)
         self._invalid.discard(name)

@@ -20,6 +20,7 @@ from e2e.apiserver import ApiServer
 from raven.api.constants import LABEL_GATEWAY
 from raven.config import CommonConfig, ControllerConfig, ListenAddr
 from raven.controller.app import Controller
+from raven.controller.reconciler import PATHREPORTS
 from raven.health import Health
 from raven.kube.client import GATEWAYS, NODES, KubeClient, Resource, new_api_client
 from raven.runtime import Runtime
@@ -31,17 +32,20 @@ T = TypeVar("T")
 
 
 async def install_crd(client: KubeClient) -> None:
-    crd = yaml.safe_load((ROOT / "manifests" / "01-crd-gateways.yaml").read_text())
-    await client.create(CRDS, crd)
-    last: Exception | None = None
-    for _ in range(100):  # served at once by the test server; a real one takes a moment
-        try:
-            await client.list(GATEWAYS)
-            return
-        except Exception as exc:
-            last = exc
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"the Gateway CRD was never served: {last!r}")
+    """The project's CRDs: Gateways and PathReports."""
+    for manifest, res in (("01-crd-gateways.yaml", GATEWAYS), ("06-crd-pathreports.yaml", PATHREPORTS)):
+        crd = yaml.safe_load((ROOT / "manifests" / manifest).read_text())
+        await client.create(CRDS, crd)
+        last: Exception | None = None
+        for _ in range(100):  # served at once by the test server; a real one takes a moment
+            try:
+                await client.list(res)
+                break
+            except Exception as exc:
+                last = exc
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the {res} CRD was never served: {last!r}")
 
 
 @pytest.fixture
@@ -170,12 +174,13 @@ async def start(apiserver: ApiServer) -> AsyncIterator[Callable[..., Awaitable[R
     clients: list[KubeClient] = []
 
     async def start(identity: str = "ctrl-a", leader_elect: bool = False, lease: tuple[float, float, float] =
-                    (3.0, 2.0, 0.5), workers: int = 4, namespace: str = "kube-system") -> RunningController:
+                    (3.0, 2.0, 0.5), workers: int = 4, namespace: str = "kube-system",
+                    **settings: Any) -> RunningController:
         assert apiserver.kubeconfig
         common = CommonConfig(apiserver.kubeconfig, ListenAddr("127.0.0.1", 0), ListenAddr("127.0.0.1", 0))
         cfg = ControllerConfig(common=common, leader_elect=leader_elect, lease_duration=lease[0],
                                renew_deadline=lease[1], retry_period=lease[2], identity=identity,
-                               lease_namespace=namespace)
+                               lease_namespace=namespace, **settings)
         health = Health()
         registry = CollectorRegistry()
         rt = Runtime(health, Supervisor(health, registry), registry, asyncio.Event())

@@ -82,4 +82,19 @@ def test_crd_serves_openyurt_names() -> None:
     assert version["name"] == "v1beta1" and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {"ActiveEndpoint": ".status.activeEndpoints[*].nodeName", "ExposeType": ".spec.exposeType",
+                       "Tunnels": '.status.conditions[?(@.type=="TunnelsHealthy")].status',
+                       "Health": '.status.conditions[?(@.type=="TunnelsHealthy")].reason',
                        "Age": ".metadata.creationTimestamp"}
+
+
+def test_gateway_printer_columns_show_the_tunnels_condition() -> None:
+    """`kubectl get gw`: whether the pool's tunnels are healthy, and why (the test server evaluates the filter)."""
+    from e2e.apiserver.table import jsonpath
+
+    crd = _docs(MANIFESTS / "01-crd-gateways.yaml")[0]
+    columns = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    gw = {"status": {"conditions": [{"type": "Valid", "status": "True", "reason": "SpecValid"},
+                                    {"type": "TunnelsHealthy", "status": "False", "reason": "NotForwarding"}]}}
+    assert jsonpath(gw, columns["Tunnels"]) == ["False"]
+    assert jsonpath(gw, columns["Health"]) == ["NotForwarding"]
+    assert jsonpath({"status": {}}, columns["Tunnels"]) == []

@@ -1,0 +1,246 @@
+"""`health.raven-py.io/v1alpha1` PathReport: what one node's agent measures of the paths it uses.
+
+One cluster-scoped object per node (`metadata.name` = the node name), written only by that node's agent
+(the object with `spec.nodeName`, then its `status` through the /status subresource). A group of our own:
+no OpenYurt object changes, and an OpenYurt-only client never sees these. The shape is the one fixed in the
+path-health contract shared by the agent side (probes) and the controller side (failover):
+
+    spec:   {nodeName}
+    status: {gateway, role, heartbeatTime, probeIntervalSeconds, targets: [{kind, gateway, node, address,
+             state, since, rttSeconds, lossRatio}]}
+
+Parsing is strict about types (a wrong type raises `PathReportParseError`, so the typed informer keeps no
+value for that version and the controller treats the node as having no evidence), lenient about absence (a
+missing field reads as its empty value) and skips targets of a kind it does not know (a newer agent's).
+`to_dict(from_dict(x))` keeps every known field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, TypeGuard
+
+GROUP: Final = "health.raven-py.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "PathReport"
+PLURAL: Final = "pathreports"
+
+Role = Literal["none", "member", "gateway"]
+TargetKind = Literal["gateway", "via", "peer"]
+State = Literal["up", "degraded", "down", "unknown"]
+ROLES: Final[tuple[Role, ...]] = ("none", "member", "gateway")
+TARGET_KINDS: Final[tuple[TargetKind, ...]] = ("gateway", "via", "peer")
+STATES: Final[tuple[State, ...]] = ("up", "degraded", "down", "unknown")
+
+JSON = dict[str, object]
+JSONObject = Mapping[str, object]
+
+
+class PathReportParseError(ValueError):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+def _is_obj(value: object) -> TypeGuard[JSONObject]:
+    return isinstance(value, dict)
+
+
+def _is_arr(value: object) -> TypeGuard[Sequence[object]]:
+    return isinstance(value, list)
+
+
+def _obj(parent: JSONObject, key: str, path: str) -> JSONObject:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not _is_obj(value):
+        raise PathReportParseError(f"{path}.{key}", f"expected object, got {type(value).__name__}")
+    return value
+
+
+def _str(parent: JSONObject, key: str, path: str) -> str:
+    value = parent.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PathReportParseError(f"{path}.{key}", f"expected string, got {type(value).__name__}")
+    return value
+
+
+def _num(parent: JSONObject, key: str, path: str) -> float | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PathReportParseError(f"{path}.{key}", f"expected number, got {type(value).__name__}")
+    return float(value)
+
+
+def _choice(parent: JSONObject, key: str, path: str, choices: Sequence[str], default: str) -> str:
+    value = _str(parent, key, path) or default
+    if value not in choices:
+        raise PathReportParseError(f"{path}.{key}", f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_time(text: str, path: str = "time") -> datetime | None:
+    """RFC 3339 (`...Z` or an offset) as an aware UTC datetime; "" is None."""
+    if not text:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PathReportParseError(path, f"{text!r} is not an RFC 3339 time") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def format_time(ts: datetime) -> str:
+    ts = ts.astimezone(UTC)
+    if ts.microsecond:
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One probed target, as the agent's state machine sees it (`state` uses its hysteresis: `down` only after
+    N consecutive losses, so one lost probe in ten is at most `degraded`)."""
+
+    kind: TargetKind
+    gateway: str  # the Gateway the target belongs to
+    node: str  # the target gateway's active endpoint when probed ("" when unknown)
+    address: str
+    state: State
+    since: datetime | None = None
+    rtt_seconds: float | None = None
+    loss_ratio: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.state in ("up", "degraded")
+
+    @property
+    def lost(self) -> bool:
+        return self.state == "down"
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status.targets[]") -> Target:
+        kind = _choice(obj, "kind", path, TARGET_KINDS, "")
+        state = _choice(obj, "state", path, STATES, "unknown")
+        return cls(
+            kind=_as_kind(kind), gateway=_str(obj, "gateway", path), node=_str(obj, "node", path),
+            address=_str(obj, "address", path), state=_as_state(state),
+            since=parse_time(_str(obj, "since", path), f"{path}.since"),
+            rtt_seconds=_num(obj, "rttSeconds", path), loss_ratio=_num(obj, "lossRatio", path),
+        )
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"kind": self.kind, "gateway": self.gateway, "node": self.node, "address": self.address,
+                     "state": self.state}
+        if self.since is not None:
+            out["since"] = format_time(self.since)
+        out["rttSeconds"] = self.rtt_seconds
+        if self.loss_ratio is not None:
+            out["lossRatio"] = self.loss_ratio
+        return out
+
+
+def _as_kind(value: str) -> TargetKind:
+    for k in TARGET_KINDS:
+        if k == value:
+            return k
+    raise PathReportParseError("kind", f"{value!r} is not one of {', '.join(TARGET_KINDS)}")
+
+
+def _as_state(value: str) -> State:
+    for s in STATES:
+        if s == value:
+            return s
+    return "unknown"
+
+
+def _as_role(value: str) -> Role:
+    for r in ROLES:
+        if r == value:
+            return r
+    return "none"
+
+
+@dataclass(frozen=True)
+class PathReportStatus:
+    gateway: str = ""
+    role: Role = "none"
+    heartbeat_time: datetime | None = None
+    probe_interval_seconds: float | None = None
+    targets: tuple[Target, ...] = ()
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status") -> PathReportStatus:
+        raw = obj.get("targets")
+        if raw is not None and not _is_arr(raw):
+            raise PathReportParseError(f"{path}.targets", f"expected array, got {type(raw).__name__}")
+        targets: list[Target] = []
+        for i, t in enumerate(raw if _is_arr(raw) else ()):
+            if not _is_obj(t):
+                raise PathReportParseError(f"{path}.targets[{i}]", f"expected object, got {type(t).__name__}")
+            if t.get("kind") not in TARGET_KINDS:
+                continue  # a kind a newer agent measures: not evidence this controller knows how to read
+            targets.append(Target.from_dict(t, f"{path}.targets[{i}]"))
+        return cls(
+            gateway=_str(obj, "gateway", path),
+            role=_as_role(_choice(obj, "role", path, ROLES, "none")),
+            heartbeat_time=parse_time(_str(obj, "heartbeatTime", path), f"{path}.heartbeatTime"),
+            probe_interval_seconds=_num(obj, "probeIntervalSeconds", path),
+            targets=tuple(targets),
+        )
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"gateway": self.gateway, "role": self.role}
+        if self.heartbeat_time is not None:
+            out["heartbeatTime"] = format_time(self.heartbeat_time)
+        if self.probe_interval_seconds is not None:
+            out["probeIntervalSeconds"] = self.probe_interval_seconds
+        out["targets"] = [t.to_dict() for t in self.targets]
+        return out
+
+
+@dataclass(frozen=True)
+class PathReport:
+    name: str  # metadata.name: the node the report is about
+    node_name: str  # spec.nodeName: must equal `name` (else the controller ignores the report)
+    status: PathReportStatus = PathReportStatus()
+    resource_version: str = ""
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject) -> PathReport:
+        meta = _obj(obj, "metadata", "")
+        rv = meta.get("resourceVersion")
+        return cls(
+            name=_str(meta, "name", "metadata"),
+            node_name=_str(_obj(obj, "spec", ""), "nodeName", "spec"),
+            status=PathReportStatus.from_dict(_obj(obj, "status", "")),
+            resource_version=rv if isinstance(rv, str) else "",
+        )
+
+    def to_dict(self) -> JSON:
+        meta: JSON = {"name": self.name}
+        if self.resource_version:
+            meta["resourceVersion"] = self.resource_version
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"nodeName": self.node_name},
+                "status": self.status.to_dict()}
+
+    @property
+    def well_formed(self) -> bool:
+        """Written by the node it names (the contract's writer check; RBAC cannot narrow agents' writes)."""
+        return bool(self.name) and self.node_name == self.name
+
+    def fresh(self, now: datetime, stale_after: timedelta) -> bool:
+        """A report whose heartbeat is older than `stale_after` (3 x the agents' heartbeat) is no evidence."""
+        hb = self.status.heartbeat_time
+        return hb is not None and now - hb <= stale_after

@@ -1,0 +1,424 @@
+"""Failover on data-plane health: from the agents' PathReports, decide whether a Gateway's active endpoint is
+"not forwarding" and which candidates may replace it (pure: no I/O, no clock, the same inputs give the same verdict).
+
+`assess()` returns a `HealthVerdict` whose `election` part (`HealthInput`) feeds the one sticky election
+(election.py): `not_forwarding` active nodes are replaced when a fit candidate exists and kept otherwise,
+`unfit` candidates are never newly elected, `keep` active nodes stay although NotReady (edge autonomy).
+
+Evidence. Only fresh reports count (heartbeat not older than `stale_after`, 3 x the agents' heartbeat; a stale
+report is no evidence, never "down"), written by the node they name, by a node the controller's view agrees with
+(a member report's node is labelled for that Gateway; a gateway report's node is an active endpoint of its
+Gateway), and only targets probed at the *current* active endpoint (`target.node`). A target is lost only when
+the agent's state machine says `down` (N consecutive losses): one lost probe in ten is at most `degraded`,
+which counts as reached. For the active endpoint A of Gateway G:
+
+- R1 LAN: more than half of G's reporting members lost A over raven0 -> A is not forwarding (the node or its
+  raven0 is gone; nothing remote explains that).
+- R2 forwarding: more than half of the members that reach A over raven0 and probe through A a remote gateway R
+  known to work (A itself reaches R, or a third gateway does) reach none of those R through A -> A answers but
+  does not forward. "Known to work" rests on another report, which may simply be written later than the loss:
+  the losses count once they are `settle` old (1 s), by when a truly dead R would have been reported lost too.
+- R3 peers: no peer reaches A, and at least one peer that lost A still reaches another gateway (its own uplink
+  works) -> A is not forwarding. A peer that reaches nobody is no evidence (its own uplink may be cut).
+- R4 self: A's own report says it reaches no peer (losses `settle` old), no peer reaches A, and at least one peer
+  it lost is reached by a third gateway -> A is not forwarding. A's losses are "better explained" when every
+  peer it lost is unreached by everyone else (that peer is down, or the cut is between two pools and nothing can
+  tell which end).
+Any positive evidence that A forwards (a member reaching a remote gateway through A, a peer reaching A) rules
+out R3 and R4, so a remote failure is never blamed on the local gateway: when the cloud gateway dies, its
+members lose it (R1), while every edge gateway's losses are all "the cloud gateway", which nobody else reaches.
+In a two-pool cluster a cut between the pools looks the same from both ends, so only R1/R2 (local evidence) move
+anything there.
+
+Candidates. A candidate c is unfit (never newly elected) when it is held (below), when its own fresh report says
+it reaches none of its peers (it has peer targets and all are down), or when it lost A over raven0 while most
+members reach A (its own LAN is broken). When A is not forwarding and no fit Ready candidate exists, nothing
+moves and the condition says why. Trial budget: when A was elected by a health failover whose evidence was
+about peers (R3/R4, or R2 while its tunnels are down too: the uplink kind) and A now fails with that kind of
+evidence too, the pool's uplink is the likely cause: nothing moves until the gateway has been seen healthy again.
+Without candidate evidence (no standby probes) a whole-pool uplink cut thus costs exactly one trial failover.
+
+No flapping. A node replaced on health evidence is held: it becomes eligible again only once its own reports have
+shown nothing against it (nothing that makes a candidate unfit; its losses *through* the current gateway are that
+gateway's; no fresh report at all: Node readiness decides, as before) for `hold_time`, counted from the failover
+at the earliest. The election stays sticky, so a released node returns only when the current active is lost in
+turn. A held node may still fill a hole that Node readiness left when no other candidate can
+(`HealthInput.held`): better a held node than no tunnel.
+
+Edge autonomy. An active endpoint whose Node is NotReady (the control plane lost its pool) is kept while a
+fresh report from another pool's gateway still reaches it through the tunnel and nothing above blames it. When
+reports stop (all stale), there is no evidence either way and the election falls back to Node readiness alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from raven.api.gateway import Gateway
+from raven.api.node import Node
+from raven.api.pathreport import PathReport, Target
+from raven.controller.election import HealthInput
+
+CONDITION_TUNNELS_HEALTHY = "TunnelsHealthy"
+REASON_HEALTHY = "Healthy"
+REASON_DEGRADED = "Degraded"
+REASON_REMOTE_DOWN = "RemoteGatewayDown"
+REASON_NOT_FORWARDING = "NotForwarding"
+REASON_NO_BETTER = "NoBetterCandidate"
+REASON_KEPT = "KeptDespiteNotReady"
+REASON_NO_EVIDENCE = "NoEvidence"
+REASON_NO_ACTIVE = "NoActiveEndpoint"
+REASON_FAILED_OVER = "FailedOver"
+
+KIND_LAN = "lan"
+KIND_FORWARDING = "forwarding"
+KIND_PEERS = "peers"
+KIND_SELF = "self"
+UPLINK_KINDS = frozenset({KIND_PEERS, KIND_SELF})
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    stale_after: timedelta = timedelta(seconds=180)
+    hold_time: timedelta = timedelta(seconds=60)
+    # Evidence that rests on *another* report still saying "up" (R2, R4) counts only once the loss is this old:
+    # if the other end were down too, its own report would have said so by then (reports are written apart).
+    settle: timedelta = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A node replaced on health evidence at `since`; `clean_since`: since when nothing counts against it."""
+
+    since: datetime
+    clean_since: datetime | None = None
+    evidence: str = ""  # why it was replaced (kept in the condition while the hold lasts)
+
+
+@dataclass(frozen=True)
+class HealthMemory:
+    """What one Gateway's assessment remembers between calls (kept by the reconciler, in memory only)."""
+
+    holds: Mapping[str, Hold] = field(default_factory=dict)
+    # Set by a health failover on uplink-kind evidence; cleared once the gateway is seen healthy again.
+    trial_spent: bool = False
+
+
+@dataclass(frozen=True)
+class Blame:
+    kind: str  # KIND_*
+    evidence: str  # "3 of 3 peers and 1 of 1 members lost the gateway since 12:00:01"
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    election: HealthInput
+    condition_status: str  # True | False | Unknown
+    condition_reason: str
+    condition_message: str
+    memory: HealthMemory
+    blamed: Mapping[str, Blame] = field(default_factory=dict)  # active node -> why it is not forwarding
+    next_check: datetime | None = None  # re-assess then even without an event (a hold ends, evidence goes stale)
+
+
+def record_failover(memory: HealthMemory, node: str, blame: Blame, now: datetime) -> HealthMemory:
+    """`node` was replaced on `blame`: hold it, and spend the trial budget when the evidence was of the uplink kind."""
+    holds = dict(memory.holds)
+    holds[node] = Hold(since=now, evidence=blame.evidence)
+    return HealthMemory(holds=holds, trial_spent=memory.trial_spent or blame.kind in UPLINK_KINDS)
+
+
+def _hhmmss(ts: datetime | None) -> str:
+    return ts.strftime("%H:%M:%S") if ts is not None else "?"
+
+
+def _latest(targets: Iterable[Target]) -> datetime | None:
+    times = [t.since for t in targets if t.since is not None]
+    return max(times) if times else None
+
+
+@dataclass(frozen=True)
+class _View:
+    """The fresh, trusted evidence of a cluster, indexed for one assessment."""
+
+    gateway: str
+    actives: Mapping[str, frozenset[str]]  # gateway -> its active tunnel nodes (the controller's view)
+    member_reports: Sequence[PathReport]  # fresh reports of nodes labelled for `gateway`
+    gateway_reports: Mapping[str, PathReport]  # node -> fresh report of an active endpoint (any gateway)
+    by_node: Mapping[str, PathReport]  # node -> its fresh, trusted report (the two above)
+    # (gateway, node) -> (reporting gateway, target) of every other gateway's active endpoint that probed it
+    peer_index: Mapping[tuple[str, str], Sequence[tuple[str, Target]]]
+
+    def peer_views_of(self, gw: str, node: str) -> Sequence[tuple[str, Target]]:
+        return self.peer_index.get((gw, node), ())
+
+    def reached_by_others(self, gw: str, node: str, excluding: frozenset[str]) -> bool:
+        return any(t.reached for g, t in self.peer_views_of(gw, node) if g not in excluding)
+
+    def reaches_another(self, reporter: PathReport, other_than: str) -> bool:
+        return any(t.kind == "peer" and t.gateway != other_than and t.reached for t in reporter.status.targets)
+
+    def own_peers(self, node: str) -> list[Target]:
+        """`node`'s own peer targets that are about current active endpoints."""
+        r = self.by_node.get(node)  # a standby's report may carry peer probes too (hot standby)
+        if r is None:
+            return []
+        return [t for t in r.status.targets if t.kind == "peer" and t.state != "unknown"
+                and t.node in self.actives.get(t.gateway, frozenset())]
+
+
+def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Iterable[PathReport],
+               labelled: Mapping[str, str | None], now: datetime, stale_after: timedelta) -> _View:
+    """`labelled`: node -> the Gateway its label names (the controller's view), for the nodes of `reports`."""
+    members: list[PathReport] = []
+    gateways: dict[str, PathReport] = {}
+    for r in reports:
+        if not r.well_formed or not r.fresh(now, stale_after):
+            continue
+        st = r.status
+        if st.role == "gateway" and r.name in actives.get(st.gateway, frozenset()):
+            gateways[r.name] = r
+        elif st.gateway == gateway and labelled.get(r.name) == gateway and st.role != "gateway":
+            members.append(r)
+    index: dict[tuple[str, str], list[tuple[str, Target]]] = {}
+    for r in gateways.values():
+        for t in r.status.targets:
+            if t.kind == "peer" and t.gateway != r.status.gateway and t.state != "unknown":
+                index.setdefault((t.gateway, t.node), []).append((r.status.gateway, t))
+    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index)
+
+
+def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
+    out = []
+    for r in view.member_reports:
+        if r.name == node:
+            continue
+        for t in r.status.targets:
+            if t.kind == "gateway" and t.gateway == view.gateway and t.node == node and t.state != "unknown":
+                out.append((r, t))
+    return out
+
+
+def _blame(view: _View, node: str, now: datetime, settle: timedelta,
+           pending: list[datetime]) -> tuple[Blame | None, list[str]]:
+    """Why `node` (an active endpoint of view.gateway) is not forwarding, or None; plus what was seen (for the
+    condition when nothing is blamed). The evidence names every loss seen, e.g. "3 of 3 peers and 1 of 1 members
+    lost the gateway since 12:00:01"."""
+    g = view.gateway
+
+    def settled(t: Target) -> bool:
+        """A loss old enough that a report contradicting it is not merely written later (else: re-check then)."""
+        if t.since is None or now - t.since >= settle:
+            return True
+        pending.append(t.since + settle)
+        return False
+
+    lan = _member_targets(view, node)
+    lan_lost = [t for _, t in lan if t.lost]
+    own = view.own_peers(node)
+    own_reached = {t.gateway for t in own if t.reached}
+    # Members that reach A over raven0 and probe, through A, remote gateways known to work.
+    fwd_total, fwd_failing, forwards = 0, 0, False
+    fwd_lost: list[Target] = []
+    for r, gt in lan:
+        if not gt.reached:
+            continue
+        relevant = [t for t in r.status.targets if t.kind == "via" and t.gateway != g and t.state != "unknown"
+                    and t.node in view.actives.get(t.gateway, frozenset())
+                    and (t.gateway in own_reached or view.reached_by_others(t.gateway, t.node, frozenset({g})))]
+        if not relevant:
+            continue
+        if any(t.reached for t in relevant):
+            fwd_total += 1
+            forwards = True
+        elif all(settled(t) for t in relevant):
+            fwd_total += 1
+            fwd_failing += 1
+            fwd_lost.extend(relevant)
+    peers = view.peer_views_of(g, node)
+    peers_lost = [t for _, t in peers if t.lost]
+    peers_reaching = len(peers) - len(peers_lost)
+
+    def evidence(extra: str = "") -> str:
+        parts = []
+        if peers_lost:
+            parts.append(f"{len(peers_lost)} of {len(peers)} peers")
+        if lan_lost:
+            parts.append(f"{len(lan_lost)} of {len(lan)} members")
+        elif fwd_failing:
+            parts.append(f"{fwd_failing} of {fwd_total} members (through it)")
+        since = _latest([*peers_lost, *lan_lost, *fwd_lost])
+        who = " and ".join(parts) if parts else "the evidence"
+        return f"{who} lost the gateway since {_hhmmss(since)}{extra}"
+
+    seen: list[str] = []
+    if lan:
+        seen.append(f"{len(lan) - len(lan_lost)} of {len(lan)} members reach it over raven0")
+    if peers:
+        seen.append(f"{peers_reaching} of {len(peers)} peers reach it")
+    # R1: most members lost A itself over raven0.
+    if lan_lost and 2 * len(lan_lost) > len(lan):
+        return Blame(KIND_LAN, evidence(" (over raven0)")), seen
+    # R2: most members reach A but nothing known to work through it.
+    if fwd_total and 2 * fwd_failing > fwd_total:
+        if peers_lost or (own and not own_reached):  # its tunnels are gone too: the uplink kind
+            return Blame(KIND_PEERS, evidence(" (its tunnels are down)")), seen
+        return Blame(KIND_FORWARDING, evidence(" (it answers but does not forward)")), seen
+    if forwards or peers_reaching:
+        return None, seen
+    # R3: every peer lost A, and one of them still reaches another gateway (its own uplink works).
+    if any(t.lost and view.reaches_another(r, g) for r in view.gateway_reports.values()
+           for t in r.status.targets if t.kind == "peer" and t.gateway == g and t.node == node):
+        return Blame(KIND_PEERS, evidence(" (the peers still reach each other)")), seen
+    # R4: A's own report: it reaches no peer, and one it lost is reached by a third gateway.
+    if own and not own_reached and all(settled(t) for t in own):
+        third = sorted({t.gateway for t in own if view.reached_by_others(t.gateway, t.node, frozenset({g}))})
+        if third:
+            return Blame(KIND_SELF, f"the gateway lost {len(own)} of {len(own)} peers since "
+                                    f"{_hhmmss(_latest(own))} while others reach {', '.join(third)}"), seen
+    return None, seen
+
+
+def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
+    """Why candidate `node`'s own reports say it cannot do better than the current active, or None."""
+    own = view.own_peers(node)
+    if own and not any(t.reached for t in own):
+        return f"its own report says it reaches 0 of {len(own)} peers"
+    for r in view.member_reports:
+        if r.name != node:
+            continue
+        for t in r.status.targets:
+            if t.kind == "gateway" and t.gateway == view.gateway and t.node in active and t.lost:
+                others = [x for o, x in _member_targets(view, t.node) if o.name != node]
+                reached = sum(1 for x in others if x.reached)
+                if 2 * reached > len(others):
+                    return f"it lost {t.node} over raven0 while {reached} of {len(others)} other members reach it"
+    return None
+
+
+def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], now: datetime, hold: timedelta
+               ) -> tuple[dict[str, Hold], dict[str, str], list[datetime]]:
+    """Advance every hold: (holds still in force, why each held node is unfit, when each could end).
+
+    What counts against a held node is what makes a candidate unfit (`_unfit`): its own report says it reaches
+    no peer, or it lost its pool's gateway over raven0 while most members reach it. Its losses *through* the
+    current gateway are that gateway's, not its own."""
+    kept: dict[str, Hold] = {}
+    why: dict[str, str] = {}
+    ends: list[datetime] = []
+    for node, h in holds.items():
+        against = _unfit(view, node, active)
+        clean = None if against is not None else (h.clean_since or now)
+        end = max(h.since + hold, clean + hold) if clean is not None else None
+        if end is not None and end <= now:
+            continue  # released
+        kept[node] = Hold(h.since, clean, h.evidence)
+        if end is not None:
+            ends.append(end)
+            why[node] = (f"failed over at {_hhmmss(h.since)}, held until healthy for {hold.total_seconds():g} s "
+                         f"(clean since {_hhmmss(clean)})")
+        else:
+            why[node] = f"failed over at {_hhmmss(h.since)}, and {against}"
+    return kept, why, ends
+
+
+def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, frozenset[str]],
+           reports: Iterable[PathReport], memory: HealthMemory, now: datetime,
+           settings: HealthSettings) -> HealthVerdict:
+    """The health verdict for `gw`.
+
+    `candidates`: the nodes labelled for `gw` (by name). `actives`: every Gateway's active tunnel nodes, as the
+    controller sees them (`gw`'s own included). `reports`: the PathReports that may matter (at least those of
+    `gw`'s nodes and of every active endpoint; more is harmless). `memory`: what the last call returned.
+    """
+    reports = list(reports)
+    labelled = {r.name: (n.gateway if (n := candidates.get(r.name)) is not None else None) for r in reports}
+    view = build_view(gw.name, actives, reports, labelled, now, settings.stale_after)
+    active = sorted(actives.get(gw.name, frozenset()))
+    holds, held_why, ends = _hold_step(view, memory.holds, active, now, settings.hold_time)
+    spec_nodes = [ep.node_name for ep in gw.spec.all_endpoints if ep.type == "tunnel"]
+
+    unfit: dict[str, str] = dict(held_why)
+    for c in spec_nodes:
+        if c in active or c in unfit:
+            continue
+        why = _unfit(view, c, active)
+        if why is not None:
+            unfit[c] = why
+
+    stale_times = [r.status.heartbeat_time + settings.stale_after for r in
+                   (*view.member_reports, *view.gateway_reports.values()) if r.status.heartbeat_time is not None]
+    next_check = min([*ends, *stale_times], default=None)
+    has_evidence = bool(view.member_reports) or any(
+        view.peer_views_of(gw.name, a) for a in active) or any(view.own_peers(a) for a in active)
+
+    if not active:
+        status, reason = ("False", REASON_NO_ACTIVE) if view.member_reports else ("Unknown", REASON_NO_EVIDENCE)
+        return HealthVerdict(HealthInput(unfit=unfit), status, reason, "no active tunnel endpoint",
+                             HealthMemory(holds, memory.trial_spent), next_check=next_check)
+
+    not_forwarding: dict[str, str] = {}
+    blamed: dict[str, Blame] = {}
+    keep: dict[str, str] = {}
+    messages: list[str] = []
+    status, reason = "True", REASON_HEALTHY
+    trial_spent = memory.trial_spent
+    pending: list[datetime] = []
+    for a in active:
+        blame, seen = _blame(view, a, now, settings.settle, pending)
+        node = candidates.get(a)
+        if blame is None:
+            peers = view.peer_views_of(gw.name, a)
+            reaching = [t for _, t in peers if t.reached]
+            if node is not None and not node.ready and not node.being_deleted and reaching:
+                keep[a] = f"{len(reaching)} of {len(peers)} peers reach it through the tunnel"
+                messages.append(f"{a} is NotReady but kept: {keep[a]}")
+                status, reason = "True", REASON_KEPT
+                continue
+            lost_own = [t for t in view.own_peers(a) if t.lost]
+            degraded = [t for t in (*view.own_peers(a), *(t for _, t in peers)) if t.state == "degraded"]
+            if lost_own:
+                messages.append(f"{a} lost {', '.join(sorted({t.gateway for t in lost_own}))}, which nobody else "
+                                f"reaches either: not this pool's fault, nothing moves")
+                status, reason = "False", REASON_REMOTE_DOWN
+            elif degraded:
+                messages.append(f"{a}: {len(degraded)} tunnel(s) degraded (loss or RTT), none down")
+                status, reason = "True", REASON_DEGRADED
+            elif not has_evidence:
+                messages.append("no fresh PathReports: failover follows Node readiness only")
+                status, reason = "Unknown", REASON_NO_EVIDENCE
+            else:
+                messages.append(f"{a}: " + ("; ".join(seen) or "no losses reported"))
+            continue
+        blamed[a] = blame
+        if trial_spent and blame.kind in UPLINK_KINDS:
+            messages.append(f"{a} is not forwarding ({blame.evidence}), but it replaced a gateway that failed the "
+                            f"same way: the pool's uplink is likely cut, nothing moves")
+            status, reason = "False", REASON_NO_BETTER
+            continue
+        fit = [c for c in spec_nodes if c not in active and c not in unfit and (n := candidates.get(c)) is not None
+               and n.eligible]
+        if not fit:
+            others = [f"{c}: {unfit[c]}" if c in unfit else f"{c}: not Ready" for c in spec_nodes if c not in active]
+            messages.append(f"{a} is not forwarding ({blame.evidence}); no candidate can do better"
+                            + (f" ({'; '.join(others)})" if others else " (no other candidate)"))
+            status, reason = "False", REASON_NO_BETTER
+            continue
+        not_forwarding[a] = blame.evidence
+        messages.append(f"{a} is not forwarding: {blame.evidence}")
+        status, reason = "False", REASON_NOT_FORWARDING
+    if status == "True" and reason == REASON_HEALTHY and has_evidence:
+        trial_spent = False  # seen healthy: a later uplink-kind failure may be tried once more
+    if holds and reason in (REASON_HEALTHY, REASON_NO_EVIDENCE, REASON_DEGRADED):
+        # The failover stays visible while its node is held.
+        reason = REASON_FAILED_OVER
+        messages += [f"{n} failed over at {_hhmmss(h.since)}: {h.evidence}" for n, h in sorted(holds.items())]
+    if pending:
+        next_check = min([*pending, *([next_check] if next_check is not None else [])])
+    return HealthVerdict(
+        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep,
+                             held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None)),
+        condition_status=status, condition_reason=reason, condition_message="; ".join(messages),
+        memory=replace(memory, holds=holds, trial_spent=trial_spent), blamed=blamed, next_check=next_check)
