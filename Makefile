@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools
 # Test-only packages: ping, ps/pkill for the network-namespace lab; openssl makes the
 # test API server's certificate.
-APT_TEST := iputils-ping procps openssl
+APT_TEST := iputils-ping procps openssl iperf3 sysstat
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
 PYTEST_ARGS ?=
 
