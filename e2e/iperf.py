@@ -41,13 +41,17 @@ def iperf3_run(src: Netns, dst: Netns, dst_ip: str, port: int, seconds: float = 
                name: str = "iperf3", extra: tuple[str, ...] = ()) -> Transfer:
     """One TCP transfer of `seconds` from `src` to `dst_ip` (in `dst`); raises LabError when it fails."""
     iperf3 = iperf3_path()
+    log = dst.run_dir / f"{name}-server.out.log"
+    offset = log.stat().st_size if log.exists() else 0  # the log is appended to by every run of that name
     server = dst.popen([iperf3, "-s", "-1", "--forceflush", "-B", dst_ip, "-p", str(port)], name=f"{name}-server")
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             # Listening: a server announces itself on stdout ("Server listening on PORT").
-            if "listening" in server.stdout_path.read_text(errors="replace") or not server.alive():
-                break
+            with open(server.stdout_path, "rb") as f:
+                f.seek(offset)
+                if b"listening" in f.read() or not server.alive():
+                    break
             time.sleep(0.02)
         out = src.run([iperf3, "-c", dst_ip, "-p", str(port), "-t", str(seconds), "-J", *extra],
                       check=False, timeout=seconds + 30)

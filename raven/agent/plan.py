@@ -334,6 +334,7 @@ def plan(
             mtu=mtus.inter_gateway,
             mac=mac_from_ipv4(gw.inner),
             local=gw.inner,
+            udp_csum=False,  # inside ESP: its ICV protects the packet; a checksum costs a pass over it twice
         )
     )
     addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))

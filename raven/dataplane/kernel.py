@@ -216,12 +216,13 @@ def diff(desired: DesiredState, current: Observed) -> Changes:
         have = cur_links.get(name)
         if have is None:
             link_create.append(want)
-        elif (have.vni, have.port, have.local, have.underlay_ifname, have.mac) != (
+        elif (have.vni, have.port, have.local, have.underlay_ifname, have.mac, have.udp_csum) != (
             want.vni,
             want.port,
             want.local,
             want.underlay_ifname,
             want.mac,
+            want.udp_csum,
         ):
             # VXLAN identity cannot change in place; a new MAC would make the kernel flush the
             # link's neighbours anyway: recreate, and the diff below re-adds what lives on it.
@@ -649,6 +650,7 @@ def _link_from_msg(m: Any, names: dict[int, str]) -> VxlanLink:
         mac=(m.get("IFLA_ADDRESS") or "").lower(),
         local=data.get("IFLA_VXLAN_LOCAL") or "",
         underlay_ifname=names.get(underlay) if underlay else None,
+        udp_csum=bool(data.get("IFLA_VXLAN_UDP_CSUM", 1)),
     )
 
 
@@ -722,6 +724,7 @@ class _Writer:
             "vxlan_local": link.local,
             # The FDB is ours: no learning, so the kernel adds no entries behind our back.
             "vxlan_learning": 0,
+            "vxlan_udp_csum": int(link.udp_csum),
             "address": link.mac,
             "mtu": link.mtu,
         }
