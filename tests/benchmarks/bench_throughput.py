@@ -14,7 +14,8 @@ the shared CPU's noise falls on all of them alike):
 - `relayed`: Raven, gw-edge-a -> gw-edge-b (both NAT'd): through gw-cloud;
 - `member`: Raven, a member of edge-a -> a member of cloud (raven0, raven1, raven0).
 
-Per case: Mbit/s (median of the rounds), charon CPU per Gbit (utime+stime of every charon of the lab over
+Per case: Mbit/s (median of the rounds; the ratio to the reference is the median of per-round ratios, each
+Raven case measured right after its reference), charon CPU per Gbit (utime+stime of every charon of the lab over
 the transfer / Gbit carried), TCP retransmits (iperf3), IP fragments created and reassemblies requested (all
 namespaces of the lab), UDP receive-buffer drops (`UdpRcvbufErrors`), and the ratio to the reference.
 Targets (issue 12): direct >= 0.9x bare, relayed >= 0.8x bare_2hop, zero fragments everywhere.
@@ -213,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         rc.start()
         rc.wait_converged(timeout=120)
         cases += _raven_cases(rc)
-        cases = [c for c in cases if not only or c.name in only]
+        # Each Raven case right after its reference (see the ratios below).
+        order = ["underlay", "bare", "direct", "member", "bare_2hop", "relayed"]
+        cases = sorted((c for c in cases if not only or c.name in only), key=lambda c: order.index(c.name))
         for rnd in range(args.rounds):
             for i, case in enumerate(cases):
                 r = _measure(case, args.seconds, 18300 + i)
@@ -227,15 +230,22 @@ def main(argv: list[str] | None = None) -> int:
             close()
 
     results = {c.name: _summary(c) for c in cases}
+    by_name = {c.name: c for c in cases}
     for name, ref in REFERENCE.items():
         if name in results and ref in results:
-            results[name][f"ratio_to_{ref}"] = results[name]["mbit_s"] / results[ref]["mbit_s"]
+            # Per round, against the reference measured a few seconds apart; then the median: the load other
+            # work puts on a shared machine drifts over minutes, and a ratio of medians would carry it.
+            ratios = [a["mbit_s"] / b["mbit_s"] for a, b in zip(by_name[name].runs, by_name[ref].runs, strict=True)]
+            results[name][f"ratio_to_{ref}"] = statistics.median(ratios)
+            results[name][f"ratio_to_{ref}_runs"] = [round(r, 2) for r in ratios]
+            results[name][f"cpu_ratio_to_{ref}"] = (results[name]["charon_cpu_s_per_gbit"]
+                                                    / results[ref]["charon_cpu_s_per_gbit"])
     print()
     print(f"{'case':<10} {'Mbit/s':>8} {'ratio':>14} {'charon s/Gbit':>14} {'retrans':>8} {'frags':>7} "
           f"{'reasm':>7} {'rcvbuf':>7}")
     for name, r in results.items():
-        ref = REFERENCE.get(name)
-        ratio = f"{r[f'ratio_to_{ref}']:.2f}x {ref}" if ref and f"ratio_to_{ref}" in r else "-"
+        base = REFERENCE.get(name)
+        ratio = f"{r[f'ratio_to_{base}']:.2f}x {base}" if base and f"ratio_to_{base}" in r else "-"
         print(f"{name:<10} {r['mbit_s']:>8.1f} {ratio:>14} {r['charon_cpu_s_per_gbit']:>14.2f} "
               f"{r['retransmits']:>8.0f} {r['frag_creates']:>7d} {r['reasm_reqds']:>7d} {r['udp_rcvbuf_errors']:>7.0f}")
     aims = []
