@@ -49,6 +49,7 @@ def test_the_follower_reads_the_tun_device_the_underlay_and_the_path_mtu_before_
         "ip link set ipsec0 mtu 1400",  # charon's default kernel-libipsec.mtu
         "ip route replace 198.51.100.0/24 via 192.0.2.2 mtu 1300",  # a smaller path towards the peer
         "ip link set eth0 mtu 1400",  # the underlay itself shrinks
+        "ip route replace 198.51.100.0/24 via 192.0.2.2 mtu 1000",  # not believed (below 1280)
     ]
     out = a.run([sys.executable, "-c", _FOLLOW, *steps])
     got = [(s["underlay"], s["tun"], s["path"], s["raven0"], s["raven1"]) for s in json.loads(out.stdout)]
@@ -59,4 +60,15 @@ def test_the_follower_reads_the_tun_device_the_underlay_and_the_path_mtu_before_
         # 1300: 1300 - 20 - 8 - 8 - 16 - 16 = 1232 = 77 blocks, - 2 = 1230 carried, - 50 VXLAN
         (1500, 1400, 1300, 1450, 1180),
         (1400, 1400, 1300, 1350, 1180),
+        # underlay 1400: 1400 - 68 = 1332 -> 1328 - 2 = 1326 carried (< ipsec0), - 50 VXLAN
+        (1400, 1400, None, 1350, 1276),
     ]
+
+
+def test_a_device_named_ipsec0_that_is_not_a_tun_device_is_not_libipsecs(lab: Lab) -> None:
+    a, b = lab.netns_many(["a", "b"])
+    lab.veth(a, "ipsec0", b, "eth0", mtu=1300)
+    code = "import asyncio; from raven.dataplane.devices import tunnel_device; print(asyncio.run(tunnel_device()))"
+    assert a.run([sys.executable, "-c", code]).stdout.strip() == "None"
+    b.run(["ip", "tuntap", "add", "ipsec0", "mode", "tun"])
+    assert b.run([sys.executable, "-c", code]).stdout.strip() == "TunnelDevice(ifname='ipsec0', mtu=1500)"
