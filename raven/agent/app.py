@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +40,9 @@ from raven.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MIN_BELIEVED_PATH_MTU = 1280
+# Path MTUs are read again when the peers change, else at most this often (a route lookup per peer costs
+# ~1 ms through pyroute2: not something to pay on every plan of a gateway with many peers).
+PATH_MTU_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -77,34 +81,49 @@ class UnderlayFollower:
     """The devices on the encrypted path: the underlay (interface of this node's InternalIP, looked up again
     when that IP changes; its MTU read before every plan), libipsec's TUN device (read before every plan:
     charon may start, or restart with another MTU, after the agent), and the path MTU towards the peers of
-    the last plan. A few netlink requests per plan; logged when something changes."""
+    the last plan (again when they change, else every `path_refresh_s`). Two netlink requests per plan in
+    the steady state; logged when something changes."""
 
-    def __init__(self, tunnel_and_paths: bool = True) -> None:
+    def __init__(self, tunnel_and_paths: bool = True, path_refresh_s: float = PATH_MTU_REFRESH_S) -> None:
+        self._path_refresh_s = path_refresh_s
         # False: only the underlay is looked up (tests planning for a node that is not this host).
         self._tunnel_and_paths = tunnel_and_paths
         self._node_ip: str | None = None
         self.underlay: Underlay | None = None
         self.detected = Detected()
         self.peers: frozenset[str] = frozenset()  # outer addresses of the peers of the last plan
+        self._paths: dict[str, int] = {}
+        self._paths_of: frozenset[str] = frozenset()
+        self._paths_at = 0.0
 
     async def follow(self, node: Node | None) -> Detected:
         if node is not None and node.internal_ip and node.internal_ip != self._node_ip:
             self.underlay = await detect_underlay(node.internal_ip)
             # Only once the lookup worked: a failed one (raised) is tried again by the next plan.
             self._node_ip = node.internal_ip
-        elif self.underlay is not None:
-            mtu = await devices.link_mtu(self.underlay.ifname)
-            if mtu is None:  # the device went away: look for the node IP again
+            checked = True
+        else:
+            checked = False
+        # One netlink socket for the underlay's MTU and libipsec's TUN device.
+        names = devices.LIBIPSEC_DEVICES if self._tunnel_and_paths else ()
+        underlay_mtu, tun = await devices.read_links(
+            self.underlay.ifname if self.underlay is not None and not checked else None, names
+        )
+        if self.underlay is not None and not checked:
+            if underlay_mtu is None:  # the device went away: look for the node IP again
                 self._node_ip = None
                 self.underlay = await detect_underlay(node.internal_ip) if node and node.internal_ip else None
-            elif mtu != self.underlay.mtu:
-                self.underlay = replace(self.underlay, mtu=mtu)
+            elif underlay_mtu != self.underlay.mtu:
+                self.underlay = replace(self.underlay, mtu=underlay_mtu)
         detected = Detected(self.underlay)
         if self._tunnel_and_paths:
-            paths = await devices.path_mtus(self.peers) if self.peers else {}
+            now = time.monotonic()
+            if self.peers != self._paths_of or now - self._paths_at >= self._path_refresh_s:
+                self._paths = await devices.path_mtus(self.peers) if self.peers else {}
+                self._paths_of, self._paths_at = self.peers, now
             # A path MTU below IPv6's minimum is not believed (a forged ICMP could otherwise shrink every tunnel).
-            sane = [m for m in paths.values() if m >= MIN_BELIEVED_PATH_MTU]
-            detected = Detected(self.underlay, await devices.tunnel_device(), min(sane) if sane else None)
+            sane = [m for m in self._paths.values() if m >= MIN_BELIEVED_PATH_MTU]
+            detected = Detected(self.underlay, tun, min(sane) if sane else None)
         if detected != self.detected:
             u, t = detected.underlay, detected.tunnel_device
             log.info("underlay", extra=kv(node_ip=self._node_ip, ifname=u.ifname if u else None,

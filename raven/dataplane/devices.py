@@ -35,8 +35,27 @@ class TunnelDevice:
 
 async def tunnel_device(names: Iterable[str] = LIBIPSEC_DEVICES) -> TunnelDevice | None:
     """The first of `names` that exists here (a TUN device, up or not), with its MTU; None when none does."""
+    return (await read_links(None, names))[1]
+
+
+async def link_mtu(ifname: str) -> int | None:
+    """The MTU of `ifname`, None when it does not exist."""
+    return (await read_links(ifname, ()))[0]
+
+
+async def read_links(
+    ifname: str | None, tunnel_names: Iterable[str] = LIBIPSEC_DEVICES
+) -> tuple[int | None, TunnelDevice | None]:
+    """The MTU of `ifname` (None: absent or not asked) and the TUN device among `tunnel_names`, over one socket."""
+    tunnel_names = tuple(tunnel_names)
+    if ifname is None and not tunnel_names:
+        return None, None
     async with AsyncIPRoute() as ipr:
-        for name in names:
+        mtu: int | None = None
+        if ifname is not None:
+            link = await _link_by_name(ipr, ifname)
+            mtu = None if link is None else int(link.get("IFLA_MTU"))
+        for name in tunnel_names:
             link = await _link_by_name(ipr, name)
             if link is None:
                 continue
@@ -44,21 +63,15 @@ async def tunnel_device(names: Iterable[str] = LIBIPSEC_DEVICES) -> TunnelDevice
             kind = info.get("IFLA_INFO_KIND") if info is not None else None
             if kind not in (None, "tun"):  # a device of another kind that happens to share the name
                 continue
-            return TunnelDevice(ifname=name, mtu=int(link.get("IFLA_MTU")))
-    return None
-
-
-async def link_mtu(ifname: str) -> int | None:
-    """The MTU of `ifname`, None when it does not exist."""
-    async with AsyncIPRoute() as ipr:
-        link = await _link_by_name(ipr, ifname)
-        return None if link is None else int(link.get("IFLA_MTU"))
+            return mtu, TunnelDevice(ifname=name, mtu=int(link.get("IFLA_MTU")))
+    return mtu, None
 
 
 async def path_mtus(addresses: Iterable[str]) -> dict[str, int]:
     """The kernel's path MTU towards each address (`ip route get`): a cached PMTU or route `mtu` metric,
     else the MTU of the device the route leaves by. Unroutable addresses are left out."""
     out: dict[str, int] = {}
+    by_oif: dict[Any, Any] = {}  # device MTUs, read once per call
     async with AsyncIPRoute() as ipr:
         for addr in addresses:
             try:
@@ -74,8 +87,10 @@ async def path_mtus(addresses: Iterable[str]) -> dict[str, int]:
             mtu = metrics.get("RTAX_MTU") if metrics is not None else None
             if not mtu:
                 oif = msg.get("RTA_OIF")
-                links = await _collect(await ipr.link("get", index=int(oif))) if oif is not None else []
-                mtu = links[0].get("IFLA_MTU") if links else None
+                if oif is not None and oif not in by_oif:
+                    links = await _collect(await ipr.link("get", index=int(oif)))
+                    by_oif[oif] = links[0].get("IFLA_MTU") if links else None
+                mtu = by_oif.get(oif)
             if mtu:
                 out[addr] = int(mtu)
     return out

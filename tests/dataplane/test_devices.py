@@ -17,10 +17,10 @@ from raven.api.node import Node
 from raven.agent.addressing import compute_mtus
 
 async def main() -> None:
-    f = UnderlayFollower()
+    f = UnderlayFollower(path_refresh_s=float(sys.argv[1]))
     node = Node(name="n", internal_ip="192.0.2.1", pod_cidrs=(), ready=True)
     out = []
-    for step in sys.argv[1:]:
+    for step in sys.argv[2:]:
         if step != "-":
             subprocess.run(step.split(), check=True)
         d = await f.follow(node)
@@ -51,7 +51,7 @@ def test_the_follower_reads_the_tun_device_the_underlay_and_the_path_mtu_before_
         "ip link set eth0 mtu 1400",  # the underlay itself shrinks
         "ip route replace 198.51.100.0/24 via 192.0.2.2 mtu 1000",  # not believed (below 1280)
     ]
-    out = a.run([sys.executable, "-c", _FOLLOW, *steps])
+    out = a.run([sys.executable, "-c", _FOLLOW, "0", *steps])
     got = [(s["underlay"], s["tun"], s["path"], s["raven0"], s["raven1"]) for s in json.loads(out.stdout)]
     assert got == [
         (1500, None, None, 1450, 1372),  # (no peer planned yet)
@@ -72,3 +72,14 @@ def test_a_device_named_ipsec0_that_is_not_a_tun_device_is_not_libipsecs(lab: La
     assert a.run([sys.executable, "-c", code]).stdout.strip() == "None"
     b.run(["ip", "tuntap", "add", "ipsec0", "mode", "tun"])
     assert b.run([sys.executable, "-c", code]).stdout.strip() == "TunnelDevice(ifname='ipsec0', mtu=1500)"
+
+
+def test_path_mtus_are_read_again_only_when_the_peers_change_or_after_the_refresh_period(lab: Lab) -> None:
+    a, b = lab.netns_many(["a", "b"])
+    lab.veth(a, "eth0", b, "eth0", mtu=1500)
+    a.add_addr("eth0", "192.0.2.1/24")
+    a.add_route("198.51.100.0/24", via="192.0.2.2")
+    steps = ["-", "-", "ip route replace 198.51.100.0/24 via 192.0.2.2 mtu 1300"]
+    out = a.run([sys.executable, "-c", _FOLLOW, "3600", *steps])
+    # The peer is set after the first plan (read then), unchanged after: the smaller route is not seen yet.
+    assert [s["path"] for s in json.loads(out.stdout)] == [None, 1500, 1500]
