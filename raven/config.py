@@ -340,9 +340,10 @@ class PlanSettings:
                                check=ipv4_network, cluster=True)
     underlay_mtu: int | None = setting(None, "MTU of the node's network; unset: read from the device holding "
                                        "the node IP", check=mtu)
-    ipsec_device_mtu: int | None = setting(None, "MTU of a userspace ESP device that carries inter-gateway "
-                                           "packets (strongSwan kernel-libipsec's ipsec0, 1400 by default); "
-                                           "leave unset with kernel ESP", check=mtu)
+    ipsec_device_mtu: int | None = setting(None, "override for the MTU of a userspace ESP device that carries "
+                                           "inter-gateway packets; unset: read from strongSwan "
+                                           "kernel-libipsec's ipsec0 before each plan when it exists "
+                                           "(none with kernel ESP)", check=mtu)
     ike_proposals: tuple[str, ...] = setting(("aes256-sha256-modp2048",), "comma-separated IKE proposals",
                                              check=not_empty, cluster=True)
     esp_proposals: tuple[str, ...] = setting(("aes256-sha256",), "comma-separated ESP proposals",

@@ -121,9 +121,17 @@ def compute_mtus(
     underlay_mtu: int,
     esp_proposals: Sequence[str] = mtu.DEFAULT_ESP_PROPOSALS,
     tunnel_device_mtu: int | None = None,
+    path_mtu: int | None = None,
 ) -> Mtus:
-    """raven0, raven1 and the cross-pool path MTU; `tunnel_device_mtu` caps a userspace ESP device (libipsec)."""
+    """raven0, raven1 and the cross-pool path MTU, so that nothing Raven sends is fragmented.
+
+    `underlay_mtu`: the device holding the node IP (raven0's VXLAN and the ESP packets leave by it);
+    `tunnel_device_mtu`: a userspace ESP device (libipsec's `ipsec0`) that raven1's VXLAN packets cross
+    before they are encrypted; `path_mtu`: the smallest path MTU towards a peer's outer address, which
+    caps the ESP packets (raven1), not the intra-pool VXLAN (raven0).
+    """
     intra = mtu.raven0_mtu(underlay_mtu)
-    inter = mtu.raven1_mtu(underlay_mtu, esp_proposals, udp_encap=True, tunnel_device_mtu=tunnel_device_mtu)
+    esp_mtu = underlay_mtu if path_mtu is None else min(underlay_mtu, path_mtu)
+    inter = mtu.raven1_mtu(esp_mtu, esp_proposals, udp_encap=True, tunnel_device_mtu=tunnel_device_mtu)
     # A non-gateway node's packet crosses raven0 then raven1 (and a relay re-encapsulates the same way).
     return Mtus(intra_pool=intra, inter_gateway=inter, cross_pool_path=min(intra, inter))

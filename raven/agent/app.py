@@ -3,16 +3,19 @@ IPsec driver joined into one reconcile loop.
 
 `agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor. `plan_config()` maps the
 agent's configuration to the plan's parameters. The plan's inputs are cached in `inputs.PlanInputs`
-(pure); the one piece of I/O the plan depends on, finding the underlay interface and its MTU from this
-node's InternalIP (netlink), is done here, before each plan, by `UnderlayFollower`. `--cleanup` is
+(pure); the one piece of I/O the plan depends on, the MTUs of the devices an encrypted packet crosses
+(the underlay interface of this node's InternalIP, libipsec's TUN device, the path towards each peer;
+netlink), is read here, before each plan, by `UnderlayFollower`. `--cleanup` is
 `cleanup.agent_cleanup`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
@@ -23,6 +26,7 @@ from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
+from raven.dataplane import devices
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
@@ -36,13 +40,33 @@ from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+MIN_BELIEVED_PATH_MTU = 1280
+# Path MTUs are read again when the peers change, else at most this often: a lookup is cheap (~10 us per peer),
+# but a PMTU exception changes rarely (they expire after 10 min), and a plan's cost stays flat with many peers.
+PATH_MTU_REFRESH_S = 60.0
 
-def plan_config(cfg: AgentConfig, underlay: Underlay | None) -> PlanConfig:
+
+@dataclass(frozen=True)
+class Detected:
+    """What the plan needs to know about this node's devices (see `raven.dataplane.devices`)."""
+
+    underlay: Underlay | None = None
+    tunnel_device: devices.TunnelDevice | None = None  # libipsec's TUN, when charon uses it
+    path_mtu: int | None = None  # the smallest path MTU towards a peer's outer address, when known
+
+
+def plan_config(cfg: AgentConfig, detected: Detected | Underlay | None) -> PlanConfig:
     """The plan's parameters: the agent's (validated) plan settings plus what was detected on the node."""
     base = carry_plan_settings(cfg, PlanConfig())
-    if underlay is None:
+    if detected is None:
         return base
-    return replace(base, detected_underlay_mtu=underlay.mtu, underlay_ifname=underlay.ifname)
+    if isinstance(detected, Underlay):
+        detected = Detected(underlay=detected)
+    if detected.underlay is not None:
+        base = replace(base, detected_underlay_mtu=detected.underlay.mtu, underlay_ifname=detected.underlay.ifname)
+    tun = detected.tunnel_device
+    return replace(base, detected_tunnel_device_mtu=tun.mtu if tun is not None else None,
+                   detected_path_mtu=detected.path_mtu)
 
 
 def ownership(cfg: PlanConfig) -> Ownership:
@@ -55,21 +79,71 @@ def ownership(cfg: PlanConfig) -> Ownership:
 
 
 class UnderlayFollower:
-    """The underlay (interface, MTU) of this node's InternalIP, looked up again only when that IP changes."""
+    """The devices on the encrypted path: the underlay (interface of this node's InternalIP, looked up again
+    when that IP changes; its MTU read before every plan), libipsec's TUN device (read before every plan:
+    charon may start, or restart with another MTU, after the agent), and the path MTU towards the peers of
+    the last plan (again when they change, else every `path_refresh_s`). Two netlink requests per plan in
+    the steady state; logged when something changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, tunnel_and_paths: bool = True, path_refresh_s: float = PATH_MTU_REFRESH_S) -> None:
+        self._path_refresh_s = path_refresh_s
+        # False: only the underlay is looked up (tests planning for a node that is not this host).
+        self._tunnel_and_paths = tunnel_and_paths
         self._node_ip: str | None = None
         self.underlay: Underlay | None = None
+        self.detected = Detected()
+        self.peers: frozenset[str] = frozenset()  # outer addresses of the peers of the last plan
+        self._paths: dict[str, int] = {}
+        self._paths_of: frozenset[str] = frozenset()
+        self._paths_at = 0.0
 
-    async def follow(self, node: Node | None) -> Underlay | None:
+    async def follow(self, node: Node | None) -> Detected:
         if node is not None and node.internal_ip and node.internal_ip != self._node_ip:
             self.underlay = await detect_underlay(node.internal_ip)
             # Only once the lookup worked: a failed one (raised) is tried again by the next plan.
             self._node_ip = node.internal_ip
-            u = self.underlay
-            log.info("underlay", extra=kv(node_ip=node.internal_ip, ifname=u.ifname if u else None,
-                                          mtu=u.mtu if u else None))
-        return self.underlay
+            checked = True
+        else:
+            checked = False
+        # One netlink socket for the underlay's MTU and libipsec's TUN device.
+        names = devices.LIBIPSEC_DEVICES if self._tunnel_and_paths else ()
+        underlay_mtu, tun = await devices.read_links(
+            self.underlay.ifname if self.underlay is not None and not checked else None, names
+        )
+        if self.underlay is not None and not checked:
+            if underlay_mtu is None:  # the device went away: look for the node IP again
+                self._node_ip = None
+                self.underlay = await detect_underlay(node.internal_ip) if node and node.internal_ip else None
+            elif underlay_mtu != self.underlay.mtu:
+                self.underlay = replace(self.underlay, mtu=underlay_mtu)
+        detected = Detected(self.underlay)
+        if self._tunnel_and_paths:
+            now = time.monotonic()
+            if self.peers != self._paths_of or now - self._paths_at >= self._path_refresh_s:
+                self._paths = await devices.path_mtus(self.peers) if self.peers else {}
+                self._paths_of, self._paths_at = self.peers, now
+            # A path MTU below IPv6's minimum is not believed (a forged ICMP could otherwise shrink every tunnel).
+            sane = [m for m in self._paths.values() if m >= MIN_BELIEVED_PATH_MTU]
+            detected = Detected(self.underlay, tun, min(sane) if sane else None)
+        if detected != self.detected:
+            u, t = detected.underlay, detected.tunnel_device
+            log.info("underlay", extra=kv(node_ip=self._node_ip, ifname=u.ifname if u else None,
+                                          mtu=u.mtu if u else None, tunnel_device=t.ifname if t else None,
+                                          tunnel_device_mtu=t.mtu if t else None, path_mtu=detected.path_mtu))
+            self.detected = detected
+        return detected
+
+    def planned(self, result: PlanResult) -> None:
+        """Remember the peers' outer addresses of `result`: the next plan reads the path MTU towards them."""
+        self.peers = frozenset(a for c in result.state.ipsec for a in c.remote_addrs if _is_ipv4(a))
+
+
+def _is_ipv4(addr: str) -> bool:
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        return False
+    return True
 
 
 def plan_with_underlay(
@@ -78,7 +152,9 @@ def plan_with_underlay(
     """The reconciler's plan step: follow the underlay (I/O), then plan from the cached inputs (pure)."""
 
     async def plan_fn() -> PlanResult:
-        return inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())))
+        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())))
+        underlay.planned(result)
+        return result
 
     return plan_fn
 

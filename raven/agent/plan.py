@@ -69,6 +69,10 @@ class PlanConfig(PlanSettings):
     # The MTU of the device holding the node IP, used when --underlay-mtu is unset.
     detected_underlay_mtu: int = 1500
     underlay_ifname: str | None = None  # the device holding the node IP, when known
+    # libipsec's TUN device (`ipsec0`) when present: caps raven1's packets unless --ipsec-device-mtu is set.
+    detected_tunnel_device_mtu: int | None = None
+    # The smallest path MTU towards a peer's outer address (kernel route/PMTU cache), when known.
+    detected_path_mtu: int | None = None
     table: int = RAVEN_TABLE
     return_table: int = RAVEN_RETURN_TABLE
     rule_priority: int = RAVEN_RULE_PRIORITY
@@ -123,7 +127,7 @@ class PlanConfig(PlanSettings):
         if not self.vici_conn_prefix:
             raise ValueError("vici_conn_prefix must not be empty")
         if self.underlay_mtu is None:
-            problem = path_mtu_problem(self.detected_underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
+            problem = path_mtu_problem(self.detected_underlay_mtu, self.esp_proposals, self.tunnel_device_mtu)
             if problem:
                 dev = self.underlay_ifname or "the underlay device"
                 raise ValueError(f"MTU of {dev}: {problem}; set --underlay-mtu")
@@ -132,8 +136,14 @@ class PlanConfig(PlanSettings):
     def effective_underlay_mtu(self) -> int:
         return self.detected_underlay_mtu if self.underlay_mtu is None else self.underlay_mtu
 
+    @property
+    def tunnel_device_mtu(self) -> int | None:
+        """--ipsec-device-mtu when set (an override), else the MTU of the TUN device detected."""
+        return self.detected_tunnel_device_mtu if self.ipsec_device_mtu is None else self.ipsec_device_mtu
+
     def _mtus(self) -> Mtus:
-        return compute_mtus(self.effective_underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
+        return compute_mtus(self.effective_underlay_mtu, self.esp_proposals, self.tunnel_device_mtu,
+                            path_mtu=self.detected_path_mtu)
 
 
 Role = Literal["none", "member", "gateway"]
@@ -342,6 +352,7 @@ def plan(
             mtu=mtus.inter_gateway,
             mac=mac_from_ipv4(gw.inner),
             local=gw.inner,
+            udp_csum=False,  # inside ESP: its ICV protects the packet; a checksum costs a pass over it twice
         )
     )
     addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))

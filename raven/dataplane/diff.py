@@ -101,12 +101,13 @@ def diff(desired: DesiredState, current: Observed) -> Changes:
         have = cur_links.get(name)
         if have is None:
             link_create.append(want)
-        elif (have.vni, have.port, have.local, have.underlay_ifname, have.mac) != (
+        elif (have.vni, have.port, have.local, have.underlay_ifname, have.mac, have.udp_csum) != (
             want.vni,
             want.port,
             want.local,
             want.underlay_ifname,
             want.mac,
+            want.udp_csum,
         ):
             # VXLAN identity cannot change in place; a new MAC would make the kernel flush the
             # link's neighbours anyway: recreate, and the diff below re-adds what lives on it.

@@ -168,4 +168,5 @@ def _link_from(name: str, a: dict[int, bytes], names: dict[int, str]) -> VxlanLi
         mac=address,
         local=rtnl.ipv4(data.get(rtnl.IFLA_VXLAN_LOCAL)) or "",
         underlay_ifname=names.get(underlay) if underlay else None,
+        udp_csum=bool(rtnl.u8(data.get(rtnl.IFLA_VXLAN_UDP_CSUM), 1)),
     )

@@ -140,6 +140,7 @@ class Writer:
             await self.send("link", "add", [(link.name, P(
                 N.encode_link_create_vxlan, link.name, vni=link.vni, port=link.port, local=link.local, mac=link.mac,
                 mtu=link.mtu, underlay_ifindex=None if link.underlay_ifname is None else Dev(link.underlay_ifname),
+                udp_csum=link.udp_csum,
             )) for link in c.link_create])  # fmt: skip
             await self.refresh_index(link.name for link in c.link_create)
         await self.send("link", "set", [(link, P(N.encode_link_set, Dev(link.name), mtu=link.mtu))

@@ -21,9 +21,10 @@ inside it) gets 1422 - 50 = 1372; raven0 gets 1500 - 50 = 1450. When several pro
 the peer may pick any of them, so the worst one counts; an unknown transform counts as IV 16, block
 16, ICV 32 (no real one is worse).
 
-kernel-libipsec (tests, ENVIRONMENT.md) sends ESP through its TUN device `ipsec0`, whose MTU (strongSwan
-`charon.plugins.kernel-libipsec.mtu`, default 1400) also caps what raven1 may emit: pass it as
-`tunnel_device_mtu`.
+kernel-libipsec (tests, ENVIRONMENT.md) reads the packets to encrypt from its TUN device `ipsec0`, whose MTU
+(1400, fixed in strongSwan 5.9.8) also caps what raven1 may emit: the agent reads it before every plan
+(`raven.dataplane.devices`; `--ipsec-device-mtu` overrides) and passes it as `tunnel_device_mtu`. A smaller
+path MTU towards the peers caps the ESP packets: pass min(underlay, path) as the underlay of `raven1_mtu`.
 
 Routes to remote subnets carry the path MTU, the smaller of raven0 and raven1 (a packet from a member
 node crosses both); `raven.agent.addressing.compute_mtus` takes it, the plan applies it.

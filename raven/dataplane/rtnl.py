@@ -151,6 +151,7 @@ IFLA_VXLAN_LINK: Final = 3
 IFLA_VXLAN_LOCAL: Final = 4
 IFLA_VXLAN_LEARNING: Final = 7
 IFLA_VXLAN_PORT: Final = 15
+IFLA_VXLAN_UDP_CSUM: Final = 18
 IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2
 _IFADDRMSG: Final = struct.Struct("=BBBBI")
@@ -176,7 +177,8 @@ def _str(text: str) -> bytes:
 
 
 def encode_link_create_vxlan(
-    name: str, *, vni: int, port: int, local: str, mac: str, mtu: int, underlay_ifindex: int | None
+    name: str, *, vni: int, port: int, local: str, mac: str, mtu: int, underlay_ifindex: int | None,
+    udp_csum: bool = True,
 ) -> RouteMsg:
     """RTM_NEWLINK (exclusive) of an up VXLAN device without learning: the FDB is Raven's alone."""
     data = [
@@ -184,6 +186,7 @@ def encode_link_create_vxlan(
         _attr(IFLA_VXLAN_LOCAL, socket.inet_aton(local)),
         _attr(IFLA_VXLAN_PORT, struct.pack("!H", port)),
         _attr(IFLA_VXLAN_LEARNING, b"\0"),
+        _attr(IFLA_VXLAN_UDP_CSUM, bytes([udp_csum])),
     ]
     if underlay_ifindex is not None:
         data.append(_attr(IFLA_VXLAN_LINK, _U32.pack(underlay_ifindex)))
@@ -201,6 +204,12 @@ def encode_link_set(ifindex: int, *, mtu: int) -> RouteMsg:
     return RouteMsg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
 
+def encode_route_get(dst: str) -> RouteMsg:
+    """RTM_GETROUTE for one destination (`ip route get DST`): the kernel answers with the route it would use."""
+    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, socket.inet_aton(dst))
+    return RouteMsg(RTM_GETROUTE, NLM_F_REQUEST, body)
+
+
 def encode_link_delete(ifindex: int) -> RouteMsg:
     return RouteMsg(RTM_DELLINK, DELETE, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
 
@@ -208,6 +217,10 @@ def encode_link_delete(ifindex: int) -> RouteMsg:
 def encode_link_get(name: str) -> RouteMsg:
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _str(name))
     return RouteMsg(RTM_GETLINK, NLM_F_REQUEST, body)
+
+
+def encode_link_get_index(ifindex: int) -> RouteMsg:
+    return RouteMsg(RTM_GETLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
 
 
 def encode_addr(msg_type: int, ifindex: int, cidr: str) -> RouteMsg:
@@ -372,7 +385,12 @@ class RouteSocket:
 
     def link_index(self, name: str) -> int | None:
         """The ifindex of the device named `name`, None when there is none."""
-        m = encode_link_get(name)
+        payload = self.get(encode_link_get(name), absent=(errno.ENODEV,))
+        return None if payload is None else int(_IFINFOMSG.unpack_from(payload)[2])
+
+    def get(self, m: RouteMsg, absent: tuple[int, ...] = ()) -> bytes | None:
+        """One request with one answer (an RTM_GET* without NLM_F_DUMP): the answer's payload, or None when the
+        kernel answered with one of the `absent` errors (no such device, no route...)."""
         seq = self._next_seq(1)
         self._sock.send(_NLMSGHDR.pack(16 + len(m.body), m.msg_type, m.flags, seq, 0) + m.body)
         while True:
@@ -385,11 +403,13 @@ class RouteSocket:
                 if mseq == seq:
                     if mtype == NLMSG_ERROR:
                         (err,) = _ERR.unpack_from(view, off + 16)
-                        if -err == errno.ENODEV:
+                        if err == 0:
+                            off += (length + 3) & ~3
+                            continue
+                        if -err in absent:
                             return None
-                        raise NetlinkError(-err, f"link lookup of {name}: {os.strerror(-err)}")
-                    if mtype == RTM_NEWLINK:
-                        return int(_IFINFOMSG.unpack_from(view, off + 16)[2])
+                        raise NetlinkError(-err, f"request {m.msg_type}: {os.strerror(-err)}")
+                    return bytes(view[off + 16 : off + length])
                 off += (length + 3) & ~3
 
     def dump(self, msg_type: int, body: bytes) -> list[bytes]:
@@ -488,6 +508,10 @@ def u32(raw: bytes | None, default: int) -> int:
     return int(_U32.unpack_from(raw)[0]) if raw is not None and len(raw) >= 4 else default
 
 
+def u8(raw: bytes | None, default: int) -> int:
+    return raw[0] if raw else default
+
+
 def text(raw: bytes | None) -> str | None:
     return raw.split(b"\0", 1)[0].decode(errors="replace") if raw is not None else None
 
@@ -510,6 +534,7 @@ RULE_DUMP: Final = _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
 NEIGH_DUMP: Final = _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0)
 FDB_DUMP: Final = _NDMSG.pack(socket.AF_BRIDGE, 0, 0, 0, 0)
 IFINFOMSG: Final = _IFINFOMSG
+RTMSG: Final = _RTMSG
 IFADDRMSG: Final = _IFADDRMSG
 FIB_RULE_HDR: Final = _FIB_RULE_HDR
 NDMSG: Final = _NDMSG
@@ -604,7 +629,7 @@ class _Layout:
             "headers": operator.itemgetter(*header_at) if header_at else (lambda v: ()),
             "expected": tuple(expected),
             "suffix": _PLEN_SUFFIX,
-            "mtu_of": _metric_mtu,
+            "mtu_of": metric_mtu,
         }
         exec(compile(src, "<rtnl route layout>", "exec"), scope)
         decode = scope["decode"]
@@ -612,7 +637,7 @@ class _Layout:
         return cls(decode)
 
 
-def _metric_mtu(raw: bytes) -> int | None:
+def metric_mtu(raw: bytes) -> int | None:
     m = 0
     while m + 4 <= len(raw):
         mlen, mt = _RTA.unpack_from(raw, m)

@@ -50,6 +50,10 @@ class VxlanLink:
     local: str
     # The underlay device to bind to (raven0: the device holding the node IP); None lets routing pick.
     underlay_ifname: str | None = None
+    # The outer UDP checksum (the kernel computes it in software when the next device cannot offload it, and
+    # the receiver verifies it). raven1's packets are inside ESP, whose ICV already covers them: off there.
+    # The kernel cannot change it in place (the link is recreated).
+    udp_csum: bool = True
 
 
 @dataclass(frozen=True, order=True)

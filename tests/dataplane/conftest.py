@@ -59,7 +59,8 @@ def read_back(ns: Netns) -> DesiredState:
         data = link["linkinfo"]["info_data"]
         links.add(
             VxlanLink(
-                link["ifname"], data["id"], data["port"], link["mtu"], link["address"], data["local"], data.get("link")
+                link["ifname"], data["id"], data["port"], link["mtu"], link["address"], data["local"], data.get("link"),
+                data.get("udp_csum", True),
             )
         )
         assert "UP" in link["flags"]

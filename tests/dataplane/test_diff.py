@@ -44,8 +44,8 @@ def test_changed_route_attributes_are_one_replace() -> None:
     assert c == Changes(route_replace=(Route("10.1.0.0/24", 9027, "raven0", "169.254.240.1", 1300),))
 
 
-def test_a_new_vni_or_mac_recreates_the_link_and_everything_on_it() -> None:
-    for change in ({"vni": 300}, {"mac": "02:f0:00:00:09:00"}, {"local": "192.168.1.9"}):
+def test_a_new_vni_mac_or_checksum_flag_recreates_the_link_and_everything_on_it() -> None:
+    for change in ({"vni": 300}, {"mac": "02:f0:00:00:09:00"}, {"local": "192.168.1.9"}, {"udp_csum": False}):
         link = dataclasses.replace(R0, **change)
         want = state(links=frozenset({link}))
         c = diff(want, Observed.of(state()))

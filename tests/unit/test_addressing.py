@@ -122,3 +122,24 @@ def test_a_full_size_tunnel_packet_fits_the_underlay(underlay: int) -> None:
     inner = compute_mtus(underlay, ("aes256-sha512",)).inter_gateway + 50  # VXLAN packet leaving raven1
     padded = -(-(inner + 2) // 16) * 16  # ESP payload + trailer, padded to the block size
     assert 20 + 8 + 8 + 16 + padded + 32 <= underlay
+
+
+def test_a_smaller_path_towards_the_peers_caps_raven1_but_not_raven0() -> None:
+    # 1300 - 20 - 8 - 8 - 16 - 16 = 1232 = 77 blocks of 16, - 2 = 1230 carried; raven0 stays on the underlay.
+    m = compute_mtus(1500, ("aes256-sha256",), path_mtu=1300)
+    assert (m.intra_pool, m.inter_gateway, m.cross_pool_path) == (1450, 1180, 1180)
+    # A path MTU larger than the underlay changes nothing: the ESP packets still leave by the underlay.
+    assert compute_mtus(1500, path_mtu=9000) == compute_mtus(1500)
+
+
+@pytest.mark.parametrize("underlay", [1400, 1450, 1500, 9000])
+@pytest.mark.parametrize("tun", [None, 1280, 1400, 1500])
+@pytest.mark.parametrize("path", [None, 1300, 1500])
+def test_no_device_on_the_encrypted_path_fragments(underlay: int, tun: int | None, path: int | None) -> None:
+    m = compute_mtus(underlay, ("aes256-sha256",), tunnel_device_mtu=tun, path_mtu=path)
+    vxlan_packet = m.inter_gateway + 50  # what leaves raven1, the plaintext of one ESP packet
+    if tun is not None:
+        assert vxlan_packet <= tun  # libipsec's TUN device takes it whole
+    esp = 20 + 8 + 8 + 16 + -(-(vxlan_packet + 2) // 16) * 16 + 16  # IP, UDP, ESP hdr, IV, padded, ICV
+    assert esp <= min(underlay, path or underlay)
+    assert m.intra_pool + 50 <= underlay and m.cross_pool_path <= min(m.intra_pool, m.inter_gateway)

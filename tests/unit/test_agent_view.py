@@ -37,7 +37,7 @@ class _View:
         common = CommonConfig(kubeconfig=None, health_addr=ListenAddr("", 0), metrics_addr=ListenAddr("", 0))
         cfg = AgentConfig(common=common, node_name=node_name, psk="0123456789abcdef0123")
         self.inputs = PlanInputs(node_name, self.gateways, self.nodes)
-        self._plan = plan_with_underlay(cfg, self.inputs, UnderlayFollower())
+        self._plan = plan_with_underlay(cfg, self.inputs, UnderlayFollower(tunnel_and_paths=False))
 
     async def plan(self) -> PlanResult:
         return await self._plan()

@@ -210,6 +210,20 @@ def test_the_detected_underlay_mtu_is_used_unless_the_flag_is_given(kubeconfig: 
     assert forced.effective_underlay_mtu == 1400
 
 
+def test_the_detected_tunnel_device_caps_raven1_unless_the_flag_overrides_it(kubeconfig: str, psk_file: str) -> None:
+    from raven.agent.app import Detected
+    from raven.dataplane.devices import TunnelDevice
+
+    seen = Detected(Underlay("eth1", 1500), TunnelDevice("ipsec0", 1400))
+    detected = plan_config(agent(kubeconfig, psk_file), seen)
+    assert detected._mtus().inter_gateway == 1350  # the VXLAN packet (1350 + 50) fits ipsec0 whole
+    assert plan_config(agent(kubeconfig, psk_file), Underlay("eth1", 1500))._mtus().inter_gateway == 1372
+    forced = plan_config(agent(kubeconfig, psk_file, "--ipsec-device-mtu", "1300"), seen)
+    assert forced._mtus().inter_gateway == 1250
+    path = plan_config(agent(kubeconfig, psk_file), Detected(Underlay("eth1", 1500), None, path_mtu=1300))
+    assert (path._mtus().intra_pool, path._mtus().inter_gateway) == (1450, 1180)
+
+
 def test_a_detected_mtu_too_small_names_the_device_and_the_flag(kubeconfig: str, psk_file: str) -> None:
     with pytest.raises(ValueError, match=r"^MTU of eth1: 600 leaves a path MTU below 576; set --underlay-mtu$"):
         plan_config(agent(kubeconfig, psk_file), Underlay("eth1", 600))

@@ -226,3 +226,14 @@ def test_config_changes_reach_every_object() -> None:
 def test_config_rejects_invalid_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         PlanConfig(**kwargs)
+
+
+def test_raven1_sends_no_outer_udp_checksum_and_raven0_does() -> None:
+    # raven1's VXLAN packets travel inside ESP (its ICV covers them): a checksum would be computed and
+    # verified in software for nothing (libipsec's TUN offloads none). raven0 crosses the bare underlay.
+    from raven.agent.plan import PlanConfig, plan
+    from tests.unit.plan_cluster import cluster_json, nodes, parse
+
+    result = plan(parse(cluster_json()), nodes(), "edge-a-1", PlanConfig())
+    links = {link.name: link for link in result.state.links}
+    assert result.role == "gateway" and links["raven1"].udp_csum is False and links["raven0"].udp_csum is True
