@@ -23,6 +23,7 @@ from raven.api.service import Service, ServiceEndpoints
 from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.metrics import ControllerMetrics
+from raven.controller.nodecheck import Ranges
 from raven.controller.reconciler import AnyGateway, GatewayReconciler
 from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
 from raven.kube.events import EventRecorder
@@ -68,7 +69,8 @@ class Controller:
         self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
-                                            self.metrics, self.may_write, workers=workers)
+                                            self.metrics, self.may_write, workers=workers,
+                                            ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr))
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 

@@ -11,7 +11,10 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
 - sticky: an active endpoint that is still an eligible candidate keeps its role and its position in
   `status.activeEndpoints` (the position is the LoadBalancer slot, see exposure.py); a lost one is
   replaced, in the same position, by the next eligible candidate in spec order;
-- an invalid spec keeps the last good election and reports the problem in the `Valid` condition.
+- an invalid spec keeps the last good election and reports the problem in the `Valid` condition;
+- a node the cluster-wide checks rejected (`nodecheck`: a bad pod CIDR) is neither listed in status.nodes nor
+  eligible; it and every endpoint misconfiguration are reported in the `NodesValid` condition (False while
+  any is found; its reason is the first finding's, in node order, the same reason as that finding's Event).
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from raven.api.constants import (
 )
 from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
 from raven.api.node import Node
+from raven.controller.nodecheck import Finding
 
 REASON_VALID = "SpecValid"
 REASON_INVALID = "InvalidSpec"
+CONDITION_NODES_VALID = "NodesValid"
+REASON_NODES_VALID = "NodesValid"
+# A condition message names at most this many findings (each is also its own Event).
+MAX_FINDINGS_IN_MESSAGE = 10
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ElectionResult:
     node_problems: tuple[str, ...] = ()
     # Why each lost endpoint was lost, by node name (NotReady, deleted, unlabelled, ...).
     lost_reasons: Mapping[str, str] = field(default_factory=dict)
+    # Nodes left out and endpoint misconfigurations (the NodesValid condition), sorted by node.
+    findings: tuple[Finding, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -85,9 +95,22 @@ def _node_info(node: Node) -> NodeInfo:
     return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=list(node.pod_cidrs))
 
 
-def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node]) -> str:
+def nodes_condition(previous: Sequence[Condition] | None, findings: Sequence[Finding], now: str) -> Condition:
+    """NodesValid: True when nothing is found, else False with the first finding's reason and every message."""
+    if not findings:
+        return condition(previous, CONDITION_NODES_VALID, "True", REASON_NODES_VALID, "", now)
+    messages = [f.message for f in findings[:MAX_FINDINGS_IN_MESSAGE]]
+    if len(findings) > MAX_FINDINGS_IN_MESSAGE:
+        messages.append(f"and {len(findings) - MAX_FINDINGS_IN_MESSAGE} more (see the Events)")
+    return condition(previous, CONDITION_NODES_VALID, "False", findings[0].reason, "; ".join(messages), now)
+
+
+def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node],
+              rejected: Mapping[str, Finding]) -> str:
     if ep.key not in {e.key for e in spec_eps}:
         return "endpoint removed from spec"
+    if ep.node_name in rejected:
+        return rejected[ep.node_name].message
     node = nodes.get(ep.node_name)
     if node is None:
         return "node is gone or no longer labelled for this gateway"
@@ -133,6 +156,8 @@ def elect(
     nodes: Iterable[Node],
     now: str,
     lb_addresses: Mapping[int, str] | None = None,
+    rejected: Mapping[str, Finding] | None = None,
+    endpoint_findings: Sequence[Finding] = (),
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -140,9 +165,13 @@ def elect(
     slot (index among the active tunnel endpoints) to its LoadBalancer's address, for
     `exposeType: LoadBalancer`; that address becomes the active endpoint's publicIP, and the
     endpoint's port its publicPort (the Service forwards the same port).
-    `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes.
+    `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes. `rejected`: the nodes
+    the cluster-wide checks left out (`NodeIndex.rejections()`), by name; `endpoint_findings`: what
+    `nodecheck.endpoint_findings` reports about this gateway's endpoints.
     """
-    own = {n.name: n for n in nodes if n.gateway == gw.name}
+    rejected = rejected or {}
+    labelled = [n for n in nodes if n.gateway == gw.name]
+    own = {n.name: n for n in labelled if n.name not in rejected}
     previous = gw.status
     problems = validate(gw)
     if problems:
@@ -167,11 +196,13 @@ def elect(
     for node in sorted(own.values(), key=_node_name):
         node_problems.extend(node.problems())
 
+    findings = sorted([*(rejected[n.name] for n in labelled if n.name in rejected), *endpoint_findings])
     valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
+    nodes_valid = nodes_condition(previous.conditions, findings, now)
     status = GatewayStatus(
         nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
-        conditions=_merge_conditions(previous.conditions, valid),
+        conditions=_merge_conditions(_merge_conditions(previous.conditions, valid), nodes_valid),
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}
@@ -181,5 +212,6 @@ def elect(
         elected=tuple(ep for ep in active if ep.key not in before),
         lost=lost,
         node_problems=tuple(node_problems),
-        lost_reasons={ep.node_name: _why_lost(ep, spec_eps, own) for ep in lost},
+        lost_reasons={ep.node_name: _why_lost(ep, spec_eps, own, rejected) for ep in lost},
+        findings=tuple(findings),
     )
