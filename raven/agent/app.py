@@ -4,13 +4,17 @@ IPsec driver joined into one reconcile loop.
 `agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor. `plan_config()` maps the
 agent's configuration to the plan's parameters. The plan's inputs are cached in `inputs.PlanInputs`
 (pure); the one piece of I/O the plan depends on, finding the underlay interface and its MTU from this
-node's InternalIP (netlink), is done here, before each plan, by `UnderlayFollower`. `--cleanup` is
-`cleanup.agent_cleanup`.
+node's InternalIP (netlink), is done here, before each plan, by `UnderlayFollower`; so is finding the
+addresses the plan's safety net protects (`SafetyNet`: the API server's, the default gateways). `--cleanup`
+is `cleanup.agent_cleanup`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -18,9 +22,9 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from raven.agent.inputs import PlanInputs
-from raven.agent.plan import PlanConfig, PlanResult
+from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress
 from raven.agent.reconciler import AgentMetrics, Reconciler
-from raven.agent.underlay import Underlay, detect_underlay
+from raven.agent.underlay import Underlay, default_gateways, detect_underlay
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
@@ -71,13 +75,58 @@ class UnderlayFollower:
         return self.underlay
 
 
+class SafetyNet:
+    """The addresses no Raven route may cover, for the plan's safety net: the API server's (the kubeconfig's or
+    in-cluster host; a name is resolved until that works) and the main table's default gateways (read before
+    every plan: DHCP may move them). A failed lookup keeps the last answer and says so once."""
+
+    def __init__(self, api_host: str | None,
+                 gateways: Callable[[], Awaitable[tuple[str, ...]]] = default_gateways) -> None:
+        self._api_host = api_host
+        self._api: tuple[str, ...] | None = None if api_host else ()
+        self._gateways = gateways
+        self._default: tuple[str, ...] = ()
+        self._failed: set[str] = set()
+
+    async def protected(self) -> tuple[ProtectedAddress, ...]:
+        if self._api is None and self._api_host:
+            self._api = await self._lookup("api-server", self._resolve(self._api_host))
+        default = await self._lookup("default-gateway", self._gateways())
+        if default is not None:
+            self._default = default
+        api = [ProtectedAddress(a, "the API server's address") for a in self._api or ()]
+        return (*api, *(ProtectedAddress(a, "the default gateway") for a in self._default))
+
+    async def _lookup(self, what: str, step: Awaitable[tuple[str, ...]]) -> tuple[str, ...] | None:
+        try:
+            found = await step
+        except OSError as exc:
+            if what not in self._failed:
+                self._failed.add(what)
+                log.warning("safety net lookup failed; retried before each plan", extra=kv(what=what, error=str(exc)))
+            return None
+        self._failed.discard(what)
+        return found
+
+    @staticmethod
+    async def _resolve(host: str) -> tuple[str, ...]:
+        try:
+            return (str(ipaddress.ip_address(host)),)
+        except ValueError:
+            pass
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+        return tuple(sorted({str(info[4][0]) for info in infos}))
+
+
 def plan_with_underlay(
-    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower
+    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None
 ) -> Callable[[], Awaitable[PlanResult]]:
-    """The reconciler's plan step: follow the underlay (I/O), then plan from the cached inputs (pure)."""
+    """The reconciler's plan step: follow the underlay and the protected addresses (I/O), then plan from the
+    cached inputs (pure)."""
 
     async def plan_fn() -> PlanResult:
-        return inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())))
+        protected = await safety.protected() if safety is not None else ()
+        return inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected)
 
     return plan_fn
 
@@ -100,7 +149,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
             reconciler = Reconciler(
-                plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced, kernel, vpn,
+                plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host)), inputs.synced,
+                kernel, vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
