@@ -22,6 +22,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from raven.agent.inputs import PlanInputs
+from raven.agent.membership import Membership, membership
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.underlay import Underlay, default_gateways, detect_underlay
@@ -31,6 +32,7 @@ from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
+from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedEvent, TypedInformer
@@ -118,15 +120,42 @@ class SafetyNet:
         return tuple(sorted({str(info[4][0]) for info in infos}))
 
 
+class MembershipReport:
+    """Whether this node is in the network (see raven.agent.membership): one warning when it falls out (and
+    one info line when it is back), and the `membership` readiness check naming the reason."""
+
+    def __init__(self, inputs: PlanInputs) -> None:
+        self._inputs = inputs
+        self.current = Membership()
+
+    def update(self, result: PlanResult) -> None:
+        now = membership(self._inputs.node_name, self._inputs.node(), self._inputs.gateway_names(), result)
+        if now == self.current:
+            return
+        if now.problem is not None:
+            log.warning("node is out of the network", extra=kv(node=self._inputs.node_name, reason=now.problem,
+                                                                ready=now.ready))
+        else:
+            log.info("node is in the network", extra=kv(node=self._inputs.node_name, gateway=result.gateway))
+        self.current = now
+
+    def check(self) -> CheckResult:
+        return CheckResult(self.current.ready, self.current.problem or "")
+
+
 def plan_with_underlay(
-    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None
+    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None,
+    report: MembershipReport | None = None,
 ) -> Callable[[], Awaitable[PlanResult]]:
     """The reconciler's plan step: follow the underlay and the protected addresses (I/O), then plan from the
-    cached inputs (pure)."""
+    cached inputs (pure), then say whether this node is in the network."""
 
     async def plan_fn() -> PlanResult:
         protected = await safety.protected() if safety is not None else ()
-        return inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected)
+        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected)
+        if report is not None:
+            report.update(result)
+        return result
 
     return plan_fn
 
@@ -148,9 +177,10 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 Node.from_dict,
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
+            report = MembershipReport(inputs)
             reconciler = Reconciler(
-                plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host)), inputs.synced,
-                kernel, vpn,
+                plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report),
+                inputs.synced, kernel, vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
@@ -169,6 +199,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             rt.health.add_readiness_check("informer-gateways", gateways.check)
             rt.health.add_readiness_check("informer-nodes", nodes.check)
             rt.health.add_readiness_check("reconciled", reconciler.ready)
+            rt.health.add_readiness_check("membership", report.check)
             await gateways.wait_synced()
             await nodes.wait_synced()
             reconciler.trigger("synced")

@@ -45,6 +45,10 @@ class PlanInputs:
         self._generation += 1
         return True
 
+    def gateway_names(self) -> list[str]:
+        """Every Gateway in the cache (parsed or not)."""
+        return self._gateways.keys()
+
     def node(self) -> Node | None:
         """This node's own Node object, if the cache has it."""
         return self._nodes.get(self.node_name)
