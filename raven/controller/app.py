@@ -70,7 +70,8 @@ class Controller:
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
                                             self.metrics, self.may_write, workers=workers,
-                                            ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr))
+                                            ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr,
+                                                             client.server_host))
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 

@@ -9,7 +9,8 @@ reported. `NodeIndex` holds the cluster-wide part of the checks, rebuilt when a 
 Gateways change (heartbeats change neither); the rules:
 
 - every pod CIDR parses (`InvalidPodCIDR`);
-- no pod CIDR covers the InternalIP of any node, overlaps the cluster's own ranges (`--overlay-cidr`,
+- no pod CIDR covers the InternalIP of any node or the API server's address (the host of the controller's
+  kubeconfig or in-cluster config, when it is an IP address), overlaps the cluster's own ranges (`--overlay-cidr`,
   `--tunnel-cidr`, `--service-cidr` when set) or a special-purpose range that is never a pod network
   (0.0.0.0/8, loopback, link-local (cloud metadata), multicast, broadcast; ::1, fe80::/10, ff00::/8)
   (`PodCIDRReserved`);
@@ -78,13 +79,18 @@ class Ranges:
     reserved: tuple[tuple[Network, str], ...]
 
     @classmethod
-    def of(cls, overlay_cidr: str, tunnel_cidr: str, service_cidrs: Sequence[str] = ()) -> Ranges:
+    def of(cls, overlay_cidr: str, tunnel_cidr: str, service_cidrs: Sequence[str] = (),
+           api_server: str | None = None) -> Ranges:
+        """`api_server`: the API server's host; protected when it is an IP address (a name is not resolved)."""
         out: list[tuple[Network, str]] = [
             (ipaddress.ip_network(overlay_cidr), f"the overlay range (--overlay-cidr {overlay_cidr})"),
             (ipaddress.ip_network(tunnel_cidr), f"the tunnel range (--tunnel-cidr {tunnel_cidr})"),
         ]
         out += [(ipaddress.ip_network(c), f"the Service range (--service-cidr {c})") for c in service_cidrs]
         out += [(ipaddress.ip_network(c), what) for c, what in SPECIAL_RANGES]
+        api = _parse_ip(api_server)
+        if api is not None:
+            out.insert(0, (ipaddress.ip_network(api), f"the API server's address {api}"))
         return cls(tuple(out))
 
 

@@ -77,6 +77,13 @@ def test_the_cluster_ranges_and_special_ranges_are_reserved() -> None:
         assert what in found["a-1"].message, (cidr, found["a-1"].message)
 
 
+def test_the_api_servers_address_is_reserved_when_it_is_an_ip() -> None:
+    n = [node("a-1", "gw-a", ("198.18.0.0/24",))]
+    found = NodeIndex(n, GATEWAYS, Ranges.of("240.0.0.0/8", "241.0.0.0/16", (), "198.18.0.2")).rejections(never)
+    assert "overlaps the API server's address 198.18.0.2" in found["a-1"].message
+    assert rejected(n, ranges=Ranges.of("240.0.0.0/8", "241.0.0.0/16", (), "api.example")) == {}
+
+
 def test_the_service_range_is_checked_only_when_configured() -> None:
     n = [node("a-1", "gw-a", ("10.100.0.0/16",))]
     assert rejected(n) == {"a-1": REASON_POD_CIDR_RESERVED}
