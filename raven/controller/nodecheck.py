@@ -78,6 +78,12 @@ class Ranges:
 
     reserved: tuple[tuple[Network, str], ...]
 
+    @functools.cached_property
+    def spans(self) -> tuple[tuple[int, int, int, str], ...]:
+        """(IP version, first, last, what) of each range, as integers: checking 10,000 nodes against them must
+        not spend its time in `ipaddress`."""
+        return tuple((net.version, *_span(net), what) for net, what in self.reserved)
+
     @classmethod
     def of(cls, overlay_cidr: str, tunnel_cidr: str, service_cidrs: Sequence[str] = (),
            api_server: str | None = None) -> Ranges:
@@ -108,17 +114,16 @@ def _span(net: Network) -> tuple[int, int]:
     return first, first + net.num_addresses - 1
 
 
-@dataclass(frozen=True)
-class _Claim:
-    node: str
-    cidr: str  # as written on the Node
-    version: int
-    first: int
-    last: int
+@functools.lru_cache(maxsize=1 << 16)  # type: ignore[misc]  # (its type says Callable[..., T])
+def _cidr_span(text: str) -> tuple[int, int, int] | None:
+    """(IP version, first, last) of a pod CIDR, None when it does not parse (cached: pure, asked per rebuild)."""
+    net = parse_cidr(text)
+    return None if net is None else (net.version, *_span(net))
 
 
-def _claim_first(c: _Claim) -> int:
-    return c.first
+# One pod CIDR of one node: (IP version, first, last, node, the CIDR as written). A plain tuple: 10,000 of
+# them are built on every rebuild, and tuples sort by (version, first) as the sweep needs.
+_Claim = tuple[int, int, int, str, str]
 
 
 def _node_name(n: Node) -> str:
@@ -137,9 +142,9 @@ class NodeIndex:
         self.members: dict[str, Node] = {n.name: n for n in all_nodes if n.gateway in gateways}
         addresses: dict[int, list[tuple[int, str]]] = {4: [], 6: []}
         for n in all_nodes:
-            ip = _parse_ip(n.internal_ip)
+            ip = _ip_value(n.internal_ip) if n.internal_ip else None
             if ip is not None:
-                addresses[ip.version].append((int(ip), n.name))
+                addresses[ip[0]].append((ip[1], n.name))
         for family in addresses.values():
             family.sort()
         self.invalid: dict[str, Finding] = {}
@@ -152,8 +157,9 @@ class NodeIndex:
                 claims.extend(own)
         # node -> the other nodes it overlaps, with the two CIDRs of each overlap
         self.conflicts: dict[str, dict[str, tuple[str, str]]] = {}
+        claims.sort()
         for version in (4, 6):
-            self._sweep(sorted((c for c in claims if c.version == version), key=_claim_first))
+            self._sweep([c for c in claims if c[0] == version])
 
     def _sweep(self, claims: Sequence[_Claim]) -> None:
         """Pairs of overlapping claims of different nodes. Sorted by start, a group of claims whose ranges
@@ -162,18 +168,18 @@ class NodeIndex:
         group: list[_Claim] = []
         end = -1
         for c in [*claims, None]:
-            if c is not None and c.first <= end:
+            if c is not None and c[1] <= end:
                 group.append(c)
-                end = max(end, c.last)
+                end = max(end, c[2])
                 continue
             if len(group) > 1:
-                for i, a in enumerate(group):
-                    for b in group[i + 1 :]:
-                        if a.node != b.node and b.first <= a.last and a.first <= b.last:
-                            self.conflicts.setdefault(a.node, {})[b.node] = (a.cidr, b.cidr)
-                            self.conflicts.setdefault(b.node, {})[a.node] = (b.cidr, a.cidr)
+                for i, (_, a_first, a_last, a_node, a_cidr) in enumerate(group):
+                    for _, b_first, b_last, b_node, b_cidr in group[i + 1 :]:
+                        if a_node != b_node and b_first <= a_last and a_first <= b_last:
+                            self.conflicts.setdefault(a_node, {})[b_node] = (a_cidr, b_cidr)
+                            self.conflicts.setdefault(b_node, {})[a_node] = (b_cidr, a_cidr)
             if c is not None:
-                group, end = [c], c.last
+                group, end = [c], c[2]
 
     def rejections(self, incumbent: Callable[[Node], bool]) -> dict[str, Finding]:
         """Every member node left out of the statuses, by name. `incumbent(node)`: are all the node's pod
@@ -210,6 +216,12 @@ def is_incumbent(node: Node, listed: Collection[str] | None) -> bool:
     return all(parse_cidr(c) in have for c in node.pod_cidrs)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # type: ignore[misc]  # (its type says Callable[..., T])
+def _ip_value(text: str) -> tuple[int, int] | None:
+    ip = _parse_ip(text)
+    return None if ip is None else (ip.version, int(ip))
+
+
 def _parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not text:
         return None
@@ -224,26 +236,40 @@ def _covered(addresses: Sequence[tuple[int, str]], first: int, last: int) -> tup
     return addresses[i] if i < len(addresses) and addresses[i][0] <= last else None
 
 
+@functools.lru_cache(maxsize=1 << 16)  # type: ignore[misc]  # (its type says Callable[..., T])
+def _reserved(ranges: Ranges, cidr: str) -> str | None:
+    """The first reserved range a (parsable) pod CIDR overlaps, or None; cached, as the pod CIDRs of 10,000
+    nodes are checked on every rebuild and hardly ever change."""
+    span = _cidr_span(cidr)
+    if span is None:
+        return None
+    version, first, last = span
+    for r_version, r_first, r_last, what in ranges.spans:
+        if r_version == version and r_first <= last and first <= r_last:
+            return what
+    return None
+
+
 def _check_node(node: Node, addresses: Mapping[int, Sequence[tuple[int, str]]],
                 ranges: Ranges) -> tuple[Finding | None, list[_Claim]]:
     claims: list[_Claim] = []
     for cidr in node.pod_cidrs:
-        net = parse_cidr(cidr)
-        if net is None:
+        span = _cidr_span(cidr)
+        if span is None:
             return Finding(node.name, REASON_INVALID_POD_CIDR,
                            f"node {node.name}: pod CIDR {cidr!r} does not parse; node left out of the network"), []
-        first, last = _span(net)
-        hit = _covered(addresses[net.version], first, last)
+        version, first, last = span
+        hit = _covered(addresses[version], first, last)
         if hit is not None:
-            ip = ipaddress.ip_address(hit[0])
+            ip = ipaddress.ip_address(hit[0]) if version == 4 else ipaddress.IPv6Address(hit[0])
             whose = "its own InternalIP" if hit[1] == node.name else f"the InternalIP of node {hit[1]}"
             return Finding(node.name, REASON_POD_CIDR_RESERVED,
                            f"node {node.name}: pod CIDR {cidr} covers {ip}, {whose}; node left out of the network"), []
-        for reserved, what in ranges.reserved:
-            if reserved.version == net.version and reserved.overlaps(net):
-                return Finding(node.name, REASON_POD_CIDR_RESERVED,
-                               f"node {node.name}: pod CIDR {cidr} overlaps {what}; node left out of the network"), []
-        claims.append(_Claim(node.name, cidr, net.version, first, last))
+        what = _reserved(ranges, cidr)
+        if what is not None:
+            return Finding(node.name, REASON_POD_CIDR_RESERVED,
+                           f"node {node.name}: pod CIDR {cidr} overlaps {what}; node left out of the network"), []
+        claims.append((version, first, last, node.name, cidr))
     return None, claims
 
 

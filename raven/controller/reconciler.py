@@ -83,6 +83,11 @@ def _facts(n: Node) -> tuple[object, ...]:
     return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
 
 
+def _checked_facts(n: Node) -> tuple[object, ...]:
+    """What the node checks (nodecheck.NodeIndex) use from a Node."""
+    return (n.internal_ip, n.pod_cidrs, n.gateway, n.created)
+
+
 AnyGateway = Gateway | UnparsableGateway
 
 
@@ -186,7 +191,8 @@ class GatewayReconciler:
         new = None if ev.type == "DELETED" else ev.obj
         if old is not None and new is not None and _facts(old) == _facts(new):
             return  # a heartbeat or an unrelated change
-        self._index = None  # a pod CIDR, an address or a membership may have changed
+        if old is None or new is None or _checked_facts(old) != _checked_facts(new):
+            self._index = None  # a pod CIDR, an address or a membership changed (readiness does not matter)
         old_gw = old.gateway if old else None
         new_gw = new.gateway if new else None
         if old is None or new is None or old_gw != new_gw:
