@@ -169,3 +169,16 @@ async def test_a_node_labelled_for_a_missing_gateway_is_reported_on_the_node(kub
     await rc.acted_on("nodes", "MODIFIED", seen)
     evs = [e for e in await events_for(kube, "a-2") if e["reason"] == "GatewayNotFound"]
     assert len(evs) == 1 and evs[0].get("count", 1) == 1
+
+
+async def test_when_the_holder_goes_the_node_it_kept_out_of_another_pool_is_listed(kube: KubeClient,
+                                                                                   start: Start) -> None:
+    await two_pools(kube)
+    await start()
+    await wait_active(kube, "gw-b", ["b-1"])
+    await kube.create(NODES, node_body("a-0", "gw-a", cidrs=["10.12.1.0/24"]))
+    await condition_is(kube, "gw-a", "False", "PodCIDRConflict")
+    # Deleting b-1 touches only gw-b; gw-a must learn that its node's verdict changed.
+    await kube.delete(NODES, "b-1")
+    got = await condition_is(kube, "gw-a", "True", "NodesValid")
+    assert listed(got)["a-0"] == ["10.12.1.0/24"]
