@@ -61,7 +61,8 @@ def _add(group: argparse.ArgumentParser | argparse._ArgumentGroup, s: Setting) -
         group.add_argument(s.flag, choices=s.choices, metavar=None if s.choices else s.name.upper(), **common)
 
 
-GROUPS = {"common": None, "controller": "controller mode", "agent": "agent mode"}
+GROUPS = {"common": None, "network": "cluster network (both modes)", "controller": "controller mode",
+          "agent": "agent mode"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def _values(mode: Literal["controller", "agent"], ns: argparse.Namespace, env: M
             ) -> dict[str, Any]:
     """Each setting of `mode` that the flags or the environment set, parsed; the flag wins."""
     given = vars(ns)
-    wrong = [s.flag for s in SETTINGS if s.mode not in ("common", mode) and s.name in given]
+    wrong = [s.flag for s in SETTINGS if s.mode not in ("common", "network", mode) and s.name in given]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} cannot be used with --mode={mode}")
     values: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Every user setting, declared once, and the frozen, validated config of each mode built from them.
 
-A setting is one field of `CommonConfig` (both modes), `ControllerConfig` or `AgentConfig` (whose plan
-settings sit in `PlanSettings`), declared with `setting(default, help, check=..., env=..., cluster=...)`.
+A setting is one field of `CommonConfig` (both modes), `NetworkRanges` (the cluster's address ranges, which both
+modes read from the same ConfigMap: the controller checks pod CIDRs against them, the agent plans with them),
+`ControllerConfig` or `AgentConfig` (whose plan settings sit in `PlanSettings`), declared with
+`setting(default, help, check=..., env=..., cluster=...)`.
 Its flag is the field name with dashes (`tunnel_cidr` -> `--tunnel-cidr`), its type the field's annotation.
 `SETTINGS` lists them all; from it come the CLI flags (`raven.cli`), the environment fallbacks (the flag
 wins), the README flag table and the agent ConfigMap (`raven.docs`). The plan's parameters
@@ -38,7 +40,7 @@ MIN_PSK_LENGTH = 16
 # A path MTU below this is certainly a misconfiguration (IPv4 hosts must accept 576-byte datagrams).
 MIN_PATH_MTU = 576
 
-Mode = Literal["common", "controller", "agent"]
+Mode = Literal["common", "network", "controller", "agent"]
 T = TypeVar("T")
 
 
@@ -109,6 +111,15 @@ def ipv4_network(value: str) -> str | None:
         return f"{value!r} is not a valid IPv4 CIDR"
     if net.version != 4 or net.prefixlen > 24:
         return f"{value!r} must be an IPv4 network of /24 or larger"
+    return None
+
+
+def networks(value: tuple[str, ...]) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError:
+            return f"{text!r} is not a valid CIDR (host bits must be zero)"
     return None
 
 
@@ -286,8 +297,32 @@ class CommonConfig:
         _check_fields(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class NetworkRanges:
+    """The cluster's own address ranges: the same value in the controller and on every node (ConfigMap).
+
+    The agent plans raven0/raven1 addresses inside them; the controller refuses a Node whose pod CIDR
+    overlaps them (such a route would capture the overlay's own traffic)."""
+
+    overlay_cidr: str = setting("240.0.0.0/8", "raven0 addresses are derived from node IPs inside this network",
+                                check=ipv4_network, cluster=True)
+    tunnel_cidr: str = setting("241.0.0.0/16", "each Gateway gets a stable inner address from this network",
+                               check=ipv4_network, cluster=True)
+
+
+def _check_ranges(cfg: NetworkRanges) -> None:
+    """The two ranges together (each was checked by its own setting's check first)."""
+    overlay, tunnel = ipaddress.ip_network(cfg.overlay_cidr), ipaddress.ip_network(cfg.tunnel_cidr)
+    if overlay.overlaps(tunnel):
+        raise ConfigError(f"--tunnel-cidr: {cfg.tunnel_cidr} overlaps --overlay-cidr {cfg.overlay_cidr}")
+    vnh = ipaddress.ip_address(POOL_VIRTUAL_NEXT_HOP)
+    for name, net in (("overlay_cidr", overlay), ("tunnel_cidr", tunnel)):
+        if vnh in net:
+            raise ConfigError(f"{flag(name)}: {net} contains {vnh}, the pools' virtual next hop")
+
+
 @dataclass(frozen=True)
-class ControllerConfig:
+class ControllerConfig(NetworkRanges):
     common: CommonConfig
     leader_elect: bool = setting(True, "compete for a Lease so only one replica writes; --no-leader-elect for "
                                  "a single replica")
@@ -308,11 +343,16 @@ class ControllerConfig:
                                         "written later)", check=positive)
     health_stale_after: float = setting(180.0, "seconds after which a PathReport's heartbeat is stale (no evidence); "
                                         "3 x the agents' heartbeat", check=positive)
+    service_cidr: tuple[str, ...] = setting((), "the cluster's Service CIDRs (comma-separated, as the API server's "
+                                            "--service-cluster-ip-range); a Node whose pod CIDR overlaps one is "
+                                            "left out of the network. Unset: not checked", check=networks,
+                                            cluster=True)
     # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _check_ranges(self)
         if not self.renew_deadline < self.lease_duration:
             raise ConfigError(f"--renew-deadline: must be shorter than --lease-duration ({self.renew_deadline} >= "
                               f"{self.lease_duration})")
@@ -327,17 +367,14 @@ def path_mtu_problem(underlay_mtu: int, esp_proposals: tuple[str, ...], ipsec_de
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanSettings:
-    """The agent settings the plan reads (`raven.agent.plan.PlanConfig` extends this class)."""
+class PlanSettings(NetworkRanges):
+    """The agent settings the plan reads (`raven.agent.plan.PlanConfig` extends this class), the cluster's
+    `NetworkRanges` included."""
 
     vxlan_vni: int = setting(200, "VNI of the intra-pool VXLAN raven0", check=vni, cluster=True)
     vxlan_port: int = setting(4472, "UDP port of raven0", check=udp_port, cluster=True)
-    overlay_cidr: str = setting("240.0.0.0/8", "raven0 addresses are derived from node IPs inside this network",
-                                check=ipv4_network, cluster=True)
     tunnel_vni: int = setting(201, "VNI of the inter-gateway VXLAN raven1", check=vni, cluster=True)
     tunnel_port: int = setting(4473, "UDP port of raven1", check=udp_port, cluster=True)
-    tunnel_cidr: str = setting("241.0.0.0/16", "each Gateway gets a stable inner address from this network",
-                               check=ipv4_network, cluster=True)
     underlay_mtu: int | None = setting(None, "MTU of the node's network; unset: read from the device holding "
                                        "the node IP", check=mtu)
     ipsec_device_mtu: int | None = setting(None, "override for the MTU of a userspace ESP device that carries "
@@ -355,13 +392,7 @@ class PlanSettings:
             raise ConfigError(f"--tunnel-vni: must differ from --vxlan-vni (both {self.vxlan_vni})")
         if self.vxlan_port == self.tunnel_port:
             raise ConfigError(f"--tunnel-port: must differ from --vxlan-port (both {self.vxlan_port})")
-        overlay, tunnel = ipaddress.ip_network(self.overlay_cidr), ipaddress.ip_network(self.tunnel_cidr)
-        if overlay.overlaps(tunnel):
-            raise ConfigError(f"--tunnel-cidr: {self.tunnel_cidr} overlaps --overlay-cidr {self.overlay_cidr}")
-        vnh = ipaddress.ip_address(POOL_VIRTUAL_NEXT_HOP)
-        for name, net in (("overlay_cidr", overlay), ("tunnel_cidr", tunnel)):
-            if vnh in net:
-                raise ConfigError(f"{flag(name)}: {net} contains {vnh}, the pools' virtual next hop")
+        _check_ranges(self)
         if self.underlay_mtu is not None:
             problem = path_mtu_problem(self.underlay_mtu, self.esp_proposals, self.ipsec_device_mtu)
             if problem:
@@ -406,18 +437,21 @@ class AgentConfig(PlanSettings):
 
 SETTINGS: tuple[Setting, ...] = (
     *_declared(CommonConfig, "common"),
-    *_declared(ControllerConfig, "controller"),
+    *_declared(NetworkRanges, "network"),
+    *_declared(ControllerConfig, "controller", skip=NetworkRanges),
     *_declared(AgentConfig, "agent", skip=PlanSettings),  # the agent's own settings first, then the plan's
-    *_declared(PlanSettings, "agent"),
+    *_declared(PlanSettings, "agent", skip=NetworkRanges),
 )
 
 
 def settings_for(mode: Literal["controller", "agent"]) -> tuple[Setting, ...]:
-    return tuple(s for s in SETTINGS if s.mode in ("common", mode))
+    """The settings `mode` reads: the common ones, the cluster's network ranges, and its own."""
+    return tuple(s for s in SETTINGS if s.mode in ("common", "network", mode))
 
 
 def configmap_data() -> dict[str, str]:
-    """The agent ConfigMap's data: every cluster-wide setting's env var and default."""
+    """The ConfigMap raven-agent-config's data: every cluster-wide setting's env var and default (the agents and
+    the controller both read it: each takes the keys of its own mode and ignores the others)."""
     return {s.env: s.show(s.default) for s in SETTINGS if s.cluster and s.env}
 
 

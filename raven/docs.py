@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 AGENT_CONFIGMAP = ROOT / "manifests" / "03-agent-config.yaml"
 
-_TITLES = {"common": "common", "controller": "controller mode", "agent": "agent mode"}
+_TITLES = {"common": "common", "network": "cluster network (both modes, from the ConfigMap)",
+           "controller": "controller mode", "agent": "agent mode"}
 
 
 def _flag(s: Setting) -> str:

@@ -3,16 +3,18 @@ IPsec driver joined into one reconcile loop.
 
 `agent_main(cfg, api)` is what `raven --mode=agent` runs under the supervisor. `plan_config()` maps the
 agent's configuration to the plan's parameters. The plan's inputs are cached in `inputs.PlanInputs`
-(pure); the one piece of I/O the plan depends on, the MTUs of the devices an encrypted packet crosses
-(the underlay interface of this node's InternalIP, libipsec's TUN device, the path towards each peer;
-netlink), is read here, before each plan, by `UnderlayFollower`. `--cleanup` is
-`cleanup.agent_cleanup`.
+(pure); the I/O the plan depends on is done here, before each plan: the MTUs of the devices an encrypted
+packet crosses (the underlay interface of this node's InternalIP, libipsec's TUN device, the path towards
+each peer; netlink) by `UnderlayFollower`, and the addresses the plan's safety net protects (`SafetyNet`: the
+API server's, the default gateways). `--cleanup` is `cleanup.agent_cleanup`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -21,7 +23,8 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from raven.agent.inputs import PlanInputs
-from raven.agent.plan import PlanConfig, PlanResult
+from raven.agent.membership import Membership, membership
+from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.api.gateway import Gateway
 from raven.api.node import Node
@@ -31,7 +34,8 @@ from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
-from raven.dataplane.underlay import Underlay, detect_underlay
+from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
+from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedEvent, TypedInformer
@@ -146,14 +150,85 @@ def _is_ipv4(addr: str) -> bool:
     return True
 
 
+class SafetyNet:
+    """The addresses no Raven route may cover, for the plan's safety net: the API server's (the kubeconfig's or
+    in-cluster host; a name is resolved until that works) and the main table's default gateways (read before
+    every plan: DHCP may move them). A failed lookup keeps the last answer and says so once."""
+
+    def __init__(self, api_host: str | None,
+                 gateways: Callable[[], Awaitable[tuple[str, ...]]] = default_gateways) -> None:
+        self._api_host = api_host
+        self._api: tuple[str, ...] | None = None if api_host else ()
+        self._gateways = gateways
+        self._default: tuple[str, ...] = ()
+        self._failed: set[str] = set()
+
+    async def protected(self) -> tuple[ProtectedAddress, ...]:
+        if self._api is None and self._api_host:
+            self._api = await self._lookup("api-server", self._resolve(self._api_host))
+        default = await self._lookup("default-gateway", self._gateways())
+        if default is not None:
+            self._default = default
+        api = [ProtectedAddress(a, "the API server's address") for a in self._api or ()]
+        return (*api, *(ProtectedAddress(a, "the default gateway") for a in self._default))
+
+    async def _lookup(self, what: str, step: Awaitable[tuple[str, ...]]) -> tuple[str, ...] | None:
+        try:
+            found = await step
+        except OSError as exc:
+            if what not in self._failed:
+                self._failed.add(what)
+                log.warning("safety net lookup failed; retried before each plan", extra=kv(what=what, error=str(exc)))
+            return None
+        self._failed.discard(what)
+        return found
+
+    @staticmethod
+    async def _resolve(host: str) -> tuple[str, ...]:
+        try:
+            return (str(ipaddress.ip_address(host)),)
+        except ValueError:
+            pass
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+        return tuple(sorted({str(info[4][0]) for info in infos}))
+
+
+class MembershipReport:
+    """Whether this node is in the network (see raven.agent.membership): one warning when it falls out (and
+    one info line when it is back), and the `membership` readiness check naming the reason."""
+
+    def __init__(self, inputs: PlanInputs) -> None:
+        self._inputs = inputs
+        self.current = Membership()
+
+    def update(self, result: PlanResult) -> None:
+        now = membership(self._inputs.node_name, self._inputs.node(), self._inputs.gateway_names(), result)
+        if now == self.current:
+            return
+        if now.problem is not None:
+            log.warning("node is out of the network", extra=kv(node=self._inputs.node_name, reason=now.problem,
+                                                                ready=now.ready))
+        else:
+            log.info("node is in the network", extra=kv(node=self._inputs.node_name, gateway=result.gateway))
+        self.current = now
+
+    def check(self) -> CheckResult:
+        return CheckResult(self.current.ready, self.current.problem or "")
+
+
 def plan_with_underlay(
-    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower
+    cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None,
+    report: MembershipReport | None = None,
 ) -> Callable[[], Awaitable[PlanResult]]:
-    """The reconciler's plan step: follow the underlay (I/O), then plan from the cached inputs (pure)."""
+    """The reconciler's plan step: follow the underlay and the protected addresses (I/O), then plan from the
+    cached inputs (pure), then say whether this node is in the network."""
 
     async def plan_fn() -> PlanResult:
-        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())))
+        protected = await safety.protected() if safety is not None else ()
+        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected)
         underlay.planned(result)
+        if report is not None:
+            report.update(result)
         return result
 
     return plan_fn
@@ -176,9 +251,10 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 Node.from_dict,
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
+            report = MembershipReport(inputs)
             reconciler = Reconciler(
-                plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced,
-                IngressGuard(kernel, IngressFilterApplier()), vpn,
+                plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report),
+                inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
@@ -197,6 +273,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             rt.health.add_readiness_check("informer-gateways", gateways.check)
             rt.health.add_readiness_check("informer-nodes", nodes.check)
             rt.health.add_readiness_check("reconciled", reconciler.ready)
+            rt.health.add_readiness_check("membership", report.check)
             await gateways.wait_synced()
             await nodes.wait_synced()
             reconciler.trigger("synced")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from raven.agent.plan import PlanConfig, PlanResult, plan
+from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, plan
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.kube.typed import TypedEvent, TypedInformer
@@ -24,7 +24,7 @@ class PlanInputs:
         self._gateways = gateways
         self._nodes = nodes
         self._generation = 0
-        self._planned: tuple[int, PlanConfig] | None = None
+        self._planned: tuple[int, PlanConfig, tuple[ProtectedAddress, ...]] | None = None
         self._last: PlanResult | None = None
 
     def synced(self) -> bool:
@@ -45,6 +45,10 @@ class PlanInputs:
         self._generation += 1
         return True
 
+    def gateway_names(self) -> list[str]:
+        """Every Gateway in the cache (parsed or not)."""
+        return self._gateways.keys()
+
     def node(self) -> Node | None:
         """This node's own Node object, if the cache has it."""
         return self._nodes.get(self.node_name)
@@ -60,15 +64,16 @@ class PlanInputs:
             out.append(entry.value)
         return out
 
-    def plan(self, cfg: PlanConfig) -> PlanResult:
-        """The plan for the current inputs with `cfg`: the cached one when neither changed."""
-        key = (self._generation, cfg)
+    def plan(self, cfg: PlanConfig, protected: tuple[ProtectedAddress, ...] = ()) -> PlanResult:
+        """The plan for the current inputs with `cfg` and the protected addresses: the cached one when none
+        changed."""
+        key = (self._generation, cfg, protected)
         if self._last is not None and self._planned == key:
             return self._last
         problems: list[str] = []
         gateways = self._gateway_list(problems)
         me = self.node()
-        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg)
+        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg, protected)
         if problems:
             result = replace(result, problems=problems + result.problems)
         self._last, self._planned = result, key

@@ -15,6 +15,11 @@ Roles (DESIGN.md "Data plane", issue 5 "The plan"):
   routed via the inner address of the gateway it is reached through (direct peer or relay). A remote
   failover changes the peer's IPsec connection only: inner addresses are per Gateway, not per node.
 
+Safety net: no route is planned that covers this node's own underlay address or a `ProtectedAddress` the
+agent found at the edge (its API server, its default gateway): the controller checks pod CIDRs first, but a
+route in the table consulted before `main` that caught one of those would cut the node off. Such a subnet is
+skipped and reported as a plan problem; the rest is planned.
+
 Membership comes from status.nodes (the controller's view), not the node label: peers build their
 return paths (FDB, return routes, remote routes to our subnets) from status.nodes, so planning from a
 label the controller has not yet reflected would send traffic whose replies are black-holed. The label
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -160,6 +166,33 @@ class PlanResult:
     gateway: str | None = None  # the Gateway this node belongs to
 
 
+@dataclass(frozen=True, order=True)
+class ProtectedAddress:
+    """An address no Raven route may cover, found by the agent at the edge (the plan does no I/O)."""
+
+    address: str
+    what: str  # e.g. "the API server", "the default gateway"
+
+
+class _Guard:
+    """The protected IPv4 addresses as integers; `hit(subnet)` names the first one a subnet covers."""
+
+    def __init__(self, protected: Sequence[ProtectedAddress]) -> None:
+        self._addrs: list[tuple[int, ProtectedAddress]] = []
+        for p in sorted(set(protected)):
+            try:
+                self._addrs.append((int.from_bytes(socket.inet_aton(p.address), "big"), p))
+            except OSError:
+                continue  # not IPv4: no IPv4 route can cover it
+
+    def hit(self, subnet: str) -> ProtectedAddress | None:
+        first, last = net_range(subnet)
+        for value, p in self._addrs:
+            if first <= value <= last:
+                return p
+        return None
+
+
 class _Ranges:
     """Disjoint sorted address ranges; `overlaps` is a binary search (10,000 remote subnets against a
     pool's subnets must not be a quadratic loop)."""
@@ -241,8 +274,10 @@ def plan(
     nodes: Mapping[str, Node] | Sequence[Node],
     node_name: str,
     cfg: PlanConfig,
+    protected: Sequence[ProtectedAddress] = (),
 ) -> PlanResult:
-    """This node's desired Raven state; malformed input is skipped and listed in `problems`."""
+    """This node's desired Raven state; malformed input is skipped and listed in `problems`. `protected`: the
+    addresses the agent found at the edge that no route may cover (this node's own is added here)."""
     node_map = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
     cluster = build_cluster(gateways, cfg.tunnel_cidr)
     problems = list(cluster.problems)
@@ -258,6 +293,18 @@ def plan(
     overlay = _pool_overlay(gw, cfg, problems)
     if me.name not in overlay or ep_node.name not in overlay:
         return PlanResult(DesiredState(), problems, gateway=gw.name)
+
+    me_node = node_map.get(node_name)
+    own = [ProtectedAddress(me.ip, "this node's underlay address")]
+    if me_node is not None and me_node.internal_ip and me_node.internal_ip != me.ip:
+        own.append(ProtectedAddress(me_node.internal_ip, "this node's InternalIP"))
+    guard = _Guard([*own, *protected])
+
+    def unsafe(subnet: str, owner: str) -> bool:
+        hit = guard.hit(subnet)
+        if hit is not None:
+            problems.append(f"gateway {owner}: subnet {subnet} covers {hit.what} ({hit.address}); not routed")
+        return hit is not None
 
     mtus = cfg._mtus()
     paths = cluster.paths_from(gw.name)
@@ -278,6 +325,8 @@ def plan(
                 problems.append(
                     f"gateway {p.dst}: subnet {subnet} overlaps a subnet of this node's pool ({gw.name}); not routed"
                 )
+                continue
+            if unsafe(subnet, p.dst):
                 continue
             remote.append((subnet, nxt))
 
@@ -341,6 +390,8 @@ def plan(
         neighbors.add(Neighbor(cfg.intra_pool_link, str(addr), mac))
         fdb.add(FdbEntry(cfg.intra_pool_link, mac, pn.ip))
         for subnet in pn.subnets:
+            if unsafe(subnet, gw.name):
+                continue
             routes.add(Route(dst=subnet, table=cfg.return_table, ifname=cfg.intra_pool_link, gateway=str(addr)))
     rules.add(Rule(priority=cfg.return_rule_priority, table=cfg.return_table, iif=cfg.inter_gateway_link))
 

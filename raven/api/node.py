@@ -19,6 +19,8 @@ class Node:
     labels: Mapping[str, str] = field(default_factory=dict)
     being_deleted: bool = False
     resource_version: str = ""
+    uid: str = ""
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, so strings compare in time order); "" if unknown
 
     @property
     def gateway(self) -> str | None:
@@ -68,6 +70,8 @@ class Node:
             labels={str(k): str(v) for k, v in labels.items()},
             being_deleted=bool(meta.get("deletionTimestamp")),
             resource_version=str(meta.get("resourceVersion", "")),
+            uid=str(meta.get("uid", "")),
+            created=str(meta.get("creationTimestamp", "")),
         )
 
 

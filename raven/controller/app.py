@@ -26,6 +26,7 @@ from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.health import HealthSettings
 from raven.controller.metrics import ControllerMetrics
+from raven.controller.nodecheck import Ranges
 from raven.controller.reconciler import PATHREPORTS, AnyGateway, GatewayReconciler
 from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
 from raven.kube.events import EventRecorder
@@ -83,7 +84,9 @@ class Controller:
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
                                             self.metrics, self.may_write, workers=workers,
-                                            reports=self.pathreports, health=health)
+                                            reports=self.pathreports, health=health,
+                                            ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr,
+                                                             client.server_host))
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 

@@ -17,6 +17,9 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
   next fit candidate (and kept when there is none: nothing better to move to); an `unfit` candidate (held
   after a health failover, or its own reports say it cannot do better) is never newly elected; a `keep`
   active endpoint stays although its Node is NotReady (edge autonomy: the data plane says it works).
+- a node the cluster-wide checks rejected (`nodecheck`: a bad pod CIDR) is neither listed in status.nodes nor
+  eligible; it and every endpoint misconfiguration are reported in the `NodesValid` condition (False while
+  any is found; its reason is the first finding's, in node order, the same reason as that finding's Event).
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ from raven.api.constants import (
 )
 from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
 from raven.api.node import Node
+from raven.controller.nodecheck import Finding
 
 REASON_VALID = "SpecValid"
 REASON_INVALID = "InvalidSpec"
+CONDITION_NODES_VALID = "NodesValid"
+REASON_NODES_VALID = "NodesValid"
+# A condition message names at most this many findings (each is also its own Event).
+MAX_FINDINGS_IN_MESSAGE = 10
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ LOST_NOT_READY = "not_ready"
 LOST_DELETED = "node_deleted"
 LOST_GONE = "node_gone"
 LOST_SPEC = "spec_changed"
+LOST_REJECTED = "node_rejected"
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class ElectionResult:
     lost_reasons: Mapping[str, str] = field(default_factory=dict)
     # The same as a short kind (LOST_*), by node name.
     lost_kinds: Mapping[str, str] = field(default_factory=dict)
+    # Nodes left out and endpoint misconfigurations (the NodesValid condition), sorted by node.
+    findings: tuple[Finding, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -116,11 +127,23 @@ def _node_info(node: Node) -> NodeInfo:
     return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=list(node.pod_cidrs))
 
 
+def nodes_condition(previous: Sequence[Condition] | None, findings: Sequence[Finding], now: str) -> Condition:
+    """NodesValid: True when nothing is found, else False with the first finding's reason and every message."""
+    if not findings:
+        return condition(previous, CONDITION_NODES_VALID, "True", REASON_NODES_VALID, "", now)
+    messages = [f.message for f in findings[:MAX_FINDINGS_IN_MESSAGE]]
+    if len(findings) > MAX_FINDINGS_IN_MESSAGE:
+        messages.append(f"and {len(findings) - MAX_FINDINGS_IN_MESSAGE} more (see the Events)")
+    return condition(previous, CONDITION_NODES_VALID, "False", findings[0].reason, "; ".join(messages), now)
+
+
 def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node],
-              health: HealthInput) -> tuple[str, str]:
+              health: HealthInput, rejected: Mapping[str, Finding]) -> tuple[str, str]:
     """(kind, message) of why an active endpoint was lost."""
     if ep.key not in {e.key for e in spec_eps}:
         return LOST_SPEC, "endpoint removed from spec"
+    if ep.node_name in rejected:
+        return LOST_REJECTED, rejected[ep.node_name].message
     node = nodes.get(ep.node_name)
     if node is None:
         return LOST_GONE, "node is gone or no longer labelled for this gateway"
@@ -187,6 +210,8 @@ def elect(
     now: str,
     lb_addresses: Mapping[int, str] | None = None,
     health: HealthInput = NO_HEALTH,
+    rejected: Mapping[str, Finding] | None = None,
+    endpoint_findings: Sequence[Finding] = (),
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -196,8 +221,12 @@ def elect(
     endpoint's port its publicPort (the Service forwards the same port).
     `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes. `health`: what the data
     plane says (see HealthInput); the default changes nothing.
+    `rejected`: the nodes the cluster-wide checks left out (`NodeIndex.rejections()`), by name;
+    `endpoint_findings`: what `nodecheck.endpoint_findings` reports about this gateway's endpoints.
     """
-    own = {n.name: n for n in nodes if n.gateway == gw.name}
+    rejected = rejected or {}
+    labelled = [n for n in nodes if n.gateway == gw.name]
+    own = {n.name: n for n in labelled if n.name not in rejected}
     previous = gw.status
     problems = validate(gw)
     if problems:
@@ -226,8 +255,10 @@ def elect(
     for node in sorted(own.values(), key=_node_name):
         node_problems.extend(node.problems())
 
+    findings = sorted([*(rejected[n.name] for n in labelled if n.name in rejected), *endpoint_findings])
     valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
     conditions = _merge_conditions(previous.conditions, valid)
+    conditions = _merge_conditions(conditions, nodes_condition(previous.conditions, findings, now))
     if health.condition is not None:
         conditions = _merge_conditions(conditions, condition(previous.conditions, *health.condition, now))
     status = GatewayStatus(
@@ -238,7 +269,7 @@ def elect(
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}
     lost = tuple(ep for ep in prev_active if ep.key not in after)
-    why = {ep.node_name: _why_lost(ep, spec_eps, own, health) for ep in lost}
+    why = {ep.node_name: _why_lost(ep, spec_eps, own, health, rejected) for ep in lost}
     return ElectionResult(
         status=status,
         elected=tuple(ep for ep in active if ep.key not in before),
@@ -246,4 +277,5 @@ def elect(
         node_problems=tuple(node_problems),
         lost_reasons={n: w[1] for n, w in why.items()},
         lost_kinds={n: w[0] for n, w in why.items()},
+        findings=tuple(findings),
     )

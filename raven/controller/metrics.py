@@ -49,3 +49,8 @@ class ControllerMetrics:
         self.invalid_gateways = Gauge(
             "raven_controller_invalid_gateways", "Gateways whose spec fails validation.", registry=registry
         )
+        self.rejected_nodes = Gauge(
+            "raven_controller_rejected_nodes",
+            "Nodes labelled for a Gateway but left out of every status (bad pod CIDR, see the Events).",
+            registry=registry,
+        )

@@ -6,12 +6,15 @@ are ignored). Workers take names from the coalescing queue and reconcile one Gat
 
 1. read the Gateway and its nodes from the typed informer caches (never from the API server; each object
    was parsed once, when its resourceVersion arrived);
-2. `elect()` (pure);
+2. check the nodes (`nodecheck`, pure: pod CIDRs against the whole cluster, endpoints against the Nodes),
+   then `elect()` (pure) with the rejected nodes left out;
 3. write the status only if it differs, as a merge patch of /status carrying the resourceVersion the
    decision was based on; a 409 means our view was stale: re-read the Gateway, decide again, retry;
 4. Events (ActiveEndpointElected / ActiveEndpointLost / InvalidGateway) only for changes actually
    written, so a restart or a no-op reconcile emits nothing; NodeIncomplete when a gateway's node
-   problems change (remembered in memory only: a new leader reports existing problems once more);
+   problems change; one Event per new finding of the node checks, on the Gateway and (for a rejected node)
+   on the Node, with the finding's reason; GatewayNotFound on each Node labelled for a Gateway that does
+   not exist (remembered in memory only: a new leader reports existing problems once more);
 5. make the LoadBalancer objects match (exposure.py). Last, so a failing Service write never holds
    back the status agents route by.
 
@@ -28,6 +31,7 @@ A failed reconcile is retried with per-key jittered backoff; bad data is reporte
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +78,14 @@ from raven.controller.health import (
     record_failover,
 )
 from raven.controller.metrics import ControllerMetrics
+from raven.controller.nodecheck import (
+    REASON_GATEWAY_NOT_FOUND,
+    Finding,
+    NodeIndex,
+    Ranges,
+    endpoint_findings,
+    is_incumbent,
+)
 from raven.kube.client import GATEWAYS, ApiError, Resource
 from raven.kube.events import EventRecorder, ObjectRef
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
@@ -88,6 +100,8 @@ EVENT_NOT_FORWARDING = "GatewayNotForwarding"
 EVENT_NO_BETTER_CANDIDATE = "NoBetterCandidate"
 PATHREPORTS = Resource(HEALTH_GROUP, HEALTH_VERSION, PATHREPORT_PLURAL)
 MAX_CONFLICT_RETRIES = 5
+# The defaults of --overlay-cidr / --tunnel-cidr (raven.config.NetworkRanges), for callers that pass no ranges.
+DEFAULT_RANGES = Ranges.of("240.0.0.0/8", "241.0.0.0/16")
 
 
 class NotLeader(Exception):
@@ -105,6 +119,11 @@ def rfc3339_now() -> str:
 def _facts(n: Node) -> tuple[object, ...]:
     """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
     return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+
+
+def _checked_facts(n: Node) -> tuple[object, ...]:
+    """What the node checks (nodecheck.NodeIndex) use from a Node."""
+    return (n.internal_ip, n.pod_cidrs, n.gateway, n.created)
 
 
 AnyGateway = Gateway | UnparsableGateway
@@ -137,6 +156,16 @@ def _condition_type(c: JSON) -> str:
     return str(c.get("type"))
 
 
+def _endpoint_nodes(gw: AnyGateway | None) -> frozenset[str]:
+    if not isinstance(gw, Gateway):
+        return frozenset()
+    return frozenset(ep.node_name for ep in gw.spec.all_endpoints if ep.node_name)
+
+
+def _node_ref(node: Node) -> ObjectRef:
+    return ObjectRef("v1", "Node", node.name, node.uid)
+
+
 def error_kind(exc: Exception) -> str:
     """The `kind` label of raven_controller_reconcile_errors_total: `api` (the server refused, or an
     object we may not touch is in the way), `network` (no usable answer), `unexpected` (anything else:
@@ -164,6 +193,7 @@ class GatewayReconciler:
         reports: TypedInformer[PathReport] | None = None,
         health: HealthSettings | None = None,
         now: Callable[[], datetime] | None = None,
+        ranges: Ranges = DEFAULT_RANGES,
     ) -> None:
         self.client = client
         self.gateways = gateways
@@ -180,6 +210,15 @@ class GatewayReconciler:
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
         self._verdicts: dict[str, HealthVerdict | None] = {}  # the verdict of the gateway's last election
+        # The node checks: the cluster-wide index (None: rebuild before the next use), the nodes it rejected
+        # last time, the Gateways whose endpoints name each node, and the findings last reported.
+        self.ranges = ranges
+        self._index: NodeIndex | None = None
+        self._rejected: dict[str, Finding] = {}
+        self._endpoints: dict[str, frozenset[str]] = {}  # gateway -> nodes its endpoints name
+        self._endpoint_of: dict[str, set[str]] = {}  # node -> gateways whose endpoints name it
+        self._reported_findings: dict[str, frozenset[Finding]] = {}
+        self._orphans: dict[str, str] = {}  # node -> the missing gateway it was reported labelled for
         # gateway -> exception types whose traceback was logged since its last success
         self._tracebacks_logged: dict[str, set[str]] = {}
         # Failover on data-plane health (None: Node readiness only).
@@ -211,6 +250,23 @@ class GatewayReconciler:
                     self.queue.add(other)
         if ev.type == "MODIFIED" and ev.obj is not None and ev.obj.resource_version == self._written_rv.get(name):
             return  # our own status write coming back: nothing new to decide
+        if ev.type != "MODIFIED":
+            self._index = None  # which nodes are members (labelled for an existing Gateway) changed
+        new = frozenset() if ev.type == "DELETED" else _endpoint_nodes(ev.obj)
+        old = self._endpoints.get(name, frozenset())
+        if new != old:
+            for node in old - new:
+                self._endpoint_of.get(node, set()).discard(name)
+            for node in new - old:
+                self._endpoint_of.setdefault(node, set()).add(name)
+            # Another Gateway naming one of these nodes has a finding (dis)appear.
+            for node in old ^ new:
+                for other in self._endpoint_of.get(node, ()):
+                    self.queue.add(other)
+        if new:
+            self._endpoints[name] = new
+        else:
+            self._endpoints.pop(name, None)
         self.queue.add(name)
 
     def on_node(self, ev: TypedEvent[Node]) -> None:
@@ -219,8 +275,14 @@ class GatewayReconciler:
         new = None if ev.type == "DELETED" else ev.obj
         if old is not None and new is not None and _facts(old) == _facts(new):
             return  # a heartbeat or an unrelated change
+        if old is None or new is None or _checked_facts(old) != _checked_facts(new):
+            self._index = None  # a pod CIDR, an address or a membership changed (readiness does not matter)
         old_gw = old.gateway if old else None
         new_gw = new.gateway if new else None
+        if old is None or new is None or old_gw != new_gw:
+            # The endpoints naming this node find it appeared, went or moved.
+            for named_by in self._endpoint_of.get(name, ()):
+                self.queue.add(named_by)
         if old_gw and old_gw != new_gw:
             self._members.get(old_gw, set()).discard(name)
         if new_gw:
@@ -318,8 +380,12 @@ class GatewayReconciler:
         if current is None:
             self._forget(name)
             self._check_leader()
+            self._report_orphans(name)
             await self.exposure.apply(name, None, [])
             return
+        for node in self._members.get(name, ()):
+            if self._orphans.get(node) == name:
+                del self._orphans[node]  # the Gateway exists (again): report it again if it goes
         for _ in range(MAX_CONFLICT_RETRIES):
             self._check_leader()
             if isinstance(current, UnparsableGateway):
@@ -348,6 +414,7 @@ class GatewayReconciler:
             if written:
                 self._after_write(gw, result)
             self._report_node_problems(gw, result)
+            self._report_findings(gw, result)
             # Exposure after the status: agents need the election even when a Service write fails
             # (that failure is retried with backoff; an invalid spec keeps the last good objects).
             if result.valid:
@@ -363,7 +430,9 @@ class GatewayReconciler:
         lb = self.exposure.addresses(gw.name) if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER else None
         verdict = self._assess(gw, members)
         health = NO_HEALTH if verdict is None else self._health_input(gw, verdict)
-        result = elect(gw, members, self.clock(), lb, health)
+        rejected = self._rejections(gw.name)
+        found = endpoint_findings(gw, self.nodes.get, self._endpoint_of)
+        result = elect(gw, members, self.clock(), lb, health, rejected=rejected, endpoint_findings=found)
         self._verdicts[gw.name] = verdict
         return result
 
@@ -400,6 +469,67 @@ class GatewayReconciler:
             return verdict.election  # no reports ever: the status stays exactly what it was before PathReports
         return replace(verdict.election, condition=(CONDITION_TUNNELS_HEALTHY, verdict.condition_status,
                                                     verdict.condition_reason, verdict.condition_message))
+
+    # --- the node checks ---
+
+    def _rejections(self, reconciling: str) -> dict[str, Finding]:
+        """Every node left out of the statuses, by name (see nodecheck). The index is rebuilt only after a
+        node fact or the set of Gateways changed; the overlap order is decided again each time (it reads the
+        current statuses), and a Gateway whose node's verdict changed is queued, so every Gateway acts on
+        the same decision."""
+        if self._index is None:
+            self._index = NodeIndex(self.nodes.values(), set(self.gateways.keys()), self.ranges)
+        rejected = self._index.rejections(self._incumbent)
+        if rejected != self._rejected:
+            changed = {n for n in rejected.keys() | self._rejected.keys() if rejected.get(n) != self._rejected.get(n)}
+            self._rejected = rejected
+            self.metrics.rejected_nodes.set(len(rejected))
+            for name in sorted(changed):
+                node = self.nodes.get(name)
+                if node is not None and node.gateway and node.gateway != reconciling:
+                    self.queue.add(node.gateway)
+        return rejected
+
+    def _incumbent(self, node: Node) -> bool:
+        """Whether the node's pod CIDRs are listed for it in a current status: its Gateway's first, then any
+        (a node moving between Gateways keeps its subnets). Asked only for nodes whose pod CIDRs overlap."""
+        first = [node.gateway] if node.gateway else []
+        for name in itertools.chain(first, self.gateways.keys()):
+            gw = self.gateways.get(name)
+            if isinstance(gw, Gateway):
+                for info in gw.status.nodes or ():
+                    if info.node_name == node.name:
+                        return is_incumbent(node, info.subnets)
+        return False
+
+    def _report_findings(self, gw: Gateway, result: ElectionResult) -> None:
+        """One warning, one Event on the Gateway and (for a node left out) one on the Node per new finding."""
+        now = frozenset(result.findings)
+        before = self._reported_findings.get(gw.name, frozenset())
+        if now == before:
+            return
+        self._reported_findings[gw.name] = now
+        for f in sorted(now - before):
+            log.warning("node check failed", extra=kv(gateway=gw.name, node=f.node, reason=f.reason,
+                                                      problem=f.message))
+            self.recorder.record(self._ref(gw), "Warning", f.reason, f.message)
+            node = self.nodes.get(f.node)
+            if node is not None and self._rejected.get(f.node) == f:
+                self.recorder.record(_node_ref(node), "Warning", f.reason, f"{f.message} (gateway {gw.name})")
+        if before and not now:
+            log.info("gateway nodes valid again", extra=kv(gateway=gw.name))
+
+    def _report_orphans(self, missing: str) -> None:
+        """Nodes labelled for a Gateway that does not exist are in no pool: say so, once per node."""
+        for name in sorted(self._members.get(missing, ())):
+            node = self.nodes.get(name)
+            if node is None or self._orphans.get(name) == missing:
+                continue
+            self._orphans[name] = missing
+            message = (f"node {name} is labelled raven.openyurt.io/gateway={missing} but no Gateway {missing} "
+                       "exists: the node is in no pool and unreachable from other pools")
+            log.warning("node labelled for a missing gateway", extra=kv(node=name, gateway=missing))
+            self.recorder.record(_node_ref(node), "Warning", REASON_GATEWAY_NOT_FOUND, message)
 
     async def _write_status(self, gw: Gateway, status: GatewayStatus) -> bool:
         # `gw.status` is the status as parsed from the cache (a malformed one never gets here: the whole
@@ -510,6 +640,7 @@ class GatewayReconciler:
         self._sensitive.discard(name)
         self._tracebacks_logged.pop(name, None)
         self._reported.pop(name, None)
+        self._reported_findings.pop(name, None)
         self._invalid.discard(name)
         self.metrics.invalid_gateways.set(len(self._invalid))
 

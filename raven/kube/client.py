@@ -150,6 +150,12 @@ class KubeClient:
     async def close(self) -> None:
         await self.api.close()
 
+    @property
+    def server_host(self) -> str | None:
+        """The API server's host name or address, as the kubeconfig (or the in-cluster config) gives it."""
+        host = urlsplit(str(self.api.configuration.host)).hostname
+        return host or None
+
     async def _open(
         self,
         method: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,10 +85,13 @@ async def eventually(fn: Callable[[], Awaitable[T] | T], check: Callable[[T], bo
 
 def node_body(name: str, gateway: str | None, ready: bool = True, ip: str | None = "auto",
               cidrs: list[str] | None = None) -> dict[str, Any]:
-    n = sum(name.encode()) % 250 + 1
-    addresses = [] if ip is None else [{"type": "InternalIP", "address": f"10.0.0.{n}" if ip == "auto" else ip}]
+    # Distinct per name (the controller leaves a node whose pod CIDR overlaps another's out of the status):
+    # node IPs in 10.0.0.0/16, pod CIDRs /24s in 10.128.0.0/9, both from a hash of the name.
+    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 32768
+    auto_ip = f"10.0.{n // 254 % 256}.{n % 254 + 1}"
+    addresses = [] if ip is None else [{"type": "InternalIP", "address": auto_ip if ip == "auto" else ip}]
     spec: dict[str, Any] = {}
-    pod_cidrs = [f"10.244.{n}.0/24"] if cidrs is None else cidrs
+    pod_cidrs = [f"10.{128 + n // 256}.{n % 256}.0/24"] if cidrs is None else cidrs
     if pod_cidrs:
         spec = {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs}
     return {

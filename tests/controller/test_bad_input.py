@@ -123,8 +123,12 @@ async def test_garbage_node_and_gateway_fields_never_crash_the_controller(kube: 
     got = await eventually(lambda: kube.get(GATEWAYS, "gw-w"), lambda g: bool(g["status"].get("conditions")),
                            what="status")
     assert [e["nodeName"] for e in got["status"]["activeEndpoints"]] == ["w-2"]
-    assert got["status"]["nodes"][0] == {"nodeName": "w-1", "privateIP": "", "subnets": ["not-a-cidr"]}
+    # The unparsable pod CIDR is never copied into the status: the node is left out, and said so.
+    assert [n["nodeName"] for n in got["status"]["nodes"]] == ["w-2"]
+    cond = next(c for c in got["status"]["conditions"] if c["type"] == "NodesValid")
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidPodCIDR")
+    assert "pod CIDR 'not-a-cidr' does not parse" in cond["message"]
     evs = await eventually(lambda: events_for(kube, "gw-w"),
-                           lambda e: any(x["reason"] == "NodeIncomplete" for x in e), what="NodeIncomplete")
-    assert "invalid pod CIDR 'not-a-cidr'" in next(e for e in evs if e["reason"] == "NodeIncomplete")["message"]
+                           lambda e: any(x["reason"] == "InvalidPodCIDR" for x in e), what="InvalidPodCIDR")
+    assert "'not-a-cidr' does not parse" in next(e for e in evs if e["reason"] == "InvalidPodCIDR")["message"]
     assert rc.rt.health.alive

@@ -55,7 +55,7 @@ async def test_two_gateways_elect_first_ready_candidate_and_write_status(kube: K
     a1 = await kube.get(NODES, "a-1")
     assert status["nodes"][0] == {"nodeName": "a-1", "privateIP": a1["status"]["addresses"][0]["address"],
                                   "subnets": a1["spec"]["podCIDRs"]}
-    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Valid", "True")]
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("NodesValid", "True"), ("Valid", "True")]
     evs = await eventually(lambda: events_for(kube, "gw-b"), lambda e: len(e) >= 1, what="election event")
     assert [(e["reason"], e["type"]) for e in evs] == [("ActiveEndpointElected", "Normal")]
     assert "b-2" in evs[0]["message"]

@@ -58,6 +58,9 @@ def test_defaults_are_the_declared_ones(kubeconfig: str, psk_file: str) -> None:
     for s in SETTINGS:
         if s.name in ("kubeconfig", "node_name", "psk_file"):
             continue  # given above
+        if s.mode == "network":  # read by both modes
+            assert getattr(a, s.name) == getattr(c, s.name) == s.default, s.name
+            continue
         value = getattr(a.common if s.mode == "common" else a if s.mode == "agent" else c, s.name)
         assert value == s.default, s.name
 
@@ -71,7 +74,7 @@ def test_every_setting_is_a_flag_of_its_mode_only() -> None:
         assert dests[s.name].default is not None  # SUPPRESS: defaults come from the declaration only
 
 
-@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.mode != "common"], ids=lambda s: s.flag)
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.mode in ("controller", "agent")], ids=lambda s: s.flag)
 def test_flag_of_the_other_mode_is_rejected(kubeconfig: str, setting: Any) -> None:
     other = "controller" if setting.mode == "agent" else "agent"
     value = [] if setting.kind != "value" else [setting.show(setting.default) or "x"]
@@ -105,6 +108,7 @@ BAD = {
     "ipsec_device_mtu": "70000",
     "ike_proposals": ",",
     "esp_proposals": "",
+    "service_cidr": "10.96.0.1/12",
 }
 
 
@@ -237,7 +241,7 @@ def test_configmap_holds_every_cluster_setting_with_its_default() -> None:
     cluster = [s for s in SETTINGS if s.cluster]
     assert cluster and data == {s.env: s.show(s.default) for s in cluster} == configmap_data()
     for s in cluster:
-        assert s.mode == "agent" and s.env == f"RAVEN_{s.name.upper()}"
+        assert s.mode in ("network", "agent", "controller") and s.env == f"RAVEN_{s.name.upper()}"
         assert s.parse(data[s.env]) == s.default
     # The comments beside the keys are generated too (python -m raven.docs --write).
     assert configmap_settings_yaml() in (MANIFESTS / "03-agent-config.yaml").read_text()
@@ -254,7 +258,7 @@ def test_daemonset_passes_the_configmap_as_env_and_no_flag_overrides_it() -> Non
     ns = build_parser().parse_args(container["args"])  # every arg is a flag the CLI knows
     given = set(vars(ns)) - {"mode"}
     assert ns.mode == "agent"
-    assert all(BY_NAME[name].mode in ("common", "agent") for name in given)
+    assert all(BY_NAME[name].mode in ("common", "network", "agent") for name in given)
     assert not {s.name for s in SETTINGS if s.cluster} & given, "a flag would silently override the ConfigMap"
     env_names = {e["name"] for e in container["env"]}
     assert "NODE_NAME" in env_names
@@ -275,7 +279,23 @@ def test_controller_deployment_args_are_controller_settings() -> None:
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     ns = build_parser().parse_args(container["args"])
     assert ns.mode == "controller"
-    assert all(BY_NAME[name].mode in ("common", "controller") for name in set(vars(ns)) - {"mode"})
+    given = set(vars(ns)) - {"mode"}
+    assert all(BY_NAME[name].mode in ("common", "controller") for name in given)
+    # The ranges the controller checks pod CIDRs against are the agents' own: the same ConfigMap, no override.
+    assert {"configMapRef": {"name": "raven-agent-config"}} in container["envFrom"]
+    assert not {s.name for s in SETTINGS if s.cluster} & given, "a flag would silently override the ConfigMap"
+
+
+def test_the_network_ranges_are_one_declaration_read_by_both_modes(kubeconfig: str, psk_file: str) -> None:
+    (cm,) = (d for d in _docs("03-agent-config.yaml") if d["metadata"]["name"] == "raven-agent-config")
+    env = {**cm["data"], "RAVEN_OVERLAY_CIDR": "100.64.0.0/10", "RAVEN_TUNNEL_CIDR": "198.18.0.0/16",
+           "RAVEN_SERVICE_CIDR": "10.96.0.0/12,fd00:10:96::/108"}
+    a, c = agent(kubeconfig, psk_file, env=env), controller(kubeconfig, env=env)
+    assert (a.overlay_cidr, a.tunnel_cidr) == (c.overlay_cidr, c.tunnel_cidr) == ("100.64.0.0/10", "198.18.0.0/16")
+    assert c.service_cidr == ("10.96.0.0/12", "fd00:10:96::/108")
+    # The controller checks the pair the same way the agent does.
+    with pytest.raises(ConfigError, match=r"^--tunnel-cidr: 240.1.0.0/16 overlaps --overlay-cidr"):
+        controller(kubeconfig, "--tunnel-cidr", "240.1.0.0/16")
 
 
 # What the kubelet substitutes for `$(VAR)` in args: the env vars the container takes from the downward API.

@@ -182,7 +182,9 @@ def test_endpoint_naming_a_missing_node_is_simply_not_eligible() -> None:
 def test_valid_condition_is_true_and_keeps_its_transition_time() -> None:
     first = elect(gateway(THREE), [node("n-1")], NOW)
     conds = [c.to_dict() for c in first.status.conditions or []]
-    assert conds == [{"type": "Valid", "status": "True", "reason": "SpecValid", "message": "",
+    assert conds == [{"type": "NodesValid", "status": "True", "reason": "NodesValid", "message": "",
+                      "lastTransitionTime": NOW},
+                     {"type": "Valid", "status": "True", "reason": "SpecValid", "message": "",
                       "lastTransitionTime": NOW}]
     again = elect(gateway(THREE, status=first.status.to_dict()), [node("n-1")], LATER)
     assert again.status.conditions == first.status.conditions
@@ -195,7 +197,7 @@ def test_invalid_gateway_keeps_last_good_election_and_names_the_problem() -> Non
     assert not r.valid
     assert r.status.active_endpoints == first.status.active_endpoints
     assert r.status.nodes == first.status.nodes
-    (cond,) = r.status.conditions or []
+    (cond,) = [c for c in r.status.conditions or [] if c.type == "Valid"]
     assert (cond.type, cond.status, cond.reason) == ("Valid", "False", "InvalidSpec")
     assert "spec.endpoints[3].type" in cond.message and "bogus" in cond.message
     assert cond.last_transition_time == LATER
@@ -206,7 +208,7 @@ def test_invalid_gateway_keeps_last_good_election_and_names_the_problem() -> Non
 def test_other_controllers_conditions_are_kept() -> None:
     status = {"conditions": [{"type": "Zeta", "status": "True", "reason": "X", "message": ""}]}
     r = elect(gateway(THREE, status=status), [node("n-1")], NOW)
-    assert [c.type for c in r.status.conditions or []] == ["Valid", "Zeta"]
+    assert [c.type for c in r.status.conditions or []] == ["NodesValid", "Valid", "Zeta"]
 
 
 def test_malformed_previous_status_with_duplicate_active_endpoints_is_repaired() -> None:
