@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class ApiServer:
         self._watches: set[Watcher] = set()
         self._outage_task: asyncio.Task[None] | None = None
         self.requests_served = 0
+        self.node_tokens: dict[str, dict[str, Any]] = {}  # add_node_token
         # (verb, resource) -> count, verbs as the real server's audit log names them (get, list, watch,
         # create, update, patch, delete, deletecollection); resource is "plural" or "plural/subresource".
         self.request_counts: Counter[tuple[str, str]] = Counter()
@@ -138,14 +140,15 @@ class ApiServer:
             self._runner = None
         self._site = None
 
-    def kubeconfig_dict(self) -> dict[str, Any]:
+    def kubeconfig_dict(self, token: str | None = None) -> dict[str, Any]:
+        """A kubeconfig for this server, as the admin or with `token` (e.g. from `add_node_token`)."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "raven-test", "cluster": {
                 "server": self.url,
                 "certificate-authority-data": base64.b64encode(Path(self.cert_file).read_bytes()).decode()}}],
-            "users": [{"name": "raven-test", "user": {"token": self.token}}],
+            "users": [{"name": "raven-test", "user": {"token": token or self.token}}],
             "contexts": [{"name": "raven-test",
                           "context": {"cluster": "raven-test", "user": "raven-test", "namespace": "default"}}],
             "current-context": "raven-test",
@@ -220,6 +223,32 @@ class ApiServer:
         self._outage_task = asyncio.ensure_future(run())
         return self._outage_task
 
+    # ---- authentication ---------------------------------------------------------------------------------
+    ADMIN_USER: dict[str, Any] = {"username": "raven-test-admin", "groups": ["system:masters", "system:authenticated"]}
+
+    def add_node_token(self, node: str, service_account: str = "raven-system:raven-agent") -> str:
+        """A bearer token like a pod's bound service-account token on `node`: the requester is
+        `system:serviceaccount:<ns>:<name>` with `extra["authentication.kubernetes.io/node-name"] = [node]`
+        (what the real server records in a CSR's spec). No authorization is attached (there is none here)."""
+        ns, _, name = service_account.partition(":")
+        token = secrets.token_hex(16)
+        self.node_tokens[token] = {
+            "username": f"system:serviceaccount:{ns}:{name}",
+            "uid": str(uuid.uuid4()),
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/node-name": [node],
+                      "authentication.kubernetes.io/pod-name": [f"raven-agent-{node}"]},
+        }
+        return token
+
+    def _authenticate(self, header: str) -> dict[str, Any]:
+        if header == f"Bearer {self.token}":
+            return self.ADMIN_USER
+        user = self.node_tokens.get(header.removeprefix("Bearer ")) if header.startswith("Bearer ") else None
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        return user
+
     # ---- request pipeline -----------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -229,9 +258,7 @@ class ApiServer:
         resp: web.StreamResponse
         try:
             if path not in UNAUTHENTICATED_PATHS:
-                auth = request.headers.get("Authorization", "")
-                if auth != f"Bearer {self.token}":
-                    raise ApiError(401, "Unauthorized", "Unauthorized")
+                request["user"] = self._authenticate(request.headers.get("Authorization", ""))
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self._fail_remaining > 0:
@@ -343,7 +370,7 @@ class ApiServer:
             raise _page_not_found()
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and not (sub == "status" and rt.has_status) and not (
+        if sub is not None and not (sub == "status" and rt.has_status) and sub not in rt.subresources and not (
                 sub == "finalize" and rt.plural == "namespaces" and rt.group == ""):
             raise _page_not_found()
         if rt.namespaced and ns is None and name is not None:
@@ -373,7 +400,7 @@ class ApiServer:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
             body = await _body(request)
-            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv)
+            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv, user=request.get("user"))
             return _json(obj, 201, _warning_headers(warnings))
         if name is None:
             if method == "DELETE":

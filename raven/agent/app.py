@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from raven.agent.identity import NodeIdentity
 from raven.agent.inputs import PlanInputs
 from raven.agent.plan import PlanConfig, PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
@@ -24,12 +25,12 @@ from raven.agent.underlay import Underlay, detect_underlay
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
-from raven.dataplane.ipsec import IPsecDriver
+from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
-from raven.kube.typed import TypedEvent, TypedInformer
+from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
 from raven.runtime import Runtime
 
@@ -90,7 +91,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
         kernel = KernelApplier(ownership(plan_config(cfg, None)))
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk) if cfg.vpn_driver == "ipsec" else None
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
-                                            psk_source=cfg.psk_source))
+                                            ipsec_auth=cfg.ipsec_auth, psk_source=cfg.psk_source or None))
         try:
             gateways = TypedInformer(Informer(client, GATEWAYS, "gateways", rt.registry), Gateway.from_dict)
             # Only this node's facts feed the plan: caching every Node would cost memory on big clusters.
@@ -103,6 +104,17 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 plan_with_underlay(cfg, inputs, UnderlayFollower()), inputs.synced, kernel, vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
+
+            if vpn is not None and cfg.ipsec_auth == "cert":
+                driver = vpn
+
+                def on_credentials(creds: Credentials, retired: list[str]) -> None:
+                    driver.set_credentials(creds, retired)
+                    reconciler.trigger("ipsec-certificate")
+
+                identity = NodeIdentity(cfg.node_name, cfg.ipsec_identity_dir, TypedClient(client), on_credentials)
+                rt.supervisor.spawn("ipsec-identity", identity.run())
+                rt.health.add_readiness_check("ipsec-identity", identity.check)
 
             def on_gateway(ev: TypedEvent[Gateway]) -> None:
                 if inputs.on_gateway(ev):

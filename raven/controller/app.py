@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from raven.api.csr import CertificateSigningRequest
 from raven.api.gateway import parse_gateway
 from raven.api.node import Node
 from raven.api.service import Service, ServiceEndpoints
@@ -24,12 +25,14 @@ from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.reconciler import AnyGateway, GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
+from raven.controller.signer import Signer
+from raven.kube.client import CSRS, ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
 from raven.kube.typed import TypedClient, TypedInformer
 from raven.log import kv
+from raven.pki import SIGNER_NAME
 from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,12 +72,18 @@ class Controller:
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
         self.reconciler = GatewayReconciler(api, self.gateways, self.nodes, self.exposure, self.recorder,
                                             self.metrics, self.may_write, workers=workers)
+        # The IPsec signer: only requests for our signer are listed (never another signer's).
+        self.csrs = TypedInformer(Informer(client, CSRS, "certificatesigningrequests", reg,
+                                           field_selector=f"spec.signerName={SIGNER_NAME}"),
+                                  CertificateSigningRequest.from_dict)
+        self.signer = Signer(api, namespace, cfg.ipsec_ca_secret, self.csrs, self.nodes, self.may_write,
+                             agent_username=cfg.agent_service_account, lifetime_s=cfg.ipsec_cert_lifetime)
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 
     @property
     def informers(self) -> list[Informer]:
-        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints)]
+        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs)]
 
     def may_write(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True
@@ -119,9 +128,11 @@ class Controller:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.reconciler.run_workers())
+                tg.create_task(self.signer.run())
                 tg.create_task(self._resync())
         finally:
             self.reconciler.queue.close()  # no retry scheduled while leading outlives the term
+            self.signer.queue.close()
 
     async def _resync(self) -> None:
         # A safety net only: events drive everything, this catches anything a bug let slip.

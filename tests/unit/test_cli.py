@@ -47,7 +47,7 @@ def test_agent_without_node_name(kubeconfig: str, psk_file: str) -> None:
 
 def test_agent_node_name_from_env(kubeconfig: str, tmp_path: Path) -> None:
     # NODE_NAME satisfies the node name; the PSK is the next missing piece, which proves the env was read.
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig], env={"NODE_NAME": "n1"})
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--ipsec-auth=psk"], env={"NODE_NAME": "n1"})
     _assert_clean_error(result, "pre-shared key")
 
 
@@ -78,7 +78,7 @@ def test_bad_listen_address(kubeconfig: str, addr: str, phrase: str) -> None:
 
 
 def test_ipsec_without_psk_has_no_default(kubeconfig: str) -> None:
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1"])
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--ipsec-auth=psk"])
     _assert_clean_error(result, "there is no default key")
 
 
