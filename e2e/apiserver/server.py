@@ -69,6 +69,10 @@ def _table_version(accept: str) -> str | None:
     return None
 
 
+# The authenticated requester of a request (username, uid, groups, extra).
+USER = web.RequestKey("user", dict)
+
+
 class ApiServer:
     """The test Kubernetes API server: an aiohttp app over TLS with one bearer token, serving `cluster`.
 
@@ -258,7 +262,7 @@ class ApiServer:
         resp: web.StreamResponse
         try:
             if path not in UNAUTHENTICATED_PATHS:
-                request["user"] = self._authenticate(request.headers.get("Authorization", ""))
+                request[USER] = self._authenticate(request.headers.get("Authorization", ""))
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self._fail_remaining > 0:
@@ -400,7 +404,7 @@ class ApiServer:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
             body = await _body(request)
-            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv, user=request.get("user"))
+            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv, user=request.get(USER))
             return _json(obj, 201, _warning_headers(warnings))
         if name is None:
             if method == "DELETE":

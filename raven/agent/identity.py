@@ -184,6 +184,7 @@ class NodeIdentity:
 
     async def renew(self) -> None:
         """A new key (or the pending one), its request, the signed certificate; then switch to it."""
+        await asyncio.to_thread(self._prepare_dir)
         next_key_file = self.dir / "next.key"
         try:
             key = await asyncio.to_thread(next_key_file.read_bytes)
