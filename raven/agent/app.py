@@ -112,7 +112,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                     driver.set_credentials(creds, retired)
                     reconciler.trigger("ipsec-certificate")
 
-                identity = NodeIdentity(cfg.node_name, cfg.ipsec_identity_dir, TypedClient(client), on_credentials)
+                identity = NodeIdentity(cfg.node_name, cfg.ipsec_identity_dir, TypedClient(client), on_credentials,
+                                        rt.registry)
                 rt.supervisor.spawn("ipsec-identity", identity.run())
                 rt.health.add_readiness_check("ipsec-identity", identity.check)
 

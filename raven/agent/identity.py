@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from raven.api.csr import CertificateSigningRequest, request_body
 from raven.dataplane.ipsec import Credentials
 from raven.health import CheckResult
@@ -92,7 +94,8 @@ def identity_key_ids(directory: str) -> list[str]:
 
 class NodeIdentity:
     def __init__(self, node_name: str, directory: str, api: TypedClient,
-                 on_change: Callable[[Credentials, list[str]], None]) -> None:
+                 on_change: Callable[[Credentials, list[str]], None],
+                 registry: CollectorRegistry | None = None) -> None:
         self.node_name = node_name
         self.dir = Path(directory)
         self.api = api
@@ -102,6 +105,14 @@ class NodeIdentity:
         self.renew_at = 0.0  # time.time()
         self.renewals = 0  # certificates obtained by this process
         self.last_error = ""
+        reg = registry or CollectorRegistry()
+        self._m_obtained = Counter("raven_agent_ipsec_certificates_obtained_total",
+                                   "IPsec node certificates obtained from the signer (first and renewals).",
+                                   registry=reg)
+        self._m_expiry = Gauge("raven_agent_ipsec_certificate_expiry_timestamp_seconds",
+                               "When the IPsec node certificate in use expires (Unix time).", registry=reg)
+        self._m_failures = Counter("raven_agent_ipsec_certificate_request_failures_total",
+                                   "Failed or denied IPsec certificate requests.", registry=reg)
 
     # --- files
 
@@ -168,6 +179,7 @@ class NodeIdentity:
                 raise
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._m_failures.inc()
                 log.warning("ipsec certificate request failed, retrying",
                             extra=kv(error=self.last_error, retry_s=delay))
                 await asyncio.sleep(delay)
@@ -207,6 +219,7 @@ class NodeIdentity:
         previous = self.credentials
         retired = [previous.key_id] if previous is not None and previous.key_id != kid else []
         self.renewals += 1
+        self._m_obtained.inc()
         self.last_error = ""
         self._use(Credentials(key, nc.cert_pem, nc.ca_pem, kid), nc, time.time(), retired)
         log.info("ipsec certificate obtained", extra=kv(csr=name, serial=f"{nc.serial:x}",
@@ -221,6 +234,7 @@ class NodeIdentity:
 
     def _use(self, creds: Credentials, nc: NodeCertificate, received: float, retired: list[str]) -> None:
         self.credentials, self.current = creds, nc
+        self._m_expiry.set(nc.not_after.timestamp())
         start = min(max(received, nc.not_before.timestamp()), nc.not_after.timestamp())
         self.renew_at = start + (nc.not_after.timestamp() - start) * RENEW_FRACTION
         log.info("ipsec certificate in use", extra=kv(

@@ -154,8 +154,18 @@ class Signer:
         return self._ca
 
     async def run(self) -> None:
-        """Sign queued requests until cancelled (runs only while leading)."""
-        await self.ca()
+        """Sign queued requests until cancelled (runs only while leading). The CA is read (or created) first,
+        retried with backoff: a failing API must not end the term's other work."""
+        delay = 0.5
+        while True:
+            try:
+                await self.ca()
+                break
+            except Exception as exc:  # the API failing or a broken Secret: said, and tried again
+                log.warning("ipsec CA not available, retrying", extra=kv(
+                    secret=f"{self.namespace}/{self.secret_name}", reason=str(exc), retry_s=delay))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self.enqueue_all()
         while True:
             name = await self.queue.get()
