@@ -189,3 +189,21 @@ async def test_a_pubkey_connection_waits_for_credentials(gws: dict[str, Gw]) -> 
         assert [e.reason for e in report.errors] == ["no node certificate yet"]
     finally:
         await driver.close()
+
+
+async def test_cleanup_unloads_our_keys_and_nothing_else(
+    gws: dict[str, Gw], cdrivers: dict[str, tuple[KernelApplier, IPsecDriver]], ca: CertificateAuthority  # noqa: F811
+) -> None:
+    ga = gws["ga"]
+    await bring_up(gws, cdrivers)
+    other = new_private_key()  # someone else's key in the same charon
+    with ga.charon.session() as s:
+        s.load_key({"type": "ecdsa", "data": other})
+    ours = cdrivers["ga"][1].credentials
+    assert ours is not None
+    report = await cdrivers["ga"][1].cleanup()
+    assert report.ok and report.writes["unload_key"] == 1 and report.writes["unload_conn"] == 2
+    with ga.charon.session() as s:
+        keys = {k.decode() for k in s.get_keys()["keys"]}
+        assert not [c for item in s.list_conns() for c in item if c.startswith("raven-")]
+    assert keys == {key_id(other)}
