@@ -120,6 +120,8 @@ class Signer:
         self.lifetime_s = lifetime_s
         self.queue = WorkQueue()
         self._ca: CertificateAuthority | None = None
+        # Requests (uid) this process decided: the informer may deliver our own approval before our certificate.
+        self._done: set[str] = set()
         self.issued = 0
         self.denied = 0
         csrs.add_handler(self.on_csr)
@@ -174,16 +176,21 @@ class Signer:
                 self.queue.forget(name)
             except asyncio.CancelledError:
                 raise
+            except ApiError as exc:
+                delay = self.queue.add_rate_limited(name)
+                # A conflict: the request changed since the cache saw it (e.g. our own approval): read again.
+                (log.debug if exc.conflict else log.warning)(
+                    "csr signing failed, retrying", extra=kv(csr=name, reason=str(exc), retry_s=round(delay, 2)))
             except Exception as exc:
                 delay = self.queue.add_rate_limited(name)
                 log.warning("csr signing failed, retrying",
-                            extra=kv(csr=name, reason=str(exc), retry_s=round(delay, 2)))
+                            extra=kv(csr=name, reason=f"{type(exc).__name__}: {exc}", retry_s=round(delay, 2)))
             finally:
                 self.queue.done(name)
 
     async def handle(self, name: str) -> None:
         csr = self.csrs.get(name)
-        if csr is None or csr.decided or not self.may_write():
+        if csr is None or csr.decided or csr.uid in self._done or not self.may_write():
             return
         if not csr.approved:
             decision = review(csr, self.agent_username, lambda n: self.nodes.get(n) is not None)
@@ -194,6 +201,7 @@ class Signer:
                 await self.api.merge_patch(CSRS, name, condition_body(csr, "Denied", decision.reason,
                                                                       decision.message, _now()),
                                            subresource="approval")
+                self._done.add(csr.uid)
                 return
             rv = await self.api.merge_patch(CSRS, name, condition_body(csr, "Approved", decision.reason,
                                                                        decision.message, _now()),
@@ -216,6 +224,7 @@ class Signer:
                                                 "status": {"certificate": base64.b64encode(chain).decode()}},
                                    subresource="status")
         self.issued += 1
+        self._done.add(csr.uid)
         log.info("csr signed", extra=kv(csr=name, node=decision.node, lifetime_s=self.lifetime_s))
 
     async def _fail(self, csr: CertificateSigningRequest, message: str) -> None:
@@ -223,3 +232,4 @@ class Signer:
         log.warning("csr failed", extra=kv(csr=csr.name, requester=csr.username, message=message))
         body = condition_body(csr, "Failed", "SignerRefused", message, _now())
         await self.api.merge_patch(CSRS, csr.name, body, subresource="status")
+        self._done.add(csr.uid)
