@@ -22,6 +22,9 @@ import vici.exception
 from e2e.cluster import RavenCluster, metric
 from e2e.netlab import find_leftovers
 from e2e.probe import ContinuousProbe
+from raven.api.csr import request_body
+from raven.kube.client import CSRS, KubeClient, new_api_client
+from raven.pki import CSR_USAGES, SIGNER_NAME, new_private_key, node_csr
 
 from .conftest import MEASUREMENTS
 
@@ -136,6 +139,34 @@ def test_a_member_node_cannot_take_over_a_gateways_tunnels(ic: RavenCluster, cla
     assert f"no private key found for 'raven-node-{claimed_ep}'" in log, log[-3000:]
     assert "AUTHENTICATION_FAILED" in log, log[-3000:]
     MEASUREMENTS[f"impostor_{claimed}"] = {"outcomes": [o.split(":")[0] for _, o in outcomes], "lost": result.lost}
+
+
+def test_a_member_nodes_token_cannot_get_a_gateways_certificate(ic: RavenCluster) -> None:
+    """The attacker's other credential, its node-bound token: a request for the gateway node's certificate is
+    denied by the signer (and nothing is issued)."""
+    attacker, gw = ic.member_node("edge-a"), ic.active_gateway_node("gw-edge-a")
+    name = f"evil-{attacker}-as-{gw}"
+    kubeconfig = str(ic.cl.nodes[attacker].netns.run_dir / "kubeconfig")
+
+    async def ask() -> None:
+        client = KubeClient(await new_api_client(kubeconfig))
+        try:
+            body = request_body("", SIGNER_NAME, node_csr(new_private_key(), gw), CSR_USAGES, {})
+            body["metadata"] = {"name": name}
+            await client.create(CSRS, body)
+        finally:
+            await client.close()
+
+    ic.api.call(ask())
+
+    def conditions() -> dict[str, str]:
+        st = ic.get(CSRS, name).get("status") or {}
+        return {c["type"]: c.get("reason", "") for c in st.get("conditions") or []}
+
+    ic.wait_for("the signer's decision", lambda: bool(conditions()), timeout=20)
+    obj = ic.get(CSRS, name)
+    assert conditions() == {"Denied": "WrongNodeName"} and not obj["status"].get("certificate"), obj
+    assert obj["spec"]["extra"]["authentication.kubernetes.io/node-name"] == [attacker]
 
 
 def test_certificate_rotation_under_a_10ms_probe_loses_nothing(ic: RavenCluster) -> None:

@@ -127,7 +127,10 @@ class Signer:
         csrs.add_handler(self.on_csr)
 
     def on_csr(self, ev: TypedEvent[CertificateSigningRequest]) -> None:
-        if ev.type != "DELETED" and ev.obj is not None and not ev.obj.decided:
+        if ev.type == "DELETED":
+            if ev.obj is not None:
+                self._done.discard(ev.obj.uid)
+        elif ev.obj is not None and not ev.obj.decided:
             self.queue.add(ev.name)
 
     def enqueue_all(self) -> None:
