@@ -111,6 +111,15 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class _CredsPass:
+    """One reconcile's view of the credentials, and the retired keys it unloaded (or found gone)."""
+
+    current: Credentials | None
+    retired: frozenset[str]
+    unloaded: set[str]
+
+
+@dataclass(frozen=True)
 class TunnelState:
     """One raven-* IKE_SA (and its CHILD_SA) as charon reports it."""
 
@@ -285,7 +294,9 @@ class IPsecDriver:
         if bad:
             raise ValueError(f"connection names must start with {self.prefix!r}: {bad}")
         start = time.perf_counter()
-        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, desired)))
+        creds = self._snapshot()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, desired, creds)))
+        self._retired_keys -= creds.unloaded
         report.duration_s = time.perf_counter() - start
         return report
 
@@ -297,7 +308,9 @@ class IPsecDriver:
         start = time.perf_counter()
         if self._creds is not None:
             self.set_credentials(None, [self._creds.key_id])
-        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, {})))
+        creds = self._snapshot()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, {}, creds)))
+        self._retired_keys -= creds.unloaded
         report.duration_s = time.perf_counter() - start
         return report
 
@@ -324,11 +337,15 @@ class IPsecDriver:
     def _active_ike(self, s: Any) -> set[str]:
         return {name for item in _drain(s.list_sas()) for name in item if name.startswith(self.prefix)}
 
-    def _reconcile_sync(self, s: Any, desired: dict[str, IPsecConnection]) -> ApplyReport:
+    def _snapshot(self) -> _CredsPass:
+        """What the worker may read of the credentials (set_credentials runs on the event loop's thread)."""
+        return _CredsPass(self._creds, frozenset(self._retired_keys), set())
+
+    def _reconcile_sync(self, s: Any, desired: dict[str, IPsecConnection], creds: _CredsPass) -> ApplyReport:
         report = ApplyReport(writes=dict.fromkeys(VICI_OPS, 0))
-        desired = self._loadable(desired, report)
+        desired = self._loadable(desired, creds.current, report)
         loaded = self._loaded(s)
-        ca_pem = self._creds.ca_pem if self._creds is not None else None
+        ca_pem = creds.current.ca_pem if creds.current is not None else None
         wanted = {name: _fingerprinted(conn, self.settings, ca_pem) for name, conn in desired.items()}
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
@@ -339,7 +356,7 @@ class IPsecDriver:
             active = set()
         # Credentials first: a connection that starts on load needs them.
         self._sync_psk(s, desired.values(), report)
-        self._sync_creds(s, report)
+        self._sync_creds(s, creds, report)
         for name in to_unload:
             if name in active:
                 self._terminate(s, name, report)
@@ -364,11 +381,12 @@ class IPsecDriver:
             log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))
         return report
 
-    def _loadable(self, desired: dict[str, IPsecConnection], report: ApplyReport) -> dict[str, IPsecConnection]:
+    def _loadable(self, desired: dict[str, IPsecConnection], current: Credentials | None,
+                  report: ApplyReport) -> dict[str, IPsecConnection]:
         """The connections whose credentials exist; each other one is an error (loading it would only fail)."""
         out: dict[str, IPsecConnection] = {}
         for name, conn in desired.items():
-            if conn.auth == "pubkey" and self._creds is None:
+            if conn.auth == "pubkey" and current is None:
                 report.errors.append(ApplyError("vici", "load_conn", name, "no node certificate yet"))
             elif conn.auth == "psk" and not self._psk:
                 report.errors.append(ApplyError("vici", "load_conn", name, "no pre-shared key (--ipsec-auth=psk)"))
@@ -376,10 +394,10 @@ class IPsecDriver:
                 out[name] = conn
         return out
 
-    def _sync_creds(self, s: Any, report: ApplyReport) -> None:
+    def _sync_creds(self, s: Any, cp: _CredsPass, report: ApplyReport) -> None:
         """Our key and certificates loaded (again after a charon restart), retired keys unloaded."""
-        keys = {_s(k) for k in s.get_keys().get("keys", [])} if (self._creds or self._retired_keys) else set()
-        creds = self._creds
+        keys = {_s(k) for k in s.get_keys().get("keys", [])} if (cp.current or cp.retired) else set()
+        creds = cp.current
         if creds is not None:
             if creds.key_id not in keys:
                 self._op(report, "load_key", creds.key_id, s.load_key, {"type": "ecdsa", "data": creds.key_pem})
@@ -393,13 +411,13 @@ class IPsecDriver:
                          {"type": "X509", "flag": "NONE", "data": creds.cert_pem})
                 if not report.errors:
                     self._certs_loaded = want
-        for key_id in sorted(self._retired_keys):
+        for key_id in sorted(cp.retired):
             errors = len(report.errors)
             if key_id in keys:
                 self._op(report, "unload_key", key_id, s.unload_key, {"id": key_id})
                 log.info("vici key unloaded", extra=kv(key_id=key_id, reason="retired"))
             if len(report.errors) == errors:  # a failed unload is tried again by the next reconcile
-                self._retired_keys.discard(key_id)
+                cp.unloaded.add(key_id)
 
     def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
         self._count(report, op)
