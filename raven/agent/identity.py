@@ -217,6 +217,9 @@ class NodeIdentity:
         nc = verify_node_certificate(parts[0], parts[-1], key, self.node_name)
         await asyncio.to_thread(self._commit, key, nc)
         previous = self.credentials
+        if previous is not None and previous.ca_pem != nc.ca_pem:
+            # Every peer must trust the new CA too, or this node's tunnels fail (README: CA rotation).
+            log.warning("ipsec certificate issued by a different cluster CA than the previous one", extra=kv(csr=name))
         retired = [previous.key_id] if previous is not None and previous.key_id != kid else []
         self.renewals += 1
         self._m_obtained.inc()
