@@ -8,7 +8,11 @@
   handle for fault injection (`drop_watches`), and talk to it over HTTP from that same thread;
 - the Gateway and PathReport CRDs (``manifests/01-crd-gateways.yaml``, ``06-crd-pathreports.yaml``), every Node
   (InternalIP, podCIDR, Ready, gateway label) and every Gateway of the topology (some may be held back for churn tests);
-- one charon per node (kernel-libipsec, `Netns.start_charon`), a PSK file per node;
+- one charon per node (kernel-libipsec, `Netns.start_charon`);
+- per node, what its DaemonSet pod gets: a kubeconfig with a token bound to that node (like a pod's
+  bound service-account token: `ApiServer.add_node_token`), the charon socket, and its identity
+  directory (the agent makes its key and gets its certificate from the controllers' signer), or with
+  `ipsec_auth="psk"` the cluster PSK file instead;
 - two controller replicas with leader election in the control-plane netns;
 - one agent per node inside that node's netns, next to its charon.
 
@@ -213,6 +217,8 @@ class RavenCluster:
         retry_period: float = 0.5,
         agent_args: Sequence[str] = (),
         log_level: str = "info",
+        ipsec_auth: str = "cert",
+        controller_args: Sequence[str] = (),
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -223,6 +229,8 @@ class RavenCluster:
         self.lease_args = ["--lease-duration", str(lease_duration), "--renew-deadline", str(renew_deadline),
                            "--retry-period", str(retry_period)]
         self.agent_args = list(agent_args)
+        self.controller_args = list(controller_args)
+        self.ipsec_auth = ipsec_auth
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
         self.net: Cluster | None = None
@@ -293,7 +301,9 @@ class RavenCluster:
             f"{len(self.spec.gateways) - len(self.hold_gateways)} gateways")
 
         for node in self.cl.nodes:
-            self.write_psk(node, self.psk)
+            self.write_node_kubeconfig(node)
+            if self.ipsec_auth == "psk":
+                self.write_psk(node, self.psk)
         t1 = time.monotonic()
         self.cl.start_charons()
         self.timings["charons_s"] = time.monotonic() - t1
@@ -414,11 +424,26 @@ class RavenCluster:
         path.chmod(0o600)
         return path
 
+    def write_node_kubeconfig(self, node: str) -> Path:
+        """The node's kubeconfig: a token bound to the node (the requester the CSR signer checks)."""
+        path = self.cl.nodes[node].netns.run_dir / "kubeconfig"
+        token = self.api.server.add_node_token(node)
+        path.write_text(yaml.safe_dump(self.api.server.kubeconfig_dict(token), sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def identity_dir(self, node: str) -> Path:
+        return self.cl.nodes[node].netns.run_dir / "ipsec"
+
     def agent_argv(self, node: str) -> list[str]:
         ns = self.cl.nodes[node].netns
         assert ns.charon is not None
-        return [*RAVEN_ARGV, "--mode=agent", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
-                "--vici-socket", str(ns.charon.vici_socket), "--psk-file", str(ns.run_dir / "psk"),
+        if self.ipsec_auth == "psk":
+            auth = ["--ipsec-auth=psk", "--psk-file", str(ns.run_dir / "psk")]
+        else:
+            auth = ["--ipsec-auth=cert", "--ipsec-identity-dir", str(self.identity_dir(node))]
+        return [*RAVEN_ARGV, "--mode=agent", "--node-name", node, "--kubeconfig", str(ns.run_dir / "kubeconfig"),
+                "--vici-socket", str(ns.charon.vici_socket), *auth,
                 "--health-addr", AGENT_HTTP, "--metrics-addr", AGENT_HTTP, "--log-level", self.log_level,
                 *self.agent_args]
 
@@ -438,7 +463,7 @@ class RavenCluster:
         cp = self.cl.control_plane
         addr = f"127.0.0.1:{CONTROLLER_HTTP_BASE + i}"
         argv = [*RAVEN_ARGV, "--mode=controller", "--kubeconfig", str(self.kubeconfig), *self.lease_args,
-                "--health-addr", addr, "--metrics-addr", addr, "--log-level", self.log_level]
+                "--health-addr", addr, "--metrics-addr", addr, "--log-level", self.log_level, *self.controller_args]
         env = dict(os.environ, POD_NAME=f"raven-controller-{i}")
         return cp.popen(argv, name=f"controller-{i}", env=env)
 

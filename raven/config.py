@@ -347,6 +347,13 @@ class ControllerConfig(NetworkRanges):
                                             "--service-cluster-ip-range); a Node whose pod CIDR overlaps one is "
                                             "left out of the network. Unset: not checked", check=networks,
                                             cluster=True)
+    ipsec_ca_secret: str = setting("raven-ipsec-ca", "Secret (in --lease-namespace) holding the CA that signs "
+                                   "the nodes' IPsec certificates; created when absent", check=not_empty)
+    ipsec_cert_lifetime: float = setting(7 * 86400.0, "seconds a node's IPsec certificate is valid (agents "
+                                         "renew it at two thirds of its life)", check=positive)
+    agent_service_account: str = setting("system:serviceaccount:raven-system:raven-agent",
+                                         "the only user whose certificate requests the IPsec signer approves",
+                                         check=not_empty)
     # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
 
@@ -385,6 +392,10 @@ class PlanSettings(NetworkRanges):
                                              check=not_empty, cluster=True)
     esp_proposals: tuple[str, ...] = setting(("aes256-sha256",), "comma-separated ESP proposals",
                                              check=not_empty, cluster=True)
+    ipsec_auth: Literal["cert", "psk"] = setting(
+        "cert", "how gateways authenticate each other: cert (each node's own certificate from the cluster CA; "
+        "a peer accepts Gateway G only from G's active endpoint) or psk (one cluster-wide pre-shared key: "
+        "weaker, any node holding it can impersonate any gateway)", cluster=True)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -416,6 +427,9 @@ class AgentConfig(PlanSettings):
     vici_socket: str = setting("/var/run/charon.vici", "charon's VICI socket", check=not_empty)
     psk_file: str | None = setting(None, "file holding the IPsec pre-shared key; unset: the key in "
                                    "$VPN_CONNECTION_PSK. There is no default key")
+    ipsec_identity_dir: str = setting("/var/lib/raven/ipsec", "directory of this node's IPsec private key "
+                                      "(0600, made here, never sent anywhere) and certificate (--ipsec-auth=cert)",
+                                      check=not_empty)
     resync_period: float = setting(30.0, "seconds between full reconciles even without events", check=positive,
                                    cluster=True)
     cleanup: bool = setting(False, "remove every route, rule, device and IPsec connection Raven created, "
@@ -428,7 +442,7 @@ class AgentConfig(PlanSettings):
         super().__post_init__()
         if not self.node_name and not self.cleanup:
             raise ConfigError("agent mode needs the node name: pass --node-name or set NODE_NAME")
-        if self.vpn_driver == "ipsec" and not self.cleanup and not self.psk:
+        if self.vpn_driver == "ipsec" and self.ipsec_auth == "psk" and not self.cleanup and not self.psk:
             raise ConfigError(
                 "the ipsec driver needs a pre-shared key: pass --psk-file or set VPN_CONNECTION_PSK "
                 "(there is no default key; generate one with: openssl rand -base64 48)"

@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from . import csr as csr_api
 from . import schema as structural
 from . import shapes
 from .errors import (
@@ -516,9 +517,14 @@ class Cluster:
         return entry
 
     def create(self, rt: ResourceType, ns: str | None, body: Any, dry_run: bool = False,
-               field_validation: str = "Warn") -> tuple[dict[str, Any], list[str]]:
+               field_validation: str = "Warn", user: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """`user`: the authenticated requester (username, uid, groups, extra), recorded where the real server does."""
         obj = self._check_identity(rt, ns, body, None)
         meta = obj["metadata"]
+        if csr_api.is_csr(rt.group, rt.plural):
+            errs = csr_api.prepare_create(obj, user or {})
+            if errs:
+                raise invalid(rt.kind, rt.group, meta.get("name", ""), errs)
         if rt.namespaced:
             self._check_namespace(rt, meta["namespace"], creating=True)
         if not meta.get("name"):
@@ -566,7 +572,12 @@ class Cluster:
         if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
             raise conflict(rt.plural, rt.group, name, f"Precondition failed: UID in precondition: {meta['uid']}, "
                            f"UID in object meta: {old['metadata']['uid']}")
-        if subresource == "status":
+        if csr_api.is_csr(rt.group, rt.plural) and subresource in ("status", "approval"):
+            new, errs = csr_api.prepare_update(old, new, subresource)
+            if errs:
+                raise invalid(rt.kind, rt.group, name, errs)
+            meta = new["metadata"]
+        elif subresource == "status":
             status = new.get("status")
             new = clone(old)
             if status is None:
@@ -582,6 +593,8 @@ class Cluster:
                     new.pop("status", None)
             if rt.plural == "namespaces" and rt.group == "" and subresource != "finalize":
                 new["spec"] = clone(old.get("spec", {}))
+            if csr_api.is_csr(rt.group, rt.plural):
+                new["spec"] = clone(old.get("spec", {}))  # immutable
             for f in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation",
                       "selfLink"):
                 if f in old["metadata"]:

@@ -43,6 +43,8 @@ class ResourceType:
     storage_group: str | None = None
     to_api: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     from_api: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Subresources besides status (CSR's "approval"), served with get/patch/update.
+    subresources: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -71,6 +73,9 @@ class ResourceType:
         out = [main]
         if self.has_status:
             out.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
+                        "kind": self.kind, "verbs": ["get", "patch", "update"]})
+        for sub in self.subresources:
+            out.append({"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
                         "kind": self.kind, "verbs": ["get", "patch", "update"]})
         return out
 
@@ -222,6 +227,14 @@ def _binding_cells(o: dict[str, Any]) -> list[Any]:
     return [f"{ref.get('kind', '')}/{ref.get('name', '')}", _age(o)]
 
 
+def _csr_cells(o: dict[str, Any]) -> list[Any]:
+    spec, st = o.get("spec", {}), o.get("status", {})
+    conds = [c.get("type", "") for c in st.get("conditions") or [] if c.get("status", "True") == "True"]
+    if st.get("certificate"):
+        conds.append("Issued")
+    return [_age(o), spec.get("signerName", ""), spec.get("username", ""), ",".join(conds) or "Pending"]
+
+
 def _crd_cells(o: dict[str, Any]) -> list[Any]:
     return [o.get("metadata", {}).get("creationTimestamp", "")]
 
@@ -313,6 +326,11 @@ def builtin_types() -> list[ResourceType]:
                      columns=[_col("Created At", "date")], cells=_crd_cells),
         ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", True,
                      columns=[_col("Role"), AGE_COL], cells=_binding_cells),
+        ResourceType("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest",
+                     "CertificateSigningRequest", False, ["csr"], has_status=True,
+                     field_selectors=("metadata.name", "spec.signerName"), subresources=("approval",),
+                     columns=[AGE_COL, _col("SignerName"), _col("Requestor"), _col("Condition")],
+                     cells=_csr_cells),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition",
                      "CustomResourceDefinition", False, ["crd", "crds"], ["api-extensions"], has_status=True,
                      columns=[_col("Created At", "date")], cells=_crd_cells),

@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ def _table_version(accept: str) -> str | None:
     return None
 
 
+# The authenticated requester of a request (username, uid, groups, extra).
+USER = web.RequestKey("user", dict)
+
+
 class ApiServer:
     """The test Kubernetes API server: an aiohttp app over TLS with one bearer token, serving `cluster`.
 
@@ -122,8 +127,9 @@ class ApiServer:
         # create, update, patch, delete, deletecollection); resource is "plural" or "plural/subresource".
         self.request_counts: Counter[tuple[str, str]] = Counter()
         self.kubeconfig: str | None = None  # path, once write_kubeconfig() ran
-        # token -> user; `add_user()` adds more (e.g. one per ServiceAccount, to tell clients apart).
-        self.users: dict[str, str] = {self.token: ADMIN_USER}
+        # token -> the user it authenticates as (username, uid, groups, extra); `add_user()` and
+        # `add_node_token()` add more (e.g. one per ServiceAccount, to tell clients apart).
+        self.users: dict[str, dict[str, Any]] = {self.token: self.ADMIN_INFO}
         # Called with every resource request before it is served (after authentication and fault
         # injection): tests record what clients do, and may refuse a request by raising ApiError (403).
         self.on_request: Callable[[ApiRequest], None] | None = None
@@ -169,10 +175,11 @@ class ApiServer:
     def add_user(self, user: str) -> str:
         """A new bearer token that authenticates as `user` (pass it to `write_kubeconfig`)."""
         token = secrets.token_hex(16)
-        self.users[token] = user
+        self.users[token] = {"username": user, "groups": ["system:authenticated"]}
         return token
 
     def kubeconfig_dict(self, token: str | None = None) -> dict[str, Any]:
+        """A kubeconfig for this server, as the admin or with `token` (e.g. from `add_user`, `add_node_token`)."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
@@ -257,6 +264,30 @@ class ApiServer:
         self._outage_task = asyncio.ensure_future(run())
         return self._outage_task
 
+    # ---- authentication ---------------------------------------------------------------------------------
+    ADMIN_INFO: dict[str, Any] = {"username": ADMIN_USER, "groups": ["system:masters", "system:authenticated"]}
+
+    def add_node_token(self, node: str, service_account: str = "raven-system:raven-agent") -> str:
+        """A bearer token like a pod's bound service-account token on `node`: the requester is
+        `system:serviceaccount:<ns>:<name>` with `extra["authentication.kubernetes.io/node-name"] = [node]`
+        (what the real server records in a CSR's spec). No authorization is attached (there is none here)."""
+        ns, _, name = service_account.partition(":")
+        token = secrets.token_hex(16)
+        self.users[token] = {
+            "username": f"system:serviceaccount:{ns}:{name}",
+            "uid": str(uuid.uuid4()),
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/node-name": [node],
+                      "authentication.kubernetes.io/pod-name": [f"raven-agent-{node}"]},
+        }
+        return token
+
+    def _authenticate(self, header: str) -> dict[str, Any]:
+        user = self.users.get(header.removeprefix("Bearer ")) if header.startswith("Bearer ") else None
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        return user
+
     # ---- request pipeline -----------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -266,11 +297,9 @@ class ApiServer:
         resp: web.StreamResponse
         try:
             if path not in UNAUTHENTICATED_PATHS:
-                auth = request.headers.get("Authorization", "")
-                user = self.users.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
-                if user is None:
-                    raise ApiError(401, "Unauthorized", "Unauthorized")
-                request[_USER] = user
+                user = self._authenticate(request.headers.get("Authorization", ""))
+                request[USER] = user
+                request[_USER] = str(user["username"])
             if self.latency:
                 await asyncio.sleep(self.latency)
             if self._fail_remaining > 0:
@@ -382,7 +411,7 @@ class ApiServer:
             raise _page_not_found()
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and not (sub == "status" and rt.has_status) and not (
+        if sub is not None and not (sub == "status" and rt.has_status) and sub not in rt.subresources and not (
                 sub == "finalize" and rt.plural == "namespaces" and rt.group == ""):
             raise _page_not_found()
         if rt.namespaced and ns is None and name is not None:
@@ -418,7 +447,7 @@ class ApiServer:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
             body = await _body(request)
-            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv)
+            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv, user=request.get(USER))
             return _json(obj, 201, _warning_headers(warnings))
         if name is None:
             if method == "DELETE":

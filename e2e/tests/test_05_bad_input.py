@@ -1,4 +1,5 @@
-"""Scenario 5: bad input. An invalid Gateway, a node without pod CIDR, a PSK mismatch on one gateway:
+"""Scenario 5: bad input. An invalid Gateway, a node without pod CIDR, wrong credentials on one gateway (a PSK
+mismatch, or a certificate from another CA):
 the rest of the cluster keeps full connectivity and each problem is visible."""
 
 from __future__ import annotations
@@ -66,10 +67,35 @@ def test_node_without_pod_cidr_is_reported_and_the_rest_keeps_working(rc: RavenC
         rc.delete(NODES, "edge-pub-ghost")
 
 
-def test_psk_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -> None:
+def _break_credentials(rc: RavenCluster, gw: str) -> None:
+    """PSK mode: a different key. Certificate mode: a key and certificate from a CA that is not the cluster's
+    (self-consistent, so the agent takes it from disk and loads it)."""
+    if rc.ipsec_auth == "psk":
+        rc.write_psk(gw, "a-different-key-" + "x" * 24)
+        return
+    from raven.pki import new_ca, new_private_key, node_csr, sign_node
+
+    rogue, key = new_ca(), new_private_key()
+    d = rc.identity_dir(gw)
+    for name, data in (("key.pem", key), ("cert.pem", sign_node(rogue, node_csr(key, gw), gw, 3600)),
+                       ("ca.pem", rogue.cert_pem)):
+        (d / name).write_bytes(data)
+    (d / "key.pem").chmod(0o600)
+    (d / "retired.key").unlink(missing_ok=True)
+
+
+def _restore_credentials(rc: RavenCluster, gw: str) -> None:
+    if rc.ipsec_auth == "psk":
+        rc.write_psk(gw, rc.psk)
+        return
+    for f in rc.identity_dir(gw).iterdir():  # the agent requests a new certificate from the cluster's signer
+        f.unlink()
+
+
+def test_credential_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -> None:
     gw = rc.active_gateway_node("gw-edge-pub")
     peers = {g: rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")}
-    rc.write_psk(gw, "a-different-key-" + "x" * 24)
+    _break_credentials(rc, gw)
     rc.agents[gw].restart()
     rc.restart_charon(gw)  # existing SAs were authenticated with the old key: make every peer re-authenticate
     try:
@@ -81,12 +107,11 @@ def test_psk_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -
                 return metric(m, "raven_agent_tunnel_ike_established", connection="raven-gw-edge-pub") == 0 \
                     and "raven-gw-edge-pub" not in up
             rc.wait_for(f"{peer}: tunnel to gw-edge-pub reported down", down, timeout=45)
-        # The tunnels go down when charon restarts; the failed authentication comes with the peers' next
-        # attempt, which their retry schedule may put seconds later on a loaded machine: wait for it.
-        def auth_failed() -> bool:
-            logs = "".join(rc.charon(p).read_log() for p in [gw, *peers.values()])
-            return "AUTHENTICATION_FAILED" in logs or "AUTH_FAILED" in logs
-        rc.wait_for("a charon logs the failed authentication", auth_failed, timeout=60)
+        def logs() -> str:
+            return "".join(rc.charon(p).read_log() for p in [gw, *peers.values()])
+        # The restarted agent must come up and load its (bad) credentials before any authentication is tried.
+        rc.wait_for("a failed authentication in the charon logs", lambda: "AUTH_FAILED" in logs(),
+                    timeout=60)
         # Isolated: every pod outside edge-pub still reaches every other pod outside edge-pub.
         others = [p for p in rc.pods() if rc.cl.nodes[rc.cl.pods[p[0]].node].pool != "edge-pub"]
         m = rc.ping_matrix(others)
@@ -95,5 +120,6 @@ def test_psk_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -
         cut = rc.ping_matrix([others[0], (pub_pod.name, pub_pod.netns, pub_pod.ip)])
         assert not cut.green  # the mismatched pool really is cut off (the check above is not vacuous)
     finally:
-        rc.write_psk(gw, rc.psk)
+        _restore_credentials(rc, gw)
         rc.agents[gw].restart()
+        rc.restart_charon(gw)  # forget the bad credentials the agent had loaded

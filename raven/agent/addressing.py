@@ -4,7 +4,7 @@ answer on every node, which is what lets a cluster agree on addressing with no c
 - the intra-pool overlay address of a node (raven0): overlay network + the low bits of the node IP;
 - a MAC from an IPv4 address (locally administered, so it never collides with a real NIC);
 - the stable inner address of each Gateway (raven1, IPsec selectors) from the inner CIDR;
-- the IKE identity of a Gateway;
+- the IKE identity of a Gateway (PSK mode) and of a node (certificate mode);
 - the MTUs of the two VXLAN devices and of the cross-pool path (arithmetic in `raven.dataplane.mtu`).
 """
 
@@ -47,6 +47,15 @@ def ike_identity(gateway_name: str) -> str:
     would otherwise parse as an IP identity.
     """
     return f"raven-gw-{gateway_name}"
+
+
+def node_ike_identity(node_name: str) -> str:
+    """A node's IKE identity with --ipsec-auth=cert: the dNSName SAN of its certificate (raven.pki).
+
+    Per node: a peer accepts Gateway G only from the node that is G's active endpoint. Prefixed like
+    `ike_identity` so strongSwan parses it as an FQDN identity even for a node named like an address.
+    """
+    return f"raven-node-{node_name}"
 
 
 def _hash_slot(name: str, size: int) -> int:

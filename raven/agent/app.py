@@ -22,6 +22,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from raven.agent.identity import NodeIdentity
 from raven.agent.inputs import PlanInputs
 from raven.agent.membership import Membership, membership
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress
@@ -31,14 +32,14 @@ from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane import devices
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
-from raven.dataplane.ipsec import IPsecDriver
+from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
-from raven.kube.typed import TypedEvent, TypedInformer
+from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
 from raven.runtime import Runtime
 
@@ -242,7 +243,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
         kernel = KernelApplier(ownership(plan_config(cfg, None)))
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk) if cfg.vpn_driver == "ipsec" else None
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
-                                            psk_source=cfg.psk_source))
+                                            ipsec_auth=cfg.ipsec_auth, psk_source=cfg.psk_source or None))
         try:
             gateways = TypedInformer(Informer(client, GATEWAYS, "gateways", rt.registry), Gateway.from_dict)
             # Only this node's facts feed the plan: caching every Node would cost memory on big clusters.
@@ -257,6 +258,18 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
                 AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
             )
+
+            if vpn is not None and cfg.ipsec_auth == "cert":
+                driver = vpn
+
+                def on_credentials(creds: Credentials, retired: list[str]) -> None:
+                    driver.set_credentials(creds, retired)
+                    reconciler.trigger("ipsec-certificate")
+
+                identity = NodeIdentity(cfg.node_name, cfg.ipsec_identity_dir, TypedClient(client), on_credentials,
+                                        rt.registry)
+                rt.supervisor.spawn("ipsec-identity", identity.run())
+                rt.health.add_readiness_check("ipsec-identity", identity.check)
 
             def on_gateway(ev: TypedEvent[Gateway]) -> None:
                 if inputs.on_gateway(ev):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from raven.agent.app import ownership, plan_config
+from raven.agent.identity import identity_key_ids
 from raven.config import AgentConfig
 from raven.dataplane.ingress import IngressFilterApplier
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
@@ -36,8 +37,8 @@ async def agent_cleanup(cfg: AgentConfig) -> int:
         await kernel.close()
     failed = not _remove_ingress_filter() or failed
     if cfg.vpn_driver == "ipsec":
-        # No PSK is needed to remove connections; the driver insists on one, so give it a throwaway.
-        vpn = IPsecDriver(cfg.vici_socket, cfg.psk or "cleanup-only")
+        vpn = IPsecDriver(cfg.vici_socket, cfg.psk)
+        vpn.set_credentials(None, identity_key_ids(cfg.ipsec_identity_dir))  # our keys, by their ids
         try:
             vici_report = await vpn.cleanup()
             for err in vici_report.errors:

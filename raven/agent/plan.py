@@ -35,7 +35,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from raven.agent.addressing import Mtus, compute_mtus, ike_identity, mac_from_ipv4, overlay_address
+from raven.agent.addressing import (
+    Mtus,
+    compute_mtus,
+    ike_identity,
+    mac_from_ipv4,
+    node_ike_identity,
+    overlay_address,
+)
 from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range, view_age
 from raven.api.gateway import Gateway
 from raven.api.node import Node
@@ -464,10 +471,17 @@ def _connection(gw: GatewayView, me: PoolNode, peer: GatewayView, path: Path, cf
     local_addrs: tuple[str, ...] = (me.ip,)
     if gw.public_ip is not None and gw.public_ip != me.ip:
         local_addrs += (gw.public_ip,)
+    if cfg.ipsec_auth == "cert" and peer.endpoint is not None:
+        # Each side proves the node it is with its certificate, and accepts the peer Gateway only from
+        # the node that is its active endpoint now: a member node cannot take over another's tunnels.
+        local_id, remote_id = node_ike_identity(me.name), node_ike_identity(peer.endpoint.node_name)
+    else:
+        local_id, remote_id = ike_identity(gw.name), ike_identity(peer.name)
     return IPsecConnection(
         name=f"{cfg.vici_conn_prefix}{peer.name}",
-        local_id=ike_identity(gw.name),
-        remote_id=ike_identity(peer.name),
+        local_id=local_id,
+        remote_id=remote_id,
+        auth="pubkey" if cfg.ipsec_auth == "cert" else "psk",
         local_addrs=local_addrs,
         remote_addrs=remote_addrs,
         remote_port=peer.port,

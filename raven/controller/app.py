@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from raven.api.csr import CertificateSigningRequest
 from raven.api.gateway import parse_gateway
 from raven.api.node import Node
 from raven.api.pathreport import PathReport
@@ -28,12 +29,14 @@ from raven.controller.health import HealthSettings
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.nodecheck import Ranges
 from raven.controller.reconciler import PATHREPORTS, AnyGateway, GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
+from raven.controller.signer import Signer
+from raven.kube.client import CSRS, ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
 from raven.kube.typed import TypedClient, TypedInformer
 from raven.log import kv
+from raven.pki import SIGNER_NAME
 from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -87,12 +90,18 @@ class Controller:
                                             reports=self.pathreports, health=health,
                                             ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr,
                                                              client.server_host))
+        # The IPsec signer: only requests for our signer are listed (never another signer's).
+        self.csrs = TypedInformer(Informer(client, CSRS, "certificatesigningrequests", reg,
+                                           field_selector=f"spec.signerName={SIGNER_NAME}"),
+                                  CertificateSigningRequest.from_dict)
+        self.signer = Signer(api, namespace, cfg.ipsec_ca_secret, self.csrs, self.nodes, self.may_write,
+                             agent_username=cfg.agent_service_account, lifetime_s=cfg.ipsec_cert_lifetime)
         self.services.add_handler(self.reconciler.on_service)
         self.endpoints.add_handler(self.reconciler.on_endpoints)
 
     @property
     def informers(self) -> list[Informer]:
-        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints)]
+        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs)]
 
     def may_write(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True
@@ -141,9 +150,11 @@ class Controller:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.reconciler.run_workers())
+                tg.create_task(self.signer.run())
                 tg.create_task(self._resync())
         finally:
             self.reconciler.queue.close()  # no retry scheduled while leading outlives the term
+            self.signer.queue.close()
 
     async def _wait_for_reports(self) -> None:
         """Give the PathReport cache a moment (a NotReady pool the data plane still reaches must not be failed

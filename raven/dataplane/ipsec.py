@@ -2,7 +2,8 @@
 
 Public surface (what the agent's reconciler calls)::
 
-    driver = IPsecDriver(socket_path, psk, settings=IPsecSettings(), on_op=None)
+    driver = IPsecDriver(socket_path, psk, settings=IPsecSettings(), on_op=None)   # psk "" in cert mode
+    driver.set_credentials(Credentials(...))  # cert mode: this node's key + certificate + the cluster CA
     report = await driver.reconcile(conns)   # ApplyReport; ops counted per VICI command
     states = await driver.states()           # [TunnelState] from list-sas, for metrics and status
     report = await driver.cleanup()          # terminate + unload every raven-* connection, our PSK
@@ -14,6 +15,19 @@ charon gets a new socket and, having lost its configuration, everything reloaded
 
 Ownership: only connections whose name starts with the prefix (`raven-`) and shared keys whose
 id starts with `<prefix>psk-` are read, replaced or removed. Others' connections are never touched.
+Private keys are ours by id (`Credentials.key_id` and `retired_key_ids`, the SHA-1 of the public key
+that `get-keys` reports); others' keys are never unloaded.
+
+Certificates (`auth = pubkey`, --ipsec-auth=cert): the node's private key and certificate are loaded
+with `load-key`/`load-cert`, NOT named in the connection, so a renewed certificate changes no
+connection: charon keeps every established SA (an SA is authenticated once, when it is set up) and
+authenticates the next one with the new certificate. Renewal loads the new key and certificate, then
+unloads the old key: charon picks the certificate whose private key it holds, so the old one is never
+offered again. (VICI cannot unload a single certificate: the old public certificates stay in charon's
+memory until it restarts; they are useless without their key.) Each connection's `remote.cacerts` is
+the cluster CA and its `remote.id` the node identity of the peer Gateway's active endpoint, so charon
+accepts that node's certificate only. A connection that needs a certificate before one is set is not
+loaded (reported as an error) rather than loaded to fail.
 
 No local cache decides what to load: every reconcile compares with what charon reports, so an agent
 restart or a charon restart converges the same way. The connection's full configuration is
@@ -48,7 +62,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import vici
@@ -61,7 +75,8 @@ from raven.log import kv
 log = logging.getLogger(__name__)
 
 # VICI operations, as counted in ApplyReport.writes and exported as metrics labels.
-VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared", "initiate")
+VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared", "initiate",
+                   "load_key", "unload_key", "load_cert")
 CHILD_PREFIX: Final = "inner-"
 T = TypeVar("T")
 
@@ -86,6 +101,25 @@ class IPsecSettings:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """This node's certificate identity as charon needs it (PEM). `key_id`: the key's VICI id (raven.pki.key_id)."""
+
+    key_pem: bytes = field(repr=False)
+    cert_pem: bytes
+    ca_pem: bytes
+    key_id: str
+
+
+@dataclass(frozen=True)
+class _CredsPass:
+    """One reconcile's view of the credentials, and the retired keys it unloaded (or found gone)."""
+
+    current: Credentials | None
+    retired: frozenset[str]
+    unloaded: set[str]
+
+
+@dataclass(frozen=True)
 class TunnelState:
     """One raven-* IKE_SA (and its CHILD_SA) as charon reports it."""
 
@@ -107,8 +141,10 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def conn_config(conn: IPsecConnection, settings: IPsecSettings) -> dict[str, Any]:
-    """The VICI load-conn message body for one connection (without the fingerprinted child name)."""
+def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | None = None) -> dict[str, Any]:
+    """The VICI load-conn message body for one connection (without the fingerprinted child name).
+
+    `ca_pem`: the cluster CA, required for `auth = pubkey` (the peer's certificate must chain to it)."""
     initiator = conn.initiator
     child: dict[str, Any] = {
         "mode": "tunnel",
@@ -137,9 +173,21 @@ def conn_config(conn: IPsecConnection, settings: IPsecSettings) -> dict[str, Any
         "rekey_time": settings.rekey_time,
         "keyingtries": settings.keyingtries,
         "unique": "replace",
-        "local": {"auth": "psk", "id": conn.local_id},
-        "remote": {"auth": "psk", "id": conn.remote_id},
+        **_auth(conn, ca_pem),
         "children": {"inner": child},
+    }
+
+
+def _auth(conn: IPsecConnection, ca_pem: bytes | None) -> dict[str, Any]:
+    if conn.auth == "psk":
+        return {"local": {"auth": "psk", "id": conn.local_id}, "remote": {"auth": "psk", "id": conn.remote_id}}
+    if ca_pem is None:
+        raise ValueError("a pubkey connection needs the cluster CA")
+    # The certificate is sent always: the peer must not depend on having it cached.
+    return {
+        "send_cert": "always",
+        "local": {"auth": "pubkey", "id": conn.local_id},
+        "remote": {"auth": "pubkey", "id": conn.remote_id, "cacerts": [ca_pem.decode()]},
     }
 
 
@@ -148,8 +196,9 @@ def child_name(config: dict[str, Any]) -> str:
     return CHILD_PREFIX + digest[:16]
 
 
-def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings) -> tuple[str, dict[str, Any]]:
-    config = conn_config(conn, settings)
+def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings,
+                   ca_pem: bytes | None = None) -> tuple[str, dict[str, Any]]:
+    config = conn_config(conn, settings, ca_pem)
     name = child_name(config)
     config["children"] = {name: config["children"]["inner"]}
     return name, config
@@ -167,8 +216,6 @@ class IPsecDriver:
         settings: IPsecSettings | None = None,
         on_op: Callable[[str, int], None] | None = None,
     ) -> None:
-        if not psk:
-            raise ValueError("an IPsec pre-shared key is required")
         self.socket_path = socket_path
         self.prefix = prefix
         self.settings = settings or IPsecSettings()
@@ -178,6 +225,9 @@ class IPsecDriver:
         self._sock: socket.socket | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raven-vici")
         self._psk_ids: dict[tuple[str, ...], str] = {}
+        self._creds: Credentials | None = None
+        self._retired_keys: set[str] = set()
+        self._certs_loaded: tuple[int, bytes, bytes] | None = None  # (session, cert, CA) loaded on it
         self.connects = 0  # how many times a session was (re)established
 
     # ---- plumbing (worker thread only) ---------------------------------------------------------
@@ -225,6 +275,18 @@ class IPsecDriver:
 
     # ---- public ----------------------------------------------------------------------------------
 
+    def set_credentials(self, creds: Credentials | None, retired_key_ids: Iterable[str] = ()) -> None:
+        """Use `creds` from the next reconcile on; `retired_key_ids` (previous keys of ours) are unloaded
+        once the new key is loaded. Established SAs are kept."""
+        if self._creds is not None and creds is not None and self._creds.key_id != creds.key_id:
+            self._retired_keys.add(self._creds.key_id)
+        self._retired_keys.update(k for k in retired_key_ids if creds is None or k != creds.key_id)
+        self._creds = creds
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self._creds
+
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
         """Make charon's raven-* connections and PSK match `conns`. Zero VICI writes when converged."""
         desired = {c.name: c for c in conns}
@@ -232,7 +294,9 @@ class IPsecDriver:
         if bad:
             raise ValueError(f"connection names must start with {self.prefix!r}: {bad}")
         start = time.perf_counter()
-        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, desired)))
+        creds = self._snapshot()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, desired, creds)))
+        self._retired_keys -= creds.unloaded
         report.duration_s = time.perf_counter() - start
         return report
 
@@ -240,9 +304,13 @@ class IPsecDriver:
         return await self._run(lambda: self._with_session(self._states_sync))
 
     async def cleanup(self) -> ApplyReport:
-        """Terminate and unload every raven-* connection and our PSK; nothing else."""
+        """Terminate and unload every raven-* connection, our PSK and our keys; nothing else."""
         start = time.perf_counter()
-        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, {})))
+        if self._creds is not None:
+            self.set_credentials(None, [self._creds.key_id])
+        creds = self._snapshot()
+        report = await self._run(lambda: self._with_session(lambda s: self._reconcile_sync(s, {}, creds)))
+        self._retired_keys -= creds.unloaded
         report.duration_s = time.perf_counter() - start
         return report
 
@@ -269,10 +337,16 @@ class IPsecDriver:
     def _active_ike(self, s: Any) -> set[str]:
         return {name for item in _drain(s.list_sas()) for name in item if name.startswith(self.prefix)}
 
-    def _reconcile_sync(self, s: Any, desired: dict[str, IPsecConnection]) -> ApplyReport:
+    def _snapshot(self) -> _CredsPass:
+        """What the worker may read of the credentials (set_credentials runs on the event loop's thread)."""
+        return _CredsPass(self._creds, frozenset(self._retired_keys), set())
+
+    def _reconcile_sync(self, s: Any, desired: dict[str, IPsecConnection], creds: _CredsPass) -> ApplyReport:
         report = ApplyReport(writes=dict.fromkeys(VICI_OPS, 0))
+        desired = self._loadable(desired, creds.current, report)
         loaded = self._loaded(s)
-        wanted = {name: _fingerprinted(conn, self.settings) for name, conn in desired.items()}
+        ca_pem = creds.current.ca_pem if creds.current is not None else None
+        wanted = {name: _fingerprinted(conn, self.settings, ca_pem) for name, conn in desired.items()}
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
         initiators = {n for n, c in desired.items() if c.initiator and n not in to_load}
@@ -280,8 +354,9 @@ class IPsecDriver:
             active = self._active_ike(s)
         else:
             active = set()
-        # The PSK first: a connection that starts on load needs it.
+        # Credentials first: a connection that starts on load needs them.
         self._sync_psk(s, desired.values(), report)
+        self._sync_creds(s, creds, report)
         for name in to_unload:
             if name in active:
                 self._terminate(s, name, report)
@@ -305,6 +380,44 @@ class IPsecDriver:
         if to_load or to_unload:
             log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))
         return report
+
+    def _loadable(self, desired: dict[str, IPsecConnection], current: Credentials | None,
+                  report: ApplyReport) -> dict[str, IPsecConnection]:
+        """The connections whose credentials exist; each other one is an error (loading it would only fail)."""
+        out: dict[str, IPsecConnection] = {}
+        for name, conn in desired.items():
+            if conn.auth == "pubkey" and current is None:
+                report.errors.append(ApplyError("vici", "load_conn", name, "no node certificate yet"))
+            elif conn.auth == "psk" and not self._psk:
+                report.errors.append(ApplyError("vici", "load_conn", name, "no pre-shared key (--ipsec-auth=psk)"))
+            else:
+                out[name] = conn
+        return out
+
+    def _sync_creds(self, s: Any, cp: _CredsPass, report: ApplyReport) -> None:
+        """Our key and certificates loaded (again after a charon restart), retired keys unloaded."""
+        keys = {_s(k) for k in s.get_keys().get("keys", [])} if (cp.current or cp.retired) else set()
+        creds = cp.current
+        if creds is not None:
+            if creds.key_id not in keys:
+                self._op(report, "load_key", creds.key_id, s.load_key, {"type": "ecdsa", "data": creds.key_pem})
+                self._certs_loaded = None  # a charon without our key (restarted) has none of our certificates
+                log.info("vici key loaded", extra=kv(key_id=creds.key_id))
+            want = (self.connects, creds.cert_pem, creds.ca_pem)
+            if self._certs_loaded != want:
+                # Loading an identical certificate again is a no-op in charon: safe after an agent restart.
+                self._op(report, "load_cert", "ca", s.load_cert, {"type": "X509", "flag": "CA", "data": creds.ca_pem})
+                self._op(report, "load_cert", "node", s.load_cert,
+                         {"type": "X509", "flag": "NONE", "data": creds.cert_pem})
+                if not report.errors:
+                    self._certs_loaded = want
+        for key_id in sorted(cp.retired):
+            errors = len(report.errors)
+            if key_id in keys:
+                self._op(report, "unload_key", key_id, s.unload_key, {"id": key_id})
+                log.info("vici key unloaded", extra=kv(key_id=key_id, reason="retired"))
+            if len(report.errors) == errors:  # a failed unload is tried again by the next reconcile
+                cp.unloaded.add(key_id)
 
     def _op(self, report: ApplyReport, op: str, name: str, call: Callable[..., Any], *args: Any) -> None:
         self._count(report, op)
@@ -332,7 +445,8 @@ class IPsecDriver:
         return self._psk_ids[key]
 
     def _sync_psk(self, s: Any, conns: Iterable[IPsecConnection], report: ApplyReport) -> None:
-        owners = tuple(sorted({c.local_id for c in conns} | {c.remote_id for c in conns}))
+        psk_conns = [c for c in conns if c.auth == "psk"]
+        owners = tuple(sorted({c.local_id for c in psk_conns} | {c.remote_id for c in psk_conns}))
         have = {_s(k) for k in s.get_shared().get("keys", []) if _s(k).startswith(f"{self.prefix}psk-")}
         want = {self._psk_id(owners)} if owners else set()
         for key_id in sorted(want - have):

@@ -24,7 +24,7 @@ Addressing (see DESIGN.md "Data plane"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 # Ownership markers (all configurable through AgentConfig; these are the defaults).
 RAVEN_RT_PROTO: Final = 250  # route protocol number marking routes the agent owns
@@ -108,6 +108,9 @@ class IPsecConnection:
     initiator: bool  # start the SA ourselves (and restart it on DPD/close) or only respond
     proposals: tuple[str, ...] = ("aes256-sha256-modp2048",)
     esp_proposals: tuple[str, ...] = ("aes256-sha256",)
+    # "psk": both ids are Gateway identities, proven by the cluster PSK. "pubkey": both ids are node
+    # identities (the local node, the peer Gateway's active endpoint), proven by certificates of the cluster CA.
+    auth: Literal["psk", "pubkey"] = "psk"
 
 
 @dataclass(frozen=True, order=True)

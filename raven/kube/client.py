@@ -64,6 +64,8 @@ ENDPOINTS = Resource("", "v1", "endpoints", namespaced=True)
 EVENTS = Resource("", "v1", "events", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 GATEWAYS = Resource("raven.openyurt.io", "v1beta1", "gateways")
+SECRETS = Resource("", "v1", "secrets", namespaced=True)
+CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests")
 
 
 class ApiError(Exception):

@@ -47,7 +47,7 @@ def test_agent_without_node_name(kubeconfig: str, psk_file: str) -> None:
 
 def test_agent_node_name_from_env(kubeconfig: str, tmp_path: Path) -> None:
     # NODE_NAME satisfies the node name; the PSK is the next missing piece, which proves the env was read.
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig], env={"NODE_NAME": "n1"})
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--ipsec-auth=psk"], env={"NODE_NAME": "n1"})
     _assert_clean_error(result, "pre-shared key")
 
 
@@ -78,20 +78,32 @@ def test_bad_listen_address(kubeconfig: str, addr: str, phrase: str) -> None:
 
 
 def test_ipsec_without_psk_has_no_default(kubeconfig: str) -> None:
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1"])
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--ipsec-auth=psk"])
     _assert_clean_error(result, "there is no default key")
 
 
 def test_psk_too_short(kubeconfig: str) -> None:
     result = run(
-        ["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1"], env={"VPN_CONNECTION_PSK": "secret"}
+        ["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--ipsec-auth=psk"],
+        env={"VPN_CONNECTION_PSK": "secret"},
     )
     _assert_clean_error(result, "too short")
 
 
 def test_psk_file_unreadable(kubeconfig: str, tmp_path: Path) -> None:
-    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--psk-file", str(tmp_path / "x")])
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--ipsec-auth=psk",
+                  "--psk-file", str(tmp_path / "x")])
     _assert_clean_error(result, "cannot be read")
+
+
+def test_cert_mode_reads_no_psk(kubeconfig: str, tmp_path: Path) -> None:
+    from raven.cli import build_config, build_parser
+    from raven.config import AgentConfig
+
+    ns = build_parser().parse_args(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1",
+                                    "--psk-file", str(tmp_path / "absent")])
+    cfg = build_config(ns, {"VPN_CONNECTION_PSK": "x" * 32})
+    assert isinstance(cfg, AgentConfig) and cfg.ipsec_auth == "cert" and cfg.psk == ""
 
 
 def test_flag_of_the_other_mode_is_rejected(kubeconfig: str) -> None:
@@ -122,6 +134,7 @@ def test_config_reads_every_agent_flag(kubeconfig: str, psk_file: str) -> None:
             "n1",
             "--psk-file",
             psk_file,
+            "--ipsec-auth=psk",
             "--vxlan-vni",
             "300",
             "--tunnel-cidr",

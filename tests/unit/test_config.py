@@ -97,6 +97,10 @@ BAD = {
     "health_stale_after": "-1",
     "vpn_driver": "wireguard",
     "vici_socket": "",
+    "ipsec_identity_dir": "",
+    "ipsec_ca_secret": "",
+    "ipsec_cert_lifetime": "0",
+    "agent_service_account": "",
     "resync_period": "0",
     "vxlan_vni": "0",
     "vxlan_port": "70000",
@@ -197,7 +201,7 @@ def test_plan_config_carries_every_plan_setting(kubeconfig: str, psk_file: str) 
     flags = ["--vxlan-vni", "300", "--vxlan-port", "5472", "--overlay-cidr", "100.64.0.0/10", "--tunnel-vni", "301",
              "--tunnel-port", "5473", "--tunnel-cidr", "198.18.0.0/16", "--underlay-mtu", "9000",
              "--ipsec-device-mtu", "1400", "--ike-proposals", "aes128-sha256-modp3072", "--esp-proposals",
-             "aes128-sha256"]
+             "aes128-sha256", "--ipsec-auth", "psk"]
     plan_settings = {f.name for f in fields(PlanSettings)}
     assert {f[2:].replace("-", "_") for f in flags[::2]} == plan_settings  # every one of them is set above
     cfg = agent(kubeconfig, psk_file, *flags)

@@ -105,10 +105,12 @@ def test_gateway_node_serves_its_pool_and_tunnels_to_remote_gateways() -> None:
 
     # One IPsec connection per directly connected peer, inner/32 <-> inner/32; raven1 neighbour + FDB each.
     assert {c.name for c in s.ipsec} == {"raven-gw-cloud", "raven-gw-dc"}
-    for peer, inner in (("gw-cloud", cloud_inner), ("gw-dc", dc_inner)):
+    for peer, inner, endpoint in (("gw-cloud", cloud_inner, "cloud-1"), ("gw-dc", dc_inner, "dc-1")):
         conn = next(c for c in s.ipsec if c.name == f"raven-{peer}")
         assert (conn.local_ts, conn.remote_ts) == (f"{my_inner}/32", f"{inner}/32")
-        assert (conn.local_id, conn.remote_id) == ("raven-gw-gw-edge-a", f"raven-gw-{peer}")
+        # Certificate mode (the default): this node's identity, and the peer's ACTIVE ENDPOINT's identity.
+        assert (conn.local_id, conn.remote_id, conn.auth) == ("raven-node-edge-a-1", f"raven-node-{endpoint}",
+                                                              "pubkey")
         assert conn.local_addrs == ("192.168.1.11",)
         mac = "0e:72:" + ":".join(f"{int(o):02x}" for o in inner.split("."))
         assert Neighbor("raven1", inner, mac) in s.neighbors
@@ -237,3 +239,10 @@ def test_raven1_sends_no_outer_udp_checksum_and_raven0_does() -> None:
     result = plan(parse(cluster_json()), nodes(), "edge-a-1", PlanConfig())
     links = {link.name: link for link in result.state.links}
     assert result.role == "gateway" and links["raven1"].udp_csum is False and links["raven0"].udp_csum is True
+
+
+def test_psk_mode_uses_gateway_identities() -> None:
+    s = plan(parse(cluster_json()), nodes(), "edge-a-1", PlanConfig(ipsec_auth="psk")).state
+    ids = {(c.name, c.local_id, c.remote_id, c.auth) for c in s.ipsec}
+    assert ids == {("raven-gw-cloud", "raven-gw-gw-edge-a", "raven-gw-gw-cloud", "psk"),
+                   ("raven-gw-dc", "raven-gw-gw-edge-a", "raven-gw-gw-dc", "psk")}

@@ -59,12 +59,29 @@ def test_remote_failover_replaces_only_that_peers_ipsec_connection() -> None:
         assert state(member, before) == state(member, after)
 
 
-def test_failover_of_a_nat_gateway_changes_nothing_on_the_public_side_that_only_responds() -> None:
+def test_failover_of_a_nat_gateway_changes_nothing_on_the_public_side_that_only_responds_with_psk() -> None:
     before, after = cluster_json(), cluster_json()
     set_active(after["gw-edge-a"], "edge-a-3")
+    psk = PlanConfig(ipsec_auth="psk")
     # gw-cloud accepts gw-edge-a from %any; gw-edge-b reaches it through gw-cloud.
     for node in ("cloud-1", "edge-b-1", "dc-1"):
-        assert state(node, before) == state(node, after), node
+        assert plan(parse(before), nodes(), node, psk).state == plan(parse(after), nodes(), node, psk).state, node
+
+
+def test_failover_with_certificates_rebinds_the_peers_to_the_new_endpoint_only() -> None:
+    before, after = cluster_json(), cluster_json()
+    set_active(after["gw-edge-a"], "edge-a-3")
+    # Peers now accept gw-edge-a only from edge-a-3 (and no longer from edge-a-1): the one change.
+    for node in ("cloud-1", "dc-1"):
+        old, new = state(node, before), state(node, after)
+        assert {c.name: c.remote_id for c in old.ipsec}["raven-gw-edge-a"] == "raven-node-edge-a-1"
+        changed = {c.name: c.remote_id for c in new.ipsec}.items() - {c.name: c.remote_id for c in old.ipsec}.items()
+        assert changed == {("raven-gw-edge-a", "raven-node-edge-a-3")}, node
+        assert old.routes == new.routes and old.links == new.links, node
+    assert state("edge-b-1", before) == state("edge-b-1", after)  # reaches edge-a through gw-cloud
+    # The new endpoint initiates from its own address.
+    conn = next(c for c in state("edge-a-3", after).ipsec if c.name == "raven-gw-cloud")
+    assert conn.initiator and conn.local_addrs == ("192.168.1.13",)
     # The new endpoint initiates from its own address.
     conn = next(c for c in state("edge-a-3", after).ipsec if c.name == "raven-gw-cloud")
     assert conn.initiator and conn.local_addrs == ("192.168.1.13",)
