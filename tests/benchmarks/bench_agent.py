@@ -7,6 +7,9 @@ active endpoint of its pool: 99 tunnels, VICI connections, routes) and a member 
 - exec -> /readyz 200, cold (kernel and charon cleaned by `raven --mode=agent --cleanup` first) and
   warm (a restart over the state the previous run left), median of the runs; aim <= 0.5 s;
 - RSS when ready and after settling (VmRSS; and VmHWM, the peak); aim <= 60 MiB.
+Every process runs with compiled bytecode, as in the image (`pip install` byte-compiles; this machine
+sets PYTHONDONTWRITEBYTECODE, which would make each start compile Raven's sources again): a bytecode
+cache in the lab's run dir (PYTHONPYCACHEPREFIX), filled by one unmeasured start of each executable.
 Baselines in the same run, through the same `ip netns exec`: `python -c pass` and
 `python -c "import aiohttp"` (exec -> exit), what any asyncio HTTP process pays before its own code.
 `--compare PATH` runs the same measurements with another `raven` executable (e.g. an older checkout's
@@ -116,6 +119,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_bytecode(cache: Path, argv: list[str]) -> list[str]:
+    """`argv` run with a bytecode cache that it may fill (see the module docstring)."""
+    return ["env", "-u", "PYTHONDONTWRITEBYTECODE", f"PYTHONPYCACHEPREFIX={cache}", *argv]
+
+
 def timed_exit(ns: Netns, argv: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(ns.exec_argv(argv), check=True, stdout=subprocess.DEVNULL)
@@ -128,6 +136,7 @@ class Bench:
         self.api = api
         self.kubeconfig = kubeconfig
         self.ns: dict[str, Netns] = {}
+        self.pycache = lab.run_dir / "pycache"
 
     def setup_node(self, role: str) -> Netns:
         ip = ROLES[role][1]
@@ -145,8 +154,9 @@ class Bench:
         ns = self.ns[role]
         assert ns.charon is not None
         node = ROLES[role][0]
-        return [raven, "--mode=agent", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
-                "--vici-socket", str(ns.charon.vici_socket), "--psk-file", str(ns.run_dir / "psk"),
+        return [*with_bytecode(self.pycache, [raven]), "--mode=agent", "--node-name", node,
+                "--kubeconfig", str(self.kubeconfig), "--vici-socket", str(ns.charon.vici_socket),
+                "--psk-file", str(ns.run_dir / "psk"),
                 "--log-level", "warning"]
 
     def cleanup(self, raven: str, role: str) -> None:
@@ -180,6 +190,7 @@ def _median(rows: list[JSON], key: str) -> float:
 
 def measure(bench: Bench, raven: str, runs: int) -> JSON:
     out: JSON = {}
+    bench.start(raven, "member")  # unmeasured: fills the bytecode cache for this executable
     for role in ROLES:
         cold, warm = [], []
         for _ in range(runs):
@@ -215,8 +226,10 @@ def main(gateways: int, runs: int, compare: str | None) -> JSON:
                 bench.setup_node(role)
             py = sys.executable
             member = bench.ns["member"]
-            base_pass = statistics.median(timed_exit(member, [py, "-c", "pass"]) for _ in range(runs * 2))
-            base_aiohttp = statistics.median(timed_exit(member, [py, "-c", "import aiohttp"]) for _ in range(runs * 2))
+            cached = [*with_bytecode(bench.pycache, [py]), "-c"]
+            timed_exit(member, [*cached, "import aiohttp"])  # fills the cache
+            base_pass = statistics.median(timed_exit(member, [*cached, "pass"]) for _ in range(runs * 2))
+            base_aiohttp = statistics.median(timed_exit(member, [*cached, "import aiohttp"]) for _ in range(runs * 2))
             result: JSON = {
                 "gateways": gateways, "runs": runs,
                 "baseline_python_pass_s": round(base_pass, 3), "baseline_import_aiohttp_s": round(base_aiohttp, 3),
