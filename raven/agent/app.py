@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
+
 from raven.agent.inputs import PlanInputs
 from raven.agent.plan import PlanConfig, PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
@@ -25,7 +27,7 @@ from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.metrics import DataplaneMetrics
-from raven.kube.client import GATEWAYS, NODES, ApiClient, KubeClient
+from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedEvent, TypedInformer
 from raven.log import kv

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
+
 from raven.api.gateway import parse_gateway
 from raven.api.node import Node
 from raven.api.service import Service, ServiceEndpoints
@@ -22,7 +24,7 @@ from raven.config import ControllerConfig
 from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.reconciler import AnyGateway, GatewayReconciler
-from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiClient, KubeClient
+from raven.kube.client import ENDPOINTS, GATEWAYS, NODES, SERVICES, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector

@@ -10,9 +10,3 @@
 - `backoff`: `Backoff` (exponential, jittered delays);
 - `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time, delayed retries.
 """
-
-from raven.kube import k8s
-
-# Before anything imports kubernetes_asyncio: its configuration and transport without the generated
-# API classes and models (k8s.py says why and how).
-k8s.load()
