@@ -12,8 +12,8 @@ sets PYTHONDONTWRITEBYTECODE, which would make each start compile Raven's source
 cache in the lab's run dir (PYTHONPYCACHEPREFIX), filled by one unmeasured start of each executable.
 Baselines in the same run, through the same `ip netns exec`: `python -c pass` and
 `python -c "import aiohttp"` (exec -> exit), what any asyncio HTTP process pays before its own code.
-`--compare PATH` runs the same measurements with another `raven` executable (e.g. an older checkout's
-.venv/bin/raven) for a before/after in one run. Writes bench-results/agent.json.
+`--compare PATH` (repeatable) runs the same measurements with another `raven` executable (e.g. an older
+checkout's .venv/bin/raven) for a before/after in one run. Writes bench-results/agent.json.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class Bench:
 
 
 def _median(rows: list[JSON], key: str) -> float:
-    return round(statistics.median(r[key] for r in rows), 3)
+    return round(float(statistics.median(r[key] for r in rows)), 3)
 
 
 def measure(bench: Bench, raven: str, runs: int) -> JSON:
@@ -210,7 +210,7 @@ def measure(bench: Bench, raven: str, runs: int) -> JSON:
     return out
 
 
-def main(gateways: int, runs: int, compare: str | None) -> JSON:
+def main(gateways: int, runs: int, compare: list[str]) -> JSON:
     raven = str(ROOT / ".venv" / "bin" / "raven")
     with Lab(PREFIX) as lab:
         api_ns = lab.netns("api")
@@ -237,7 +237,7 @@ def main(gateways: int, runs: int, compare: str | None) -> JSON:
                 "aims": {"ready_s": AIM_READY_S, "rss_mib": AIM_RSS_MIB},
             }
             if compare:
-                result["compare"] = {"raven": compare, **measure(bench, compare, runs)}
+                result["compare"] = [{"raven": other, **measure(bench, other, runs)} for other in compare]
         finally:
             api.stop()
     return result
@@ -245,7 +245,7 @@ def main(gateways: int, runs: int, compare: str | None) -> JSON:
 
 def report(res: JSON) -> None:
     print(f"bench_agent ({res['gateways']} gateways, median of {res['runs']} runs)")
-    cols = [("agent", res["agent"])] + ([("compare", res["compare"])] if "compare" in res else [])
+    cols = [("agent", res["agent"])] + [(f"compare{i + 1}", c) for i, c in enumerate(res.get("compare", []))]
     print(f"  {'measure':<48}" + "".join(f"{name:>12}" for name, _ in cols) + "  verdict")
     for role in ROLES:
         for key, label, aim in (("serving_s", "exec -> serving HTTP (imports done) (s)", AIM_READY_S),
@@ -263,15 +263,15 @@ def report(res: JSON) -> None:
     print(f"  {'baseline: python -c pass (s)':<48}{res['baseline_python_pass_s']:>12.3f}")
     label = 'baseline: python -c "import aiohttp" (s)'
     print(f"  {label:<48}{res['baseline_import_aiohttp_s']:>12.3f}")
-    if "compare" in res:
-        print(f"  (compare: {res['compare']['raven']})")
+    for i, c in enumerate(res.get("compare", [])):
+        print(f"  (compare{i + 1}: {c['raven']})")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gateways", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--compare", default=None, help="another raven executable to measure the same way")
+    ap.add_argument("--compare", action="append", default=[], help="another raven executable to measure the same way")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_agent needs root (network namespaces)", file=sys.stderr)
