@@ -8,5 +8,7 @@
 - `leader`: `LeaderElector` on a coordination.k8s.io/v1 Lease (releases on cancel);
 - `events`: `EventRecorder` (core/v1 Events, non-blocking, repeats counted);
 - `backoff`: `Backoff` (exponential, jittered delays);
-- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time, delayed retries.
+- `workqueue`: `WorkQueue` keyed by name, coalescing bursts, one worker per key at a time, delayed retries;
+- `k8s`: `load()`, kubernetes_asyncio's configuration, auth and transport imported without its generated API
+  classes and models (run first thing by raven/__init__.py).
 """

@@ -21,8 +21,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.api_client import ApiClient as ApiClient  # re-exported: the type callers hold
+from kubernetes_asyncio.client.configuration import Configuration
+from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
 from raven.config import ConfigError
 
@@ -94,24 +95,24 @@ class ApiError(Exception):
         return self.status == 410
 
 
-async def new_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
+async def new_api_client(kubeconfig: str | None) -> ApiClient:
     """An ApiClient for the kubeconfig file, or the in-cluster service account when `kubeconfig` is None."""
-    cfg = k8s_client.Configuration()
+    cfg = Configuration()
     try:
         if kubeconfig is None:
-            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+            await load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"cannot load Kubernetes client config from {kubeconfig or 'in-cluster'}: {exc}") from exc
     # Many Gateways may be written concurrently; the library's default pool is 100 connections.
     cfg.connection_pool_maxsize = 64
-    api = k8s_client.ApiClient(configuration=cfg)
+    api = ApiClient(configuration=cfg)
     _resolve_proxy_once(api)
     return api
 
 
-def _resolve_proxy_once(api: k8s_client.ApiClient) -> None:
+def _resolve_proxy_once(api: ApiClient) -> None:
     """Honour HTTPS_PROXY/NO_PROXY once at start instead of on every request.
 
     kubernetes_asyncio opens its aiohttp session with trust_env=True, which makes aiohttp read ~/.netrc
@@ -145,7 +146,7 @@ def _error_from(status: int, body: bytes) -> ApiError:
 class KubeClient:
     """JSON requests over a kubernetes_asyncio ApiClient. Raises ApiError for non-2xx answers."""
 
-    def __init__(self, api: k8s_client.ApiClient, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, api: ApiClient, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.api = api
         self.timeout_s = timeout_s
 
