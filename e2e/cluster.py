@@ -43,7 +43,7 @@ from e2e.apiserver import ApiServer
 from e2e.netlab import Netns, Process
 from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many, tcp_check, udp_check
 from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
-from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, new_api_client
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, ApiError, KubeClient, Resource, new_api_client
 
 log = logging.getLogger("e2e.cluster")
 
@@ -53,6 +53,7 @@ _RAVEN_SCRIPT = Path(sys.executable).parent / "raven"
 RAVEN_ARGV = [str(_RAVEN_SCRIPT)] if _RAVEN_SCRIPT.exists() else ["env", f"PYTHONPATH={REPO}", sys.executable,
                                                                    "-m", "raven.cli"]
 CRD_MANIFEST = REPO / "manifests" / "01-crd-gateways.yaml"
+PATHREPORT_CRD_MANIFEST = REPO / "manifests" / "01-crd-pathreports.yaml"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 APISERVER_PORT = 6443
 AGENT_HTTP = "127.0.0.1:9650"  # per netns loopback: the same port in every node
@@ -341,17 +342,19 @@ class RavenCluster:
         return self.api.api(lambda c: c.merge_patch(res, name, patch, subresource=subresource))
 
     def install_crd(self) -> None:
-        for doc in yaml.safe_load_all(CRD_MANIFEST.read_text()):
-            if doc and doc.get("kind") == "CustomResourceDefinition":
-                self.create(CRDS, doc)
+        for manifest in (CRD_MANIFEST, PATHREPORT_CRD_MANIFEST):
+            for doc in yaml.safe_load_all(manifest.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    self.create(CRDS, doc)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # served once the CRD is Established
+        while time.monotonic() < deadline:  # served once the CRDs are Established
             try:
                 self.api.api(lambda c: c.list(GATEWAYS))
+                self.api.api(lambda c: c.list(PATHREPORTS))
                 return
             except ApiError:
                 time.sleep(0.05)
-        raise ConvergenceError("Gateway CRD never became served")
+        raise ConvergenceError("Gateway/PathReport CRDs never became served")
 
     def gateways(self) -> dict[str, dict[str, Any]]:
         return {g["metadata"]["name"]: g for g in self.list_objects(GATEWAYS)}

@@ -14,6 +14,7 @@ from raven.api.gateway import (
     validate,
 )
 from raven.api.node import Node
+from raven.api.pathreport import PathReport, PathReportStatus, TargetReport
 from raven.api.service import Service, ServiceEndpoints
 
 __all__ = [
@@ -25,8 +26,11 @@ __all__ = [
     "GatewayStatus",
     "Node",
     "NodeInfo",
+    "PathReport",
+    "PathReportStatus",
     "Service",
     "ServiceEndpoints",
+    "TargetReport",
     "UnparsableGateway",
     "parse_gateway",
     "validate",

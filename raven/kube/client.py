@@ -64,6 +64,7 @@ ENDPOINTS = Resource("", "v1", "endpoints", namespaced=True)
 EVENTS = Resource("", "v1", "events", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 GATEWAYS = Resource("raven.openyurt.io", "v1beta1", "gateways")
+PATHREPORTS = Resource("health.raven-py.io", "v1alpha1", "pathreports")
 
 
 class ApiError(Exception):

@@ -21,7 +21,7 @@ from raven.api.constants import LABEL_GATEWAY
 from raven.config import CommonConfig, ControllerConfig, ListenAddr
 from raven.controller.app import Controller
 from raven.health import Health
-from raven.kube.client import GATEWAYS, NODES, KubeClient, Resource, new_api_client
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, KubeClient, Resource, new_api_client
 from raven.runtime import Runtime
 from raven.supervisor import Supervisor
 
@@ -31,12 +31,13 @@ T = TypeVar("T")
 
 
 async def install_crd(client: KubeClient) -> None:
-    crd = yaml.safe_load((ROOT / "manifests" / "01-crd-gateways.yaml").read_text())
-    await client.create(CRDS, crd)
+    for manifest in ("01-crd-gateways.yaml", "01-crd-pathreports.yaml"):
+        await client.create(CRDS, yaml.safe_load((ROOT / "manifests" / manifest).read_text()))
     last: Exception | None = None
     for _ in range(100):  # served at once by the test server; a real one takes a moment
         try:
             await client.list(GATEWAYS)
+            await client.list(PATHREPORTS)
             return
         except Exception as exc:
             last = exc
