@@ -53,6 +53,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from raven.pathhealth.targets import ProbeTarget
 
 # Kernel-reserved routing tables (unspec, default, main, local).
 _RESERVED_TABLES = frozenset({0, 253, 254, 255})
@@ -135,6 +136,9 @@ class PlanResult:
     paths: list[Path] = field(default_factory=list)
     role: Role = "none"
     gateway: str | None = None  # the Gateway this node belongs to
+    # What this node probes (path health): a member its gateway over raven0; a gateway each direct peer's
+    # inner address through the tunnel (from its own inner address).
+    probes: tuple[ProbeTarget, ...] = ()
 
 
 class _Ranges:
@@ -296,12 +300,14 @@ def plan(
                     mtu=mtus.cross_pool_path,
                 )
             )
+        probes = (ProbeTarget("gateway", gw.name, ep_node.name, str(my_overlay), str(overlay[ep_node.name])),)
         return PlanResult(
             _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp),
             problems,
             paths,
             role="member",
             gateway=gw.name,
+            probes=probes,
         )
 
     # --- this node is the gateway ---
@@ -329,6 +335,7 @@ def plan(
     addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))
     clamp.add(cfg.inter_gateway_link)
 
+    peer_probes: list[ProbeTarget] = []
     for p in paths:
         if p.kind != "direct":
             continue
@@ -339,6 +346,9 @@ def plan(
         neighbors.add(Neighbor(cfg.inter_gateway_link, peer.inner, peer_mac))
         fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
         ipsec.add(_connection(gw, me, peer, p, cfg))
+        peer_node = peer.endpoint_node
+        peer_probes.append(ProbeTarget("peer", peer.name, peer_node.name if peer_node is not None else "", gw.inner,
+                                       peer.inner))
     for subnet, nxt in remote:
         next_inner = cluster.gateways[nxt].inner
         if next_inner is None:  # cannot happen: paths only lead through active gateways
@@ -358,6 +368,7 @@ def plan(
         paths,
         role="gateway",
         gateway=gw.name,
+        probes=tuple(sorted(peer_probes)),
     )
 
 
