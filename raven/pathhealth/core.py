@@ -65,6 +65,13 @@ class TargetHealth:
         return 0.0 if not self.recent else self.recent.count(False) / len(self.recent)
 
 
+def as_state(text: str) -> State:
+    for s in ("up", "degraded", "down"):
+        if text == s:
+            return s
+    return "unknown"
+
+
 def initial(now: float) -> TargetHealth:
     return TargetHealth(since=now)
 

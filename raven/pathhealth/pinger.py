@@ -265,7 +265,10 @@ class Pinger(Generic[K]):
         try:
             while True:
                 now = self.clock()
-                self.tick(now)
+                try:
+                    self.tick(now)
+                except Exception:  # a bug here must not end probing for good: log, keep the rhythm
+                    log.exception("probe round failed")
                 next_at += self.interval
                 if next_at < now:  # fell behind (a stalled loop): no burst of catch-up rounds
                     next_at = now + self.interval
