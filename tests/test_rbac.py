@@ -267,6 +267,9 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                 await eventually(lambda: rec.calls(ctl_user, "delete", "endpoints"), bool, what="Endpoints deleted")
                 await eventually(lambda: [r.resource for r in rec.seen[agent_user] if r.verb == "watch"],
                                  lambda w: {"gateways", "nodes"} <= set(w), what="the agent's informers watching")
+                # The agent's PathReport: read (missing), created, then its status written.
+                await eventually(lambda: rec.calls(agent_user, "patch", "pathreports", "status"), bool,
+                                 what="the agent's PathReport status written")
                 # A clean stop releases the Lease (get + update).
                 await asyncio.to_thread(controller.stop, 10.0)
                 await asyncio.to_thread(agent_proc.stop, 10.0)
