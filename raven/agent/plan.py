@@ -289,6 +289,9 @@ def plan(
     if me.name != ep_node.name:
         gw_mac = mac_from_ipv4(overlay[ep_node.name])
         neighbors.add(Neighbor(cfg.intra_pool_link, cfg.virtual_next_hop, gw_mac))
+        # Path health: the gateway's own raven0 address, which this member probes (raven0 floods nothing: without
+        # this entry the echo would wait on an ARP reply that never comes).
+        neighbors.add(Neighbor(cfg.intra_pool_link, str(overlay[ep_node.name]), gw_mac))
         fdb.add(FdbEntry(cfg.intra_pool_link, gw_mac, ep_node.ip))
         for subnet, _ in remote:
             routes.add(

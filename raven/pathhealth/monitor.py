@@ -112,7 +112,7 @@ class PathMonitor:
                 kind=target.kind, gateway=target.gateway, node=target.node, address=target.address,
                 source=target.source, **{"from": old.state}, to=h.state,
                 consecutive_losses=h.consecutive_losses, loss=round(h.loss_ratio, 3),
-                rtt_ms=round(h.rtt * 1000, 2) if h.rtt is not None else None, since=format_time(old.since)))
+                rtt_ms=round(h.rtt * 1000, 2) if h.rtt is not None else None, previous_since=format_time(old.since)))
         if self.writer is not None and self._worth_writing(key, h):
             self.writer.mark_dirty()
 

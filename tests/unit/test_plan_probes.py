@@ -22,6 +22,16 @@ def test_a_member_probes_its_gateways_overlay_address_from_its_own() -> None:
     assert t.source in own
     gw_own = {a.cidr.split("/")[0] for a in _plan("edge-a-1").state.addresses if a.ifname == CFG.intra_pool_link}
     assert t.address in gw_own  # the gateway's kernel answers on raven0
+    # raven0 floods nothing (no ARP): the member resolves the address to the gateway's raven0 MAC, whose FDB
+    # entry names the gateway's node IP; the gateway has the same for the member (the reply's way back).
+    gw_link = next(link for link in _plan("edge-a-1").state.links if link.name == CFG.intra_pool_link)
+    (neigh,) = [n for n in res.state.neighbors if n.ip == t.address]
+    assert neigh.ifname == CFG.intra_pool_link and neigh.mac == gw_link.mac
+    assert any(f.mac == neigh.mac and f.dst == "192.168.1.11" for f in res.state.fdb)
+    me_link = next(link for link in res.state.links if link.name == CFG.intra_pool_link)
+    gw_state = _plan("edge-a-1").state
+    (back,) = [n for n in gw_state.neighbors if n.ip == t.source]
+    assert back.mac == me_link.mac and any(f.mac == back.mac and f.dst == "192.168.1.12" for f in gw_state.fdb)
 
 
 def test_an_active_gateway_probes_each_direct_peer_inside_the_sa() -> None:
