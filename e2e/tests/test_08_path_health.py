@@ -4,6 +4,7 @@ restarted 20 s later (scenario j) gets its tunnels back quickly, measured; the A
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -20,6 +21,25 @@ from .conftest import MEASUREMENTS
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 IKE_PORTS = "500,4500"
+# Its own cluster (the default 8-node topology) under its own prefix: independent of the session cluster, so
+# this module runs beside other e2e modules instead of queueing on their lab prefix.
+PREFIX = os.environ.get("RAVEN_E2E_PATH_HEALTH_PREFIX", "rveh")
+
+
+@pytest.fixture(scope="module")
+def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end scenarios need root (network namespaces)")
+    cluster = RavenCluster("default", prefix=PREFIX)
+    failed = True
+    try:
+        cluster.start()
+        cluster.wait_converged(timeout=120)
+        failed = False
+        yield cluster
+    finally:
+        cluster.close(keep_logs=failed or request.session.testsfailed > 0
+                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
 
 
 def reports(rc: RavenCluster) -> dict[str, PathReport]:

@@ -47,6 +47,7 @@ class PathMonitor:
         self.writer: ReportWriter | None = None
         self._seed: dict[Key, TargetReport] = {}
         self._loaded = False
+        self._planned = asyncio.Event()  # set by the first plan: nothing is written before the targets are known
         self.state_changes = 0
 
     # --- inputs ---
@@ -65,6 +66,7 @@ class PathMonitor:
             if key not in self.health:
                 self.health[key] = self._resume(key, now)
         self.targets = wanted
+        self._planned.set()
         if self._loaded:
             self.pinger.set_targets({k: (t.source, t.address) for k, t in wanted.items()})
         if changed and self.writer is not None:
@@ -149,6 +151,9 @@ class PathMonitor:
                                                                      retry_in_s=delay))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        # A write before the first plan would publish "no targets" (after a restart: every target gone, then
+        # back): wait for the plan, so the first write carries the resumed targets.
+        await self._planned.wait()
         writer.mark_dirty()
         pinger = asyncio.ensure_future(self.pinger.run())
         try:

@@ -89,3 +89,25 @@ async def test_a_restarted_agent_resumes_from_its_report_without_a_state_change(
     (t,) = status.targets
     assert (t.state, t.since) == ("up", "2026-12-01T11:00:00Z")
     assert mon.state_changes == 0 and store.creates == 0
+
+
+async def test_nothing_is_written_before_the_first_plan() -> None:
+    # After a restart the report is read before the first plan: writing then would publish "no targets".
+    before = PathReport("a-1", "a-1", PathReportStatus("gw-a", "gateway", "2026-12-01T12:00:00Z", 0.2, (
+        TargetReport("peer", "gw-b", "b-1", "241.0.0.2", "up", "2026-12-01T11:00:00Z", 0.0012, 0.0),)))
+    mon, store = _monitor(), MemoryStore(before)
+    w = ReportWriter("a-1", store, WritePolicy(min_interval=0.05, heartbeat=60.0), mon.status)
+    task = asyncio.ensure_future(mon.run(w))
+    try:
+        await asyncio.sleep(0.2)
+        assert store.writes == []
+        mon.update_plan("gateway", "gw-a", (T1,))
+        for _ in range(50):
+            if store.writes:
+                break
+            await asyncio.sleep(0.01)
+        (first,) = store.writes
+        assert [(t.address, t.state, t.since) for t in first.targets] == [("241.0.0.2", "up", "2026-12-01T11:00:00Z")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
