@@ -20,12 +20,10 @@ RTT is an exponentially weighted moving average (`rtt_alpha` weight on the new s
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Final, Literal
+from typing import Literal
 
 State = Literal["up", "degraded", "down", "unknown"]
 
-# An RTT change smaller than this (seconds) is never significant, whatever the ratio (sub-millisecond jitter).
-RTT_CHANGE_FLOOR_S: Final = 0.001
 
 
 @dataclass(frozen=True)
@@ -35,8 +33,9 @@ class HealthParams:
     window: int = 10
     degraded_loss: float = 0.3
     degraded_rtt: float = 0.5  # seconds
-    rtt_alpha: float = 0.3
-    rtt_change: float = 0.5  # relative change of the RTT estimate that is worth reporting
+    rtt_alpha: float = 0.2
+    rtt_change: float = 0.5  # relative change of the RTT estimate that is worth reporting ...
+    rtt_change_min: float = 0.01  # ... and never less than this (seconds): jitter of a busy host is not news
 
     def __post_init__(self) -> None:
         if self.down_after < 1 or self.up_after < 1:
@@ -45,8 +44,8 @@ class HealthParams:
             raise ValueError("window must be at least down_after probes")
         if not 0 < self.degraded_loss <= 1 or not 0 < self.rtt_alpha <= 1:
             raise ValueError("degraded_loss and rtt_alpha must be in (0, 1]")
-        if self.degraded_rtt <= 0 or self.rtt_change <= 0:
-            raise ValueError("degraded_rtt and rtt_change must be positive")
+        if self.degraded_rtt <= 0 or self.rtt_change <= 0 or self.rtt_change_min < 0:
+            raise ValueError("degraded_rtt and rtt_change must be positive, rtt_change_min not negative")
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,8 @@ def _decide(h: TargetHealth, p: HealthParams) -> State:
 
 def significant(reported_state: str, reported_rtt: float | None, h: TargetHealth, p: HealthParams) -> bool:
     """Whether `h` should be written although `reported_*` (what the API holds) was written before: a state
-    change, the first RTT, or an RTT estimate that moved by more than `rtt_change` (relative, and at least
-    RTT_CHANGE_FLOOR_S)."""
+    change, the first RTT, or an RTT estimate that moved by more than `rtt_change` (relative) and more than
+    `rtt_change_min` seconds."""
     if reported_state != h.state:
         return True
     if h.rtt is None:
@@ -112,4 +111,4 @@ def significant(reported_state: str, reported_rtt: float | None, h: TargetHealth
     if reported_rtt is None:
         return True
     delta = abs(h.rtt - reported_rtt)
-    return delta >= RTT_CHANGE_FLOOR_S and delta > p.rtt_change * reported_rtt
+    return delta >= p.rtt_change_min and delta > p.rtt_change * reported_rtt

@@ -110,6 +110,7 @@ BAD = {
     "health_degraded_loss": "1.5",
     "health_degraded_rtt": "0",
     "health_rtt_change": "0",
+    "health_rtt_change_min": "0",
     "health_heartbeat": "0",
     "health_min_write_interval": "0",
 }

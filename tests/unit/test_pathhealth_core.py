@@ -107,8 +107,11 @@ def test_slow_rtt_drift_is_reported_once_it_moved_enough_and_degrades_past_the_t
 
 def test_rtt_is_an_ewma_and_jitter_below_the_floor_is_not_significant() -> None:
     h = run([0.001, 0.002])[-1]
-    assert h.rtt == pytest.approx(0.3 * 0.002 + 0.7 * 0.001)
-    assert not significant(h.state, 0.0011, h, P)  # 0.3 ms off: below the 1 ms floor
+    assert h.rtt == pytest.approx(0.2 * 0.002 + 0.8 * 0.001)
+    assert not significant(h.state, 0.0005, h, P)  # twice the reported RTT, but 0.7 ms: below the 10 ms floor
+    jittery = run([0.002, 0.012, 0.004, 0.015, 0.003] * 40, healthy(rtt=0.005))
+    assert not any(significant("up", 0.005, j, P) for j in jittery)  # a busy host's jitter is not news
+    assert significant("up", 0.020, run([0.040] * 10, healthy(rtt=0.020))[-1], P)  # a real move is
     assert significant("up", None, healthy(), P)  # the first RTT is worth writing
     assert significant("up", 0.001, run([None] * 3, healthy())[-1], P)  # a state change always is
 
