@@ -401,6 +401,9 @@ class AgentConfig(PlanSettings):
                                        check=positive, cluster=True)
     health_rtt_change_min: float = setting(0.01, "least change of a target's RTT estimate (seconds) worth a "
                                            "PathReport write", check=positive, cluster=True)
+    health_rtt_write_interval: float = setting(30.0, "an RTT move alone (no state change) is written at most this "
+                                               "many seconds after the last PathReport write", check=positive,
+                                               cluster=True)
     health_heartbeat: float = setting(60.0, "seconds between PathReport writes when nothing changed (a report "
                                       "3 heartbeats old is stale)", check=positive, cluster=True)
     health_min_write_interval: float = setting(2.0, "least seconds between two PathReport writes of a node (changes "

@@ -115,7 +115,8 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime) -> tuple[Path
         metrics.report_writes.labels(result).inc()
 
     writer = ReportWriter(cfg.node_name, KubeReportStore(TypedClient(client)),
-                          WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat), monitor.status, on_write)
+                          WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat,
+                                      cfg.health_rtt_write_interval), monitor.status, on_write)
     return monitor, writer
 
 

@@ -115,15 +115,22 @@ class PathMonitor:
                 source=target.source, **{"from": old.state}, to=h.state,
                 consecutive_losses=h.consecutive_losses, loss=round(h.loss_ratio, 3),
                 rtt_ms=round(h.rtt * 1000, 2) if h.rtt is not None else None, previous_since=format_time(old.since)))
-        if self.writer is not None and self._worth_writing(key, h):
-            self.writer.mark_dirty()
+        if self.writer is not None:
+            worth = self._worth_writing(key, h)
+            if worth == "now":
+                self.writer.mark_dirty()
+            elif worth == "lazy":
+                self.writer.mark_lazy()
 
-    def _worth_writing(self, key: Key, h: TargetHealth) -> bool:
+    def _worth_writing(self, key: Key, h: TargetHealth) -> str | None:
+        """"now" for a state readers act on, "lazy" for an RTT move alone, None for nothing new."""
         last = self.writer.last_written if self.writer is not None else None
         reported = next((t for t in last.targets if t.key == key), None) if last is not None else None
         if reported is None:
-            return h.state != "unknown" or last is None
-        return significant(reported.state, reported.rtt_seconds, h, self.params)
+            return "now" if h.state != "unknown" or last is None else None
+        if reported.state != h.state:
+            return "now"
+        return "lazy" if significant(reported.state, reported.rtt_seconds, h, self.params) else None
 
     # --- the report ---
 

@@ -36,13 +36,20 @@ log = logging.getLogger(__name__)
 class WritePolicy:
     min_interval: float = 2.0
     heartbeat: float = 60.0
+    # An RTT-only change (no state, target or role change) waits until this long after the last write: it is
+    # news for routing by cost, not for failover. Any write restarts the heartbeat, so a steady node writes at
+    # most once per min(rtt_interval, heartbeat), whatever the jitter.
+    rtt_interval: float = 30.0
 
-    def next_write(self, now: float, last_write: float | None, dirty: bool) -> float:
-        """When the next write is due (may be <= now: due now)."""
+    def next_write(self, now: float, last_write: float | None, dirty: bool, lazy: bool = False) -> float:
+        """When the next write is due (may be <= now: due now). `dirty`: a change readers act on (state, targets,
+        role); `lazy`: only an RTT estimate moved."""
         if last_write is None:
             return now
         if dirty:
             return max(now, last_write + self.min_interval)
+        if lazy:
+            return last_write + min(self.rtt_interval, self.heartbeat)
         return last_write + self.heartbeat
 
 
@@ -96,10 +103,20 @@ class ReportWriter:
         self.last_written: PathReportStatus | None = None
         self._last_write: float | None = None
         self._dirty = asyncio.Event()
+        self._lazy = False
+        self._wake = asyncio.Event()
         self._exists = False
 
     def mark_dirty(self) -> None:
+        """Something readers act on changed: write within min_interval."""
         self._dirty.set()
+        self._wake.set()
+
+    def mark_lazy(self) -> None:
+        """Only an RTT estimate moved: write by the policy's rtt_interval."""
+        if not self._lazy:
+            self._lazy = True
+            self._wake.set()  # the loop recomputes when the next write is due
 
     async def load(self) -> PathReport | None:
         """The node's report as the API holds it (None when there is none); creates the object if missing."""
@@ -115,6 +132,7 @@ class ReportWriter:
     async def write_now(self) -> None:
         status = self.snapshot(self.wall())
         self._dirty.clear()
+        self._lazy = False
         try:
             if not self._exists:
                 await self.store.create(self.node_name)
@@ -128,6 +146,7 @@ class ReportWriter:
                 await self.store.write_status(self.node_name, status)
         except Exception as exc:
             self._dirty.set()  # retried after min_interval
+            self._wake.set()
             self._last_write = self.clock()
             if self.on_write is not None:
                 self.on_write("error")
@@ -142,13 +161,14 @@ class ReportWriter:
     async def run(self) -> None:
         while True:
             now = self.clock()
-            due = self.policy.next_write(now, self._last_write, self._dirty.is_set())
+            due = self.policy.next_write(now, self._last_write, self._dirty.is_set(), self._lazy)
             if due > now:
                 if self._dirty.is_set():
                     await asyncio.sleep(due - now)  # rate limit: coalesce what changes meanwhile
                 else:
+                    self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._dirty.wait(), timeout=due - now)
+                        await asyncio.wait_for(self._wake.wait(), timeout=due - now)
                     except TimeoutError:
                         pass
                 continue

@@ -111,6 +111,7 @@ BAD = {
     "health_degraded_rtt": "0",
     "health_rtt_change": "0",
     "health_rtt_change_min": "0",
+    "health_rtt_write_interval": "0",
     "health_heartbeat": "0",
     "health_min_write_interval": "0",
 }

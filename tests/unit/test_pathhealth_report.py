@@ -18,6 +18,30 @@ def test_policy_first_write_now_then_rate_limited_then_heartbeat() -> None:
     assert P.next_write(100.5, 100.0, dirty=True) == 102.0  # coalesced until min_interval has passed
     assert P.next_write(105.0, 100.0, dirty=True) == 105.0
     assert P.next_write(105.0, 100.0, dirty=False) == 160.0
+    # An RTT move alone waits for rtt_interval (30 s) after the last write; it then restarts the heartbeat.
+    assert P.next_write(105.0, 100.0, dirty=False, lazy=True) == 130.0
+    assert P.next_write(105.0, 100.0, dirty=True, lazy=True) == 105.0
+
+
+async def test_rtt_jitter_alone_is_written_at_most_once_per_rtt_interval() -> None:
+    mon, store = _monitor(), MemoryStore()
+    w = await _writer(mon, store, WritePolicy(min_interval=0.01, heartbeat=60.0, rtt_interval=0.3))
+    mon.update_plan("gateway", "gw-a", (T1,))
+    task = asyncio.ensure_future(w.run())
+    try:
+        for _ in range(3):
+            mon._on_outcome(T1.key, 0.010, 0.0)
+        await asyncio.sleep(0.05)
+        first = len(store.writes)  # unknown, then up: written at once
+        assert store.writes[-1].targets[0].state == "up"
+        for i in range(30):  # the RTT swings by 10x and back, every 10 ms: all of it one lazy write
+            mon._on_outcome(T1.key, 0.2 if i % 2 else 0.010, 0.0)
+            await asyncio.sleep(0.01)
+        assert len(store.writes) <= first + 1
+        await asyncio.sleep(0.35)
+        assert len(store.writes) == first + 1 and store.writes[-1].targets[0].state == "up"
+    finally:
+        task.cancel()
 
 
 class MemoryStore:
