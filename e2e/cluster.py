@@ -6,7 +6,7 @@
   is the topology's control-plane netns: nodes reach it at ``https://<control plane ip>:6443`` over the
   emulated WAN and NAT routers, as a real control plane would be reached. Tests keep the in-process
   handle for fault injection (`drop_watches`), and talk to it over HTTP from that same thread;
-- the Gateway and PathReport CRDs (``manifests/01-crd-gateways.yaml``, ``06-crd-pathreports.yaml``), every Node
+- the Gateway and PathReport CRDs (``manifests/01-crd-gateways.yaml``, ``01-crd-pathreports.yaml``), every Node
   (InternalIP, podCIDR, Ready, gateway label) and every Gateway of the topology (some may be held back for churn tests);
 - one charon per node (kernel-libipsec, `Netns.start_charon`);
 - per node, what its DaemonSet pod gets: a kubeconfig with a token bound to that node (like a pod's
@@ -47,7 +47,7 @@ from e2e.apiserver import ApiServer
 from e2e.netlab import Netns, Process
 from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many, tcp_check, udp_check
 from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
-from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, Resource, new_api_client
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, ApiError, KubeClient, Resource, new_api_client
 
 log = logging.getLogger("e2e.cluster")
 
@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 _RAVEN_SCRIPT = Path(sys.executable).parent / "raven"
 RAVEN_ARGV = [str(_RAVEN_SCRIPT)] if _RAVEN_SCRIPT.exists() else ["env", f"PYTHONPATH={REPO}", sys.executable,
                                                                    "-m", "raven.cli"]
-CRD_MANIFESTS = (REPO / "manifests" / "01-crd-gateways.yaml", REPO / "manifests" / "06-crd-pathreports.yaml")
+CRD_MANIFESTS = (REPO / "manifests" / "01-crd-gateways.yaml", REPO / "manifests" / "01-crd-pathreports.yaml")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 APISERVER_PORT = 6443
 AGENT_HTTP = "127.0.0.1:9650"  # per netns loopback: the same port in every node
@@ -356,13 +356,14 @@ class RavenCluster:
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.create(CRDS, doc)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # served once the CRD is Established
+        while time.monotonic() < deadline:  # served once the CRDs are Established
             try:
                 self.api.api(lambda c: c.list(GATEWAYS))
+                self.api.api(lambda c: c.list(PATHREPORTS))
                 return
             except ApiError:
                 time.sleep(0.05)
-        raise ConvergenceError("Gateway CRD never became served")
+        raise ConvergenceError("Gateway/PathReport CRDs never became served")
 
     def gateways(self) -> dict[str, dict[str, Any]]:
         return {g["metadata"]["name"]: g for g in self.list_objects(GATEWAYS)}

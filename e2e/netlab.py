@@ -516,6 +516,9 @@ charon {{
     retransmit_timeout = 1.0
     retransmit_base = 1.4
     retransmit_tries = 4
+    # An initiator retrying towards a peer whose charon is away sends IKE_SA_INIT at least every 2 s, so the
+    # peer's return is seen within ~2 s (issue 11, scenario j), not after a retransmit timeout grown to ~4 s.
+    retransmit_limit = 2
     filelog {{
         lab {{
             path = {log_path}

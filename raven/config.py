@@ -88,6 +88,10 @@ def positive(value: float) -> str | None:
     return None if value > 0 else f"must be > 0, got {value}"
 
 
+def fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
 def not_empty(value: str | tuple[str, ...]) -> str | None:
     return None if value else "must not be empty"
 
@@ -434,6 +438,32 @@ class AgentConfig(PlanSettings):
                                    cluster=True)
     cleanup: bool = setting(False, "remove every route, rule, device and IPsec connection Raven created, "
                             "then exit")
+    health_probes: bool = setting(True, "probe data-plane paths (ICMP echo) and publish this node's PathReport; "
+                                  "--no-health-probes: neither", cluster=True)
+    health_interval: float = setting(0.2, "seconds between two path-health probes of one target", check=positive,
+                                     cluster=True)
+    health_timeout: float = setting(0.5, "seconds a probe waits for its reply before it counts as lost",
+                                    check=positive, cluster=True)
+    health_down_after: int = setting(3, "consecutive lost probes that make a target down", check=positive,
+                                     cluster=True)
+    health_up_after: int = setting(3, "consecutive replies that bring a down target back", check=positive,
+                                   cluster=True)
+    health_window: int = setting(10, "probes over which the loss ratio is measured", check=positive, cluster=True)
+    health_degraded_loss: float = setting(0.3, "loss ratio over the window from which a target is degraded",
+                                          check=fraction, cluster=True)
+    health_degraded_rtt: float = setting(0.5, "RTT estimate (seconds) above which a target is degraded",
+                                         check=positive, cluster=True)
+    health_rtt_change: float = setting(0.5, "relative change of a target's RTT estimate worth a PathReport write",
+                                       check=positive, cluster=True)
+    health_rtt_change_min: float = setting(0.01, "least change of a target's RTT estimate (seconds) worth a "
+                                           "PathReport write", check=positive, cluster=True)
+    health_rtt_write_interval: float = setting(30.0, "an RTT move alone (no state change) is written at most this "
+                                               "many seconds after the last PathReport write", check=positive,
+                                               cluster=True)
+    health_heartbeat: float = setting(60.0, "seconds between PathReport writes when nothing changed (a report "
+                                      "3 heartbeats old is stale)", check=positive, cluster=True)
+    health_min_write_interval: float = setting(2.0, "least seconds between two PathReport writes of a node (changes "
+                                               "in between are coalesced)", check=positive, cluster=True)
     # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
     psk: str = field(default="", repr=False)
     psk_source: str = ""
@@ -442,6 +472,9 @@ class AgentConfig(PlanSettings):
         super().__post_init__()
         if not self.node_name and not self.cleanup:
             raise ConfigError("agent mode needs the node name: pass --node-name or set NODE_NAME")
+        if self.health_window < self.health_down_after:
+            raise ConfigError(f"--health-window ({self.health_window}) must be at least --health-down-after "
+                              f"({self.health_down_after})")
         if self.vpn_driver == "ipsec" and self.ipsec_auth == "psk" and not self.cleanup and not self.psk:
             raise ConfigError(
                 "the ipsec driver needs a pre-shared key: pass --psk-file or set VPN_CONNECTION_PSK "

@@ -283,6 +283,9 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                 for sub in ("approval", "status"):
                     await eventually(lambda sub=sub: rec.calls(ctl_user, "patch", "certificatesigningrequests", sub),
                                      bool, what=f"the agent's certificate request patched ({sub})")
+                # The agent's PathReport: read (missing), created, then its status written.
+                await eventually(lambda: rec.calls(agent_user, "patch", "pathreports", "status"), bool,
+                                 what="the agent's PathReport status written")
                 # A clean stop releases the Lease (get + update).
                 await asyncio.to_thread(controller.stop, 10.0)
                 await asyncio.to_thread(agent_proc.stop, 10.0)

@@ -235,6 +235,18 @@ def _csr_cells(o: dict[str, Any]) -> list[Any]:
     return [_age(o), spec.get("signerName", ""), spec.get("username", ""), ",".join(conds) or "Pending"]
 
 
+def _vap_cells(o: dict[str, Any]) -> list[Any]:
+    spec = o.get("spec", {})
+    kind = (spec.get("paramKind") or {}).get("kind", "")
+    return [len(spec.get("validations") or []), kind or "<unset>", _age(o)]
+
+
+def _vapb_cells(o: dict[str, Any]) -> list[Any]:
+    spec = o.get("spec", {})
+    ref = spec.get("paramRef") or {}
+    return [spec.get("policyName", ""), ref.get("name", "") or "<unset>", _age(o)]
+
+
 def _crd_cells(o: dict[str, Any]) -> list[Any]:
     return [o.get("metadata", {}).get("creationTimestamp", "")]
 
@@ -331,6 +343,13 @@ def builtin_types() -> list[ResourceType]:
                      field_selectors=("metadata.name", "spec.signerName"), subresources=("approval",),
                      columns=[AGE_COL, _col("SignerName"), _col("Requestor"), _col("Condition")],
                      cells=_csr_cells),
+        # Stored and served so manifests/06-pathreport-policy.yaml applies; CEL is not evaluated (no admission).
+        ResourceType("admissionregistration.k8s.io", "v1", "validatingadmissionpolicies",
+                     "validatingadmissionpolicy", "ValidatingAdmissionPolicy", False, has_status=True,
+                     columns=[_col("Validations", "integer"), _col("ParamKind"), AGE_COL], cells=_vap_cells),
+        ResourceType("admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings",
+                     "validatingadmissionpolicybinding", "ValidatingAdmissionPolicyBinding", False,
+                     columns=[_col("PolicyName"), _col("ParamRef"), AGE_COL], cells=_vapb_cells),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition",
                      "CustomResourceDefinition", False, ["crd", "crds"], ["api-extensions"], has_status=True,
                      columns=[_col("Created At", "date")], cells=_crd_cells),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from e2e.cluster import RavenCluster
@@ -77,11 +79,16 @@ def test_reachable_edge_pools_talk_directly_and_nat_pairs_use_the_relay(rc: Rave
 
     pod_pub = rc.cl.nodes[gw_pub].pods[0]
     before_direct = _child_packets(rc, gw_a, "raven-gw-edge-pub")
+    t0 = time.monotonic()
     before_relay_a = _child_packets(rc, relay, "raven-gw-edge-a")
     r = ping(pod_a.netns, pod_pub.ip, count=40, interval=0.01, wait=1)
     assert r.received == 40, r
     assert _child_packets(rc, gw_a, "raven-gw-edge-pub") - before_direct >= 80
-    assert _child_packets(rc, relay, "raven-gw-edge-a") - before_relay_a < 10  # not hairpinned via the cloud
+    relayed = _child_packets(rc, relay, "raven-gw-edge-a") - before_relay_a
+    # Not hairpinned via the cloud (that would be >= 80). The SA also carries path-health probes: both gateways
+    # ping each other's inner address every --health-interval (0.2 s): 4 packets per interval on this SA.
+    probes = 4 * (int((time.monotonic() - t0) / 0.2) + 1)
+    assert relayed < 10 + probes, (relayed, probes)
 
 
 _BULK_SERVER = """

@@ -34,13 +34,16 @@ from raven.dataplane import devices
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
-from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
+from raven.pathhealth.core import HealthParams
+from raven.pathhealth.metrics import ProbeMetrics, TunnelByteMetrics
+from raven.pathhealth.monitor import PathMonitor
+from raven.pathhealth.report import KubeReportStore, ReportWriter, WritePolicy
 from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -235,6 +238,41 @@ def plan_with_underlay(
     return plan_fn
 
 
+def health_params(cfg: AgentConfig) -> HealthParams:
+    return HealthParams(down_after=cfg.health_down_after, up_after=cfg.health_up_after, window=cfg.health_window,
+                        degraded_loss=cfg.health_degraded_loss, degraded_rtt=cfg.health_degraded_rtt,
+                        rtt_change=cfg.health_rtt_change, rtt_change_min=cfg.health_rtt_change_min)
+
+
+def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonitor
+                ) -> Callable[[], Awaitable[PlanResult]]:
+    """The plan step, also telling the path-health monitor what this plan probes."""
+
+    async def plan_and_probe() -> PlanResult:
+        result = await plan_fn()
+        monitor.update_plan(result.role, result.gateway, result.probes)
+        return result
+
+    return plan_and_probe
+
+
+def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime) -> tuple[PathMonitor, ReportWriter] | None:
+    """The path-health monitor and its PathReport writer (None with --no-health-probes)."""
+    if not cfg.health_probes:
+        return None
+    metrics = ProbeMetrics(rt.registry)
+    monitor = PathMonitor(cfg.node_name, health_params(cfg), cfg.health_interval, cfg.health_timeout,
+                          metrics=metrics)
+
+    def on_write(result: str) -> None:
+        metrics.report_writes.labels(result).inc()
+
+    writer = ReportWriter(cfg.node_name, KubeReportStore(TypedClient(client)),
+                          WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat,
+                                      cfg.health_rtt_write_interval), monitor.status, on_write)
+    return monitor, writer
+
+
 def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
     """The agent's main coroutine over `api` (from `new_api_client`, loaded before anything starts)."""
 
@@ -253,10 +291,14 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
             report = MembershipReport(inputs)
+            plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report)
+            health = path_health(cfg, client, rt)
+            if health is not None:
+                plan_fn = with_probes(plan_fn, health[0])
+            # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             reconciler = Reconciler(
-                plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report),
-                inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
-                AgentMetrics(rt.registry), DataplaneMetrics(rt.registry), resync_period=cfg.resync_period,
+                plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
+                AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
             if vpn is not None and cfg.ipsec_auth == "cert":
@@ -290,6 +332,9 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             await gateways.wait_synced()
             await nodes.wait_synced()
             reconciler.trigger("synced")
+            if health is not None:
+                # Probe results are data (logged, metered, published), never readiness: no check registered.
+                rt.supervisor.spawn("path-health", health[0].run(health[1]))
             await reconciler.run()
         finally:
             # The data plane stays as it is: an agent restart must not drop traffic.

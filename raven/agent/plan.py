@@ -69,6 +69,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from raven.pathhealth.targets import ProbeTarget
 
 # Kernel-reserved routing tables (unspec, default, main, local).
 _RESERVED_TABLES = frozenset({0, 253, 254, 255})
@@ -171,6 +172,9 @@ class PlanResult:
     paths: list[Path] = field(default_factory=list)
     role: Role = "none"
     gateway: str | None = None  # the Gateway this node belongs to
+    # What this node probes (path health): a member its gateway over raven0; a gateway each direct peer's
+    # inner address through the tunnel (from its own inner address).
+    probes: tuple[ProbeTarget, ...] = ()
 
 
 @dataclass(frozen=True, order=True)
@@ -364,6 +368,9 @@ def plan(
     if me.name != ep_node.name:
         gw_mac = mac_from_ipv4(overlay[ep_node.name])
         neighbors.add(Neighbor(cfg.intra_pool_link, cfg.virtual_next_hop, gw_mac))
+        # Path health: the gateway's own raven0 address, which this member probes (raven0 floods nothing: without
+        # this entry the echo would wait on an ARP reply that never comes).
+        neighbors.add(Neighbor(cfg.intra_pool_link, str(overlay[ep_node.name]), gw_mac))
         fdb.add(FdbEntry(cfg.intra_pool_link, gw_mac, ep_node.ip))
         for subnet, _ in remote:
             routes.add(
@@ -380,12 +387,14 @@ def plan(
         # per remote subnet, before the FDB moves.
         gw_peer = (ep_node.ip, "0.0.0.0/0", "")
         ingress = _ingress(cfg, routes, tunnel=[], pool=[gw_peer], problems=problems)
+        probes = (ProbeTarget("gateway", gw.name, ep_node.name, str(my_overlay), str(overlay[ep_node.name])),)
         return PlanResult(
             _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
             problems,
             paths,
             role="member",
             gateway=gw.name,
+            probes=probes,
         )
 
     # --- this node is the gateway ---
@@ -416,6 +425,7 @@ def plan(
     addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))
     clamp.add(cfg.inter_gateway_link)
 
+    peer_probes: list[ProbeTarget] = []
     for p in paths:
         if p.kind != "direct":
             continue
@@ -426,6 +436,9 @@ def plan(
         neighbors.add(Neighbor(cfg.inter_gateway_link, peer.inner, peer_mac))
         fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
         ipsec.add(_connection(gw, me, peer, p, cfg))
+        peer_node = peer.endpoint_node
+        peer_probes.append(ProbeTarget("peer", peer.name, peer_node.name if peer_node is not None else "", gw.inner,
+                                       peer.inner))
     for subnet, nxt in remote:
         next_inner = cluster.gateways[nxt].inner
         if next_inner is None:  # cannot happen: paths only lead through active gateways
@@ -454,6 +467,7 @@ def plan(
         paths,
         role="gateway",
         gateway=gw.name,
+        probes=tuple(sorted(peer_probes)),
     )
 
 

@@ -49,6 +49,8 @@ class VpnDriver(Protocol):
 
     async def states(self) -> list[TunnelState]: ...
 
+    async def available(self) -> bool: ...
+
 
 @dataclass
 class ReconcileOutcome:
@@ -106,6 +108,7 @@ class Reconciler:
         resync_period: float,
         debounce: float = 0.05,
         tunnel_check_period: float = 2.0,
+        charon_poll_period: float = 0.2,
     ) -> None:
         self._plan_fn = plan_fn
         self._dp_metrics = dataplane_metrics
@@ -117,6 +120,10 @@ class Reconciler:
         self._resync = resync_period
         self._debounce = debounce
         self._tunnel_check_period = tunnel_check_period
+        # While charon is unreachable and tunnels are wanted: how often to look for its return (a connect on the
+        # VICI socket), so a restarted charon gets its connections within a poll, not after the grown backoff.
+        self._charon_poll_period = charon_poll_period
+        self._charon_down = False
         self._wake = asyncio.Event()
         self._reasons: set[str] = set()
         self._backoff = Backoff(base=0.2, cap=min(30.0, resync_period))
@@ -143,12 +150,19 @@ class Reconciler:
         last_pass = time.monotonic()
         while True:
             due = last_pass + self._resync if retry_at is None else retry_at
-            wake_at = min(due, time.monotonic() + self._tunnel_check_period) if self._vpn is not None else due
+            check = self._charon_poll_period if self._charon_down else self._tunnel_check_period
+            wake_at = min(due, time.monotonic() + check) if self._vpn is not None else due
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wake_at - time.monotonic()))
             except TimeoutError:
                 if time.monotonic() >= due:
                     self._reasons.add("retry" if retry_at is not None else "resync")
+                elif self._charon_down and self._vpn is not None:
+                    if not await self._vpn.available():
+                        continue
+                    log.info("charon is back", extra=kv(socket_poll_s=self._charon_poll_period))
+                    self._backoff.reset()  # its tunnels come up now: look at them soon, not at the old backoff
+                    self._reasons.add("charon-available")
                 else:
                     reason = await self._tunnel_check()
                     if reason is None:
@@ -269,8 +283,10 @@ class Reconciler:
                 up = {t.name for t in states if t.ike_state == "ESTABLISHED"}
                 outcome.tunnels_pending = sum(1 for c in conns if c.initiator and c.name not in up)
             self._vpn_error = None
+            self._charon_down = False
         except CharonUnavailable as exc:
             self._vpn_error = str(exc)
+            self._charon_down = bool(conns)
             if not conns:
                 # Nothing to load, and whatever charon had is gone with it: not an error for this node.
                 log.debug("charon unavailable, no tunnels wanted", extra=kv(error=str(exc)))

@@ -14,6 +14,7 @@ from raven.api.gateway import (
     validate,
 )
 from raven.api.node import Node
+from raven.api.pathreport import PathReport, PathReportStatus, Target
 from raven.api.service import Service, ServiceEndpoints
 
 __all__ = [
@@ -25,8 +26,11 @@ __all__ = [
     "GatewayStatus",
     "Node",
     "NodeInfo",
+    "PathReport",
+    "PathReportStatus",
     "Service",
     "ServiceEndpoints",
+    "Target",
     "UnparsableGateway",
     "parse_gateway",
     "validate",

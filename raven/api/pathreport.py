@@ -12,7 +12,11 @@ path-health contract shared by the agent side (probes) and the controller side (
 Parsing is strict about types (a wrong type raises `PathReportParseError`, so the typed informer keeps no
 value for that version and the controller treats the node as having no evidence), lenient about absence (a
 missing field reads as its empty value) and skips targets of a kind it does not know (a newer agent's).
-`to_dict(from_dict(x))` keeps every known field.
+`to_dict(from_dict(x))` keeps every known field, and `from_dict(to_dict(r)) == r`.
+
+The agent (raven/pathhealth) keeps epoch seconds internally and converts at its edge with `from_epoch` /
+`to_epoch`; it creates its object once with `new_report_body` and then writes `status_patch` merge patches of
+`/status`. Readers use `fresh` (the controller) or `stale` / `heartbeat_age` (the agent, tests).
 """
 
 from __future__ import annotations
@@ -34,6 +38,25 @@ State = Literal["up", "degraded", "down", "unknown"]
 ROLES: Final[tuple[Role, ...]] = ("none", "member", "gateway")
 TARGET_KINDS: Final[tuple[TargetKind, ...]] = ("gateway", "via", "peer")
 STATES: Final[tuple[State, ...]] = ("up", "degraded", "down", "unknown")
+
+# Target kinds.
+KIND_GATEWAY: Final[TargetKind] = "gateway"  # a member probing its own pool's active gateway over raven0
+KIND_VIA: Final[TargetKind] = "via"  # a member probing THROUGH its gateway to a remote gateway's inner address
+KIND_PEER: Final[TargetKind] = "peer"  # an active gateway probing a peer gateway's inner address (tunnel)
+
+# Target states.
+STATE_UP: Final[State] = "up"
+STATE_DEGRADED: Final[State] = "degraded"
+STATE_DOWN: Final[State] = "down"
+STATE_UNKNOWN: Final[State] = "unknown"
+
+# This node's role in its last plan.
+ROLE_NONE: Final[Role] = "none"
+ROLE_MEMBER: Final[Role] = "member"
+ROLE_GATEWAY: Final[Role] = "gateway"
+
+# A report whose heartbeat is older than this many heartbeat periods is stale: "no evidence", never "down".
+STALE_AFTER_HEARTBEATS: Final = 3
 
 JSON = dict[str, object]
 JSONObject = Mapping[str, object]
@@ -107,6 +130,15 @@ def format_time(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def from_epoch(epoch: float) -> datetime:
+    """The agent's edge: epoch seconds as an aware UTC datetime, whole seconds (as Kubernetes writes times)."""
+    return datetime.fromtimestamp(int(epoch), UTC)
+
+
+def to_epoch(ts: datetime) -> float:
+    return ts.timestamp()
+
+
 @dataclass(frozen=True)
 class Target:
     """One probed target, as the agent's state machine sees it (`state` uses its hysteresis: `down` only after
@@ -120,6 +152,11 @@ class Target:
     since: datetime | None = None
     rtt_seconds: float | None = None
     loss_ratio: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies a target across plans and reports (the agent's probe key)."""
+        return self.kind, self.address
 
     @property
     def reached(self) -> bool:
@@ -244,3 +281,23 @@ class PathReport:
         """A report whose heartbeat is older than `stale_after` (3 x the agents' heartbeat) is no evidence."""
         hb = self.status.heartbeat_time
         return hb is not None and now - hb <= stale_after
+
+    def heartbeat_age(self, now: datetime) -> timedelta | None:
+        """Time since the last heartbeat (None when there is none)."""
+        hb = self.status.heartbeat_time
+        return None if hb is None else now - hb
+
+    def stale(self, now: datetime, heartbeat: timedelta) -> bool:
+        """No evidence: ill-formed, never written, or not refreshed within STALE_AFTER_HEARTBEATS heartbeats."""
+        return not self.well_formed or not self.fresh(now, STALE_AFTER_HEARTBEATS * heartbeat)
+
+
+def new_report_body(node_name: str) -> JSON:
+    """What an agent creates once: the object with its spec and no status (status goes via /status)."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name},
+            "spec": {"nodeName": node_name}}
+
+
+def status_patch(status: PathReportStatus) -> JSON:
+    """The merge patch of /status that makes the object's status `status` (targets is a list: replaced whole)."""
+    return {"status": status.to_dict()}

@@ -28,9 +28,9 @@ from raven.controller.exposure import MANAGED_SELECTOR, Exposure
 from raven.controller.health import HealthSettings
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.nodecheck import Ranges
-from raven.controller.reconciler import PATHREPORTS, AnyGateway, GatewayReconciler
+from raven.controller.reconciler import AnyGateway, GatewayReconciler
 from raven.controller.signer import Signer
-from raven.kube.client import CSRS, ENDPOINTS, GATEWAYS, NODES, SERVICES, ApiError, KubeClient
+from raven.kube.client import CSRS, ENDPOINTS, GATEWAYS, NODES, PATHREPORTS, SERVICES, ApiError, KubeClient
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector

@@ -51,9 +51,6 @@ from raven.api.constants import (
 )
 from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
 from raven.api.node import Node
-from raven.api.pathreport import GROUP as HEALTH_GROUP
-from raven.api.pathreport import PLURAL as PATHREPORT_PLURAL
-from raven.api.pathreport import VERSION as HEALTH_VERSION
 from raven.api.pathreport import PathReport
 from raven.api.service import Meta, Service, ServiceEndpoints
 from raven.controller.election import (
@@ -86,7 +83,7 @@ from raven.controller.nodecheck import (
     endpoint_findings,
     is_incumbent,
 )
-from raven.kube.client import GATEWAYS, ApiError, Resource
+from raven.kube.client import GATEWAYS, ApiError
 from raven.kube.events import EventRecorder, ObjectRef
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.kube.workqueue import WorkQueue
@@ -98,7 +95,6 @@ EVENT_INVALID_GATEWAY = "InvalidGateway"
 EVENT_NODE_INCOMPLETE = "NodeIncomplete"
 EVENT_NOT_FORWARDING = "GatewayNotForwarding"
 EVENT_NO_BETTER_CANDIDATE = "NoBetterCandidate"
-PATHREPORTS = Resource(HEALTH_GROUP, HEALTH_VERSION, PATHREPORT_PLURAL)
 MAX_CONFLICT_RETRIES = 5
 # The defaults of --overlay-cidr / --tunnel-cidr (raven.config.NetworkRanges), for callers that pass no ranges.
 DEFAULT_RANGES = Ranges.of("240.0.0.0/8", "241.0.0.0/16")

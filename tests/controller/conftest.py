@@ -21,9 +21,8 @@ from e2e.apiserver import ApiServer
 from raven.api.constants import LABEL_GATEWAY
 from raven.config import CommonConfig, ControllerConfig, ListenAddr
 from raven.controller.app import Controller
-from raven.controller.reconciler import PATHREPORTS
 from raven.health import Health
-from raven.kube.client import GATEWAYS, NODES, KubeClient, Resource, new_api_client
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, KubeClient, Resource, new_api_client
 from raven.runtime import Runtime
 from raven.supervisor import Supervisor
 
@@ -34,7 +33,7 @@ T = TypeVar("T")
 
 async def install_crd(client: KubeClient) -> None:
     """The project's CRDs: Gateways and PathReports."""
-    for manifest, res in (("01-crd-gateways.yaml", GATEWAYS), ("06-crd-pathreports.yaml", PATHREPORTS)):
+    for manifest, res in (("01-crd-gateways.yaml", GATEWAYS), ("01-crd-pathreports.yaml", PATHREPORTS)):
         crd = yaml.safe_load((ROOT / "manifests" / manifest).read_text())
         await client.create(CRDS, crd)
         last: Exception | None = None

@@ -16,8 +16,7 @@ import yaml
 
 from e2e.apiserver import ApiServer
 from raven.controller.app import PATHREPORT_SYNC_WAIT_S
-from raven.controller.reconciler import PATHREPORTS
-from raven.kube.client import GATEWAYS, NODES, ApiError, KubeClient, new_api_client
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, ApiError, KubeClient, new_api_client
 from tests.controller.conftest import (
     CRDS,
     ROOT,
@@ -268,7 +267,7 @@ async def test_health_failover_off_ignores_reports(kube: KubeClient, start: Star
 
 async def test_without_the_pathreport_crd_the_leader_does_not_wait_for_reports(apiserver: ApiServer,
                                                                                start: Start) -> None:
-    """A cluster that did not apply 06-crd-pathreports.yaml: Node readiness decides, from the first election on
+    """A cluster that did not apply 01-crd-pathreports.yaml: Node readiness decides, from the first election on
     (a new leader waits up to PATHREPORT_SYNC_WAIT_S for reports only when their CRD is served)."""
     assert apiserver.kubeconfig
     kube = KubeClient(await new_api_client(apiserver.kubeconfig))

@@ -217,8 +217,10 @@ async def test_charon_restart_is_survived_without_restarting_the_driver(
     # charon absent: a clear error, the driver keeps no broken state.
     with pytest.raises(CharonUnavailable, match="unreachable"):
         await driver.reconcile(conns)
+    assert not await driver.available()  # what the reconciler polls while charon is away
     ga.charon.process.start()
     ga.charon.wait_ready()
+    assert await driver.available()
     report = await driver.reconcile(conns)  # reconnects; the new charon has nothing: reload all
     assert report.ok, report.errors
     assert report.writes["load_conn"] == 2 and report.writes["load_shared"] == 1

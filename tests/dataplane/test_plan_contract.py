@@ -69,8 +69,13 @@ async def test_plan_output_applies_exactly_and_converges(lab: Lab, node_name: st
         assert report.ok, report.errors
         assert _applied(ns, after)
         if node_name == "edge-a-3":
-            # A member: neighbour + FDB move, the ingress filter accepts the new gateway, no route.
+            # A member: neighbour + FDB move, the ingress filter accepts the new gateway, no route; plus the
+            # neighbour of the gateway's raven0 address the member probes (path health): the old gateway's out,
+            # the new one's in.
+            # Measured: 3 neighbour writes (the virtual next hop replaced, the probed address out and in), 2 FDB
+            # (the old gateway's MAC out, the new one's in), 1 iptables-restore.
             assert report.writes["route"] == 0 and report.writes["iptables"] == 1, report.writes
-            assert report.total_writes <= 4, report.writes
+            assert report.writes["neighbor"] == 3 and report.writes["fdb"] == 2, report.writes
+            assert report.total_writes == 6, report.writes
     finally:
         await applier.close()

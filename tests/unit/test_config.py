@@ -113,6 +113,18 @@ BAD = {
     "ike_proposals": ",",
     "esp_proposals": "",
     "service_cidr": "10.96.0.1/12",
+    "health_interval": "0",
+    "health_timeout": "-1",
+    "health_down_after": "0",
+    "health_up_after": "0",
+    "health_window": "0",
+    "health_degraded_loss": "1.5",
+    "health_degraded_rtt": "0",
+    "health_rtt_change": "0",
+    "health_rtt_change_min": "0",
+    "health_rtt_write_interval": "0",
+    "health_heartbeat": "0",
+    "health_min_write_interval": "0",
 }
 
 

@@ -53,7 +53,9 @@ def test_member_node_routes_every_remote_subnet_via_the_virtual_next_hop() -> No
     for r in s.routes:
         assert (r.table, r.ifname, r.gateway, r.mtu) == (9027, "raven0", "169.254.240.1", raven1_mtu)
     # The virtual next hop resolves to the active gateway's raven0 MAC, reached at its node IP.
-    assert s.neighbors == {Neighbor("raven0", "169.254.240.1", "0e:72:f0:a8:01:0b")}
+    # (and so does the gateway's own raven0 address, which the member probes: path health)
+    assert s.neighbors == {Neighbor("raven0", "169.254.240.1", "0e:72:f0:a8:01:0b"),
+                           Neighbor("raven0", "240.168.1.11", "0e:72:f0:a8:01:0b")}
     assert s.fdb == {FdbEntry("raven0", "0e:72:f0:a8:01:0b", "192.168.1.11")}
     assert s.rules == {Rule(priority=9027, table=9027)}
     assert s.ipsec == frozenset()
@@ -67,7 +69,8 @@ def test_member_raven0_mac_matches_what_the_gateway_programs_for_it() -> None:
     assert Neighbor("raven0", "240.168.1.12", link.mac) in gateway.neighbors
     assert FdbEntry("raven0", link.mac, "192.168.1.12") in gateway.fdb
     gw_link = next(link for link in gateway.links if link.name == "raven0")
-    assert member.neighbors == {Neighbor("raven0", "169.254.240.1", gw_link.mac)}
+    assert member.neighbors == {Neighbor("raven0", "169.254.240.1", gw_link.mac),
+                                Neighbor("raven0", "240.168.1.11", gw_link.mac)}
 
 
 def test_gateway_node_serves_its_pool_and_tunnels_to_remote_gateways() -> None:

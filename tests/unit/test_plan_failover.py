@@ -33,13 +33,18 @@ def test_local_failover_moves_one_neighbour_and_one_fdb_entry_on_a_member_and_no
     old, new = state("edge-a-2", before), state("edge-a-2", after)
     assert len(old.routes) > 500  # many remote subnets ...
     changes = diff(old, new)
-    # ... yet not one route changes; the ingress filter now accepts the new gateway (one iptables-restore).
+    # ... yet not one route changes. The virtual next hop's neighbour and the FDB entry move; the probed gateway
+    # address (path health) is the new gateway's: one neighbour out, one in; the ingress filter now accepts the
+    # new gateway (one iptables-restore). Traffic depends only on the neighbour, the FDB and the filter.
     assert set(changes) == {"neighbors", "fdb", "ingress"}
-    assert changed_objects(old, new) == 3
+    assert changed_objects(old, new) == 4  # 2 neighbours, 1 FDB entry, 1 ingress filter
     (removed,), (added,) = changes["fdb"]
     assert (removed.dst, added.dst) == ("192.168.1.11", "192.168.1.13")
-    (n_removed,), (n_added,) = changes["neighbors"]
-    assert n_removed.ip == n_added.ip == "169.254.240.1" and n_removed.mac != n_added.mac
+    n_removed, n_added = changes["neighbors"]
+    vnh_old, vnh_new = (next(n for n in ns if n.ip == "169.254.240.1") for ns in (n_removed, n_added))
+    assert vnh_old.mac != vnh_new.mac
+    assert {n.ip for n in n_removed} - {"169.254.240.1"} == {"240.168.1.11"}
+    assert {n.ip for n in n_added} - {"169.254.240.1"} == {"240.168.1.13"}
 
 
 def test_remote_failover_replaces_only_that_peers_ipsec_connection() -> None:

@@ -70,6 +70,10 @@ class RecordingCharon:
         return [TunnelState(n, "ESTABLISHED", 1, "198.18.2.11", 4500, "INSTALLED", 1, 0, 0, 0, 0, True)
                 for n in sorted(self.established)]
 
+    async def available(self) -> bool:
+        self.availability_checks = getattr(self, "availability_checks", 0) + 1
+        return self.up
+
 
 def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: RecordingCharon | None,
          synced: list[bool] | None = None, sync_checks: list[int] | None = None, **kw: float) -> Reconciler:
@@ -89,7 +93,8 @@ def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: R
     registry = CollectorRegistry()
     return Reconciler(plan_fn, is_synced, kernel, charon, AgentMetrics(registry),
                       DataplaneMetrics(registry), resync_period=kw.get("resync", 30.0), debounce=0.01,
-                      tunnel_check_period=kw.get("tunnel_check", 30.0))
+                      tunnel_check_period=kw.get("tunnel_check", 30.0),
+                      charon_poll_period=kw.get("charon_poll", 0.2))
 
 
 async def test_nothing_is_applied_before_the_informers_synced() -> None:
@@ -266,3 +271,24 @@ async def test_a_shutdown_in_the_middle_of_a_pass_lets_the_pass_finish() -> None
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     assert kernel.finished == 1
+
+
+async def test_charon_back_after_a_long_outage_is_reloaded_within_a_poll_not_after_the_grown_backoff() -> None:
+    # Scenario (j): charon dies for a while, the retry backoff grows (0.2 s doubling, cap 30 s); when charon
+    # returns, its connections must be loaded within a socket poll, not when the grown backoff expires.
+    charon = RecordingCharon(up=False)
+    rec = make(GATEWAY, RecordingKernel(), charon, charon_poll=0.05)
+    rec._backoff.attempts = 10  # as after ~20 s of failed passes: the next retry would be 15-30 s away
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await eventually(lambda: getattr(charon, "availability_checks", 0), lambda n: n >= 2, interval=0.01,
+                     what="charon's socket polled while it is down")
+    assert charon.loaded == []
+    charon.up = True
+    t0 = asyncio.get_running_loop().time()
+    await eventually(lambda: bool(charon.loaded), bool, interval=0.01, within=5.0, what="the load after return")
+    took = asyncio.get_running_loop().time() - t0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert took < 1.0, took
+    assert rec._backoff.attempts <= 1  # reset on charon's return: pending tunnels are looked at soon

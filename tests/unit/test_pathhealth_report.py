@@ -1,0 +1,138 @@
+"""Bounded PathReport writes: the pure write policy, and the writer + monitor against an in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+
+from raven.api.pathreport import PathReport, PathReportStatus, Target, parse_time
+from raven.pathhealth.core import HealthParams
+from raven.pathhealth.monitor import PathMonitor
+from raven.pathhealth.report import ReportWriter, WritePolicy
+from raven.pathhealth.targets import ProbeTarget
+
+P = WritePolicy(min_interval=2.0, heartbeat=60.0)
+
+
+def test_policy_first_write_now_then_rate_limited_then_heartbeat() -> None:
+    assert P.next_write(100.0, None, dirty=False) == 100.0
+    assert P.next_write(100.5, 100.0, dirty=True) == 102.0  # coalesced until min_interval has passed
+    assert P.next_write(105.0, 100.0, dirty=True) == 105.0
+    assert P.next_write(105.0, 100.0, dirty=False) == 160.0
+    # An RTT move alone waits for rtt_interval (30 s) after the last write; it then restarts the heartbeat.
+    assert P.next_write(105.0, 100.0, dirty=False, lazy=True) == 130.0
+    assert P.next_write(105.0, 100.0, dirty=True, lazy=True) == 105.0
+
+
+async def test_rtt_jitter_alone_is_written_at_most_once_per_rtt_interval() -> None:
+    mon, store = _monitor(), MemoryStore()
+    w = await _writer(mon, store, WritePolicy(min_interval=0.01, heartbeat=60.0, rtt_interval=0.3))
+    mon.update_plan("gateway", "gw-a", (T1,))
+    task = asyncio.ensure_future(w.run())
+    try:
+        for _ in range(3):
+            mon._on_outcome(T1.key, 0.010, 0.0)
+        await asyncio.sleep(0.05)
+        first = len(store.writes)  # unknown, then up: written at once
+        assert store.writes[-1].targets[0].state == "up"
+        for i in range(30):  # the RTT swings by 10x and back, every 10 ms: all of it one lazy write
+            mon._on_outcome(T1.key, 0.2 if i % 2 else 0.010, 0.0)
+            await asyncio.sleep(0.01)
+        assert len(store.writes) <= first + 1
+        await asyncio.sleep(0.35)
+        assert len(store.writes) == first + 1 and store.writes[-1].targets[0].state == "up"
+    finally:
+        task.cancel()
+
+
+class MemoryStore:
+    """An in-memory ReportStore for unit tests (the real one is exercised against the test API server)."""
+
+    def __init__(self, existing: PathReport | None = None) -> None:
+        self.report = existing
+        self.writes: list[PathReportStatus] = []
+        self.creates = 0
+
+    async def read(self, name: str) -> PathReport | None:
+        return self.report
+
+    async def create(self, name: str) -> None:
+        self.creates += 1
+        self.report = PathReport(name, name)
+
+    async def write_status(self, name: str, status: PathReportStatus) -> None:
+        self.writes.append(status)
+
+
+T1 = ProbeTarget("peer", "gw-b", "b-1", "241.0.0.1", "241.0.0.2")
+
+
+def _monitor() -> PathMonitor:
+    return PathMonitor("a-1", HealthParams(), interval=0.2, timeout=0.5)
+
+
+async def _writer(mon: PathMonitor, store: MemoryStore, policy: WritePolicy) -> ReportWriter:
+    w = ReportWriter("a-1", store, policy, mon.status)
+    mon.writer = w
+    mon.resume_from(await w.load())
+    return w
+
+
+async def test_state_changes_are_coalesced_into_rate_limited_writes() -> None:
+    mon, store = _monitor(), MemoryStore()
+    w = await _writer(mon, store, WritePolicy(min_interval=0.3, heartbeat=60.0))
+    mon.update_plan("gateway", "gw-a", (T1,))
+    assert store.creates == 1
+    task = asyncio.ensure_future(w.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert len(store.writes) == 1  # the first write is immediate (target unknown)
+        for _ in range(3):
+            mon._on_outcome(T1.key, 0.001, 0.0)
+        for _ in range(3):
+            mon._on_outcome(T1.key, None, 0.0)  # up, then down: two changes inside one min_interval
+        await asyncio.sleep(0.1)
+        assert len(store.writes) == 1
+        await asyncio.sleep(0.3)
+        assert len(store.writes) == 2 and store.writes[-1].targets[0].state == "down"
+        for _ in range(20):
+            mon._on_outcome(T1.key, None, 0.0)  # nothing new: no write
+        await asyncio.sleep(0.4)
+        assert len(store.writes) == 2
+    finally:
+        task.cancel()
+
+
+async def test_a_restarted_agent_resumes_from_its_report_without_a_state_change() -> None:
+    before = PathReport("a-1", "a-1", PathReportStatus("gw-a", "gateway", parse_time("2026-12-01T12:00:00Z"), 0.2, (
+        Target("peer", "gw-b", "b-1", "241.0.0.2", "up", parse_time("2026-12-01T11:00:00Z"), 0.0012, 0.0),)))
+    mon, store = _monitor(), MemoryStore(before)
+    mon.update_plan("gateway", "gw-a", (T1,))  # the plan may come before the report is read
+    await _writer(mon, store, P)
+    mon._on_outcome(T1.key, 0.0011, 0.0)
+    status = mon.status(1e9)
+    (t,) = status.targets
+    assert (t.state, t.since) == ("up", parse_time("2026-12-01T11:00:00Z"))
+    assert mon.state_changes == 0 and store.creates == 0
+
+
+async def test_nothing_is_written_before_the_first_plan() -> None:
+    # After a restart the report is read before the first plan: writing then would publish "no targets".
+    before = PathReport("a-1", "a-1", PathReportStatus("gw-a", "gateway", parse_time("2026-12-01T12:00:00Z"), 0.2, (
+        Target("peer", "gw-b", "b-1", "241.0.0.2", "up", parse_time("2026-12-01T11:00:00Z"), 0.0012, 0.0),)))
+    mon, store = _monitor(), MemoryStore(before)
+    w = ReportWriter("a-1", store, WritePolicy(min_interval=0.05, heartbeat=60.0), mon.status)
+    task = asyncio.ensure_future(mon.run(w))
+    try:
+        await asyncio.sleep(0.2)
+        assert store.writes == []
+        mon.update_plan("gateway", "gw-a", (T1,))
+        for _ in range(50):
+            if store.writes:
+                break
+            await asyncio.sleep(0.01)
+        (first,) = store.writes
+        assert [(t.address, t.state, t.since) for t in first.targets] == [
+            ("241.0.0.2", "up", parse_time("2026-12-01T11:00:00Z"))]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
