@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from e2e.cluster import CRD_MANIFEST, CRDS, ApiServerThread
+from e2e.cluster import CRD_MANIFESTS, CRDS, ApiServerThread
 from e2e.netlab import Lab, Netns
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from tests.unit.plan_cluster import gateway_json
@@ -79,7 +79,8 @@ def cluster_objects(gateways: int) -> tuple[list[JSON], list[JSON]]:
 
 
 async def populate(client: KubeClient, gateways: int) -> None:
-    await client.create(CRDS, yaml.safe_load(CRD_MANIFEST.read_text()))
+    for manifest in CRD_MANIFESTS:
+        await client.create(CRDS, yaml.safe_load(manifest.read_text()))
     nodes, gws = cluster_objects(gateways)
     for obj in nodes:
         await client.create(NODES, obj)
