@@ -1,7 +1,7 @@
 """Shared fixtures: the in-process test Kubernetes API server (e2e.apiserver).
 
 `apiserver` starts a fresh server on 127.0.0.1 with a free port (TLS, bearer token) and yields the
-`ApiServer` handle: `.kubeconfig` (path), `.url`, `.token`, `.cluster` (the state, for white-box checks)
+`ApiServer` handle: `.kubeconfig` (path), `.url`, `.token`, `.state` (the state, for white-box checks)
 and the fault-injection methods (`drop_watches`, `compact`, `set_history_window`, `fail_next`,
 `set_latency`, `stop_accepting`/`resume_accepting`/`outage`, the `bookmark_interval` attribute) and
 introspection (`request_counts`, `open_watches`). `kube_api` is a kubernetes_asyncio ApiClient configured

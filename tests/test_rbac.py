@@ -202,9 +202,9 @@ class Recorder:
                                  {"name": r.name, "kind": r.resource})
         if (r.verb, r.resource, r.subresource, r.name) == ("patch", "gateways", "status", self.conflict_on):
             self.conflict_on = ""
-            rt = self.server.cluster.lookup("raven.openyurt.io", "v1beta1", "gateways")
+            rt = self.server.state.lookup("raven.openyurt.io", "v1beta1", "gateways")
             assert rt is not None
-            self.server.cluster.patch(rt, None, r.name, "application/merge-patch+json",
+            self.server.state.patch(rt, None, r.name, "application/merge-patch+json",
                                       b'{"metadata":{"labels":{"touched":"by-someone-else"}}}', None, False, "Warn")
 
     def calls(self, user: str, verb: str, resource: str, sub: str = "") -> list[ApiRequest]:

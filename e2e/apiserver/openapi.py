@@ -13,8 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from .cluster import Cluster
 from .resources import ResourceType
+from .state import ApiState
 
 _QUERY = ("dryRun", "fieldManager", "fieldValidation", "pretty")
 
@@ -42,8 +42,8 @@ def _op(rt: ResourceType, action: str, verb: str, sub: str = "") -> dict[str, An
     }
 
 
-def gv_document(cluster: Cluster, group: str, version: str) -> dict[str, Any] | None:
-    types = [rt for (g, v, _), rt in cluster.types.items() if g == group and v == version]
+def gv_document(state: ApiState, group: str, version: str) -> dict[str, Any] | None:
+    types = [rt for (g, v, _), rt in state.types.items() if g == group and v == version]
     if not types:
         return None
     paths: dict[str, Any] = {}
@@ -74,11 +74,11 @@ def gv_document(cluster: Cluster, group: str, version: str) -> dict[str, Any] | 
             "components": {"schemas": schemas}}
 
 
-def root_document(cluster: Cluster) -> dict[str, Any]:
+def root_document(state: ApiState) -> dict[str, Any]:
     paths = {}
-    for group, versions in cluster.group_versions().items():
+    for group, versions in state.group_versions().items():
         for v in versions:
-            doc = gv_document(cluster, group, v)
+            doc = gv_document(state, group, v)
             digest = hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest().upper()[:128]
             paths[_gv_path(group, v)] = {"serverRelativeURL": f"/openapi/v3/{_gv_path(group, v)}?hash={digest}"}
     return {"paths": paths}
@@ -122,27 +122,27 @@ def _v2_operation(op: dict[str, Any]) -> bytes:
     return out
 
 
-def _all_paths(cluster: Cluster) -> dict[str, Any]:
+def _all_paths(state: ApiState) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for group, versions in cluster.group_versions().items():
+    for group, versions in state.group_versions().items():
         for v in versions:
-            doc = gv_document(cluster, group, v)
+            doc = gv_document(state, group, v)
             if doc is not None:
                 paths.update(doc["paths"])
     return paths
 
 
-def v2_protobuf(cluster: Cluster) -> bytes:
+def v2_protobuf(state: ApiState) -> bytes:
     paths = b""
-    for path, item in sorted(_all_paths(cluster).items()):
+    for path, item in sorted(_all_paths(state).items()):
         body = b"".join(_ld(_V2_OP_FIELDS[verb], _v2_operation(op)) for verb, op in item.items())
         paths += _ld(2, _ld(1, path) + _ld(2, body))
     return _ld(1, "2.0") + _ld(2, _ld(1, "Kubernetes") + _ld(2, "v1.31.0")) + _ld(8, paths)
 
 
-def v2_json(cluster: Cluster) -> dict[str, Any]:
+def v2_json(state: ApiState) -> dict[str, Any]:
     paths = {}
-    for path, item in _all_paths(cluster).items():
+    for path, item in _all_paths(state).items():
         paths[path] = {verb: {
             "operationId": op["operationId"],
             "parameters": [{"name": p["name"], "in": "query", "type": p["schema"]["type"], "uniqueItems": True}

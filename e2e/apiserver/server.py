@@ -26,11 +26,11 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .cluster import Cluster
 from .errors import ApiError, bad_request, status
 from .openapi import V2_PROTOBUF, gv_document, root_document, v2_json, v2_protobuf
 from .resources import ResourceType
 from .selectors import parse_field_selector, parse_label_selector
+from .state import ApiState
 from .store import Watcher, encode
 from .table import table
 from .tls import certificate, server_context
@@ -97,7 +97,7 @@ USER = web.RequestKey("user", dict)
 
 
 class ApiServer:
-    """The test Kubernetes API server: an aiohttp app over TLS with one bearer token, serving `cluster`.
+    """The test Kubernetes API server: an aiohttp app over TLS with one bearer token, serving `state` (an `ApiState`).
 
     Lifecycle: `await start()` / `await stop()` (port 0 picks a free port: read `.port`/`.url` after
     start), `write_kubeconfig(path)` for clients. Everything else is fault injection for tests
@@ -112,7 +112,7 @@ class ApiServer:
         self.host = host
         self.port = port
         self.token = token or secrets.token_hex(16)
-        self.cluster = Cluster(history_window)
+        self.state = ApiState(history_window)
         self.bookmark_interval = bookmark_interval
         self.latency = 0.0
         self._fail_remaining = 0
@@ -224,11 +224,11 @@ class ApiServer:
 
     def compact(self) -> None:
         """Forget all watch history: any resume from an older resourceVersion gets 410 Gone."""
-        self.cluster.compact()
-        log.info("fault=compact rv=%d", self.cluster.rv)
+        self.state.compact()
+        log.info("fault=compact rv=%d", self.state.rv)
 
     def set_history_window(self, events: int) -> None:
-        self.cluster.set_history_window(events)
+        self.state.set_history_window(events)
 
     def fail_next(self, count: int, status_code: int = 500, retry_after: int = 1) -> None:
         """The next `count` API requests fail with `status_code` (500 or 429 with Retry-After)."""
@@ -332,15 +332,15 @@ class ApiServer:
             return _json({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]})
         if path == "/openapi/v2":
             if "protobuf" in request.headers.get("Accept", ""):
-                return web.Response(body=v2_protobuf(self.cluster), content_type=V2_PROTOBUF)
-            return _json(v2_json(self.cluster))
+                return web.Response(body=v2_protobuf(self.state), content_type=V2_PROTOBUF)
+            return _json(v2_json(self.state))
         if segs[0] == "openapi" and len(segs) >= 2 and segs[1] == "v3":
             if len(segs) == 2:
-                return _json(root_document(self.cluster))
+                return _json(root_document(self.state))
             if segs[2] == "api" and len(segs) == 4:
-                doc = gv_document(self.cluster, "", segs[3])
+                doc = gv_document(self.state, "", segs[3])
             elif segs[2] == "apis" and len(segs) == 5:
-                doc = gv_document(self.cluster, segs[3], segs[4])
+                doc = gv_document(self.state, segs[3], segs[4])
             else:
                 doc = None
             if doc is None:
@@ -363,7 +363,7 @@ class ApiServer:
         raise _page_not_found()
 
     def _group(self, name: str) -> dict[str, Any] | None:
-        versions = self.cluster.group_versions().get(name)
+        versions = self.state.group_versions().get(name)
         if not versions:
             return None
         gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
@@ -371,7 +371,7 @@ class ApiServer:
 
     def _group_list(self) -> dict[str, Any]:
         groups = []
-        for name in self.cluster.group_versions():
+        for name in self.state.group_versions():
             if name:
                 g = self._group(name)
                 if g is not None:
@@ -379,7 +379,7 @@ class ApiServer:
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     def _resource_list(self, group: str, version: str) -> dict[str, Any] | None:
-        types = [rt for (g, v, _), rt in self.cluster.types.items() if g == group and v == version]
+        types = [rt for (g, v, _), rt in self.state.types.items() if g == group and v == version]
         if not types:
             return None
         resources: list[dict[str, Any]] = []
@@ -402,11 +402,11 @@ class ApiServer:
             rest = rest[1:]
         ns: str | None = None
         if (len(rest) >= 3 and rest[0] == "namespaces"
-                and (rt_ns := self.cluster.lookup(group, version, rest[2])) is not None and rt_ns.namespaced):
+                and (rt_ns := self.state.lookup(group, version, rest[2])) is not None and rt_ns.namespaced):
             ns, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             raise _page_not_found()
-        rt = self.cluster.lookup(group, version, rest[0])
+        rt = self.state.lookup(group, version, rest[0])
         if rt is None or (ns is not None and not rt.namespaced):
             raise _page_not_found()
         name = rest[1] if len(rest) > 1 else None
@@ -435,19 +435,19 @@ class ApiServer:
                 if watch:
                     return await self._watch(request, rt, ns)
                 return self._list(request, rt, ns)
-            entry = self.cluster.get(rt, ns, name)
-            obj = self.cluster.obj_for(rt, entry.obj)
+            entry = self.state.get(rt, ns, name)
+            obj = self.state.obj_for(rt, entry.obj)
             tv = _table_version(request.headers.get("Accept", ""))
             if tv is not None:
                 return _json(table(rt, [obj], q.get("includeObject", "Metadata"),
                                    {"resourceVersion": obj["metadata"]["resourceVersion"]}, f"meta.k8s.io/{tv}"))
-            return web.Response(body=self.cluster.raw_for(rt, entry), content_type="application/json")
+            return web.Response(body=self.state.raw_for(rt, entry), content_type="application/json")
         if method == "POST":
             if name is not None:
                 raise ApiError(405, "the server does not allow this method on the requested resource",
                                "MethodNotAllowed")
             body = await _body(request)
-            obj, warnings = self.cluster.create(rt, ns, body, dry_run, fv, user=request.get(USER))
+            obj, warnings = self.state.create(rt, ns, body, dry_run, fv, user=request.get(USER))
             return _json(obj, 201, _warning_headers(warnings))
         if name is None:
             if method == "DELETE":
@@ -456,16 +456,16 @@ class ApiServer:
                            "MethodNotAllowed")
         if method == "PUT":
             body = await _body(request)
-            obj, warnings = self.cluster.update(rt, ns, name, body, sub, dry_run, fv)
+            obj, warnings = self.state.update(rt, ns, name, body, sub, dry_run, fv)
             return _json(obj, 200, _warning_headers(warnings))
         if method == "PATCH":
             raw = await request.read()
-            obj, warnings, created = self.cluster.patch(rt, ns, name, request.headers.get("Content-Type", ""),
+            obj, warnings, created = self.state.patch(rt, ns, name, request.headers.get("Content-Type", ""),
                                                         raw, sub, dry_run, fv)
             return _json(obj, 201 if created else 200, _warning_headers(warnings))
         if method == "DELETE":
             options = await _delete_options(request)
-            body, _ = self.cluster.delete(rt, ns, name, options, dry_run)
+            body, _ = self.state.delete(rt, ns, name, options, dry_run)
             return _json(body, 200)
         raise ApiError(405, "the server does not allow this method on the requested resource", "MethodNotAllowed")
 
@@ -481,7 +481,7 @@ class ApiServer:
             limit = int(q.get("limit") or 0)
         except ValueError as exc:
             raise bad_request(f"invalid limit: {q.get('limit')}") from exc
-        entries, list_rv, token, remaining = self.cluster.list(rt, ns, labels, fields, max(limit, 0),
+        entries, list_rv, token, remaining = self.state.list(rt, ns, labels, fields, max(limit, 0),
                                                                q.get("continue"))
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         if token:
@@ -490,10 +490,10 @@ class ApiServer:
             meta["remainingItemCount"] = remaining
         tv = _table_version(request.headers.get("Accept", ""))
         if tv is not None:
-            objs = [self.cluster.obj_for(rt, e.obj) for e in entries]
+            objs = [self.state.obj_for(rt, e.obj) for e in entries]
             return _json(table(rt, objs, q.get("includeObject", "Metadata"), meta, f"meta.k8s.io/{tv}"))
         head = encode({"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta})
-        raw_for = self.cluster.raw_for
+        raw_for = self.state.raw_for
         body = head[:-1] + b',"items":[' + b",".join(raw_for(rt, e) for e in entries) + b"]}"
         return web.Response(body=body, content_type="application/json")
 
@@ -501,19 +501,19 @@ class ApiServer:
                                  dry_run: bool) -> web.Response:
         labels, fields = self._selectors(request, rt)
         options = await _delete_options(request)
-        entries, _, _, _ = self.cluster.list(rt, ns, labels, fields)
+        entries, _, _, _ = self.state.list(rt, ns, labels, fields)
         items = []
         for e in entries:
             meta = e.obj["metadata"]
             try:
-                body, is_obj = self.cluster.delete(rt, meta.get("namespace"), meta["name"], options, dry_run)
+                body, is_obj = self.state.delete(rt, meta.get("namespace"), meta["name"], options, dry_run)
             except ApiError as exc:
                 if exc.code == 404:
                     continue
                 raise
-            items.append(body if is_obj else self.cluster.obj_for(rt, e.obj))
+            items.append(body if is_obj else self.state.obj_for(rt, e.obj))
         return _json({"kind": rt.list_kind, "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": str(self.cluster.rv)}, "items": items})
+                      "metadata": {"resourceVersion": str(self.state.rv)}, "items": items})
 
     async def _watch(self, request: web.Request, rt: ResourceType, ns: str | None) -> web.StreamResponse:
         q = request.query
@@ -531,17 +531,17 @@ class ApiServer:
             include = q.get("includeObject", "Metadata")
 
             def to_table(type_: str, obj: dict[str, Any], raw: bytes) -> bytes:
-                t = table(rt, [self.cluster.obj_for(rt, obj)], include, {}, f"meta.k8s.io/{tv}", first[0])
+                t = table(rt, [self.state.obj_for(rt, obj)], include, {}, f"meta.k8s.io/{tv}", first[0])
                 first[0] = False
                 return encode({"type": type_, "object": t}) + b"\n"
             transform = to_table
         elif rt.to_api is not None or (rt.custom and rt.version != rt.storage_version):
             def convert(type_: str, obj: dict[str, Any], raw: bytes) -> bytes:
-                return encode({"type": type_, "object": self.cluster.obj_for(rt, obj)}) + b"\n"
+                return encode({"type": type_, "object": self.state.obj_for(rt, obj)}) + b"\n"
             transform = convert
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         try:
-            w = self.cluster.watch(rt, ns, q.get("resourceVersion"), labels, fields, transform, send_initial,
+            w = self.state.watch(rt, ns, q.get("resourceVersion"), labels, fields, transform, send_initial,
                                    bookmarks)
         except ApiError as exc:
             if exc.code != 410:
@@ -551,7 +551,7 @@ class ApiServer:
             await resp.write(encode({"type": "ERROR", "object": exc.body}) + b"\n")
             await resp.write_eof()
             return resp
-        store = self.cluster.store(rt)
+        store = self.state.store(rt)
         self._watches.add(w)
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
@@ -569,10 +569,10 @@ class ApiServer:
                 now = loop.time()
                 if now >= deadline:
                     if bookmarks:
-                        await resp.write(self.cluster.bookmark(rt))
+                        await resp.write(self.state.bookmark(rt))
                     break
                 if bookmarks and now >= next_bookmark:
-                    await resp.write(self.cluster.bookmark(rt))
+                    await resp.write(self.state.bookmark(rt))
                     next_bookmark = now + self.bookmark_interval
                     continue
                 if request.transport is None or request.transport.is_closing():

@@ -1,6 +1,6 @@
 """Plain-text (and Graphviz) views of the topology and of one node's plan.
 
-Rendered from the very `Cluster` and `PlanResult` the agent plans with (like Kilo's `kgctl graph`), so
+Rendered from the very `Topology` and `PlanResult` the agent plans with (like Kilo's `kgctl graph`), so
 what you look at is what runs. No I/O: callers print the strings.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from raven.agent.plan import PlanResult
-from raven.agent.topology import Cluster, GatewayView, build_cluster, view_name
+from raven.agent.topology import GatewayView, Topology, build_topology, view_name
 from raven.api.gateway import Gateway
 
 
@@ -27,30 +27,30 @@ def _describe_gateway(g: GatewayView) -> str:
     return f"{g.name}: endpoint {node.name} ({node.ip}), {reach}, inner {g.inner}, subnets {subnets}"
 
 
-def render_cluster(cluster: Cluster) -> str:
+def render_paths(topology: Topology) -> str:
     """Every gateway, then one line per pair: "a -> b: direct (x initiates)" or "a -> b: via relay r"."""
     lines = ["gateways:"]
-    lines += [f"  {_describe_gateway(g)}" for g in sorted(cluster.gateways.values(), key=view_name)]
+    lines += [f"  {_describe_gateway(g)}" for g in sorted(topology.gateways.values(), key=view_name)]
     lines.append("paths:")
-    lines += [f"  {p.describe()}" for p in cluster.all_paths()] or ["  (fewer than two active gateways)"]
-    if cluster.problems:
+    lines += [f"  {p.describe()}" for p in topology.all_paths()] or ["  (fewer than two active gateways)"]
+    if topology.problems:
         lines.append("problems:")
-        lines += [f"  {p}" for p in cluster.problems]
+        lines += [f"  {p}" for p in topology.problems]
     return "\n".join(lines) + "\n"
 
 
 def render_topology(gateways: Sequence[Gateway], tunnel_cidr: str) -> str:
-    return render_cluster(build_cluster(gateways, tunnel_cidr))
+    return render_paths(build_topology(gateways, tunnel_cidr))
 
 
-def render_dot(cluster: Cluster) -> str:
+def render_dot(topology: Topology) -> str:
     """Graphviz: solid edges are IPsec tunnels (arrow from the initiator), dashed ones relayed pairs."""
     out = ["graph raven {", "  node [shape=box];"]
-    for g in sorted(cluster.gateways.values(), key=view_name):
+    for g in sorted(topology.gateways.values(), key=view_name):
         style = "" if g.active else ", style=dashed"
         nat = " (NAT)" if g.active and not g.reachable else ""
         out.append(f'  "{g.name}" [label="{g.name}{nat}"{style}];')
-    for p in cluster.all_paths():
+    for p in topology.all_paths():
         if p.kind == "direct":
             other = p.dst if p.initiator == p.src else p.src
             out.append(f'  "{p.initiator}" -- "{other}" [dir=forward];')

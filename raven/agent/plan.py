@@ -1,7 +1,7 @@
-"""The agent's plan: a pure function from the cluster view to this node's `DesiredState`.
+"""The agent's plan: a pure function from the cluster view to this node's `NodeNetwork`.
 
 No I/O, no clock, no randomness: the same Gateways, Nodes, node name and config always give an equal
-`DesiredState`, so the reconciler can diff it against the kernel and charon and apply only changes.
+`NodeNetwork`, so the reconciler can diff it against the kernel and charon and apply only changes.
 
 Roles (DESIGN.md "Data plane", issue 5 "The plan"):
 - *none*: the node is in no Gateway's status.nodes, or its Gateway has no active tunnel endpoint:
@@ -43,7 +43,7 @@ from raven.agent.addressing import (
     node_ike_identity,
     overlay_address,
 )
-from raven.agent.topology import Cluster, GatewayView, Path, PoolNode, build_cluster, net_range, view_age
+from raven.agent.topology import GatewayView, Path, PoolNode, Topology, build_topology, net_range, view_age
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import PlanSettings, path_mtu_problem
@@ -59,12 +59,12 @@ from raven.dataplane.state import (
     RAVEN_TABLE,
     VICI_CONN_PREFIX,
     Address,
-    DesiredState,
     FdbEntry,
     IngressFilter,
     IngressPeer,
     IPsecConnection,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -165,7 +165,7 @@ Role = Literal["none", "member", "gateway"]
 
 @dataclass(frozen=True)
 class PlanResult:
-    state: DesiredState
+    state: NodeNetwork
     # Malformed input skipped (the rest is planned), in a stable order; one line each, for logs/events.
     problems: list[str] = field(default_factory=list)
     # From this node's gateway to every other active gateway (empty for role "none").
@@ -226,11 +226,11 @@ class _Ranges:
 
 
 def _local_membership(
-    cluster: Cluster, node_name: str, node: Node | None, problems: list[str]
+    topology: Topology, node_name: str, node: Node | None, problems: list[str]
 ) -> tuple[GatewayView, PoolNode] | None:
     found = [
         (view, pn)
-        for view in sorted(cluster.gateways.values(), key=view_age)
+        for view in sorted(topology.gateways.values(), key=view_age)
         for pn in view.nodes
         if pn.name == node_name
     ]
@@ -290,20 +290,20 @@ def plan(
     """This node's desired Raven state; malformed input is skipped and listed in `problems`. `protected`: the
     addresses the agent found at the edge that no route may cover (this node's own is added here)."""
     node_map = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
-    cluster = build_cluster(gateways, cfg.tunnel_cidr)
-    problems = list(cluster.problems)
+    topology = build_topology(gateways, cfg.tunnel_cidr)
+    problems = list(topology.problems)
 
-    membership = _local_membership(cluster, node_name, node_map.get(node_name), problems)
+    membership = _local_membership(topology, node_name, node_map.get(node_name), problems)
     if membership is None:
-        return PlanResult(DesiredState(), problems)
+        return PlanResult(NodeNetwork(), problems)
     gw, me = membership
     ep_node = gw.endpoint_node
     if not gw.active or ep_node is None or gw.inner is None:
-        return PlanResult(DesiredState(), problems, gateway=gw.name)
+        return PlanResult(NodeNetwork(), problems, gateway=gw.name)
 
     overlay = _pool_overlay(gw, cfg, problems)
     if me.name not in overlay or ep_node.name not in overlay:
-        return PlanResult(DesiredState(), problems, gateway=gw.name)
+        return PlanResult(NodeNetwork(), problems, gateway=gw.name)
 
     me_node = node_map.get(node_name)
     own = [ProtectedAddress(me.ip, "this node's underlay address")]
@@ -318,7 +318,7 @@ def plan(
         return hit is not None
 
     mtus = cfg._mtus()
-    paths = cluster.paths_from(gw.name)
+    paths = topology.paths_from(gw.name)
     for p in paths:
         if p.kind == "unreachable":
             problems.append(f"gateway {gw.name}: no path to gateway {p.dst}: {p.describe()}")
@@ -331,7 +331,7 @@ def plan(
         nxt = p.next_gateway
         if nxt is None:
             continue
-        for subnet in cluster.gateways[p.dst].remote_subnets:
+        for subnet in topology.gateways[p.dst].remote_subnets:
             if local_nets.overlaps(subnet):
                 problems.append(
                     f"gateway {p.dst}: subnet {subnet} overlaps a subnet of this node's pool ({gw.name}); not routed"
@@ -429,7 +429,7 @@ def plan(
     for p in paths:
         if p.kind != "direct":
             continue
-        peer = cluster.gateways[p.dst]
+        peer = topology.gateways[p.dst]
         if peer.inner is None:  # cannot happen: active gateways have one
             continue
         peer_mac = mac_from_ipv4(peer.inner)
@@ -440,7 +440,7 @@ def plan(
         peer_probes.append(ProbeTarget("peer", peer.name, peer_node.name if peer_node is not None else "", gw.inner,
                                        peer.inner))
     for subnet, nxt in remote:
-        next_inner = cluster.gateways[nxt].inner
+        next_inner = topology.gateways[nxt].inner
         if next_inner is None:  # cannot happen: paths only lead through active gateways
             continue
         routes.add(
@@ -517,8 +517,8 @@ def _state(
     ipsec: set[IPsecConnection],
     clamp: set[str],
     ingress: IngressFilter,
-) -> DesiredState:
-    return DesiredState(
+) -> NodeNetwork:
+    return NodeNetwork(
         links=frozenset(links),
         addresses=frozenset(addresses),
         routes=frozenset(routes),

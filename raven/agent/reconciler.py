@@ -25,7 +25,7 @@ from raven.agent.plan import PlanResult
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyReport
-from raven.dataplane.state import DesiredState, IPsecConnection
+from raven.dataplane.state import IPsecConnection, NodeNetwork
 from raven.health import CheckResult
 from raven.kube.backoff import Backoff
 from raven.log import kv
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class KernelDriver(Protocol):
     """Makes the kernel match the desired state (`raven.dataplane.kernel.KernelApplier`)."""
 
-    async def reconcile(self, desired: DesiredState) -> ApplyReport: ...
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport: ...
 
 
 class VpnDriver(Protocol):
@@ -230,7 +230,7 @@ class Reconciler:
             log.exception("planning failed; keeping the current data plane", extra=kv(reason=reason))
             self._metrics.errors.labels(stage="plan").inc()
             self._metrics.reconciles.labels(result="error").inc()
-            outcome = ReconcileOutcome(PlanResult(DesiredState()), errors=[f"plan: {exc}"])
+            outcome = ReconcileOutcome(PlanResult(NodeNetwork()), errors=[f"plan: {exc}"])
             self.last_outcome = outcome
             return outcome
         self._log_plan_changes(result)

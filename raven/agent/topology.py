@@ -1,7 +1,7 @@
 """The cluster as the agents see it: which gateways are usable, and how each pair of gateways talks.
 
-`build_cluster` turns the Gateway objects (spec + the status the controller writes) into checked
-`GatewayView`s, skipping and reporting malformed entries. `Cluster` then answers, for any two active
+`build_topology` turns the Gateway objects (spec + the status the controller writes) into checked
+`GatewayView`s, skipping and reporting malformed entries. `Topology` then answers, for any two active
 gateways, whether they connect directly (and who initiates) or through which relay. Everything here
 depends only on cluster-wide data, so every agent (on both sides of a pair, and the relay) reaches the
 same answer without talking to the others. The same functions feed the agent's plan and
@@ -279,7 +279,7 @@ def _pick_endpoint(gw: Gateway, nodes: tuple[PoolNode, ...], listed: set[str], p
 
 
 @dataclass(frozen=True)
-class Cluster:
+class Topology:
     """Checked gateways by name (valid ones only) and the problems found while checking."""
 
     gateways: dict[str, GatewayView]
@@ -322,7 +322,7 @@ class Cluster:
 _EXPOSED = frozenset({EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
 
 
-def build_cluster(gateways: Sequence[Gateway], tunnel_cidr: str) -> Cluster:
+def build_topology(gateways: Sequence[Gateway], tunnel_cidr: str) -> Topology:
     problems: list[str] = []
     # Inner addresses are allocated over every named Gateway, valid or not, active or not: a Gateway
     # turning invalid or losing its endpoint must not move anyone else's address.
@@ -374,4 +374,4 @@ def build_cluster(gateways: Sequence[Gateway], tunnel_cidr: str) -> Cluster:
             owner[subnet] = view.name
             kept.append(subnet)
         views[view.name] = replace(view, remote_subnets=tuple(kept))
-    return Cluster(views, tuple(problems))
+    return Topology(views, tuple(problems))

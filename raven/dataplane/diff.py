@@ -1,4 +1,4 @@
-"""Pure: the writes (`Changes`) that turn the observed kernel state (`Observed`) into a `DesiredState`.
+"""Pure: the writes (`Changes`) that turn the observed kernel state (`Observed`) into a `NodeNetwork`.
 
 No I/O here. `diff(desired, observed)` is idempotent: diffing against what an apply produced is empty.
 Routes are compared as tuples (`RouteRow`, the order `raven.dataplane.rtnl` decodes them in), so a
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from raven.dataplane.state import Address, DesiredState, FdbEntry, Neighbor, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
 ZERO_MAC: Final = "00:00:00:00:00:00"
 
@@ -39,22 +39,22 @@ class Observed:
 
     Routes are kept as tuples (`route_rows`): with 10,000 routes, building and hashing dataclass
     objects would cost more than the whole converged reconcile may take. `state` builds the full
-    `DesiredState` (routes included) on first use.
+    `NodeNetwork` (routes included) on first use.
     """
 
-    base: DesiredState  # everything except routes
+    base: NodeNetwork  # everything except routes
     route_rows: frozenset[RouteRow] = frozenset()
     links_down: frozenset[str] = frozenset()
     # The MSS chain holds something other than the canonical rules: rewrite it.
     mss_unexpected: bool = False
 
     @classmethod
-    def of(cls, state: DesiredState, **kwargs: Any) -> Observed:
+    def of(cls, state: NodeNetwork, **kwargs: Any) -> Observed:
         rows = frozenset(map(route_row, state.routes))
         return cls(base=dataclasses.replace(state, routes=frozenset()), route_rows=rows, **kwargs)
 
     @functools.cached_property
-    def state(self) -> DesiredState:
+    def state(self) -> NodeNetwork:
         return dataclasses.replace(self.base, routes=frozenset(map(route_of, self.route_rows)))
 
 
@@ -87,7 +87,7 @@ class Changes:
         return self.count() == 0
 
 
-def diff(desired: DesiredState, current: Observed) -> Changes:
+def diff(desired: NodeNetwork, current: Observed) -> Changes:
     """Pure: the changes that make `current` equal `desired`. Idempotent: diff(d, read-after-apply) is empty."""
     cur = current.base
     cur_links = {link.name: link for link in cur.links}

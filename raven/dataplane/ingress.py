@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from raven.dataplane.report import ApplyError, ApplyReport
-from raven.dataplane.state import DesiredState, IngressFilter, IngressPeer
+from raven.dataplane.state import IngressFilter, IngressPeer, NodeNetwork
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class IngressFilterApplier:
 
 
 class Kernel(Protocol):
-    async def reconcile(self, desired: DesiredState) -> ApplyReport: ...
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport: ...
 
 
 class IngressGuard:
@@ -317,7 +317,7 @@ class IngressGuard:
             )
         return True
 
-    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport:
         start = time.perf_counter()
         mine = ApplyReport()
         if desired.links:
@@ -335,7 +335,7 @@ class IngressGuard:
                         "ingress filter (fix iptables in the agent's image)",
                     )
                 )
-                desired = DesiredState()
+                desired = NodeNetwork()
             report = await self._kernel.reconcile(desired)
         else:
             report = await self._kernel.reconcile(desired)

@@ -43,7 +43,7 @@ from raven.dataplane.kernel_read import KernelError, Ownership, read_observed
 from raven.dataplane.kernel_write import Writer
 from raven.dataplane.mssclamp import MssClamp, MssState
 from raven.dataplane.report import ApplyError, ApplyReport
-from raven.dataplane.state import DesiredState, VxlanLink
+from raven.dataplane.state import NodeNetwork, VxlanLink
 from raven.dataplane.sysctl import ensure_sysctls, read_sysctls
 from raven.log import kv
 
@@ -130,7 +130,7 @@ class KernelApplier:
 
     # ---- apply --------------------------------------------------------------------------------
 
-    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport:
         """Read, diff, apply; also keeps the sysctls Raven's devices need. Zero writes when converged."""
         start = time.perf_counter()
         observed = await self.read()
@@ -219,7 +219,7 @@ class KernelApplier:
         """Remove every owned object (links, routes, rules, neighbours, FDB, the MSS chain) and nothing else."""
         start = time.perf_counter()
         observed = await self.read()
-        changes = diff(DesiredState(), observed)
+        changes = diff(NodeNetwork(), observed)
         report = await self.apply(changes, _start=start)
         if changes.mss is None:
             # Remove a half-installed chain too (no jump or unexpected rules).

@@ -32,9 +32,9 @@ from raven.dataplane.state import (
     RAVEN_RULE_PRIORITY,
     RAVEN_TABLE,
     Address,
-    DesiredState,
     FdbEntry,
     Neighbor,
+    NodeNetwork,
     Rule,
     VxlanLink,
 )
@@ -78,7 +78,7 @@ async def read_observed(
         # Never leave a call running that the next pass could race.
         if not mss_job.done():
             await asyncio.wait([mss_job])
-    base = DesiredState(
+    base = NodeNetwork(
         links=frozenset(links),
         addresses=frozenset(addresses),
         rules=frozenset(rules),

@@ -1,6 +1,6 @@
 """The node's network state as plain data: what the agent's plan wants and what the kernel/charon has.
 
-This is the contract between `raven.agent.plan` (pure: cluster view -> `DesiredState`) and the
+This is the contract between `raven.agent.plan` (pure: cluster view -> `NodeNetwork`) and the
 appliers in `raven.dataplane` (read current state, diff, apply). Every object here is one the agent
 owns and can recognise as its own: the links `raven0` and `raven1`, routes with protocol `RAVEN_RT_PROTO` in the
 agent's tables, rules at the agent's priorities, VICI connections named `raven-*`.
@@ -147,7 +147,7 @@ class IngressFilter:
 
 
 @dataclass(frozen=True)
-class DesiredState:
+class NodeNetwork:
     """Everything Raven wants on one node. The empty state means "no Raven state at all"."""
 
     links: frozenset[VxlanLink] = field(default_factory=frozenset)

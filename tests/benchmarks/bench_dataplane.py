@@ -42,10 +42,10 @@ from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import (
     POOL_VIRTUAL_NEXT_HOP,
     Address,
-    DesiredState,
     FdbEntry,
     IPsecConnection,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -62,8 +62,8 @@ def subnets(n: int = N) -> list[str]:
     return [f"10.{i >> 8}.{i & 255}.0/24" for i in range(n)]
 
 
-def member_state(gw_mac: str = GW_MAC, gw_ip: str = "192.168.50.2") -> DesiredState:
-    return DesiredState(
+def member_state(gw_mac: str = GW_MAC, gw_ip: str = "192.168.50.2") -> NodeNetwork:
+    return NodeNetwork(
         links=frozenset({VxlanLink("raven0", 200, 4472, 1450, "02:f0:a8:32:01:00", "192.168.50.1", "eth0")}),
         addresses=frozenset({Address("raven0", "240.168.50.1/8")}),
         routes=frozenset(Route(s, 9027, "raven0", POOL_VIRTUAL_NEXT_HOP, 1372) for s in subnets()),
@@ -77,10 +77,10 @@ def member_state(gw_mac: str = GW_MAC, gw_ip: str = "192.168.50.2") -> DesiredSt
 PEERS = 20
 
 
-def gateway_state() -> DesiredState:
+def gateway_state() -> NodeNetwork:
     peers = range(2, PEERS + 2)
     nets = subnets()
-    return DesiredState(
+    return NodeNetwork(
         links=frozenset({VxlanLink("raven1", 201, 4473, 1372, "02:f1:00:00:00:01", "241.0.0.1", None)}),
         addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
         # Each peer pool owns an equal share of the remote subnets.

@@ -19,7 +19,7 @@ from typing import Any
 
 from raven.agent.plan import PlanConfig, plan
 from raven.api.gateway import Gateway
-from raven.dataplane.state import DesiredState
+from raven.dataplane.state import NodeNetwork
 
 JSON = dict[str, Any]
 REPEAT = 7
@@ -72,9 +72,9 @@ def best(fn: Callable[[], object]) -> float:
     return min(times)
 
 
-def changed(before: DesiredState, after: DesiredState) -> int:
+def changed(before: NodeNetwork, after: NodeNetwork) -> int:
     total = 0
-    for f in fields(DesiredState):
+    for f in fields(NodeNetwork):
         old, new = set(getattr(before, f.name)), set(getattr(after, f.name))
         total += max(len(old - new), len(new - old))
     return total

@@ -31,7 +31,7 @@ async def test_failover_converges_through_outage_410_and_500s(
     # Cut the controller off; meanwhile a-1 goes NotReady and b-1 disappears, and the server forgets
     # the history, so the controller's watches can only catch up through a re-list (410).
     await apiserver.stop_accepting()
-    cluster = apiserver.cluster
+    cluster = apiserver.state
     nodes_rt = cluster.lookup("", "v1", "nodes")
     assert nodes_rt is not None
     a1 = copy.deepcopy(cluster.get(nodes_rt, None, "a-1").obj)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from e2e.netlab import Lab, Netns
-from raven.dataplane.state import Address, DesiredState, FdbEntry, Neighbor, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
 PREFIX = "rdp"
 
@@ -49,7 +49,7 @@ def kernel_snapshot(ns: Netns) -> dict[str, Any]:
     return {"routes": routes, "links": links, "rules": rules, "iptables": ipt}
 
 
-def read_back(ns: Netns) -> DesiredState:
+def read_back(ns: Netns) -> NodeNetwork:
     """The Raven-shaped objects in `ns`, parsed from `ip -j`, `bridge -j` and iptables-save (not our reader)."""
     links = set()
     addresses = set()
@@ -92,7 +92,7 @@ def read_back(ns: Netns) -> DesiredState:
     for line in save.splitlines():
         if line.startswith("-A RAVEN-MSS -o ") and "--clamp-mss-to-pmtu" in line and jumped:
             clamp.add(line.split()[3])
-    return DesiredState(
+    return NodeNetwork(
         links=frozenset(links),
         addresses=frozenset(addresses),
         routes=frozenset(routes),

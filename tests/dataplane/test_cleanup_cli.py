@@ -12,10 +12,10 @@ from raven.dataplane.ipsec import IPsecDriver
 from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import (
     Address,
-    DesiredState,
     FdbEntry,
     IPsecConnection,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -25,7 +25,7 @@ from tests.dataplane.conftest import kernel_snapshot
 pytestmark = pytest.mark.root
 
 PSK = "rdp-cleanup-test-psk-8d1e"
-STATE = DesiredState(
+STATE = NodeNetwork(
     links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
     addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
     routes=frozenset(Route(f"10.{i}.0.0/24", 9027, "raven1", "241.0.0.2", 1350) for i in range(2, 40)),

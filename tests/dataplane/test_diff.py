@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from raven.dataplane.diff import Changes, Observed, diff
-from raven.dataplane.state import Address, DesiredState, FdbEntry, Neighbor, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
 R0 = VxlanLink("raven0", 200, 4472, 1450, "02:f0:00:00:01:00", "192.168.1.1", "eth0")
 ZERO = "00:00:00:00:00:00"
 
 
-def state(**kw: object) -> DesiredState:
+def state(**kw: object) -> NodeNetwork:
     base: dict[str, object] = {
         "links": frozenset({R0}),
         "addresses": frozenset({Address("raven0", "240.0.1.1/8")}),
@@ -21,7 +21,7 @@ def state(**kw: object) -> DesiredState:
         "fdb": frozenset({FdbEntry("raven0", "02:f0:00:00:02:00", "192.168.1.2")}),
     }
     base.update(kw)
-    return DesiredState(**base)  # type: ignore[arg-type]
+    return NodeNetwork(**base)  # type: ignore[arg-type]
 
 
 def test_equal_states_need_no_change() -> None:
@@ -29,9 +29,9 @@ def test_equal_states_need_no_change() -> None:
 
 
 def test_everything_is_created_on_an_empty_node_and_removed_from_a_full_one() -> None:
-    create = diff(state(), Observed.of(DesiredState()))
+    create = diff(state(), Observed.of(NodeNetwork()))
     assert create.link_create == (R0,) and len(create.route_create) == 1 and create.fdb_replace
-    remove = diff(DesiredState(), Observed.of(state()))
+    remove = diff(NodeNetwork(), Observed.of(state()))
     # Deleting the link flushes what lives on it: only the link and the rule need a write.
     assert remove.link_delete == ("raven0",) and remove.rule_delete == (Rule(9027, 9027),)
     assert not (remove.route_delete or remove.addr_delete or remove.neigh_delete or remove.fdb_delete)

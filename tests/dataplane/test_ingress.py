@@ -12,7 +12,7 @@ import pytest
 from e2e.netlab import Lab, Netns
 from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, render
 from raven.dataplane.kernel import KernelApplier
-from raven.dataplane.state import Address, DesiredState, IngressFilter, IngressPeer, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, IngressFilter, IngressPeer, NodeNetwork, Route, Rule, VxlanLink
 from tests.dataplane.conftest import ip_json, kernel_snapshot
 
 pytestmark = pytest.mark.root
@@ -23,7 +23,7 @@ FILTER = IngressFilter(
     tunnel=(IngressPeer("241.0.0.2", 0x10000, ("10.2.0.0/24", "241.0.0.2/32")),
             IngressPeer("241.0.0.3", 0x20000, ("10.3.0.0/24", "241.0.0.3/32"))),
 )  # fmt: skip
-STATE = DesiredState(
+STATE = NodeNetwork(
     links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
     addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
     routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2", 1350)}),
@@ -80,7 +80,7 @@ async def test_filter_is_reconciled_like_every_kernel_object_and_leaves_foreign_
         assert changed.ok and changed.writes["iptables"] == 1 and changed.total_writes == 1
         assert not any("241.0.0.3" in r for rules in _owned(ns).values() for r in rules)
 
-        gone = await guard.reconcile(DesiredState())
+        gone = await guard.reconcile(NodeNetwork())
         assert gone.ok
     finally:
         await kernel.close()

@@ -18,7 +18,7 @@ import pytest
 from e2e.netlab import Charon, Lab, Netns
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver, TunnelState
 from raven.dataplane.kernel import KernelApplier
-from raven.dataplane.state import Address, DesiredState, FdbEntry, IPsecConnection, Neighbor, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, FdbEntry, IPsecConnection, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
 pytestmark = pytest.mark.root
 
@@ -47,8 +47,8 @@ class Gw:
         return f"10.{self.idx}.0.1"
 
 
-def kernel_state(me: Gw, peers: list[Gw]) -> DesiredState:
-    return DesiredState(
+def kernel_state(me: Gw, peers: list[Gw]) -> NodeNetwork:
+    return NodeNetwork(
         links=frozenset({VxlanLink("raven1", 201, 4473, 1350, me.mac, me.inner, None)}),
         addresses=frozenset({Address("raven1", f"{me.inner}/32")}),
         routes=frozenset(Route(f"10.{p.idx}.0.0/24", 9027, "raven1", p.inner, 1350) for p in peers),

@@ -11,9 +11,9 @@ from e2e.netlab import Lab, Netns
 from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.state import (
     Address,
-    DesiredState,
     FdbEntry,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -28,9 +28,9 @@ MEMBER_MAC = "02:f0:a8:32:03:00"
 SUBNETS = [f"10.{i}.0.0/24" for i in range(1, 201)]
 
 
-def gateway_state(subnets: list[str] = SUBNETS) -> DesiredState:
+def gateway_state(subnets: list[str] = SUBNETS) -> NodeNetwork:
     """What a gateway node of pool A (node IP 192.168.50.1) wants: raven0, raven1, routes, rules, MSS."""
-    return DesiredState(
+    return NodeNetwork(
         links=frozenset(
             {
                 VxlanLink("raven0", 200, 4472, 1450, "02:f0:a8:32:01:00", "192.168.50.1", "eth0"),
@@ -144,14 +144,14 @@ async def test_cleanup_leaves_no_trace(node: Netns, applier: KernelApplier) -> N
     report = await applier.cleanup()
     assert report.ok, report.errors
     assert kernel_snapshot(node) == before
-    assert read_back(node) == DesiredState()
+    assert read_back(node) == NodeNetwork()
     again = await applier.cleanup()
     assert again.total_writes == 0
 
 
 async def test_gateway_failover_on_a_member_writes_o1_objects(node: Netns, applier: KernelApplier) -> None:
     """A member node routes every remote subnet via the virtual next hop; failover moves neigh + FDB only."""
-    base = DesiredState(
+    base = NodeNetwork(
         links=frozenset({VxlanLink("raven0", 200, 4472, 1450, "02:f0:a8:32:01:00", "192.168.50.1", "eth0")}),
         addresses=frozenset({Address("raven0", "240.168.50.1/8")}),
         routes=frozenset(Route(s, 9027, "raven0", "169.254.240.1", 1350) for s in SUBNETS),

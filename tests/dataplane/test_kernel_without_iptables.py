@@ -11,12 +11,12 @@ import pytest
 from e2e.netlab import Lab
 from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.mssclamp import MssClamp
-from raven.dataplane.state import Address, DesiredState, Route, Rule, VxlanLink
+from raven.dataplane.state import Address, NodeNetwork, Route, Rule, VxlanLink
 from tests.dataplane.conftest import ip_json
 
 pytestmark = pytest.mark.root
 
-STATE = DesiredState(
+STATE = NodeNetwork(
     links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
     addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
     routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2", 1350)}),

@@ -7,12 +7,12 @@ import pytest
 
 from e2e.netlab import Lab
 from raven.dataplane.kernel import KernelApplier
-from raven.dataplane.state import Address, DesiredState, VxlanLink
+from raven.dataplane.state import Address, NodeNetwork, VxlanLink
 from tests.dataplane.conftest import ip_json
 
 pytestmark = pytest.mark.root
 
-STATE = DesiredState(
+STATE = NodeNetwork(
     links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
     addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
 )

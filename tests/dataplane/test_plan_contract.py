@@ -1,7 +1,7 @@
 """The contract with `raven.agent.plan`: its output for a realistic cluster applies exactly and converges.
 
 Uses the plan tests' reference cluster (tests/unit/plan_cluster.py). For a gateway node and a member
-node, the plan's DesiredState goes into a fresh namespace whose eth0 holds the node IP; what the
+node, the plan's NodeNetwork goes into a fresh namespace whose eth0 holds the node IP; what the
 kernel then holds (read with `ip`/`bridge`/iptables, not with our reader) equals the plan, a second
 reconcile writes nothing, and a failover in the node's own pool costs O(1) writes.
 """
@@ -16,7 +16,7 @@ from e2e.netlab import Lab, Netns
 from raven.agent.plan import PlanConfig, plan
 from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, render
 from raven.dataplane.kernel import KernelApplier
-from raven.dataplane.state import DesiredState
+from raven.dataplane.state import NodeNetwork
 from tests.dataplane.conftest import read_back
 from tests.unit.plan_cluster import cluster_json, nodes, parse, set_active
 
@@ -31,7 +31,7 @@ def _ingress_rules(ns: Netns) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _applied(ns: Netns, desired: DesiredState) -> bool:
+def _applied(ns: Netns, desired: NodeNetwork) -> bool:
     want = {c: r for c, r in render(desired.ingress).items() if r}
     return read_back(ns) == dataclasses.replace(desired, ingress=None) and _ingress_rules(ns) == want
 

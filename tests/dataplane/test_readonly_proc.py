@@ -17,9 +17,9 @@ pytestmark = pytest.mark.root
 APPLY = textwrap.dedent('''
     import asyncio, json
     from raven.dataplane.kernel import KernelApplier
-    from raven.dataplane.state import Address, DesiredState, Route, Rule, VxlanLink
+    from raven.dataplane.state import Address, NodeNetwork, Route, Rule, VxlanLink
 
-    STATE = DesiredState(
+    STATE = NodeNetwork(
         links=frozenset({VxlanLink("raven1", 201, 4473, 1350, "0e:72:f1:00:00:01", "241.0.0.1", None)}),
         addresses=frozenset({Address("raven1", "241.0.0.1/32")}),
         routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2", 1350)}),

@@ -20,9 +20,9 @@ from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import (
     POOL_VIRTUAL_NEXT_HOP,
     Address,
-    DesiredState,
     FdbEntry,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -41,8 +41,8 @@ def raven0(i: int) -> VxlanLink:
     return VxlanLink("raven0", 200, 4472, 1450, mac(i), f"192.168.60.{i}", "eth0")
 
 
-def member_state(gateway: int) -> DesiredState:
-    return DesiredState(
+def member_state(gateway: int) -> NodeNetwork:
+    return NodeNetwork(
         links=frozenset({raven0(1)}),
         addresses=frozenset({Address("raven0", "240.168.60.1/8")}),
         routes=frozenset(
@@ -56,8 +56,8 @@ def member_state(gateway: int) -> DesiredState:
     )
 
 
-def gateway_state(i: int) -> DesiredState:
-    return DesiredState(
+def gateway_state(i: int) -> NodeNetwork:
+    return NodeNetwork(
         links=frozenset({raven0(i)}),
         addresses=frozenset({Address("raven0", f"240.168.60.{i}/8")}),
         neighbors=frozenset({Neighbor("raven0", "240.168.60.1", mac(1))}),

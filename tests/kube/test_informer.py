@@ -96,7 +96,7 @@ async def test_410_relists_and_diffs_against_the_cache(apiserver: ApiServer, kub
         rec.events.clear()
         # While no client can connect, the world changes and the history is compacted away.
         await apiserver.stop_accepting()
-        cluster = apiserver.cluster
+        cluster = apiserver.state
         rt = cluster.lookup("", "v1", "nodes")
         assert rt is not None
         changed = await kube_obj(apiserver, "n-1")
@@ -118,11 +118,11 @@ async def test_410_relists_and_diffs_against_the_cache(apiserver: ApiServer, kub
 
 
 async def kube_obj(apiserver: ApiServer, name: str) -> dict[str, Any]:
-    rt = apiserver.cluster.lookup("", "v1", "nodes")
+    rt = apiserver.state.lookup("", "v1", "nodes")
     assert rt is not None
     import copy
 
-    return copy.deepcopy(apiserver.cluster.get(rt, None, name).obj)
+    return copy.deepcopy(apiserver.state.get(rt, None, name).obj)
 
 
 async def test_reconnects_through_injected_500s(apiserver: ApiServer, kube: KubeClient) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from raven.api.gateway import Gateway
 from raven.api.node import Node
-from raven.dataplane.state import DesiredState
+from raven.dataplane.state import NodeNetwork
 
 JSON = dict[str, Any]
 
@@ -136,23 +136,23 @@ def nodes() -> list[Node]:
     return out
 
 
-def diff(before: DesiredState, after: DesiredState) -> dict[str, tuple[set[Any], set[Any]]]:
+def diff(before: NodeNetwork, after: NodeNetwork) -> dict[str, tuple[set[Any], set[Any]]]:
     """Per object kind, (removed, added); kinds without change are left out."""
     out: dict[str, tuple[set[Any], set[Any]]] = {}
-    def objects(state: DesiredState, name: str) -> set[Any]:
+    def objects(state: NodeNetwork, name: str) -> set[Any]:
         value = getattr(state, name)
         if name == "ingress":  # one filter, rewritten in one iptables-restore
             return set() if value is None else {value}
         return set(value)
 
-    for f in fields(DesiredState):
+    for f in fields(NodeNetwork):
         old, new = objects(before, f.name), objects(after, f.name)
         if old != new:
             out[f.name] = (old - new, new - old)
     return out
 
 
-def changed_objects(before: DesiredState, after: DesiredState) -> int:
+def changed_objects(before: NodeNetwork, after: NodeNetwork) -> int:
     """Kernel/VPN writes a diff-based applier needs: a replaced object counts once (same key)."""
     total = 0
     for removed, added in diff(before, after).values():

@@ -9,10 +9,10 @@ import pytest
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.state import (
     Address,
-    DesiredState,
     FdbEntry,
     IPsecConnection,
     Neighbor,
+    NodeNetwork,
     Route,
     Rule,
     VxlanLink,
@@ -132,7 +132,7 @@ def test_gateway_with_one_node_has_no_return_routes() -> None:
 
 def test_node_in_no_gateway_has_no_raven_state() -> None:
     result = run("worker-without-gateway")
-    assert result.state == DesiredState() and result.state.empty
+    assert result.state == NodeNetwork() and result.state.empty
     assert result.role == "none" and result.gateway is None and result.paths == []
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 from raven.agent.plan import PlanConfig, plan
-from raven.dataplane.state import DesiredState
+from raven.dataplane.state import NodeNetwork
 from tests.unit.plan_cluster import JSON, changed_objects, cluster_json, diff, gateway_json, nodes, parse, set_active
 
 CFG = PlanConfig()
 
 
-def state(node: str, objs: dict[str, JSON]) -> DesiredState:
+def state(node: str, objs: dict[str, JSON]) -> NodeNetwork:
     return plan(parse(objs), nodes(), node, CFG).state
 
 

@@ -1,6 +1,6 @@
 """End-to-end reachability of the planned states, checked by walking packets through them (pure).
 
-Every node's `DesiredState` is planned independently, as the agents do; a small forwarding model then
+Every node's `NodeNetwork` is planned independently, as the agents do; a small forwarding model then
 follows a packet from a pod on one node to a pod on another: policy rules by priority (then the main
 table, standing in for the CNI: local pods and the pool's other nodes), longest-prefix match, the
 next hop's neighbour and FDB entries, the receiving VXLAN device (its MAC and VNI must match), and for
@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass
 
 from raven.agent.plan import PlanConfig, plan
-from raven.dataplane.state import DesiredState, Route, VxlanLink
+from raven.dataplane.state import NodeNetwork, Route, VxlanLink
 from tests.unit.plan_cluster import JSON, POOLS, cluster_json, nodes, parse, set_active
 
 CFG = PlanConfig()
@@ -36,7 +36,7 @@ class Network:
         self.pool_of = {n: gw for gw, pool in POOLS.items() for n, _, _ in pool}
         self.ip = {n: ip for pool in POOLS.values() for n, ip, _ in pool}
         self.subnets = {n: [ipaddress.ip_network(s) for s in subs] for pool in POOLS.values() for n, _, subs in pool}
-        self.states: dict[str, DesiredState] = {n: plan(gateways, node_list, n, CFG).state for n in self.ip}
+        self.states: dict[str, NodeNetwork] = {n: plan(gateways, node_list, n, CFG).state for n in self.ip}
 
     def link(self, node: str, name: str) -> VxlanLink | None:
         return next((link for link in self.states[node].links if link.name == name), None)

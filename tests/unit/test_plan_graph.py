@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from raven.agent.graph import render_cluster, render_dot, render_plan, render_topology
+from raven.agent.graph import render_dot, render_paths, render_plan, render_topology
 from raven.agent.plan import PlanConfig, plan
-from raven.agent.topology import build_cluster
+from raven.agent.topology import build_topology
 from tests.unit.plan_cluster import cluster_json, nodes, parse
 
 CFG = PlanConfig()
@@ -24,7 +24,7 @@ def test_topology_text_names_each_pair_direct_or_via_relay() -> None:
 def test_topology_text_matches_what_a_gateway_plans() -> None:
     objs = cluster_json()
     objs["gw-cloud"]["status"]["activeEndpoints"] = []
-    text = render_cluster(build_cluster(parse(objs), CFG.tunnel_cidr))
+    text = render_paths(build_topology(parse(objs), CFG.tunnel_cidr))
     assert "gw-cloud: no active tunnel endpoint" in text
     relay = "gw-dc"
     assert f"gw-edge-a -> gw-edge-b: via relay {relay}" in text
@@ -38,7 +38,7 @@ def test_problems_are_shown() -> None:
 
 
 def test_dot_has_one_edge_per_pair() -> None:
-    dot = render_dot(build_cluster(parse(cluster_json()), CFG.tunnel_cidr))
+    dot = render_dot(build_topology(parse(cluster_json()), CFG.tunnel_cidr))
     assert dot.startswith("graph raven {") and dot.rstrip().endswith("}")
     assert '"gw-edge-a" -- "gw-cloud" [dir=forward];' in dot
     assert '"gw-edge-a" -- "gw-edge-b" [style=dashed, label="via gw-cloud"];' in dot

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
-from raven.agent.topology import build_cluster
+from raven.agent.topology import build_topology
 from raven.dataplane.state import IPsecConnection
 from tests.unit.plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
 
@@ -112,7 +112,7 @@ def test_relay_prefers_an_exposed_gateway_over_an_older_unnated_one() -> None:
 
 
 def _relay(objs: dict[str, JSON]) -> str | None:
-    cluster = build_cluster(parse(objs), CFG.tunnel_cidr)
+    cluster = build_topology(parse(objs), CFG.tunnel_cidr)
     return cluster.path("gw-edge-a", "gw-edge-b").via
 
 
@@ -216,7 +216,7 @@ def test_exposed_gateway_without_public_address_yet_is_not_reachable() -> None:
     objs = cluster_json()
     objs["gw-cloud"]["status"]["activeEndpoints"][0].pop("publicIP")
     objs["gw-cloud"]["status"]["activeEndpoints"][0].pop("publicPort")
-    cluster = build_cluster(parse(objs), CFG.tunnel_cidr)
+    cluster = build_topology(parse(objs), CFG.tunnel_cidr)
     assert not cluster.gateways["gw-cloud"].reachable
     # It still reaches gw-dc (reachable) directly, and the NAT pair falls back to gw-dc as relay.
     assert cluster.path("gw-cloud", "gw-dc").kind == "direct"
@@ -224,7 +224,7 @@ def test_exposed_gateway_without_public_address_yet_is_not_reachable() -> None:
 
 
 def test_every_pair_sees_the_same_path_from_both_ends() -> None:
-    cluster = build_cluster(parse(cluster_json()), CFG.tunnel_cidr)
+    cluster = build_topology(parse(cluster_json()), CFG.tunnel_cidr)
     for a, b in itertools.permutations(GATEWAY_NODE, 2):
         pa, pb = cluster.path(a, b), cluster.path(b, a)
         assert (pa.kind, pa.via, pa.initiator) == (pb.kind, pb.via, pb.initiator)

@@ -17,7 +17,7 @@ from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyError, ApplyReport
-from raven.dataplane.state import DesiredState, IPsecConnection, Route
+from raven.dataplane.state import IPsecConnection, NodeNetwork, Route
 from tests.controller.conftest import eventually
 
 CONN = IPsecConnection(
@@ -26,21 +26,21 @@ CONN = IPsecConnection(
     initiator=True,
 )
 GATEWAY = PlanResult(
-    DesiredState(routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2")}), ipsec=frozenset({CONN})),
+    NodeNetwork(routes=frozenset({Route("10.2.0.0/24", 9027, "raven1", "241.0.0.2")}), ipsec=frozenset({CONN})),
     role="gateway", gateway="gw-a",
 )
 MEMBER = PlanResult(
-    DesiredState(routes=frozenset({Route("10.2.0.0/24", 9027, "raven0", "169.254.240.1")})),
+    NodeNetwork(routes=frozenset({Route("10.2.0.0/24", 9027, "raven0", "169.254.240.1")})),
     role="member", gateway="gw-a",
 )
 
 
 class RecordingKernel:
     def __init__(self, fail_first: int = 0) -> None:
-        self.applied: list[DesiredState] = []
+        self.applied: list[NodeNetwork] = []
         self.fail_first = fail_first
 
-    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport:
         self.applied.append(desired)
         report = ApplyReport()
         if len(self.applied) <= self.fail_first:
@@ -253,7 +253,7 @@ class SlowKernel(RecordingKernel):
         self.started = asyncio.Event()
         self.finished = 0
 
-    async def reconcile(self, desired: DesiredState) -> ApplyReport:
+    async def reconcile(self, desired: NodeNetwork) -> ApplyReport:
         self.started.set()
         await asyncio.sleep(0.2)
         self.finished += 1

@@ -106,7 +106,7 @@ def validate_metadata(meta: dict[str, Any], namespace_like: bool) -> list[FieldE
     return errs
 
 
-class Cluster:
+class ApiState:
     """The API server's state, with no HTTP in it: resource types (built-ins and CRDs), one `Store` per
     resource, the global resourceVersion counter, owner references for garbage collection.
 
