@@ -3,7 +3,7 @@
 No I/O, no clock, no randomness: the same Gateways, Nodes, node name and config always give an equal
 `NodeNetwork`, so the reconciler can diff it against the kernel and charon and apply only changes.
 
-Roles (DESIGN.md "Data plane", issue 5 "The plan"):
+Roles (docs/architecture.md, "Data plane"):
 - *none*: the node is in no Gateway's status.nodes, or its Gateway has no active tunnel endpoint:
   empty state (the appliers remove whatever Raven owned).
 - *member* (non-gateway node): raven0 towards the active endpoint; every remote subnet is routed in the

@@ -7,7 +7,7 @@ depends only on cluster-wide data, so every agent (on both sides of a pair, and 
 same answer without talking to the others. The same functions feed the agent's plan and
 `raven.agent.graph`, so what you can look at is what runs.
 
-Rules (issue 5, "The plan"):
+Rules:
 - a gateway is *reachable* when peers can open a connection to it: exposed (PublicIP/LoadBalancer) with a
   public address in its active endpoint, or neither exposed nor under NAT (its node IP is reachable);
 - two gateways connect directly when at least one is reachable; the one under NAT initiates, and when

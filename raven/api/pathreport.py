@@ -21,10 +21,12 @@ The agent (raven/pathhealth) keeps epoch seconds internally and converts at its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, TypeGuard
+from typing import Final, Literal
+
+from raven.api.gateway import JSON, JSONObject, is_array, is_object
 
 GROUP: Final = "health.raven-py.io"
 VERSION: Final = "v1alpha1"
@@ -58,29 +60,17 @@ ROLE_GATEWAY: Final[Role] = "gateway"
 # A report whose heartbeat is older than this many heartbeat periods is stale: "no evidence", never "down".
 STALE_AFTER_HEARTBEATS: Final = 3
 
-JSON = dict[str, object]
-JSONObject = Mapping[str, object]
-
-
 class PathReportParseError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
 
 
-def _is_obj(value: object) -> TypeGuard[JSONObject]:
-    return isinstance(value, dict)
-
-
-def _is_arr(value: object) -> TypeGuard[Sequence[object]]:
-    return isinstance(value, list)
-
-
 def _obj(parent: JSONObject, key: str, path: str) -> JSONObject:
     value = parent.get(key)
     if value is None:
         return {}
-    if not _is_obj(value):
+    if not is_object(value):
         raise PathReportParseError(f"{path}.{key}", f"expected object, got {type(value).__name__}")
     return value
 
@@ -220,11 +210,11 @@ class PathReportStatus:
     @classmethod
     def from_dict(cls, obj: JSONObject, path: str = "status") -> PathReportStatus:
         raw = obj.get("targets")
-        if raw is not None and not _is_arr(raw):
+        if raw is not None and not is_array(raw):
             raise PathReportParseError(f"{path}.targets", f"expected array, got {type(raw).__name__}")
         targets: list[Target] = []
-        for i, t in enumerate(raw if _is_arr(raw) else ()):
-            if not _is_obj(t):
+        for i, t in enumerate(raw if is_array(raw) else ()):
+            if not is_object(t):
                 raise PathReportParseError(f"{path}.targets[{i}]", f"expected object, got {type(t).__name__}")
             if t.get("kind") not in TARGET_KINDS:
                 continue  # a kind a newer agent measures: not evidence this controller knows how to read

@@ -8,7 +8,7 @@ agent's tables, rules at the agent's priorities, VICI connections named `raven-*
 All types are frozen and hashable so a diff is set arithmetic. Addresses and CIDRs are normalised
 strings (`str(ipaddress.ip_network(x))`), MACs lower case with colons.
 
-Addressing (see DESIGN.md "Data plane"):
+Addressing (see docs/architecture.md, "Data plane"):
 - `raven0` (intra-pool VXLAN, VNI 200, UDP 4472): every node in a pool with an active gateway has one,
   with an overlay address derived from its node IP (240.0.0.0/8 + the IP's low 24 bits) and a MAC
   derived from that overlay address. A non-gateway node routes remote subnets via the pool's virtual

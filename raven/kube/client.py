@@ -25,9 +25,6 @@ from kubernetes_asyncio.client.api_client import ApiClient as ApiClient  # re-ex
 from kubernetes_asyncio.client.configuration import Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
-from raven.api.pathreport import GROUP as PATHREPORT_GROUP
-from raven.api.pathreport import PLURAL as PATHREPORT_PLURAL
-from raven.api.pathreport import VERSION as PATHREPORT_VERSION
 from raven.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,7 +67,7 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 GATEWAYS = Resource("raven.openyurt.io", "v1beta1", "gateways")
 SECRETS = Resource("", "v1", "secrets", namespaced=True)
 CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests")
-PATHREPORTS = Resource(PATHREPORT_GROUP, PATHREPORT_VERSION, PATHREPORT_PLURAL)
+PATHREPORTS = Resource("health.raven-py.io", "v1alpha1", "pathreports")  # raven.api.pathreport (tested equal)
 
 
 class ApiError(Exception):

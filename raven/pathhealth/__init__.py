@@ -1,4 +1,4 @@
-"""Path health: the data plane measures itself (issue 11).
+"""Path health: the data plane measures itself (docs/architecture.md, "Path health").
 
 - `core`: the pure decision core. Per target a `TargetHealth` value and `observe()` (one probe outcome in, the
   next value out): up / degraded / down with hysteresis, RTT as an EWMA, loss over a window. No I/O, no clock.

@@ -172,3 +172,12 @@ def test_the_agents_heartbeat_and_the_controllers_stale_after_agree() -> None:
     """One notion of stale on both sides: 3 agent heartbeats (agent default) == the controller's default."""
     defaults = {f.name: f.default for cls in (AgentConfig, ControllerConfig) for f in dataclasses.fields(cls)}
     assert STALE_AFTER_HEARTBEATS * defaults["health_heartbeat"] == defaults["health_stale_after"]  # type: ignore[operator]
+
+
+def test_the_kube_resource_names_the_models_group_version_and_plural() -> None:
+    # raven/kube does not import raven/api (layering): its resource constant is spelled out and checked here.
+    from raven.api import pathreport
+    from raven.kube.client import PATHREPORTS
+
+    assert (PATHREPORTS.group, PATHREPORTS.version, PATHREPORTS.plural) == (
+        pathreport.GROUP, pathreport.VERSION, pathreport.PLURAL)
