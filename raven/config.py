@@ -337,9 +337,9 @@ class ControllerConfig(NetworkRanges):
     renew_deadline: float = setting(10.0, "seconds the leader keeps trying to renew before it stops writing",
                                     check=positive)
     retry_period: float = setting(2.0, "seconds between Lease acquire/renew attempts", check=positive)
-    health_failover: bool = setting(True, "replace a Ready active gateway that the agents' PathReports show is not "
-                                    "forwarding, and keep a NotReady one the data plane still reaches; "
-                                    "--no-health-failover: Node readiness only")
+    health_failover: bool = setting(False, "replace a Ready active gateway that the agents' PathReports show is "
+                                    "not forwarding, and keep a NotReady one the data plane still reaches (opt-in "
+                                    "until its end-to-end scenarios are proven); off: Node readiness only")
     health_hold_time: float = setting(60.0, "seconds a gateway replaced on health evidence must show nothing against "
                                       "it before it may be elected again", check=positive)
     health_settle_time: float = setting(1.0, "seconds a loss must last before it counts against a gateway when "

@@ -95,7 +95,7 @@ async def cluster(kube: KubeClient) -> Reports:
 
 async def ready_cluster(kube: KubeClient, start: Start, **settings: Any) -> tuple[RunningController, Reports]:
     reports = await cluster(kube)
-    ctrl = await start(**settings)
+    ctrl = await start(**{"health_failover": True, **settings})
     for p in POOLS:
         await wait_active(kube, f"gw-{p}", [f"{p}-1"])
     await reports.write_all()
@@ -278,7 +278,7 @@ async def test_without_the_pathreport_crd_the_leader_does_not_wait_for_reports(a
         await kube.create(NODES, node_body("a-1", "gw-a"))
         await kube.create(GATEWAYS, gateway_body("gw-a", ["a-1"]))
         began = time.monotonic()
-        await start()
+        await start(health_failover=True)
         await wait_active(kube, "gw-a", ["a-1"], within=PATHREPORT_SYNC_WAIT_S - 2)
         assert time.monotonic() - began < PATHREPORT_SYNC_WAIT_S - 2
     finally:
