@@ -250,7 +250,9 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
             ctl_ns, agt_ns = _node_netns(lab, apiserver)
             psk = tmp_path / "psk"
             psk.write_text("k" * 32)
-            controller = ctl_ns.popen([*RAVEN_ARGV, *_args(ctl, {}), "--kubeconfig", kubeconfigs["ctl"]],
+            # --health-failover is opt-in; its rule ships so that turning it on needs no RBAC change: exercise it.
+            controller = ctl_ns.popen([*RAVEN_ARGV, *_args(ctl, {}), "--health-failover",
+                                       "--kubeconfig", kubeconfigs["ctl"]],
                                       name="controller", env=dict(os.environ, POD_NAME="raven-controller-0"))
             agent_proc = agt_ns.popen([*RAVEN_ARGV, *_args(agent, {}), "--kubeconfig", kubeconfigs["agt"],
                                        "--psk-file", str(psk), "--vici-socket", str(agt_ns.run_dir / "vici"),
