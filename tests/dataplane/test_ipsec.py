@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -122,12 +122,21 @@ async def installed(driver: IPsecDriver, name: str) -> TunnelState | None:
     return None
 
 
-async def bring_up(gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]) -> None:
+async def bring_up(
+    gws: dict[str, Gw],
+    drivers: dict[str, tuple[KernelApplier, IPsecDriver]],
+    make_conn: Callable[[Gw, Gw, bool], IPsecConnection] | None = None,
+    writes: Mapping[str, int] | None = None,
+) -> None:
+    """ga initiates to gb and gc; every tunnel installed. `make_conn` builds the connections (default: PSK);
+    `writes`: the VICI writes each node's first reconcile must make besides one load_conn per connection."""
+    make = make_conn or conn
+    expected = {"load_shared": 1} if writes is None else writes
     ga, gb, gc = gws["ga"], gws["gb"], gws["gc"]
     plan = {
-        "ga": ([gb, gc], [conn(ga, gb, True), conn(ga, gc, True)]),
-        "gb": ([ga], [conn(gb, ga, False)]),
-        "gc": ([ga], [conn(gc, ga, False)]),
+        "ga": ([gb, gc], [make(ga, gb, True), make(ga, gc, True)]),
+        "gb": ([ga], [make(gb, ga, False)]),
+        "gc": ([ga], [make(gc, ga, False)]),
     }
     # Responders first, so the initiator's start_action finds them ready.
     for name in ("gb", "gc", "ga"):
@@ -136,9 +145,10 @@ async def bring_up(gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, I
         assert (await kernel.reconcile(kernel_state(gws[name], peers))).ok
         report = await driver.reconcile(conns)
         assert report.ok, report.errors
-        assert report.writes["load_conn"] == len(conns) and report.writes["load_shared"] == 1
-    assert await wait_for(lambda: installed(drivers["ga"][1], "raven-gb")), ga.charon.read_log()[-3000:]
-    assert await wait_for(lambda: installed(drivers["ga"][1], "raven-gc")), ga.charon.read_log()[-3000:]
+        assert report.writes["load_conn"] == len(conns)
+        assert {k: report.writes[k] for k in expected} == expected, report.writes
+    for peer in ("raven-gb", "raven-gc"):
+        assert await wait_for(lambda p=peer: installed(drivers["ga"][1], p)), ga.charon.read_log()[-4000:]
 
 
 async def test_pod_traffic_crosses_the_tunnel_and_a_converged_reconcile_calls_nothing(

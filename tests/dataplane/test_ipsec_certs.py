@@ -17,6 +17,7 @@ from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import IPsecConnection
 from raven.pki import CertificateAuthority, key_id, new_ca, new_private_key, node_csr, sign_node
 from tests.dataplane.test_ipsec import Gw, gws, installed, kernel_state, ping, wait_for  # noqa: F401
+from tests.dataplane.test_ipsec import bring_up as bring_up_with
 
 pytestmark = pytest.mark.root
 
@@ -62,23 +63,9 @@ async def cdrivers(gws: dict[str, Gw], ca: CertificateAuthority  # noqa: F811
             await d.close()
 
 
-async def bring_up(gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]) -> None:  # noqa: F811
-    ga, gb, gc = gws["ga"], gws["gb"], gws["gc"]
-    plan = {
-        "ga": ([gb, gc], [cconn(ga, gb, True), cconn(ga, gc, True)]),
-        "gb": ([ga], [cconn(gb, ga, False)]),
-        "gc": ([ga], [cconn(gc, ga, False)]),
-    }
-    for name in ("gb", "gc", "ga"):
-        peers, conns = plan[name]
-        kernel, driver = drivers[name]
-        assert (await kernel.reconcile(kernel_state(gws[name], peers))).ok
-        report = await driver.reconcile(conns)
-        assert report.ok, report.errors
-        assert report.writes["load_conn"] == len(conns) and report.writes["load_shared"] == 0
-        assert report.writes["load_key"] == 1 and report.writes["load_cert"] == 2
-    for peer in ("raven-gb", "raven-gc"):
-        assert await wait_for(lambda p=peer: installed(drivers["ga"][1], p)), ga.charon.read_log()[-4000:]
+async def bring_up(gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]) -> None:  # noqa: F811 (the gws fixture)
+    """The PSK test's bring-up with certificate connections: no shared key, this node's key and two certificates."""
+    await bring_up_with(gws, drivers, cconn, {"load_shared": 0, "load_key": 1, "load_cert": 2})
 
 
 def sas(gw: Gw) -> dict[str, Any]:
