@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from e2e import netlab
-from e2e.apiserver import ApiServer
+from e2e.apiserver import ApiRequest, ApiServer
 from e2e.netlab import Netns, Process
 from e2e.probe import ContinuousProbe, PingResult, ProbeResult, ping, ping_many, tcp_check, udp_check
 from e2e.topology import Cluster, TopologySpec, build, load_topology, node_object
@@ -720,6 +720,20 @@ def _decode(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
+
+
+class PathReportWrites:
+    """The API server's on_request hook: every PathReport write (create, status patch), with its time and node."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, str]] = []
+
+    def __call__(self, r: ApiRequest) -> None:
+        if r.group == PATHREPORTS.group and r.verb in ("create", "patch", "update"):
+            self.writes.append((time.monotonic(), r.name))
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, str]]:
+        return [w for w in self.writes if t0 <= w[0] < t1]
 
 
 def parse_metrics(text: str) -> dict[str, float]:

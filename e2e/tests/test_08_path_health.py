@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.apiserver import ApiRequest
+from e2e.cluster import PathReportWrites as WriteCounter
 from e2e.cluster import RavenCluster
 from e2e.probe import ContinuousProbe
-from raven.api.pathreport import GROUP, PathReport
+from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
 from .conftest import MEASUREMENTS
@@ -58,20 +58,6 @@ def all_up(rc: RavenCluster) -> bool:
     rs = reports(rc)
     return set(rs) >= set(rc.agents) and all(
         r.status.targets and all(t.state == "up" for t in r.status.targets) for r in rs.values())
-
-
-class WriteCounter:
-    """The API server's on_request hook: every PathReport write (create, status patch), with its time and node."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[float, str]] = []
-
-    def __call__(self, r: ApiRequest) -> None:
-        if r.group == GROUP and r.verb in ("create", "patch", "update"):
-            self.writes.append((time.monotonic(), r.name))
-
-    def between(self, t0: float, t1: float) -> list[tuple[float, str]]:
-        return [w for w in self.writes if t0 <= w[0] < t1]
 
 
 @pytest.fixture

@@ -17,27 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from e2e.apiserver import ApiRequest
+from e2e.cluster import PathReportWrites as WriteCounter
 from e2e.cluster import RavenCluster
-from raven.api.pathreport import GROUP, PathReport
+from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
 PREFIX = "rvpr"
 STEADY_S = 120.0
 FAILOVER_S = 30.0
 TARGET_PER_NODE_PER_30S = 1.0
-
-
-class WriteCounter:
-    def __init__(self) -> None:
-        self.writes: list[tuple[float, str]] = []
-
-    def __call__(self, r: ApiRequest) -> None:
-        if r.group == GROUP and r.verb in ("create", "patch", "update"):
-            self.writes.append((time.monotonic(), r.name))
-
-    def between(self, t0: float, t1: float) -> list[tuple[float, str]]:
-        return [w for w in self.writes if t0 <= w[0] < t1]
 
 
 def all_up(rc: RavenCluster) -> bool:
