@@ -23,7 +23,8 @@ from e2e.cluster import RavenCluster
 from e2e.topology import TOPOLOGY_DIR, TopologySpec, parse_topology
 from tests.conftest import pytest_runtest_makereport  # noqa: F401  (CI=true: a root skip fails the run)
 
-PREFIX = "rve"
+# A second copy of the suite (another worktree) can run beside this one with its own lab prefix.
+PREFIX = os.environ.get("RAVEN_E2E_PREFIX", "rve")
 SPARE_NODE = "edge-a-3"
 SPARE_POOL_NODE = "edge-c-1"
 SPARE_GATEWAY = "gw-edge-c"
