@@ -117,7 +117,8 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs, self.ravencfg)]
+        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs,
+                                     self.ravencfg)]
 
     def may_write(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True

@@ -225,7 +225,8 @@ class NodeIndex:
         already listed in a current status (`listed(owner)`: the subnets listed for a node, or for a Gateway's
         tunnel endpoint) come first, then nodes in name order, then Gateways' annotations: what works stays."""
         owners: list[tuple[str, str, tuple[str, ...]]] = [
-            ("node", n.name, n.extra_cidrs) for n in self.members.values() if n.extra_cidrs and n.name not in self.invalid]
+            ("node", n.name, n.extra_cidrs) for n in self.members.values()
+            if n.extra_cidrs and n.name not in self.invalid]
         owners += [("gateway", g, c) for g, c in sorted(self.gateway_extras.items())]
         candidates: list[tuple[bool, int, str, str, str]] = []
         for order, (kind, owner, cidrs) in enumerate(owners):

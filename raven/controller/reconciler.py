@@ -586,7 +586,8 @@ class GatewayReconciler:
         self._extras = extras
         if before is not None and before != extras:
             owners = {f.node for f in [*before.findings, *extras.findings]}
-            owners |= before.by_node.keys() | extras.by_node.keys() | before.by_gateway.keys() | extras.by_gateway.keys()
+            owners |= before.by_node.keys() | extras.by_node.keys()
+            owners |= before.by_gateway.keys() | extras.by_gateway.keys()
             for owner in sorted(owners):
                 node = self.nodes.get(owner)
                 gw = node.gateway if node is not None else owner
@@ -685,7 +686,8 @@ class GatewayReconciler:
 
     def _record_replicas(self, gw: Gateway, result: ElectionResult) -> None:
         """An Event when the Replicas that cannot be honoured change (the Valid condition says the same)."""
-        old = [c.message for c in gw.status.conditions or () if c.type == CONDITION_VALID and c.reason == REASON_REPLICAS]
+        old = [c.message for c in gw.status.conditions or ()
+               if c.type == CONDITION_VALID and c.reason == REASON_REPLICAS]
         message = "; ".join(result.replica_notes)
         if result.replica_notes and old != [message]:
             listed = ", ".join(e.node_name for e in result.status.active_endpoints or ()) or "none"

@@ -102,7 +102,8 @@ async def test_tunnel_replicas_beyond_one_get_one_slot(kube: KubeClient, start: 
     seen = rc.delivered("gateways", "MODIFIED")
     await kube.merge_patch(GATEWAYS, "gw-m", {"spec": {"tunnelConfig": {"Replicas": 1}}})
     await eventually(lambda: kube.get(GATEWAYS, "gw-m"),
-                     lambda g: [c["reason"] for c in g["status"]["conditions"] if c["type"] == "Valid"] == ["SpecValid"],
+                     lambda g: [c["reason"] for c in g["status"]["conditions"] if c["type"] == "Valid"]
+                     == ["SpecValid"],
                      what="Valid again")
     await rc.acted_on("gateways", "MODIFIED", seen)
     assert await exists(kube, SERVICES, "raven-lb-gw-m-0")
