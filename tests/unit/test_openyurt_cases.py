@@ -56,7 +56,8 @@ BOTH_ON = switches_from({"data": {"enable-l7-proxy": "true", "enable-l3-tunnel":
 
 def test_upstream_lost_active_endpoint() -> None:
     """The only node, hosting both active endpoints, becomes NotReady: no active endpoint is left."""
-    gw = gateway([ep("node-1", "tunnel"), ep("node-1", "proxy")], active=[ep("node-1", "tunnel"), ep("node-1", "proxy")])
+    both = [ep("node-1", "tunnel"), ep("node-1", "proxy")]
+    gw = gateway(both, active=both)
     r = elect(gw, [node("node-1", ready=False)], NOW, switches=BOTH_ON)
     assert actives(r) == []
     assert sorted((e.node_name, e.type) for e in r.lost) == [("node-1", "proxy"), ("node-1", "tunnel")]
