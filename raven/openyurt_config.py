@@ -29,8 +29,18 @@ from raven.config import ConfigError, Setting, settings_for
 # The PSK in OpenYurt's chart values (its README says never to use it): a cluster still on it is refused.
 OPENYURT_EXAMPLE_PSK: Final = "OPENYURT-RAVEN-AGENT-VPN-PSK"
 PROXY_KEYS: Final = ("proxy-external-addr", "proxy-internal-insecure-addr", "proxy-internal-secure-addr")
-KNOWN_KEYS: Final = ("vpn-driver", "forward-node-ip", "nat-traversal", "metric-bind-addr", "tunnel-bind-addr",
-                     *PROXY_KEYS)
+# raven-agent-config as OpenYurt's chart renders it with its default values (charts/raven-agent/values.yaml).
+CHART_DEFAULTS: Final[Mapping[str, str]] = {
+    "vpn-driver": "libreswan",
+    "forward-node-ip": "false",
+    "nat-traversal": "false",
+    "metric-bind-addr": ":10265",
+    "tunnel-bind-addr": ":4500",
+    "proxy-external-addr": ":10262",
+    "proxy-internal-insecure-addr": ":10264",
+    "proxy-internal-secure-addr": ":10263",
+}
+KNOWN_KEYS: Final = tuple(CHART_DEFAULTS)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from e2e.cluster import RavenCluster
 from e2e.netlab import Netns, find_leftovers
 from e2e.probe import ping
 from raven.kube.client import CONFIGMAPS, GATEWAYS, NODES, SECRETS, Resource
+from raven.openyurt_config import CHART_DEFAULTS
 
 from .conftest import MEASUREMENTS
 
@@ -36,17 +37,7 @@ NAMESPACES = Resource("", "v1", "namespaces")
 EXTRA = "raven.openyurt.io/extra-allowed-source-cidrs"
 EXTRA_NODE, EXTRA_RANGE, EXTRA_ADDR = "edge-pub-2", "10.13.200.0/24", "10.13.200.1"
 
-# charts/raven-agent/templates/config.yaml, rendered with charts/raven-agent/values.yaml.
-AGENT_CONFIG = {
-    "vpn-driver": "libreswan",
-    "forward-node-ip": "false",
-    "nat-traversal": "false",
-    "metric-bind-addr": ":10265",
-    "tunnel-bind-addr": ":4500",
-    "proxy-external-addr": ":10262",
-    "proxy-internal-insecure-addr": ":10264",
-    "proxy-internal-secure-addr": ":10263",
-}
+AGENT_CONFIG = CHART_DEFAULTS  # raven-agent-config as OpenYurt's chart renders it
 
 
 def _cm(name: str, ns: str, data: dict[str, str]) -> dict[str, Any]:
@@ -60,7 +51,7 @@ def _install_openyurt_objects(rc: RavenCluster, psk: str) -> None:
 
     # What OpenYurt's charts rendered in kube-system.
     create(CONFIGMAPS, _cm("raven-cfg", KS, {"enable-l3-tunnel": "true", "enable-l7-proxy": "true"}))
-    create(CONFIGMAPS, _cm("raven-agent-config", KS, AGENT_CONFIG))
+    create(CONFIGMAPS, _cm("raven-agent-config", KS, dict(AGENT_CONFIG)))
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": "raven-agent-secret", "namespace": KS},
               "data": {"vpn-connection-psk": base64.b64encode(psk.encode()).decode()}}

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from raven.cli import build_config, build_parser
 from raven.config import AgentConfig, ConfigError, ListenAddr
-from raven.openyurt_config import translate
-
-# charts/raven-agent/templates/config.yaml with the chart's default values.
-CHART_DEFAULTS = {
-    "vpn-driver": "libreswan",
-    "forward-node-ip": "false",
-    "nat-traversal": "false",
-    "metric-bind-addr": ":10265",
-    "tunnel-bind-addr": ":4500",
-    "proxy-external-addr": ":10262",
-    "proxy-internal-insecure-addr": ":10264",
-    "proxy-internal-secure-addr": ":10263",
-}
+from raven.openyurt_config import CHART_DEFAULTS, translate
 
 
-def mounted(tmp_path: Path, data: dict[str, str]) -> Path:
+def mounted(tmp_path: Path, data: Mapping[str, str]) -> Path:
     """The ConfigMap as the kubelet mounts it: one file per key (plus its hidden ..data bookkeeping)."""
     d = tmp_path / "openyurt"
     d.mkdir()
@@ -33,7 +22,7 @@ def mounted(tmp_path: Path, data: dict[str, str]) -> Path:
     return d
 
 
-def agent(tmp_path: Path, data: dict[str, str], *flags: str, env: dict[str, str] | None = None) -> AgentConfig:
+def agent(tmp_path: Path, data: Mapping[str, str], *flags: str, env: dict[str, str] | None = None) -> AgentConfig:
     tmp_path.mkdir(parents=True, exist_ok=True)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\n")
