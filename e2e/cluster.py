@@ -219,6 +219,7 @@ class RavenCluster:
         log_level: str = "info",
         ipsec_auth: str = "cert",
         controller_args: Sequence[str] = (),
+        before_start: Callable[[RavenCluster], None] | None = None,
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -230,6 +231,9 @@ class RavenCluster:
                            "--retry-period", str(retry_period)]
         self.agent_args = list(agent_args)
         self.controller_args = list(controller_args)
+        # Called once the Nodes and Gateways are registered, before any charon, controller or agent starts
+        # (objects a scenario needs from the first election on, e.g. OpenYurt's ConfigMaps).
+        self.before_start = before_start
         self.ipsec_auth = ipsec_auth
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
@@ -299,6 +303,8 @@ class RavenCluster:
                 self.create(GATEWAYS, gw)
         say(f"registered {len(self.registered)} nodes and "
             f"{len(self.spec.gateways) - len(self.hold_gateways)} gateways")
+        if self.before_start is not None:
+            self.before_start(self)
 
         for node in self.cl.nodes:
             self.write_node_kubeconfig(node)

@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, cast
 
 from raven import log as raven_log
+from raven import openyurt_config
 from raven.config import (
     SETTINGS,
     AgentConfig,
@@ -107,6 +108,8 @@ def _split(values: dict[str, Any], cls: type) -> dict[str, Any]:
 def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerConfig | AgentConfig:
     mode = cast(Literal["controller", "agent"], ns.mode)
     values = _values(mode, ns, env)
+    # OpenYurt's raven-agent-config keys fill what the flags and environment left unset (raven/openyurt_config.py).
+    openyurt_notes = openyurt_config.apply(values, env) if mode == "agent" else []
     common = _split(values, CommonConfig)
     cleanup = mode == "agent" and bool(values.get("cleanup"))
     # --cleanup touches only this node's kernel and charon: it needs no kubeconfig (nor a PSK, see AgentConfig).
@@ -118,7 +121,8 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
         return ControllerConfig(common=common_cfg, **values)
     # The PSK is read only where it is used (--ipsec-auth=psk): a certificate-mode node holds no cluster secret.
     psk, psk_source = read_psk(values.get("psk_file"), env) if values.get("ipsec_auth", "cert") == "psk" else ("", "")
-    return AgentConfig(common=common_cfg, psk=psk, psk_source=psk_source, **values)
+    return AgentConfig(common=common_cfg, psk=psk, psk_source=psk_source, openyurt_notes=tuple(openyurt_notes),
+                       **values)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -438,6 +438,9 @@ class AgentConfig(PlanSettings):
                                    cluster=True)
     cleanup: bool = setting(False, "remove every route, rule, device and IPsec connection Raven created, "
                             "then exit")
+    openyurt_agent_config: str | None = setting(None, "directory of OpenYurt's raven-agent-config keys, one file "
+                                                "each (a mounted ConfigMap): each is mapped onto our setting or "
+                                                "rejected, see raven/openyurt_config.py; unset: none read")
     health_probes: bool = setting(True, "probe data-plane paths (ICMP echo) and publish this node's PathReport; "
                                   "--no-health-probes: neither", cluster=True)
     health_interval: float = setting(0.2, "seconds between two path-health probes of one target", check=positive,
@@ -467,6 +470,8 @@ class AgentConfig(PlanSettings):
     # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
     psk: str = field(default="", repr=False)
     psk_source: str = ""
+    # What raven/openyurt_config.py applied or found unused, logged at start.
+    openyurt_notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -282,6 +282,9 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
         vpn = IPsecDriver(cfg.vici_socket, cfg.psk) if cfg.vpn_driver == "ipsec" else None
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
                                             ipsec_auth=cfg.ipsec_auth, psk_source=cfg.psk_source or None))
+        for note in cfg.openyurt_notes:  # OpenYurt's raven-agent-config keys (raven/openyurt_config.py)
+            (log.warning if "not used" in note or "overridden" in note else log.info)(
+                "openyurt agent setting", extra=kv(detail=note))
         try:
             gateways = TypedInformer(Informer(client, GATEWAYS, "gateways", rt.registry), Gateway.from_dict)
             # Only this node's facts feed the plan: caching every Node would cost memory on big clusters.

@@ -27,6 +27,8 @@ EXPOSE_TYPE_LOAD_BALANCER: Final = "LoadBalancer"
 EXPOSE_TYPES: Final = frozenset({None, EXPOSE_TYPE_NONE, EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
 
 DEFAULT_TUNNEL_PORT: Final = 4500
+# OpenYurt's mutating webhook defaults an unset proxy endpoint port to this (we write it in status only).
+DEFAULT_PROXY_PORT: Final = 10262
 
 EVENT_ACTIVE_ENDPOINT_ELECTED: Final = "ActiveEndpointElected"
 EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from raven.api.constants import LABEL_GATEWAY
 from raven.api.gateway import JSONObject, is_array, is_object
+from raven.api.openyurt import ANNOTATION_EXTRA_CIDRS, extra_cidrs
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Node:
     resource_version: str = ""
     uid: str = ""
     created: str = ""  # metadata.creationTimestamp (RFC 3339, so strings compare in time order); "" if unknown
+    # OpenYurt's raven.openyurt.io/extra-allowed-source-cidrs annotation, as written (checked by nodecheck).
+    extra_cidrs: tuple[str, ...] = ()
 
     @property
     def gateway(self) -> str | None:
@@ -62,6 +65,8 @@ class Node:
             if is_object(cond) and cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
         labels = _obj(meta.get("labels"))
+        annotations = _obj(meta.get("annotations"))
+        extra = annotations.get(ANNOTATION_EXTRA_CIDRS)
         return cls(
             name=str(meta.get("name", "")),
             internal_ip=internal_ip,
@@ -72,6 +77,7 @@ class Node:
             resource_version=str(meta.get("resourceVersion", "")),
             uid=str(meta.get("uid", "")),
             created=str(meta.get("creationTimestamp", "")),
+            extra_cidrs=extra_cidrs({ANNOTATION_EXTRA_CIDRS: extra}) if isinstance(extra, str) else (),
         )
 
 

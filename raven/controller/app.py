@@ -21,6 +21,7 @@ from kubernetes_asyncio.client import ApiClient
 from raven.api.csr import CertificateSigningRequest
 from raven.api.gateway import parse_gateway
 from raven.api.node import Node
+from raven.api.openyurt import RAVEN_CFG_NAME, RAVEN_CFG_NAMESPACE, switches_from
 from raven.api.pathreport import PathReport
 from raven.api.service import Service, ServiceEndpoints
 from raven.config import ControllerConfig
@@ -30,7 +31,17 @@ from raven.controller.metrics import ControllerMetrics
 from raven.controller.nodecheck import Ranges
 from raven.controller.reconciler import AnyGateway, GatewayReconciler
 from raven.controller.signer import Signer
-from raven.kube.client import CSRS, ENDPOINTS, GATEWAYS, NODES, PATHREPORTS, SERVICES, ApiError, KubeClient
+from raven.kube.client import (
+    CONFIGMAPS,
+    CSRS,
+    ENDPOINTS,
+    GATEWAYS,
+    NODES,
+    PATHREPORTS,
+    SERVICES,
+    ApiError,
+    KubeClient,
+)
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.leader import LeaderElector
@@ -82,6 +93,10 @@ class Controller:
             health = HealthSettings(stale_after=timedelta(seconds=cfg.health_stale_after),
                                     hold_time=timedelta(seconds=cfg.health_hold_time),
                                     settle=timedelta(seconds=cfg.health_settle_time))
+        # OpenYurt's kube-system/raven-cfg: which endpoint kinds are elected (raven/api/openyurt.py). Only that one
+        # ConfigMap is listed and watched (RBAC allows no other).
+        self.ravencfg = TypedInformer(Informer(client, CONFIGMAPS, "ravencfg", reg, namespace=RAVEN_CFG_NAMESPACE,
+                                               field_selector=f"metadata.name={RAVEN_CFG_NAME}"), switches_from)
         api = TypedClient(client)
         self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)
@@ -89,7 +104,8 @@ class Controller:
                                             self.metrics, self.may_write, workers=workers,
                                             reports=self.pathreports, health=health,
                                             ranges=Ranges.of(cfg.overlay_cidr, cfg.tunnel_cidr, cfg.service_cidr,
-                                                             client.server_host))
+                                                             client.server_host),
+                                            ravencfg=self.ravencfg)
         # The IPsec signer: only requests for our signer are listed (never another signer's).
         self.csrs = TypedInformer(Informer(client, CSRS, "certificatesigningrequests", reg,
                                            field_selector=f"spec.signerName={SIGNER_NAME}"),
@@ -101,7 +117,8 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs)]
+        return [t.informer for t in (self.gateways, self.nodes, self.services, self.endpoints, self.csrs,
+                                     self.ravencfg)]
 
     def may_write(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True

@@ -20,6 +20,14 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
 - a node the cluster-wide checks rejected (`nodecheck`: a bad pod CIDR) is neither listed in status.nodes nor
   eligible; it and every endpoint misconfiguration are reported in the `NodesValid` condition (False while
   any is found; its reason is the first finding's, in node order, the same reason as that finding's Event).
+- OpenYurt compatibility (raven/api/openyurt.py): `kube-system/raven-cfg` switches tunnel or proxy election off
+  (`Switches`: wanted 0, said in the Valid message); each active endpoint carries OpenYurt's `config` entry
+  (`enable-l3-tunnel` / `enable-l7-proxy`) and its port defaulted as OpenYurt's webhook does (4500 / 10262),
+  in status only (spec stays as written); the accepted extra-allowed-source-cidrs are added to the subnets of
+  their node (a Node's annotation) or of the active tunnel endpoint's node (a Gateway's).
+- Replicas that cannot be honoured (tunnel Replicas > 1: one active tunnel endpoint carries a pool's traffic;
+  proxy Replicas beyond the proxy endpoints listed) elect what can be, and set Valid=False with reason
+  `ReplicasNotHonoured` saying so: OpenYurt's webhook rejects such a spec, we keep electing.
 """
 
 from __future__ import annotations
@@ -29,16 +37,20 @@ from dataclasses import dataclass, field, replace
 
 from raven.api.constants import (
     CONDITION_VALID,
+    DEFAULT_PROXY_PORT,
+    DEFAULT_TUNNEL_PORT,
     ENDPOINT_TYPE_PROXY,
     ENDPOINT_TYPE_TUNNEL,
     EXPOSE_TYPE_LOAD_BALANCER,
 )
 from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
 from raven.api.node import Node
+from raven.api.openyurt import ALL_ON, Switches
 from raven.controller.nodecheck import Finding
 
 REASON_VALID = "SpecValid"
 REASON_INVALID = "InvalidSpec"
+REASON_REPLICAS = "ReplicasNotHonoured"
 CONDITION_NODES_VALID = "NodesValid"
 REASON_NODES_VALID = "NodesValid"
 # A condition message names at most this many findings (each is also its own Event).
@@ -68,6 +80,7 @@ LOST_DELETED = "node_deleted"
 LOST_GONE = "node_gone"
 LOST_SPEC = "spec_changed"
 LOST_REJECTED = "node_rejected"
+LOST_DISABLED = "disabled"
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,9 @@ class ElectionResult:
     lost_kinds: Mapping[str, str] = field(default_factory=dict)
     # Nodes left out and endpoint misconfigurations (the NodesValid condition), sorted by node.
     findings: tuple[Finding, ...] = ()
+    # What of a valid spec is not done as written (Replicas not honoured), and why endpoints are not elected.
+    replica_notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -122,9 +138,11 @@ def invalid_status(gw_status: GatewayStatus, problems: Sequence[str], now: str) 
     return replace(gw_status, conditions=_merge_conditions(gw_status.conditions, cond))
 
 
-def _node_info(node: Node) -> NodeInfo:
+def _node_info(node: Node, extra: Sequence[str] = (), gateway_extra: Sequence[str] = ()) -> NodeInfo:
     # Listed with what is known: an empty privateIP or subnet list is better than hiding the node.
-    return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=list(node.pod_cidrs))
+    subnets = list(node.pod_cidrs)
+    subnets += [c for c in [*extra, *gateway_extra] if c not in subnets]
+    return NodeInfo(node_name=node.name, private_ip=node.internal_ip or "", subnets=subnets)
 
 
 def nodes_condition(previous: Sequence[Condition] | None, findings: Sequence[Finding], now: str) -> Condition:
@@ -138,8 +156,11 @@ def nodes_condition(previous: Sequence[Condition] | None, findings: Sequence[Fin
 
 
 def _why_lost(ep: Endpoint, spec_eps: Sequence[Endpoint], nodes: Mapping[str, Node],
-              health: HealthInput, rejected: Mapping[str, Finding]) -> tuple[str, str]:
+              health: HealthInput, rejected: Mapping[str, Finding], switches: Switches = ALL_ON) -> tuple[str, str]:
     """(kind, message) of why an active endpoint was lost."""
+    disabled = switches.disabled_note(ep.type)
+    if disabled is not None:
+        return LOST_DISABLED, disabled
     if ep.key not in {e.key for e in spec_eps}:
         return LOST_SPEC, "endpoint removed from spec"
     if ep.node_name in rejected:
@@ -212,6 +233,9 @@ def elect(
     health: HealthInput = NO_HEALTH,
     rejected: Mapping[str, Finding] | None = None,
     endpoint_findings: Sequence[Finding] = (),
+    switches: Switches = ALL_ON,
+    extras: Mapping[str, Sequence[str]] | None = None,
+    gateway_extras: Sequence[str] = (),
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -222,7 +246,10 @@ def elect(
     `now` (RFC 3339) is only used as lastTransitionTime of a condition that changes. `health`: what the data
     plane says (see HealthInput); the default changes nothing.
     `rejected`: the nodes the cluster-wide checks left out (`NodeIndex.rejections()`), by name;
-    `endpoint_findings`: what `nodecheck.endpoint_findings` reports about this gateway's endpoints.
+    `endpoint_findings`: what `nodecheck.endpoint_findings` reports about this gateway's endpoints (and any other
+    finding to show in NodesValid, such as a rejected extra CIDR). `switches`: raven-cfg (tunnel/proxy election on
+    or off). `extras`: the accepted extra CIDRs of this gateway's nodes, by node; `gateway_extras`: the Gateway's
+    own accepted ones, added to the active tunnel endpoint's node.
     """
     rejected = rejected or {}
     labelled = [n for n in nodes if n.gateway == gw.name]
@@ -238,9 +265,13 @@ def elect(
     # Health only touches tunnel endpoints: the data plane measures tunnels, not proxies.
     stay = eligible | {n for n in health.keep if n in own and not own[n].being_deleted}
     electable = eligible - set(health.unfit) - set(health.not_forwarding)
-    tunnels = _pick(ENDPOINT_TYPE_TUNNEL, gw.spec.tunnel_replicas, spec_eps, prev_active, stay, electable,
-                    health.not_forwarding, (eligible & health.held) - set(health.not_forwarding))
-    proxies = _pick(ENDPOINT_TYPE_PROXY, gw.spec.proxy_replicas, spec_eps, prev_active, eligible)
+    want_tunnels, want_proxies, replica_notes = _honoured_replicas(gw)
+    notes = [n for n in (switches.disabled_note(ENDPOINT_TYPE_TUNNEL), switches.disabled_note(ENDPOINT_TYPE_PROXY))
+             if n is not None]
+    notes += switches.problems
+    tunnels = _pick(ENDPOINT_TYPE_TUNNEL, want_tunnels if switches.tunnel else 0, spec_eps, prev_active, stay,
+                    electable, health.not_forwarding, (eligible & health.held) - set(health.not_forwarding))
+    proxies = _pick(ENDPOINT_TYPE_PROXY, want_proxies if switches.proxy else 0, spec_eps, prev_active, eligible)
 
     if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:
         addrs = lb_addresses or {}
@@ -249,27 +280,33 @@ def elect(
             else replace(ep, public_ip=None, public_port=None)
             for i, ep in enumerate(tunnels)
         ]
-    active = tunnels + proxies
+    active = [_as_active(ep, switches) for ep in tunnels + proxies]
 
     node_problems: list[str] = []
     for node in sorted(own.values(), key=_node_name):
         node_problems.extend(node.problems())
 
     findings = sorted([*(rejected[n.name] for n in labelled if n.name in rejected), *endpoint_findings])
-    valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, "", now)
+    message = "; ".join([*replica_notes, *notes])
+    if replica_notes:
+        valid = condition(previous.conditions, CONDITION_VALID, "False", REASON_REPLICAS, message, now)
+    else:
+        valid = condition(previous.conditions, CONDITION_VALID, "True", REASON_VALID, message, now)
     conditions = _merge_conditions(previous.conditions, valid)
     conditions = _merge_conditions(conditions, nodes_condition(previous.conditions, findings, now))
     if health.condition is not None:
         conditions = _merge_conditions(conditions, condition(previous.conditions, *health.condition, now))
+    gw_node = tunnels[0].node_name if tunnels and gateway_extras else None
     status = GatewayStatus(
-        nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
+        nodes=[_node_info(n, (extras or {}).get(n.name, ()), gateway_extras if n.name == gw_node else ())
+               for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
         conditions=conditions,
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}
     lost = tuple(ep for ep in prev_active if ep.key not in after)
-    why = {ep.node_name: _why_lost(ep, spec_eps, own, health, rejected) for ep in lost}
+    why = {ep.node_name: _why_lost(ep, spec_eps, own, health, rejected, switches) for ep in lost}
     return ElectionResult(
         status=status,
         elected=tuple(ep for ep in active if ep.key not in before),
@@ -278,4 +315,30 @@ def elect(
         lost_reasons={n: w[1] for n, w in why.items()},
         lost_kinds={n: w[0] for n, w in why.items()},
         findings=tuple(findings),
+        replica_notes=tuple(replica_notes),
+        notes=tuple(notes),
     )
+
+
+def _honoured_replicas(gw: Gateway) -> tuple[int, int, list[str]]:
+    """(tunnel, proxy) endpoints to elect, and a note for each Replicas that cannot be honoured as written."""
+    notes: list[str] = []
+    tunnels = gw.spec.tunnel_replicas
+    if tunnels > 1:
+        notes.append(f"spec.tunnelConfig.Replicas is {tunnels}: only one active tunnel endpoint carries a pool's "
+                     "traffic, so 1 is elected")
+        tunnels = 1
+    proxies = gw.spec.proxy_replicas
+    listed = sum(1 for ep in gw.spec.all_endpoints if ep.type == ENDPOINT_TYPE_PROXY)
+    if proxies > listed:
+        notes.append(f"spec.proxyConfig.Replicas is {proxies} but spec.endpoints lists {listed} proxy "
+                     f"endpoint(s), so at most {listed} can be elected")
+        proxies = listed
+    return tunnels, proxies, notes
+
+
+def _as_active(ep: Endpoint, switches: Switches) -> Endpoint:
+    """An elected spec endpoint as OpenYurt writes it in status: its port defaulted, its raven-cfg switch in
+    `config` (merged into the endpoint's own config)."""
+    default = DEFAULT_TUNNEL_PORT if ep.type == ENDPOINT_TYPE_TUNNEL else DEFAULT_PROXY_PORT
+    return replace(ep, port=ep.port or default, config={**(ep.config or {}), **switches.config_for(ep.type)})

@@ -35,10 +35,11 @@ import bisect
 import functools
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raven.api.gateway import Gateway
 from raven.api.node import Node
+from raven.api.openyurt import ANNOTATION_EXTRA_CIDRS
 
 REASON_INVALID_POD_CIDR = "InvalidPodCIDR"
 REASON_POD_CIDR_RESERVED = "PodCIDRReserved"
@@ -47,6 +48,9 @@ REASON_ENDPOINT_NODE_NOT_FOUND = "EndpointNodeNotFound"
 REASON_ENDPOINT_NODE_NOT_MEMBER = "EndpointNodeNotMember"
 REASON_ENDPOINT_NODE_CONFLICT = "EndpointNodeConflict"
 REASON_GATEWAY_NOT_FOUND = "GatewayNotFound"
+REASON_EXTRA_CIDR_INVALID = "ExtraCIDRInvalid"
+REASON_EXTRA_CIDR_RESERVED = "ExtraCIDRReserved"
+REASON_EXTRA_CIDR_CONFLICT = "ExtraCIDRConflict"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -137,9 +141,12 @@ class NodeIndex:
     `conflicts` the pairs of remaining nodes whose pod CIDRs overlap, which `rejections()` resolves.
     """
 
-    def __init__(self, nodes: Iterable[Node], gateways: Collection[str], ranges: Ranges) -> None:
+    def __init__(self, nodes: Iterable[Node], gateways: Collection[str], ranges: Ranges,
+                 gateway_extras: Mapping[str, Sequence[str]] | None = None) -> None:
         all_nodes = sorted(nodes, key=_node_name)
         self.members: dict[str, Node] = {n.name: n for n in all_nodes if n.gateway in gateways}
+        self.ranges = ranges
+        self.gateway_extras = {g: tuple(c) for g, c in (gateway_extras or {}).items() if g in gateways and c}
         addresses: dict[int, list[tuple[int, str]]] = {4: [], 6: []}
         for n in all_nodes:
             ip = _ip_value(n.internal_ip) if n.internal_ip else None
@@ -158,6 +165,8 @@ class NodeIndex:
         # node -> the other nodes it overlaps, with the two CIDRs of each overlap
         self.conflicts: dict[str, dict[str, tuple[str, str]]] = {}
         claims.sort()
+        self.addresses = addresses
+        self.pod_claims = claims
         for version in (4, 6):
             self._sweep([c for c in claims if c[0] == version])
 
@@ -205,6 +214,72 @@ class NodeIndex:
                                 f"node {name}: pod CIDR {mine} overlaps {theirs} of node {other} (gateway {gw}), "
                                 "which had it first; node left out of the network")
         return out
+
+
+    def extras(self, listed: Callable[[str], Collection[str]]) -> Extras:
+        """The extra-allowed-source-cidrs that may be routed, and a finding for each one that may not.
+
+        The same rules as pod CIDRs (it parses; it covers no node's InternalIP and no reserved range; it overlaps
+        no other node's pod CIDR and no extra CIDR accepted before it), but a bad one is dropped alone: its node
+        keeps its pod CIDRs, and a good extra CIDR never pushes out a pod CIDR. Of overlapping extra CIDRs, those
+        already listed in a current status (`listed(owner)`: the subnets listed for a node, or for a Gateway's
+        tunnel endpoint) come first, then nodes in name order, then Gateways' annotations: what works stays."""
+        owners: list[tuple[str, str, tuple[str, ...]]] = [
+            ("node", n.name, n.extra_cidrs) for n in self.members.values()
+            if n.extra_cidrs and n.name not in self.invalid]
+        owners += [("gateway", g, c) for g, c in sorted(self.gateway_extras.items())]
+        candidates: list[tuple[bool, int, str, str, str]] = []
+        for order, (kind, owner, cidrs) in enumerate(owners):
+            have = {parse_cidr(s) for s in listed(owner)}
+            for cidr in cidrs:
+                candidates.append((parse_cidr(cidr) not in have, order, kind, owner, cidr))
+        accepted: list[_Claim] = []
+        out = Extras()
+        for _, _, kind, owner, cidr in sorted(candidates):
+            who = f"{kind} {owner}"
+            problem = self._extra_problem(who, owner if kind == "node" else None, cidr, accepted)
+            if problem is not None:
+                out.findings.append(Finding(owner, problem[0], f"{who}: {problem[1]}"))
+                continue
+            span = _cidr_span(cidr)
+            assert span is not None
+            accepted.append((*span, owner, cidr))
+            target = out.by_node if kind == "node" else out.by_gateway
+            target.setdefault(owner, []).append(cidr)
+        out.findings.sort()
+        return out
+
+    def _extra_problem(self, who: str, node: str | None, cidr: str,
+                       accepted: Sequence[_Claim]) -> tuple[str, str] | None:
+        what = f"annotation {ANNOTATION_EXTRA_CIDRS} {cidr!r}"
+        tail = "; that CIDR is ignored (nothing else changes)"
+        span = _cidr_span(cidr)
+        if span is None:
+            return REASON_EXTRA_CIDR_INVALID, f"{what} does not parse{tail}"
+        version, first, last = span
+        hit = _covered(self.addresses[version], first, last)
+        if hit is not None:
+            ip = ipaddress.ip_address(hit[0]) if version == 4 else ipaddress.IPv6Address(hit[0])
+            return REASON_EXTRA_CIDR_RESERVED, f"{what} covers {ip}, the InternalIP of node {hit[1]}{tail}"
+        reserved = _reserved(self.ranges, cidr)
+        if reserved is not None:
+            return REASON_EXTRA_CIDR_RESERVED, f"{what} overlaps {reserved}{tail}"
+        for c_version, c_first, c_last, c_node, c_cidr in self.pod_claims:
+            if c_version == version and c_node != node and c_first <= last and first <= c_last:
+                return REASON_EXTRA_CIDR_CONFLICT, f"{what} overlaps pod CIDR {c_cidr} of node {c_node}{tail}"
+        for c_version, c_first, c_last, c_owner, c_cidr in accepted:
+            if c_version == version and c_first <= last and first <= c_last:
+                return REASON_EXTRA_CIDR_CONFLICT, f"{what} overlaps extra CIDR {c_cidr} of {c_owner}{tail}"
+        return None
+
+
+@dataclass
+class Extras:
+    """`NodeIndex.extras()`: accepted extra CIDRs by node and by Gateway, and the findings about the others."""
+
+    by_node: dict[str, list[str]] = field(default_factory=dict)
+    by_gateway: dict[str, list[str]] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
 
 def is_incumbent(node: Node, listed: Collection[str] | None) -> bool:

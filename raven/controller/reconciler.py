@@ -26,6 +26,11 @@ depends on time (a hold ending, a report going stale) re-queues its Gateway for 
 
 Writes are gated by `may_write()` (the leader check): an ex-leader stops writing at once, mid-reconcile.
 A failed reconcile is retried with per-key jittered backoff; bad data is reported and never crashes.
+
+OpenYurt compatibility: the `kube-system/raven-cfg` ConfigMap (its own informer, `ravencfg`) switches tunnel and
+proxy election on or off; a change of either switch re-elects every Gateway (as OpenYurt's raven-cfg handler
+does). The extra-allowed-source-cidrs annotations of Nodes and Gateways are checked with the node checks
+(`NodeIndex.extras`); a rejected one is a finding (NodesValid, an Event) and is dropped alone.
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ from raven.api.constants import (
 )
 from raven.api.gateway import JSON, Gateway, GatewayStatus, UnparsableGateway, parse_gateway
 from raven.api.node import Node
+from raven.api.openyurt import ALL_ON, RAVEN_CFG_NAME, RAVEN_CFG_NAMESPACE, Switches, extra_cidrs
 from raven.api.pathreport import PathReport
 from raven.api.service import Meta, Service, ServiceEndpoints
 from raven.controller.election import (
     LOST_NOT_FORWARDING,
     NO_HEALTH,
     REASON_INVALID,
+    REASON_REPLICAS,
     ElectionResult,
     HealthInput,
     condition,
@@ -77,6 +84,7 @@ from raven.controller.health import (
 from raven.controller.metrics import ControllerMetrics
 from raven.controller.nodecheck import (
     REASON_GATEWAY_NOT_FOUND,
+    Extras,
     Finding,
     NodeIndex,
     Ranges,
@@ -95,6 +103,7 @@ EVENT_INVALID_GATEWAY = "InvalidGateway"
 EVENT_NODE_INCOMPLETE = "NodeIncomplete"
 EVENT_NOT_FORWARDING = "GatewayNotForwarding"
 EVENT_NO_BETTER_CANDIDATE = "NoBetterCandidate"
+EVENT_REPLICAS_NOT_HONOURED = REASON_REPLICAS
 MAX_CONFLICT_RETRIES = 5
 # The defaults of --overlay-cidr / --tunnel-cidr (raven.config.NetworkRanges), for callers that pass no ranges.
 DEFAULT_RANGES = Ranges.of("240.0.0.0/8", "241.0.0.0/16")
@@ -114,12 +123,12 @@ def rfc3339_now() -> str:
 
 def _facts(n: Node) -> tuple[object, ...]:
     """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
-    return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+    return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway, n.extra_cidrs)
 
 
 def _checked_facts(n: Node) -> tuple[object, ...]:
     """What the node checks (nodecheck.NodeIndex) use from a Node."""
-    return (n.internal_ip, n.pod_cidrs, n.gateway, n.created)
+    return (n.internal_ip, n.pod_cidrs, n.gateway, n.created, n.extra_cidrs)
 
 
 AnyGateway = Gateway | UnparsableGateway
@@ -150,6 +159,16 @@ def _states(r: PathReport | None) -> tuple[object, ...]:
 
 def _condition_type(c: JSON) -> str:
     return str(c.get("type"))
+
+
+def _gateway_extras(gw: AnyGateway | None) -> tuple[str, ...]:
+    """The Gateway's own extra-allowed-source-cidrs annotation (OpenYurt's place for it)."""
+    if not isinstance(gw, Gateway):
+        return ()
+    annotations = gw.metadata.get("annotations")
+    if not isinstance(annotations, dict):
+        return ()
+    return extra_cidrs({str(k): str(v) for k, v in annotations.items()})
 
 
 def _endpoint_nodes(gw: AnyGateway | None) -> frozenset[str]:
@@ -190,6 +209,7 @@ class GatewayReconciler:
         health: HealthSettings | None = None,
         now: Callable[[], datetime] | None = None,
         ranges: Ranges = DEFAULT_RANGES,
+        ravencfg: TypedInformer[Switches] | None = None,
     ) -> None:
         self.client = client
         self.gateways = gateways
@@ -215,6 +235,11 @@ class GatewayReconciler:
         self._endpoint_of: dict[str, set[str]] = {}  # node -> gateways whose endpoints name it
         self._reported_findings: dict[str, frozenset[Finding]] = {}
         self._orphans: dict[str, str] = {}  # node -> the missing gateway it was reported labelled for
+        # OpenYurt's raven-cfg (None: not watched, everything elected) and the extra CIDRs of Gateways.
+        self.ravencfg = ravencfg
+        self._gw_extras: dict[str, tuple[str, ...]] = {}
+        self._extras: Extras | None = None
+        self._reported_cfg_problems: tuple[str, ...] = ()
         # gateway -> exception types whose traceback was logged since its last success
         self._tracebacks_logged: dict[str, set[str]] = {}
         # Failover on data-plane health (None: Node readiness only).
@@ -230,6 +255,8 @@ class GatewayReconciler:
         nodes.add_handler(self.on_node)
         if reports is not None and self.health is not None:
             reports.add_handler(self.on_report)
+        if ravencfg is not None:
+            ravencfg.add_handler(self.on_raven_cfg)
 
     # --- event handlers: cheap, enqueue only ---
 
@@ -248,6 +275,13 @@ class GatewayReconciler:
             return  # our own status write coming back: nothing new to decide
         if ev.type != "MODIFIED":
             self._index = None  # which nodes are members (labelled for an existing Gateway) changed
+        extras = () if ev.type == "DELETED" else _gateway_extras(ev.obj)
+        if extras != self._gw_extras.get(name, ()):
+            self._index = None  # the Gateway's extra CIDRs are checked with the nodes'
+            if extras:
+                self._gw_extras[name] = extras
+            else:
+                self._gw_extras.pop(name, None)
         new = frozenset() if ev.type == "DELETED" else _endpoint_nodes(ev.obj)
         old = self._endpoints.get(name, frozenset())
         if new != old:
@@ -286,6 +320,27 @@ class GatewayReconciler:
         for gw in {old_gw, new_gw} - {None}:
             assert gw is not None
             self.queue.add(gw)
+
+    def on_raven_cfg(self, ev: TypedEvent[Switches]) -> None:
+        """raven-cfg changed: when a switch did, every Gateway is elected again (OpenYurt's handler does the same)."""
+        old = ev.old or ALL_ON
+        new = ALL_ON if ev.type == "DELETED" else (ev.obj or ALL_ON)
+        if new.problems != self._reported_cfg_problems:
+            self._reported_cfg_problems = new.problems
+            for problem in new.problems:
+                log.warning("raven-cfg value not understood", extra=kv(problem=problem))
+        if (old.tunnel, old.proxy, old.problems) == (new.tunnel, new.proxy, new.problems) and ev.type != "DELETED":
+            return
+        log.info("raven-cfg changed: electing every gateway again",
+                 extra=kv(event=ev.type, enable_l3_tunnel=new.tunnel, enable_l7_proxy=new.proxy))
+        for name in self.gateways.keys():
+            self.queue.add(name)
+
+    def switches(self) -> Switches:
+        """What raven-cfg says now (absent, or not watched: everything is elected; see raven/api/openyurt.py)."""
+        if self.ravencfg is None:
+            return ALL_ON
+        return self.ravencfg.get(RAVEN_CFG_NAME, RAVEN_CFG_NAMESPACE) or ALL_ON
 
     def on_report(self, ev: TypedEvent[PathReport]) -> None:
         old = ev.old
@@ -428,7 +483,12 @@ class GatewayReconciler:
         health = NO_HEALTH if verdict is None else self._health_input(gw, verdict)
         rejected = self._rejections(gw.name)
         found = endpoint_findings(gw, self.nodes.get, self._endpoint_of)
-        result = elect(gw, members, self.clock(), lb, health, rejected=rejected, endpoint_findings=found)
+        extras = self._extra_cidrs(gw.name)
+        own = {n.name for n in members} | {gw.name}
+        found += [f for f in extras.findings if f.node in own]
+        result = elect(gw, members, self.clock(), lb, health, rejected=rejected, endpoint_findings=found,
+                       switches=self.switches(), extras=extras.by_node,
+                       gateway_extras=extras.by_gateway.get(gw.name, ()))
         self._verdicts[gw.name] = verdict
         return result
 
@@ -474,7 +534,7 @@ class GatewayReconciler:
         current statuses), and a Gateway whose node's verdict changed is queued, so every Gateway acts on
         the same decision."""
         if self._index is None:
-            self._index = NodeIndex(self.nodes.values(), set(self.gateways.keys()), self.ranges)
+            self._index = NodeIndex(self.nodes.values(), set(self.gateways.keys()), self.ranges, self._gw_extras)
         rejected = self._index.rejections(self._incumbent)
         if rejected != self._rejected:
             changed = {n for n in rejected.keys() | self._rejected.keys() if rejected.get(n) != self._rejected.get(n)}
@@ -489,14 +549,51 @@ class GatewayReconciler:
     def _incumbent(self, node: Node) -> bool:
         """Whether the node's pod CIDRs are listed for it in a current status: its Gateway's first, then any
         (a node moving between Gateways keeps its subnets). Asked only for nodes whose pod CIDRs overlap."""
-        first = [node.gateway] if node.gateway else []
+        listed = self._listed_for_node(node.name, node.gateway)
+        return listed is not None and is_incumbent(node, listed)
+
+    def _listed_for_node(self, node: str, gateway: str | None) -> list[str] | None:
+        """The subnets a current status lists for `node` (its Gateway's first, then any), None when none does."""
+        first = [gateway] if gateway else []
         for name in itertools.chain(first, self.gateways.keys()):
             gw = self.gateways.get(name)
             if isinstance(gw, Gateway):
                 for info in gw.status.nodes or ():
-                    if info.node_name == node.name:
-                        return is_incumbent(node, info.subnets)
-        return False
+                    if info.node_name == node:
+                        return info.subnets
+        return None
+
+    def _listed_for(self, owner: str) -> list[str]:
+        """What a current status lists for an extra CIDR's owner: a node's subnets, or for a Gateway the subnets
+        of its active tunnel endpoint's node."""
+        gw = self.gateways.get(owner)
+        if isinstance(gw, Gateway) and owner in self._gw_extras:
+            tunnels = gw.status.active_tunnel_endpoints()
+            node = tunnels[0].node_name if tunnels else ""
+            return next((i.subnets for i in gw.status.nodes or () if i.node_name == node), [])
+        node_obj = self.nodes.get(owner)
+        return self._listed_for_node(owner, node_obj.gateway if node_obj else None) or []
+
+    def _extra_cidrs(self, reconciling: str) -> Extras:
+        """The extra-allowed-source-cidrs that may be routed (see NodeIndex.extras); when what is accepted changes,
+        the other Gateways it concerns are queued (like the node checks' rejections)."""
+        assert self._index is not None
+        if not self._index.gateway_extras and not any(n.extra_cidrs for n in self._index.members.values()):
+            self._extras = Extras()
+            return self._extras
+        extras = self._index.extras(self._listed_for)
+        before = self._extras
+        self._extras = extras
+        if before is not None and before != extras:
+            owners = {f.node for f in [*before.findings, *extras.findings]}
+            owners |= before.by_node.keys() | extras.by_node.keys()
+            owners |= before.by_gateway.keys() | extras.by_gateway.keys()
+            for owner in sorted(owners):
+                node = self.nodes.get(owner)
+                gw = node.gateway if node is not None else owner
+                if gw and gw != reconciling and (gw in self._members or gw in self._gw_extras):
+                    self.queue.add(gw)
+        return extras
 
     def _report_findings(self, gw: Gateway, result: ElectionResult) -> None:
         """One warning, one Event on the Gateway and (for a node left out) one on the Node per new finding."""
@@ -578,6 +675,7 @@ class GatewayReconciler:
                                      f"gateway {ep.node_name} is not forwarding, failed over to {new}: "
                                      f"{blame.evidence}")
         self._record_health_transition(gw, result)
+        self._record_replicas(gw, result)
         for ep in result.elected:
             log.info("active endpoint elected", extra=kv(gateway=gw.name, node=ep.node_name, type=ep.type))
             self.metrics.elections.labels(gateway=gw.name).inc()
@@ -585,6 +683,17 @@ class GatewayReconciler:
                                  f"{ep.type} endpoint on node {ep.node_name} is active")
         if result.lost and not any(ep.type == "tunnel" for ep in result.status.active_endpoints or []):
             log.warning("gateway has no active tunnel endpoint", extra=kv(gateway=gw.name))
+
+    def _record_replicas(self, gw: Gateway, result: ElectionResult) -> None:
+        """An Event when the Replicas that cannot be honoured change (the Valid condition says the same)."""
+        old = [c.message for c in gw.status.conditions or ()
+               if c.type == CONDITION_VALID and c.reason == REASON_REPLICAS]
+        message = "; ".join(result.replica_notes)
+        if result.replica_notes and old != [message]:
+            listed = ", ".join(e.node_name for e in result.status.active_endpoints or ()) or "none"
+            log.warning("replicas not honoured", extra=kv(gateway=gw.name, why=message))
+            self.recorder.record(self._ref(gw), "Warning", EVENT_REPLICAS_NOT_HONOURED,
+                                 f"{message} (active endpoints listed: {listed})")
 
     def _record_health_transition(self, gw: Gateway, result: ElectionResult) -> None:
         """An Event when the TunnelsHealthy condition turns to NoBetterCandidate (nothing moves: say why once)."""

@@ -66,6 +66,7 @@ EVENTS = Resource("", "v1", "events", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 GATEWAYS = Resource("raven.openyurt.io", "v1beta1", "gateways")
 SECRETS = Resource("", "v1", "secrets", namespaced=True)
+CONFIGMAPS = Resource("", "v1", "configmaps", namespaced=True)
 CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests")
 PATHREPORTS = Resource("health.raven-py.io", "v1alpha1", "pathreports")  # raven.api.pathreport (tested equal)
 

@@ -86,20 +86,28 @@ async def test_load_balancer_lifecycle(kube: KubeClient, start: Start) -> None:
     assert got["status"]["activeEndpoints"][0]["nodeName"] == "l-2"
 
 
-async def test_fewer_tunnel_replicas_removes_the_extra_slot(kube: KubeClient, start: Start) -> None:
+async def test_tunnel_replicas_beyond_one_get_one_slot(kube: KubeClient, start: Start) -> None:
+    """Only one active tunnel endpoint carries a pool's traffic, so Replicas 2 exposes one LoadBalancer slot (the
+    Valid condition says why); back to Replicas 1, the condition clears and slot 0 is untouched."""
     for i in (1, 2):
         await kube.create(NODES, node_body(f"m-{i}", "gw-m"))
     await kube.create(GATEWAYS, gateway_body("gw-m", ["m-1", "m-2"], exposeType="LoadBalancer",
                                              tunnelConfig={"Replicas": 2}))
     rc = await start()
-    for slot in (0, 1):
-        await eventually(lambda s=slot: exists(kube, SERVICES, f"raven-lb-gw-m-{s}"), bool, what=f"slot {slot}")
-    seen = rc.delivered("services", "DELETED")
+    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-0"), bool, what="slot 0")
+    got = await kube.get(GATEWAYS, "gw-m")
+    assert [e["nodeName"] for e in got["status"]["activeEndpoints"]] == ["m-1"]
+    assert [c["reason"] for c in got["status"]["conditions"] if c["type"] == "Valid"] == ["ReplicasNotHonoured"]
+    assert not await exists(kube, SERVICES, "raven-lb-gw-m-1")
+    seen = rc.delivered("gateways", "MODIFIED")
     await kube.merge_patch(GATEWAYS, "gw-m", {"spec": {"tunnelConfig": {"Replicas": 1}}})
-    await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-1"), lambda e: not e, what="slot 1 removed")
-    # The removal came back as an event and the pass it queued ran: slot 0 survived all of it.
-    await rc.acted_on("services", "DELETED", seen)
+    await eventually(lambda: kube.get(GATEWAYS, "gw-m"),
+                     lambda g: [c["reason"] for c in g["status"]["conditions"] if c["type"] == "Valid"]
+                     == ["SpecValid"],
+                     what="Valid again")
+    await rc.acted_on("gateways", "MODIFIED", seen)
     assert await exists(kube, SERVICES, "raven-lb-gw-m-0")
+    assert not await exists(kube, SERVICES, "raven-lb-gw-m-1")
     await kube.delete(GATEWAYS, "gw-m")
     await eventually(lambda: exists(kube, SERVICES, "raven-lb-gw-m-0"), lambda e: not e, what="gateway gone")
     await eventually(lambda: exists(kube, ENDPOINTS, "raven-lb-gw-m-0"), lambda e: not e, what="endpoints gone")

@@ -50,7 +50,8 @@ async def test_two_gateways_elect_first_ready_candidate_and_write_status(kube: K
     await wait_active(kube, "gw-b", ["b-2"])
     gw = await kube.get(GATEWAYS, "gw-a")
     status = gw["status"]
-    assert status["activeEndpoints"] == [gw["spec"]["endpoints"][0]]
+    # The spec endpoint as OpenYurt's controller writes it: raven-cfg's switch in its config.
+    assert status["activeEndpoints"] == [{**gw["spec"]["endpoints"][0], "config": {"enable-l3-tunnel": "true"}}]
     assert [n["nodeName"] for n in status["nodes"]] == ["a-1", "a-2", "a-3"]
     a1 = await kube.get(NODES, "a-1")
     assert status["nodes"][0] == {"nodeName": "a-1", "privateIP": a1["status"]["addresses"][0]["address"],
@@ -151,9 +152,17 @@ async def test_replicas_and_proxy_endpoints(kube: KubeClient, start: Start) -> N
     await kube.create(GATEWAYS, body)
     await start()
     got = await eventually(lambda: kube.get(GATEWAYS, "gw-c"),
-                           lambda g: len((g.get("status") or {}).get("activeEndpoints") or []) == 3, what="3 active")
+                           lambda g: len((g.get("status") or {}).get("activeEndpoints") or []) == 2, what="2 active")
+    # One tunnel endpoint carries a pool's traffic: only that one is listed, and the Valid condition and an Event
+    # say Replicas 2 was not honoured.
     assert [(e["nodeName"], e["type"]) for e in got["status"]["activeEndpoints"]] == [
-        ("c-1", "tunnel"), ("c-2", "tunnel"), ("c-3", "proxy")]
+        ("c-1", "tunnel"), ("c-3", "proxy")]
+    (valid,) = [c for c in got["status"]["conditions"] if c["type"] == "Valid"]
+    assert (valid["status"], valid["reason"]) == ("False", "ReplicasNotHonoured")
+    evs = await eventually(lambda: events_for(kube, "gw-c"),
+                           lambda e: any(x["reason"] == "ReplicasNotHonoured" for x in e), what="replicas event")
+    (ev,) = [x for x in evs if x["reason"] == "ReplicasNotHonoured"]
+    assert ev["type"] == "Warning" and "active endpoints listed: c-1, c-3" in ev["message"]
 
 
 async def test_stale_cache_conflict_is_retried_from_the_server_without_losing_changes(

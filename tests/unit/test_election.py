@@ -59,7 +59,9 @@ def test_first_eligible_candidate_in_spec_order_is_elected_and_missing_replicas_
 def test_active_endpoint_copies_the_spec_endpoint() -> None:
     spec_ep = tunnel("n-2", publicIP="203.0.113.7", publicPort=4501, config={"k": "v"})
     r = elect(gateway([tunnel("n-1"), spec_ep]), [node("n-1", ready=False), node("n-2")], NOW)
-    assert [e.to_dict() for e in r.status.active_endpoints or []] == [spec_ep]
+    # As OpenYurt writes it: the spec endpoint, plus raven-cfg's switch in its config.
+    assert [e.to_dict() for e in r.status.active_endpoints or []] == [
+        {**spec_ep, "config": {"k": "v", "enable-l3-tunnel": "true"}}]
 
 
 def test_nodes_not_labelled_for_the_gateway_are_not_candidates() -> None:
@@ -79,12 +81,17 @@ def test_not_ready_and_deleting_nodes_are_not_eligible() -> None:
     assert active_names(r) == ["n-3"]
 
 
-def test_replicas_pick_that_many_tunnel_and_proxy_endpoints() -> None:
+def test_replicas_pick_that_many_proxy_endpoints_and_one_tunnel() -> None:
     eps = [*THREE, proxy("n-1"), proxy("n-2"), proxy("n-3")]
     gw = gateway(eps, tunnelConfig={"Replicas": 2}, proxyConfig={"Replicas": 2})
     r = elect(gw, [node("n-1"), node("n-2"), node("n-3")], NOW)
-    assert active_names(r) == ["n-1", "n-2"]
+    # Only one active tunnel endpoint carries a pool's traffic: that one is listed, and the Valid condition says
+    # why the second was not elected (OpenYurt's webhook would have rejected Replicas 2).
+    assert active_names(r) == ["n-1"]
     assert active_names(r, "proxy") == ["n-1", "n-2"]
+    (valid,) = [c for c in r.status.conditions or [] if c.type == "Valid"]
+    assert (valid.status, valid.reason) == ("False", "ReplicasNotHonoured")
+    assert "spec.tunnelConfig.Replicas is 2" in valid.message
 
 
 def test_zero_proxy_replicas_by_default() -> None:
@@ -121,14 +128,18 @@ def test_failover_when_active_node_is_deleted_or_unlabelled() -> None:
     assert unlabelled.lost_reasons["n-1"] == "node is gone or no longer labelled for this gateway"
 
 
+PROXIES = [proxy("n-1"), proxy("n-2"), proxy("n-3"), proxy("n-4")]
+
+
 def test_replacement_takes_the_lost_endpoints_slot() -> None:
-    gw = gateway([*THREE, tunnel("n-4")], tunnelConfig={"Replicas": 2})
+    # Slots matter where several endpoints of one type are active: proxies (tunnels elect one, see above).
+    gw = gateway(PROXIES, proxyConfig={"Replicas": 2})
     nodes = [node("n-1"), node("n-2"), node("n-3"), node("n-4")]
     first = elect(gw, nodes, NOW)
-    assert active_names(first) == ["n-1", "n-2"]
-    gw2 = gateway([*THREE, tunnel("n-4")], tunnelConfig={"Replicas": 2}, status=first.status.to_dict())
+    assert active_names(first, "proxy") == ["n-1", "n-2"]
+    gw2 = gateway(PROXIES, proxyConfig={"Replicas": 2}, status=first.status.to_dict())
     r = elect(gw2, [node("n-1", ready=False), node("n-2"), node("n-3"), node("n-4")], LATER)
-    assert active_names(r) == ["n-3", "n-2"]
+    assert active_names(r, "proxy") == ["n-3", "n-2"]
 
 
 def test_no_eligible_candidate_leaves_no_active_endpoint() -> None:
@@ -139,12 +150,20 @@ def test_no_eligible_candidate_leaves_no_active_endpoint() -> None:
 
 
 def test_fewer_replicas_drops_the_extra_and_keeps_the_first() -> None:
-    gw = gateway(THREE, tunnelConfig={"Replicas": 2})
+    gw = gateway(PROXIES[:3], proxyConfig={"Replicas": 2})
     first = elect(gw, [node("n-1"), node("n-2"), node("n-3")], NOW)
-    gw1 = gateway(THREE, tunnelConfig={"Replicas": 1}, status=first.status.to_dict())
+    gw1 = gateway(PROXIES[:3], proxyConfig={"Replicas": 1}, status=first.status.to_dict())
     r = elect(gw1, [node("n-1"), node("n-2"), node("n-3")], LATER)
-    assert active_names(r) == ["n-1"]
+    assert active_names(r, "proxy") == ["n-1"]
     assert r.lost_reasons == {"n-2": "fewer replicas wanted"}
+
+
+def test_two_tunnels_listed_by_an_earlier_version_shrink_to_the_first() -> None:
+    """A status with two active tunnel endpoints (an earlier version honoured Replicas 2) keeps the first."""
+    old = gateway(THREE, tunnelConfig={"Replicas": 2}, status={"activeEndpoints": [tunnel("n-2"), tunnel("n-1")]})
+    r = elect(old, [node("n-1"), node("n-2"), node("n-3")], LATER)
+    assert active_names(r) == ["n-2"]
+    assert [e.node_name for e in r.lost] == ["n-1"]
 
 
 def test_endpoint_removed_from_spec_is_replaced() -> None:
