@@ -31,6 +31,7 @@ A failed reconcile is retried with per-key jittered backoff; bad data is reporte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -407,6 +408,8 @@ class GatewayReconciler:
                 if exc.not_found:
                     return  # deleted meanwhile; the informer's DELETED event cleans up
                 raise
+            self.metrics.active_tunnel_endpoints.labels(gateway=name).set(
+                len(result.status.active_tunnel_endpoints()))
             if written:
                 self._after_write(gw, result)
             self._report_node_problems(gw, result)
@@ -630,6 +633,8 @@ class GatewayReconciler:
         self.recorder.record(self._ref(bad), "Warning", EVENT_INVALID_GATEWAY, problem)
 
     def _forget(self, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.metrics.active_tunnel_endpoints.remove(name)
         self._written_rv.pop(name, None)
         self._memory.pop(name, None)
         self._verdicts.pop(name, None)
