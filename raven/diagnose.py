@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import errno
 import ipaddress
+import itertools
 import json
 import socket
 import sys
@@ -268,7 +269,8 @@ def sysctl_findings(ev: Evidence) -> list[Finding]:
 
 
 _REASONS: tuple[tuple[tuple[str, ...], CheckName, str, str], ...] = (
-    (("no_proposal_chosen", "no acceptable proposal", "no proposal chosen"), "sa", "proposal mismatch",
+    (("no_proposal_chosen", "no acceptable proposal", "proposals unacceptable", "no matching proposal"), "sa",
+     "proposal mismatch",
      "the two gateways offer no common proposal: give every agent the same --ike-proposals and --esp-proposals"),
     (("authentication_failed", "mac mismatched", "authentication of", "no trusted", "constraint check failed",
       "no shared key found", "no private key found"), "sa", "authentication failed",
@@ -520,12 +522,15 @@ async def _charon_checks(ev: Evidence, vpn: Any, log_wait: float, initiate_timeo
         else:
             listen.append(conn)
     if listen:
-        # One listening window for every responder connection: the lines are told apart by IKE_SA name (known once
-        # a peer authenticated) or by the peer's address in the message.
+        # One listening window for every responder connection. A half-open IKE_SA carries the name of whichever
+        # %any config charon tried first, so lines are told apart by the peer's address where the plan knows it;
+        # a peer under NAT (remote %any) gets every raven-* line heard.
         peers = {c.name: [a for a in c.remote_addrs if a != "%any"] for c in listen}
+        known = [a for addrs in peers.values() for a in addrs]
 
         def keep(ike: str, msg: str) -> bool:
-            return ike in peers or any(a in msg for addrs in peers.values() for a in addrs) or not ike
+            # "(unnamed)": an IKE_SA_INIT no config matched yet (a proposal mismatch never gets further).
+            return ike in ("", "(unnamed)") or ike.startswith(ev.cfg.vici_conn_prefix) or any(a in msg for a in known)
 
         heard = await vpn.listen_log(log_wait, keep)
         for conn in listen:
@@ -652,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
         "what to do. Takes the agent's flags and environment (run it in the agent's container). Exit code 1 when "
         "something is wrong.")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--agent-pid", type=int, metavar="PID",
+                   help="take the agent settings from the command line of the agent process PID (in the agent's "
+                   "container: 1); flags given here win")
     p.add_argument("--no-probes", dest="probes", action="store_false",
                    help="skip the live probes (pings through the tunnels, DF path probes)")
     p.add_argument("--log-wait", type=float, default=12.0,
@@ -663,6 +671,26 @@ def build_parser() -> argparse.ArgumentParser:
         if s.mode in ("common", "network", "agent") and s.name != "cleanup":
             _add(group, s)
     return p
+
+
+def agent_flags(pid: int) -> list[str]:
+    """The agent settings on process `pid`'s command line (`raven --mode=agent ...`), without the mode and the
+    agent-only switches diagnose does not take: what `raven diagnose --agent-pid` plans with."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    if "--mode=agent" not in args and not any(a == "--mode" and b == "agent" for a, b in itertools.pairwise(args)):
+        raise OSError(errno.EINVAL, f"process {pid} is not a Raven agent ({' '.join(args[:3])} ...)")
+    start = next(i for i, a in enumerate(args) if a.startswith("--"))
+    out: list[str] = []
+    skip = False
+    for a in args[start:]:
+        if skip:
+            skip = False
+        elif a == "--mode":
+            skip = True
+        elif a not in ("--mode=agent", "--cleanup"):
+            out.append(a)
+    return out
 
 
 def render_text(ev: Evidence, findings: Sequence[Finding]) -> str:
@@ -688,8 +716,15 @@ def render_json(ev: Evidence, findings: Sequence[Finding]) -> str:
 def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     from raven.cli import build_config
 
-    ns = build_parser().parse_args(argv)
-    opts = {k: vars(ns).pop(k) for k in ("output", "probes", "log_wait", "initiate_timeout")}
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.agent_pid is not None:
+        try:
+            ns = parser.parse_args([*agent_flags(ns.agent_pid), *argv])
+        except OSError as exc:
+            print(f"raven diagnose: error: --agent-pid {ns.agent_pid}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    opts = {k: vars(ns).pop(k) for k in ("output", "probes", "log_wait", "initiate_timeout", "agent_pid")}
     ns.mode = "agent"
     try:
         cfg = cast(AgentConfig, build_config(ns, env))

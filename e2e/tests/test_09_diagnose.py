@@ -6,13 +6,17 @@ stopped (the data plane stays: an agent stop never touches it), so what diagnose
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from e2e.cluster import RavenCluster
+
+from .test_05_bad_input import _break_credentials, _restore_credentials
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,8 +48,10 @@ def remote_route(rc: RavenCluster, node: str) -> str:
 
 
 def test_a_healthy_gateway_and_member_report_nothing(rc: RavenCluster) -> None:
-    for node in (rc.active_gateway_node("gw-edge-a"), rc.member_node("edge-a"), rc.active_gateway_node("gw-cloud")):
-        code, report = rc.diagnose(node)
+    nodes = (rc.active_gateway_node("gw-edge-a"), rc.member_node("edge-a"), rc.active_gateway_node("gw-cloud"))
+    for node in nodes:
+        # In the agent's container: its flags read from the agent process (pid 1 there).
+        code, report = rc.diagnose(node, agent_pid=node != nodes[0])
         assert report["findings"] == [], f"{node}: {describe(report)}"
         assert code == 0 and report["ok"]
         assert report["role"] in ("gateway", "member")
@@ -110,9 +116,16 @@ def test_a_proposal_mismatch_is_named_with_charons_reason(rc: RavenCluster) -> N
     seen = len(agent.logs())
     agent.argv = [*argv, "--ike-proposals", "aes128-sha256-modp3072"]
     agent.start()
+    cloud = rc.active_gateway_node("gw-cloud")
     try:
         rc.wait_for("the changed connection loaded", lambda: "conn=raven-gw-cloud" in agent.logs()[seen:], timeout=30)
-        code, report = rc.diagnose(node, "--no-probes")
+        # The responder (gw-cloud) cannot initiate: it listens to charon's log while the initiator tries again
+        # (its own diagnose initiates, 2 s into the listening window).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            responder = pool.submit(rc.diagnose, cloud, "--no-probes", "--log-wait", "10")
+            time.sleep(2)
+            code, report = rc.diagnose(node, "--no-probes")
+            cloud_code, cloud_report = responder.result()
     finally:
         agent.stop()
         agent.argv = argv
@@ -121,6 +134,30 @@ def test_a_proposal_mismatch_is_named_with_charons_reason(rc: RavenCluster) -> N
     hits = [f for f in findings(report, "sa") if f["subject"] == "raven-gw-cloud"]
     assert hits and "proposal mismatch" in hits[0]["problem"], describe(report)
     assert any("NO_PROPOSAL_CHOSEN" in e for e in hits[0]["evidence"]), hits[0]["evidence"]
+    assert cloud_code == 1
+    theirs = [f for f in findings(cloud_report, "sa") if f["subject"] == "raven-gw-edge-a"]
+    assert theirs and "proposal mismatch" in theirs[0]["problem"], describe(cloud_report)
+
+
+def test_an_authentication_failure_is_named_with_charons_reason(rc: RavenCluster) -> None:
+    """gw-edge-pub's node holds a key and certificate of another CA: its peers' charons refuse it."""
+    gw = rc.active_gateway_node("gw-edge-pub")
+    peer = rc.active_gateway_node("gw-edge-a")  # behind NAT: it initiates towards gw-edge-pub
+    _break_credentials(rc, gw)
+    rc.agents[gw].restart()
+    rc.restart_charon(gw)  # SAs authenticated with the old key go: every peer must authenticate again
+    try:
+        rc.wait_for("the peer's tunnel to gw-edge-pub down",
+                    lambda: rc.sas(peer).get("raven-gw-edge-pub", {}).get("state") != "ESTABLISHED", timeout=45)
+        code, report = rc.diagnose(peer, "--no-probes")
+    finally:
+        _restore_credentials(rc, gw)
+        rc.agents[gw].restart()
+        rc.restart_charon(gw)
+    assert code == 1
+    hits = [f for f in findings(report, "sa") if f["subject"] == "raven-gw-edge-pub"]
+    assert hits and "authentication failed" in hits[0]["problem"], describe(report)
+    assert any("AUTHENTICATION_FAILED" in e for e in hits[0]["evidence"]), hits[0]["evidence"]
 
 
 def _block_tunnel_port(rc: RavenCluster, pool: str, add: bool) -> None:

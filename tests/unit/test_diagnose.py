@@ -5,6 +5,10 @@ thing on a real node."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+
+import pytest
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.diff import Observed
@@ -15,6 +19,7 @@ from raven.diagnose import (
     ProbeOutcome,
     RouteLookup,
     SaAttempt,
+    agent_flags,
     analyse,
     classify_charon_log,
     esp_packet_size,
@@ -102,6 +107,7 @@ def test_charons_reason_for_a_down_sa_is_classified() -> None:
         return None if found is None else (found[0], found[1])
 
     assert reason("received NO_PROPOSAL_CHOSEN notify error") == ("sa", "proposal mismatch")
+    assert reason("received proposals unacceptable") == ("sa", "proposal mismatch")  # the responder's words
     assert reason("received AUTHENTICATION_FAILED notify error") == ("sa", "authentication failed")
     assert reason("tried 1 shared key for 'a' - 'b', but MAC mismatched") == ("sa", "authentication failed")
     assert reason("giving up after 4 retransmits") == ("tunnel-port", "no answer from the peer")
@@ -174,3 +180,20 @@ def test_the_largest_esp_packet_fits_the_underlay_the_plan_sized_it_for() -> Non
 def test_a_node_in_no_gateway_is_told_how_to_join() -> None:
     ev = Evidence("lonely", plan(parse(cluster_json()), nodes(), "lonely", CFG), CFG)
     assert checks(ev) == [("plan", "node lonely")]
+
+
+def test_the_agent_flags_come_from_the_agent_process_command_line(tmp_path: Path) -> None:
+    """`--agent-pid`: diagnose plans with the agent's own flags (in its container, `--agent-pid 1`)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", "--mode=agent", "--node-name", "n-1",
+            "--vici-socket", str(tmp_path / "charon.vici"), "--cleanup"]
+    proc = subprocess.Popen(argv)
+    try:
+        assert agent_flags(proc.pid) == ["--node-name", "n-1", "--vici-socket", str(tmp_path / "charon.vici")]
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(OSError, match="not a Raven agent"):
+        agent_flags(os.getpid())
