@@ -220,9 +220,12 @@ def route_findings(ev: Evidence) -> list[Finding]:
     """A planned route that exists but whose traffic a foreign route (or rule) takes first."""
     out: list[Finding] = []
     by_dst = {r.dst: r for r in ev.result.state.routes if r.table == ev.cfg.table}
+    # A route the kernel lacks (or has otherwise) is a kernel finding; its lookup then finds whatever comes next
+    # (the default route), which is not a foreign route taking the traffic.
+    present = {(row[0], row[1]) for row in ev.observed.route_rows} if ev.observed is not None else set()
     for dst, got in sorted(ev.lookups.items()):
         want = by_dst.get(dst)
-        if want is None:
+        if want is None or (want.table, want.dst) not in present:
             continue
         if got is None:
             out.append(Finding("route", f"route {dst}", f"the kernel has no route at all for {dst}",
@@ -372,8 +375,8 @@ def probe_findings(ev: Evidence) -> list[Finding]:
                 f"the tunnel to {t.gateway} is ESTABLISHED but carries nothing: {p.sent} pings from {t.source} to "
                 f"{t.address} through it got no reply (ESP in UDP towards {sa.remote_host}:{sa.remote_port} is "
                 "dropped on the way)",
-                f"UDP {sa.remote_port} (ESP-in-UDP) is filtered between the gateways: open it in the firewalls "
-                "on the path (IKE alone passing is not enough)"))
+                f"UDP {sa.remote_port} (ESP-in-UDP, and IKE after NAT-T) is filtered or lost between the gateways: "
+                "open it in both directions in the firewalls and security groups on the path"))
         # A probe through a tunnel that is not up is explained by the SA finding already.
     return out
 

@@ -67,6 +67,7 @@ def test_a_missing_route_is_named(rc: RavenCluster) -> None:
     assert code == 1, describe(report)
     assert any(f["subject"] == f"route {dst}" and "missing" in f["problem"] for f in findings(report, "kernel")), \
         describe(report)
+    assert not findings(report, "route"), "the default route the lookup falls back to is not a foreign route"
 
 
 def test_a_foreign_route_taking_the_traffic_is_named(rc: RavenCluster) -> None:

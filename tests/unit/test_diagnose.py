@@ -74,6 +74,7 @@ def test_a_missing_route_and_a_wrong_mtu_are_kernel_findings() -> None:
     (raven0,) = ev.result.state.links
     state = dataclasses.replace(state, links=frozenset({dataclasses.replace(raven0, mtu=1400)}))
     ev.observed = Observed.of(state)
+    ev.lookups[gone.dst] = RouteLookup("0.0.0.0/0", 254, 3, "eth0", "192.168.1.1")  # what the kernel falls back to
     found = analyse(ev)
     assert [(f.check, f.subject) for f in found] == [("kernel", "device raven0"), ("kernel", f"route {gone.dst}")]
     assert "MTU 1400" in found[0].problem and "missing" in found[1].problem
