@@ -83,3 +83,19 @@ def test_metric_names_are_read_from_queries_not_from_labels() -> None:
         == {"raven_a_total", "raven_c"}
     assert exported_metrics("# TYPE raven_a_total counter\n# TYPE raven_h histogram\nraven_g 1\n") >= {
         "raven_a_total", "raven_h_bucket", "raven_h_count", "raven_g"}
+
+
+def test_raven_ready_is_what_readyz_answers_at_scrape_time() -> None:
+    from raven.health import CheckResult, Health
+
+    health = Health()
+    state = {"ok": True}
+    health.add_readiness_check("x", lambda: CheckResult(state["ok"], "" if state["ok"] else "not yet"))
+    registry = CollectorRegistry()
+    readiness_gauge(registry, lambda: health.ready)
+    assert registry.get_sample_value("raven_ready") == 1
+    state["ok"] = False
+    assert registry.get_sample_value("raven_ready") == 0
+    state["ok"] = True
+    health.mark_dead("informer", "boom")  # a dead task: /readyz fails too
+    assert registry.get_sample_value("raven_ready") == 0
