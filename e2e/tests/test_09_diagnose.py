@@ -144,12 +144,17 @@ def test_an_authentication_failure_is_named_with_charons_reason(rc: RavenCluster
     """gw-edge-pub's node holds a key and certificate of another CA: its peers' charons refuse it."""
     gw = rc.active_gateway_node("gw-edge-pub")
     peer = rc.active_gateway_node("gw-edge-a")  # behind NAT: it initiates towards gw-edge-pub
+    seen = {n: len(rc.charon(n).read_log()) for n in (gw, peer)}
     _break_credentials(rc, gw)
     rc.agents[gw].restart()
     rc.restart_charon(gw)  # SAs authenticated with the old key go: every peer must authenticate again
     try:
         rc.wait_for("the peer's tunnel to gw-edge-pub down",
                     lambda: rc.sas(peer).get("raven-gw-edge-pub", {}).get("state") != "ESTABLISHED", timeout=45)
+        # Until gw-edge-pub's restarted agent has loaded its connections, its charon refuses every IKE_SA_INIT
+        # with NO_PROPOSAL_CHOSEN (no config at all): diagnose once an authentication was really tried.
+        rc.wait_for("a failed authentication in the charon logs",
+                    lambda: any("AUTH_FAILED" in rc.charon(n).read_log()[seen[n]:] for n in seen), timeout=60)
         code, report = rc.diagnose(peer, "--no-probes")
     finally:
         _restore_credentials(rc, gw)
