@@ -454,6 +454,22 @@ class RavenCluster:
                 "--health-addr", AGENT_HTTP, "--metrics-addr", AGENT_HTTP, "--log-level", self.log_level,
                 *self.agent_args]
 
+    def diagnose(self, node: str, *args: str, timeout: float = 90.0, agent_pid: bool = False
+                 ) -> tuple[int, dict[str, Any]]:
+        """`raven diagnose -o json` on `node`, inside its netns with its agent's flags (given, or with `agent_pid`
+        read from the running agent's command line, as in its container): (exit code, the report)."""
+        if agent_pid:
+            argv = [*RAVEN_ARGV, "diagnose", "--agent-pid", str(self.agents[node].pid)]
+        else:
+            argv = [("diagnose" if a == "--mode=agent" else a) for a in self.agent_argv(node)]
+        out = self.cl.nodes[node].netns.run([*argv, "-o", "json", *args], check=False, timeout=timeout)
+        try:
+            report: dict[str, Any] = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            raise ConvergenceError(f"diagnose on {node} rc={out.returncode}: {out.stdout[-1000:]}"
+                                   f"{out.stderr[-2000:]}") from None
+        return out.returncode, report
+
     def start_agent(self, node: str) -> Process:
         ns = self.cl.nodes[node].netns
         proc = self.agents.get(node)

@@ -126,7 +126,12 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["diagnose"]:  # `raven diagnose ...`: the node-side checks (raven/diagnose.py)
+        from raven.diagnose import main as diagnose_main
+
+        return diagnose_main(args[1:], os.environ if env is None else env)
+    ns = build_parser().parse_args(args)
     try:
         cfg = build_config(ns, os.environ if env is None else env)
     except ConfigError as exc:

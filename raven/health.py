@@ -44,6 +44,11 @@ class Health:
     def alive(self) -> bool:
         return not self._dead
 
+    @property
+    def ready(self) -> bool:
+        """What /readyz answers (also the `raven_ready` gauge): every check ok and no task dead."""
+        return self.alive and all(r.ok for r in self.readiness().values())
+
     def readiness(self) -> dict[str, CheckResult]:
         results: dict[str, CheckResult] = {}
         for name, check in sorted(self._checks.items()):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from raven.config import CommonConfig
 from raven.health import Health
 from raven.log import kv
-from raven.metrics import new_registry
+from raven.metrics import new_registry, readiness_gauge
 from raven.server import HttpServer, make_app
 from raven.supervisor import Supervisor
 
@@ -43,6 +43,7 @@ async def run_mode(mode: str, version: str, common: CommonConfig, main: ModeMain
     """Run `main(rt)` as a supervised task until a stop signal; return the process exit code."""
     health = Health()
     registry = new_registry(mode, version)
+    readiness_gauge(registry, lambda: health.ready)
     rt = Runtime(health, Supervisor(health, registry), registry, asyncio.Event())
 
     loop = asyncio.get_running_loop()

@@ -32,6 +32,11 @@ class ControllerMetrics:
             "not_ready: the Node's Ready condition; node_deleted, node_gone, spec_changed).", ["reason"],
             registry=registry,
         )
+        self.active_tunnel_endpoints = Gauge(
+            "raven_gateway_active_tunnel_endpoints",
+            "Active tunnel endpoints of each Gateway, as the leader last decided (0: the pool is cut off).",
+            ["gateway"], registry=registry,
+        )
         self.queue_depth = Gauge(
             "raven_controller_queue_depth", "Gateways waiting to be reconciled.", registry=registry
         )

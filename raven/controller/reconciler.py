@@ -36,6 +36,7 @@ does). The extra-allowed-source-cidrs annotations of Nodes and Gateways are chec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -462,6 +463,8 @@ class GatewayReconciler:
                 if exc.not_found:
                     return  # deleted meanwhile; the informer's DELETED event cleans up
                 raise
+            self.metrics.active_tunnel_endpoints.labels(gateway=name).set(
+                len(result.status.active_tunnel_endpoints()))
             if written:
                 self._after_write(gw, result)
             self._report_node_problems(gw, result)
@@ -739,6 +742,8 @@ class GatewayReconciler:
         self.recorder.record(self._ref(bad), "Warning", EVENT_INVALID_GATEWAY, problem)
 
     def _forget(self, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.metrics.active_tunnel_endpoints.remove(name)
         self._written_rv.pop(name, None)
         self._memory.pop(name, None)
         self._verdicts.pop(name, None)

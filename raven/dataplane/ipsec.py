@@ -322,6 +322,51 @@ class IPsecDriver:
 
         return await self._run(attempt)
 
+    async def connections(self) -> dict[str, set[str]]:
+        """The raven-* connections charon has loaded -> their CHILD_SA names (list-conns; read only)."""
+        return await self._run(lambda: self._with_session(self._loaded))
+
+    async def initiate_logged(self, name: str, child: str, timeout_s: float) -> tuple[bool, list[str]]:
+        """Start `name`'s CHILD_SA `child` and wait up to `timeout_s` for it, with charon's log of the attempt
+        (`raven diagnose`: charon says why an SA does not come up, e.g. AUTHENTICATION_FAILED). Returns
+        (established, log lines). The same initiate the reconciler sends for a dead initiator."""
+
+        def attempt(s: Any) -> tuple[bool, list[str]]:
+            lines: list[str] = []
+            try:
+                for event in s.initiate({"ike": name, "child": child, "timeout": int(timeout_s * 1000),
+                                         "init-limits": "no", "loglevel": 1}):
+                    lines.append(_s(event.get("msg", b"")))
+            except vici.exception.CommandException as exc:
+                lines.append(str(exc))
+                return False, lines
+            return True, lines
+
+        return await self._run(lambda: self._with_session(attempt))
+
+    async def listen_log(self, wait_s: float, keep: Callable[[str, str], bool]) -> list[str]:
+        """charon's log events for `wait_s` seconds, those for which `keep(ike_sa_name, message)` holds (a
+        responder cannot start an SA: it can only hear why the peer's attempts fail)."""
+
+        def listen(s: Any) -> list[str]:
+            lines: list[str] = []
+            deadline = time.monotonic() + wait_s
+            for _kind, event in s.listen(["log"], timeout=0.5):
+                if event is not None:
+                    msg, ike = _s(event.get("msg", b"")), _s(event.get("ikesa-name", b""))
+                    if keep(ike, msg):
+                        lines.append(msg)
+                if time.monotonic() >= deadline:
+                    break
+            return lines
+
+        # A fresh session: `listen` registers for events, which must not linger on the shared one.
+        await self._run(self._disconnect)
+        try:
+            return await self._run(lambda: self._with_session(listen))
+        finally:
+            await self._run(self._disconnect)
+
     async def cleanup(self) -> ApplyReport:
         """Terminate and unload every raven-* connection, our PSK and our keys; nothing else."""
         start = time.perf_counter()

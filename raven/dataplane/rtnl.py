@@ -57,6 +57,8 @@ RTA_GATEWAY: Final = 5
 RTA_PREFSRC: Final = 7
 RTA_METRICS: Final = 8
 RTA_TABLE: Final = 15
+RTM_F_LOOKUP_TABLE: Final = 0x1000
+RTM_F_FIB_MATCH: Final = 0x2000
 RTAX_MTU: Final = 2
 RTN_UNICAST: Final = 1
 RT_SCOPE_UNIVERSE: Final = 0
@@ -204,9 +206,12 @@ def encode_link_set(ifindex: int, *, mtu: int) -> RouteMsg:
     return RouteMsg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
 
-def encode_route_get(dst: str) -> RouteMsg:
-    """RTM_GETROUTE for one destination (`ip route get DST`): the kernel answers with the route it would use."""
-    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, socket.inet_aton(dst))
+def encode_route_get(dst: str, fib_match: bool = False) -> RouteMsg:
+    """RTM_GETROUTE for one destination (`ip route get DST`): the kernel answers with the route it would use.
+    `fib_match` (`ip route get fibmatch DST`): the FIB entry that matched, with its own prefix, table and protocol
+    (RTM_F_LOOKUP_TABLE: the table the lookup found it in; without it the kernel answers "main")."""
+    flags = RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE if fib_match else 0
+    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, flags) + _attr(RTA_DST, socket.inet_aton(dst))
     return RouteMsg(RTM_GETROUTE, NLM_F_REQUEST, body)
 
 

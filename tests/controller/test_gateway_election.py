@@ -202,3 +202,23 @@ async def test_repeated_identical_events_are_counted_on_one_event(kube: KubeClie
         what="second loss of f-1 counted")
     lost_f1 = [e for e in evs if e["reason"] == "ActiveEndpointLost" and "f-1" in e["message"]]
     assert len(lost_f1) == 1
+
+
+async def test_the_active_tunnel_endpoints_gauge_follows_the_election(kube: KubeClient, start: Start) -> None:
+    """raven_gateway_active_tunnel_endpoints{gateway} (the RavenPoolWithoutActiveEndpoint alert): 1 while elected,
+    0 when no candidate is left, gone with the Gateway."""
+    await two_gateways(kube)
+    rc = await start()
+
+    def gauge(gw: str) -> float | None:
+        return rc.rt.registry.get_sample_value("raven_gateway_active_tunnel_endpoints", {"gateway": gw})
+
+    await wait_active(kube, "gw-b", ["b-1"])
+    await eventually(lambda: gauge("gw-b"), lambda v: v == 1, what="gw-b counted with one endpoint")
+    for i in (1, 2, 3):
+        await set_ready(kube, f"b-{i}", False)
+    await wait_active(kube, "gw-b", [])
+    await eventually(lambda: gauge("gw-b"), lambda v: v == 0, what="gw-b counted without endpoint")
+    assert gauge("gw-a") == 1
+    await kube.delete(GATEWAYS, "gw-a")
+    await eventually(lambda: gauge("gw-a"), lambda v: v is None, what="gw-a's sample removed")
