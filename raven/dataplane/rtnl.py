@@ -223,11 +223,11 @@ def encode_link_get_index(ifindex: int) -> RouteMsg:
     return RouteMsg(RTM_GETLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
 
 
-def encode_addr(msg_type: int, ifindex: int, cidr: str) -> RouteMsg:
-    """RTM_NEWADDR (exclusive) or RTM_DELADDR of one IPv4 address ("a.b.c.d/len")."""
+def encode_addr(msg_type: int, ifindex: int, cidr: str, scope: int = RT_SCOPE_UNIVERSE) -> RouteMsg:
+    """RTM_NEWADDR (exclusive) or RTM_DELADDR of one IPv4 address ("a.b.c.d/len") with its scope."""
     ip, _, plen = cidr.partition("/")
     raw = socket.inet_aton(ip)
-    body = _IFADDRMSG.pack(socket.AF_INET, int(plen or 32), 0, 0, ifindex)
+    body = _IFADDRMSG.pack(socket.AF_INET, int(plen or 32), 0, scope, ifindex)
     body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
     return RouteMsg(msg_type, CREATE if msg_type == RTM_NEWADDR else DELETE, body)
 

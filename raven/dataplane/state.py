@@ -56,10 +56,17 @@ class VxlanLink:
     udp_csum: bool = True
 
 
+# Address scopes (rtnetlink's ifa_scope): a link-scope address is never chosen as the source of a packet that
+# leaves the node for elsewhere (MASQUERADE, `inet_select_addr`), a global one may be.
+SCOPE_GLOBAL: Final = 0
+SCOPE_LINK: Final = 253
+
+
 @dataclass(frozen=True, order=True)
 class Address:
     ifname: str
     cidr: str  # "240.0.1.2/8", "241.0.0.3/32"
+    scope: int = SCOPE_GLOBAL
 
 
 @dataclass(frozen=True, order=True)
