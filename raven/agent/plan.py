@@ -57,7 +57,7 @@ from raven.dataplane.state import (
     RAVEN_RT_PROTO,
     RAVEN_RULE_PRIORITY,
     RAVEN_TABLE,
-    SCOPE_LINK,
+    SCOPE_SITE,
     VICI_CONN_PREFIX,
     Address,
     FdbEntry,
@@ -290,7 +290,7 @@ def node_source(subnets: Sequence[str], detected: str | None = None) -> str | No
     Every pool routes this node's pod CIDR back to it (that is what Raven does for its pods), so a reply to
     this address takes the pods' path, whatever sent the packet: a host-network process (the route's `src`),
     or a Service hop that kube-proxy masquerades (MASQUERADE takes the first global address of the outgoing
-    device, and on raven0/raven1 that is this one: the overlay and inner addresses are link scope).
+    device, and on raven0/raven1 that is this one: the overlay and inner addresses are site scope).
     `detected` (an address the node already holds there, e.g. the CNI bridge's) wins; else the first host
     address of the first pod CIDR, which the CNI's IPAM reserves as its gateway (host-local, flannel).
     None when the node has no pod CIDR wide enough."""
@@ -398,8 +398,8 @@ def plan(
             underlay_ifname=cfg.underlay_ifname,
         )
     )
-    # Link scope: never the source of a packet for another pool (no pool routes overlay addresses back).
-    addresses.add(Address(cfg.intra_pool_link, f"{my_overlay}/{overlay_prefix}", SCOPE_LINK))
+    # Site scope: never the source of a packet for another pool (no pool routes overlay addresses back).
+    addresses.add(Address(cfg.intra_pool_link, f"{my_overlay}/{overlay_prefix}", SCOPE_SITE))
     if src is not None:
         addresses.add(Address(cfg.intra_pool_link, f"{src}/32"))
 
@@ -461,7 +461,7 @@ def plan(
             udp_csum=False,  # inside ESP: its ICV protects the packet; a checksum costs a pass over it twice
         )
     )
-    addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32", SCOPE_LINK))
+    addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32", SCOPE_SITE))
     if src is not None:
         addresses.add(Address(cfg.inter_gateway_link, f"{src}/32"))
     clamp.add(cfg.inter_gateway_link)

@@ -60,7 +60,7 @@ RTA_TABLE: Final = 15
 RTAX_MTU: Final = 2
 RTN_UNICAST: Final = 1
 RT_SCOPE_UNIVERSE: Final = 0
-RT_SCOPE_LINK: Final = 253
+RT_SCOPE_SITE: Final = 253
 RT_SCOPE_NOWHERE: Final = 255
 RT_TABLE_COMPAT: Final = 252
 RTNH_F_ONLINK: Final = 4
@@ -292,7 +292,7 @@ def _route_template(
         # Next hops sit on VXLAN devices without a connected prefix for them: onlink.
         scope, rtm_flags = RT_SCOPE_UNIVERSE, RTNH_F_ONLINK
     else:
-        scope, rtm_flags = RT_SCOPE_LINK, 0
+        scope, rtm_flags = RT_SCOPE_SITE, 0
     rtmsg = _RTMSG.pack(
         socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol, scope, RTN_UNICAST, rtm_flags
     )

@@ -2,7 +2,7 @@
 
 The plan gives every route to another pool `src` = the node's own address inside its pod CIDR (the node
 source), holds that address on raven0 (and raven1 on a gateway) with global scope, and gives the overlay and
-inner addresses link scope, so that MASQUERADE, which takes the first global address of the outgoing device,
+inner addresses site scope, so that MASQUERADE, which takes the first global address of the outgoing device,
 picks the node source too. These tests walk the reply back through every other node's independently
 planned state with the forwarding model of test_plan_forwarding.
 """
@@ -14,7 +14,7 @@ import ipaddress
 import itertools
 
 from raven.agent.plan import PlanConfig, node_source, plan
-from raven.dataplane.state import SCOPE_GLOBAL, SCOPE_LINK, NodeNetwork
+from raven.dataplane.state import SCOPE_GLOBAL, SCOPE_SITE, NodeNetwork
 from tests.unit.plan_cluster import POOLS, cluster_json, nodes, parse
 from tests.unit.test_plan_forwarding import ALL_NODES, Hop, Network, delivered, pod
 
@@ -45,9 +45,9 @@ def test_every_route_to_another_pool_leaves_from_the_nodes_own_pod_cidr_address(
         assert devices == ({"raven0", "raven1"} if result.role == "gateway" else {"raven0"})
         for dev in devices:
             # The route's src must be local (the kernel refuses the route otherwise), and MASQUERADE out of
-            # the device picks the same address: the overlay and inner addresses are link scope.
+            # the device picks the same address: the overlay and inner addresses are site scope.
             assert _masquerade_source(s, dev) == src, (name, dev)
-            assert {a.scope for a in s.addresses if a.ifname == dev and a.cidr.split("/")[0] != src} == {SCOPE_LINK}
+            assert {a.scope for a in s.addresses if a.ifname == dev and a.cidr.split("/")[0] != src} == {SCOPE_SITE}
 
 
 def test_replies_to_the_node_source_come_back_from_every_other_pool() -> None:
