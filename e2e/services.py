@@ -332,6 +332,12 @@ class ClusterDns:
                 "--domain-needed", "--user=root", "--group=root", "--log-facility=-",
                 f"--pid-file={self.pod.netns.run_dir / 'dnsmasq.pid'}"]
         self.process = self.pod.netns.popen(argv, name="dnsmasq")
+        proc = self.process
+        # Until dnsmasq has set up its handlers, a SIGHUP (update) would kill it: wait for its "started" line.
+        self.rc.wait_for("dnsmasq to start", lambda: "started, version" in proc.logs() or not proc.alive(),
+                         timeout=20, interval=0.05)
+        if not proc.alive():
+            raise RuntimeError(f"dnsmasq exited: {proc.logs()}")
         ensure_namespace(self.rc, DNS_NAMESPACE)
         svc = create_service(self.rc, DNS_NAMESPACE, DNS_SERVICE,
                              [{"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 53},
@@ -558,12 +564,19 @@ def http_many(ns: Netns, urls: Sequence[str], timeout: float = 5.0) -> list[tupl
     return [(int(code), str(body)) for code, body in rows]
 
 
-def web_clients(procs: Iterable[Process]) -> list[str]:
-    """Client addresses the web servers logged (http.server writes ``<client> - - [...] "GET ..."``)."""
-    seen = []
+def web_clients(procs: Iterable[Process]) -> dict[str, list[str]]:
+    """Per web server (process log path), the client addresses it logged, in order (http.server writes
+    ``<client> - - [...] "GET ..."`` to stderr)."""
+    seen: dict[str, list[str]] = {}
     for proc in procs:
+        rows = seen.setdefault(str(proc.stderr_path), [])
         with contextlib.suppress(OSError):
             for line in proc.stderr_path.read_text(errors="replace").splitlines():
                 if '"GET ' in line:
-                    seen.append(line.split(" ", 1)[0])
+                    rows.append(line.split(" ", 1)[0])
     return seen
+
+
+def new_clients(before: dict[str, list[str]], after: dict[str, list[str]]) -> set[str]:
+    """Client addresses logged between two `web_clients` snapshots."""
+    return {ip for key, rows in after.items() for ip in rows[len(before.get(key, [])):]}
