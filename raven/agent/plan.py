@@ -386,7 +386,12 @@ def plan(
 
     my_overlay = overlay[me.name]
     overlay_prefix = ipaddress.IPv4Network(cfg.overlay_cidr).prefixlen
-    src = node_source(me.subnets, cfg.detected_node_source)
+    # A pod CIDR that covers a protected address (this node's own, the API server, the default gateway) is no
+    # place for the node source: holding an address there could shadow one of them.
+    safe_own = [s for s in me.subnets if guard.hit(s) is None]
+    if len(safe_own) < len(me.subnets):
+        problems.append(f"node {me.name}: a pod CIDR covers a protected address; no node source taken from it")
+    src = node_source(safe_own, cfg.detected_node_source)
     links.add(
         VxlanLink(
             name=cfg.intra_pool_link,

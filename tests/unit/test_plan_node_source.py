@@ -100,3 +100,14 @@ def test_a_node_without_a_pod_cidr_plans_no_source() -> None:
     s = plan(parse(objs), nodes(), "edge-a-2", CFG).state
     assert s.routes and all(r.src is None for r in s.routes)
     assert _masquerade_source(s, "raven0") is None
+
+
+def test_no_node_source_from_a_pod_cidr_that_covers_a_protected_address() -> None:
+    """A pod CIDR over the default gateway would make the node hold an address beside the gateway's: skipped."""
+    from raven.agent.plan import ProtectedAddress
+
+    gateway = ProtectedAddress("10.245.1.1", "the default gateway")
+    result = plan(parse(cluster_json()), nodes(), "edge-a-2", CFG, [gateway])
+    assert all(r.src is None for r in result.state.routes)
+    assert _masquerade_source(result.state, "raven0") is None
+    assert any("no node source" in p for p in result.problems), result.problems
