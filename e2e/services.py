@@ -406,12 +406,14 @@ def start_web(rc: RavenCluster, pods: Iterable[str], port: int) -> list[Process]
 
 @dataclass
 class Retarget:
-    """The LB moved a Service's target (`old` None: first programmed) at monotonic time `at`."""
+    """The LB moved a Service's target (`old` None: first programmed): `seen` when its poll found the new
+    Endpoints, `at` when the new DNAT was in place and the old flows dropped (monotonic times)."""
 
     service: str
     old: str | None
     new: str | None
     at: float
+    seen: float = 0.0
 
 
 class CloudLoadBalancer:
@@ -492,10 +494,11 @@ class CloudLoadBalancer:
                                   p["port"]))) for p in svc["spec"].get("ports") or []))
             want = (target, ports)
             if self.targets.get(key) != want:
+                seen = time.monotonic()
                 old = self.targets.get(key, ("", ()))[0] or None
                 self._program(ip, target, ports)
                 self.targets[key] = want
-                self.events.append(Retarget(f"{key[0]}/{key[1]}", old, target or None, time.monotonic()))
+                self.events.append(Retarget(f"{key[0]}/{key[1]}", old, target or None, time.monotonic(), seen))
                 log.info("load balancer target service=%s/%s ip=%s target=%s", key[0], key[1], ip, target)
         gone = set(self.assigned) - {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services}
         for key in gone:

@@ -229,9 +229,11 @@ def test_a_cloud_gateway_exposed_by_a_load_balancer_carries_traffic_and_fails_ov
             "state") == "ESTABLISHED", timeout=60, interval=0.2)
         outages = [round(o.length_s, 3) for o in result.probe.outages]
         MEASUREMENTS["lb_failover"] = {
-            # seconds from the NotReady write (and the crashed node's link cut) to: the new election, the LB's new
-            # target, a ping through the new gateway; and the 10 ms probe's outages
+            # seconds from the NotReady write (and the crashed node's link cut) to: the new election, a ping
+            # through the new gateway, the LB's poll seeing the new Endpoints, its new DNAT in place (after
+            # iptables-restore and conntrack -D); and the 10 ms probe's outages
             "old": old, "new": new, "elected_s": round(result.elected_s, 3), "traffic_s": round(result.traffic_s, 3),
+            "lb_saw_endpoints_s": round(moves[-1].seen - not_ready_at[0], 3),
             "lb_retarget_s": round(moves[-1].at - not_ready_at[0], 3), "probe_outages_s": outages,
             "probe_loss": f"{result.probe.sent - result.probe.received}/{result.probe.sent}",
         }
