@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 # Runtime packages: the same list as the Dockerfile.
 APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools
 # Test-only packages: ping, ps/pkill for the network-namespace lab; openssl makes the
-# test API server's certificate; iperf3 carries bulk TCP in the no-fragments e2e test and make bench.
+# test API server's certificate; iperf3 carries bulk TCP in the no-fragments e2e test and make bench;
+# dnsmasq-base is the lab's cluster DNS and conntrack drops the lab LB's old flows (e2e/services.py);
 # prometheus (server and promtool): the alerting rules' unit tests and the e2e lab's Prometheus.
-APT_TEST := iputils-ping procps openssl iperf3 prometheus
+APT_TEST := iputils-ping procps openssl iperf3 dnsmasq-base conntrack prometheus
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
 PYTEST_ARGS ?=
 

@@ -24,8 +24,10 @@ from kubernetes_asyncio.client import ApiClient
 
 from raven.agent.identity import NodeIdentity
 from raven.agent.inputs import PlanInputs
+from raven.agent.kubeproxy import findings as kube_proxy_findings
+from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
-from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress
+from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
 from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.api.gateway import Gateway
 from raven.api.node import Node
@@ -34,6 +36,8 @@ from raven.dataplane import devices
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
+from raven.dataplane.natrules import read_nat_rules
+from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
@@ -52,6 +56,9 @@ MIN_BELIEVED_PATH_MTU = 1280
 # Path MTUs are read again when the peers change, else at most this often: a lookup is cheap (~10 us per peer),
 # but a PMTU exception changes rarely (they expire after 10 min), and a plan's cost stays flat with many peers.
 PATH_MTU_REFRESH_S = 60.0
+# kube-proxy's nat rules are read this often (one iptables-save fork) and findings logged when they change.
+KUBE_PROXY_CHECK_S = 300.0
+RAVEN_LINKS = (INTRA_POOL_LINK, INTER_GATEWAY_LINK)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,9 @@ class Detected:
     underlay: Underlay | None = None
     tunnel_device: devices.TunnelDevice | None = None  # libipsec's TUN, when charon uses it
     path_mtu: int | None = None  # the smallest path MTU towards a peer's outer address, when known
+    # An address this node already holds inside its pod CIDR (the CNI bridge's, cilium_host's): the plan's
+    # node source prefers it (`raven.agent.plan.node_source`).
+    node_source: str | None = None
 
 
 def plan_config(cfg: AgentConfig, detected: Detected | Underlay | None) -> PlanConfig:
@@ -74,7 +84,25 @@ def plan_config(cfg: AgentConfig, detected: Detected | Underlay | None) -> PlanC
         base = replace(base, detected_underlay_mtu=detected.underlay.mtu, underlay_ifname=detected.underlay.ifname)
     tun = detected.tunnel_device
     return replace(base, detected_tunnel_device_mtu=tun.mtu if tun is not None else None,
-                   detected_path_mtu=detected.path_mtu)
+                   detected_path_mtu=detected.path_mtu, detected_node_source=detected.node_source)
+
+
+async def check_kube_proxy(inputs: PlanInputs, interval: float = KUBE_PROXY_CHECK_S) -> None:
+    """Log what kube-proxy's masquerade policy means for this node's cross-pool Service traffic
+    (`raven.agent.kubeproxy`), once per change of the findings."""
+    last: list[str] | None = None
+    while True:
+        node = inputs.node()
+        text = await asyncio.to_thread(read_nat_rules)
+        if node is not None and text is not None:
+            found = kube_proxy_findings(read_policy(text), node.pod_cidrs, node_source(node.pod_cidrs))
+            if found != last:
+                for line in found:
+                    log.warning("kube-proxy", extra=kv(node=node.name, finding=line))
+                if not found and last:
+                    log.info("kube-proxy", extra=kv(node=node.name, finding="no problem found"))
+                last = found
+        await asyncio.sleep(interval)
 
 
 def ownership(cfg: PlanConfig) -> Ownership:
@@ -132,12 +160,15 @@ class UnderlayFollower:
                 self._paths_of, self._paths_at = self.peers, now
             # A path MTU below IPv6's minimum is not believed (a forged ICMP could otherwise shrink every tunnel).
             sane = [m for m in self._paths.values() if m >= MIN_BELIEVED_PATH_MTU]
-            detected = Detected(self.underlay, tun, min(sane) if sane else None)
+            # Raven's own /32 on raven0/raven1 is not evidence of the CNI's address: skip its devices.
+            src = await devices.address_within(node.pod_cidrs, RAVEN_LINKS) if node is not None else None
+            detected = Detected(self.underlay, tun, min(sane) if sane else None, src)
         if detected != self.detected:
             u, t = detected.underlay, detected.tunnel_device
             log.info("underlay", extra=kv(node_ip=self._node_ip, ifname=u.ifname if u else None,
                                           mtu=u.mtu if u else None, tunnel_device=t.ifname if t else None,
-                                          tunnel_device_mtu=t.mtu if t else None, path_mtu=detected.path_mtu))
+                                          tunnel_device_mtu=t.mtu if t else None, path_mtu=detected.path_mtu,
+                                          node_source=detected.node_source))
             self.detected = detected
         return detected
 
@@ -328,6 +359,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             nodes.add_handler(on_node)
             rt.supervisor.spawn("informer-gateways", gateways.run())
             rt.supervisor.spawn("informer-nodes", nodes.run())
+            rt.supervisor.spawn("kube-proxy-check", check_kube_proxy(inputs))
             rt.health.add_readiness_check("informer-gateways", gateways.check)
             rt.health.add_readiness_check("informer-nodes", nodes.check)
             rt.health.add_readiness_check("reconciled", reconciler.ready)

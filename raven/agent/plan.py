@@ -57,6 +57,7 @@ from raven.dataplane.state import (
     RAVEN_RT_PROTO,
     RAVEN_RULE_PRIORITY,
     RAVEN_TABLE,
+    SCOPE_SITE,
     VICI_CONN_PREFIX,
     Address,
     FdbEntry,
@@ -102,6 +103,9 @@ class PlanConfig(PlanSettings):
     # device through which strongSwan's kernel-libipsec delivers decrypted packets.
     ingress_mark_mask: int = 0x0FFF0000
     ipsec_tun_ifname: str = "ipsec0"
+    # An address inside this node's pod CIDR that the node already holds (the CNI bridge's, Cilium's
+    # cilium_host), found by the agent; the plan's node source (`node_source`) prefers it.
+    detected_node_source: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -280,6 +284,36 @@ def _pool_overlay(view: GatewayView, cfg: PlanConfig, problems: list[str]) -> di
     return out
 
 
+def node_source(subnets: Sequence[str], detected: str | None = None) -> str | None:
+    """The source of everything this node itself sends to another pool: an address inside its own pod CIDR.
+
+    Every pool routes this node's pod CIDR back to it (that is what Raven does for its pods), so a reply to
+    this address takes the pods' path, whatever sent the packet: a host-network process (the route's `src`),
+    or a Service hop that kube-proxy masquerades (MASQUERADE takes the first global address of the outgoing
+    device, and on raven0/raven1 that is this one: the overlay and inner addresses are site scope).
+    `detected` (an address the node already holds there, e.g. the CNI bridge's) wins; else the first host
+    address of the first pod CIDR, which the CNI's IPAM reserves as its gateway (host-local, flannel).
+    None when the node has no pod CIDR wide enough."""
+    nets = []
+    for subnet in subnets:
+        try:
+            nets.append(ipaddress.IPv4Network(subnet))
+        except ValueError:
+            continue
+    if detected is not None:
+        try:
+            found = ipaddress.IPv4Address(detected)
+        except ValueError:
+            found = None
+        if found is not None and any(found in n and found not in (n.network_address, n.broadcast_address)
+                                     for n in nets):
+            return str(found)
+    for n in nets:
+        if n.prefixlen <= 30:
+            return str(n.network_address + 1)
+    return None
+
+
 def plan(
     gateways: Sequence[Gateway],
     nodes: Mapping[str, Node] | Sequence[Node],
@@ -352,6 +386,12 @@ def plan(
 
     my_overlay = overlay[me.name]
     overlay_prefix = ipaddress.IPv4Network(cfg.overlay_cidr).prefixlen
+    # A pod CIDR that covers a protected address (this node's own, the API server, the default gateway) is no
+    # place for the node source: holding an address there could shadow one of them.
+    safe_own = [s for s in me.subnets if guard.hit(s) is None]
+    if len(safe_own) < len(me.subnets):
+        problems.append(f"node {me.name}: a pod CIDR covers a protected address; no node source taken from it")
+    src = node_source(safe_own, cfg.detected_node_source)
     links.add(
         VxlanLink(
             name=cfg.intra_pool_link,
@@ -363,7 +403,10 @@ def plan(
             underlay_ifname=cfg.underlay_ifname,
         )
     )
-    addresses.add(Address(cfg.intra_pool_link, f"{my_overlay}/{overlay_prefix}"))
+    # Site scope: never the source of a packet for another pool (no pool routes overlay addresses back).
+    addresses.add(Address(cfg.intra_pool_link, f"{my_overlay}/{overlay_prefix}", SCOPE_SITE))
+    if src is not None:
+        addresses.add(Address(cfg.intra_pool_link, f"{src}/32"))
 
     if me.name != ep_node.name:
         gw_mac = mac_from_ipv4(overlay[ep_node.name])
@@ -380,6 +423,7 @@ def plan(
                     ifname=cfg.intra_pool_link,
                     gateway=cfg.virtual_next_hop,
                     mtu=mtus.cross_pool_path,
+                    src=src,
                 )
             )
         # Only the active gateway may send into raven0 here. Whatever inner source it sends was checked
@@ -422,7 +466,9 @@ def plan(
             udp_csum=False,  # inside ESP: its ICV protects the packet; a checksum costs a pass over it twice
         )
     )
-    addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32"))
+    addresses.add(Address(cfg.inter_gateway_link, f"{gw.inner}/32", SCOPE_SITE))
+    if src is not None:
+        addresses.add(Address(cfg.inter_gateway_link, f"{src}/32"))
     clamp.add(cfg.inter_gateway_link)
 
     peer_probes: list[ProbeTarget] = []
@@ -450,6 +496,7 @@ def plan(
                 ifname=cfg.inter_gateway_link,
                 gateway=next_inner,
                 mtu=mtus.cross_pool_path,
+                src=src,
             )
         )
     # Peers may send from the subnets we route via them (relayed pools included) and their inner address;

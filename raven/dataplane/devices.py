@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,20 @@ async def path_mtus(addresses: Iterable[str]) -> dict[str, int]:
     """The kernel's path MTU towards each address (`ip route get`): a cached PMTU or route `mtu` metric,
     else the MTU of the device the route leaves by. Unroutable addresses are left out."""
     return await asyncio.to_thread(_path_mtus, tuple(addresses))
+
+
+async def address_within(cidrs: Iterable[str], skip_ifnames: Iterable[str] = ()) -> str | None:
+    """An IPv4 address this node holds inside one of `cidrs` (its network and broadcast addresses excluded) on
+    a device not in `skip_ifnames`, lowest first; None when there is none (one RTM_GETADDR dump)."""
+    nets = []
+    for cidr in cidrs:
+        try:
+            nets.append(ipaddress.IPv4Network(cidr))
+        except ValueError:
+            continue
+    if not nets:
+        return None
+    return await asyncio.to_thread(_address_within, tuple(nets), frozenset(skip_ifnames))
 
 
 # --- blocking reads, run in a worker thread -----------------------------------------------------------------
@@ -119,5 +134,26 @@ def _path_mtus(addresses: tuple[str, ...]) -> dict[str, int]:
             if mtu:
                 out[addr] = mtu
         return out
+    finally:
+        rt.close()
+
+
+def _address_within(nets: tuple[ipaddress.IPv4Network, ...], skip: frozenset[str]) -> str | None:
+    rt = rtnl.RouteSocket()
+    try:
+        names = {hdr[2]: rtnl.text(rtnl.attrs(p, rtnl.IFINFOMSG.size).get(rtnl.IFLA_IFNAME)) or ""
+                 for p in rt.dump(rtnl.RTM_GETLINK, rtnl.LINK_DUMP) for hdr in (rtnl.IFINFOMSG.unpack_from(p),)}
+        found = []
+        for p in rt.dump(rtnl.RTM_GETADDR, rtnl.ADDR_DUMP):
+            index = rtnl.IFADDRMSG.unpack_from(p)[4]
+            if names.get(index, "") in skip:
+                continue
+            ip = rtnl.ipv4(rtnl.attrs(p, rtnl.IFADDRMSG.size).get(rtnl.IFA_LOCAL))
+            if ip is None:
+                continue
+            addr = ipaddress.IPv4Address(ip)
+            if any(addr in n and addr not in (n.network_address, n.broadcast_address) for n in nets):
+                found.append(addr)
+        return str(min(found)) if found else None
     finally:
         rt.close()

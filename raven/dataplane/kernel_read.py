@@ -116,11 +116,11 @@ def _read_netlink(rt: rtnl.RouteSocket, owner: Ownership) -> _Read:
             down.add(name)
     addresses = []
     for p in rt.dump(rtnl.RTM_GETADDR, rtnl.ADDR_DUMP):
-        _family, plen, _flags, _scope, index = rtnl.IFADDRMSG.unpack_from(p)
+        _family, plen, _flags, scope, index = rtnl.IFADDRMSG.unpack_from(p)
         if index in owned_idx:
             a = rtnl.attrs(p, rtnl.IFADDRMSG.size)
             ip = rtnl.ipv4(a.get(rtnl.IFA_ADDRESS)) or rtnl.ipv4(a.get(rtnl.IFA_LOCAL))
-            addresses.append(Address(owned_idx[index], f"{ip}/{plen}"))
+            addresses.append(Address(owned_idx[index], f"{ip}/{plen}", scope))
     rules = []
     for p in rt.dump(rtnl.RTM_GETRULE, rtnl.RULE_DUMP):
         table8 = rtnl.FIB_RULE_HDR.unpack_from(p)[4]

@@ -4,7 +4,8 @@ Every object (links, addresses, routes, rules, neighbours, FDB entries, per-devi
 encoded rtnetlink message; each group goes out in one batched send and every message is ACKed, so a
 failure is recorded per object in the `ApplyReport` (kind, operation, object, reason) and the rest is
 applied. Order: deletions first, in reverse dependency order (FDB, neighbours, rules, routes,
-addresses, links), then creations (links, addresses, neighbours, FDB, routes, rules). The MSS chain is
+addresses, links), then creations (links, addresses, neighbours, FDB, routes, rules); only addresses new to
+an existing link are added before the deletions, so a link never loses its last address. The MSS chain is
 not netlink: `raven.dataplane.mssclamp`.
 """
 
@@ -131,6 +132,13 @@ class Writer:
                                               protocol=proto, iif=r.iif)) for r in c.rule_delete])  # fmt: skip
         await self.send("route", "del", [(r, P(N.encode_route, N.RTM_DELROUTE, N.DELETE, dst=r.dst, table=r.table,
                                                protocol=proto)) for r in c.route_delete])  # fmt: skip
+        # New addresses on existing links go first: deleting a device's last IPv4 address makes the kernel flush
+        # its routes and neighbours (fib_disable_ip), e.g. when an address is re-added with another scope.
+        rescoped = {(a.ifname, a.cidr) for a in c.addr_delete}
+        new_links = {link.name for link in c.link_create}
+        early = {a for a in c.addr_add if (a.ifname, a.cidr) not in rescoped and a.ifname not in new_links}
+        await self.send("address", "add", [(a, P(N.encode_addr, N.RTM_NEWADDR, Dev(a.ifname), a.cidr, a.scope))
+                                           for a in sorted(early)])  # fmt: skip
         await self.send("address", "del", [(a, P(N.encode_addr, N.RTM_DELADDR, Dev(a.ifname), a.cidr))
                                            for a in c.addr_delete])  # fmt: skip
         await self.send("link", "del", [(name, P(N.encode_link_delete, Dev(name))) for name in c.link_delete])
@@ -145,8 +153,8 @@ class Writer:
             await self.refresh_index(link.name for link in c.link_create)
         await self.send("link", "set", [(link, P(N.encode_link_set, Dev(link.name), mtu=link.mtu))
                                         for link in c.link_update])  # fmt: skip
-        await self.send("address", "add", [(a, P(N.encode_addr, N.RTM_NEWADDR, Dev(a.ifname), a.cidr))
-                                           for a in c.addr_add])  # fmt: skip
+        await self.send("address", "add", [(a, P(N.encode_addr, N.RTM_NEWADDR, Dev(a.ifname), a.cidr, a.scope))
+                                           for a in c.addr_add if a not in early])  # fmt: skip
         await self.send("neighbor", "replace", [(n, P(N.encode_neigh, NEW, N.REPLACE, Dev(n.ifname), n.ip, n.mac))
                                                 for n in c.neigh_replace])  # fmt: skip
         for op, flags, entries in (("replace", N.REPLACE, c.fdb_replace), ("append", N.APPEND, c.fdb_append)):

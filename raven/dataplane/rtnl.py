@@ -62,7 +62,7 @@ RTM_F_FIB_MATCH: Final = 0x2000
 RTAX_MTU: Final = 2
 RTN_UNICAST: Final = 1
 RT_SCOPE_UNIVERSE: Final = 0
-RT_SCOPE_LINK: Final = 253
+RT_SCOPE_SITE: Final = 253
 RT_SCOPE_NOWHERE: Final = 255
 RT_TABLE_COMPAT: Final = 252
 RTNH_F_ONLINK: Final = 4
@@ -228,11 +228,11 @@ def encode_link_get_index(ifindex: int) -> RouteMsg:
     return RouteMsg(RTM_GETLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
 
 
-def encode_addr(msg_type: int, ifindex: int, cidr: str) -> RouteMsg:
-    """RTM_NEWADDR (exclusive) or RTM_DELADDR of one IPv4 address ("a.b.c.d/len")."""
+def encode_addr(msg_type: int, ifindex: int, cidr: str, scope: int = RT_SCOPE_UNIVERSE) -> RouteMsg:
+    """RTM_NEWADDR (exclusive) or RTM_DELADDR of one IPv4 address ("a.b.c.d/len") with its scope."""
     ip, _, plen = cidr.partition("/")
     raw = socket.inet_aton(ip)
-    body = _IFADDRMSG.pack(socket.AF_INET, int(plen or 32), 0, 0, ifindex)
+    body = _IFADDRMSG.pack(socket.AF_INET, int(plen or 32), 0, scope, ifindex)
     body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
     return RouteMsg(msg_type, CREATE if msg_type == RTM_NEWADDR else DELETE, body)
 
@@ -297,7 +297,7 @@ def _route_template(
         # Next hops sit on VXLAN devices without a connected prefix for them: onlink.
         scope, rtm_flags = RT_SCOPE_UNIVERSE, RTNH_F_ONLINK
     else:
-        scope, rtm_flags = RT_SCOPE_LINK, 0
+        scope, rtm_flags = RT_SCOPE_SITE, 0
     rtmsg = _RTMSG.pack(
         socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol, scope, RTN_UNICAST, rtm_flags
     )

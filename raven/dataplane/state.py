@@ -56,10 +56,19 @@ class VxlanLink:
     udp_csum: bool = True
 
 
+# Address scopes (rtnetlink's ifa_scope). MASQUERADE (`inet_select_addr`) takes the first address of universe
+# (global) scope of the outgoing device, so the overlay and inner addresses are site scope: never the source of
+# a packet for another pool. (Not link scope: charon's kernel-libipsec then finds no local address for the
+# CHILD_SA's selector and installs no route: "error installing route with policy".)
+SCOPE_GLOBAL: Final = 0
+SCOPE_SITE: Final = 200
+
+
 @dataclass(frozen=True, order=True)
 class Address:
     ifname: str
     cidr: str  # "240.0.1.2/8", "241.0.0.3/32"
+    scope: int = SCOPE_GLOBAL
 
 
 @dataclass(frozen=True, order=True)

@@ -67,7 +67,8 @@ def read_back(ns: Netns) -> NodeNetwork:
     for entry in ip_json(ns, "-4", "addr", "show"):
         if entry["ifname"].startswith("raven"):
             for a in entry["addr_info"]:
-                addresses.add(Address(entry["ifname"], f"{a['local']}/{a['prefixlen']}"))
+                scope = {"global": 0, "site": 200, "link": 253, "host": 254}.get(str(a.get("scope")), -1)
+                addresses.add(Address(entry["ifname"], f"{a['local']}/{a['prefixlen']}", scope))
     routes = set()
     for table in (9027, 9028):
         for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):

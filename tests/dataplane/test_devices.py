@@ -83,3 +83,39 @@ def test_path_mtus_are_read_again_only_when_the_peers_change_or_after_the_refres
     out = a.run([sys.executable, "-c", _FOLLOW, "3600", *steps])
     # The peer is set after the first plan (read then), unchanged after: the smaller route is not seen yet.
     assert [s["path"] for s in json.loads(out.stdout)] == [None, 1500, 1500]
+
+
+_NODE_SOURCE = r"""
+import asyncio, json, subprocess, sys
+from raven.agent.app import UnderlayFollower
+from raven.api.node import Node
+
+async def main() -> None:
+    f = UnderlayFollower()
+    node = Node(name="n", internal_ip="192.0.2.1", pod_cidrs=("10.240.5.0/24",), ready=True)
+    out = []
+    for step in sys.argv[1:]:
+        if step != "-":
+            subprocess.run(step.split(), check=True)
+        out.append((await f.follow(node)).node_source)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_the_follower_finds_the_address_the_node_already_holds_in_its_pod_cidr(lab: Lab) -> None:
+    """The plan's node source prefers the CNI's own address (bridge, cilium_host) over Raven's /32 on raven0."""
+    (a,) = lab.netns_many(["a"])
+    a.run(["ip", "link", "add", "eth0", "type", "bridge"])
+    a.add_addr("eth0", "192.0.2.1/24")
+    steps = [
+        "ip link add raven0 type bridge",
+        "ip addr add 10.240.5.1/32 dev raven0",  # Raven's own: not evidence
+        "ip link add cilium_host type bridge",
+        "ip addr add 10.240.5.77/32 dev cilium_host",  # the CNI's router address inside the pod CIDR
+        "ip addr add 10.240.6.1/24 dev eth0",  # outside the pod CIDR
+        "ip addr del 10.240.5.77/32 dev cilium_host",
+    ]
+    out = a.run([sys.executable, "-c", _NODE_SOURCE, *steps])
+    assert json.loads(out.stdout) == [None, None, None, "10.240.5.77", "10.240.5.77", None]

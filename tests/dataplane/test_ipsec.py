@@ -18,7 +18,17 @@ import pytest
 from e2e.netlab import Charon, Lab, Netns
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver, TunnelState
 from raven.dataplane.kernel import KernelApplier
-from raven.dataplane.state import Address, FdbEntry, IPsecConnection, Neighbor, NodeNetwork, Route, Rule, VxlanLink
+from raven.dataplane.state import (
+    SCOPE_SITE,
+    Address,
+    FdbEntry,
+    IPsecConnection,
+    Neighbor,
+    NodeNetwork,
+    Route,
+    Rule,
+    VxlanLink,
+)
 
 pytestmark = pytest.mark.root
 
@@ -50,7 +60,7 @@ class Gw:
 def kernel_state(me: Gw, peers: list[Gw]) -> NodeNetwork:
     return NodeNetwork(
         links=frozenset({VxlanLink("raven1", 201, 4473, 1350, me.mac, me.inner, None)}),
-        addresses=frozenset({Address("raven1", f"{me.inner}/32")}),
+        addresses=frozenset({Address("raven1", f"{me.inner}/32", SCOPE_SITE)}),  # as planned: charon must accept it
         routes=frozenset(Route(f"10.{p.idx}.0.0/24", 9027, "raven1", p.inner, 1350) for p in peers),
         rules=frozenset({Rule(9027, 9027)}),
         neighbors=frozenset(Neighbor("raven1", p.inner, p.mac) for p in peers),

@@ -10,6 +10,7 @@ import pytest
 from e2e.netlab import Lab, Netns
 from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.state import (
+    SCOPE_SITE,
     Address,
     FdbEntry,
     Neighbor,
@@ -264,3 +265,25 @@ async def test_routes_of_every_shape_round_trip(node: Netns, applier: KernelAppl
     assert read_back(node) == desired
     assert (await applier.read()).state == desired
     assert (await applier.reconcile(desired)).total_writes == 0
+
+
+async def test_link_scope_addresses_and_route_sources_round_trip(node: Netns, applier: KernelApplier) -> None:
+    """The plan's node source: a global /32 beside site-scope overlay/inner addresses, used as route `src`;
+    an agent upgraded from global overlay/inner addresses rewrites their scope, then writes nothing."""
+    old = gateway_state(SUBNETS[:3])
+    assert (await applier.reconcile(old)).ok
+    src = "10.240.1.1"
+    desired = dataclasses.replace(
+        old,
+        addresses=frozenset({Address("raven0", "240.168.50.1/8", SCOPE_SITE), Address("raven0", f"{src}/32"),
+                             Address("raven1", "241.0.0.1/32", SCOPE_SITE), Address("raven1", f"{src}/32")}),
+        routes=frozenset(dataclasses.replace(r, src=src) if r.table == 9027 else r for r in old.routes),
+    )
+    report = await applier.reconcile(desired)
+    assert report.ok, report.errors
+    assert read_back(node) == desired
+    shown = node.ip("-4", "-o", "addr", "show", "dev", "raven1").stdout
+    assert "241.0.0.1/32 scope site" in shown and f"{src}/32 scope global" in shown, shown
+    assert f"src {src}" in node.ip("route", "get", "10.1.0.9").stdout
+    again = await applier.reconcile(desired)
+    assert again.ok and again.total_writes == 0, again.writes

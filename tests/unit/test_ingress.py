@@ -31,7 +31,7 @@ def run(node: str, cfg: PlanConfig = CFG) -> PlanResult:
 
 
 def inner(node: str) -> str:
-    return next(a.cidr for a in run(node).state.addresses if a.ifname == "raven1").removesuffix("/32")
+    return next(link.local for link in run(node).state.links if link.name == "raven1")  # the inner address
 
 
 def subnets(pool: str) -> set[str]:

@@ -8,6 +8,7 @@ import pytest
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.state import (
+    SCOPE_SITE,
     Address,
     FdbEntry,
     IPsecConnection,
@@ -32,7 +33,7 @@ def run(node: str, objs: dict[str, JSON] | None = None, cfg: PlanConfig = CFG) -
 
 def inner_of(gateway_node: str, objs: dict[str, JSON] | None = None) -> str:
     """The inner address a gateway node holds on raven1, from its own plan."""
-    (addr,) = [a for a in run(gateway_node, objs).state.addresses if a.ifname == "raven1"]
+    (addr,) = [a for a in run(gateway_node, objs).state.addresses if a.ifname == "raven1" and a.scope == SCOPE_SITE]
     assert addr.cidr.endswith("/32")
     return addr.cidr.removesuffix("/32")
 
@@ -45,13 +46,15 @@ def test_member_node_routes_every_remote_subnet_via_the_virtual_next_hop() -> No
     assert s.links == {
         VxlanLink("raven0", 200, 4472, 1450, "0e:72:f0:a8:01:0c", local="192.168.1.12", underlay_ifname=None)
     }
-    assert s.addresses == {Address("raven0", "240.168.1.12/8")}
+    # The overlay address is site scope; the node's own source for cross-pool traffic sits beside it.
+    assert s.addresses == {Address("raven0", "240.168.1.12/8", SCOPE_SITE), Address("raven0", "10.245.1.1/32")}
     # Every other pool's subnets (edge-b is relayed by the gateway: the member does not care), none of its own.
     assert {r.dst for r in s.routes} == CLOUD_SUBNETS | EDGE_B_SUBNETS | DC_SUBNETS
     mtu = run("edge-a-1").state
     raven1_mtu = next(link.mtu for link in mtu.links if link.name == "raven1")
     for r in s.routes:
-        assert (r.table, r.ifname, r.gateway, r.mtu) == (9027, "raven0", "169.254.240.1", raven1_mtu)
+        assert (r.table, r.ifname, r.gateway, r.mtu, r.src) == (9027, "raven0", "169.254.240.1", raven1_mtu,
+                                                                 "10.245.1.1")
     # The virtual next hop resolves to the active gateway's raven0 MAC, reached at its node IP.
     # (and so does the gateway's own raven0 address, which the member probes: path health)
     assert s.neighbors == {Neighbor("raven0", "169.254.240.1", "0e:72:f0:a8:01:0b"),
@@ -83,7 +86,8 @@ def test_gateway_node_serves_its_pool_and_tunnels_to_remote_gateways() -> None:
     raven1 = next(link for link in s.links if link.name == "raven1")
     assert (raven1.vni, raven1.port, raven1.local) == (201, 4473, my_inner)
     assert raven1.mtu < 1450
-    assert s.addresses == {Address("raven0", "240.168.1.11/8"), Address("raven1", f"{my_inner}/32")}
+    assert s.addresses == {Address("raven0", "240.168.1.11/8", SCOPE_SITE), Address("raven0", "10.245.0.1/32"),
+                           Address("raven1", f"{my_inner}/32", SCOPE_SITE), Address("raven1", "10.245.0.1/32")}
     assert s.rules == {Rule(9027, 9027), Rule(9026, 9028, iif="raven1")}
 
     # Return path for the pool's other nodes: only in the return table, only reached from raven1.
@@ -195,8 +199,8 @@ def test_config_changes_reach_every_object() -> None:
     assert (links["rv1"].vni, links["rv1"].port) == (301, 5473)
     assert links["rv0"].mtu == 8950
     # 100.64.0.0/10 keeps the node IP's low 22 bits: 192.168.1.11 -> 100.(64 | 168 & 63).1.11.
-    assert Address("rv0", "100.104.1.11/10") in s.addresses
-    inner = next(a for a in s.addresses if a.ifname == "rv1").cidr
+    assert Address("rv0", "100.104.1.11/10", SCOPE_SITE) in s.addresses
+    inner = next(a for a in s.addresses if a.ifname == "rv1" and a.scope == SCOPE_SITE).cidr
     assert inner.startswith("198.18.") and inner.endswith("/32")
     assert s.rules == {Rule(200, 100), Rule(199, 101, iif="rv1")}
     assert {r.table for r in s.routes} == {100, 101}

@@ -86,7 +86,7 @@ def test_active_endpoint_with_bad_public_ip_is_skipped() -> None:
 def test_subnet_claimed_by_two_gateways_goes_to_the_older_one_on_every_node() -> None:
     objs = cluster_json()
     objs["gw-dc"]["status"]["nodes"][1]["subnets"].append("10.244.0.0/24")
-    inner_cloud = next(a for a in run("cloud-1", objs).state.addresses if a.ifname == "raven1").cidr[:-3]
+    inner_cloud = next(link.local for link in run("cloud-1", objs).state.links if link.name == "raven1")
     for node in ("edge-a-1", "edge-b-1"):
         result = run(node, objs)
         (route,) = [r for r in result.state.routes if r.dst == "10.244.0.0/24"]

@@ -22,7 +22,7 @@ def conn(node: str, peer: str, objs: dict[str, JSON] | None = None) -> IPsecConn
 
 
 def inner_of(node: str, objs: dict[str, JSON] | None = None) -> str:
-    return next(a.cidr for a in run(node, objs).state.addresses if a.ifname == "raven1").removesuffix("/32")
+    return next(link.local for link in run(node, objs).state.links if link.name == "raven1")  # the inner address
 
 
 def test_both_public_peers_connect_directly_and_the_smaller_name_initiates() -> None:
