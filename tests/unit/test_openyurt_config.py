@@ -54,7 +54,7 @@ def test_a_flag_wins_and_the_override_is_said(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "says"), [
-    ("forward-node-ip", "true", "Services issue (#17)"),
+    ("forward-node-ip", "true", "the node source"),
     ("nat-traversal", "true", "relay gateway"),
     ("tunnel-bind-addr", ":4600", "set port_nat_t there and spec.endpoints[].port of your Gateways to 4600"),
     ("vpn-driver", "openvpn", "neither libreswan nor wireguard"),
