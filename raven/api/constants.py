@@ -27,6 +27,9 @@ EXPOSE_TYPE_LOAD_BALANCER: Final = "LoadBalancer"
 EXPOSE_TYPES: Final = frozenset({None, EXPOSE_TYPE_NONE, EXPOSE_TYPE_PUBLIC_IP, EXPOSE_TYPE_LOAD_BALANCER})
 
 DEFAULT_TUNNEL_PORT: Final = 4500
+# With --vpn-driver=wireguard each node publishes its WireGuard public key (base64) in its tunnel endpoint's
+# config, under the key OpenYurt Raven's WireGuard driver uses; peers read it from status.activeEndpoints.
+ENDPOINT_CONFIG_PUBLIC_KEY: Final = "publicKey"
 
 EVENT_ACTIVE_ENDPOINT_ELECTED: Final = "ActiveEndpointElected"
 EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"
