@@ -44,8 +44,9 @@ class VpnDriver(Protocol):
     """Makes the VPN daemon match the desired tunnels (`raven.dataplane.tunnel`: `raven.dataplane.ipsec.IPsecDriver`,
     `raven.dataplane.wireguard.WireGuardDriver`)."""
 
-    # How many times the driver (re)connected to the daemon: a change means charon restarted.
-    connects: int
+    # How many times the driver (re)connected to the daemon: a change means charon (wireguard-go) restarted.
+    @property
+    def connects(self) -> int: ...
 
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport: ...
 

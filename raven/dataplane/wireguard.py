@@ -301,7 +301,7 @@ class WireGuardGo:
         self.socket_dir = socket_dir
         self.uapi = Uapi(socket_dir / f"{ifname}.sock")
         self._binary = binary
-        self._on_start = on_start
+        self.on_start = on_start
         self._poll_s = poll_s
         self._proc: asyncio.subprocess.Process | None = None
         self.starts = 0  # started or adopted, the first time included
@@ -320,8 +320,8 @@ class WireGuardGo:
             await self._spawn()
             await self._link_up()
         self.starts += 1
-        if self._on_start is not None:
-            self._on_start()
+        if self.on_start is not None:
+            self.on_start()
 
     async def _link_up(self) -> None:
         """wireguard-go leaves its device down: up (with our MTU) before any route through it is written."""
@@ -382,8 +382,8 @@ class WireGuardGo:
             await self._link_up()
             self.starts += 1
             self.restarts += 1
-            if self._on_start is not None:
-                self._on_start()
+            if self.on_start is not None:
+                self.on_start()
 
     async def stop(self) -> bool:
         """Delete the interface (wireguard-go ends with it) and its socket; True when there was one."""
