@@ -131,6 +131,7 @@ async def gws(lab: Lab) -> AsyncIterator[dict[str, Gw]]:
             t.cancel()
         for gw in out.values():
             await gw.driver.cleanup()
+            (SOCKET_DIR / f"{gw.ifname}.log").unlink(missing_ok=True)
 
 
 async def handshaken(gw: Gw, name: str) -> bool:
