@@ -14,8 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from raven.dataplane.wireguard import (
     public_key,
     set_lines,
 )
+from tests.dataplane.conftest import root_lab
+from tests.dataplane.test_ipsec import ping, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -69,29 +70,9 @@ def conn(me: Gw, peer: Gw, dial: bool = True, key: str | None = None) -> IPsecCo
         peer_node=f"node-{peer.name}", peer_public_key=public_key(peer.key) if key is None else key)
 
 
-def ping(ns: Netns, src: str, dst: str, count: int = 2) -> bool:
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", "-I", src, dst]
-    return ns.run(argv, check=False).returncode == 0
-
-
-async def wait_for(pred: Callable[[], object], deadline_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        result = pred()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    with Lab(PREFIX) as the_lab:
-        yield the_lab
+    yield from root_lab(PREFIX)
 
 
 def new_key() -> bytes:
@@ -132,6 +113,13 @@ async def gws(lab: Lab) -> AsyncIterator[dict[str, Gw]]:
         for gw in out.values():
             await gw.driver.cleanup()
             (SOCKET_DIR / f"{gw.ifname}.log").unlink(missing_ok=True)
+
+
+async def up(ga: Gw, gb: Gw) -> None:
+    """ga dials gb, gb only answers; inner traffic flows."""
+    assert (await ga.driver.reconcile([conn(ga, gb)])).ok
+    assert (await gb.driver.reconcile([conn(gb, ga, dial=False)])).ok
+    assert await wait_for(lambda: ping(ga.ns, ga.inner, gb.inner, 1))
 
 
 async def handshaken(gw: Gw, name: str) -> bool:
@@ -178,9 +166,7 @@ async def test_wrong_cluster_secret_cannot_exchange_traffic(gws: dict[str, Gw]) 
 
 async def test_killed_wireguard_go_is_restarted_and_reconfigured(gws: dict[str, Gw]) -> None:
     ga, gb = gws["ga"], gws["gb"]
-    await ga.driver.reconcile([conn(ga, gb)])
-    await gb.driver.reconcile([conn(gb, ga, dial=False)])
-    assert await wait_for(lambda: ping(ga.ns, ga.inner, gb.inner, 1))
+    await up(ga, gb)
     proc = gb.driver.process
     starts = proc.starts
     assert proc.pid is not None
@@ -197,9 +183,7 @@ async def test_killed_wireguard_go_is_restarted_and_reconfigured(gws: dict[str, 
 
 async def test_agent_restart_adopts_the_running_daemon_without_a_new_handshake(gws: dict[str, Gw]) -> None:
     ga, gb = gws["ga"], gws["gb"]
-    await ga.driver.reconcile([conn(ga, gb)])
-    await gb.driver.reconcile([conn(gb, ga, dial=False)])
-    assert await wait_for(lambda: ping(ga.ns, ga.inner, gb.inner, 1))
+    await up(ga, gb)
     before = (await ga.driver.process.uapi.get()).peers
     # A second agent process for the same device: adopts it, writes no peer.
     adopter = WireGuardDriver(ga.key, SECRET, ifname=ga.ifname, process=WireGuardGo(ga.ifname, netns=ga.ns.name))
@@ -213,9 +197,7 @@ async def test_agent_restart_adopts_the_running_daemon_without_a_new_handshake(g
 
 async def test_a_node_whose_key_changed_rejoins(gws: dict[str, Gw]) -> None:
     ga, gb = gws["ga"], gws["gb"]
-    await ga.driver.reconcile([conn(ga, gb)])
-    await gb.driver.reconcile([conn(gb, ga, dial=False)])
-    assert await wait_for(lambda: ping(ga.ns, ga.inner, gb.inner, 1))
+    await up(ga, gb)
     old_pub = public_key(gb.key)
     gb.key = new_key()  # rotated (key file deleted, agent restarted): the new key is published
     gb.driver = WireGuardDriver(gb.key, SECRET, ifname=gb.ifname, process=gb.driver.process)
