@@ -55,6 +55,7 @@ KEEPALIVE_S: Final = 25  # wg-quick's advice for NAT: most mappings outlive 30 s
 HANDSHAKE_FRESH_S: Final = 180
 PSK_SALT: Final = b"raven wireguard preshared key v1"
 KEY_LEN: Final = 32
+UAPI_ANSWER_LIMIT: Final = 64 << 20  # bytes: 100,000 peers' worth
 
 
 class WireGuardUnavailable(DriverUnavailable):
@@ -80,6 +81,15 @@ def b64_to_hex(key: str) -> str | None:
     except (ValueError, TypeError):
         return None
     return raw.hex() if len(raw) == KEY_LEN else None
+
+
+def clamp(private: bytes) -> bytes:
+    """The X25519 clamping WireGuard applies to a private key (and reports back over UAPI): comparing the clamped
+    form keeps an unclamped key file from being rewritten into wireguard-go on every pass."""
+    key = bytearray(private)
+    key[0] &= 248
+    key[31] = (key[31] & 127) | 64
+    return bytes(key)
 
 
 def public_key(private: bytes) -> str:
@@ -187,7 +197,8 @@ class Uapi:
     async def _request(self, body: str, what: str) -> str:
         try:
             async with asyncio.timeout(self._timeout):
-                reader, writer = await asyncio.open_unix_connection(self.path)
+                # A `get` lists every peer (~300 bytes each): far beyond the stream's default 64 KiB line limit.
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=UAPI_ANSWER_LIMIT)
                 try:
                     writer.write(body.encode())
                     await writer.drain()
@@ -439,7 +450,7 @@ class WireGuardDriver:
 
     def __init__(self, private_key: bytes, secret: str, port: int = 4500, ifname: str = WG_IFNAME,
                  process: WireGuardGo | None = None, keepalive: int = KEEPALIVE_S) -> None:
-        self._private_hex = private_key.hex()
+        self._private_hex = clamp(private_key).hex()
         self.public_key = public_key(private_key)
         self._secret = secret
         self._port = port

@@ -172,3 +172,37 @@ def test_set_lines_removes_peers_not_planned_and_replaces_a_changed_key() -> Non
     # The old key goes first, so the inner /32 is free for the new peer.
     assert lines[:2] == [f"public_key={old}", "remove=true"]
     assert lines[2] == f"public_key={ALICE_PUB.hex()}"
+
+
+async def test_uapi_reads_an_answer_larger_than_the_stream_default(tmp_path: Path) -> None:
+    # 1,000 peers make a `get` answer of ~300 kB; asyncio's StreamReader stops at 64 KiB by default.
+    import asyncio
+
+    from raven.dataplane.wireguard import Uapi
+
+    peer = GET_ANSWER[GET_ANSWER.index("public_key=1111"):GET_ANSWER.index("public_key=3333")]
+    body = "listen_port=4500\n" + "".join(peer.replace("1111111111111111", f"{i:016x}", 1) for i in range(1000))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\n\n")
+        writer.write((body + "errno=0\n\n").encode())
+        await writer.drain()
+        writer.close()
+
+    path = tmp_path / "wg.sock"
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    async with server:
+        info = await Uapi(path).get()
+    assert len(body) > 65536 and len(info.peers) == 1000 and info.listen_port == 4500
+
+
+def test_an_unclamped_key_is_compared_in_the_clamped_form_wireguard_reports() -> None:
+    from raven.dataplane.wireguard import WireGuardDriver, clamp
+
+    raw = bytes([0xFF] * 32)
+    assert clamp(raw) == bytes([0xF8] + [0xFF] * 30 + [0x7F])
+    assert clamp(clamp(raw)) == clamp(raw)
+    assert public_key(raw) == public_key(clamp(raw))  # the same key to X25519
+    driver = WireGuardDriver(raw, SECRET)
+    # What wireguard-go answers after `private_key=<raw>` is the clamped key: nothing left to write.
+    assert set_lines(DeviceInfo(clamp(raw).hex(), 4500), driver._private_hex, 4500, {}, {}) == []
