@@ -4,7 +4,8 @@ Its own cluster (the default topology: NAT pools edge-a/edge-b relayed through g
 ``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the pod matrix with direct and
 relayed pairs; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner /32; a killed
 wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go without a
-lost packet; a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins.
+lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was published before
+it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins.
 """
 
 from __future__ import annotations
@@ -196,3 +197,28 @@ def test_a_node_whose_key_changed_rejoins(wg: RavenCluster) -> None:
     src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
     took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=60)
     MEASUREMENTS["wireguard_key_rotation_to_traffic_s"] = round(took, 2)
+
+
+def test_gateway_failover_of_a_nat_pool_under_a_probe(wg: RavenCluster) -> None:
+    dst = wg.member_node("cloud")
+    r = wg.failover_under_probe("edge-a", dst, port=18392, dead=True)
+    MEASUREMENTS["wireguard_failover_nat_pool_crashed"] = {
+        "elected_s": round(r.elected_s, 3), "write_to_traffic_s": round(r.traffic_s, 3),
+        "outage_s": round(r.probe.max_outage_s, 3), "lost": r.probe.lost, "sent": r.probe.sent}
+    assert r.resumed, f"traffic did not resume through {r.new}: {r.probe}"
+    # The peers now hold the new endpoint's key, not the old one's: one peer out, one in.
+    new_key = hexkey(published_key(wg, "gw-edge-a", r.new))
+    old_key = hexkey(published_key(wg, "gw-edge-a", r.old))
+    relay = wg.active_gateway_node("gw-cloud")
+    wg.wait_for("the relay peered with the new endpoint",
+                lambda: new_key in device(wg, relay).peers and old_key not in device(wg, relay).peers, timeout=30)
+    # Traffic really goes through the new endpoint's device.
+    peer = device(wg, r.new).peers[hexkey(published_key(wg, "gw-cloud", relay))]
+    assert peer.tx_bytes > 0 and peer.rx_bytes > 0
+    # Restore the original endpoint for the next scenario (sticky election: make the new one go away).
+    wg.set_node_ready(r.new, False)
+    try:
+        wg.wait_for("gw-edge-a back on its first node", lambda: wg.active_endpoints()["gw-edge-a"] == [r.old],
+                    timeout=30)
+    finally:
+        wg.set_node_ready(r.new, True)
