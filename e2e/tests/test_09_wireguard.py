@@ -222,3 +222,20 @@ def test_gateway_failover_of_a_nat_pool_under_a_probe(wg: RavenCluster) -> None:
                     timeout=30)
     finally:
         wg.set_node_ready(r.new, True)
+
+
+def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
+    node = wg.member_node("edge-pub")
+    agent = wg.agents[node]
+    key = wg.wireguard_key_file(node).read_text()
+    assert _wg_pid(wg, node) is not None  # members run it too (a failover needs no start)
+    agent.stop()
+    assert _wg_pid(wg, node) is not None  # an agent stopping leaves it running
+    wg.cleanup_agent(node)
+    assert _wg_pid(wg, node) is None
+    assert wg.cl.nodes[node].netns.ip("link", "show", "raven-wg0", check=False).returncode != 0
+    assert not wg.wireguard_socket(node).exists()
+    assert wg.wireguard_key_file(node).read_text() == key  # the identity stays
+    agent.start()
+    wg.wait_for("wireguard-go started again", lambda: _wg_pid(wg, node) is not None, timeout=30)
+    assert published_key(wg, "gw-edge-pub", node) != ""
