@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import stat
@@ -121,6 +122,7 @@ def load_or_create_private_key(path: str | Path) -> bytes:
     return bytes.fromhex(hexed)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def pair_psk(secret: str, node_a: str, node_b: str) -> bytes:
     """The preshared key of the pair (node_a, node_b): HKDF-SHA256 over the cluster secret, the two node
     names sorted (so both ends derive the same key). Without the secret no handshake completes."""
