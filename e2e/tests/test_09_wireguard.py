@@ -239,3 +239,17 @@ def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
     agent.start()
     wg.wait_for("wireguard-go started again", lambda: _wg_pid(wg, node) is not None, timeout=30)
     assert published_key(wg, "gw-edge-pub", node) != ""
+
+
+def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
+    from e2e.tests.test_08_path_health import all_up, reports
+
+    wg.wait_for("every agent's PathReport with all targets up", lambda: all_up(wg), timeout=60)
+    rs = reports(wg)
+    for gateway in ("gw-cloud", "gw-edge-a", "gw-edge-b", "gw-edge-pub"):
+        node = wg.active_gateway_node(gateway)
+        r = rs[node]
+        assert r.status.role == "gateway"
+        # One peer target per WireGuard peer of the device, each up (probed through raven1 over raven-wg0).
+        assert len(r.status.targets) == len(device(wg, node).peers) > 0
+        assert all(t.kind == "peer" and t.state == "up" for t in r.status.targets)
