@@ -29,6 +29,7 @@ import functools
 import logging
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ HANDSHAKE_FRESH_S: Final = 180
 PSK_SALT: Final = b"raven wireguard preshared key v1"
 KEY_LEN: Final = 32
 UAPI_ANSWER_LIMIT: Final = 64 << 20  # bytes: 100,000 peers' worth
+CHILD_POLL_S: Final = 0.05  # how often a started wireguard-go is looked at (waitpid WNOHANG)
 
 
 class WireGuardUnavailable(DriverUnavailable):
@@ -316,7 +318,9 @@ class WireGuardGo:
         self._binary = binary
         self.on_start = on_start
         self._poll_s = poll_s
-        self._proc: asyncio.subprocess.Process | None = None
+        # A plain Popen, not an asyncio subprocess: asyncio kills a child whose transport is closed or collected
+        # (at loop shutdown, say), and wireguard-go must outlive the agent.
+        self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0  # started or adopted, the first time included
         self.restarts = 0  # started again after it had died
         self.adopted = False
@@ -352,23 +356,25 @@ class WireGuardGo:
         env = dict(os.environ, LOG_LEVEL="error", WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
         try:
             prefix = ("ip", "netns", "exec", self.netns) if self.netns else ()
-            self._proc = await asyncio.create_subprocess_exec(
-                *prefix, self._binary, "-f", self.ifname, stdin=asyncio.subprocess.DEVNULL, stdout=logfile,
-                stderr=logfile, env=env, start_new_session=True)
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 (a fork+exec: no wait on the child)
+                [*prefix, self._binary, "-f", self.ifname], stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                env=env, start_new_session=True)
         finally:
             logfile.close()
         self.adopted, self.pid = False, self._proc.pid
         deadline = time.monotonic() + timeout_s
         while not await self.uapi.available():
-            if self._proc.returncode is not None or time.monotonic() > deadline:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise WireGuardUnavailable(f"wireguard-go for {self.ifname} did not start "
                                            f"(rc={self._proc.returncode}); see {self.socket_dir}/{self.ifname}.log")
             await asyncio.sleep(0.02)
         log.info("wireguard-go started", extra=kv(ifname=self.ifname, pid=self.pid))
 
     async def _wait_gone(self) -> None:
-        if self._proc is not None and not self.adopted:
-            await self._proc.wait()
+        proc = self._proc
+        if proc is not None and not self.adopted:
+            while proc.poll() is None:  # noqa: ASYNC110 (waitpid WNOHANG: no thread left blocked at shutdown)
+                await asyncio.sleep(CHILD_POLL_S)
             return
         # Not our child: no exit to wait for, only its socket to poll.
         while await self.uapi.available():  # noqa: ASYNC110
@@ -414,10 +420,10 @@ class WireGuardGo:
                 sock.close()
 
         existed = await asyncio.to_thread(delete)
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self._proc.wait()
+        if self._proc is not None:
+            deadline = time.monotonic() + 5.0
+            while self._proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(CHILD_POLL_S)
         await asyncio.to_thread(Path(self.uapi.path).unlink, missing_ok=True)
         return existed
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,3 +276,26 @@ def test_set_lines_are_what_wg_sends(tmp_path: Path) -> None:
             "replace_allowed_ips=true") < theirs.index("allowed_ip=241.0.0.2/32")
     finally:
         fake.close()
+
+
+def test_wireguard_go_outlives_the_process_objects_and_loop_that_started_it(lab: Lab) -> None:
+    # An agent's exit closes its event loop and drops its objects; the wireguard-go it started must stay (the next
+    # agent adopts it). asyncio would kill a child whose subprocess transport is closed or collected.
+    import gc
+
+    ns = lab.netns("gx")
+    process = WireGuardGo("rvwg-gx", netns=ns.name)
+    asyncio.run(process.ensure())
+    pid = process.pid
+    assert pid is not None
+    try:
+        del process
+        gc.collect()
+        time.sleep(0.2)
+        os.kill(pid, 0)  # still there
+        adopter = WireGuardGo("rvwg-gx", netns=ns.name)
+        asyncio.run(adopter.ensure())
+        assert adopter.adopted
+    finally:
+        asyncio.run(WireGuardGo("rvwg-gx", netns=ns.name).stop())
+        (SOCKET_DIR / "rvwg-gx.log").unlink(missing_ok=True)
