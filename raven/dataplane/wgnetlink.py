@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from raven.dataplane.rtnl import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RouteMsg, attrs, text
+from raven.dataplane.rtnl import _RTA, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RouteMsg, _attr, attrs, text
 from raven.dataplane.wireguard import DeviceInfo, PeerInfo
 
 GENL_ID_CTRL: Final = 0x10
@@ -60,13 +60,7 @@ WGALLOWEDIP_A_CIDR_MASK: Final = 3
 
 NLA_F_NESTED: Final = 0x8000
 _GENL: Final = struct.Struct("=BBH")
-_RTA: Final = struct.Struct("=HH")
 _SOCKADDR_IN: Final = struct.Struct("=H2s4s8x")  # family (host order), port (network order), address, zero
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _RTA.pack(length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
 
 
 def _nested(kind: int, children: Iterable[bytes]) -> bytes:

@@ -502,7 +502,8 @@ class WireGuardDriver:
                 added = set(desired) - set(current.peers)
                 log.info("wireguard peers", extra=kv(ifname=self.ifname, peers=len(desired), added=len(added),
                                                      removed=len(removed), lines=len(lines)))
-        self._dialled = {pub: p.endpoint for pub, p in desired.items()}
+        # What we asked wireguard-go to dial; after a failed `set` nothing is known to be there (written again).
+        self._dialled = {} if report.errors else {pub: p.endpoint for pub, p in desired.items()}
         self._names = {pub: p.name for pub, p in desired.items()}
         if self.device_mtu is not None and self.device_mtu != self.process.mtu:
             self.process.mtu = self.device_mtu
