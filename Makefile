@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # Runtime packages: the same list as the Dockerfile.
-APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools
+APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools wireguard-go
 # Test-only packages: ping, ps/pkill for the network-namespace lab; openssl makes the
 # test API server's certificate; iperf3 carries bulk TCP in the no-fragments e2e test and make bench;
 # dnsmasq-base is the lab's cluster DNS and conntrack drops the lab LB's old flows (e2e/services.py);

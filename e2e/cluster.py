@@ -8,7 +8,8 @@
   handle for fault injection (`drop_watches`), and talk to it over HTTP from that same thread;
 - the Gateway and PathReport CRDs (``manifests/01-crd-gateways.yaml``, ``01-crd-pathreports.yaml``), every Node
   (InternalIP, podCIDR, Ready, gateway label) and every Gateway of the topology (some may be held back for churn tests);
-- one charon per node (kernel-libipsec, `Netns.start_charon`);
+- one charon per node (kernel-libipsec, `Netns.start_charon`), or with `vpn_driver="wireguard"` none: each agent
+  starts wireguard-go itself (its key file and /run/wireguard in the node's run directory, the cluster PSK file);
 - per node, what its DaemonSet pod gets: a kubeconfig with a token bound to that node (like a pod's
   bound service-account token: `ApiServer.add_node_token`), the charon socket, and its identity
   directory (the agent makes its key and gets its certificate from the controllers' signer), or with
@@ -220,6 +221,7 @@ class RavenCluster:
         ipsec_auth: str = "cert",
         controller_args: Sequence[str] = (),
         before_start: Callable[[RavenCluster], None] | None = None,
+        vpn_driver: str = "ipsec",
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -235,6 +237,8 @@ class RavenCluster:
         # (objects a scenario needs from the first election on, e.g. OpenYurt's ConfigMaps).
         self.before_start = before_start
         self.ipsec_auth = ipsec_auth
+        # "wireguard": no charon; each agent starts wireguard-go for raven-wg0 (keys, cluster PSK: see agent_argv).
+        self.vpn_driver = vpn_driver
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
         self.net: Cluster | None = None
@@ -308,12 +312,13 @@ class RavenCluster:
 
         for node in self.cl.nodes:
             self.write_node_kubeconfig(node)
-            if self.ipsec_auth == "psk":
+            if self.ipsec_auth == "psk" or self.vpn_driver == "wireguard":
                 self.write_psk(node, self.psk)
         t1 = time.monotonic()
-        self.cl.start_charons()
-        self.timings["charons_s"] = time.monotonic() - t1
-        say(f"{len(self.cl.nodes)} charons up")
+        if self.vpn_driver == "ipsec":
+            self.cl.start_charons()
+            self.timings["charons_s"] = time.monotonic() - t1
+            say(f"{len(self.cl.nodes)} charons up")
         for i in range(self.n_controllers):
             self.controllers.append(self._start_controller(i))
         for name in sorted(self.registered):
@@ -442,8 +447,27 @@ class RavenCluster:
     def identity_dir(self, node: str) -> Path:
         return self.cl.nodes[node].netns.run_dir / "ipsec"
 
+    def wireguard_key_file(self, node: str) -> Path:
+        return self.cl.nodes[node].netns.run_dir / "wireguard" / "private.key"
+
+    def wireguard_socket(self, node: str) -> Path:
+        """The node's wireguard-go UAPI socket, as seen from this process (its /run/wireguard, see agent_argv)."""
+        return self.cl.nodes[node].netns.run_dir / "wgrun" / "raven-wg0.sock"
+
     def agent_argv(self, node: str) -> list[str]:
         ns = self.cl.nodes[node].netns
+        if self.vpn_driver == "wireguard":
+            # Each node's own /run/wireguard (wireguard-go's socket directory is fixed): a bind mount of a node
+            # directory in the agent's private mount namespace (`ip netns exec` makes one), the same directory
+            # for every agent of the node, so a restarted agent finds the wireguard-go the last one started.
+            wgrun = ns.run_dir / "wgrun"
+            wgrun.mkdir(mode=0o700, exist_ok=True)
+            mount = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
+            return ["sh", "-c", mount, str(wgrun), *RAVEN_ARGV, "--mode=agent", "--node-name", node,
+                    "--kubeconfig", str(ns.run_dir / "kubeconfig"), "--vpn-driver=wireguard",
+                    "--wireguard-key-file", str(self.wireguard_key_file(node)), "--psk-file", str(ns.run_dir / "psk"),
+                    "--health-addr", AGENT_HTTP, "--metrics-addr", AGENT_HTTP, "--log-level", self.log_level,
+                    *self.agent_args]
         assert ns.charon is not None
         if self.ipsec_auth == "psk":
             auth = ["--ipsec-auth=psk", "--psk-file", str(ns.run_dir / "psk")]

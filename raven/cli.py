@@ -119,8 +119,10 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
         if env.get("POD_NAME"):
             values["identity"] = env["POD_NAME"]
         return ControllerConfig(common=common_cfg, **values)
-    # The PSK is read only where it is used (--ipsec-auth=psk): a certificate-mode node holds no cluster secret.
-    psk, psk_source = read_psk(values.get("psk_file"), env) if values.get("ipsec_auth", "cert") == "psk" else ("", "")
+    # The PSK is read only where it is used (--ipsec-auth=psk, or the secret WireGuard's pair keys derive from): a
+    # certificate-mode IPsec node holds no cluster secret.
+    uses_psk = values.get("ipsec_auth", "cert") == "psk" or values.get("vpn_driver") == "wireguard"
+    psk, psk_source = read_psk(values.get("psk_file"), env) if uses_psk else ("", "")
     return AgentConfig(common=common_cfg, psk=psk, psk_source=psk_source, openyurt_notes=tuple(openyurt_notes),
                        **values)
 

@@ -127,10 +127,6 @@ def networks(value: tuple[str, ...]) -> str | None:
     return None
 
 
-def implemented_driver(value: str) -> str | None:
-    return None if value == "ipsec" else f"{value} is not implemented yet; use --vpn-driver=ipsec"
-
-
 # --- declaration ----------------------------------------------------------------------------------------
 
 _META = "raven.setting"
@@ -427,10 +423,16 @@ class AgentConfig(PlanSettings):
     common: CommonConfig
     node_name: str = setting("", "this node's name (required)", env="NODE_NAME")
     vpn_driver: Literal["ipsec", "wireguard"] = setting("ipsec", "tunnel between gateways (ipsec: through "
-                                                        "charon over VICI)", check=implemented_driver)
+                                                        "charon over VICI; wireguard: wireguard-go, started by "
+                                                        "the agent)")
     vici_socket: str = setting("/var/run/charon.vici", "charon's VICI socket", check=not_empty)
-    psk_file: str | None = setting(None, "file holding the IPsec pre-shared key; unset: the key in "
-                                   "$VPN_CONNECTION_PSK. There is no default key")
+    psk_file: str | None = setting(None, "file holding the cluster's pre-shared key (IPsec's PSK; with "
+                                   "--vpn-driver=wireguard the secret each pair's preshared key is derived from); "
+                                   "unset: the key in $VPN_CONNECTION_PSK. There is no default key")
+    wireguard_key_file: str = setting("/var/lib/raven/wireguard/private.key", "this node's WireGuard private key "
+                                      "(--vpn-driver=wireguard; base64, made 0600 when missing, never sent "
+                                      "anywhere; its public key is published in the node's Gateway endpoint)",
+                                      check=not_empty)
     ipsec_identity_dir: str = setting("/var/lib/raven/ipsec", "directory of this node's IPsec private key "
                                       "(0600, made here, never sent anywhere) and certificate (--ipsec-auth=cert)",
                                       check=not_empty)
@@ -480,6 +482,11 @@ class AgentConfig(PlanSettings):
         if self.health_window < self.health_down_after:
             raise ConfigError(f"--health-window ({self.health_window}) must be at least --health-down-after "
                               f"({self.health_down_after})")
+        if self.vpn_driver == "wireguard" and not self.cleanup and not self.psk:
+            raise ConfigError(
+                "the wireguard driver needs the cluster's pre-shared key (each pair's preshared key is derived "
+                "from it): pass --psk-file or set VPN_CONNECTION_PSK (generate one with: openssl rand -base64 48)"
+            )
         if self.vpn_driver == "ipsec" and self.ipsec_auth == "psk" and not self.cleanup and not self.psk:
             raise ConfigError(
                 "the ipsec driver needs a pre-shared key: pass --psk-file or set VPN_CONNECTION_PSK "

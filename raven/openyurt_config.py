@@ -88,9 +88,10 @@ def translate(data: Mapping[str, str]) -> Translation:
             if _bool(key, text, out):
                 out.errors.append(
                     "forward-node-ip: true (route every node IP across pools) is not supported: a route for node IPs "
-                    "into the tunnel would capture the nodes' own underlay traffic. Host-network traffic already reaches other "
-                    "pools without a setting: it leaves from the node's own address inside its pod CIDR (the node "
-                    "source, see docs/architecture.md), which every pool routes back; set forward-node-ip to \"false\"")
+                    "into the tunnel would capture the nodes' own underlay traffic. Host-network traffic already "
+                    "reaches other pools without a setting: it leaves from the node's own address inside its pod CIDR "
+                    "(the node source, see docs/architecture.md), which every pool routes back; set forward-node-ip "
+                    "to \"false\"")
         elif key == "nat-traversal":
             if _bool(key, text, out):
                 out.errors.append(

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from raven.dataplane import mtu
 
@@ -131,16 +132,23 @@ def compute_mtus(
     esp_proposals: Sequence[str] = mtu.DEFAULT_ESP_PROPOSALS,
     tunnel_device_mtu: int | None = None,
     path_mtu: int | None = None,
+    encapsulation: Literal["esp", "wireguard"] = "esp",
 ) -> Mtus:
     """raven0, raven1 and the cross-pool path MTU, so that nothing Raven sends is fragmented.
 
     `underlay_mtu`: the device holding the node IP (raven0's VXLAN and the ESP packets leave by it);
     `tunnel_device_mtu`: a userspace ESP device (libipsec's `ipsec0`) that raven1's VXLAN packets cross
     before they are encrypted; `path_mtu`: the smallest path MTU towards a peer's outer address, which
-    caps the ESP packets (raven1), not the intra-pool VXLAN (raven0).
+    caps the ESP packets (raven1), not the intra-pool VXLAN (raven0). `encapsulation`: what carries raven1's
+    packets between gateways (ESP, or WireGuard: 60 bytes, whatever the cipher; `tunnel_device_mtu` is then
+    not read, the WireGuard device's MTU being the driver's output, `raven.dataplane.wireguard`).
     """
     intra = mtu.raven0_mtu(underlay_mtu)
     esp_mtu = underlay_mtu if path_mtu is None else min(underlay_mtu, path_mtu)
-    inter = mtu.raven1_mtu(esp_mtu, esp_proposals, udp_encap=True, tunnel_device_mtu=tunnel_device_mtu)
+    if encapsulation == "wireguard":
+        # The WireGuard device (MTU set by the driver to this same figure) carries raven1's VXLAN packets.
+        inter = mtu.wireguard_device_mtu(esp_mtu) - mtu.VXLAN_OVERHEAD
+    else:
+        inter = mtu.raven1_mtu(esp_mtu, esp_proposals, udp_encap=True, tunnel_device_mtu=tunnel_device_mtu)
     # A non-gateway node's packet crosses raven0 then raven1 (and a relay re-encapsulates the same way).
     return Mtus(intra_pool=intra, inter_gateway=inter, cross_pool_path=min(intra, inter))

@@ -29,16 +29,18 @@ from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
 from raven.agent.reconciler import AgentMetrics, Reconciler
+from raven.agent.wgkeys import KeyPublisher
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import AgentConfig, carry_plan_settings
-from raven.dataplane import devices
+from raven.dataplane import devices, mtu
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.natrules import read_nat_rules
-from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK
+from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
+from raven.dataplane.wireguard import WireGuardDriver, load_or_create_private_key
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
@@ -75,7 +77,7 @@ class Detected:
 
 def plan_config(cfg: AgentConfig, detected: Detected | Underlay | None) -> PlanConfig:
     """The plan's parameters: the agent's (validated) plan settings plus what was detected on the node."""
-    base = carry_plan_settings(cfg, PlanConfig())
+    base = with_driver(cfg, carry_plan_settings(cfg, PlanConfig()))
     if detected is None:
         return base
     if isinstance(detected, Underlay):
@@ -103,6 +105,14 @@ async def check_kube_proxy(inputs: PlanInputs, interval: float = KUBE_PROXY_CHEC
                     log.info("kube-proxy", extra=kv(node=node.name, finding="no problem found"))
                 last = found
         await asyncio.sleep(interval)
+
+
+def with_driver(cfg: AgentConfig, base: PlanConfig) -> PlanConfig:
+    """The plan's view of the tunnel driver: with WireGuard, raven1 rides raven-wg0 (its MTU, the device the
+    peers' inner addresses are routed into, the device decrypted packets arrive from)."""
+    if cfg.vpn_driver != "wireguard":
+        return base
+    return replace(base, tunnel_encapsulation="wireguard", ipsec_tun_ifname=WIREGUARD_LINK)
 
 
 def ownership(cfg: PlanConfig) -> Ownership:
@@ -304,13 +314,59 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime) -> tuple[Path
     return monitor, writer
 
 
+def with_wireguard_mtu(plan_fn: Callable[[], Awaitable[PlanResult]], driver: WireGuardDriver
+                       ) -> Callable[[], Awaitable[PlanResult]]:
+    """The plan step, also giving the WireGuard device the MTU raven1's packets need (raven1's + VXLAN)."""
+
+    async def plan_and_size() -> PlanResult:
+        result = await plan_fn()
+        for link in result.state.links:
+            if link.name == INTER_GATEWAY_LINK:
+                driver.device_mtu = link.mtu + mtu.VXLAN_OVERHEAD
+        return result
+
+    return plan_and_size
+
+
+async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reconciler: Reconciler, client: TypedClient,
+                          gateways: TypedInformer[Gateway], rt: Runtime) -> KeyPublisher:
+    """wireguard-go up (adopted or started) before the first pass routes into its device, then supervised; the
+    public key published; both visible in /readyz."""
+    process = driver.process
+
+    def on_start() -> None:
+        reconciler.trigger("wireguard-started")
+
+    process.on_start = on_start
+    await process.ensure()
+    log.info("wireguard data plane", extra=kv(ifname=driver.ifname, implementation="wireguard-go (userspace)",
+                                              adopted=process.adopted, pid=process.pid,
+                                              public_key=driver.public_key, key_file=cfg.wireguard_key_file))
+    rt.supervisor.spawn("wireguard-go", process.supervise())
+
+    def wireguard_check() -> CheckResult:
+        how = "adopted" if process.adopted else f"pid {process.pid}"
+        return CheckResult(True, f"wireguard-go ({how}, restarts {process.restarts}) for {driver.ifname}")
+
+    rt.health.add_readiness_check("wireguard", wireguard_check)
+    publisher = KeyPublisher(client, cfg.node_name, driver.public_key, gateways.values)
+    rt.supervisor.spawn("wireguard-key", publisher.run())
+    rt.health.add_readiness_check("wireguard-key", publisher.ready)
+    return publisher
+
+
 def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
     """The agent's main coroutine over `api` (from `new_api_client`, loaded before anything starts)."""
 
     async def main(rt: Runtime) -> None:
         client = KubeClient(api)
         kernel = KernelApplier(ownership(plan_config(cfg, None)))
-        vpn = IPsecDriver(cfg.vici_socket, cfg.psk) if cfg.vpn_driver == "ipsec" else None
+        wg: WireGuardDriver | None = None
+        vpn: IPsecDriver | WireGuardDriver
+        if cfg.vpn_driver == "wireguard":
+            wg = vpn = WireGuardDriver(load_or_create_private_key(cfg.wireguard_key_file), cfg.psk)
+        else:
+            vpn = IPsecDriver(cfg.vici_socket, cfg.psk)
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
                                             ipsec_auth=cfg.ipsec_auth, psk_source=cfg.psk_source or None))
         for note in cfg.openyurt_notes:  # OpenYurt's raven-agent-config keys (raven/openyurt_config.py)
@@ -326,6 +382,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
             report = MembershipReport(inputs)
             plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report)
+            if wg is not None:
+                plan_fn = with_wireguard_mtu(plan_fn, wg)
             health = path_health(cfg, client, rt)
             if health is not None:
                 plan_fn = with_probes(plan_fn, health[0])
@@ -335,7 +393,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
-            if vpn is not None and cfg.ipsec_auth == "cert":
+            if isinstance(vpn, IPsecDriver) and cfg.ipsec_auth == "cert":
                 driver = vpn
 
                 def on_credentials(creds: Credentials, retired: list[str]) -> None:
@@ -347,9 +405,15 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 rt.supervisor.spawn("ipsec-identity", identity.run())
                 rt.health.add_readiness_check("ipsec-identity", identity.check)
 
+            publisher: KeyPublisher | None = None
+            if wg is not None:
+                publisher = await start_wireguard(cfg, wg, reconciler, TypedClient(client), gateways, rt)
+
             def on_gateway(ev: TypedEvent[Gateway]) -> None:
                 if inputs.on_gateway(ev):
                     reconciler.trigger(f"gateway/{ev.name}")
+                if publisher is not None:
+                    publisher.check()
 
             def on_node(ev: TypedEvent[Node]) -> None:
                 if inputs.on_node(ev):

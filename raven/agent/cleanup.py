@@ -1,4 +1,5 @@
-"""`raven --mode=agent --cleanup`: remove every kernel object and VICI connection Raven owns, then exit."""
+"""`raven --mode=agent --cleanup`: remove every kernel object, VICI connection and WireGuard device Raven owns,
+then exit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from raven.config import AgentConfig
 from raven.dataplane.ingress import IngressFilterApplier
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, KernelError
+from raven.dataplane.wireguard import WG_IFNAME, WireGuardGo
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,20 @@ async def agent_cleanup(cfg: AgentConfig) -> int:
             log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
         finally:
             await vpn.close()
+    if cfg.vpn_driver == "wireguard":
+        failed = not await _stop_wireguard() or failed
     return 1 if failed else 0
+
+
+async def _stop_wireguard() -> bool:
+    """The WireGuard device (wireguard-go ends with it) and its UAPI socket; the key file stays. True if done."""
+    try:
+        existed = await WireGuardGo().stop()
+    except OSError as exc:
+        log.error("wireguard cleanup failed", extra=kv(error=str(exc)))
+        return False
+    log.info("wireguard device removed" if existed else "no wireguard device", extra=kv(ifname=WG_IFNAME))
+    return True
 
 
 def _remove_ingress_filter() -> bool:

@@ -44,6 +44,7 @@ from raven.agent.addressing import (
     overlay_address,
 )
 from raven.agent.topology import GatewayView, Path, PoolNode, Topology, build_topology, net_range, view_age
+from raven.api.constants import DEFAULT_TUNNEL_PORT, ENDPOINT_CONFIG_PUBLIC_KEY
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.config import PlanSettings, path_mtu_problem
@@ -59,6 +60,7 @@ from raven.dataplane.state import (
     RAVEN_TABLE,
     SCOPE_SITE,
     VICI_CONN_PREFIX,
+    WIREGUARD_LINK,
     Address,
     FdbEntry,
     IngressFilter,
@@ -106,6 +108,10 @@ class PlanConfig(PlanSettings):
     # An address inside this node's pod CIDR that the node already holds (the CNI bridge's, Cilium's
     # cilium_host), found by the agent; the plan's node source (`node_source`) prefers it.
     detected_node_source: str | None = None
+    # What carries raven1 between gateways (the agent's --vpn-driver): ESP (charon), or WireGuard, whose device
+    # the plan routes the peers' inner addresses into (and `ipsec_tun_ifname` names, for the ingress filter).
+    tunnel_encapsulation: Literal["esp", "wireguard"] = "esp"
+    wireguard_link: str = WIREGUARD_LINK
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,7 +167,7 @@ class PlanConfig(PlanSettings):
 
     def _mtus(self) -> Mtus:
         return compute_mtus(self.effective_underlay_mtu, self.esp_proposals, self.tunnel_device_mtu,
-                            path_mtu=self.detected_path_mtu)
+                            path_mtu=self.detected_path_mtu, encapsulation=self.tunnel_encapsulation)
 
 
 Role = Literal["none", "member", "gateway"]
@@ -482,6 +488,9 @@ def plan(
         neighbors.add(Neighbor(cfg.inter_gateway_link, peer.inner, peer_mac))
         fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
         ipsec.add(_connection(gw, me, peer, p, cfg))
+        if cfg.tunnel_encapsulation == "wireguard":
+            # WireGuard picks the peer by the packet's destination (allowed IPs: the inner /32): route it in.
+            routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
         peer_node = peer.endpoint_node
         peer_probes.append(ProbeTarget("peer", peer.name, peer_node.name if peer_node is not None else "", gw.inner,
                                        peer.inner))
@@ -538,6 +547,9 @@ def _connection(gw: GatewayView, me: PoolNode, peer: GatewayView, path: Path, cf
         local_id, remote_id = node_ike_identity(me.name), node_ike_identity(peer.endpoint.node_name)
     else:
         local_id, remote_id = ike_identity(gw.name), ike_identity(peer.name)
+    # WireGuard's peers are nodes (each has its own key): the pair and the peer's key, with that driver only (an
+    # IPsec plan stays the same through a failover it does not need to see).
+    wg = cfg.tunnel_encapsulation == "wireguard"
     return IPsecConnection(
         name=f"{cfg.vici_conn_prefix}{peer.name}",
         local_id=local_id,
@@ -551,7 +563,17 @@ def _connection(gw: GatewayView, me: PoolNode, peer: GatewayView, path: Path, cf
         initiator=initiator,
         proposals=cfg.ike_proposals,
         esp_proposals=cfg.esp_proposals,
+        local_port=gw.port if wg else DEFAULT_TUNNEL_PORT,
+        local_node=me.name if wg else "",
+        peer_node=peer.endpoint.node_name if wg and peer.endpoint is not None else "",
+        peer_public_key=_published_key(peer) if wg else "",
     )
+
+
+def _published_key(peer: GatewayView) -> str:
+    """The WireGuard public key the peer's active endpoint published ("" when none)."""
+    config = peer.endpoint.config if peer.endpoint is not None else None
+    return (config or {}).get(ENDPOINT_CONFIG_PUBLIC_KEY, "")
 
 
 def _state(

@@ -22,10 +22,11 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven.agent.plan import PlanResult
-from raven.dataplane.ipsec import CharonUnavailable, TunnelState
+from raven.dataplane.ipsec import TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyReport
 from raven.dataplane.state import IPsecConnection, NodeNetwork
+from raven.dataplane.tunnel import DriverUnavailable
 from raven.health import CheckResult
 from raven.kube.backoff import Backoff
 from raven.log import kv
@@ -40,10 +41,12 @@ class KernelDriver(Protocol):
 
 
 class VpnDriver(Protocol):
-    """Makes the VPN daemon match the desired tunnels (`raven.dataplane.ipsec.IPsecDriver`)."""
+    """Makes the VPN daemon match the desired tunnels (`raven.dataplane.tunnel`: `raven.dataplane.ipsec.IPsecDriver`,
+    `raven.dataplane.wireguard.WireGuardDriver`)."""
 
-    # How many times the driver (re)connected to the daemon: a change means charon restarted.
-    connects: int
+    # How many times the driver (re)connected to the daemon: a change means charon (wireguard-go) restarted.
+    @property
+    def connects(self) -> int: ...
 
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport: ...
 
@@ -208,7 +211,7 @@ class Reconciler:
         connects = self._vpn.connects
         try:
             states = await self._vpn.states()
-        except CharonUnavailable as exc:
+        except DriverUnavailable as exc:
             log.warning("charon unavailable", extra=kv(error=str(exc)))
             return "charon-unavailable"
         except Exception as exc:  # this runs in the agent's main loop: nothing here may end it
@@ -284,7 +287,7 @@ class Reconciler:
                 outcome.tunnels_pending = sum(1 for c in conns if c.initiator and c.name not in up)
             self._vpn_error = None
             self._charon_down = False
-        except CharonUnavailable as exc:
+        except DriverUnavailable as exc:
             self._vpn_error = str(exc)
             self._charon_down = bool(conns)
             if not conns:

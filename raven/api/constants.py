@@ -29,6 +29,9 @@ EXPOSE_TYPES: Final = frozenset({None, EXPOSE_TYPE_NONE, EXPOSE_TYPE_PUBLIC_IP, 
 DEFAULT_TUNNEL_PORT: Final = 4500
 # OpenYurt's mutating webhook defaults an unset proxy endpoint port to this (we write it in status only).
 DEFAULT_PROXY_PORT: Final = 10262
+# With --vpn-driver=wireguard each node publishes its WireGuard public key (base64) in its tunnel endpoint's
+# config, under the key OpenYurt Raven's WireGuard driver uses; peers read it from status.activeEndpoints.
+ENDPOINT_CONFIG_PUBLIC_KEY: Final = "publicKey"
 
 EVENT_ACTIVE_ENDPOINT_ELECTED: Final = "ActiveEndpointElected"
 EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"

@@ -71,6 +71,7 @@ import vici.exception
 
 from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
+from raven.dataplane.tunnel import DriverUnavailable
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ CHILD_PREFIX: Final = "inner-"
 T = TypeVar("T")
 
 
-class CharonUnavailable(RuntimeError):
+class CharonUnavailable(DriverUnavailable):
     """charon's VICI socket cannot be reached (absent, refused, closed, timed out)."""
 
 

@@ -45,6 +45,7 @@ VXLAN_OVERHEAD: Final = IPV4_HEADER + UDP_HEADER + VXLAN_HEADER + ETHERNET_HEADE
 ESP_HEADER: Final = 8
 ESP_TRAILER: Final = 2
 DEFAULT_ESP_PROPOSALS: Final = ("aes256-sha256",)
+WIREGUARD_OVERHEAD: Final = IPV4_HEADER + UDP_HEADER + 16 + 16  # 60: header (type, index, counter) + tag
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ def esp_payload_max(underlay_mtu: int, proposal: str = DEFAULT_ESP_PROPOSALS[0],
 def raven0_mtu(underlay_mtu: int) -> int:
     """The intra-pool VXLAN device: the node's underlay minus VXLAN."""
     return underlay_mtu - VXLAN_OVERHEAD
+
+
+def wireguard_device_mtu(underlay_mtu: int) -> int:
+    """A WireGuard device over an IPv4 underlay: outer IPv4 20 + UDP 8 + the data message's header 16 (type,
+    receiver index, counter) + its Poly1305 tag 16 = 60 bytes. The plaintext is padded to a multiple of 16, but
+    never beyond the device's MTU, so a packet of exactly the device MTU leaves as underlay MTU bytes."""
+    return underlay_mtu - WIREGUARD_OVERHEAD
 
 
 def raven1_mtu(

@@ -34,6 +34,8 @@ RAVEN_RULE_PRIORITY: Final = 9027
 RAVEN_RETURN_RULE_PRIORITY: Final = 9026
 INTRA_POOL_LINK: Final = "raven0"
 INTER_GATEWAY_LINK: Final = "raven1"
+# The WireGuard driver's device (OpenYurt Raven's name), when --vpn-driver=wireguard.
+WIREGUARD_LINK: Final = "raven-wg0"
 VICI_CONN_PREFIX: Final = "raven-"
 # The fixed address non-gateway nodes route through; its neighbour entry names the active gateway.
 POOL_VIRTUAL_NEXT_HOP: Final = "169.254.240.1"
@@ -120,6 +122,12 @@ class IPsecConnection:
     # "psk": both ids are Gateway identities, proven by the cluster PSK. "pubkey": both ids are node
     # identities (the local node, the peer Gateway's active endpoint), proven by certificates of the cluster CA.
     auth: Literal["psk", "pubkey"] = "psk"
+    # For the WireGuard driver (not part of charon's config): the port this gateway listens on, this node, the
+    # peer Gateway's active endpoint node and the WireGuard public key it published (base64, "" when none).
+    local_port: int = 4500
+    local_node: str = ""
+    peer_node: str = ""
+    peer_public_key: str = ""
 
 
 @dataclass(frozen=True, order=True)

@@ -141,20 +141,27 @@ def _wait_ping(ns: Netns, dst: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{ns.name}: no ping to {dst} through the bare tunnel")
 
 
+def bench_pods(rc: RavenCluster, src: Netns, dst: Netns, names: tuple[str, str]) -> tuple[Netns, Netns]:
+    """Two "pod" namespaces hung off two nodes of the Raven lab (10.201.0.2 behind `src`, 10.202.0.2 behind
+    `dst`, each node forwarding for its pod over `bench0`), for a bare tunnel between those nodes."""
+    pa, pb = rc.cl.lab.netns_many(list(names))
+    rc.cl.lab.veth(pa, "eth0", src, "bench0")
+    rc.cl.lab.veth(pb, "eth0", dst, "bench0")
+    pa.ip_batch(["addr add 10.201.0.2/24 dev eth0", "route add default via 10.201.0.1"])
+    pb.ip_batch(["addr add 10.202.0.2/24 dev eth0", "route add default via 10.202.0.1"])
+    src.ip_batch(["addr add 10.201.0.1/24 dev bench0"])
+    dst.ip_batch(["addr add 10.202.0.1/24 dev bench0"])
+    for ns in (src, dst):
+        ns.sysctl(**{"net.ipv4.ip_forward": 1, "net.ipv4.conf.bench0.rp_filter": 0})
+    return pa, pb
+
+
 def _bare_on_raven_path(rc: RavenCluster) -> Case:
     """A bare tunnel over exactly the underlay path of the `member` case (a member of edge-a, behind the NAT
     router, to a member of cloud), between two "pod" namespaces hung off those nodes, on the nodes' own
     charons (Raven plans no IPsec on members; its agent touches only `raven-*` connections and keys)."""
     src_node, dst_node = rc.cl.nodes[rc.member_node("edge-a")], rc.cl.nodes[rc.member_node("cloud")]
-    pa, pb = rc.cl.lab.netns_many(["bpa", "bpb"])
-    rc.cl.lab.veth(pa, "eth0", src_node.netns, "bench0")
-    rc.cl.lab.veth(pb, "eth0", dst_node.netns, "bench0")
-    pa.ip_batch(["addr add 10.201.0.2/24 dev eth0", "route add default via 10.201.0.1"])
-    pb.ip_batch(["addr add 10.202.0.2/24 dev eth0", "route add default via 10.202.0.1"])
-    src_node.netns.ip_batch(["addr add 10.201.0.1/24 dev bench0"])
-    dst_node.netns.ip_batch(["addr add 10.202.0.1/24 dev bench0"])
-    for n in (src_node, dst_node):
-        n.netns.sysctl(**{"net.ipv4.ip_forward": 1, "net.ipv4.conf.bench0.rp_filter": 0})
+    pa, pb = bench_pods(rc, src_node.netns, dst_node.netns, ("bpa", "bpb"))
     ca, cb = rc.charon(src_node.name), rc.charon(dst_node.name)
     ids = ["bench-a", "bench-b"]
     a = _conn("bench", src_node.ip, dst_node.ip, "10.201.0.0/24", "10.202.0.0/24", True)

@@ -15,12 +15,17 @@ from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Rout
 PREFIX = "rdp"
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
+def root_lab(prefix: str) -> Iterator[Lab]:
+    """A lab with `prefix` for one test (skipped without root), removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
-    with Lab(PREFIX) as the_lab:
+    with Lab(prefix) as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    yield from root_lab(PREFIX)
 
 
 def ip_json(ns: Netns, *args: str) -> Any:

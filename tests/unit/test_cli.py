@@ -106,6 +106,18 @@ def test_cert_mode_reads_no_psk(kubeconfig: str, tmp_path: Path) -> None:
     assert isinstance(cfg, AgentConfig) and cfg.ipsec_auth == "cert" and cfg.psk == ""
 
 
+def test_wireguard_reads_the_cluster_psk_and_needs_it(kubeconfig: str, psk_file: str) -> None:
+    from raven.cli import build_config, build_parser
+    from raven.config import AgentConfig
+
+    ns = build_parser().parse_args(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1",
+                                    "--vpn-driver=wireguard", "--psk-file", psk_file])
+    cfg = build_config(ns, {})
+    assert isinstance(cfg, AgentConfig) and cfg.vpn_driver == "wireguard" and len(cfg.psk) >= 16
+    result = run(["--mode=agent", "--kubeconfig", kubeconfig, "--node-name", "n1", "--vpn-driver=wireguard"])
+    _assert_clean_error(result, "the wireguard driver needs the cluster's pre-shared key")
+
+
 def test_flag_of_the_other_mode_is_rejected(kubeconfig: str) -> None:
     result = run(["--mode=controller", "--kubeconfig", kubeconfig, "--node-name", "n1"])
     _assert_clean_error(result, "--node-name cannot be used with --mode=controller")

@@ -95,7 +95,7 @@ BAD = {
     "health_hold_time": "0",
     "health_settle_time": "0",
     "health_stale_after": "-1",
-    "vpn_driver": "wireguard",
+    "wireguard_key_file": "",
     "vici_socket": "",
     "ipsec_identity_dir": "",
     "ipsec_ca_secret": "",

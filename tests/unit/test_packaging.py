@@ -23,7 +23,8 @@ RUNTIME_PURPOSE = {
     "libstrongswan-standard-plugins": "charon's crypto plugins for the proposals raven configures",
     "iproute2": "ip, for operators debugging routes in the pod (the agent itself speaks netlink)",
     "iptables": "iptables-save/-restore for the TCP MSS clamping chain",
-    "wireguard-tools": "wg, for --vpn-driver=wireguard (accepted by the CLI, not implemented yet)",
+    "wireguard-tools": "wg, for operators inspecting raven-wg0 (--vpn-driver=wireguard) in the pod",
+    "wireguard-go": "the userspace WireGuard the agent starts for raven-wg0 where the kernel has none",
 }
 
 

@@ -1,0 +1,255 @@
+"""Scenario 9: the same cluster with --vpn-driver=wireguard (no charon; each agent runs wireguard-go).
+
+Its own cluster (the default topology: NAT pools edge-a/edge-b relayed through gw-cloud), lab prefix
+``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the pod matrix with direct and
+relayed pairs; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner /32; a killed
+wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go without a
+lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was published before
+it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import RavenCluster
+from e2e.probe import ping
+from e2e.tests.conftest import MEASUREMENTS, PREFIX
+from raven.dataplane.wireguard import DeviceInfo, Uapi, WireGuardUnavailable, pair_psk
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def wg(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end scenarios need root (network namespaces)")
+    cluster = RavenCluster("default", prefix=f"{PREFIX}w", vpn_driver="wireguard", controllers=1)
+    failed = True
+    try:
+        cluster.start()
+        cluster.wait_converged(timeout=180)
+        MEASUREMENTS["wireguard_start_to_green_matrix_s"] = round(cluster.elapsed(), 2)
+        failed = False
+        yield cluster
+    finally:
+        cluster.close(keep_logs=failed or request.session.testsfailed > 0 or os.environ.get("RAVEN_E2E_KEEP") == "1")
+
+
+@pytest.fixture(autouse=True)
+def green_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "wg" in request.fixturenames:
+        request.getfixturevalue("wg").wait_converged(timeout=90)
+
+
+def device(rc: RavenCluster, node: str) -> DeviceInfo:
+    return asyncio.run(Uapi(rc.wireguard_socket(node)).get())
+
+
+def published_key(rc: RavenCluster, gateway: str, node: str) -> str:
+    gw = rc.gateways()[gateway]
+    for ep in gw["spec"]["endpoints"]:
+        if ep["nodeName"] == node and ep["type"] == "tunnel":
+            return str((ep.get("config") or {}).get("publicKey", ""))
+    return ""
+
+
+def hexkey(b64: str) -> str:
+    return base64.b64decode(b64).hex()
+
+
+def test_matrix_direct_and_relayed_over_wireguard(wg: RavenCluster) -> None:
+    matrix = wg.ping_matrix(count=2)
+    assert matrix.failed == []
+    gw_a, gw_b = wg.active_gateway_node("gw-edge-a"), wg.active_gateway_node("gw-edge-b")
+    relay, pub = wg.active_gateway_node("gw-cloud"), wg.active_gateway_node("gw-edge-pub")
+    # Every node of a Gateway published its key (members too, so a failover finds it there).
+    for gateway, nodes in (("gw-cloud", ("cloud-1", "cloud-2")), ("gw-edge-a", ("edge-a-1", "edge-a-2"))):
+        for node in nodes:
+            assert len(base64.b64decode(published_key(wg, gateway, node))) == 32, (gateway, node)
+    # NAT <-> NAT: no peer between edge-a and edge-b; each has the relay and edge-pub, allowed IPs one /32 each.
+    dev_a, dev_b = device(wg, gw_a), device(wg, gw_b)
+    key = {n: hexkey(published_key(wg, g, n)) for g, n in (("gw-edge-a", gw_a), ("gw-edge-b", gw_b),
+                                                            ("gw-cloud", relay), ("gw-edge-pub", pub))}
+    assert set(dev_a.peers) == {key[relay], key[pub]}
+    assert set(dev_b.peers) == {key[relay], key[pub]}
+    assert all(len(p.allowed_ips) == 1 and next(iter(p.allowed_ips)).endswith("/32") for p in dev_a.peers.values())
+    assert dev_a.peers[key[relay]].preshared_key == pair_psk(wg.psk, gw_a, relay).hex()
+    # The relay answers edge-a under NAT: the endpoint it uses is the one it learnt (edge-a's router).
+    relay_dev = device(wg, relay)
+    assert relay_dev.peers[key[gw_a]].endpoint is not None
+    assert relay_dev.peers[key[gw_a]].endpoint.startswith("198.18.0.")  # r-edge-a's WAN address, not 192.168.11.x
+    # Real traffic edge-a -> edge-b crosses the relay's two peers.
+    pod_a, pod_b = wg.cl.nodes[gw_a].pods[0], wg.cl.nodes[gw_b].pods[0]
+    before = device(wg, relay).peers
+    r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
+    assert r.received == 40, r
+    after = device(wg, relay).peers
+    for node in (gw_a, gw_b):
+        assert after[key[node]].rx_bytes - before[key[node]].rx_bytes >= 40 * 84, node
+    route = wg.route_get(gw_a, pod_b.ip, src=pod_a.ip, iif="vp0")
+    assert "dev raven1" in route, route
+
+
+def test_killed_wireguard_go_is_restarted_and_traffic_resumes(wg: RavenCluster) -> None:
+    gw = wg.active_gateway_node("gw-edge-pub")
+    member = wg.member_node("cloud")
+    src, dst = wg.cl.nodes[member].pods[0], wg.cl.nodes[gw].pods[0]
+    pid = _wg_pid(wg, gw)
+    assert pid is not None
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wg.wait_for("a new wireguard-go", lambda: _wg_pid(wg, gw) not in (None, pid), timeout=30)
+    resumed = wg.wait_for("traffic through the restarted wireguard-go",
+                          lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=60, interval=0.05)
+    MEASUREMENTS["wireguard_go_kill_to_traffic_s"] = round(time.monotonic() - t0, 2)
+    assert resumed < 60
+    assert "wireguard-go is gone" in wg.agents[gw].logs()
+
+
+def _wg_pid(rc: RavenCluster, node: str) -> int | None:
+    """The wireguard-go process in the node's namespace (`ip netns pids`), None when there is none."""
+    ns = rc.cl.nodes[node].netns.name
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout.split()
+    for pid in out:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_agent_restart_adopts_wireguard_go_without_loss(wg: RavenCluster) -> None:
+    gw = wg.active_gateway_node("gw-edge-a")
+    pid = _wg_pid(wg, gw)
+    dst = wg.active_gateway_node("gw-cloud")
+    result = wg.restart_agent_under_probe(gw, wg.member_node("edge-a"), dst, port=18391)
+    MEASUREMENTS["wireguard_agent_restart_lost"] = result.lost
+    assert _wg_pid(wg, gw) == pid  # the same wireguard-go, adopted
+    assert "wireguard-go adopted" in wg.agents[gw].logs()
+    assert result.lost == 0, result
+
+
+def test_node_with_the_wrong_cluster_secret_cannot_exchange_traffic(wg: RavenCluster) -> None:
+    gw = wg.active_gateway_node("gw-edge-pub")
+    relay = wg.active_gateway_node("gw-cloud")
+    src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
+    agent = wg.agents[gw]
+    wrong = "wrong-" + wg.psk
+    try:
+        agent.stop()
+        wg.write_psk(gw, wrong)
+        # Sessions up now would outlive the new keys; a fresh wireguard-go starts with none.
+        pid = _wg_pid(wg, gw)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        agent.start()
+        relay_key = hexkey(published_key(wg, "gw-cloud", relay))
+        # First see the agent applied the wrong-secret key (the event was processed) ...
+
+        def wrong_key_in_place() -> bool:
+            try:
+                peer = device(wg, gw).peers.get(relay_key)
+            except WireGuardUnavailable:  # the new wireguard-go is still starting
+                return False
+            return peer is not None and peer.preshared_key == pair_psk(wrong, gw, relay).hex()
+
+        wg.wait_for("the wrong preshared key in place", wrong_key_in_place, timeout=60)
+        # ... then no packet goes through, and no handshake completes (its initiations are sent and ignored).
+        r = ping(src.netns, dst.ip, count=20, interval=0.1, wait=1)
+        assert r.received == 0, r
+        peer = device(wg, gw).peers[relay_key]
+        assert peer.last_handshake == 0 and peer.tx_bytes > 0
+    finally:
+        agent.stop()
+        wg.write_psk(gw, wg.psk)
+        agent.start()
+    wg.wait_for("traffic with the right secret", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=90)
+
+
+def test_a_node_whose_key_changed_rejoins(wg: RavenCluster) -> None:
+    gw = wg.active_gateway_node("gw-edge-b")
+    old = published_key(wg, "gw-edge-b", gw)
+    agent = wg.agents[gw]
+    agent.stop()
+    pid = _wg_pid(wg, gw)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    wg.wireguard_key_file(gw).unlink()  # rotation: delete the key file, restart the agent
+    agent.start()
+    wg.wait_for("the new key published", lambda: published_key(wg, "gw-edge-b", gw) not in ("", old), timeout=60)
+    new = published_key(wg, "gw-edge-b", gw)
+    relay = wg.active_gateway_node("gw-cloud")
+    wg.wait_for("the relay peered with the new key", lambda: hexkey(new) in device(wg, relay).peers, timeout=60)
+    # (The relay's wireguard-go was not touched: its socket answers throughout.)
+    assert hexkey(old) not in device(wg, relay).peers
+    src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
+    took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=60)
+    MEASUREMENTS["wireguard_key_rotation_to_traffic_s"] = round(took, 2)
+
+
+def test_gateway_failover_of_a_nat_pool_under_a_probe(wg: RavenCluster) -> None:
+    dst = wg.member_node("cloud")
+    r = wg.failover_under_probe("edge-a", dst, port=18392, dead=True)
+    MEASUREMENTS["wireguard_failover_nat_pool_crashed"] = {
+        "elected_s": round(r.elected_s, 3), "write_to_traffic_s": round(r.traffic_s, 3),
+        "outage_s": round(r.probe.max_outage_s, 3), "lost": r.probe.lost, "sent": r.probe.sent}
+    assert r.resumed, f"traffic did not resume through {r.new}: {r.probe}"
+    # The peers now hold the new endpoint's key, not the old one's: one peer out, one in.
+    new_key = hexkey(published_key(wg, "gw-edge-a", r.new))
+    old_key = hexkey(published_key(wg, "gw-edge-a", r.old))
+    relay = wg.active_gateway_node("gw-cloud")
+    wg.wait_for("the relay peered with the new endpoint",
+                lambda: new_key in device(wg, relay).peers and old_key not in device(wg, relay).peers, timeout=30)
+    # Traffic really goes through the new endpoint's device.
+    peer = device(wg, r.new).peers[hexkey(published_key(wg, "gw-cloud", relay))]
+    assert peer.tx_bytes > 0 and peer.rx_bytes > 0
+    # Restore the original endpoint for the next scenario (sticky election: make the new one go away).
+    wg.set_node_ready(r.new, False)
+    try:
+        wg.wait_for("gw-edge-a back on its first node", lambda: wg.active_endpoints()["gw-edge-a"] == [r.old],
+                    timeout=30)
+    finally:
+        wg.set_node_ready(r.new, True)
+
+
+def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
+    node = wg.member_node("edge-pub")
+    agent = wg.agents[node]
+    key = wg.wireguard_key_file(node).read_text()
+    assert _wg_pid(wg, node) is not None  # members run it too (a failover needs no start)
+    agent.stop()
+    assert _wg_pid(wg, node) is not None  # an agent stopping leaves it running
+    wg.cleanup_agent(node)
+    assert _wg_pid(wg, node) is None
+    assert wg.cl.nodes[node].netns.ip("link", "show", "raven-wg0", check=False).returncode != 0
+    assert not wg.wireguard_socket(node).exists()
+    assert wg.wireguard_key_file(node).read_text() == key  # the identity stays
+    agent.start()
+    wg.wait_for("wireguard-go started again", lambda: _wg_pid(wg, node) is not None, timeout=30)
+    assert published_key(wg, "gw-edge-pub", node) != ""
+
+
+def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
+    from e2e.tests.test_08_path_health import all_up, reports
+
+    wg.wait_for("every agent's PathReport with all targets up", lambda: all_up(wg), timeout=60)
+    rs = reports(wg)
+    for gateway in ("gw-cloud", "gw-edge-a", "gw-edge-b", "gw-edge-pub"):
+        node = wg.active_gateway_node(gateway)
+        r = rs[node]
+        assert r.status.role == "gateway"
+        # One peer target per WireGuard peer of the device, each up (probed through raven1 over raven-wg0).
+        assert len(r.status.targets) == len(device(wg, node).peers) > 0
+        assert all(t.kind == "peer" and t.state == "up" for t in r.status.targets)
