@@ -34,6 +34,7 @@ from raven.dataplane import devices
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
+from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
@@ -297,7 +298,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 plan_fn = with_probes(plan_fn, health[0])
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             reconciler = Reconciler(
-                plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
+                plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier(), ProbeNatApplier()), vpn,
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 
