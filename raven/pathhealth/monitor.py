@@ -32,6 +32,8 @@ from raven.pathhealth.targets import ProbeTarget
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# Probe rounds a state change waits for before it is written (see `_on_outcome`).
+COALESCE_ROUNDS = 1.5
 
 
 class PathMonitor:
@@ -121,7 +123,11 @@ class PathMonitor:
         if self.writer is not None:
             worth = self._worth_writing(key, h)
             if worth == "now":
-                self.writer.mark_dirty()
+                # A state change waits for the next probe round: one event (an uplink cut) changes several targets
+                # within a round of each other (a standby's via and underlay targets), and a reader must not see a
+                # report that holds only the first of them ("via lost, underlay still up": a candidate that
+                # seems able to do better when it is cut off just the same).
+                self.writer.mark_dirty(coalesce=COALESCE_ROUNDS * self.interval if h.state != old.state else 0.0)
             elif worth == "lazy":
                 self.writer.mark_lazy()
 

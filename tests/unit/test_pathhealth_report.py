@@ -136,3 +136,34 @@ async def test_nothing_is_written_before_the_first_plan() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_changes_one_probe_round_apart_land_in_one_write() -> None:
+    """An uplink cut takes a standby's via and underlay targets down within a round of each other: the report
+    must never say "via lost, underlay up" (a candidate that seems able to do better)."""
+    via = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
+    under = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
+    mon, store = PathMonitor("a-2", HealthParams(), interval=0.05, timeout=0.1), MemoryStore()
+    w = ReportWriter("a-2", store, WritePolicy(min_interval=0.3, heartbeat=60.0), mon.status)
+    mon.writer = w
+    mon.resume_from(await w.load())
+    mon.update_plan("member", "gw-a", (via, under))
+    task = asyncio.ensure_future(w.run())
+    try:
+        for _ in range(3):
+            for t in (via, under):
+                mon._on_outcome(t.key, 0.001, 0.0)
+        await asyncio.sleep(0.5)  # written: both up; and min_interval has passed since
+        assert [t.state for t in store.writes[-1].targets] == ["up", "up"]
+        n = len(store.writes)
+        for _ in range(3):
+            mon._on_outcome(via.key, None, 0.0)
+        for _ in range(5):  # the writer runs meanwhile (with no hold it would write the via loss alone now)
+            await asyncio.sleep(0)
+        for _ in range(3):
+            mon._on_outcome(under.key, None, 0.0)
+        await asyncio.sleep(0.2)
+        assert len(store.writes) == n + 1
+        assert {t.kind: t.state for t in store.writes[-1].targets} == {"via": "down", "underlay": "down"}
+    finally:
+        task.cancel()
