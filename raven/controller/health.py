@@ -18,6 +18,8 @@ which counts as reached. For the active endpoint A of Gateway G:
   known to work (A itself reaches R, or a third gateway does) reach none of those R through A -> A answers but
   does not forward. "Known to work" rests on another report, which may simply be written later than the loss:
   the losses count once they are `settle` old (1 s), by when a truly dead R would have been reported lost too.
+  Likewise the other way round: when A's tunnels came back after a member's losses began (a shared cut healed),
+  that member's losses count only once it wrote after A's return, or `report_lag` after it.
 - R3 peers: no peer reaches A, and at least one peer that lost A still reaches another gateway (its own uplink
   works) -> A is not forwarding. A peer that reaches nobody is no evidence (its own uplink may be cut).
 - R4 self: A's own report says it reaches no peer (losses `settle` old), no peer reaches A, and at least one peer
@@ -99,6 +101,12 @@ class HealthSettings:
     # Evidence that rests on *another* report still saying "up" (R2, R4) counts only once the loss is this old:
     # if the other end were down too, its own report would have said so by then (reports are written apart).
     settle: timedelta = timedelta(seconds=1)
+    # A standby's underlay evidence that it reaches a peer the active lost counts when it reached the peer before
+    # the loss, or has for this long (after a shared cut heals, the active's tunnels need a few seconds).
+    candidate_grace: timedelta = timedelta(seconds=10)
+    # How long a member's report may lag behind its own probes (the agents' write rate limit,
+    # --health-min-write-interval, 2 s by default, plus slack): see R2.
+    report_lag: timedelta = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -215,7 +223,7 @@ def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
 
 
 def _blame(view: _View, node: str, now: datetime, settle: timedelta,
-           pending: list[datetime]) -> tuple[Blame | None, list[str]]:
+           pending: list[datetime], report_lag: timedelta = timedelta(seconds=3)) -> tuple[Blame | None, list[str]]:
     """Why `node` (an active endpoint of view.gateway) is not forwarding, or None; plus what was seen (for the
     condition when nothing is blamed). The evidence names every loss seen, e.g. "3 of 3 peers and 1 of 1 members
     lost the gateway since 12:00:01"."""
@@ -232,6 +240,20 @@ def _blame(view: _View, node: str, now: datetime, settle: timedelta,
     lan_lost = [t for _, t in lan if t.lost]
     own = view.own_peers(node)
     own_reached = {t.gateway for t in own if t.reached}
+    # When A's tunnels came back (a peer reaches it again, it reaches a peer again) after a member's losses
+    # through it began, that member's report may only lag (agents rate-limit their writes): its losses count
+    # once it wrote after A's return, or `report_lag` after it.
+    returns = [t.since for t in (*own, *(t for _, t in view.peer_views_of(g, node))) if t.reached and t.since]
+
+    def lagging(r: PathReport, lost: Sequence[Target]) -> bool:
+        began = min((t.since for t in lost if t.since is not None), default=None)
+        back = max((b for b in returns if began is not None and b > began), default=None)
+        hb = r.status.heartbeat_time
+        if back is None or (hb is not None and hb >= back) or now - back >= report_lag:
+            return False
+        pending.append(back + report_lag)
+        return True
+
     # Members that reach A over raven0 and probe, through A, remote gateways known to work.
     fwd_total, fwd_failing, forwards = 0, 0, False
     fwd_lost: list[Target] = []
@@ -246,7 +268,7 @@ def _blame(view: _View, node: str, now: datetime, settle: timedelta,
         if any(t.reached for t in relevant):
             fwd_total += 1
             forwards = True
-        elif all(settled(t) for t in relevant):
+        elif all(settled(t) for t in relevant) and not lagging(r, relevant):
             fwd_total += 1
             fwd_failing += 1
             fwd_lost.extend(relevant)
@@ -314,20 +336,30 @@ def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
     return None
 
 
-def _lost_by(view: _View, node: str) -> set[str]:
-    """The peer gateways active endpoint `node` lost: by its own report, or by theirs (they lost it)."""
-    lost = {t.gateway for t in view.own_peers(node) if t.lost}
-    return lost | {g for g, t in view.peer_views_of(view.gateway, node) if t.lost}
+def _lost_by(view: _View, node: str) -> dict[str, datetime | None]:
+    """The peer gateways active endpoint `node` lost (by its own report, or by theirs: they lost it), each with
+    since when (the earliest of the reports)."""
+    lost: dict[str, datetime | None] = {}
+    pairs = [(t.gateway, t) for t in view.own_peers(node)] + list(view.peer_views_of(view.gateway, node))
+    for g, t in pairs:
+        if t.lost:
+            known = lost.get(g)
+            lost[g] = t.since if known is None or (t.since is not None and t.since < known) else known
+    return lost
 
 
-def _candidate_evidence(view: _View, c: str, a: str, lost: set[str]) -> tuple[list[str], str | None]:
-    """What standby `c`'s own `underlay` probes say about replacing `a`, which lost the peers `lost`: (the lost
-    peers `c` reaches over its uplink: it can do better, why it cannot). Both empty/None: `c` has no underlay
-    evidence (an older agent, or no peer with a known address): the trial rule decides, as before.
+def _candidate_evidence(view: _View, c: str, a: str, lost: Mapping[str, datetime | None], now: datetime,
+                        grace: timedelta, pending: list[datetime]) -> tuple[list[str], str | None]:
+    """What standby `c`'s own `underlay` probes say about replacing `a`, which lost the peers `lost` (each since
+    when): (the lost peers `c` reaches over its uplink: it can do better, why it cannot). Both empty/None: `c`
+    has no underlay evidence (an older agent, or no peer with a known address): the trial rule decides, as before.
 
     The evidence counts only once it is from after the failure: `c`'s report must show the failure through `a`
     (a via target through it lost). An older report ("everything up") is what a candidate cut off together
-    with `a` still has in the API when the pool's uplink, API included, is gone: no evidence it can do better."""
+    with `a` still has in the API when the pool's uplink, API included, is gone: no evidence it can do better.
+    And `c` must have reached the peer while `a` lost it: up since before the loss, or for `grace` since. A
+    standby whose uplink just came back (the pool's whole uplink was cut and is healed) reaches the peers a few
+    seconds before `a`'s tunnels are up again: that is no reason to move."""
     under = view.own_peers(c, "underlay")
     if not under:
         return [], None
@@ -335,14 +367,27 @@ def _candidate_evidence(view: _View, c: str, a: str, lost: set[str]) -> tuple[li
     saw = r is not None and any(t.kind == "via" and t.lost and t.gateway in lost for t in r.status.targets)
     if not saw:
         return [], f"its report predates the loss (it still reaches {a}'s peers through {a}): no evidence yet"
-    reached = sorted({t.gateway for t in under if t.reached and t.gateway in lost})
-    if not reached:
-        return [], f"it reaches none of the peers {a} lost ({', '.join(sorted(lost))}) over its uplink"
-    return reached, None
+    reached, recent = set(), set()
+    for t in under:
+        if not t.reached or t.gateway not in lost:
+            continue
+        loss = lost[t.gateway]
+        if t.since is None or loss is None or t.since <= loss or now - t.since >= grace:
+            reached.add(t.gateway)
+        else:
+            recent.add(t.gateway)
+            pending.append(t.since + grace)
+    if reached:
+        return sorted(reached), None
+    if recent:
+        return [], (f"it reaches {', '.join(sorted(recent))} over its uplink only since "
+                    f"{_hhmmss(max(t.since for t in under if t.gateway in recent and t.since is not None))}, after "
+                    f"{a} lost them: the cut was shared, {a}'s tunnels may come back")
+    return [], f"it reaches none of the peers {a} lost ({', '.join(sorted(lost))}) over its uplink"
 
 
 def _blame_by_candidates(view: _View, a: str, standbys: Sequence[str], now: datetime, settle: timedelta,
-                         pending: list[datetime]) -> Blame | None:
+                         grace: timedelta, pending: list[datetime]) -> Blame | None:
     """R5 (two pools, or when nothing else tells): `a`'s own report says it reaches no peer (losses `settle` old),
     nothing says it forwards (no peer reaches it, no member reaches a remote gateway through it), and a standby
     reaches over its own uplink a peer `a` lost, having seen the failure through `a` -> `a` is not forwarding."""
@@ -356,9 +401,9 @@ def _blame_by_candidates(view: _View, a: str, standbys: Sequence[str], now: date
         if t.since is not None and now - t.since < settle:
             pending.append(t.since + settle)
             return None
-    lost = {t.gateway for t in own}
+    lost = _lost_by(view, a)
     for c in standbys:
-        reached, _ = _candidate_evidence(view, c, a, lost)
+        reached, _ = _candidate_evidence(view, c, a, lost, now, grace, pending)
         if reached:
             return Blame(KIND_SELF, f"the gateway lost {len(own)} of {len(own)} peers since {_hhmmss(_latest(own))} "
                                     f"while {c} reaches {', '.join(reached)} over its uplink")
@@ -435,9 +480,10 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     pending: list[datetime] = []
     standbys = [c for c in spec_nodes if c not in active and c not in unfit]
     for a in active:
-        blame, seen = _blame(view, a, now, settings.settle, pending)
+        blame, seen = _blame(view, a, now, settings.settle, pending, settings.report_lag)
         if blame is None:
-            blame = _blame_by_candidates(view, a, standbys, now, settings.settle, pending)
+            blame = _blame_by_candidates(view, a, standbys, now, settings.settle, settings.candidate_grace,
+                                         pending)
         node = candidates.get(a)
         if blame is None:
             peers = view.peer_views_of(gw.name, a)
@@ -469,7 +515,7 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
             lost = _lost_by(view, a)
             cannot: dict[str, str] = {}
             for c in standbys:
-                reached, why = _candidate_evidence(view, c, a, lost)
+                reached, why = _candidate_evidence(view, c, a, lost, now, settings.candidate_grace, pending)
                 if reached:
                     better[c] = reached
                 elif why is not None:

@@ -17,6 +17,7 @@ from raven.controller.health import REASON_NO_BETTER, REASON_NOT_FORWARDING, REA
 from tests.unit.test_health_failover import (
     FOUR,
     NOW,
+    SETTINGS,
     T0,
     TWO,
     World,
@@ -127,3 +128,50 @@ def test_evidence_beats_the_trial_budget_and_prefers_the_standby_with_it() -> No
     v2 = w.assess("gw-ea", memory, later)
     assert v2.condition_reason == REASON_NOT_FORWARDING, v2.condition_message
     assert w.elect("gw-ea", v2) == ["ea-1"]
+
+
+def test_g_healed_the_standby_back_first_is_no_reason_to_move_until_the_grace_ends() -> None:
+    """The pool's whole uplink was cut at T0 and is healed: the standby reaches the peers again a moment before
+    the active gateway's tunnels are back. That is the shared cut ending, not a better candidate."""
+    w = world()
+    uplink_cut(w, "gw-ea")
+    underlay(w, "ea-2", "down")
+    healed = T0 + timedelta(seconds=15)
+    w.target("ea-2", lambda t: t.kind == "underlay", "up")
+    w.reports["ea-2"] = replace(w.reports["ea-2"], status=replace(w.reports["ea-2"].status, targets=tuple(
+        replace(t, since=healed) if t.kind == "underlay" else t for t in w.reports["ea-2"].status.targets)))
+    now = healed + timedelta(seconds=1)
+    v = w.assess("gw-ea", now=now)
+    assert v.election.not_forwarding == {} and "only since" in v.election.unfit["ea-2"], v.election.unfit
+    assert w.elect("gw-ea", v) == ["ea-1"]
+    assert v.next_check is not None and v.next_check <= healed + SETTINGS.candidate_grace
+    # The active's tunnels never come back: after the grace the standby's evidence counts.
+    v = w.assess("gw-ea", now=healed + SETTINGS.candidate_grace)
+    assert w.elect("gw-ea", v) == ["ea-2"]
+
+
+def test_g_healed_members_lagging_reports_do_not_blame_the_gateway_whose_tunnels_are_back() -> None:
+    """After a shared cut heals, the peers' reports (ea-1 reached again) may come before the members' (their via
+    probes through ea-1 recovered too, but their agents' writes are rate-limited): their old losses are no
+    evidence that ea-1 does not forward, until they wrote after ea-1's return or `report_lag` passed."""
+    w = world()
+    uplink_cut(w, "gw-ea")
+    underlay(w, "ea-2", "down")
+    healed = T0 + timedelta(seconds=15)
+    for h in w.gateways:  # ea-1's tunnels are back: every peer reaches it, it reaches every peer
+        w.target(w.active(h), lambda t: t.kind == "peer", "up")
+    for r in list(w.reports.values()):
+        if r.status.role == "gateway":
+            w.reports[r.name] = replace(r, status=replace(r.status, heartbeat_time=healed, targets=tuple(
+                replace(t, since=healed) for t in r.status.targets)))
+    for m in ("ea-2", "ea-3"):  # the members wrote last during the cut: via still down since T0
+        w.reports[m] = replace(w.reports[m], status=replace(w.reports[m].status,
+                                                            heartbeat_time=T0 + timedelta(seconds=1)))
+    v = w.assess("gw-ea", now=healed + timedelta(seconds=1))
+    assert not v.blamed and v.next_check == healed + SETTINGS.report_lag, v.condition_message
+    assert w.elect("gw-ea", v) == ["ea-1"]
+    # A member writes after ea-1's return and still loses everything through it: that is evidence.
+    for m in ("ea-2", "ea-3"):
+        w.reports[m] = replace(w.reports[m], status=replace(w.reports[m].status, heartbeat_time=healed))
+    v = w.assess("gw-ea", now=healed + timedelta(seconds=1))
+    assert "ea-1" in v.blamed and v.blamed["ea-1"].kind == "forwarding"
