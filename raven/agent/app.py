@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -242,7 +243,8 @@ def plan_with_underlay(
 def health_params(cfg: AgentConfig) -> HealthParams:
     return HealthParams(down_after=cfg.health_down_after, up_after=cfg.health_up_after, window=cfg.health_window,
                         degraded_loss=cfg.health_degraded_loss, degraded_rtt=cfg.health_degraded_rtt,
-                        rtt_change=cfg.health_rtt_change, rtt_change_min=cfg.health_rtt_change_min)
+                        rtt_change=cfg.health_rtt_change, rtt_change_min=cfg.health_rtt_change_min,
+                        establish_after=math.ceil(cfg.health_establish_time / cfg.health_interval))
 
 
 def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonitor

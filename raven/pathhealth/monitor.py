@@ -53,6 +53,7 @@ class PathMonitor:
         self._loaded = False
         self._planned = asyncio.Event()  # set by the first plan: nothing is written before the targets are known
         self.state_changes = 0
+        self._local_gateway = ""  # a member: its gateway's node (its via targets go through it)
 
     # --- inputs ---
 
@@ -66,9 +67,15 @@ class PathMonitor:
                 del self.health[key]
                 if self.metrics is not None:
                     self.metrics.forget(self.targets[key])
-        for key in wanted:
-            if key not in self.health:
-                self.health[key] = self._resume(key, now)
+        local = next((t.node for t in probes if t.kind == "gateway"), "")
+        for key, t in wanted.items():
+            old = self.targets.get(key)
+            moved = old is not None and (old.node != t.node or (t.kind == "via" and local != self._local_gateway))
+            if key not in self.health or moved:
+                # A new path: a new target, or the same address now at another node (the peer failed over) or
+                # reached through another gateway (ours did): its history is the old path's, not this one's.
+                self.health[key] = self._resume(key, now, t.node) if not moved else initial(now)
+        self._local_gateway = local
         self.targets = wanted
         self._planned.set()
         if self._loaded:
@@ -76,10 +83,10 @@ class PathMonitor:
         if changed and self.writer is not None:
             self.writer.mark_dirty()
 
-    def _resume(self, key: Key, now: float) -> TargetHealth:
+    def _resume(self, key: Key, now: float, node: str) -> TargetHealth:
         """A target's starting health: what the report says of it (the agent restarted), else unknown."""
         seed = self._seed.pop(key, None)
-        if seed is None or seed.state == "unknown":
+        if seed is None or seed.state == "unknown" or seed.node != node:  # a moved path starts afresh
             return initial(now)
         since = to_epoch(seed.since) if seed.since is not None else None
         # Only the verdict and its time carry over; counters and the window start afresh.
@@ -92,7 +99,7 @@ class PathMonitor:
             self._seed = {t.key: t for t in report.status.targets}
             for key in list(self.health):
                 if key in self._seed and self.health[key].sent == 0:
-                    self.health[key] = self._resume(key, time.time())
+                    self.health[key] = self._resume(key, time.time(), self.targets[key].node)
             if self.writer is not None:
                 self.writer.last_written = report.status
         self._loaded = True

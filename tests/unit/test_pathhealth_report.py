@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from raven.api.pathreport import PathReport, PathReportStatus, Target, parse_time
 from raven.pathhealth.core import HealthParams
@@ -167,3 +168,34 @@ async def test_changes_one_probe_round_apart_land_in_one_write() -> None:
         assert {t.kind: t.state for t in store.writes[-1].targets} == {"via": "down", "underlay": "down"}
     finally:
         task.cancel()
+
+
+def test_a_path_that_moved_starts_afresh_and_a_new_path_is_not_down_while_it_is_set_up() -> None:
+    """The peer gateway failed over (same inner address, another node), or a member's own gateway did (its via
+    targets now go through another node): the old path's losses say nothing about the new one, which is unknown
+    until it answers, and down only if it never does for the establish time."""
+    mon = PathMonitor("a-2", HealthParams(establish_after=50), interval=0.2, timeout=0.5)
+    gw = ProbeTarget("gateway", "gw-a", "a-1", "240.0.0.12", "240.0.0.11")
+    via = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
+    mon.update_plan("member", "gw-a", (gw, via))
+    for _ in range(3):
+        mon._on_outcome(via.key, None, 0.0)
+    assert mon.health[via.key].state == "unknown"  # never answered: being set up
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    for _ in range(3):
+        mon._on_outcome(via.key, None, 0.0)
+    assert mon.health[via.key].state == "down"
+    # Our gateway fails over to a-3: the via target's key stays, its history does not.
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), via))
+    assert mon.health[via.key].state == "unknown"
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    assert mon.health[via.key].state == "up"
+    # The far end moves (gw-b fails over to b-2): afresh again; a plan that changes nothing keeps the history.
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), replace(via, node="b-2")))
+    assert mon.health[via.key].state == "unknown"
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), replace(via, node="b-2")))
+    assert mon.health[via.key].state == "up"
