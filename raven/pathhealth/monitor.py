@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from raven.api.pathreport import (
     ROLE_NONE,
@@ -41,6 +42,9 @@ class PathMonitor:
                  *, metrics: ProbeMetrics | None = None) -> None:
         self.node_name = node_name
         self.params = params
+        # An underlay target that never answered stays unknown (no evidence either way): the peer's address may
+        # simply not answer ICMP (a cloud security group), which must not make every standby unfit for good.
+        self._underlay_params = replace(params, establish_after=2**31)
         self.interval = interval
         self.metrics = metrics
         self.pinger: Pinger[Key] = Pinger(interval, timeout, self._on_outcome)
@@ -113,7 +117,7 @@ class PathMonitor:
         if old is None or target is None:
             return
         now = time.time()
-        h = observe(old, rtt, now, self.params)
+        h = observe(old, rtt, now, self._underlay_params if target.kind == "underlay" else self.params)
         self.health[key] = h
         if self.metrics is not None:
             self.metrics.record(target, h, rtt is not None)

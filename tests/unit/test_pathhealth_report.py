@@ -199,3 +199,19 @@ def test_a_path_that_moved_starts_afresh_and_a_new_path_is_not_down_while_it_is_
         mon._on_outcome(via.key, 0.001, 0.0)
     mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), replace(via, node="b-2")))
     assert mon.health[via.key].state == "up"
+
+
+def test_an_underlay_target_that_never_answered_stays_unknown() -> None:
+    """A peer's public address that drops ICMP must not make the standby look cut off ("0 of N peers over its
+    uplink") for ever; an underlay target that answered once and then stops is down as usual."""
+    mon = PathMonitor("a-2", HealthParams(establish_after=5), interval=0.2, timeout=0.5)
+    silent = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
+    cut = ProbeTarget("underlay", "gw-c", "c-1", "192.168.1.12", "198.18.3.11")
+    mon.update_plan("member", "gw-a", (silent, cut))
+    for _ in range(3):
+        mon._on_outcome(cut.key, 0.001, 0.0)
+    for _ in range(100):
+        mon._on_outcome(silent.key, None, 0.0)
+    for _ in range(3):
+        mon._on_outcome(cut.key, None, 0.0)
+    assert (mon.health[silent.key].state, mon.health[cut.key].state) == ("unknown", "down")
