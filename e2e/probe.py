@@ -192,6 +192,17 @@ class ProbeResult:
     rtt_avg_ms: float | None = None
     rtt_max_ms: float | None = None
     warmup: int = 0  # packets sent before the first answer, not counted
+    start_monotonic: float | None = None  # the sender's CLOCK_MONOTONIC at sent_at 0 (one clock for all netns)
+
+    def outage_from(self, t_monotonic: float, horizon: float = 30.0) -> float:
+        """Seconds from `t_monotonic` (a failure, on this host's monotonic clock) to the end of the last outage
+        that begins in the `horizon` after it (an outage a packet in flight at that moment started counts
+        too): how long the traffic suffered from the failure, measured by the packets themselves."""
+        assert self.start_monotonic is not None, "the probe recorded no start time"
+        t = t_monotonic - self.start_monotonic
+        ends = [o.start_s + o.length_s for o in self.outages
+                if t - self.interval_s <= o.start_s + o.length_s and o.start_s <= t + horizon]
+        return max(ends, default=t) - t
 
     @property
     def lost(self) -> int:
@@ -249,7 +260,8 @@ class ContinuousProbe:
             data = json.loads(self.out_path.read_text())
         except (OSError, ValueError) as e:
             raise RuntimeError(f"probe wrote no result: {e}\n{self.sender.logs()}") from e
-        self.result = summarise(data["sent_at"], data["answered"], data["interval"], data["rtts_ms"])
+        self.result = summarise(data["sent_at"], data["answered"], data["interval"], data["rtts_ms"],
+                                data.get("start_monotonic"))
         return self.result
 
     def __enter__(self) -> ContinuousProbe:
@@ -262,7 +274,7 @@ class ContinuousProbe:
 
 
 def summarise(sent_at: Sequence[float], answered: Sequence[int], interval: float,
-              rtts_ms: Sequence[float]) -> ProbeResult:
+              rtts_ms: Sequence[float], start_monotonic: float | None = None) -> ProbeResult:
     """Outages from per-sequence send times (seconds from start) and the answered sequence numbers.
 
     Packets sent before the first answer are warm-up (the echo server was still starting) and are
@@ -285,7 +297,7 @@ def summarise(sent_at: Sequence[float], answered: Sequence[int], interval: float
         outages.append(Outage(sent_at[first], end - sent_at[first], seq - first))
     return ProbeResult(
         sent=n - warmup, received=len(ok & set(range(n))), interval_s=interval, outages=tuple(outages),
-        warmup=warmup,
+        warmup=warmup, start_monotonic=start_monotonic,
         rtt_avg_ms=sum(rtts_ms) / len(rtts_ms) if rtts_ms else None,
         rtt_max_ms=max(rtts_ms) if rtts_ms else None,
     )
@@ -405,7 +417,7 @@ def _udp_send(args: argparse.Namespace) -> int:
                 ready = True
                 Path(args.ready).write_text("1")
     tmp = Path(args.out + ".tmp")
-    tmp.write_text(json.dumps({"interval": args.interval, "sent_at": sent_at,
+    tmp.write_text(json.dumps({"interval": args.interval, "sent_at": sent_at, "start_monotonic": start / 1e9,
                                "answered": sorted(set(answered)), "rtts_ms": rtts}))
     os.replace(tmp, args.out)
     return 0

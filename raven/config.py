@@ -451,6 +451,9 @@ class AgentConfig(PlanSettings):
                                     check=positive, cluster=True)
     health_down_after: int = setting(3, "consecutive lost probes that make a target down", check=positive,
                                      cluster=True)
+    health_establish_time: float = setting(10.0, "seconds a new path (a new target, or one whose far end or "
+                                           "gateway moved) may stay unanswered before it is reported down: a "
+                                           "tunnel being set up is not a loss", check=positive, cluster=True)
     health_up_after: int = setting(3, "consecutive replies that bring a down target back", check=positive,
                                    cluster=True)
     health_window: int = setting(10, "probes over which the loss ratio is measured", check=positive, cluster=True)

@@ -81,8 +81,13 @@ def test_every_agent_reports_its_paths_and_they_are_up(rc: RavenCluster) -> None
             assert {t.gateway for t in r.status.targets} == {
                 n.removeprefix("raven-") for n in rc.sas(node) if n.startswith("raven-")}, "one peer target per tunnel"
         elif r.status.role == "member":
-            (t,) = r.status.targets
-            assert t.kind == "gateway" and t.node == rc.active_gateway_node(r.status.gateway)
+            (t,) = [t for t in r.status.targets if t.kind == "gateway"]
+            assert t.node == rc.active_gateway_node(r.status.gateway)
+            # Through the gateway, every peer it has a tunnel to (via); as a standby, the peers' IKE addresses.
+            gw_report = rs[t.node]
+            assert {x.gateway for x in r.status.targets if x.kind == "via"} == {
+                x.gateway for x in gw_report.status.targets}
+            assert {x.kind for x in r.status.targets} <= {"gateway", "via", "underlay"}
         assert all(t.rtt_seconds is not None and t.rtt_seconds < 0.5 for t in r.status.targets)
 
 
@@ -110,7 +115,9 @@ def test_a_cut_tunnel_is_reported_down_then_up_again(rc: RavenCluster) -> None:
         took_down = rc.wait_for("both ends report the cut", cut_seen, timeout=30, interval=0.2)
         rs = reports(rc)
         member = rc.member_node("edge-b")
-        assert [t.state for t in rs[member].status.targets] == ["up"], "the LAN path to the gateway is intact"
+        mine_m = {t.kind: t.state for t in rs[member].status.targets if t.kind != "via"}
+        assert mine_m.get("gateway") == "up", "the LAN path to the gateway is intact"
+        assert all(t.state == "down" for t in rs[member].status.targets if t.kind == "via"), "nothing through it"
     finally:
         _block_ike(rc, "edge-b", add=False)
     t1 = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,6 +39,7 @@ from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
 from raven.dataplane.ipsec import Credentials, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.natrules import read_nat_rules
+from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.dataplane.wireguard import WireGuardDriver, load_or_create_private_key
@@ -282,7 +284,8 @@ def plan_with_underlay(
 def health_params(cfg: AgentConfig) -> HealthParams:
     return HealthParams(down_after=cfg.health_down_after, up_after=cfg.health_up_after, window=cfg.health_window,
                         degraded_loss=cfg.health_degraded_loss, degraded_rtt=cfg.health_degraded_rtt,
-                        rtt_change=cfg.health_rtt_change, rtt_change_min=cfg.health_rtt_change_min)
+                        rtt_change=cfg.health_rtt_change, rtt_change_min=cfg.health_rtt_change_min,
+                        establish_after=math.ceil(cfg.health_establish_time / cfg.health_interval))
 
 
 def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonitor
@@ -389,7 +392,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 plan_fn = with_probes(plan_fn, health[0])
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             reconciler = Reconciler(
-                plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier()), vpn,
+                plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier(), ProbeNatApplier()), vpn,
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
             )
 

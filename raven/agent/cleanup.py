@@ -11,6 +11,7 @@ from raven.config import AgentConfig
 from raven.dataplane.ingress import IngressFilterApplier
 from raven.dataplane.ipsec import CharonUnavailable, IPsecDriver
 from raven.dataplane.kernel import KernelApplier, KernelError
+from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.wireguard import WG_IFNAME, WireGuardGo
 from raven.log import kv
 
@@ -72,9 +73,10 @@ async def _stop_wireguard() -> bool:
 
 
 def _remove_ingress_filter() -> bool:
-    """The ingress filter's chains and jumps (after the links: no socket is left unfiltered). True if done."""
+    """The ingress filter's chains and jumps (after the links: no socket is left unfiltered), and the via probes'
+    source NAT chain. True if done."""
     try:
-        writes = IngressFilterApplier().remove()
+        writes = IngressFilterApplier().remove() + ProbeNatApplier().remove()
     except FileNotFoundError as exc:  # no iptables on this node: no filter either
         log.warning("iptables not found; no ingress filter to remove", extra=kv(error=str(exc)))
         return True

@@ -68,6 +68,7 @@ from raven.dataplane.state import (
     IPsecConnection,
     Neighbor,
     NodeNetwork,
+    ProbeSnat,
     Route,
     Rule,
     VxlanLink,
@@ -432,12 +433,22 @@ def plan(
                     src=src,
                 )
             )
+        # Path health through the gateway: a route for each direct peer's inner address, so the member's `via`
+        # probes (from its raven0 address) ride raven0 to the gateway, which forwards them into that peer's SA
+        # with its own inner address as source (its `probe_snat`): the peer's kernel answers through the SA.
+        direct = _direct_peers(topology, paths)
+        for peer in direct:
+            routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.intra_pool_link,
+                             gateway=cfg.virtual_next_hop, mtu=mtus.cross_pool_path))
         # Only the active gateway may send into raven0 here. Whatever inner source it sends was checked
         # against its peers by its own filter, so any source goes: a failover rewrites one rule, not one
         # per remote subnet, before the FDB moves.
         gw_peer = (ep_node.ip, "0.0.0.0/0", "")
         ingress = _ingress(cfg, routes, tunnel=[], pool=[gw_peer], problems=problems)
-        probes = (ProbeTarget("gateway", gw.name, ep_node.name, str(my_overlay), str(overlay[ep_node.name])),)
+        probes = (ProbeTarget("gateway", gw.name, ep_node.name, str(my_overlay), str(overlay[ep_node.name])),
+                  *sorted(ProbeTarget("via", peer.name, _node_name(peer), str(my_overlay), str(peer.inner))
+                          for peer in direct),
+                  *_underlay_probes(gateways, gw, me, direct))
         return PlanResult(
             _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
             problems,
@@ -491,9 +502,7 @@ def plan(
         if cfg.tunnel_encapsulation == "wireguard":
             # WireGuard picks the peer by the packet's destination (allowed IPs: the inner /32): route it in.
             routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
-        peer_node = peer.endpoint_node
-        peer_probes.append(ProbeTarget("peer", peer.name, peer_node.name if peer_node is not None else "", gw.inner,
-                                       peer.inner))
+        peer_probes.append(ProbeTarget("peer", peer.name, _node_name(peer), gw.inner, peer.inner))
     for subnet, nxt in remote:
         next_inner = topology.gateways[nxt].inner
         if next_inner is None:  # cannot happen: paths only lead through active gateways
@@ -517,8 +526,9 @@ def plan(
         if pn.name != me.name and pn.name in overlay
     ]
     ingress = _ingress(cfg, routes, tunnel=tunnel_peers, pool=pool_peers, problems=problems)
+    snat = ProbeSnat(sources=cfg.overlay_cidr, destinations=cfg.tunnel_cidr, to_source=gw.inner)
     return PlanResult(
-        _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress),
+        _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress, snat),
         problems,
         paths,
         role="gateway",
@@ -586,6 +596,7 @@ def _state(
     ipsec: set[IPsecConnection],
     clamp: set[str],
     ingress: IngressFilter,
+    probe_snat: ProbeSnat | None = None,
 ) -> NodeNetwork:
     return NodeNetwork(
         links=frozenset(links),
@@ -597,7 +608,35 @@ def _state(
         ipsec=frozenset(ipsec),
         mss_clamp_ifnames=frozenset(clamp),
         ingress=ingress,
+        probe_snat=probe_snat,
     )
+
+
+def _direct_peers(topology: Topology, paths: Sequence[Path]) -> list[GatewayView]:
+    """The gateways this node's gateway has a tunnel to (an IPsec SA between the inner addresses)."""
+    out = []
+    for p in paths:
+        peer = topology.gateways[p.dst]
+        if p.kind == "direct" and peer.inner is not None:  # active gateways have one
+            out.append(peer)
+    return out
+
+
+def _node_name(view: GatewayView) -> str:
+    node = view.endpoint_node
+    return node.name if node is not None else ""
+
+
+def _underlay_probes(gateways: Sequence[Gateway], gw: GatewayView, me: PoolNode,
+                     direct: Sequence[GatewayView]) -> list[ProbeTarget]:
+    """A standby candidate (a tunnel endpoint in its Gateway's spec, not the active one) probes, from its node IP,
+    each direct peer's tunnel endpoint address (where its IKE would go if it took over): whether it could do better
+    than the active endpoint. A peer without a known address (under NAT: it dials us) cannot be probed."""
+    spec = next((g for g in gateways if g.name == gw.name), None)
+    if spec is None or not any(ep.node_name == me.name and ep.type == "tunnel" for ep in spec.spec.all_endpoints):
+        return []
+    return sorted(ProbeTarget("underlay", peer.name, _node_name(peer), me.ip, peer.address)
+                  for peer in direct if peer.address is not None)
 
 
 def _ingress(

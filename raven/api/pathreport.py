@@ -35,16 +35,20 @@ KIND: Final = "PathReport"
 PLURAL: Final = "pathreports"
 
 Role = Literal["none", "member", "gateway"]
-TargetKind = Literal["gateway", "via", "peer"]
+TargetKind = Literal["gateway", "via", "peer", "underlay"]
 State = Literal["up", "degraded", "down", "unknown"]
 ROLES: Final[tuple[Role, ...]] = ("none", "member", "gateway")
-TARGET_KINDS: Final[tuple[TargetKind, ...]] = ("gateway", "via", "peer")
+TARGET_KINDS: Final[tuple[TargetKind, ...]] = ("gateway", "via", "peer", "underlay")
 STATES: Final[tuple[State, ...]] = ("up", "degraded", "down", "unknown")
 
 # Target kinds.
 KIND_GATEWAY: Final[TargetKind] = "gateway"  # a member probing its own pool's active gateway over raven0
 KIND_VIA: Final[TargetKind] = "via"  # a member probing THROUGH its gateway to a remote gateway's inner address
 KIND_PEER: Final[TargetKind] = "peer"  # an active gateway probing a peer gateway's inner address (tunnel)
+# A standby candidate (in a Gateway's spec.endpoints, not active) probing a peer gateway's tunnel endpoint address
+# (the address its IKE would use, public or private as the plan picks) over the underlay, from its node IP: the
+# evidence that it could do better than the active endpoint.
+KIND_UNDERLAY: Final[TargetKind] = "underlay"
 
 # Target states.
 STATE_UP: Final[State] = "up"

@@ -18,6 +18,8 @@ which counts as reached. For the active endpoint A of Gateway G:
   known to work (A itself reaches R, or a third gateway does) reach none of those R through A -> A answers but
   does not forward. "Known to work" rests on another report, which may simply be written later than the loss:
   the losses count once they are `settle` old (1 s), by when a truly dead R would have been reported lost too.
+  Likewise the other way round: when A's tunnels came back after a member's losses began (a shared cut healed),
+  that member's losses count only once it wrote after A's return, or `report_lag` after it.
 - R3 peers: no peer reaches A, and at least one peer that lost A still reaches another gateway (its own uplink
   works) -> A is not forwarding. A peer that reaches nobody is no evidence (its own uplink may be cut).
 - R4 self: A's own report says it reaches no peer (losses `settle` old), no peer reaches A, and at least one peer
@@ -27,16 +29,29 @@ which counts as reached. For the active endpoint A of Gateway G:
 Any positive evidence that A forwards (a member reaching a remote gateway through A, a peer reaching A) rules
 out R3 and R4, so a remote failure is never blamed on the local gateway: when the cloud gateway dies, its
 members lose it (R1), while every edge gateway's losses are all "the cloud gateway", which nobody else reaches.
-In a two-pool cluster a cut between the pools looks the same from both ends, so only R1/R2 (local evidence) move
-anything there.
+In a two-pool cluster a cut between the pools looks the same from both ends, so only R1/R2 (local evidence) and
+R5 (a standby's own uplink, below) move anything there.
+
+- R5 standby (assess, `_blame_by_candidates`; what tells the two ends apart in a two-pool cluster): A's own
+  report says it reaches no peer (losses `settle` old), nothing says it forwards, and a standby candidate reaches
+  over its own uplink (`underlay` targets) a peer A lost, having seen the failure through A -> A is not forwarding.
 
 Candidates. A candidate c is unfit (never newly elected) when it is held (below), when its own fresh report says
-it reaches none of its peers (it has peer targets and all are down), or when it lost A over raven0 while most
-members reach A (its own LAN is broken). When A is not forwarding and no fit Ready candidate exists, nothing
-moves and the condition says why. Trial budget: when A was elected by a health failover whose evidence was
-about peers (R3/R4, or R2 while its tunnels are down too: the uplink kind) and A now fails with that kind of
-evidence too, the pool's uplink is the likely cause: nothing moves until the gateway has been seen healthy again.
-Without candidate evidence (no standby probes) a whole-pool uplink cut thus costs exactly one trial failover.
+it reaches none of its peers (it has peer targets and all are down) or reaches none of them over its uplink (it
+has `underlay` targets, a standby's probes of the peers' IKE addresses from its node IP, and all are down: "it
+reaches 0 of N peers over its uplink"), or when it lost A over raven0 while most members reach A (its own LAN is
+broken). When A is blamed with uplink-kind evidence (R3/R4/R5, or R2 while its tunnels are down too), the
+standbys' underlay targets decide (`_candidate_evidence`): one that reaches a peer A lost can do better; one that
+reaches none of them cannot (unfit); one whose report does not yet show the failure through A (its via targets
+still up: a report from before the loss, e.g. the pool lost the API with its uplink) has no evidence yet (unfit
+for now); when some standby can do better, the ones without evidence are unfit too. So a cut of only A's uplink
+fails over to a standby that reaches the peers, and a cut of the pool's whole uplink moves nothing: every standby
+reaches 0 peers over its uplink, which the condition says. When A is not forwarding and no fit Ready candidate
+exists, nothing moves and the condition says why. Trial budget (standbys without underlay evidence: older agents,
+or no peer with a known address): when A was elected by a health failover whose evidence was of the uplink kind
+and A now fails with that kind of evidence too, the pool's uplink is the likely cause: nothing moves until the
+gateway has been seen healthy again, unless a standby's own evidence says it can do better. Without candidate
+evidence a whole-pool uplink cut thus costs exactly one trial failover; with it, none.
 
 No flapping. A node replaced on health evidence is held: it becomes eligible again only once its own reports have
 shown nothing against it (nothing that makes a candidate unfit; its losses *through* the current gateway are that
@@ -86,6 +101,12 @@ class HealthSettings:
     # Evidence that rests on *another* report still saying "up" (R2, R4) counts only once the loss is this old:
     # if the other end were down too, its own report would have said so by then (reports are written apart).
     settle: timedelta = timedelta(seconds=1)
+    # A standby's underlay evidence that it reaches a peer the active lost counts when it reached the peer before
+    # the loss, or has for this long (after a shared cut heals, the active's tunnels need a few seconds).
+    candidate_grace: timedelta = timedelta(seconds=10)
+    # How long a member's report may lag behind its own probes (the agents' write rate limit,
+    # --health-min-write-interval, 2 s by default, plus slack): see R2.
+    report_lag: timedelta = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -160,12 +181,12 @@ class _View:
     def reaches_another(self, reporter: PathReport, other_than: str) -> bool:
         return any(t.kind == "peer" and t.gateway != other_than and t.reached for t in reporter.status.targets)
 
-    def own_peers(self, node: str) -> list[Target]:
-        """`node`'s own peer targets that are about current active endpoints."""
+    def own_peers(self, node: str, kind: str = "peer") -> list[Target]:
+        """`node`'s own targets of `kind` (peer; underlay: a standby's) that are about current active endpoints."""
         r = self.by_node.get(node)  # a standby's report may carry peer probes too (hot standby)
         if r is None:
             return []
-        return [t for t in r.status.targets if t.kind == "peer" and t.state != "unknown"
+        return [t for t in r.status.targets if t.kind == kind and t.state != "unknown"
                 and t.node in self.actives.get(t.gateway, frozenset())]
 
 
@@ -202,7 +223,7 @@ def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
 
 
 def _blame(view: _View, node: str, now: datetime, settle: timedelta,
-           pending: list[datetime]) -> tuple[Blame | None, list[str]]:
+           pending: list[datetime], report_lag: timedelta = timedelta(seconds=3)) -> tuple[Blame | None, list[str]]:
     """Why `node` (an active endpoint of view.gateway) is not forwarding, or None; plus what was seen (for the
     condition when nothing is blamed). The evidence names every loss seen, e.g. "3 of 3 peers and 1 of 1 members
     lost the gateway since 12:00:01"."""
@@ -219,6 +240,20 @@ def _blame(view: _View, node: str, now: datetime, settle: timedelta,
     lan_lost = [t for _, t in lan if t.lost]
     own = view.own_peers(node)
     own_reached = {t.gateway for t in own if t.reached}
+    # When A's tunnels came back (a peer reaches it again, it reaches a peer again) after a member's losses
+    # through it began, that member's report may only lag (agents rate-limit their writes): its losses count
+    # once it wrote after A's return, or `report_lag` after it.
+    returns = [t.since for t in (*own, *(t for _, t in view.peer_views_of(g, node))) if t.reached and t.since]
+
+    def lagging(r: PathReport, lost: Sequence[Target]) -> bool:
+        began = min((t.since for t in lost if t.since is not None), default=None)
+        back = max((b for b in returns if began is not None and b > began), default=None)
+        hb = r.status.heartbeat_time
+        if back is None or (hb is not None and hb >= back) or now - back >= report_lag:
+            return False
+        pending.append(back + report_lag)
+        return True
+
     # Members that reach A over raven0 and probe, through A, remote gateways known to work.
     fwd_total, fwd_failing, forwards = 0, 0, False
     fwd_lost: list[Target] = []
@@ -233,7 +268,7 @@ def _blame(view: _View, node: str, now: datetime, settle: timedelta,
         if any(t.reached for t in relevant):
             fwd_total += 1
             forwards = True
-        elif all(settled(t) for t in relevant):
+        elif all(settled(t) for t in relevant) and not lagging(r, relevant):
             fwd_total += 1
             fwd_failing += 1
             fwd_lost.extend(relevant)
@@ -286,6 +321,9 @@ def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
     own = view.own_peers(node)
     if own and not any(t.reached for t in own):
         return f"its own report says it reaches 0 of {len(own)} peers"
+    under = view.own_peers(node, "underlay")
+    if under and not any(t.reached for t in under):
+        return f"it reaches 0 of {len(under)} peers over its uplink"
     for r in view.member_reports:
         if r.name != node:
             continue
@@ -295,6 +333,80 @@ def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
                 reached = sum(1 for x in others if x.reached)
                 if 2 * reached > len(others):
                     return f"it lost {t.node} over raven0 while {reached} of {len(others)} other members reach it"
+    return None
+
+
+def _lost_by(view: _View, node: str) -> dict[str, datetime | None]:
+    """The peer gateways active endpoint `node` lost (by its own report, or by theirs: they lost it), each with
+    since when (the earliest of the reports)."""
+    lost: dict[str, datetime | None] = {}
+    pairs = [(t.gateway, t) for t in view.own_peers(node)] + list(view.peer_views_of(view.gateway, node))
+    for g, t in pairs:
+        if t.lost:
+            known = lost.get(g)
+            lost[g] = t.since if known is None or (t.since is not None and t.since < known) else known
+    return lost
+
+
+def _candidate_evidence(view: _View, c: str, a: str, lost: Mapping[str, datetime | None], now: datetime,
+                        grace: timedelta, pending: list[datetime]) -> tuple[list[str], str | None]:
+    """What standby `c`'s own `underlay` probes say about replacing `a`, which lost the peers `lost` (each since
+    when): (the lost peers `c` reaches over its uplink: it can do better, why it cannot). Both empty/None: `c`
+    has no underlay evidence (an older agent, or no peer with a known address): the trial rule decides, as before.
+
+    The evidence counts only once it is from after the failure: `c`'s report must show the failure through `a`
+    (a via target through it lost). An older report ("everything up") is what a candidate cut off together
+    with `a` still has in the API when the pool's uplink, API included, is gone: no evidence it can do better.
+    And `c` must have reached the peer while `a` lost it: up since before the loss, or for `grace` since. A
+    standby whose uplink just came back (the pool's whole uplink was cut and is healed) reaches the peers a few
+    seconds before `a`'s tunnels are up again: that is no reason to move."""
+    under = view.own_peers(c, "underlay")
+    if not under:
+        return [], None
+    r = view.by_node.get(c)
+    saw = r is not None and any(t.kind == "via" and t.lost and t.gateway in lost for t in r.status.targets)
+    if not saw:
+        return [], f"its report predates the loss (it still reaches {a}'s peers through {a}): no evidence yet"
+    reached, recent = set(), set()
+    for t in under:
+        if not t.reached or t.gateway not in lost:
+            continue
+        loss = lost[t.gateway]
+        if t.since is None or loss is None or t.since <= loss or now - t.since >= grace:
+            reached.add(t.gateway)
+        else:
+            recent.add(t.gateway)
+            pending.append(t.since + grace)
+    if reached:
+        return sorted(reached), None
+    if recent:
+        return [], (f"it reaches {', '.join(sorted(recent))} over its uplink only since "
+                    f"{_hhmmss(max(t.since for t in under if t.gateway in recent and t.since is not None))}, after "
+                    f"{a} lost them: the cut was shared, {a}'s tunnels may come back")
+    return [], f"it reaches none of the peers {a} lost ({', '.join(sorted(lost))}) over its uplink"
+
+
+def _blame_by_candidates(view: _View, a: str, standbys: Sequence[str], now: datetime, settle: timedelta,
+                         grace: timedelta, pending: list[datetime]) -> Blame | None:
+    """R5 (two pools, or when nothing else tells): `a`'s own report says it reaches no peer (losses `settle` old),
+    nothing says it forwards (no peer reaches it, no member reaches a remote gateway through it), and a standby
+    reaches over its own uplink a peer `a` lost, having seen the failure through `a` -> `a` is not forwarding."""
+    own = view.own_peers(a)
+    if not own or any(t.reached for t in own) or any(t.reached for _, t in view.peer_views_of(view.gateway, a)):
+        return None
+    if any(t.kind == "via" and t.reached and t.node in view.actives.get(t.gateway, frozenset())
+           for r in view.member_reports for t in r.status.targets):
+        return None
+    for t in own:
+        if t.since is not None and now - t.since < settle:
+            pending.append(t.since + settle)
+            return None
+    lost = _lost_by(view, a)
+    for c in standbys:
+        reached, _ = _candidate_evidence(view, c, a, lost, now, grace, pending)
+        if reached:
+            return Blame(KIND_SELF, f"the gateway lost {len(own)} of {len(own)} peers since {_hhmmss(_latest(own))} "
+                                    f"while {c} reaches {', '.join(reached)} over its uplink")
     return None
 
 
@@ -366,8 +478,12 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     status, reason = "True", REASON_HEALTHY
     trial_spent = memory.trial_spent
     pending: list[datetime] = []
+    standbys = [c for c in spec_nodes if c not in active and c not in unfit]
     for a in active:
-        blame, seen = _blame(view, a, now, settings.settle, pending)
+        blame, seen = _blame(view, a, now, settings.settle, pending, settings.report_lag)
+        if blame is None:
+            blame = _blame_by_candidates(view, a, standbys, now, settings.settle, settings.candidate_grace,
+                                         pending)
         node = candidates.get(a)
         if blame is None:
             peers = view.peer_views_of(gw.name, a)
@@ -393,7 +509,22 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
                 messages.append(f"{a}: " + ("; ".join(seen) or "no losses reported"))
             continue
         blamed[a] = blame
-        if trial_spent and blame.kind in UPLINK_KINDS:
+        better: dict[str, list[str]] = {}
+        if blame.kind in UPLINK_KINDS:
+            # The standbys' own underlay probes: who can do better than `a` over its own uplink.
+            lost = _lost_by(view, a)
+            cannot: dict[str, str] = {}
+            for c in standbys:
+                reached, why = _candidate_evidence(view, c, a, lost, now, settings.candidate_grace, pending)
+                if reached:
+                    better[c] = reached
+                elif why is not None:
+                    cannot[c] = why
+            if better:  # evidence beats no evidence: only the candidates that can do better are elected
+                cannot.update({c: f"no evidence it can do better ({', '.join(sorted(better))} has)"
+                               for c in standbys if c not in better and c not in cannot})
+            unfit.update(cannot)
+        if trial_spent and blame.kind in UPLINK_KINDS and not better:
             messages.append(f"{a} is not forwarding ({blame.evidence}), but it replaced a gateway that failed the "
                             f"same way: the pool's uplink is likely cut, nothing moves")
             status, reason = "False", REASON_NO_BETTER
@@ -407,7 +538,8 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
             status, reason = "False", REASON_NO_BETTER
             continue
         not_forwarding[a] = blame.evidence
-        messages.append(f"{a} is not forwarding: {blame.evidence}")
+        messages.append(f"{a} is not forwarding: {blame.evidence}" + "".join(
+            f"; {c} reaches {', '.join(better[c])} over its uplink" for c in fit if c in better))
         status, reason = "False", REASON_NOT_FORWARDING
     if status == "True" and reason == REASON_HEALTHY and has_evidence:
         trial_spent = False  # seen healthy: a later uplink-kind failure may be tried once more

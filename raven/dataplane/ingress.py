@@ -45,13 +45,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from raven.dataplane import probenat
+from raven.dataplane.iptables import run_iptables
+from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.report import ApplyError, ApplyReport
-from raven.dataplane.state import IngressFilter, IngressPeer, NodeNetwork
+from raven.dataplane.state import IngressFilter, IngressPeer, NodeNetwork, ProbeSnat
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -235,14 +237,7 @@ class IngressFilterApplier:
         self._iptables = iptables
 
     def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        try:
-            proc = subprocess.run(
-                [*self._prefix, *args], input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise OSError(f"{args[0]} timed out") from exc
-        return proc.returncode, proc.stdout, proc.stderr
+        return run_iptables(self._prefix, args, stdin)
 
     def read(self) -> IngressObserved:
         rc, out, err = self._run(f"{self._iptables}-save", "-t", "mangle")
@@ -280,9 +275,11 @@ class IngressGuard:
     When no links are wanted, the kernel goes first (links gone), then the filter.
     """
 
-    def __init__(self, kernel: Kernel, ingress: IngressFilterApplier) -> None:
+    def __init__(self, kernel: Kernel, ingress: IngressFilterApplier, probe_nat: ProbeNatApplier | None = None
+                 ) -> None:
         self._kernel = kernel
         self._ingress = ingress
+        self._probe_nat = probe_nat
         self._rendered: tuple[IngressFilter | None, Rules] = (None, {})
 
     async def _filter(self, f: IngressFilter | None, report: ApplyReport) -> bool:
@@ -317,6 +314,25 @@ class IngressGuard:
             )
         return True
 
+    async def _snat(self, p: ProbeSnat | None, report: ApplyReport) -> None:
+        """The via probes' source NAT (raven.dataplane.probenat): its failure costs only those probes."""
+        if self._probe_nat is None:
+            return
+        want = probenat.render(p)
+        try:
+            current = await asyncio.to_thread(self._probe_nat.read)
+            n = await asyncio.to_thread(self._probe_nat.write, want, current)
+        except FileNotFoundError:
+            if want:
+                report.errors.append(ApplyError("iptables", "read", probenat.CHAIN, "iptables is not installed"))
+            return
+        except OSError as exc:
+            report.errors.append(ApplyError("iptables", "write", probenat.CHAIN, str(exc)))
+            return
+        if n:
+            report.writes["iptables"] += n
+            log.info("probe snat written", extra=kv(chain=probenat.CHAIN, to_source=p.to_source if p else ""))
+
     async def reconcile(self, desired: NodeNetwork) -> ApplyReport:
         start = time.perf_counter()
         mine = ApplyReport()
@@ -337,9 +353,11 @@ class IngressGuard:
                 )
                 desired = NodeNetwork()
             report = await self._kernel.reconcile(desired)
+            await self._snat(desired.probe_snat, mine)
         else:
             report = await self._kernel.reconcile(desired)
             await self._filter(None, mine)
+            await self._snat(None, mine)
         for kind, n in mine.writes.items():
             report.writes[kind] = report.writes.get(kind, 0) + n
         report.errors.extend(mine.errors)

@@ -164,6 +164,17 @@ class IngressFilter:
 
 
 @dataclass(frozen=True)
+class ProbeSnat:
+    """At an active gateway: members' `via` probes (ICMP from an overlay address in `sources` to a peer gateway's
+    inner address in `destinations`) leave with the gateway's inner address `to_source` (see
+    `raven.dataplane.probenat`), so they match the SA's selectors and the peer's kernel can answer them."""
+
+    sources: str  # the overlay CIDR (members' raven0 addresses)
+    destinations: str  # the tunnel CIDR (gateways' inner addresses)
+    to_source: str  # this gateway's inner address
+
+
+@dataclass(frozen=True)
 class NodeNetwork:
     """Everything Raven wants on one node. The empty state means "no Raven state at all"."""
 
@@ -178,6 +189,8 @@ class NodeNetwork:
     mss_clamp_ifnames: frozenset[str] = field(default_factory=frozenset)
     # Who may send into raven0/raven1 (None: no filter, only with no links).
     ingress: IngressFilter | None = None
+    # At an active gateway: the source NAT of its members' via probes (None elsewhere).
+    probe_snat: ProbeSnat | None = None
 
     @property
     def empty(self) -> bool:
@@ -191,4 +204,5 @@ class NodeNetwork:
             or self.ipsec
             or self.mss_clamp_ifnames
             or self.ingress is not None
+            or self.probe_snat is not None
         )

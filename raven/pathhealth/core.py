@@ -4,7 +4,8 @@
 a reply in seconds, or None for a lost probe. The state per target:
 
 - `unknown` until the first verdict;
-- `down` after `down_after` consecutive losses (from any state);
+- `down` after `down_after` consecutive losses (from any state; from `unknown` with no reply ever, only after
+  `establish_after`: a path being set up, such as a new gateway's tunnel, is not yet a loss);
 - out of `down`/`unknown` only after `up_after` consecutive replies (hysteresis: a flapping link stays down);
 - then `degraded` while the loss ratio over the last `window` probes is >= `degraded_loss`, or the RTT
   estimate is above `degraded_rtt`; `up` otherwise. A degraded target goes back to `up` as soon as both
@@ -34,6 +35,9 @@ class HealthParams:
     rtt_alpha: float = 0.2
     rtt_change: float = 0.5  # relative change of the RTT estimate that is worth reporting ...
     rtt_change_min: float = 0.01  # ... and never less than this (seconds): jitter of a busy host is not news
+    # A path that never answered (new, or its far end moved) goes from unknown to down only after this many
+    # consecutive losses (at least down_after): a tunnel being set up is not a loss.
+    establish_after: int = 0
 
     def __post_init__(self) -> None:
         if self.down_after < 1 or self.up_after < 1:
@@ -90,6 +94,8 @@ def observe(h: TargetHealth, rtt: float | None, now: float, p: HealthParams) -> 
 
 def _decide(h: TargetHealth, p: HealthParams) -> State:
     if h.consecutive_losses >= p.down_after:
+        if h.state == "unknown" and h.replies == 0 and h.consecutive_losses < p.establish_after:
+            return "unknown"  # never answered yet: still being set up
         return "down"
     if h.state in ("down", "unknown") and h.consecutive_replies < p.up_after:
         return h.state

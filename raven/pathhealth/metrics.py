@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from raven.api.pathreport import TARGET_KINDS
 from raven.dataplane.ipsec import TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.pathhealth.core import TargetHealth
@@ -36,7 +37,7 @@ class ProbeMetrics:
                                      registry=registry)
         self.report_writes = Counter("raven_pathreport_writes", "PathReport writes, by result", ["result"],
                                      registry=registry)
-        for kind in ("gateway", "via", "peer"):
+        for kind in TARGET_KINDS:
             self.replies.labels(kind)
             self.lost.labels(kind)
         for result in ("ok", "error"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from raven.api.pathreport import (
     ROLE_NONE,
@@ -32,6 +33,8 @@ from raven.pathhealth.targets import ProbeTarget
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# Probe rounds a state change waits for before it is written (see `_on_outcome`).
+COALESCE_ROUNDS = 1.5
 
 
 class PathMonitor:
@@ -39,6 +42,9 @@ class PathMonitor:
                  *, metrics: ProbeMetrics | None = None) -> None:
         self.node_name = node_name
         self.params = params
+        # An underlay target that never answered stays unknown (no evidence either way): the peer's address may
+        # simply not answer ICMP (a cloud security group), which must not make every standby unfit for good.
+        self._underlay_params = replace(params, establish_after=2**31)
         self.interval = interval
         self.metrics = metrics
         self.pinger: Pinger[Key] = Pinger(interval, timeout, self._on_outcome)
@@ -51,6 +57,7 @@ class PathMonitor:
         self._loaded = False
         self._planned = asyncio.Event()  # set by the first plan: nothing is written before the targets are known
         self.state_changes = 0
+        self._local_gateway = ""  # a member: its gateway's node (its via targets go through it)
 
     # --- inputs ---
 
@@ -64,9 +71,15 @@ class PathMonitor:
                 del self.health[key]
                 if self.metrics is not None:
                     self.metrics.forget(self.targets[key])
-        for key in wanted:
-            if key not in self.health:
-                self.health[key] = self._resume(key, now)
+        local = next((t.node for t in probes if t.kind == "gateway"), "")
+        for key, t in wanted.items():
+            old = self.targets.get(key)
+            moved = old is not None and (old.node != t.node or (t.kind == "via" and local != self._local_gateway))
+            if key not in self.health or moved:
+                # A new path: a new target, or the same address now at another node (the peer failed over) or
+                # reached through another gateway (ours did): its history is the old path's, not this one's.
+                self.health[key] = self._resume(key, now, t.node) if not moved else initial(now)
+        self._local_gateway = local
         self.targets = wanted
         self._planned.set()
         if self._loaded:
@@ -74,10 +87,10 @@ class PathMonitor:
         if changed and self.writer is not None:
             self.writer.mark_dirty()
 
-    def _resume(self, key: Key, now: float) -> TargetHealth:
+    def _resume(self, key: Key, now: float, node: str) -> TargetHealth:
         """A target's starting health: what the report says of it (the agent restarted), else unknown."""
         seed = self._seed.pop(key, None)
-        if seed is None or seed.state == "unknown":
+        if seed is None or seed.state == "unknown" or seed.node != node:  # a moved path starts afresh
             return initial(now)
         since = to_epoch(seed.since) if seed.since is not None else None
         # Only the verdict and its time carry over; counters and the window start afresh.
@@ -90,7 +103,7 @@ class PathMonitor:
             self._seed = {t.key: t for t in report.status.targets}
             for key in list(self.health):
                 if key in self._seed and self.health[key].sent == 0:
-                    self.health[key] = self._resume(key, time.time())
+                    self.health[key] = self._resume(key, time.time(), self.targets[key].node)
             if self.writer is not None:
                 self.writer.last_written = report.status
         self._loaded = True
@@ -104,7 +117,7 @@ class PathMonitor:
         if old is None or target is None:
             return
         now = time.time()
-        h = observe(old, rtt, now, self.params)
+        h = observe(old, rtt, now, self._underlay_params if target.kind == "underlay" else self.params)
         self.health[key] = h
         if self.metrics is not None:
             self.metrics.record(target, h, rtt is not None)
@@ -121,7 +134,11 @@ class PathMonitor:
         if self.writer is not None:
             worth = self._worth_writing(key, h)
             if worth == "now":
-                self.writer.mark_dirty()
+                # A state change waits for the next probe round: one event (an uplink cut) changes several targets
+                # within a round of each other (a standby's via and underlay targets), and a reader must not see a
+                # report that holds only the first of them ("via lost, underlay still up": a candidate that
+                # seems able to do better when it is cut off just the same).
+                self.writer.mark_dirty(coalesce=COALESCE_ROUNDS * self.interval if h.state != old.state else 0.0)
             elif worth == "lazy":
                 self.writer.mark_lazy()
 

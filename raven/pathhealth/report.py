@@ -106,9 +106,13 @@ class ReportWriter:
         self._lazy = False
         self._wake = asyncio.Event()
         self._exists = False
+        self._hold_until = 0.0
 
-    def mark_dirty(self) -> None:
-        """Something readers act on changed: write within min_interval."""
+    def mark_dirty(self, coalesce: float = 0.0) -> None:
+        """Something readers act on changed: write within min_interval, and not before `coalesce` seconds from
+        the first change of the batch (so changes that one event causes together land in one write)."""
+        if not self._dirty.is_set():
+            self._hold_until = self.clock() + coalesce
         self._dirty.set()
         self._wake.set()
 
@@ -162,6 +166,8 @@ class ReportWriter:
         while True:
             now = self.clock()
             due = self.policy.next_write(now, self._last_write, self._dirty.is_set(), self._lazy)
+            if self._dirty.is_set():
+                due = max(due, self._hold_until)
             if due > now:
                 if self._dirty.is_set():
                     await asyncio.sleep(due - now)  # rate limit: coalesce what changes meanwhile

@@ -22,7 +22,7 @@ from e2e.cluster import RavenCluster
 from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
-PREFIX = "rvpr"
+PREFIX = os.environ.get("RAVEN_BENCH_PATHREPORTS_PREFIX", "rvpr")
 STEADY_S = 120.0
 FAILOVER_S = 30.0
 TARGET_PER_NODE_PER_30S = 1.0

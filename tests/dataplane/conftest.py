@@ -12,7 +12,7 @@ import pytest
 from e2e.netlab import Lab, Netns
 from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
-PREFIX = "rdp"
+PREFIX = os.environ.get("RAVEN_DATAPLANE_PREFIX", "rdp")  # another checkout runs beside with its own
 
 
 def root_lab(prefix: str) -> Iterator[Lab]:

@@ -14,8 +14,10 @@ import pytest
 
 from e2e.netlab import Lab, Netns
 from raven.agent.plan import PlanConfig, plan
+from raven.dataplane import probenat
 from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, render
 from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.state import NodeNetwork
 from tests.dataplane.conftest import read_back
 from tests.unit.plan_cluster import cluster_json, nodes, parse, set_active
@@ -31,9 +33,15 @@ def _ingress_rules(ns: Netns) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _snat_rules(ns: Netns) -> tuple[str, ...]:
+    return tuple(line.split(" ", 2)[2] for line in ns.run(["iptables-save", "-t", "nat"]).stdout.splitlines()
+                 if line.startswith(f"-A {probenat.CHAIN} "))
+
+
 def _applied(ns: Netns, desired: NodeNetwork) -> bool:
     want = {c: r for c, r in render(desired.ingress).items() if r}
-    return read_back(ns) == dataclasses.replace(desired, ingress=None) and _ingress_rules(ns) == want
+    return (read_back(ns) == dataclasses.replace(desired, ingress=None, probe_snat=None)
+            and _ingress_rules(ns) == want and _snat_rules(ns) == probenat.render(desired.probe_snat))
 
 pytestmark = pytest.mark.root
 
@@ -52,7 +60,7 @@ async def test_plan_output_applies_exactly_and_converges(lab: Lab, node_name: st
     lab.veth(ns, "eth0", peer, "eth0")
     ns.add_addr("eth0", f"{NODE_IPS[node_name]}/24")
     applier = KernelApplier(netns=ns.name)
-    guard = IngressGuard(applier, IngressFilterApplier(ns.name))  # what the agent drives
+    guard = IngressGuard(applier, IngressFilterApplier(ns.name), ProbeNatApplier(ns.name))  # what the agent drives
     try:
         report = await guard.reconcile(desired)
         assert report.ok, report.errors

@@ -31,7 +31,7 @@ def test_echo_request_checksum_verifies() -> None:
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
-    yield from lab_session("rvph")
+    yield from lab_session(os.environ.get("RAVEN_PATHHEALTH_PREFIX", "rvph"))  # another checkout: its own
 
 
 def _pair(lab: Lab, n: int) -> list[str]:

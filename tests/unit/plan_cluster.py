@@ -141,7 +141,7 @@ def diff(before: NodeNetwork, after: NodeNetwork) -> dict[str, tuple[set[Any], s
     out: dict[str, tuple[set[Any], set[Any]]] = {}
     def objects(state: NodeNetwork, name: str) -> set[Any]:
         value = getattr(state, name)
-        if name == "ingress":  # one filter, rewritten in one iptables-restore
+        if name in ("ingress", "probe_snat"):  # one filter (one chain), rewritten in one iptables-restore
             return set() if value is None else {value}
         return set(value)
 

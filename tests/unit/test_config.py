@@ -116,6 +116,7 @@ BAD = {
     "health_interval": "0",
     "health_timeout": "-1",
     "health_down_after": "0",
+    "health_establish_time": "0",
     "health_up_after": "0",
     "health_window": "0",
     "health_degraded_loss": "1.5",

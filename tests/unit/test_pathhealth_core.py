@@ -125,3 +125,14 @@ def test_counters_and_window() -> None:
 def test_bad_params_are_refused(kwargs: dict[str, int | float]) -> None:
     with pytest.raises(ValueError):
         HealthParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_path_that_never_answered_is_unknown_until_establish_after_losses() -> None:
+    p = HealthParams(establish_after=20)
+    hs = run([None] * 19, p=p)
+    assert states(hs) == ["unknown"] * 19  # a tunnel being set up is not a loss ...
+    assert run([None] * 20, p=p)[-1].state == "down"  # ... for ever
+    # Once it answered, a loss is a loss: down after down_after, as always.
+    hs = run([0.001, None, None, None], p=p)
+    assert states(hs) == ["unknown", "unknown", "unknown", "down"]
+    assert run([None] * 3)[-1].state == "down"  # without establish_after: the old rule

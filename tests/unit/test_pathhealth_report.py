@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from raven.api.pathreport import PathReport, PathReportStatus, Target, parse_time
 from raven.pathhealth.core import HealthParams
@@ -136,3 +137,81 @@ async def test_nothing_is_written_before_the_first_plan() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_changes_one_probe_round_apart_land_in_one_write() -> None:
+    """An uplink cut takes a standby's via and underlay targets down within a round of each other: the report
+    must never say "via lost, underlay up" (a candidate that seems able to do better)."""
+    via = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
+    under = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
+    mon, store = PathMonitor("a-2", HealthParams(), interval=0.05, timeout=0.1), MemoryStore()
+    w = ReportWriter("a-2", store, WritePolicy(min_interval=0.3, heartbeat=60.0), mon.status)
+    mon.writer = w
+    mon.resume_from(await w.load())
+    mon.update_plan("member", "gw-a", (via, under))
+    task = asyncio.ensure_future(w.run())
+    try:
+        for _ in range(3):
+            for t in (via, under):
+                mon._on_outcome(t.key, 0.001, 0.0)
+        await asyncio.sleep(0.5)  # written: both up; and min_interval has passed since
+        assert [t.state for t in store.writes[-1].targets] == ["up", "up"]
+        n = len(store.writes)
+        for _ in range(3):
+            mon._on_outcome(via.key, None, 0.0)
+        for _ in range(5):  # the writer runs meanwhile (with no hold it would write the via loss alone now)
+            await asyncio.sleep(0)
+        for _ in range(3):
+            mon._on_outcome(under.key, None, 0.0)
+        await asyncio.sleep(0.2)
+        assert len(store.writes) == n + 1
+        assert {t.kind: t.state for t in store.writes[-1].targets} == {"via": "down", "underlay": "down"}
+    finally:
+        task.cancel()
+
+
+def test_a_path_that_moved_starts_afresh_and_a_new_path_is_not_down_while_it_is_set_up() -> None:
+    """The peer gateway failed over (same inner address, another node), or a member's own gateway did (its via
+    targets now go through another node): the old path's losses say nothing about the new one, which is unknown
+    until it answers, and down only if it never does for the establish time."""
+    mon = PathMonitor("a-2", HealthParams(establish_after=50), interval=0.2, timeout=0.5)
+    gw = ProbeTarget("gateway", "gw-a", "a-1", "240.0.0.12", "240.0.0.11")
+    via = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
+    mon.update_plan("member", "gw-a", (gw, via))
+    for _ in range(3):
+        mon._on_outcome(via.key, None, 0.0)
+    assert mon.health[via.key].state == "unknown"  # never answered: being set up
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    for _ in range(3):
+        mon._on_outcome(via.key, None, 0.0)
+    assert mon.health[via.key].state == "down"
+    # Our gateway fails over to a-3: the via target's key stays, its history does not.
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), via))
+    assert mon.health[via.key].state == "unknown"
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    assert mon.health[via.key].state == "up"
+    # The far end moves (gw-b fails over to b-2): afresh again; a plan that changes nothing keeps the history.
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), replace(via, node="b-2")))
+    assert mon.health[via.key].state == "unknown"
+    for _ in range(3):
+        mon._on_outcome(via.key, 0.001, 0.0)
+    mon.update_plan("member", "gw-a", (replace(gw, node="a-3", address="240.0.0.13"), replace(via, node="b-2")))
+    assert mon.health[via.key].state == "up"
+
+
+def test_an_underlay_target_that_never_answered_stays_unknown() -> None:
+    """A peer's public address that drops ICMP must not make the standby look cut off ("0 of N peers over its
+    uplink") for ever; an underlay target that answered once and then stops is down as usual."""
+    mon = PathMonitor("a-2", HealthParams(establish_after=5), interval=0.2, timeout=0.5)
+    silent = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
+    cut = ProbeTarget("underlay", "gw-c", "c-1", "192.168.1.12", "198.18.3.11")
+    mon.update_plan("member", "gw-a", (silent, cut))
+    for _ in range(3):
+        mon._on_outcome(cut.key, 0.001, 0.0)
+    for _ in range(100):
+        mon._on_outcome(silent.key, None, 0.0)
+    for _ in range(3):
+        mon._on_outcome(cut.key, None, 0.0)
+    assert (mon.health[silent.key].state, mon.health[cut.key].state) == ("unknown", "down")

@@ -48,8 +48,10 @@ def test_member_node_routes_every_remote_subnet_via_the_virtual_next_hop() -> No
     }
     # The overlay address is site scope; the node's own source for cross-pool traffic sits beside it.
     assert s.addresses == {Address("raven0", "240.168.1.12/8", SCOPE_SITE), Address("raven0", "10.245.1.1/32")}
-    # Every other pool's subnets (edge-b is relayed by the gateway: the member does not care), none of its own.
-    assert {r.dst for r in s.routes} == CLOUD_SUBNETS | EDGE_B_SUBNETS | DC_SUBNETS
+    # Every other pool's subnets (edge-b is relayed by the gateway: the member does not care), none of its own;
+    # and the inner address of each gateway its own has a tunnel to (its `via` probes: path health).
+    peers_inner = {f"{c.remote_ts}" for c in run("edge-a-1").state.ipsec}
+    assert {r.dst for r in s.routes} == CLOUD_SUBNETS | EDGE_B_SUBNETS | DC_SUBNETS | peers_inner
     mtu = run("edge-a-1").state
     raven1_mtu = next(link.mtu for link in mtu.links if link.name == "raven1")
     for r in s.routes:

@@ -1,10 +1,12 @@
-"""The plan says what each node probes: members their gateway's raven0 address from their own; active gateways
-every directly connected peer's inner address from their own inner address (the addresses the IPsec selectors
-protect, so the echo and its reply travel inside the SA)."""
+"""The plan says what each node probes: members their gateway's raven0 address from their own, and through it each
+peer gateway's inner address (`via`); active gateways every directly connected peer's inner address from their own
+inner address (the addresses the IPsec selectors protect, so the echo and its reply travel inside the SA); standby
+candidates each peer's tunnel endpoint address over the underlay (`underlay`)."""
 
 from __future__ import annotations
 
 from raven.agent.plan import PlanConfig, plan
+from raven.dataplane.state import ProbeSnat
 from tests.unit.plan_cluster import cluster_json, nodes, parse, set_active
 
 CFG = PlanConfig()
@@ -16,7 +18,7 @@ def _plan(node: str, objs: dict[str, object] | None = None):  # type: ignore[no-
 
 def test_a_member_probes_its_gateways_overlay_address_from_its_own() -> None:
     res = _plan("edge-a-2")
-    (t,) = res.probes
+    (t,) = [t for t in res.probes if t.kind == "gateway"]
     assert (t.kind, t.gateway, t.node) == ("gateway", "gw-edge-a", "edge-a-1")
     own = {a.cidr.split("/")[0] for a in res.state.addresses if a.ifname == CFG.intra_pool_link}
     assert t.source in own
@@ -62,3 +64,45 @@ def test_a_failover_of_the_peer_keeps_the_targets_key_and_names_the_new_node() -
 
 def test_no_role_no_probes() -> None:
     assert _plan("no-such-node").probes == ()
+
+
+def test_a_member_probes_through_its_gateway_each_peer_the_gateway_has_a_tunnel_to() -> None:
+    member, gw = _plan("edge-a-2"), _plan("edge-a-1")
+    own = next(a.cidr.split("/")[0] for a in member.state.addresses if a.ifname == CFG.intra_pool_link)
+    via = [t for t in member.probes if t.kind == "via"]
+    sas = {c.remote_ts.removesuffix("/32"): c.local_ts.removesuffix("/32") for c in gw.state.ipsec}
+    assert sorted(t.address for t in via) == sorted(sas)  # each direct peer's inner address, relayed ones not
+    assert {t.gateway for t in via} == {t.gateway for t in gw.probes}
+    for t in via:
+        assert t.source == own
+        # Routed over raven0 to the gateway (the virtual next hop), like the pod traffic to that peer ...
+        (r,) = [r for r in member.state.routes if r.dst == f"{t.address}/32"]
+        assert (r.table, r.ifname, r.gateway) == (CFG.table, CFG.intra_pool_link, CFG.virtual_next_hop)
+    # ... where the gateway rewrites the echo's source to its inner address: the SA's selector, and an address
+    # the peer routes back into the SA.
+    (inner,) = set(sas.values())
+    assert gw.state.probe_snat == ProbeSnat(CFG.overlay_cidr, CFG.tunnel_cidr, inner)
+    assert member.state.probe_snat is None
+
+
+def test_a_standby_candidate_probes_each_peers_ike_address_over_the_underlay() -> None:
+    member, gw = _plan("edge-a-2"), _plan("edge-a-1")
+    under = [t for t in member.probes if t.kind == "underlay"]
+    # Where the gateway's IKE goes (the connections it initiates name the peer's address); a peer under NAT
+    # (no address: it dials us) cannot be probed.
+    ike = {c.name.removeprefix(CFG.vici_conn_prefix): c.remote_addrs[0] for c in gw.state.ipsec
+           if c.remote_addrs != ("%any",)}
+    assert ike and {t.gateway: t.address for t in under} == ike
+    assert all(t.source == "192.168.1.12" for t in under)  # the candidate's node IP: its own uplink
+    peer_nodes = {t.gateway: t.node for t in gw.probes}
+    assert all(t.node == peer_nodes[t.gateway] for t in under)
+    assert not [t for t in gw.probes if t.kind == "underlay"]  # the active gateway has its peer probes
+
+
+def test_a_member_that_is_no_tunnel_candidate_has_no_underlay_probes() -> None:
+    objs = cluster_json()
+    eps = objs["gw-edge-a"]["spec"]["endpoints"]  # type: ignore[index]
+    objs["gw-edge-a"]["spec"]["endpoints"] = [e for e in eps if e["nodeName"] != "edge-a-3"]  # type: ignore[index]
+    kinds = {t.kind for t in _plan("edge-a-3", objs).probes}
+    assert kinds == {"gateway", "via"}
+    assert "underlay" in {t.kind for t in _plan("edge-a-2", objs).probes}

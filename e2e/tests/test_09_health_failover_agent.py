@@ -1,0 +1,265 @@
+"""Scenarios (a), (b), (c), (g) of issue 11: failover on what the data plane measures, with the agents' new probes
+(via: a member through its gateway into the peer's SA; underlay: a standby's own uplink to the peers' IKE
+addresses) and a 10 ms probe interval. The node stays Ready throughout: only the data plane fails.
+
+(a) IP forwarding off on an edge pool's active gateway (per device: raven0, raven1, ipsec0; the global switch the
+    agent would turn back on), (b) its charon killed and kept down, (c) its WAN uplink cut while its LAN and the
+    API stay: each fails over, and the outage is measured from the failure itself by a 10 ms UDP probe between
+    pods (the packets, not a status write). One run each in the normal suite, five (median, max) under `slow`.
+(g) a pool's whole uplink cut (its router drops everything but the control plane): nothing moves anywhere, and
+    the pool's TunnelsHealthy condition says why.
+
+Its own cluster (prefix RAVEN_E2E_HEALTH_AGENT_PREFIX, default `rvef`): the controller runs with
+--health-failover and a 3 s hold time (the hold itself is tested in the controller suites), so five runs can
+fail over one pool back and forth.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster import PathReportWrites, RavenCluster
+from e2e.probe import ContinuousProbe, ping
+from raven.api.pathreport import PathReport
+from raven.kube.client import PATHREPORTS
+
+from .conftest import MEASUREMENTS
+
+pytestmark = [pytest.mark.root]
+
+PREFIX = os.environ.get("RAVEN_E2E_HEALTH_AGENT_PREFIX", "rvef")
+# A 10 ms probe; the timeout stays the default 0.5 s: through userspace ESP on this loaded machine RTTs reach
+# 100 ms, and a timeout below that reports a slow tunnel as down (a false failover, seen with 0.1 s).
+AGENT_ARGS = ["--health-interval", "0.01", "--health-timeout", "0.5"]
+CONTROLLER_ARGS = ["--health-failover", "--health-hold-time", "3"]
+POOL = "edge-a"
+GATEWAY = "gw-edge-a"
+TARGET_S = 3.0
+RUNS = 5
+WAN_CHAIN = "RVTEST-WAN"
+# Each failure starts from a steady cluster: no PathReport written for longer than the agents' least write
+# interval (--health-min-write-interval, 2 s), else the first report of the failure waits out the rate limit.
+WRITES = PathReportWrites()
+QUIET_S = 2.5
+CUT_S = 6.0  # how long scenario (g) keeps the pool's uplink cut
+
+
+@pytest.fixture(scope="module")
+def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end scenarios need root (network namespaces)")
+    cluster = RavenCluster("default", prefix=PREFIX, agent_args=AGENT_ARGS, controller_args=CONTROLLER_ARGS)
+    failed = True
+    try:
+        cluster.start()
+        cluster.api.server.on_request = WRITES
+        cluster.wait_converged(timeout=180)
+        failed = False
+        yield cluster
+    finally:
+        _summarise()
+        cluster.close(keep_logs=failed or request.session.testsfailed > 0
+                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
+
+
+def _summarise() -> None:
+    for key in [k for k in MEASUREMENTS if k.startswith("health_agent_") and k.endswith("_outages_s")]:
+        runs = MEASUREMENTS[key]
+        base = key.removesuffix("_outages_s")
+        MEASUREMENTS[f"{base}_outage_median_s"] = round(statistics.median(runs), 2)
+        MEASUREMENTS[f"{base}_outage_max_s"] = round(max(runs), 2)
+
+
+def reports(rc: RavenCluster) -> dict[str, PathReport]:
+    return {r.name: r for r in (PathReport.from_dict(o) for o in rc.list_objects(PATHREPORTS))}
+
+
+def all_up(rc: RavenCluster) -> bool:
+    rs = reports(rc)
+    return set(rs) >= set(rc.agents) and all(
+        r.status.targets and all(t.state == "up" for t in r.status.targets) for r in rs.values())
+
+
+def condition(rc: RavenCluster, gateway: str) -> dict[str, Any]:
+    for c in (rc.gateways()[gateway].get("status") or {}).get("conditions") or []:
+        if c.get("type") == "TunnelsHealthy":
+            return dict(c)
+    return {}
+
+
+def failovers(rc: RavenCluster) -> float:
+    total = 0.0
+    for i in range(len(rc.controllers)):
+        m = rc.metrics(f"controller/{i}")
+        total += sum(v for k, v in m.items() if k.startswith("raven_gateway_failovers_total"))
+    return total
+
+
+def healthy(rc: RavenCluster) -> None:
+    rc.wait_for("every PathReport target up", lambda: all_up(rc), timeout=120, interval=0.2)
+    rc.wait_for(f"{GATEWAY} healthy", lambda: condition(rc, GATEWAY).get("reason") == "Healthy", timeout=60)
+    rc.wait_for("no PathReport write for a while (steady)",
+                lambda: not WRITES.between(time.monotonic() - QUIET_S, time.monotonic() + 1), timeout=60, interval=0.1)
+
+
+# --- the failures (each returns its undo) ------------------------------------------------------------------
+
+
+def forwarding_off(rc: RavenCluster, node: str) -> Callable[[], None]:
+    ns = rc.cl.nodes[node].netns
+    devices = ("raven0", "raven1", "ipsec0")
+    for dev in devices:
+        ns.run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.forwarding=0"])
+
+    def undo() -> None:
+        for dev in devices:
+            ns.run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.forwarding=1"], check=False)
+    return undo
+
+
+def charon_down(rc: RavenCluster, node: str) -> Callable[[], None]:
+    rc.charon(node).kill()
+
+    def undo() -> None:
+        rc.charon(node).process.start()
+        rc.wait_for(f"charon on {node} answering", lambda: _vici_up(rc, node), timeout=30)
+    return undo
+
+
+def _vici_up(rc: RavenCluster, node: str) -> bool:
+    try:
+        rc.sas(node)
+    except OSError:
+        return False
+    return True
+
+
+def wan_cut(rc: RavenCluster, node: str) -> Callable[[], None]:
+    """The node's traffic beyond its LAN is dropped both ways, except to and from the control plane."""
+    ns = rc.cl.nodes[node].netns
+    lan = str(rc.cl.pools[POOL].spec.lan)
+    cp = rc.cl.control_plane_ip
+    script = "\n".join([
+        "*filter", f":{WAN_CHAIN} - [0:0]",
+        f"-A {WAN_CHAIN} -s {lan} -d {lan} -j RETURN",
+        f"-A {WAN_CHAIN} -s {cp}/32 -j RETURN", f"-A {WAN_CHAIN} -d {cp}/32 -j RETURN",
+        f"-A {WAN_CHAIN} -o lo -j RETURN", f"-A {WAN_CHAIN} -i lo -j RETURN",
+        # Overlay and pod addresses are not the uplink (the node's own pods, raven0/raven1 inner packets).
+        f"-A {WAN_CHAIN} -i eth0 -j DROP", f"-A {WAN_CHAIN} -o eth0 -j DROP",
+        f"-I INPUT 1 -j {WAN_CHAIN}", f"-I OUTPUT 1 -j {WAN_CHAIN}", "COMMIT", ""])
+    ns.run(["iptables-restore", "-w", "--noflush"], input=script)
+
+    def undo() -> None:
+        for hook in ("INPUT", "OUTPUT"):
+            ns.run(["iptables", "-w", "-D", hook, "-j", WAN_CHAIN], check=False)
+        ns.run(["iptables", "-w", "-F", WAN_CHAIN], check=False)
+        ns.run(["iptables", "-w", "-X", WAN_CHAIN], check=False)
+    return undo
+
+
+FAILURES: dict[str, Callable[[RavenCluster, str], Callable[[], None]]] = {
+    "a_forwarding_off": forwarding_off,
+    "b_charon_down": charon_down,
+    "c_wan_cut": wan_cut,
+}
+
+
+def fail_over_under_probe(rc: RavenCluster, scenario: str, port: int) -> float:
+    """Inject `scenario` on the pool's active gateway while a pod behind the other node probes a cloud pod every
+    10 ms; returns the outage from the failure on (seconds). Undoes the failure and waits until healthy again."""
+    healthy(rc)
+    old = rc.active_gateway_node(GATEWAY)
+    new = next(n.spec.name for n in rc.cl.pools[POOL].nodes if n.spec.name != old)
+    dst_node = next(n for n in (node.spec.name for node in rc.cl.pools["cloud"].nodes)
+                    if n != rc.active_gateway_node("gw-cloud"))
+    src, dst = rc.cl.nodes[new].pods[0], rc.cl.nodes[dst_node].pods[0]
+    n_failovers = failovers(rc)
+    with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"{scenario}-{port}") as probe:
+        assert probe.wait_first_reply(), "no traffic before the failure"
+        time.sleep(0.5)
+        t_fail = time.monotonic()
+        undo = FAILURES[scenario](rc, old)
+        try:
+            rc.wait_for(f"{GATEWAY} to elect {new}", lambda: rc.active_endpoints()[GATEWAY] == [new], timeout=30,
+                        interval=0.05)
+            cond = condition(rc, GATEWAY)  # names the evidence while the old node is held
+            rc.wait_for("traffic through the new gateway", lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok,
+                        timeout=30, interval=0.05)
+            time.sleep(2.0)  # a later blip (the old gateway standing down) would still count
+            res = probe.stop()
+        finally:
+            undo()
+    outage = res.outage_from(t_fail)
+    MEASUREMENTS.setdefault(f"health_agent_{scenario}_outages_s", []).append(round(outage, 2))
+    MEASUREMENTS.setdefault(f"health_agent_{scenario}_evidence", cond.get("message", "")[:200])
+    assert failovers(rc) >= n_failovers + 1
+    healthy(rc)
+    return outage
+
+
+_PORTS = {"a_forwarding_off": 18400, "b_charon_down": 18420, "c_wan_cut": 18440}
+
+
+@pytest.mark.parametrize("scenario", list(FAILURES))
+def test_failure_of_a_ready_gateway_fails_over_within_3s(rc: RavenCluster, scenario: str) -> None:
+    outage = fail_over_under_probe(rc, scenario, _PORTS[scenario])
+    assert outage <= TARGET_S, f"{scenario}: {outage:.2f} s of outage from the failure"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", list(FAILURES))
+def test_failure_of_a_ready_gateway_five_runs(rc: RavenCluster, scenario: str) -> None:
+    """Four more runs (the one above is the first): the median and the max over five go to the measurements."""
+    for i in range(1, RUNS):
+        fail_over_under_probe(rc, scenario, _PORTS[scenario] + i)
+    runs = MEASUREMENTS[f"health_agent_{scenario}_outages_s"]
+    assert max(runs) <= TARGET_S, f"{scenario}: outages {runs} s"
+
+
+def test_g_whole_uplink_cut_moves_nothing_and_says_why(rc: RavenCluster) -> None:
+    healthy(rc)
+    pool, gateway = "edge-b", "gw-edge-b"
+    before = rc.active_endpoints()
+    n_failovers = failovers(rc)
+    router = rc.cl.pools[pool].router
+    cp = rc.cl.control_plane_ip
+    # Everything between the pool and the WAN but the control plane (the LAN is bridged in the router: only
+    # what crosses wan0 is cut).
+    rules = [["FORWARD", "-o", "wan0", "!", "-d", f"{cp}/32", "-j", "DROP"],
+             ["FORWARD", "-i", "wan0", "!", "-s", f"{cp}/32", "-j", "DROP"]]
+    for rule in rules:
+        router.run(["iptables", "-w", "-I", *rule])
+    t0 = time.monotonic()
+    try:
+        # The controller processed the evidence: the pool's condition names the standbys' uplinks.
+        took = rc.wait_for(f"{gateway}: no better candidate", lambda: condition(rc, gateway).get("reason")
+                           == "NoBetterCandidate", timeout=30, interval=0.1)
+        cond = condition(rc, gateway)
+        assert "over its uplink" in cond["message"], cond
+        # ... and keeps it so: no election moves while the cut lasts (each poll an observed verdict). The cut ends
+        # before charon's DPD gives the SAs up (about 10 s here): after a longer cut the edge-b <-> edge-pub
+        # tunnel was seen not to come back within minutes (IKE re-established, ESP not), a data-plane recovery
+        # problem of its own, not what this scenario measures.
+        deadline = time.monotonic() + CUT_S
+        while time.monotonic() < deadline:
+            assert rc.active_endpoints() == before, "an election moved during the pool's uplink cut"
+            assert condition(rc, gateway).get("reason") == "NoBetterCandidate"
+            time.sleep(0.5)
+    finally:
+        for rule in rules:
+            router.run(["iptables", "-w", "-D", *rule], check=False)
+    assert time.monotonic() - t0 >= CUT_S
+    # Healed: the standbys reach the peers again a moment before the gateway's tunnels are back; nothing moves.
+    rc.wait_for("every PathReport target up again", lambda: all_up(rc), timeout=120, interval=0.2)
+    rc.wait_for(f"{gateway} healthy again", lambda: condition(rc, gateway).get("reason") == "Healthy", timeout=60)
+    MEASUREMENTS["health_agent_g_uplink_cut_condition_after_s"] = round(took, 2)
+    MEASUREMENTS["health_agent_g_uplink_cut_failovers"] = failovers(rc) - n_failovers
+    MEASUREMENTS["health_agent_g_uplink_cut_condition"] = cond["message"][:300]
+    assert failovers(rc) == n_failovers
+    assert rc.active_endpoints() == before
