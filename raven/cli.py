@@ -13,11 +13,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, cast
 
+from raven import __version__, openyurt_config
 from raven import log as raven_log
-from raven import openyurt_config
 from raven.config import (
     SETTINGS,
     AgentConfig,
@@ -32,10 +31,7 @@ from raven.config import (
 
 
 def raven_version() -> str:
-    try:
-        return version("raven")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
+    return __version__
 
 
 def help_text(s: Setting) -> str:

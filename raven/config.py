@@ -23,7 +23,6 @@ import ipaddress
 import os
 import socket
 import typing
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -259,6 +258,13 @@ def _declared(cls: type, mode: Mode, skip: type | None = None) -> tuple[Setting,
     return tuple(out)
 
 
+def _default_identity() -> str:
+    """A controller replica's Lease identity when POD_NAME is not set: host name and a random suffix."""
+    import uuid  # here, not at the top: uuid imports platform, a cost every agent start would pay for nothing
+
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -355,7 +361,7 @@ class ControllerConfig(NetworkRanges):
                                          "the only user whose certificate requests the IPsec signer approves",
                                          check=not_empty)
     # Who we are in the Lease: stable per pod (POD_NAME), unique per process otherwise.
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    identity: str = field(default_factory=_default_identity)
 
     def __post_init__(self) -> None:
         _check_fields(self)

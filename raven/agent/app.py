@@ -23,7 +23,6 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from raven.agent.identity import NodeIdentity
 from raven.agent.inputs import PlanInputs
 from raven.agent.kubeproxy import findings as kube_proxy_findings
 from raven.agent.kubeproxy import read_policy
@@ -397,6 +396,9 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             )
 
             if isinstance(vpn, IPsecDriver) and cfg.ipsec_auth == "cert":
+                # Imported here: the identity's X.509 code (cryptography) is ~40 ms of a start a PSK node skips.
+                from raven.agent.identity import NodeIdentity
+
                 driver = vpn
 
                 def on_credentials(creds: Credentials, retired: list[str]) -> None:

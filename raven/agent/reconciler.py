@@ -171,7 +171,10 @@ class Reconciler:
                     if reason is None:
                         continue
                     self._reasons.add(reason)
-            await asyncio.sleep(self._debounce)  # let the rest of a burst arrive
+            if self.last_outcome is not None or not self._synced():
+                await asyncio.sleep(self._debounce)  # let the rest of a burst arrive
+            # else the first pass, informers synced: the lists are all in the caches, no burst to wait for
+            # (the debounce would be 50 ms of every agent's exec -> ready).
             self._wake.clear()
             reasons, self._reasons = self._reasons, set()
             if not self._synced():

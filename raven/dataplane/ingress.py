@@ -6,15 +6,16 @@ could send plaintext VXLAN frames with any inner source: into the node's pods, o
 gateway, into the IPsec tunnels. The filter, in the mangle table, has two stages:
 
 1. Outer packets (chain `RAVEN-INGRESS`, jumped to from INPUT; only packets delivered to this node):
-   - the tunnel port (raven1) accepts a packet only from a planned peer gateway's inner address, and only
-     when it was decrypted by IPsec: with kernel ESP (production) the packet carries the inbound SA's
-     policy (`-m policy --dir in --pol ipsec --proto esp`; the kernel has already checked that the inner
-     source matches the SA's selectors, inner/32 <-> inner/32); with strongSwan's kernel-libipsec (tests,
-     ENVIRONMENT.md) charon writes decrypted packets into its TUN device `ipsec0` (`-i ipsec0`), and
-     nothing else writes there.
-   - the pool port (raven0) accepts a packet only from the node IP of a current pool member (at the
-     gateway) or of the active gateway (at a member; any inner source: the gateway's own filter checked
-     it against the peer it came from).
+   - the tunnel port (raven1, `RAVEN-INGRESS-T`) accepts a packet only when it was decrypted by IPsec:
+     with kernel ESP (production) the packet carries the inbound SA's policy (`-m policy --dir in --pol
+     ipsec --proto esp`; the kernel has already checked that the inner source matches the SA's
+     selectors, inner/32 <-> inner/32); with strongSwan's kernel-libipsec (tests, ENVIRONMENT.md) charon
+     writes decrypted packets into its TUN device `ipsec0` (`-i ipsec0`), and nothing else writes there.
+     Anything else on that port is plaintext from the wire: dropped. A decrypted packet then goes to
+     `RAVEN-INGRESS-S`, which accepts it only from a planned peer gateway's inner address.
+   - the pool port (raven0, `RAVEN-INGRESS-P`) accepts a packet only from the node IP of a current pool
+     member (at the gateway) or of the active gateway (at a member; any inner source: the gateway's own
+     filter checked it against the peer it came from).
    An accepted packet gets the sender's mark (`IngressPeer.mark`, within `mark_mask`); everything else
    sent to these ports is dropped.
 2. Decapsulated packets (chain `RAVEN-OVERLAY`, jumped to from PREROUTING): the kernel keeps skb->mark
@@ -24,7 +25,15 @@ gateway, into the IPsec tunnels. The filter, in the mangle table, has two stages
    still says which sender it came from. It passes only if its source is in that sender's
    `sources` (the subnets the plan routes via that peer, or a member's own pod CIDRs), else it is
    dropped: a peer gateway cannot speak for another pool, nor a member for another node. Passing packets
-   have Raven's mark bits cleared, so nothing downstream sees them.
+   have Raven's mark bits cleared (`RAVEN-OVERLAY-A`), so nothing downstream sees them.
+
+Every packet the node receives or forwards crosses these chains (the data plane's hot path: each rule
+a packet traverses costs it tens of nanoseconds, billed to charon's CPU when charon writes the packet,
+docs/architecture.md "Throughput and MTU"), so they are laid out for the fewest rules per packet:
+dispatch by port and device with `-g` (goto: the packet never comes back to try the next dispatch
+rule), the "was it decrypted" test once per packet instead of once per peer, one rule per peer or
+source, and the accepted inner packet leaving at its first matching rule. Every sub-chain still ends
+in a DROP (fail closed: a packet that matches nothing, or arrives unmarked, is dropped).
 
 The chains are the agent's (exact names, `CHAINS`); foreign rules, in the same built-in chains or
 elsewhere, are never touched. Reconciled like every other kernel object: read (`iptables-save -t
@@ -62,14 +71,17 @@ log = logging.getLogger(__name__)
 OUTER_CHAIN: Final = "RAVEN-INGRESS"  # from INPUT: outer VXLAN packets
 OUTER_TUNNEL_CHAIN: Final = "RAVEN-INGRESS-T"
 OUTER_POOL_CHAIN: Final = "RAVEN-INGRESS-P"
+OUTER_SOURCE_CHAIN: Final = "RAVEN-INGRESS-S"  # decrypted tunnel packets: inner source -> sender's mark
 INNER_CHAIN: Final = "RAVEN-OVERLAY"  # from PREROUTING: decapsulated packets
 INNER_TUNNEL_CHAIN: Final = "RAVEN-OVERLAY-T"
 INNER_POOL_CHAIN: Final = "RAVEN-OVERLAY-P"
-CHAINS: Final = (OUTER_CHAIN, OUTER_TUNNEL_CHAIN, OUTER_POOL_CHAIN, INNER_CHAIN, INNER_TUNNEL_CHAIN, INNER_POOL_CHAIN)
+INNER_ACCEPT_CHAIN: Final = "RAVEN-OVERLAY-A"  # accepted inner packets: Raven's mark bits cleared
+CHAINS: Final = (OUTER_CHAIN, OUTER_TUNNEL_CHAIN, OUTER_SOURCE_CHAIN, OUTER_POOL_CHAIN, INNER_CHAIN,
+                 INNER_TUNNEL_CHAIN, INNER_POOL_CHAIN, INNER_ACCEPT_CHAIN)
 # Built-in chain -> the owned chain it jumps to.
 JUMPS: Final = {"INPUT": OUTER_CHAIN, "PREROUTING": INNER_CHAIN}
 # The chains whose last rule must be a DROP for the filter to be closed (see `IngressObserved.enforcing`).
-_CLOSING: Final = (OUTER_TUNNEL_CHAIN, OUTER_POOL_CHAIN, INNER_TUNNEL_CHAIN, INNER_POOL_CHAIN)
+_CLOSING: Final = (OUTER_TUNNEL_CHAIN, OUTER_SOURCE_CHAIN, OUTER_POOL_CHAIN, INNER_TUNNEL_CHAIN, INNER_POOL_CHAIN)
 
 Rules = dict[str, tuple[str, ...]]  # chain -> its rules as iptables-save prints them, without "-A CHAIN "
 
@@ -129,20 +141,17 @@ def render(f: IngressFilter | None) -> Rules:
         return {}
     mask = f.mark_mask
     clear = f"-j MARK --set-xmark {_mark(0, mask)}"
-    outer_t = [clear]
-    for p in sorted(f.tunnel):
-        setm = f"-j MARK --set-xmark {_mark(p.mark, mask)}"
-        outer_t.append(f"-s {_cidr(p.outer)} -i {f.ipsec_ifname} {setm}")
-        outer_t.append(f"-s {_cidr(p.outer)} -m policy --dir in --pol ipsec --proto esp {setm}")
-    outer_t.append(f"-m mark --mark {_mark(0, mask)} -j DROP")
-    outer_p = [clear]
-    outer_p += [f"-s {_cidr(p.outer)} -j MARK --set-xmark {_mark(p.mark, mask)}" for p in sorted(f.pool)]
-    outer_p.append(f"-m mark --mark {_mark(0, mask)} -j DROP")
+    closed = f"-m mark --mark {_mark(0, mask)} -j DROP"  # no sender's mark: dropped
+
+    def marks(peers: tuple[IngressPeer, ...]) -> tuple[str, ...]:
+        # Cleared first (a mark set upstream must not pass for a sender's), one rule per sender.
+        setm = [f"-s {_cidr(p.outer)} -j MARK --set-xmark {_mark(p.mark, mask)}" for p in sorted(peers)]
+        return (clear, *setm, closed)
 
     def inner(peers: tuple[IngressPeer, ...]) -> tuple[str, ...]:
         rules = [
             # iptables-save prints no "-s" for 0.0.0.0/0: neither do we, or we would never converge.
-            f"{'' if src == '0.0.0.0/0' else f'-s {src} '}-m mark --mark {_mark(p.mark, mask)} -j RETURN"
+            f"{'' if src == '0.0.0.0/0' else f'-s {src} '}-m mark --mark {_mark(p.mark, mask)} -g {INNER_ACCEPT_CHAIN}"
             for p in sorted(peers)
             for src in _collapsed(p.sources)
         ]
@@ -150,20 +159,25 @@ def render(f: IngressFilter | None) -> Rules:
 
     return {
         OUTER_CHAIN: (
-            f"-p udp -m udp --dport {f.tunnel_port} -j {OUTER_TUNNEL_CHAIN}",
-            f"-p udp -m udp --dport {f.pool_port} -j {OUTER_POOL_CHAIN}",
+            f"-p udp -m udp --dport {f.tunnel_port} -g {OUTER_TUNNEL_CHAIN}",
+            f"-p udp -m udp --dport {f.pool_port} -g {OUTER_POOL_CHAIN}",
         ),
-        OUTER_TUNNEL_CHAIN: tuple(outer_t),
-        OUTER_POOL_CHAIN: tuple(outer_p),
+        # Decrypted (by libipsec, or by a kernel SA), else plaintext from the wire.
+        OUTER_TUNNEL_CHAIN: (
+            f"-i {f.ipsec_ifname} -g {OUTER_SOURCE_CHAIN}",
+            f"-m policy --dir in --pol ipsec --proto esp -g {OUTER_SOURCE_CHAIN}",
+            "-j DROP",
+        ),
+        OUTER_SOURCE_CHAIN: marks(f.tunnel),
+        OUTER_POOL_CHAIN: marks(f.pool),
         INNER_CHAIN: (
-            # A packet that comes back from the sub-chain was accepted: clear Raven's mark bits.
-            f"-i {f.tunnel_ifname} -j {INNER_TUNNEL_CHAIN}",
-            f"-i {f.pool_ifname} -j {INNER_POOL_CHAIN}",
-            f"-i {f.tunnel_ifname} {clear}",
-            f"-i {f.pool_ifname} {clear}",
+            f"-i {f.tunnel_ifname} -g {INNER_TUNNEL_CHAIN}",
+            f"-i {f.pool_ifname} -g {INNER_POOL_CHAIN}",
         ),
         INNER_TUNNEL_CHAIN: inner(f.tunnel),
         INNER_POOL_CHAIN: inner(f.pool),
+        # Reached by goto from the rule that accepted the packet; returns to PREROUTING.
+        INNER_ACCEPT_CHAIN: (clear,),
     }
 
 

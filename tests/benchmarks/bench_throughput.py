@@ -24,14 +24,19 @@ namespaces of the lab), UDP receive-buffer drops (`UdpRcvbufErrors`), and the ra
 Targets (issue 12): direct >= 0.9x bare, relayed >= 0.8x bare_2hop, zero fragments everywhere.
 
 Run as root: `python -m tests.benchmarks.bench_throughput [--rounds 3] [--seconds 5]`; prints a table and
-writes bench-results/throughput.json.
+writes bench-results/throughput.json. `--charon-rcvbuf BYTES` gives every charon's UDP sockets (both labs alike)
+that receive buffer before measuring: strongSwan has no option for it and `net.core.rmem_default` cannot be
+set inside a network namespace, so the bench sets it from outside (`pidfd_getfd` + `SO_RCVBUFFORCE`), to measure
+what the host-wide sysctl would be worth (docs/architecture.md "Throughput and MTU").
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -198,6 +203,39 @@ def _raven_cases(rc: RavenCluster) -> list[Case]:
     ]
 
 
+# --- charon's receive buffer ----------------------------------------------------------------------------
+
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (added after the syscall tables were unified)
+SO_RCVBUFFORCE = 33
+
+
+def set_rcvbuf(pid: int, size: int) -> int:
+    """Give every UDP socket of process `pid` a receive buffer of `size` bytes; returns how many were set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    done = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            if dup < 0:
+                raise OSError(ctypes.get_errno(), f"pidfd_getfd({pid}, {fd})")
+            sock = socket.socket(fileno=dup)
+            try:
+                if sock.type == socket.SOCK_DGRAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                    done += 1
+            finally:
+                sock.close()  # our duplicate only: charon's descriptor stays open
+    finally:
+        os.close(pidfd)
+    return done
+
+
 # --- measuring -------------------------------------------------------------------------------------------
 
 
@@ -239,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra agent flag (e.g. for comparisons)")
+    ap.add_argument("--charon-rcvbuf", type=int, default=0,
+                    help="receive buffer (bytes) for every charon's UDP sockets, both labs (default: the host's)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_throughput needs root (network namespaces)", file=sys.stderr)
@@ -257,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         # Each Raven case right after its reference (see the ratios below).
         order = ["underlay", "bare", "direct", "bare_path", "member", "bare_2hop", "relayed"]
         cases = sorted((c for c in cases if not only or c.name in only), key=lambda c: order.index(c.name))
+        if args.charon_rcvbuf:
+            pids = sorted({ch.process.pid for c in cases for ch in c.charons})
+            n = sum(set_rcvbuf(pid, args.charon_rcvbuf) for pid in pids)
+            print(f"charon receive buffer {args.charon_rcvbuf} bytes on {n} sockets of {len(pids)} charons", flush=True)
         for rnd in range(args.rounds):
             for i, case in enumerate(cases):
                 r = _measure(case, args.seconds, 18300 + i)
@@ -306,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "throughput.json").write_text(json.dumps({
-        "rounds": args.rounds, "seconds": args.seconds, "agent_args": args.agent_arg, "cases": results,
+        "rounds": args.rounds, "seconds": args.seconds, "agent_args": args.agent_arg,
+        "charon_rcvbuf": args.charon_rcvbuf or None, "cases": results,
         "targets": TARGET,
     }, indent=2))
     print(f"wrote {out / 'throughput.json'}")

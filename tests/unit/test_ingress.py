@@ -10,9 +10,13 @@ import pytest
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.ingress import (
     CHAINS,
+    INNER_ACCEPT_CHAIN,
+    INNER_CHAIN,
     INNER_POOL_CHAIN,
     INNER_TUNNEL_CHAIN,
+    OUTER_CHAIN,
     OUTER_POOL_CHAIN,
+    OUTER_SOURCE_CHAIN,
     OUTER_TUNNEL_CHAIN,
     IngressObserved,
     parse,
@@ -72,7 +76,7 @@ def test_member_accepts_only_its_gateway_which_vouches_for_the_inner_sources() -
     # The gateway's own filter checked the sources against its peers; one rule keeps a failover cheap.
     assert f.pool[0].sources == ("0.0.0.0/0",)
     # As iptables-save prints it (no "-s 0.0.0.0/0"), or the filter would be rewritten on every pass.
-    assert render(f)[INNER_POOL_CHAIN] == ("-m mark --mark 0x10000/0xfff0000 -j RETURN", "-j DROP")
+    assert render(f)[INNER_POOL_CHAIN] == ("-m mark --mark 0x10000/0xfff0000 -g RAVEN-OVERLAY-A", "-j DROP")
 
 
 def test_no_overlay_no_filter_and_failover_moves_the_member_filter() -> None:
@@ -110,21 +114,44 @@ FILTER = IngressFilter(
 def test_rendered_rules_mark_authenticated_senders_and_drop_the_rest() -> None:
     rules = render(FILTER)
     assert set(rules) == set(CHAINS)
+    # The tunnel port: decrypted (libipsec's TUN, or a kernel SA's policy), else plaintext from the wire.
     assert rules[OUTER_TUNNEL_CHAIN] == (
+        "-i ipsec0 -g RAVEN-INGRESS-S",
+        "-m policy --dir in --pol ipsec --proto esp -g RAVEN-INGRESS-S",
+        "-j DROP",
+    )
+    assert rules[OUTER_SOURCE_CHAIN] == (
         "-j MARK --set-xmark 0x0/0xfff0000",
-        "-s 241.0.0.2/32 -i ipsec0 -j MARK --set-xmark 0x10000/0xfff0000",
-        "-s 241.0.0.2/32 -m policy --dir in --pol ipsec --proto esp -j MARK --set-xmark 0x10000/0xfff0000",
+        "-s 241.0.0.2/32 -j MARK --set-xmark 0x10000/0xfff0000",
         "-m mark --mark 0x0/0xfff0000 -j DROP",
     )
     # Plaintext from a node IP is never accepted on the tunnel port; on the pool port only from members.
-    assert not any("192.168.1.12" in r for r in rules[OUTER_TUNNEL_CHAIN])
+    assert not any("192.168.1.12" in r for c in (OUTER_TUNNEL_CHAIN, OUTER_SOURCE_CHAIN) for r in rules[c])
     assert rules[OUTER_POOL_CHAIN][1] == "-s 192.168.1.12/32 -j MARK --set-xmark 0x10000/0xfff0000"
+    assert rules[OUTER_POOL_CHAIN][-1] == "-m mark --mark 0x0/0xfff0000 -j DROP"
     assert rules[INNER_TUNNEL_CHAIN] == (
-        "-s 10.2.0.0/24 -m mark --mark 0x10000/0xfff0000 -j RETURN",
-        "-s 241.0.0.2/32 -m mark --mark 0x10000/0xfff0000 -j RETURN",
+        "-s 10.2.0.0/24 -m mark --mark 0x10000/0xfff0000 -g RAVEN-OVERLAY-A",
+        "-s 241.0.0.2/32 -m mark --mark 0x10000/0xfff0000 -g RAVEN-OVERLAY-A",
         "-j DROP",
     )
+    # An accepted inner packet leaves with Raven's mark bits cleared.
+    assert rules[INNER_ACCEPT_CHAIN] == ("-j MARK --set-xmark 0x0/0xfff0000",)
     assert render(None) == {}
+
+
+def test_the_hot_path_crosses_few_rules_whatever_the_number_of_peers() -> None:
+    """Every packet of the node crosses these chains: dispatch by goto (a packet for one port or device
+    never tries the next), the decrypted test once per packet (not per peer), one rule per sender."""
+    peers = tuple(IngressPeer(f"241.0.0.{i}", i << 16, (f"10.{i}.0.0/24",)) for i in range(1, 101))
+    rules = render(dataclasses.replace(FILTER, tunnel=peers))
+    assert all(" -g " in r for c in (OUTER_CHAIN, INNER_CHAIN) for r in rules[c])
+    # A packet that is neither for the VXLAN ports nor from Raven's devices: two rules per chain.
+    assert len(rules[OUTER_CHAIN]) == 2 and len(rules[INNER_CHAIN]) == 2
+    # 100 peers: the policy match once, one marking rule per peer (not two), one accepting rule per source.
+    assert sum("-m policy" in r for c in rules.values() for r in c) == 1
+    assert len(rules[OUTER_TUNNEL_CHAIN]) == 3 and len(rules[OUTER_SOURCE_CHAIN]) == 100 + 2
+    assert len(rules[INNER_TUNNEL_CHAIN]) == 100 + 1
+    assert all(r.endswith(f"-g {INNER_ACCEPT_CHAIN}") for r in rules[INNER_TUNNEL_CHAIN][:-1])
 
 
 def save_of(rules: dict[str, tuple[str, ...]], jumps: dict[str, int], foreign: bool = True) -> str:
@@ -156,7 +183,7 @@ def test_restore_script_replaces_owned_chains_adds_missing_jumps_and_removes_eve
     assert all(f":{c} - [0:0]" in script for c in CHAINS) and "KUBE" not in script
     removal = restore_script({}, parse(save_of(want, {"INPUT": 1, "PREROUTING": 1})))
     assert removal.splitlines()[1:3] == ["-D INPUT -j RAVEN-INGRESS", "-D PREROUTING -j RAVEN-OVERLAY"]
-    assert all(f"-X {c}" in removal for c in CHAINS) and "-A " not in removal
+    assert all(f"-X {c}" in removal for c in CHAINS) and not any(ln.startswith("-A ") for ln in removal.splitlines())
 
 
 def test_a_filter_without_its_final_drop_is_not_enforcing() -> None:

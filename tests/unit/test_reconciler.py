@@ -92,7 +92,8 @@ def make(plan: PlanResult | list[PlanResult], kernel: RecordingKernel, charon: R
 
     registry = CollectorRegistry()
     return Reconciler(plan_fn, is_synced, kernel, charon, AgentMetrics(registry),
-                      DataplaneMetrics(registry), resync_period=kw.get("resync", 30.0), debounce=0.01,
+                      DataplaneMetrics(registry), resync_period=kw.get("resync", 30.0),
+                      debounce=kw.get("debounce", 0.01),
                       tunnel_check_period=kw.get("tunnel_check", 30.0),
                       charon_poll_period=kw.get("charon_poll", 0.2))
 
@@ -128,6 +129,19 @@ async def test_a_burst_of_events_is_one_pass() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(kernel.applied) == 1
+
+
+async def test_the_first_pass_after_sync_does_not_wait_for_the_debounce() -> None:
+    # The lists are all in the caches when the informers report synced: nothing to debounce, and the
+    # debounce would be added to every agent's exec -> ready. Later bursts still wait for it.
+    kernel = RecordingKernel()
+    rec = make(GATEWAY, kernel, RecordingCharon(), debounce=30.0)
+    rec.trigger("synced")
+    task = asyncio.create_task(rec.run())
+    await eventually(lambda: bool(kernel.applied), bool, interval=0.01, within=5.0, what="the first pass")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert rec.ready().ok
 
 
 async def test_a_dead_charon_does_not_stop_route_changes_and_fails_readiness() -> None:
