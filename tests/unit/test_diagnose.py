@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,11 @@ def test_the_agent_flags_come_from_the_agent_process_command_line(tmp_path: Path
             "--vici-socket", str(tmp_path / "charon.vici"), "--cleanup"]
     proc = subprocess.Popen(argv)
     try:
+        # Under load the new process's command line can read empty for a moment: wait until it is there.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"--mode=agent" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert agent_flags(proc.pid) == ["--node-name", "n-1", "--vici-socket", str(tmp_path / "charon.vici")]
     finally:
         proc.kill()
