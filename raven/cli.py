@@ -122,7 +122,12 @@ def build_config(ns: argparse.Namespace, env: Mapping[str, str]) -> ControllerCo
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("status", "graph"):  # the operator tools: raven/opscli.py
+        from raven import opscli
+
+        return opscli.main(args, env)
+    ns = build_parser().parse_args(args)
     try:
         cfg = build_config(ns, os.environ if env is None else env)
     except ConfigError as exc:
