@@ -236,10 +236,10 @@ def render_graph(s: ClusterStatus) -> str:
     for i, p in enumerate(s.pools):
         nat = " (NAT)" if p.active and not p.reachable else ""
         expose = f", {p.exposure}" if p.exposure else ""
-        style = "" if p.active else ", style=dashed, color=red"
+        style = "" if p.active else " style=dashed; color=red;"
         label = f"{p.gateway}{nat}{expose}" + ("" if p.active else " - no active endpoint")
         out.append(f"  subgraph cluster_{i} {{")
-        out.append(f"    label={_q(label)}{style};")
+        out.append(f"    label={_q(label)};{style}")
         for m in p.members:
             node_id = _q(f"{p.gateway}/{m.name}")
             if m.role == "gateway":
