@@ -161,7 +161,7 @@ def render_status(s: ClusterStatus, paint: Paint | None = None) -> str:
     lines.append("")
 
     pairs = list(s.pairs)
-    shown_pairs = pairs if len(pairs) <= TEXT_LIST_LIMIT else [p for p in pairs if p.health.state != "up"]
+    shown_pairs = pairs if len(pairs) <= TEXT_LIST_LIMIT else [p for p in pairs if p.state != "up"]
     lines.append("PAIRS (gateway to gateway; a relay carries the pair over two tunnels)")
     rows = [["A", "B", "PATH", "STATE", "RTT", "LOSS", "FOR"]]
     colours = [None]
@@ -194,7 +194,7 @@ def summary_counts(s: ClusterStatus) -> str:
     bad = 0
     for p in s.pairs:
         kinds[p.kind] += 1
-        bad += p.health.bad or p.kind == "unreachable"
+        bad += p.state in ("down", "degraded") or p.kind == "unreachable"
     active = sum(1 for p in s.pools if p.active)
     nodes = sum(len(p.members) for p in s.pools)
     return (f"{len(s.pools)} gateways ({active} active), {nodes} nodes; {len(s.pairs)} pairs: {kinds['direct']} "

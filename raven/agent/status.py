@@ -42,7 +42,7 @@ Kind = Literal["direct", "relay", "unreachable"]
 _RANK: Final[Mapping[str, int]] = {"unknown": 0, "up": 1, "degraded": 2, "down": 3}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Health:
     """What the reports say about one link (or a relayed pair's two links)."""
 
@@ -91,28 +91,33 @@ def _from_targets(targets: Sequence[tuple[str, Target]]) -> Health:
 
 
 def combine(legs: Sequence[Health]) -> Health:
-    """A path over several links: the worst state (unknown when any link is unknown), RTTs added, losses
-    compounded."""
+    """A path over several links: the worst state (unknown when any link is unknown, unless one is down), RTTs
+    added, losses compounded."""
+    if len(legs) == 2:
+        return _relayed(legs[0], legs[1])
     if not legs or any(h.state == "unknown" for h in legs):
         known = [h for h in legs if h.state != "unknown"]
         state: State = "down" if any(h.state == "down" for h in known) else "unknown"
         return Health(state, since=_latest(h.since for h in known),
                       reporters=tuple(sorted({r for h in known for r in h.reporters})))
-    rtt: float | None = 0.0
-    delivered = 1.0
-    lossy = False
-    for h in legs:
-        rtt = None if rtt is None or h.rtt_seconds is None else rtt + h.rtt_seconds
-        if h.loss_ratio is not None:
-            lossy = True
-            delivered *= 1.0 - h.loss_ratio
-    return Health(
-        state=_worst(h.state for h in legs),
-        rtt_seconds=rtt,
-        loss_ratio=1.0 - delivered if lossy else None,
-        since=_latest(h.since for h in legs),
-        reporters=tuple(sorted({r for h in legs for r in h.reporters})),
-    )
+    out = legs[0]
+    for h in legs[1:]:
+        out = _relayed(out, h)
+    return out
+
+
+def _relayed(x: Health, y: Health) -> Health:
+    """Two links in a row (a relayed pair: half a million of them at 1,000 gateways, so written for speed)."""
+    if x.state == "unknown" or y.state == "unknown":
+        return combine([x, y, UNKNOWN])  # the general rule, for the (rare) pair with an unmeasured leg
+    state = x.state if _RANK[x.state] >= _RANK[y.state] else y.state
+    rtt = None if x.rtt_seconds is None or y.rtt_seconds is None else x.rtt_seconds + y.rtt_seconds
+    if x.loss_ratio is None and y.loss_ratio is None:
+        loss = None
+    else:
+        loss = 1.0 - (1.0 - (x.loss_ratio or 0.0)) * (1.0 - (y.loss_ratio or 0.0))
+    since = x.since if y.since is None or (x.since is not None and x.since >= y.since) else y.since
+    return Health(state, rtt, loss, since, tuple(sorted(set(x.reporters + y.reporters))))
 
 
 @dataclass(frozen=True)
@@ -142,14 +147,40 @@ class Pool:
     conditions: tuple[Condition, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     a: str  # a < b
     b: str
     kind: Kind
     via: str | None
     initiator: str | None
-    health: Health
+    # The links the pair's traffic crosses: one tunnel (direct), two (relay), none (unreachable).
+    legs: tuple[Health, ...]
+
+    @property
+    def health(self) -> Health:
+        """Computed when asked (a relayed pair combines its legs), not stored: the text view of half a million
+        pairs only needs `state`."""
+        legs = self.legs
+        if len(legs) == 1:
+            return legs[0]
+        if len(legs) == 2:
+            return _relayed(legs[0], legs[1])
+        return combine(legs) if legs else UNKNOWN
+
+    @property
+    def state(self) -> State:
+        legs = self.legs
+        if len(legs) == 1:
+            return legs[0].state
+        if len(legs) == 2:
+            x, y = legs[0].state, legs[1].state
+            if x == "down" or y == "down":
+                return "down"
+            if x == "unknown" or y == "unknown":
+                return "unknown"
+            return x if _RANK[x] >= _RANK[y] else y
+        return "unknown"
 
     @property
     def describe(self) -> str:
@@ -186,7 +217,7 @@ class ClusterStatus:
         return None
 
 
-def _link_key(a: str, b: str) -> tuple[str, str]:
+def _link_key(a: str, b: str) -> tuple[str, str]:  # (one key per tunnel, whichever end reports it)
     return (a, b) if a < b else (b, a)
 
 
@@ -210,14 +241,14 @@ class _Evidence:
                     self.links.setdefault(_link_key(mine, t.gateway), []).append((r.name, t))
                 elif t.kind == "gateway" and st.role == "member" and t.gateway == mine:
                     self.members.setdefault(r.name, []).append(t)
-        self._cache: dict[tuple[str, str], Health] = {}
+        # Both orders of every measured pair, computed once: a relayed pair looks up two links, and there are
+        # half a million pairs at 1,000 gateways.
+        self._links: dict[tuple[str, str], Health] = {}
+        for (a, b), targets in self.links.items():
+            self._links[a, b] = self._links[b, a] = _from_targets(targets)
 
     def link(self, a: str, b: str) -> Health:
-        key = _link_key(a, b)
-        h = self._cache.get(key)
-        if h is None:
-            h = self._cache[key] = _from_targets(self.links.get(key, []))
-        return h
+        return self._links.get((a, b), UNKNOWN)
 
     def member(self, node: str) -> Health:
         return _from_targets([(node, t) for t in self.members.get(node, [])])
@@ -246,14 +277,18 @@ def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: 
     )
 
 
-def _pair(p: Path, ev: _Evidence) -> Pair:
-    if p.kind == "direct":
-        health = ev.link(p.src, p.dst)
-    elif p.kind == "relay" and p.via is not None:
-        health = combine([ev.link(p.src, p.via), ev.link(p.via, p.dst)])
-    else:
-        health = UNKNOWN
-    return Pair(p.src, p.dst, p.kind, p.via, p.initiator, health)
+def _pairs(paths: Sequence[Path], ev: _Evidence) -> tuple[Pair, ...]:
+    link = ev.link
+    out: list[Pair] = []
+    append = out.append
+    for p in paths:
+        if p.kind == "direct":
+            append(Pair(p.src, p.dst, "direct", None, p.initiator, (link(p.src, p.dst),)))
+        elif p.kind == "relay" and p.via is not None:
+            append(Pair(p.src, p.dst, "relay", p.via, None, (link(p.src, p.via), link(p.via, p.dst))))
+        else:
+            append(Pair(p.src, p.dst, p.kind, p.via, p.initiator, ()))
+    return tuple(out)
 
 
 def _overlay_clashes(view: GatewayView, cfg: PlanConfig) -> list[Problem]:
@@ -339,7 +374,7 @@ def status_of(
     views = sorted(topology.gateways.values(), key=view_name)
     pools = tuple(_pool(v, by_name.get(v.name), node_map, ev) for v in views)
     paths = topology.all_paths()
-    pairs = tuple(_pair(p, ev) for p in paths)
+    pairs = _pairs(paths, ev)
 
     problems: list[Problem] = [Problem("plan", "", "Planner", p) for p in topology.problems]
     problems += [Problem("plan", p.a, "NoPath", f"gateways {p.a} and {p.b}: {p.describe}")
@@ -366,20 +401,35 @@ def status_of(
     return ClusterStatus(when, pools, pairs, tuple(problems), cfg.tunnel_cidr if cfg is not None else "")
 
 
-# --- JSON (-o json): the schema is `STATUS_SCHEMA` in raven/agent/status_schema.py ---
+# --- JSON (-o json): its schema is docs/raven-status.schema.json (checked by tests/unit/test_status.py) ---
 
 
 def _time(ts: datetime | None) -> str | None:
     return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def health_json(h: Health, now: datetime) -> dict[str, object]:
-    age = None if h.since is None else max(0.0, (now - h.since).total_seconds())
-    return {"state": h.state, "rttSeconds": h.rtt_seconds, "lossRatio": h.loss_ratio, "since": _time(h.since),
-            "ageSeconds": age, "reporters": list(h.reporters)}
+class _HealthJSON:
+    """Health as JSON, with each distinct `since` formatted once (half a million pairs share a few hundred)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._times: dict[datetime, tuple[str | None, float]] = {}
+
+    def __call__(self, h: Health) -> dict[str, object]:
+        since = h.since
+        if since is None:
+            text, age = None, None
+        else:
+            known = self._times.get(since)
+            if known is None:
+                known = self._times[since] = (_time(since), max(0.0, (self.now - since).total_seconds()))
+            text, age = known
+        return {"state": h.state, "rttSeconds": h.rtt_seconds, "lossRatio": h.loss_ratio, "since": text,
+                "ageSeconds": age, "reporters": list(h.reporters)}
 
 
 def to_json(s: ClusterStatus) -> dict[str, object]:
+    health = _HealthJSON(s.now)
     pools: list[object] = []
     for p in s.pools:
         pools.append({
@@ -387,12 +437,11 @@ def to_json(s: ClusterStatus) -> dict[str, object]:
             "exposure": p.exposure, "underNAT": p.under_nat, "reachable": p.reachable, "address": p.address,
             "port": p.port, "inner": p.inner, "subnets": list(p.subnets),
             "nodes": [{"name": m.name, "ip": m.ip, "subnets": list(m.subnets), "role": m.role, "ready": m.ready,
-                       "health": health_json(m.health, s.now)} for m in p.members],
+                       "health": health(m.health)} for m in p.members],
             "conditions": [c.to_dict() for c in p.conditions],
         })
     pairs: list[object] = [
-        {"a": p.a, "b": p.b, "kind": p.kind, "via": p.via, "initiator": p.initiator,
-         "health": health_json(p.health, s.now)}
+        {"a": p.a, "b": p.b, "kind": p.kind, "via": p.via, "initiator": p.initiator, "health": health(p.health)}
         for p in s.pairs
     ]
     problems: list[object] = [
@@ -407,7 +456,7 @@ def summary(s: ClusterStatus) -> dict[str, object]:
     states = dict.fromkeys(STATES, 0)
     for p in s.pairs:
         kinds[p.kind] += 1
-        states[p.health.state] += 1
+        states[p.state] += 1
     return {"gateways": len(s.pools), "active": sum(1 for p in s.pools if p.active),
             "nodes": sum(len(p.members) for p in s.pools), "pairs": dict(kinds), "pairHealth": states,
             "problems": len(s.problems)}

@@ -24,6 +24,7 @@ RUNTIME_PURPOSE = {
     "iproute2": "ip, for operators debugging routes in the pod (the agent itself speaks netlink)",
     "iptables": "iptables-save/-restore for the TCP MSS clamping chain",
     "wireguard-tools": "wg, for --vpn-driver=wireguard (accepted by the CLI, not implemented yet)",
+    "graphviz": "dot, which lays out `raven graph -o svg` (the image runs the CLI too: kubectl exec ... raven graph)",
 }
 
 
