@@ -221,7 +221,7 @@ def kubectl_main() -> int:
     """`kubectl raven ...`: kubectl runs the `kubectl-raven` executable with the words after `raven`; the
     operator tools answer here, anything else goes to `raven` itself."""
     args = sys.argv[1:]
-    if args and args[0] in COMMANDS:
+    if not args or args[0] in COMMANDS or args[0] in ("-h", "--help"):
         return main(args, prog="kubectl raven")
     from raven.cli import main as raven_main
 
