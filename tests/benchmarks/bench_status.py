@@ -5,8 +5,9 @@ controller writes them, and one PathReport per node as the agents write them: an
 `PUBLIC` gateways are exposed and the rest are under NAT (so most of the 499,500 pairs are relayed). Each gateway
 reports its direct peers, each member its gateway. Then the real CLI (`raven status`, a new process each run, as a
 user types it) is timed from exec to exit, with `-o json` and text, and `raven graph -o dot`; the API calls each run
-makes are counted by the server (aim: one list per kind, one ConfigMap read; no per-object calls). In-process, the
-same run is split into API reads, building the status and rendering. Writes bench-results/status.json.
+makes are counted by the server (aim: one list per kind, one ConfigMap read; no per-object calls), and the largest
+CLI process's peak RSS. In-process, the same run is split into API reads, building the status and rendering.
+Writes bench-results/status.json.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -186,6 +188,10 @@ async def main() -> JSON:
                 figures["pairs"] = len(doc["pairs"])
                 figures["pairs_relayed"] = doc["summary"]["pairs"]["relay"]
                 figures["pairs_up"] = doc["summary"]["pairHealth"]["up"]
+
+        # ru_maxrss of the largest child so far (KiB on Linux): the CLI processes' peak memory.
+        figures["cli_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        figures["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: read the times with it
 
         # The same work in this process, split by stage (one run; the CLI figures above include Python's start).
         t0 = time.perf_counter()
