@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raven: cross-region pod networking for edge Kubernetes clusters. "
         "One binary, two modes: the controller elects each Gateway's active endpoints; "
         "the agent (on every node) programs routes, VXLAN and IPsec to match.",
+        epilog="operator tools: `raven status` and `raven graph` (also `kubectl raven ...`; see `raven status -h`)",
     )
     p.add_argument("--version", action="version", version=f"raven {raven_version()}")
     p.add_argument("--mode", choices=("controller", "agent"), required=True, help="what this process runs")

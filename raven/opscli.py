@@ -179,8 +179,8 @@ def build_parser(prog: str = "raven") -> argparse.ArgumentParser:
     for s in (st, gr):
         s.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: $KUBECONFIG, "
                        "~/.kube/config, in-cluster)")
-        s.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                       help="colour the text (auto: only on a terminal, and not when $NO_COLOR is set)")
+    st.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                    help="colour the text (auto: only on a terminal, and not when $NO_COLOR is set)")
     return p
 
 

@@ -305,3 +305,13 @@ def test_graphviz_accepts_the_graph() -> None:
     for s in (status(), status(objs)):
         out = subprocess.run(["dot", "-Tsvg"], input=render_graph(s), capture_output=True, text=True, check=True)
         assert out.stdout.lstrip().startswith("<?xml") and "</svg>" in out.stdout
+
+
+def test_raven_dispatches_the_operator_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    from raven.cli import main
+
+    assert main(["status", "--kubeconfig", "/nonexistent/kubeconfig"], env={}) == 2
+    assert "raven: error: kubeconfig '/nonexistent/kubeconfig' does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not a mode flag, the tools' own usage
+        main(["graph", "-o", "png"], env={})
+    assert "invalid choice: 'png'" in capsys.readouterr().err
