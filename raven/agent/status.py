@@ -24,14 +24,15 @@ listed by their Gateway (with the controller's reason from `NodesValid` when it 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from raven.agent.plan import PlanConfig
 from raven.agent.plan import _pool_overlay as pool_overlay
-from raven.agent.topology import GatewayView, Path, Topology, build_topology, view_name
+from raven.agent.topology import GatewayView, Topology, build_topology, view_name
 from raven.api.gateway import Condition, Gateway, UnparsableGateway
 from raven.api.node import Node
 from raven.api.pathreport import STATES, PathReport, State, Target
@@ -277,17 +278,24 @@ def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: 
     )
 
 
-def _pairs(paths: Sequence[Path], ev: _Evidence) -> tuple[Pair, ...]:
+def _pairs(topology: Topology, ev: _Evidence) -> tuple[Pair, ...]:
+    """`Topology.all_paths()`, pair by pair (the same `Topology.path` with the same ranking), each kept only as its
+    `Pair`: at 1,000 gateways the half a million `Path`s would otherwise all be alive at once."""
     link = ev.link
+    ranking = topology.relay_ranking()
+    path = topology.path
+    names = sorted(g.name for g in topology.active())
     out: list[Pair] = []
     append = out.append
-    for p in paths:
-        if p.kind == "direct":
-            append(Pair(p.src, p.dst, "direct", None, p.initiator, (link(p.src, p.dst),)))
-        elif p.kind == "relay" and p.via is not None:
-            append(Pair(p.src, p.dst, "relay", p.via, None, (link(p.src, p.via), link(p.via, p.dst))))
-        else:
-            append(Pair(p.src, p.dst, p.kind, p.via, p.initiator, ()))
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            p = path(a, b, ranking)
+            if p.kind == "direct":
+                append(Pair(a, b, "direct", None, p.initiator, (link(a, b),)))
+            elif p.kind == "relay" and p.via is not None:
+                append(Pair(a, b, "relay", p.via, None, (link(a, p.via), link(p.via, b))))
+            else:
+                append(Pair(a, b, p.kind, p.via, p.initiator, ()))
     return tuple(out)
 
 
@@ -373,8 +381,7 @@ def status_of(
     ev = _Evidence(topology, reports, when, stale_after)
     views = sorted(topology.gateways.values(), key=view_name)
     pools = tuple(_pool(v, by_name.get(v.name), node_map, ev) for v in views)
-    paths = topology.all_paths()
-    pairs = _pairs(paths, ev)
+    pairs = _pairs(topology, ev)
 
     problems: list[Problem] = [Problem("plan", "", "Planner", p) for p in topology.problems]
     problems += [Problem("plan", p.a, "NoPath", f"gateways {p.a} and {p.b}: {p.describe}")
@@ -428,7 +435,8 @@ class _HealthJSON:
                 "ageSeconds": age, "reporters": list(h.reporters)}
 
 
-def to_json(s: ClusterStatus) -> dict[str, object]:
+def to_json(s: ClusterStatus, *, pairs: bool = True) -> dict[str, object]:
+    """The whole document as one object (`pairs=False`: without the pairs, which `iter_json` streams)."""
     health = _HealthJSON(s.now)
     pools: list[object] = []
     for p in s.pools:
@@ -440,15 +448,34 @@ def to_json(s: ClusterStatus) -> dict[str, object]:
                        "health": health(m.health)} for m in p.members],
             "conditions": [c.to_dict() for c in p.conditions],
         })
-    pairs: list[object] = [
-        {"a": p.a, "b": p.b, "kind": p.kind, "via": p.via, "initiator": p.initiator, "health": health(p.health)}
-        for p in s.pairs
-    ]
     problems: list[object] = [
         {"kind": p.kind, "name": p.name, "reason": p.reason, "message": p.message} for p in s.problems
     ]
-    return {"schemaVersion": SCHEMA_VERSION, "time": _time(s.now), "tunnelCIDR": s.tunnel_cidr, "pools": pools,
-            "pairs": pairs, "problems": problems, "summary": summary(s)}
+    doc: dict[str, object] = {"schemaVersion": SCHEMA_VERSION, "time": _time(s.now), "tunnelCIDR": s.tunnel_cidr,
+                              "pools": pools}
+    if pairs:
+        doc["pairs"] = [_pair_json(p, health) for p in s.pairs]
+    doc["problems"] = problems
+    doc["summary"] = summary(s)
+    return doc
+
+
+def _pair_json(p: Pair, health: _HealthJSON) -> dict[str, object]:
+    return {"a": p.a, "b": p.b, "kind": p.kind, "via": p.via, "initiator": p.initiator, "health": health(p.health)}
+
+
+def iter_json(s: ClusterStatus, extra: Mapping[str, object] | None = None, batch: int = 2000) -> Iterator[str]:
+    """`to_json(s)` (plus the `extra` keys) as compact JSON text, in pieces: the pairs are encoded a batch at a time,
+    so half a million of them never exist as objects all at once."""
+    doc = to_json(s, pairs=False)
+    doc.update(extra or {})
+    head = json.dumps(doc, separators=(",", ":"))
+    yield head[:-1] + ',"pairs":['
+    health = _HealthJSON(s.now)
+    for i in range(0, len(s.pairs), batch):
+        chunk = ",".join(json.dumps(_pair_json(p, health), separators=(",", ":")) for p in s.pairs[i:i + batch])
+        yield ("," if i else "") + chunk
+    yield "]}\n"
 
 
 def summary(s: ClusterStatus) -> dict[str, object]:

@@ -15,7 +15,8 @@ import pytest
 
 from raven.agent.graph import Paint, render_graph, render_status
 from raven.agent.plan import PlanConfig, plan
-from raven.agent.status import ClusterStatus, build_status, combine, to_json
+from raven.agent.status import ClusterStatus, build_status, combine, iter_json, to_json
+from raven.agent.topology import build_topology
 from raven.api.gateway import Gateway, UnparsableGateway, parse_gateway
 from raven.api.node import Node
 from raven.api.pathreport import PathReport
@@ -255,6 +256,9 @@ def test_json_matches_its_schema() -> None:
     assert doc["time"] == "2026-12-02T03:00:00Z"
     relay = next(p for p in doc["pairs"] if p["kind"] == "relay")
     assert relay["via"] == "gw-cloud" and relay["health"]["ageSeconds"] == 600.0
+    # What the CLI streams is the same document.
+    streamed = json.loads("".join(iter_json(s, {"settingsSource": "defaults", "notes": ["a note"]}, batch=2)))
+    assert streamed == doc
     # A document that breaks the schema is refused (the check can fail).
     bad = copy.deepcopy(doc)
     bad["pairs"][0]["kind"] = "teleport"
@@ -273,6 +277,10 @@ def test_large_cluster_text_lists_what_is_not_up_and_counts_the_rest() -> None:
     assert len(s.pairs) == 780
     # Every pair is unknown here (no reports), so up to the limit are listed, and the count of the rest.
     assert "(380 more pairs not listed: relays: gw-00 carries 703; -o json lists every pair)" in text
+    # Pair by pair what the agents' Topology.all_paths() says.
+    topology = build_topology(parse(gws), PlanConfig().tunnel_cidr)
+    assert [(p.a, p.b, p.kind, p.via, p.initiator) for p in s.pairs] == [
+        (q.src, q.dst, q.kind, q.via, q.initiator) for q in topology.all_paths()]
 
 
 def test_kubeconfig_is_found_as_kubectl_does(tmp_path: Path) -> None:
