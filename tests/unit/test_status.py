@@ -259,6 +259,9 @@ def test_json_matches_its_schema() -> None:
     # What the CLI streams is the same document.
     streamed = json.loads("".join(iter_json(s, {"settingsSource": "defaults", "notes": ["a note"]}, batch=2)))
     assert streamed == doc
+    for other in (status(reports=[]), status(reports=[report("cloud-1", "gw-cloud", "gateway", [
+            target("peer", "gw-dc", "dc-1", "degraded", None, 0.25)])])):  # unknown pairs; no RTT, a loss
+        assert json.loads("".join(iter_json(other))) == to_json(other)
     # A document that breaks the schema is refused (the check can fail).
     bad = copy.deepcopy(doc)
     bad["pairs"][0]["kind"] = "teleport"
