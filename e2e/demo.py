@@ -91,12 +91,13 @@ async def _cluster_status(kubeconfig: str) -> ClusterStatus:
 
 
 def cluster_status(rc: RavenCluster, timeout: float = 20.0) -> ClusterStatus:
-    """What `raven status` shows (its own reads and computation, run in the control-plane netns), once every
-    pair's health is known from the agents' reports (or after `timeout` s: the status says what is unknown)."""
+    """What `raven status` shows (its own reads and computation, run in the control-plane netns), once the agents'
+    reports say every pair is up (their loss window first has to forget the probes sent before the tunnels were
+    up), or after `timeout` s: then the status shows what is not."""
     deadline = time.monotonic() + timeout
     while True:
         status = rc.api.call(_cluster_status(str(rc.kubeconfig)))
-        if all(p.state != "unknown" for p in status.pairs) or time.monotonic() > deadline:
+        if all(p.state == "up" for p in status.pairs) or time.monotonic() > deadline:
             return status
         time.sleep(0.5)
 
