@@ -6,8 +6,8 @@ controller writes them, and one PathReport per node as the agents write them: an
 reports its direct peers, each member its gateway. Then the real CLI (`raven status`, a new process each run, as a
 user types it) is timed from exec to exit, with `-o json` and text, and `raven graph -o dot`; the API calls each run
 makes are counted by the server (aim: one list per kind, one ConfigMap read; no per-object calls), and the largest
-CLI process's peak RSS. In-process, the same run is split into API reads, building the status and rendering.
-Writes bench-results/status.json.
+CLI process's peak RSS (one more run each, under a small wrapper that reads it). In-process, the same run is split
+into API reads, building the status and rendering. Writes bench-results/status.json.
 """
 
 from __future__ import annotations
@@ -148,16 +148,28 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def run_cli(args: list[str], kubeconfig: str) -> tuple[float, bytes]:
-    """One `raven ...` process, exec to exit (seconds), and its stdout."""
+# Runs the CLI and prints its peak RSS (KiB) on stderr. A small process of its own: ru_maxrss of a child forked
+# straight from this benchmark (which holds the API server's 20,000 objects) would report this process's size.
+_PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+peak_rss_kib: list[int] = []
+
+
+async def run_cli(args: list[str], kubeconfig: str, rss: bool = False) -> tuple[float, bytes]:
+    """One `raven ...` process, exec to exit (seconds), and its stdout. `rss`: run it under the wrapper instead
+    (not timed: the wrapper's own start adds to the time) and add its peak RSS to `peak_rss_kib`."""
     raven = str(Path(sys.executable).parent / "raven")
+    argv = [raven, *args, "--kubeconfig", kubeconfig]
+    if rss:
+        argv = [sys.executable, "-c", _PEAK_RSS, *argv]
     t = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(raven, *args, "--kubeconfig", kubeconfig,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"raven {' '.join(args)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    if rss:
+        peak_rss_kib.append(int(err.decode().strip().splitlines()[-1]))
     return elapsed, out
 
 
@@ -187,6 +199,7 @@ async def main() -> JSON:
                 cpu.append(children_cpu_s() - cpu0)
                 calls = Counter(server.request_counts)
                 calls.subtract(before)
+            await run_cli(args, kubeconfig, rss=True)
             figures[f"{label}_s_median"] = statistics.median(times)
             figures[f"{label}_s_min"] = min(times)
             # CPU seconds of the process: what the run costs, less dependent than wall time on a shared machine.
@@ -200,8 +213,7 @@ async def main() -> JSON:
                 figures["pairs_relayed"] = doc["summary"]["pairs"]["relay"]
                 figures["pairs_up"] = doc["summary"]["pairHealth"]["up"]
 
-        # ru_maxrss of the largest child so far (KiB on Linux): the CLI processes' peak memory.
-        figures["cli_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        figures["cli_peak_rss_mb"] = max(peak_rss_kib) / 1024
         figures["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: read the times with it
 
         # The same work in this process, split by stage (one run; the CLI figures above include Python's start).
