@@ -5,7 +5,7 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
-      iproute2 iptables wireguard-tools wireguard-go \
+      iproute2 iptables wireguard-tools wireguard-go graphviz \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # Runtime packages: the same list as the Dockerfile.
-APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools wireguard-go
+# graphviz: `raven graph -o svg` lays the graph out with its `dot`.
+APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins iproute2 iptables wireguard-tools wireguard-go graphviz
 # Test-only packages: ping, ps/pkill for the network-namespace lab; openssl makes the
 # test API server's certificate; iperf3 carries bulk TCP in the no-fragments e2e test and make bench;
 # dnsmasq-base is the lab's cluster DNS and conntrack drops the lab LB's old flows (e2e/services.py);
@@ -54,4 +55,4 @@ demo: install
 	$(PY) -m e2e.demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) bench-results .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

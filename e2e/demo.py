@@ -6,8 +6,10 @@ shows progress while it converges, then prints:
 
 - the pod-to-pod connectivity matrix (every ordered pod pair, ok with RTT, or FAIL);
 - every Gateway with its active endpoint (read back from the API server);
-- the path each pair of pools takes, rendered by `raven.agent.graph` from the Gateways the agents
-  read, so what is shown is what the agents plan;
+- `raven status`: each pool, the path each pair of pools takes and its health, computed by the agents' own
+  planning code from the Gateways and the agents' PathReports, so what is shown is what the agents plan;
+- where it wrote `raven graph` of the cluster (DOT, and SVG when Graphviz is installed; `--out-dir`, default
+  `.demo/`);
 - the time from start to a full green matrix.
 
 Then it keeps running until Ctrl-C (with a hint for poking at it), or tears down at once with
@@ -19,18 +21,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from e2e.cluster import Matrix, RavenCluster
 from e2e.netlab import find_leftovers
 from e2e.topology import load_topology
-from raven.agent.graph import render_topology
-from raven.agent.plan import PlanConfig
-from raven.api.gateway import Gateway, GatewayParseError
+from raven.agent.graph import render_graph, render_status
+from raven.agent.status import ClusterStatus
+from raven.opscli import collect, status_from, svg
 
 PREFIX = "rvd"
 
@@ -82,14 +86,32 @@ def format_gateways(rc: RavenCluster) -> str:
     return "\n".join(lines)
 
 
-def format_paths(rc: RavenCluster) -> str:
-    gateways: list[Gateway] = []
-    for obj in rc.gateway_objects_from_api():
-        try:
-            gateways.append(Gateway.from_dict(obj))
-        except GatewayParseError as e:
-            print(f"  (gateway {obj.get('metadata', {}).get('name')} unreadable: {e})")
-    return render_topology(gateways, PlanConfig().tunnel_cidr)
+async def _cluster_status(kubeconfig: str) -> ClusterStatus:
+    return status_from(await collect(kubeconfig))
+
+
+def cluster_status(rc: RavenCluster, timeout: float = 20.0) -> ClusterStatus:
+    """What `raven status` shows (its own reads and computation, run in the control-plane netns), once the agents'
+    reports say every pair is up (their loss window first has to forget the probes sent before the tunnels were
+    up), or after `timeout` s: then the status shows what is not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = rc.api.call(_cluster_status(str(rc.kubeconfig)))
+        if all(p.state == "up" for p in status.pairs) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def write_graph(status: ClusterStatus, out_dir: Path) -> list[Path]:
+    """`raven graph` of the demo's cluster as DOT and, when Graphviz is installed, SVG; the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dot = render_graph(status)
+    written = [out_dir / "raven-graph.dot"]
+    written[0].write_text(dot)
+    if shutil.which("dot") is not None:
+        written.append(out_dir / "raven-graph.svg")
+        written[1].write_text(svg(dot))
+    return written
 
 
 def hint(rc: RavenCluster) -> str:
@@ -118,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--topology", default="default", help="a name in e2e/topologies/ or a YAML path")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for convergence")
     ap.add_argument("--prefix", default=PREFIX, help="name prefix of every namespace the demo creates")
+    ap.add_argument("--out-dir", default=".demo", help="where the graph (DOT, SVG) is written")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every lab step")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -148,8 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_matrix(matrix, pods))
         print("\nGateways (status written by the controller):")
         print(format_gateways(rc))
-        print("\nPaths between pools (as the agents plan them):")
-        print(format_paths(rc), end="")
+        status = cluster_status(rc)
+        print("\n`raven status` (pools, paths and their health, from the agents' planning code and PathReports; "
+              "also `kubectl raven status`):")
+        print(render_status(status), end="")
+        files = write_graph(status, Path(args.out_dir))
+        print(f"\nThe same as a picture (`raven graph`): {', '.join(str(f) for f in files)}"
+              + ("" if len(files) > 1 else " (install graphviz for the SVG)"))
         print(f"\nFull green matrix {green_s:.1f}s after start "
               f"(topology {rc.timings.get('build_s', 0):.2f}s, all processes started at "
               f"{rc.timings.get('started_s', 0):.1f}s).")

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raven: cross-region pod networking for edge Kubernetes clusters. "
         "One binary, two modes: the controller elects each Gateway's active endpoints; "
         "the agent (on every node) programs routes, VXLAN and IPsec to match.",
+        epilog="operator tools: `raven status` and `raven graph` (also `kubectl raven ...`; see `raven status -h`)",
     )
     p.add_argument("--version", action="version", version=f"raven {raven_version()}")
     p.add_argument("--mode", choices=("controller", "agent"), required=True, help="what this process runs")
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from raven.diagnose import main as diagnose_main
 
         return diagnose_main(args[1:], os.environ if env is None else env)
+    if args and args[0] in ("status", "graph"):  # the operator tools: raven/opscli.py
+        from raven import opscli
+
+        return opscli.main(args, env)
     ns = build_parser().parse_args(args)
     try:
         cfg = build_config(ns, os.environ if env is None else env)

@@ -25,6 +25,7 @@ RUNTIME_PURPOSE = {
     "iptables": "iptables-save/-restore for the TCP MSS clamping chain",
     "wireguard-tools": "wg, for operators inspecting raven-wg0 (--vpn-driver=wireguard) in the pod",
     "wireguard-go": "the userspace WireGuard the agent starts for raven-wg0 where the kernel has none",
+    "graphviz": "dot, which lays out `raven graph -o svg` (the image runs the CLI too: kubectl exec ... raven graph)",
 }
 
 

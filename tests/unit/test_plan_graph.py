@@ -40,9 +40,10 @@ def test_problems_are_shown() -> None:
 def test_dot_has_one_edge_per_pair() -> None:
     dot = render_dot(build_topology(parse(cluster_json()), CFG.tunnel_cidr))
     assert dot.startswith("graph raven {") and dot.rstrip().endswith("}")
-    assert '"gw-edge-a" -- "gw-cloud" [dir=forward];' in dot
-    assert '"gw-edge-a" -- "gw-edge-b" [style=dashed, label="via gw-cloud"];' in dot
-    assert dot.count(" -- ") == 6
+    # Pairs join the pools' active endpoints; members join their gateway (5 members).
+    assert '"gw-cloud/cloud-1" -- "gw-edge-a/edge-a-1" [label="unknown", color=gray50];' in dot
+    assert '"gw-edge-a/edge-a-1" -- "gw-edge-b/edge-b-1" [label="via gw-cloud\\nunknown", style=dashed' in dot
+    assert dot.count(" -- ") == 6 + 5
 
 
 def test_plan_text_counts_objects_and_lists_connections() -> None:
