@@ -6,7 +6,7 @@ candidates each peer's tunnel endpoint address over the underlay (`underlay`).""
 from __future__ import annotations
 
 from raven.agent.plan import PlanConfig, plan
-from raven.dataplane.state import ProbeSnat
+from raven.dataplane.state import SCOPE_SITE, ProbeSnat
 from tests.unit.plan_cluster import cluster_json, nodes, parse, set_active
 
 CFG = PlanConfig()
@@ -68,7 +68,9 @@ def test_no_role_no_probes() -> None:
 
 def test_a_member_probes_through_its_gateway_each_peer_the_gateway_has_a_tunnel_to() -> None:
     member, gw = _plan("edge-a-2"), _plan("edge-a-1")
-    own = next(a.cidr.split("/")[0] for a in member.state.addresses if a.ifname == CFG.intra_pool_link)
+    # raven0 holds the overlay address (site scope) and the node source (global): probes leave from the former.
+    own = next(a.cidr.split("/")[0] for a in member.state.addresses
+               if a.ifname == CFG.intra_pool_link and a.scope == SCOPE_SITE)
     via = [t for t in member.probes if t.kind == "via"]
     sas = {c.remote_ts.removesuffix("/32"): c.local_ts.removesuffix("/32") for c in gw.state.ipsec}
     assert sorted(t.address for t in via) == sorted(sas)  # each direct peer's inner address, relayed ones not
