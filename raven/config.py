@@ -337,14 +337,17 @@ class ControllerConfig(NetworkRanges):
     renew_deadline: float = setting(10.0, "seconds the leader keeps trying to renew before it stops writing",
                                     check=positive)
     retry_period: float = setting(2.0, "seconds between Lease acquire/renew attempts", check=positive)
-    health_failover: bool = setting(False, "replace a Ready active gateway that the agents' PathReports show is "
-                                    "not forwarding, and keep a NotReady one the data plane still reaches (opt-in "
-                                    "until its end-to-end scenarios are proven); off: Node readiness only")
+    health_failover: bool = setting(True, "replace a Ready active gateway that the agents' PathReports show is not "
+                                    "forwarding, and keep a NotReady one the data plane still reaches; "
+                                    "--no-health-failover: Node readiness only")
     health_hold_time: float = setting(60.0, "seconds a gateway replaced on health evidence must show nothing against "
                                       "it before it may be elected again", check=positive)
     health_settle_time: float = setting(1.0, "seconds a loss must last before it counts against a gateway when "
                                         "another report still says the far end is up (that report may just be "
                                         "written later)", check=positive)
+    health_establish_time: float = setting(10.0, "seconds a path (a tunnel, a new gateway's raven0) may take to come "
+                                           "up after either end's election before its losses count against a "
+                                           "gateway", check=positive)
     health_stale_after: float = setting(180.0, "seconds after which a PathReport's heartbeat is stale (no evidence); "
                                         "3 x the agents' heartbeat", check=positive)
     service_cidr: tuple[str, ...] = setting((), "the cluster's Service CIDRs (comma-separated, as the API server's "

@@ -33,7 +33,7 @@ def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
     # The agent side of path health, measured with the gateways fixed: with health failover on, the controller
     # rightly replaces gw-edge-b's active endpoint when its WAN is cut (peers report it down), which moves the
     # targets under the cut test. Failover on health is tested in the controller's own suites.
-    cluster = RavenCluster("default", prefix=PREFIX)  # --health-failover is off by default: the agent side only
+    cluster = RavenCluster("default", prefix=PREFIX, controller_args=["--no-health-failover"])
     failed = True
     try:
         cluster.start()

@@ -81,7 +81,8 @@ class Controller:
             self.pathreports = TypedInformer(Informer(client, PATHREPORTS, "pathreports", reg), PathReport.from_dict)
             health = HealthSettings(stale_after=timedelta(seconds=cfg.health_stale_after),
                                     hold_time=timedelta(seconds=cfg.health_hold_time),
-                                    settle=timedelta(seconds=cfg.health_settle_time))
+                                    settle=timedelta(seconds=cfg.health_settle_time),
+                                    establish=timedelta(seconds=cfg.health_establish_time))
         api = TypedClient(client)
         self.recorder = EventRecorder(client, COMPONENT, instance=cfg.identity, may_write=self.may_write)
         self.exposure = Exposure(api, namespace, self.services, self.endpoints, self.may_write)

@@ -33,7 +33,7 @@ from raven.api.constants import (
     ENDPOINT_TYPE_TUNNEL,
     EXPOSE_TYPE_LOAD_BALANCER,
 )
-from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
+from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, PathHealth, validate
 from raven.api.node import Node
 from raven.controller.nodecheck import Finding
 
@@ -57,6 +57,8 @@ class HealthInput:
     held: frozenset[str] = frozenset()
     # (type, status, reason, message) of the health condition to set; None leaves conditions as they are.
     condition: tuple[str, str, str, str] | None = None
+    # status.pathHealth to write (peer counts, held nodes); None keeps the previous one.
+    path_health: PathHealth | None = None
 
 
 NO_HEALTH = HealthInput()
@@ -265,6 +267,7 @@ def elect(
         nodes=[_node_info(n) for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
         conditions=conditions,
+        path_health=health.path_health if health.path_health is not None else previous.path_health,
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}

@@ -283,3 +283,38 @@ async def test_without_the_pathreport_crd_the_leader_does_not_wait_for_reports(a
         assert time.monotonic() - began < PATHREPORT_SYNC_WAIT_S - 2
     finally:
         await kube.close()
+
+
+async def test_a_new_leader_writes_nothing_while_a_node_is_held(kube: KubeClient, start: Start) -> None:
+    """The election is sticky across leaders: a leader change alone causes zero Gateway writes, also right after a
+    health failover (the held node and the FailedOver condition come from status.pathHealth, not from memory)."""
+    reports = await cluster(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, health_hold_time=300.0)
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads")
+    for p in POOLS:
+        await wait_active(kube, f"gw-{p}", [f"{p}-1"])
+    await reports.write_all()
+    await forwarding_off(reports, "a")
+    await wait_active(kube, "gw-a", ["a-2"])
+    reports.actives["gw-a"] = "a-2"
+    reports.state = {}
+    await reports.write_all()
+    await eventually(lambda: tunnels(kube, "gw-a"), lambda c: c is not None and c["reason"] == "FailedOver",
+                     what="gw-a FailedOver while a-1 is held")
+    gw = await kube.get(GATEWAYS, "gw-a")
+    (held,) = gw["status"]["pathHealth"]["held"]
+    assert held["nodeName"] == "a-1" and "2 of 2 members (through it)" in held["evidence"], held
+    assert gw["status"]["pathHealth"]["peersUp"] == 2 and gw["status"]["pathHealth"]["peers"] == 2
+    await a.drained()
+    rvs = {g: (await kube.get(GATEWAYS, f"gw-{g}"))["metadata"]["resourceVersion"] for g in POOLS}
+    b = await start(identity="ctrl-b", leader_elect=True, health_hold_time=300.0)
+    await a.stop()  # releases the Lease
+    await eventually(lambda: b.metric("raven_controller_leader"), lambda v: v == 1, what="b leads")
+    # b reconciled every Gateway (the report events it saw too) before "nothing changed" means anything.
+    await eventually(b.reconciles, lambda n: n >= len(POOLS), what="b reconciled every gateway")
+    await b.drained()
+    assert {g: (await kube.get(GATEWAYS, f"gw-{g}"))["metadata"]["resourceVersion"] for g in POOLS} == rvs
+    assert b.metric("raven_controller_status_writes_total") == 0
+    # ... and b still holds a-1: it fills no slot while a-2 works, and its hold is still written.
+    assert await active(kube, "gw-a") == ["a-2"]
+    assert (await tunnels(kube, "gw-a") or {}).get("reason") == "FailedOver"

@@ -94,6 +94,7 @@ BAD = {
     "retry_period": "0",
     "health_hold_time": "0",
     "health_settle_time": "0",
+    "health_establish_time": "0",
     "health_stale_after": "-1",
     "vpn_driver": "wireguard",
     "vici_socket": "",

@@ -413,3 +413,64 @@ def test_a_held_node_still_fills_a_hole_left_by_readiness_when_nobody_else_can()
     v = w.assess("gw-ea", memory, NOW + timedelta(seconds=5))
     assert "ea-1" in v.election.unfit and v.election.held == {"ea-1"}
     assert w.elect("gw-ea", v) == ["ea-1"]
+
+
+def test_losses_on_a_tunnel_still_coming_up_are_no_evidence_until_it_is_old_enough() -> None:
+    """At start (or after an election) probes run before IKE is up: a peer's first `down` about a gateway elected
+    a moment ago is not a failure (seen in the e2e cluster: one peer's report, written before the others', failed
+    over a gateway whose tunnels were still coming up). Still down once the tunnel is `establish` old: it counts."""
+    w = world()
+    ep = w.active("gw-ep")
+    elected = {(g, w.active(g)): T0 - timedelta(seconds=1) for g in w.gateways}
+    for h in ("gw-cloud", "gw-ea", "gw-eb"):
+        w.target(w.active(h), about("gw-ep", "peer"), "down")
+    w.target(ep, everything, "unknown")  # its own probes have not judged anything yet
+    for m in nodes_of("gw-ep")[1:]:  # its members reach it over raven0, nothing through it yet
+        w.target(m, lambda t: t.kind == "via", "down")
+
+    def verdict(now: datetime) -> HealthVerdict:
+        cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ep"}
+        return assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(), now, SETTINGS,
+                      elected)
+
+    young = verdict(NOW)
+    assert not young.blamed and young.next_check == T0 - timedelta(seconds=1) + SETTINGS.establish
+    old = verdict(T0 + SETTINGS.establish)
+    assert old.blamed[ep].kind == "peers", old
+    # Without election times (a controller that saw the election happen before it started) nothing is young.
+    assert w.assess("gw-ep").blamed
+
+
+def test_a_young_tunnel_that_one_end_reaches_is_established_and_its_losses_count() -> None:
+    """The members of a just-elected gateway lose everything through it while it reaches its peers itself: its
+    tunnels are up, so it answers but does not forward (R2) at once."""
+    w = world()
+    a = w.active("gw-ea")
+    elected = {("gw-ea", a): NOW - timedelta(seconds=1)}
+    forwarding_off(w, "gw-ea")
+    cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ea"}
+    v = assess(w.gateways["gw-ea"], cands, w.actives(), w.reports.values(), HealthMemory(), NOW, SETTINGS, elected)
+    assert v.blamed[a].kind == "forwarding", v
+
+
+def test_path_health_counts_the_peers_and_carries_the_memory_to_a_new_leader() -> None:
+    from raven.api.gateway import GatewayStatus as Status
+    from raven.controller.health import memory_from_status
+
+    w = world()
+    w.target(w.active("gw-cloud"), about("gw-ea", "peer"), "down")
+    v = w.assess("gw-ea")
+    assert (v.peers_up, v.peers) == (3, 3)  # gw-ea's own report still reaches the cloud gateway
+    w.target(w.active("gw-ea"), about("gw-cloud", "peer"), "down")
+    v = w.assess("gw-ea")
+    assert (v.peers_up, v.peers) == (2, 3)
+    node_dies(w, "gw-eb")
+    b = w.active("gw-eb")
+    v = w.assess("gw-eb")
+    memory = record_failover(v.memory, b, v.blamed[b], NOW)
+    after = w.assess("gw-eb", memory)
+    ph = after.election.path_health
+    assert ph is not None and [h.node_name for h in ph.held] == [b] and not ph.trial_spent
+    # What a new leader reads back from the written status is what the old one remembered.
+    parsed = Status.from_dict({"pathHealth": ph.to_dict()}).path_health
+    assert parsed == ph and memory_from_status(parsed) == after.memory
