@@ -42,9 +42,23 @@ def test_agent_restart_on_a_gateway_and_on_a_member_loses_no_packet(rc: RavenClu
 
 
 def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: RavenCluster) -> None:
+    """The agent reloads a restarted charon by itself. While charon is down its peers lose the gateway, which
+    health failover (the default) cannot tell from charon dead for good (scenario b): with a standby to go to, it
+    fails over, which is the designed outcome (test_05's credential mismatch and test_09 cover it). Here the standby
+    reports itself NotReady, so nothing can do better (NoBetterCandidate): the gateway stays and heals in place."""
     gw = rc.active_gateway_node("gw-edge-pub")
+    standby = rc.member_node("edge-pub")
     agent_pid = rc.agents[gw].pid
     peers = [rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")]
+    rc.set_node_ready(standby, False)
+    try:
+        _charon_restart_heals_in_place(rc, gw, agent_pid, peers)
+    finally:
+        rc.set_node_ready(standby, True)
+    assert rc.active_endpoints()["gw-edge-pub"] == [gw]
+
+
+def _charon_restart_heals_in_place(rc: RavenCluster, gw: str, agent_pid: int, peers: list[str]) -> None:
     t0 = time.monotonic()
     rc.restart_charon(gw)
     assert not any(n.startswith("raven-") for n in rc.sas(gw)), "a restarted charon starts empty"
@@ -60,6 +74,7 @@ def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: R
         k for k, r in rc.ping_matrix(pods_pub[:1] + others).results.items() if not r.ok], timeout=60, interval=0.2)
     MEASUREMENTS["charon_restart_recovery_s"] = round(time.monotonic() - t0, 2)
     assert rc.agents[gw].pid == agent_pid and rc.agents[gw].alive()
+    assert rc.active_endpoints()["gw-edge-pub"] == [gw]
 
 
 def test_controller_leader_killed_standby_takes_over_without_flapping(rc: RavenCluster) -> None:

@@ -21,6 +21,9 @@ class Node:
     resource_version: str = ""
     uid: str = ""
     created: str = ""  # metadata.creationTimestamp (RFC 3339, so strings compare in time order); "" if unknown
+    # Ready is Unknown: the control plane cannot hear the node (the node lifecycle controller's NodeStatusUnknown,
+    # "Kubelet stopped posting node status"), as opposed to Ready=False, which the node itself reports.
+    unreachable: bool = False
 
     @property
     def gateway(self) -> str | None:
@@ -57,10 +60,11 @@ class Node:
                 internal_ip = str(addr.get("address"))
                 break
         cidrs = _arr(spec.get("podCIDRs")) or ([spec.get("podCIDR")] if spec.get("podCIDR") else [])
-        ready = False
+        ready = unreachable = False
         for cond in _arr(status.get("conditions")):
             if is_object(cond) and cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
+                unreachable = cond.get("status") == "Unknown"
         labels = _obj(meta.get("labels"))
         return cls(
             name=str(meta.get("name", "")),
@@ -72,6 +76,7 @@ class Node:
             resource_version=str(meta.get("resourceVersion", "")),
             uid=str(meta.get("uid", "")),
             created=str(meta.get("creationTimestamp", "")),
+            unreachable=unreachable,
         )
 
 

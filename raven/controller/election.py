@@ -16,7 +16,8 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
   without forking these rules: an active endpoint that is `not_forwarding` is replaced, in its slot, by the
   next fit candidate (and kept when there is none: nothing better to move to); an `unfit` candidate (held
   after a health failover, or its own reports say it cannot do better) is never newly elected; a `keep`
-  active endpoint stays although its Node is NotReady (edge autonomy: the data plane says it works).
+  active endpoint stays although its Node's Ready is Unknown (edge autonomy: the control plane cannot hear the
+  node, the data plane says it works).
 - a node the cluster-wide checks rejected (`nodecheck`: a bad pod CIDR) is neither listed in status.nodes nor
   eligible; it and every endpoint misconfiguration are reported in the `NodesValid` condition (False while
   any is found; its reason is the first finding's, in node order, the same reason as that finding's Event).

@@ -3,7 +3,8 @@
 
 `assess()` returns a `HealthVerdict` whose `election` part (`HealthInput`) feeds the one sticky election
 (election.py): `not_forwarding` active nodes are replaced when a fit candidate exists and kept otherwise,
-`unfit` candidates are never newly elected, `keep` active nodes stay although NotReady (edge autonomy).
+`unfit` candidates are never newly elected, `keep` active nodes stay although their Node's Ready is Unknown (edge
+autonomy).
 
 Evidence. Only fresh reports count (heartbeat not older than `stale_after`, 3 x the agents' heartbeat; a stale
 report is no evidence, never "down"), written by the node they name, by a node the controller's view agrees with
@@ -53,8 +54,11 @@ whatever the gateway can do. A loss still there when the path is `establish` old
 its tunnels up is replaced then). A member's path to its gateway over raven0 needs no set-up (every node's raven0
 and its address exist before any election), so R1 is never masked.
 
-Edge autonomy. An active endpoint whose Node is NotReady (the control plane lost its pool) is kept while a
-fresh report from another pool's gateway still reaches it through the tunnel and nothing above blames it. When
+Edge autonomy. An active endpoint whose Node's Ready condition is Unknown (the control plane cannot hear it: the
+node lifecycle controller's NodeStatusUnknown, as when the control plane loses a pool) is kept while a fresh report
+from another pool's gateway still reaches it through the tunnel and nothing above blames it. Ready=False is not
+kept: the control plane hears that node, and the node itself says it is not ready (a kubelet or runtime failure,
+a node being shut down or drained); it is replaced as before. When
 reports stop (all stale), there is no evidence either way and the election falls back to Node readiness alone.
 """
 
@@ -469,9 +473,9 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         if blame is None:
             peers = view.peer_views_of(gw.name, a)
             reaching = [t for _, t in peers if t.reached]
-            if node is not None and not node.ready and not node.being_deleted and reaching:
+            if node is not None and node.unreachable and not node.being_deleted and reaching:
                 keep[a] = f"{len(reaching)} of {len(peers)} peers reach it through the tunnel"
-                messages.append(f"{a} is NotReady but kept: {keep[a]}")
+                messages.append(f"{a} is unreachable by the control plane (Ready Unknown) but kept: {keep[a]}")
                 status, reason = "True", REASON_KEPT
                 continue
             lost_own = [t for t in view.own_peers(a) if t.lost]

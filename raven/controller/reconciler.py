@@ -116,7 +116,7 @@ def rfc3339_now() -> str:
 
 def _facts(n: Node) -> tuple[object, ...]:
     """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
-    return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway)
+    return (n.internal_ip, n.pod_cidrs, n.ready, n.unreachable, n.being_deleted, n.gateway)
 
 
 def _checked_facts(n: Node) -> tuple[object, ...]:

@@ -228,9 +228,10 @@ async def test_no_flap_the_new_gateway_keeps_its_role_when_the_old_one_recovers(
 
 
 async def test_edge_autonomy_keeps_a_notready_gateway_the_peers_still_reach(kube: KubeClient, start: Start) -> None:
+    """Ready Unknown (the control plane cannot hear a-1) while its peers still reach it: kept."""
     ctrl, reports = await ready_cluster(kube, start)
     seen = ctrl.delivered("nodes", "MODIFIED")
-    await set_ready(kube, "a-1", False)
+    await set_ready(kube, "a-1", False, unreachable=True)
     await ctrl.acted_on("nodes", "MODIFIED", seen)
     assert await active(kube, "gw-a") == ["a-1"]
     cond = await tunnels(kube, "gw-a")
@@ -318,3 +319,11 @@ async def test_a_new_leader_writes_nothing_while_a_node_is_held(kube: KubeClient
     # ... and b still holds a-1: it fills no slot while a-2 works, and its hold is still written.
     assert await active(kube, "gw-a") == ["a-2"]
     assert (await tunnels(kube, "gw-a") or {}).get("reason") == "FailedOver"
+
+
+async def test_a_gateway_reporting_itself_not_ready_is_replaced_although_the_peers_reach_it(kube: KubeClient,
+                                                                                              start: Start) -> None:
+    ctrl, _ = await ready_cluster(kube, start)
+    await set_ready(kube, "a-1", False)  # Ready=False: the kubelet says so, the control plane hears the node
+    await wait_active(kube, "gw-a", ["a-2"])
+    assert failovers(ctrl, "not_ready") == 1 and failovers(ctrl, "not_forwarding") == 0

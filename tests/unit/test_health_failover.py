@@ -75,8 +75,9 @@ class World:
         ts = tuple(replace(t, state=state, since=T0) if pred(t) else t for t in r.status.targets)
         self.reports[reporter] = replace(r, status=replace(r.status, targets=ts))
 
-    def set_ready(self, node: str, ready: bool) -> None:
-        self.nodes[node] = replace(self.nodes[node], ready=ready)
+    def set_ready(self, node: str, ready: bool, unreachable: bool = False) -> None:
+        """`unreachable`: Ready is Unknown (the control plane cannot hear the node), not False."""
+        self.nodes[node] = replace(self.nodes[node], ready=ready, unreachable=not ready and unreachable)
 
     def restale(self, node: str, age: float) -> None:
         r = self.reports[node]
@@ -317,7 +318,7 @@ def test_no_flap_released_node_is_not_moved_back_while_the_active_works() -> Non
 def test_edge_autonomy_keeps_a_notready_gateway_that_the_data_plane_still_reaches() -> None:
     w = world()
     for n in nodes_of("gw-ea"):
-        w.set_ready(n, False)
+        w.set_ready(n, False, unreachable=True)
         w.restale(n, 400)  # the pool cannot write its reports either
     w.set_ready("ea-2", True)  # even with a Ready candidate to go to
     v = w.assess("gw-ea")
@@ -326,10 +327,19 @@ def test_edge_autonomy_keeps_a_notready_gateway_that_the_data_plane_still_reache
     assert w.elect("gw-ea", v) == ["ea-1"]
 
 
+def test_a_node_that_says_it_is_not_ready_is_replaced_as_before_whatever_the_data_plane_says() -> None:
+    """Ready=False comes from the node itself (the control plane hears it): not edge autonomy."""
+    w = world()
+    w.set_ready("ea-1", False)
+    v = w.assess("gw-ea")
+    assert v.election.keep == {} and v.condition_reason == REASON_HEALTHY
+    assert w.elect("gw-ea", v) == ["ea-2"]
+
+
 def test_edge_autonomy_ends_when_the_peers_lose_it() -> None:
     w = world()
     for n in nodes_of("gw-ea"):
-        w.set_ready(n, False)
+        w.set_ready(n, False, unreachable=True)
         w.restale(n, 400)
     w.set_ready("ea-2", True)
     peers_of_lose(w, "gw-ea")
