@@ -117,12 +117,12 @@ def test_d_gateway_agent_killed_and_not_restarted_no_failover_no_loss(rc: RavenC
         rc.agents[gw].kill()
         try:
             assert not rc.agents[gw].alive()
-            # Seen: the peers keep probing gw-edge-b's gateway and its kernel answers (3 s of probes at 0.2 s, for
+            # Seen: the peers keep probing gw-edge-b's gateway and its kernel answers (4 s of probes at 0.2 s, for
             # each peer), their reports say it is up, and the leader processed whatever was written meanwhile.
             for p in peers.values():
                 def answered(p: str = p) -> bool:
                     got = metric(rc.metrics(f"agent/{p}"), "raven_probe_replies_total", kind="peer")
-                    return got >= replies0[p] + 15 * 2
+                    return got >= replies0[p] + 15 * 4
                 rc.wait_for(f"{p}'s probes answered without {gw}'s agent", answered, timeout=30)
             rs = _reports(rc)
             for p in peers.values():
