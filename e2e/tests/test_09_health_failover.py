@@ -19,7 +19,6 @@ Outages go to MEASUREMENTS (terminal summary) as `health_<scenario>`."""
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,21 +32,11 @@ from e2e.topology import TOPOLOGY_DIR, parse_topology
 from raven.api.pathreport import PathReport
 from raven.kube.client import EVENTS, GATEWAYS, PATHREPORTS
 
-from .conftest import MEASUREMENTS, PREFIX
+from .conftest import MEASUREMENTS, PREFIX, own_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 EDGE_GATEWAYS = ("gw-edge-a", "gw-edge-b", "gw-edge-pub")
-
-
-@pytest.fixture
-def writes(rc: RavenCluster) -> Iterator[PathReportWrites]:
-    counter = PathReportWrites()
-    rc.api.server.on_request = counter
-    try:
-        yield counter
-    finally:
-        rc.api.server.on_request = None
 
 
 def _leader(rc: RavenCluster) -> int:
@@ -209,18 +198,7 @@ def two_pool_spec() -> Any:
 
 @pytest.fixture(scope="module")
 def rc2(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("end-to-end scenarios need root (network namespaces)")
-    cluster = RavenCluster(two_pool_spec(), prefix=f"{PREFIX}2")
-    failed = True
-    try:
-        cluster.start()
-        cluster.wait_converged(timeout=120)
-        failed = False
-        yield cluster
-    finally:
-        cluster.close(keep_logs=failed or request.session.testsfailed > 0
-                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
+    yield from own_cluster(request, RavenCluster(two_pool_spec(), prefix=f"{PREFIX}2"))
 
 
 def test_e_two_pools_cloud_gateway_node_dies_only_the_cloud_pool_fails_over(rc2: RavenCluster) -> None:

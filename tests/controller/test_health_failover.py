@@ -122,6 +122,15 @@ async def forwarding_off(reports: Reports, pool: str) -> None:
         await reports.write(m)
 
 
+async def forwarding_off_then_agents_follow(kube: KubeClient, reports: Reports) -> None:
+    """a-1 stops forwarding, the controller fails gw-a over to a-2, and the agents follow (all up again)."""
+    await forwarding_off(reports, "a")
+    await wait_active(kube, "gw-a", ["a-2"])
+    reports.actives["gw-a"] = "a-2"
+    reports.state = {}
+    await reports.write_all()
+
+
 def failovers(ctrl: RunningController, reason: str) -> float:
     return ctrl.metric("raven_gateway_failovers_total", {"reason": reason})
 
@@ -213,11 +222,7 @@ async def test_held_node_is_not_reelected_until_clean_for_the_hold_time(kube: Ku
 async def test_no_flap_the_new_gateway_keeps_its_role_when_the_old_one_recovers(kube: KubeClient,
                                                                                 start: Start) -> None:
     ctrl, reports = await ready_cluster(kube, start, health_hold_time=1.0)
-    await forwarding_off(reports, "a")
-    await wait_active(kube, "gw-a", ["a-2"])
-    reports.actives["gw-a"] = "a-2"
-    reports.state = {}
-    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
     await eventually(lambda: tunnels(kube, "gw-a"), lambda c: c is not None and c["reason"] == "Healthy",
                      within=10, what="hold over and gw-a healthy")
     seen = ctrl.delivered("pathreports", "MODIFIED")
@@ -295,11 +300,7 @@ async def test_a_new_leader_writes_nothing_while_a_node_is_held(kube: KubeClient
     for p in POOLS:
         await wait_active(kube, f"gw-{p}", [f"{p}-1"])
     await reports.write_all()
-    await forwarding_off(reports, "a")
-    await wait_active(kube, "gw-a", ["a-2"])
-    reports.actives["gw-a"] = "a-2"
-    reports.state = {}
-    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
     await eventually(lambda: tunnels(kube, "gw-a"), lambda c: c is not None and c["reason"] == "FailedOver",
                      what="gw-a FailedOver while a-1 is held")
     gw = await kube.get(GATEWAYS, "gw-a")
