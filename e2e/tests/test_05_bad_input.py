@@ -135,9 +135,11 @@ def test_credential_mismatch_on_one_gateway_is_visible_and_the_pool_fails_over(r
         # Replaced: the controller names the evidence, and edge-pub is reachable again through its new gateway.
         rc.wait_for(f"gw-edge-pub to fail over to {standby}",
                     lambda: rc.active_endpoints()["gw-edge-pub"] == [standby], timeout=30)
-        evs = [e for e in _events(rc, "GatewayNotForwarding", "gw-edge-pub")
-               if e.get("message", "").startswith(f"gateway {gw} is not forwarding")]
-        assert evs and "peers lost the gateway since" in evs[-1]["message"], evs
+        def failover_events() -> list[str]:
+            return [str(e.get("message", "")) for e in _events(rc, "GatewayNotForwarding", "gw-edge-pub")
+                    if str(e.get("message", "")).startswith(f"gateway {gw} is not forwarding")]
+        rc.wait_for("the GatewayNotForwarding Event", lambda: bool(failover_events()), timeout=30)
+        assert "peers lost the gateway since" in failover_events()[-1], failover_events()
         m2 = rc.metrics(f"controller/{leader}")
         assert metric(m2, "raven_gateway_failovers_total", reason="not_forwarding") == before + 1
         rc.wait_for("full matrix through the new gateway", lambda: rc.ping_matrix().green, timeout=60)

@@ -171,8 +171,10 @@ def _cloud_node_dies(rc: RavenCluster, writes: PathReportWrites, edge_gateways: 
         raise
     assert {g: rc.active_gateway_node(g) for g in edge_gateways} == edges, "an edge pool moved"
     assert _leader_metric(rc, leader, "raven_gateway_failovers_total", reason="not_forwarding") == failovers0 + 1
-    evs = [m for m in _not_forwarding_events(rc, "gw-cloud") if m.startswith(f"gateway {old} is not forwarding")]
-    assert evs and "lost the gateway since" in evs[-1], evs
+    def evs() -> list[str]:
+        return [m for m in _not_forwarding_events(rc, "gw-cloud") if m.startswith(f"gateway {old} is not forwarding")]
+    rc.wait_for("the GatewayNotForwarding Event", lambda: bool(evs()), timeout=30)  # Events are written apart
+    assert "lost the gateway since" in evs()[-1], evs()
     for g in edge_gateways:
         assert not [m for m in _not_forwarding_events(rc, g) if "since" in m and old in m], g
     out = {"detected_and_elected_s": round(moved, 3), "cloud_pool": _outages(results[0])}
