@@ -101,6 +101,7 @@ def main() -> int:
         fo = counter.between(t1, t1 + FAILOVER_S)
         fo_reports = [w for w in fo if w[1] == "pathreports"]
         per_node = {n: sum(1 for w in fo_reports if w[2] == n) for n in sorted(rc.agents)}
+        per_gateway = dict(sorted(Counter(w[2] for w in fo if w[1] == "gateways/status").items()))
     finally:
         rc.api.server.on_request = None
         rc.close()
@@ -110,7 +111,7 @@ def main() -> int:
           f"all writes by kind {steady_kinds} ({non_lease / STEADY_S * 60:.1f} per minute besides the Lease)")
     print(f"one health failover (gw-edge-a's node dies, still Ready): elected after {took:.2f} s; "
           f"{FAILOVER_S:.0f} s after: {len(fo)} writes {by_kind(fo)}; PathReports max {max(per_node.values())} "
-          f"from one node; per node {per_node}")
+          f"from one node; per node {per_node}; Gateway status writes per Gateway {per_gateway}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "pathreports.json").write_text(json.dumps({
@@ -119,6 +120,7 @@ def main() -> int:
         "steady_writes_by_kind": steady_kinds, "steady_writes_per_minute_besides_leases": non_lease / STEADY_S * 60,
         "failover_elected_s": took, "failover_window_s": FAILOVER_S, "failover_writes": len(fo_reports),
         "failover_writes_by_kind": by_kind(fo), "failover_writes_per_node": per_node,
+        "failover_status_writes_per_gateway": per_gateway,
         "met": ok}, indent=2))
     return 0 if ok else 1
 
