@@ -147,6 +147,7 @@ class Controller:
         if self.pathreports is not None:
             await self._wait_for_reports()
         log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
+        self.reconciler.new_term()
         self.reconciler.enqueue_all()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -332,6 +332,12 @@ class GatewayReconciler:
         if owner:
             self.queue.add(owner)
 
+    def new_term(self) -> None:
+        """Leading (again): the health memory comes from the Gateways' status.pathHealth, which another leader may
+        have changed meanwhile, not from what this replica remembered of an earlier term."""
+        self._memory.clear()
+        self._failover_memory.clear()
+
     def enqueue_all(self) -> None:
         for name in self.gateways.keys():
             self.queue.add(name)

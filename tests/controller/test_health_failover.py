@@ -328,3 +328,37 @@ async def test_a_gateway_reporting_itself_not_ready_is_replaced_although_the_pee
     await set_ready(kube, "a-1", False)  # Ready=False: the kubelet says so, the control plane hears the node
     await wait_active(kube, "gw-a", ["a-2"])
     assert failovers(ctrl, "not_ready") == 1 and failovers(ctrl, "not_forwarding") == 0
+
+
+async def test_a_replica_leading_again_takes_the_holds_from_the_status_not_from_its_last_term(
+        kube: KubeClient, start: Start) -> None:
+    """Another leader released a-1 meanwhile (status.pathHealth has no hold): when this replica leads again and a-2
+    stops forwarding, a-1 is a fit candidate (with its own term's memory it would still be held)."""
+    from raven.kube.client import LEASES
+    from raven.kube.leader import micro_time
+
+    reports = await cluster(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, health_hold_time=300.0, lease=(3.0, 2.0, 0.2))
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads")
+    for p in POOLS:
+        await wait_active(kube, f"gw-{p}", [f"{p}-1"])
+    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
+    await eventually(lambda: kube.get(GATEWAYS, "gw-a"),
+                     lambda g: [h["nodeName"] for h in g["status"]["pathHealth"].get("held", [])] == ["a-1"],
+                     what="a-1 held in the status")
+    lease = await kube.get(LEASES, "raven-controller", "kube-system")
+    lease["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
+    await kube.replace(LEASES, "raven-controller", lease, "kube-system")
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0, what="a steps down")
+    # The thief's term: it released a-1 (held lists are replaced whole by a merge patch).
+    await kube.merge_patch(GATEWAYS, "gw-a", {"status": {"pathHealth": {"held": []}}}, subresource="status")
+    lease = await kube.get(LEASES, "raven-controller", "kube-system")
+    del lease["spec"]["holderIdentity"]
+    await kube.replace(LEASES, "raven-controller", lease, "kube-system")
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads again")
+    for m in ("a-1", "a-3"):  # a-2 answers but forwards nothing
+        for p in ("c", "b"):
+            reports.state.setdefault(m, {})[("via", f"gw-{p}")] = "down"
+        await reports.write(m)
+    await wait_active(kube, "gw-a", ["a-1"])
