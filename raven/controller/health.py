@@ -48,9 +48,10 @@ turn. A held node may still fill a hole that Node readiness left when no other c
 
 Young tunnels. A loss on a path that needs a tunnel (a peer target, a member's `via` target) is no evidence while
 that path is younger than `establish` (10 s)
-from the election of either end (`elected`, as the controller saw it) and no end of the tunnel reports reaching the
-other: probes start with the plan, before IKE and the routes are up, so a path that was never up yet reads `down`
-whatever the gateway can do. A loss still there when the path is `establish` old counts (a gateway that never gets
+from the election of either end (`elected`, as the controller saw it): probes start with the plan, before IKE and
+the routes are up, so a path that was never up yet reads `down` whatever the gateway can do (and one direction may
+come up before the other). A member's `via` loss on a young tunnel the gateway itself reaches the far end through
+does count: that is the gateway not forwarding. A loss still there when the path is `establish` old counts (a gateway that never gets
 its tunnels up is replaced then). A member's path to its gateway over raven0 needs no set-up (every node's raven0
 and its address exist before any election), so R1 is never masked.
 
@@ -230,7 +231,9 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
                      elected: Mapping[tuple[str, str], datetime], now: datetime, establish: timedelta,
                      pending: list[datetime]) -> list[PathReport]:
     """The reports with every loss on a path younger than `establish` read as `unknown` (see "Young tunnels"),
-    unless the tunnel is established (one of its ends reaches the other through it): then a loss through it is real.
+    except a member's loss *through* its gateway on a tunnel that gateway reaches the far end by: that one is the
+    gateway's forwarding. A peer's loss of a young tunnel is masked even when the other end reaches it (seen at
+    start in e2e: one direction up before the other).
 
     `elected`: (gateway, node) -> when the controller saw that node become an active endpoint (absent: before
     the controller started, i.e. old). A masked loss re-checks when its path comes of age (`pending`)."""
@@ -264,8 +267,8 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
             if t.lost and t.kind in ("peer", "via"):
                 ends = [x for x in (elected.get((t.gateway, t.node)), mine) if x is not None]
                 youngest = max(ends) if ends else None
-                if youngest is not None and now - youngest < establish and not established(
-                        st.gateway, near, t.gateway, t.node):
+                if youngest is not None and now - youngest < establish and not (
+                        t.kind == "via" and established(st.gateway, near, t.gateway, t.node)):
                     pending.append(youngest + establish)
                     targets.append(replace(t, state="unknown"))
                     changed = True

@@ -484,3 +484,21 @@ def test_path_health_counts_the_peers_and_carries_the_memory_to_a_new_leader() -
     # What a new leader reads back from the written status is what the old one remembered.
     parsed = Status.from_dict({"pathHealth": ph.to_dict()}).path_health
     assert parsed == ph and memory_from_status(parsed) == after.memory
+
+
+def test_a_young_tunnel_up_in_one_direction_only_is_still_coming_up() -> None:
+    """Seen at start in e2e: the gateway's own probes reach its peers while theirs do not reach it yet (one
+    direction's routes or SAs up before the other's): not a failure while the tunnel is young."""
+    w = world()
+    ep = w.active("gw-ep")
+    elected = {(g, w.active(g)): NOW - timedelta(seconds=4) for g in w.gateways}
+    for h in ("gw-cloud", "gw-ea", "gw-eb"):
+        w.target(w.active(h), about("gw-ep", "peer"), "down")
+    for m in nodes_of("gw-ep")[1:]:
+        w.target(m, lambda t: t.kind == "via", "unknown")
+    cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ep"}
+    v = assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(), NOW, SETTINGS, elected)
+    assert not v.blamed, v.condition_message
+    later = assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(),
+                   NOW + SETTINGS.establish, SETTINGS, elected)
+    assert later.blamed[ep].kind == "peers"
