@@ -47,13 +47,13 @@ turn. A held node may still fill a hole that Node readiness left when no other c
 (`HealthInput.held`): better a held node than no tunnel.
 
 Young tunnels. A loss on a path that needs a tunnel (a peer target, a member's `via` target) is no evidence while
-that path is younger than `establish` (10 s)
-from the election of either end (`elected`, as the controller saw it): probes start with the plan, before IKE and
-the routes are up, so a path that was never up yet reads `down` whatever the gateway can do (and one direction may
-come up before the other). A member's `via` loss on a young tunnel the gateway itself reaches the far end through
-does count: that is the gateway not forwarding. A loss still there when the path is `establish` old counts (a gateway that never gets
-its tunnels up is replaced then). A member's path to its gateway over raven0 needs no set-up (every node's raven0
-and its address exist before any election), so R1 is never masked.
+that path is younger than `establish` (10 s) from the election of either end (`elected`, as the controller saw
+it): probes start with the plan, before IKE and the routes are up, so a path that was never up yet reads `down`
+whatever the gateway can do (and one direction may come up before the other). A member's `via` loss on a young
+tunnel the gateway itself reaches the far end through does count: that is the gateway not forwarding. A loss
+still there when the path is `establish` old counts (a gateway that never gets its tunnels up is replaced then).
+A member's path to its gateway over raven0 needs no set-up (every node's raven0 and its address exist before any
+election), so R1 is never masked.
 
 Edge autonomy. An active endpoint whose Node's Ready condition is Unknown (the control plane cannot hear it: the
 node lifecycle controller's NodeStatusUnknown, as when the control plane loses a pool) is kept while a fresh report
