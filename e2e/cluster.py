@@ -391,9 +391,18 @@ class RavenCluster:
         return nodes[0]
 
     def set_node_ready(self, node: str, ready: bool) -> None:
-        """Write the node's Ready condition through the status subresource (what the kubelet does)."""
-        status = "True" if ready else "False"
-        cond = {"type": "Ready", "status": status, "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+        """Write the node's Ready condition through the status subresource, as its kubelet does (True, or False:
+        the node says it is not ready, e.g. its runtime failed or it is shutting down)."""
+        self._set_ready_condition(node, *(("True", "KubeletReady", "kubelet is posting ready status") if ready else
+                                          ("False", "KubeletNotReady", "container runtime is down")))
+
+    def set_node_unreachable(self, node: str) -> None:
+        """Ready Unknown, as the node lifecycle controller writes when the node's kubelet stopped posting status
+        (the control plane lost the node; its data plane may be fine). `set_node_ready(node, True)` undoes it."""
+        self._set_ready_condition(node, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+
+    def _set_ready_condition(self, node: str, status: str, reason: str, message: str) -> None:
+        cond = {"type": "Ready", "status": status, "reason": reason, "message": message,
                 "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.patch(NODES, node, {"status": {"conditions": [cond]}}, subresource="status")
 

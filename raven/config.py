@@ -2,6 +2,7 @@
 
 A setting is one field of `CommonConfig` (both modes), `NetworkRanges` (the cluster's address ranges, which both
 modes read from the same ConfigMap: the controller checks pod CIDRs against them, the agent plans with them),
+`SharedSettings` (the ranges plus the other values both modes must agree on),
 `ControllerConfig` or `AgentConfig` (whose plan settings sit in `PlanSettings`), declared with
 `setting(default, help, check=..., env=..., cluster=...)`.
 Its flag is the field name with dashes (`tunnel_cidr` -> `--tunnel-cidr`), its type the field's annotation.
@@ -316,6 +317,18 @@ class NetworkRanges:
                                check=ipv4_network, cluster=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SharedSettings(NetworkRanges):
+    """What the controller and every agent must agree on (the ConfigMap): the address ranges, and how long a new
+    path may take to come up. Agents report such a path down only after it; the controller counts a new tunnel's
+    losses (after either end's election) against a gateway only after it."""
+
+    health_establish_time: float = setting(10.0, "seconds a new path (a new target, a tunnel after either end's "
+                                           "election, one whose far end or gateway moved) may take to come up: "
+                                           "agents report it down, and the controller counts its losses against a "
+                                           "gateway, only after that", check=positive, cluster=True)
+
+
 def _check_ranges(cfg: NetworkRanges) -> None:
     """The two ranges together (each was checked by its own setting's check first)."""
     overlay, tunnel = ipaddress.ip_network(cfg.overlay_cidr), ipaddress.ip_network(cfg.tunnel_cidr)
@@ -328,7 +341,7 @@ def _check_ranges(cfg: NetworkRanges) -> None:
 
 
 @dataclass(frozen=True)
-class ControllerConfig(NetworkRanges):
+class ControllerConfig(SharedSettings):
     common: CommonConfig
     leader_elect: bool = setting(True, "compete for a Lease so only one replica writes; --no-leader-elect for "
                                  "a single replica")
@@ -339,9 +352,9 @@ class ControllerConfig(NetworkRanges):
     renew_deadline: float = setting(10.0, "seconds the leader keeps trying to renew before it stops writing",
                                     check=positive)
     retry_period: float = setting(2.0, "seconds between Lease acquire/renew attempts", check=positive)
-    health_failover: bool = setting(False, "replace a Ready active gateway that the agents' PathReports show is "
-                                    "not forwarding, and keep a NotReady one the data plane still reaches (opt-in "
-                                    "until its end-to-end scenarios are proven); off: Node readiness only")
+    health_failover: bool = setting(True, "replace a Ready active gateway that the agents' PathReports show is not "
+                                    "forwarding, and keep a NotReady one the data plane still reaches; "
+                                    "--no-health-failover: Node readiness only")
     health_hold_time: float = setting(60.0, "seconds a gateway replaced on health evidence must show nothing against "
                                       "it before it may be elected again", check=positive)
     health_settle_time: float = setting(1.0, "seconds a loss must last before it counts against a gateway when "
@@ -380,7 +393,7 @@ def path_mtu_problem(underlay_mtu: int, esp_proposals: tuple[str, ...], ipsec_de
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanSettings(NetworkRanges):
+class PlanSettings(SharedSettings):
     """The agent settings the plan reads (`raven.agent.plan.PlanConfig` extends this class), the cluster's
     `NetworkRanges` included."""
 
@@ -457,9 +470,6 @@ class AgentConfig(PlanSettings):
                                     check=positive, cluster=True)
     health_down_after: int = setting(3, "consecutive lost probes that make a target down", check=positive,
                                      cluster=True)
-    health_establish_time: float = setting(10.0, "seconds a new path (a new target, or one whose far end or "
-                                           "gateway moved) may stay unanswered before it is reported down: a "
-                                           "tunnel being set up is not a loss", check=positive, cluster=True)
     health_up_after: int = setting(3, "consecutive replies that bring a down target back", check=positive,
                                    cluster=True)
     health_window: int = setting(10, "probes over which the loss ratio is measured", check=positive, cluster=True)
@@ -506,9 +516,10 @@ class AgentConfig(PlanSettings):
 SETTINGS: tuple[Setting, ...] = (
     *_declared(CommonConfig, "common"),
     *_declared(NetworkRanges, "network"),
-    *_declared(ControllerConfig, "controller", skip=NetworkRanges),
+    *_declared(SharedSettings, "network", skip=NetworkRanges),
+    *_declared(ControllerConfig, "controller", skip=SharedSettings),
     *_declared(AgentConfig, "agent", skip=PlanSettings),  # the agent's own settings first, then the plan's
-    *_declared(PlanSettings, "agent", skip=NetworkRanges),
+    *_declared(PlanSettings, "agent", skip=SharedSettings),
 )
 
 

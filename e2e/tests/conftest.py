@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import RavenCluster
+from e2e.cluster import PathReportWrites, RavenCluster
 from e2e.topology import TOPOLOGY_DIR, TopologySpec, parse_topology
 from tests.conftest import pytest_runtest_makereport  # noqa: F401  (CI=true: a root skip fails the run)
 
@@ -69,6 +69,33 @@ def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
         # Logs stay (path in the failure messages) when anything failed.
         cluster.close(keep_logs=failed or request.session.testsfailed > 0
                       or os.environ.get("RAVEN_E2E_KEEP") == "1")
+
+
+def own_cluster(request: pytest.FixtureRequest, cluster: RavenCluster) -> Iterator[RavenCluster]:
+    """A module's own cluster (for a module-scoped fixture to yield from): started, converged, closed after the
+    module, with its logs kept when anything failed."""
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end scenarios need root (network namespaces)")
+    failed = True
+    try:
+        cluster.start()
+        cluster.wait_converged(timeout=120)
+        failed = False
+        yield cluster
+    finally:
+        cluster.close(keep_logs=failed or request.session.testsfailed > 0
+                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
+
+
+@pytest.fixture
+def writes(rc: RavenCluster) -> Iterator[PathReportWrites]:
+    """Every PathReport write the test's cluster (the session's, or a module's own `rc`) receives meanwhile."""
+    counter = PathReportWrites()
+    rc.api.server.on_request = counter
+    try:
+        yield counter
+    finally:
+        rc.api.server.on_request = None
 
 
 @pytest.fixture(autouse=True)

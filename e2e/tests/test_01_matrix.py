@@ -33,15 +33,17 @@ def test_same_pool_traffic_uses_no_raven_device_or_table(rc: RavenCluster) -> No
         assert f"via {b.ip} dev eth0" in route, route
         assert "raven" not in route and "table" not in route, route
         before = {n.name: (rc.link_packets(n.name, "raven0"), rc.link_packets(n.name, "raven1")) for n in (a, b)}
-        result = ping(src.netns, dst.ip, count=30, interval=0.01, wait=1)
-        assert result.received == 30, result
+        result = ping(src.netns, dst.ip, count=200, interval=0.01, wait=1)
+        assert result.received == 200, result
         for n in (a, b):
             for dev, old in zip(("raven0", "raven1"), before[n.name], strict=True):
                 new = rc.link_packets(n.name, dev)
                 if old is None or new is None:
                     continue
-                # 30 echo requests + 30 replies would show up here if they crossed a Raven device.
-                assert new[0] - old[0] < 10 and new[1] - old[1] < 10, (pool.name, n.name, dev, old, new)
+                # 200 echo requests + 200 replies would show up here if they crossed a Raven device. The agents'
+                # path-health probes do cross raven0 (a member probes its gateway and, through it, each remote
+                # gateway every 0.2 s: about 20 packets/s each way), hence a threshold well above their share.
+                assert new[0] - old[0] < 100 and new[1] - old[1] < 100, (pool.name, n.name, dev, old, new)
 
 
 def _child_packets(rc: RavenCluster, node: str, conn: str) -> int:

@@ -4,6 +4,7 @@ the controller leader's death changes no active endpoint; dropped API watches br
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -42,9 +43,47 @@ def test_agent_restart_on_a_gateway_and_on_a_member_loses_no_packet(rc: RavenClu
 
 
 def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: RavenCluster) -> None:
+    """The agent reloads a restarted charon by itself. While charon is down its peers lose the gateway, which
+    health failover (the default) cannot tell from charon dead for good (scenario b): with a standby to go to, it
+    fails over, which is the designed outcome (test_05's credential mismatch and test_09 cover it). Here the standby
+    reports itself NotReady, so nothing can do better (NoBetterCandidate): the gateway stays and heals in place."""
     gw = rc.active_gateway_node("gw-edge-pub")
+    standby = rc.member_node("edge-pub")
     agent_pid = rc.agents[gw].pid
     peers = [rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")]
+    rc.set_node_ready(standby, False)
+    try:
+        _charon_restart_heals_in_place(rc, gw, agent_pid, peers)
+        # The data plane is back; the standby may return only once the peers' reports say so too (an "up" is
+        # written after 3 answered probes and the agents' write rate limit), or it would rightly take over.
+        rc.wait_for("gw-edge-pub's peers report it reached again", lambda: _settled(rc, "gw-edge-pub"), timeout=30)
+    finally:
+        rc.set_node_ready(standby, True)
+    assert rc.active_endpoints()["gw-edge-pub"] == [gw]
+
+
+def _quiet(rc: RavenCluster, for_s: float = 3.0) -> bool:
+    """No Gateway holds a node after a health failover, and none was written during the last `for_s` seconds."""
+    def state() -> dict[str, tuple[str, bool]]:
+        return {n: (g["metadata"]["resourceVersion"], bool(((g.get("status") or {}).get("pathHealth") or {})
+                                                           .get("held"))) for n, g in rc.gateways().items()}
+    before = state()
+    if any(held for _, held in before.values()):
+        return False
+    time.sleep(for_s)
+    return state() == before
+
+
+def _settled(rc: RavenCluster, gateway: str) -> bool:
+    """The Gateway's TunnelsHealthy condition says every peer reaches its active endpoint (Healthy, Degraded: slow
+    but up, or FailedOver: healthy while an earlier scenario's failed-over node is still held)."""
+    status = rc.get(GATEWAYS, gateway).get("status") or {}
+    cond: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "TunnelsHealthy"), {})
+    health = status.get("pathHealth") or {}
+    return cond.get("reason") in ("Healthy", "Degraded", "FailedOver") and health.get("peersUp") == health.get("peers")
+
+
+def _charon_restart_heals_in_place(rc: RavenCluster, gw: str, agent_pid: int, peers: list[str]) -> None:
     t0 = time.monotonic()
     rc.restart_charon(gw)
     assert not any(n.startswith("raven-") for n in rc.sas(gw)), "a restarted charon starts empty"
@@ -60,12 +99,17 @@ def test_charon_restart_on_a_gateway_recovers_without_restarting_the_agent(rc: R
         k for k, r in rc.ping_matrix(pods_pub[:1] + others).results.items() if not r.ok], timeout=60, interval=0.2)
     MEASUREMENTS["charon_restart_recovery_s"] = round(time.monotonic() - t0, 2)
     assert rc.agents[gw].pid == agent_pid and rc.agents[gw].alive()
+    assert rc.active_endpoints()["gw-edge-pub"] == [gw]
 
 
 def test_controller_leader_killed_standby_takes_over_without_flapping(rc: RavenCluster) -> None:
     leader = rc.leader()
     assert leader is not None, "no controller reports leadership"
     standby = 1 - leader
+    # Nothing changing: no node held after a health failover (its release is a write of its own, due whoever
+    # leads) and no Gateway written for 3 s (an earlier scenario's failover or restart keeps the statuses moving
+    # for a few seconds as the peers' reports follow; those writes are the cluster's, not the leader change's).
+    rc.wait_for("Gateway statuses quiet", lambda: _quiet(rc), timeout=120, interval=0.5)
     active_before = rc.active_endpoints()
     rvs_before = {n: g["metadata"]["resourceVersion"] for n, g in rc.gateways().items()}
     rc.controllers[leader].kill()

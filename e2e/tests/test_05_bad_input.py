@@ -1,6 +1,6 @@
 """Scenario 5: bad input. An invalid Gateway, a node without pod CIDR, wrong credentials on one gateway (a PSK
-mismatch, or a certificate from another CA):
-the rest of the cluster keeps full connectivity and each problem is visible."""
+mismatch, or a certificate from another CA): the rest of the cluster keeps full connectivity and each problem is
+visible; the gateway with bad credentials is replaced by health failover."""
 
 from __future__ import annotations
 
@@ -92,13 +92,25 @@ def _restore_credentials(rc: RavenCluster, gw: str) -> None:
         f.unlink()
 
 
-def test_credential_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenCluster) -> None:
+def test_credential_mismatch_on_one_gateway_is_visible_and_the_pool_fails_over(rc: RavenCluster) -> None:
+    """Wrong credentials on gw-edge-pub's active node: every peer's IKE fails (AUTH_FAILED, tunnel metrics down).
+    That node is Ready but cannot forward, which health failover (the default) replaces: its peers lose it while
+    they still reach each other (R3). Before health failover the pool stayed cut off until someone fixed the key;
+    the rest of the cluster keeps its connectivity either way.
+
+    The standby first says it is not ready, so the failure is seen for what it is (the bad key in use, the peers'
+    tunnels down, nothing better to move to); once the standby is Ready the controller fails over to it."""
     gw = rc.active_gateway_node("gw-edge-pub")
+    standby = rc.member_node("edge-pub")
     peers = {g: rc.active_gateway_node(g) for g in ("gw-cloud", "gw-edge-a", "gw-edge-b")}
-    _break_credentials(rc, gw)
-    rc.agents[gw].restart()
-    rc.restart_charon(gw)  # existing SAs were authenticated with the old key: make every peer re-authenticate
+    leader = rc.leader()
+    assert leader is not None
+    before = metric(rc.metrics(f"controller/{leader}"), "raven_gateway_failovers_total", reason="not_forwarding")
+    rc.set_node_ready(standby, False)
     try:
+        _break_credentials(rc, gw)
+        rc.agents[gw].restart()
+        rc.restart_charon(gw)  # existing SAs were authenticated with the old key: make every peer re-authenticate
         # Visible: peers' agents export the tunnel as down, their charon logs the failed authentication.
         for peer in peers.values():
             def down(peer: str = peer) -> bool:
@@ -107,19 +119,32 @@ def test_credential_mismatch_on_one_gateway_is_visible_and_isolated(rc: RavenClu
                 return metric(m, "raven_agent_tunnel_ike_established", connection="raven-gw-edge-pub") == 0 \
                     and "raven-gw-edge-pub" not in up
             rc.wait_for(f"{peer}: tunnel to gw-edge-pub reported down", down, timeout=45)
+
         def logs() -> str:
             return "".join(rc.charon(p).read_log() for p in [gw, *peers.values()])
         # The restarted agent must come up and load its (bad) credentials before any authentication is tried.
-        rc.wait_for("a failed authentication in the charon logs", lambda: "AUTH_FAILED" in logs(),
-                    timeout=60)
-        # Isolated: every pod outside edge-pub still reaches every other pod outside edge-pub.
+        rc.wait_for("a failed authentication in the charon logs", lambda: "AUTH_FAILED" in logs(), timeout=60)
+        # The controller saw it: not forwarding, and no candidate can do better while the standby is not ready.
+        rc.wait_for("gw-edge-pub NoBetterCandidate", lambda: (_condition(rc.get(GATEWAYS, "gw-edge-pub"),
+                    "TunnelsHealthy") or {}).get("reason") == "NoBetterCandidate", timeout=30)
+        # Isolated meanwhile: every pod outside edge-pub still reaches every other pod outside edge-pub.
         others = [p for p in rc.pods() if rc.cl.nodes[rc.cl.pods[p[0]].node].pool != "edge-pub"]
         m = rc.ping_matrix(others)
         assert m.green, m.failed
-        pub_pod = rc.cl.nodes[gw].pods[0]
-        cut = rc.ping_matrix([others[0], (pub_pod.name, pub_pod.netns, pub_pod.ip)])
-        assert not cut.green  # the mismatched pool really is cut off (the check above is not vacuous)
+        rc.set_node_ready(standby, True)
+        # Replaced: the controller names the evidence, and edge-pub is reachable again through its new gateway.
+        rc.wait_for(f"gw-edge-pub to fail over to {standby}",
+                    lambda: rc.active_endpoints()["gw-edge-pub"] == [standby], timeout=30)
+        def failover_events() -> list[str]:
+            return [str(e.get("message", "")) for e in _events(rc, "GatewayNotForwarding", "gw-edge-pub")
+                    if str(e.get("message", "")).startswith(f"gateway {gw} is not forwarding")]
+        rc.wait_for("the GatewayNotForwarding Event", lambda: bool(failover_events()), timeout=30)
+        assert "peers lost the gateway since" in failover_events()[-1], failover_events()
+        m2 = rc.metrics(f"controller/{leader}")
+        assert metric(m2, "raven_gateway_failovers_total", reason="not_forwarding") == before + 1
+        rc.wait_for("full matrix through the new gateway", lambda: rc.ping_matrix().green, timeout=60)
     finally:
+        rc.set_node_ready(standby, True)
         _restore_credentials(rc, gw)
         rc.agents[gw].restart()
         rc.restart_charon(gw)  # forget the bad credentials the agent had loaded

@@ -14,9 +14,10 @@ from e2e.cluster import RavenCluster
 from e2e.netlab import find_leftovers
 
 from .conftest import MEASUREMENTS
+from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-PREFIX = "rvem"
+PREFIX = f"{SESSION_PREFIX}m"  # its own cluster, named after the session's prefix (rvem by default)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,12 @@ from raven.kube.client import CSRS, KubeClient, new_api_client
 from raven.pki import CSR_USAGES, SIGNER_NAME, new_private_key, node_csr
 
 from .conftest import MEASUREMENTS
+from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-PREFIX = "rvei"
-PSK_PREFIX = "rvep"
+# Their own clusters, named after the session's prefix (rvei, rvep by default).
+PREFIX = f"{SESSION_PREFIX}i"
+PSK_PREFIX = f"{SESSION_PREFIX}p"
 LIFETIME_S = 24
 
 

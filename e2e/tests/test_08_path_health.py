@@ -16,7 +16,7 @@ from e2e.probe import ContinuousProbe
 from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
-from .conftest import MEASUREMENTS
+from .conftest import MEASUREMENTS, own_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -28,21 +28,10 @@ PREFIX = os.environ.get("RAVEN_E2E_PATH_HEALTH_PREFIX", "rveh")
 
 @pytest.fixture(scope="module")
 def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("end-to-end scenarios need root (network namespaces)")
     # The agent side of path health, measured with the gateways fixed: with health failover on, the controller
     # rightly replaces gw-edge-b's active endpoint when its WAN is cut (peers report it down), which moves the
-    # targets under the cut test. Failover on health is tested in the controller's own suites.
-    cluster = RavenCluster("default", prefix=PREFIX)  # --health-failover is off by default: the agent side only
-    failed = True
-    try:
-        cluster.start()
-        cluster.wait_converged(timeout=120)
-        failed = False
-        yield cluster
-    finally:
-        cluster.close(keep_logs=failed or request.session.testsfailed > 0
-                      or os.environ.get("RAVEN_E2E_KEEP") == "1")
+    # targets under the cut test. Failover on health is tested in test_09 and the controller's own suites.
+    yield from own_cluster(request, RavenCluster("default", prefix=PREFIX, controller_args=["--no-health-failover"]))
 
 
 def reports(rc: RavenCluster) -> dict[str, PathReport]:
@@ -58,16 +47,6 @@ def all_up(rc: RavenCluster) -> bool:
     rs = reports(rc)
     return set(rs) >= set(rc.agents) and all(
         r.status.targets and all(t.state == "up" for t in r.status.targets) for r in rs.values())
-
-
-@pytest.fixture
-def writes(rc: RavenCluster) -> Iterator[WriteCounter]:
-    counter = WriteCounter()
-    rc.api.server.on_request = counter
-    try:
-        yield counter
-    finally:
-        rc.api.server.on_request = None
 
 
 def test_every_agent_reports_its_paths_and_they_are_up(rc: RavenCluster) -> None:

@@ -40,7 +40,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 # The interrupted demo and the broken start use their own prefix: they never depend on (or wait for)
 # the session cluster, whatever order the tests run in.
-OWN_PREFIX = "rvet"
+OWN_PREFIX = f"{PREFIX}t"  # rvet by default
 
 
 def _clean(prefix: str = PREFIX) -> dict[str, list[str]]:

@@ -379,16 +379,69 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class HeldNode:
+    """status.pathHealth.held[]: a node replaced on data-plane evidence, not eligible again until its own reports
+    have shown nothing against it for the hold time (times RFC 3339)."""
+
+    node_name: str
+    since: str
+    clean_since: str | None = None
+    evidence: str = ""
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status.pathHealth.held[]") -> HeldNode:
+        return cls(node_name=_opt_str(obj, "nodeName", path) or "", since=_opt_str(obj, "since", path) or "",
+                   clean_since=_opt_str(obj, "cleanSince", path), evidence=_opt_str(obj, "evidence", path) or "")
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"nodeName": self.node_name, "since": self.since}
+        _put(out, "cleanSince", self.clean_since)
+        out["evidence"] = self.evidence
+        return out
+
+
+@dataclass(frozen=True)
+class PathHealth:
+    """status.pathHealth (Raven's additive field, written with the TunnelsHealthy condition by health failover):
+    how many peer gateways reach the active endpoint through the tunnel (`kubectl get gw` shows it), and what the
+    controller must remember across a leader change (the held nodes, the spent trial), so a new leader decides
+    exactly as the old one and writes nothing when nothing changed."""
+
+    peers_up: int = 0
+    peers: int = 0
+    held: tuple[HeldNode, ...] = ()
+    trial_spent: bool = False
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status.pathHealth") -> PathHealth:
+        held = _opt_list(obj, "held", path) or []
+        return cls(peers_up=_opt_int(obj, "peersUp", path) or 0, peers=_opt_int(obj, "peers", path) or 0,
+                   held=tuple(HeldNode.from_dict(_as_obj(h, f"{path}.held[{i}]"), f"{path}.held[{i}]")
+                              for i, h in enumerate(held)),
+                   trial_spent=bool(_opt_bool(obj, "trialSpent", path)))
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"peersUp": self.peers_up, "peers": self.peers}
+        if self.held:
+            out["held"] = [h.to_dict() for h in self.held]
+        if self.trial_spent:
+            out["trialSpent"] = True
+        return out
+
+
+@dataclass(frozen=True)
 class GatewayStatus:
     nodes: list[NodeInfo] | None = None
     active_endpoints: list[Endpoint] | None = None
     conditions: list[Condition] | None = None
+    path_health: PathHealth | None = None
 
     @classmethod
     def from_dict(cls, obj: JSONObject, path: str = "status") -> GatewayStatus:
         nodes = _opt_list(obj, "nodes", path)
         active = _opt_list(obj, "activeEndpoints", path)
         conds = _opt_list(obj, "conditions", path)
+        health = _opt_obj(obj, "pathHealth", path)
         return cls(
             nodes=None
             if nodes is None
@@ -410,6 +463,7 @@ class GatewayStatus:
                 Condition.from_dict(_as_obj(c, f"{path}.conditions[{i}]"), f"{path}.conditions[{i}]")
                 for i, c in enumerate(conds)
             ],
+            path_health=None if health is None else PathHealth.from_dict(health, f"{path}.pathHealth"),
         )
 
     def to_dict(self) -> JSON:
@@ -420,6 +474,8 @@ class GatewayStatus:
             out["activeEndpoints"] = [e.to_dict() for e in self.active_endpoints]
         if self.conditions is not None:
             out["conditions"] = [c.to_dict() for c in self.conditions]
+        if self.path_health is not None:
+            out["pathHealth"] = self.path_health.to_dict()
         return out
 
     def active_tunnel_endpoints(self) -> list[Endpoint]:

@@ -24,6 +24,9 @@ class Node:
     created: str = ""  # metadata.creationTimestamp (RFC 3339, so strings compare in time order); "" if unknown
     # OpenYurt's raven.openyurt.io/extra-allowed-source-cidrs annotation, as written (checked by nodecheck).
     extra_cidrs: tuple[str, ...] = ()
+    # Ready is Unknown: the control plane cannot hear the node (the node lifecycle controller's NodeStatusUnknown,
+    # "Kubelet stopped posting node status"), as opposed to Ready=False, which the node itself reports.
+    unreachable: bool = False
 
     @property
     def gateway(self) -> str | None:
@@ -60,10 +63,11 @@ class Node:
                 internal_ip = str(addr.get("address"))
                 break
         cidrs = _arr(spec.get("podCIDRs")) or ([spec.get("podCIDR")] if spec.get("podCIDR") else [])
-        ready = False
+        ready = unreachable = False
         for cond in _arr(status.get("conditions")):
             if is_object(cond) and cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
+                unreachable = cond.get("status") == "Unknown"
         labels = _obj(meta.get("labels"))
         annotations = _obj(meta.get("annotations"))
         extra = annotations.get(ANNOTATION_EXTRA_CIDRS)
@@ -78,6 +82,7 @@ class Node:
             uid=str(meta.get("uid", "")),
             created=str(meta.get("creationTimestamp", "")),
             extra_cidrs=extra_cidrs({ANNOTATION_EXTRA_CIDRS: extra}) if isinstance(extra, str) else (),
+            unreachable=unreachable,
         )
 
 

@@ -92,7 +92,8 @@ class Controller:
             self.pathreports = TypedInformer(Informer(client, PATHREPORTS, "pathreports", reg), PathReport.from_dict)
             health = HealthSettings(stale_after=timedelta(seconds=cfg.health_stale_after),
                                     hold_time=timedelta(seconds=cfg.health_hold_time),
-                                    settle=timedelta(seconds=cfg.health_settle_time))
+                                    settle=timedelta(seconds=cfg.health_settle_time),
+                                    establish=timedelta(seconds=cfg.health_establish_time))
         # OpenYurt's kube-system/raven-cfg: which endpoint kinds are elected (raven/api/openyurt.py). Only that one
         # ConfigMap is listed and watched (RBAC allows no other).
         self.ravencfg = TypedInformer(Informer(client, CONFIGMAPS, "ravencfg", reg, namespace=RAVEN_CFG_NAMESPACE,
@@ -163,6 +164,7 @@ class Controller:
         if self.pathreports is not None:
             await self._wait_for_reports()
         log.info("leading: reconciling all gateways", extra=kv(gateways=len(self.gateways)))
+        self.reconciler.new_term()
         self.reconciler.enqueue_all()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -16,7 +16,8 @@ can call it on every event. Rules (OpenYurt Raven's, made sticky):
   without forking these rules: an active endpoint that is `not_forwarding` is replaced, in its slot, by the
   next fit candidate (and kept when there is none: nothing better to move to); an `unfit` candidate (held
   after a health failover, or its own reports say it cannot do better) is never newly elected; a `keep`
-  active endpoint stays although its Node is NotReady (edge autonomy: the data plane says it works).
+  active endpoint stays although its Node's Ready is Unknown (edge autonomy: the control plane cannot hear the
+  node, the data plane says it works).
 - a node the cluster-wide checks rejected (`nodecheck`: a bad pod CIDR) is neither listed in status.nodes nor
   eligible; it and every endpoint misconfiguration are reported in the `NodesValid` condition (False while
   any is found; its reason is the first finding's, in node order, the same reason as that finding's Event).
@@ -43,7 +44,7 @@ from raven.api.constants import (
     ENDPOINT_TYPE_TUNNEL,
     EXPOSE_TYPE_LOAD_BALANCER,
 )
-from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, validate
+from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeInfo, PathHealth, validate
 from raven.api.node import Node
 from raven.api.openyurt import ALL_ON, Switches
 from raven.controller.nodecheck import Finding
@@ -69,6 +70,8 @@ class HealthInput:
     held: frozenset[str] = frozenset()
     # (type, status, reason, message) of the health condition to set; None leaves conditions as they are.
     condition: tuple[str, str, str, str] | None = None
+    # status.pathHealth to write (peer counts, held nodes); None keeps the previous one.
+    path_health: PathHealth | None = None
 
 
 NO_HEALTH = HealthInput()
@@ -302,6 +305,7 @@ def elect(
                for n in sorted(own.values(), key=_node_name)],
         active_endpoints=active,
         conditions=conditions,
+        path_health=health.path_health if health.path_health is not None else previous.path_health,
     )
     before = {ep.key for ep in prev_active}
     after = {ep.key for ep in active}

@@ -3,7 +3,8 @@
 
 `assess()` returns a `HealthVerdict` whose `election` part (`HealthInput`) feeds the one sticky election
 (election.py): `not_forwarding` active nodes are replaced when a fit candidate exists and kept otherwise,
-`unfit` candidates are never newly elected, `keep` active nodes stay although NotReady (edge autonomy).
+`unfit` candidates are never newly elected, `keep` active nodes stay although their Node's Ready is Unknown (edge
+autonomy).
 
 Evidence. Only fresh reports count (heartbeat not older than `stale_after`, 3 x the agents' heartbeat; a stale
 report is no evidence, never "down"), written by the node they name, by a node the controller's view agrees with
@@ -60,8 +61,20 @@ at the earliest. The election stays sticky, so a released node returns only when
 turn. A held node may still fill a hole that Node readiness left when no other candidate can
 (`HealthInput.held`): better a held node than no tunnel.
 
-Edge autonomy. An active endpoint whose Node is NotReady (the control plane lost its pool) is kept while a
-fresh report from another pool's gateway still reaches it through the tunnel and nothing above blames it. When
+Young tunnels. A loss on a path that needs a tunnel (a peer target, a member's `via` target) is no evidence while
+that path is younger than `establish` (10 s) from the election of either end (`elected`, as the controller saw
+it): probes start with the plan, before IKE and the routes are up, so a path that was never up yet reads `down`
+whatever the gateway can do (and one direction may come up before the other). A member's `via` loss on a young
+tunnel the gateway itself reaches the far end through does count: that is the gateway not forwarding. A loss
+still there when the path is `establish` old counts (a gateway that never gets its tunnels up is replaced then).
+A member's path to its gateway over raven0 needs no set-up (every node's raven0 and its address exist before any
+election), so R1 is never masked.
+
+Edge autonomy. An active endpoint whose Node's Ready condition is Unknown (the control plane cannot hear it: the
+node lifecycle controller's NodeStatusUnknown, as when the control plane loses a pool) is kept while a fresh report
+from another pool's gateway still reaches it through the tunnel and nothing above blames it. Ready=False is not
+kept: the control plane hears that node, and the node itself says it is not ready (a kubelet or runtime failure,
+a node being shut down or drained); it is replaced as before. When
 reports stop (all stale), there is no evidence either way and the election falls back to Node readiness alone.
 """
 
@@ -71,9 +84,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from raven.api.gateway import Gateway
+from raven.api.gateway import Gateway, HeldNode, PathHealth
 from raven.api.node import Node
-from raven.api.pathreport import PathReport, Target
+from raven.api.pathreport import PathReport, Target, format_time, parse_time
 from raven.controller.election import HealthInput
 
 CONDITION_TUNNELS_HEALTHY = "TunnelsHealthy"
@@ -107,6 +120,8 @@ class HealthSettings:
     # How long a member's report may lag behind its own probes (the agents' write rate limit,
     # --health-min-write-interval, 2 s by default, plus slack): see R2.
     report_lag: timedelta = timedelta(seconds=3)
+    # A path younger than this (from either end's election) is not established yet: its losses are no evidence.
+    establish: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,28 @@ class HealthVerdict:
     memory: HealthMemory
     blamed: Mapping[str, Blame] = field(default_factory=dict)  # active node -> why it is not forwarding
     next_check: datetime | None = None  # re-assess then even without an event (a hold ends, evidence goes stale)
+    peers_up: int = 0  # peer gateways that reach an active endpoint through the tunnel (either end says so)
+    peers: int = 0  # peer gateways with a tunnel to an active endpoint (either end probes it)
+
+
+def memory_from_status(ph: PathHealth | None) -> HealthMemory:
+    """What a controller that never assessed this Gateway (a new leader) remembers: what the last one wrote."""
+    if ph is None:
+        return HealthMemory()
+    holds: dict[str, Hold] = {}
+    for h in ph.held:
+        since = parse_time(h.since) if h.since else None
+        if h.node_name and since is not None:
+            clean = parse_time(h.clean_since) if h.clean_since else None
+            holds[h.node_name] = Hold(since, clean, h.evidence)
+    return HealthMemory(holds=holds, trial_spent=ph.trial_spent)
+
+
+def path_health(memory: HealthMemory, peers_up: int, peers: int) -> PathHealth:
+    """status.pathHealth for `memory` (the held nodes in name order) and the peer counts."""
+    held = tuple(HeldNode(n, format_time(h.since), None if h.clean_since is None else format_time(h.clean_since),
+                          h.evidence) for n, h in sorted(memory.holds.items()))
+    return PathHealth(peers_up=peers_up, peers=peers, held=held, trial_spent=memory.trial_spent)
 
 
 def record_failover(memory: HealthMemory, node: str, blame: Blame, now: datetime) -> HealthMemory:
@@ -209,6 +246,69 @@ def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Ite
             if t.kind == "peer" and t.gateway != r.status.gateway and t.state != "unknown":
                 index.setdefault((t.gateway, t.node), []).append((r.status.gateway, t))
     return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index)
+
+
+def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozenset[str]],
+                     elected: Mapping[tuple[str, str], datetime], now: datetime, establish: timedelta,
+                     pending: list[datetime]) -> list[PathReport]:
+    """The reports with every loss on a path younger than `establish` read as `unknown` (see "Young tunnels"),
+    except a member's loss *through* its gateway on a tunnel that gateway reaches the far end by: that one is the
+    gateway's forwarding. A peer's loss of a young tunnel is masked even when the other end reaches it (seen at
+    start in e2e: one direction up before the other).
+
+    `elected`: (gateway, node) -> when the controller saw that node become an active endpoint (absent: before
+    the controller started, i.e. old). A masked loss re-checks when its path comes of age (`pending`)."""
+    if not elected:
+        return list(reports)
+
+    def born(gw: str, nodes: Iterable[str]) -> datetime | None:
+        times = [t for n in nodes if (t := elected.get((gw, n))) is not None]
+        return max(times) if times else None
+
+    reports = list(reports)
+    # Tunnels an end's own report reaches: (gateway, node, peer gateway, peer node). Such a tunnel is established,
+    # however young: a loss through it counts at once.
+    up: set[tuple[str, str, str, str]] = set()
+    for r in reports:
+        if r.status.role == "gateway":
+            up |= {(r.status.gateway, r.name, t.gateway, t.node) for t in r.status.targets
+                   if t.kind == "peer" and t.reached}
+
+    def established(gw: str, nodes: Iterable[str], far_gw: str, far: str) -> bool:
+        return any((gw, n, far_gw, far) in up or (far_gw, far, gw, n) in up for n in nodes)
+
+    out: list[PathReport] = []
+    for r in reports:
+        st = r.status
+        near = [r.name] if st.role == "gateway" else sorted(actives.get(st.gateway, frozenset()))
+        mine = born(st.gateway, near)
+        targets: list[Target] = []
+        changed = False
+        for t in st.targets:
+            if t.lost and t.kind in ("peer", "via"):
+                ends = [x for x in (elected.get((t.gateway, t.node)), mine) if x is not None]
+                youngest = max(ends) if ends else None
+                if youngest is not None and now - youngest < establish and not (
+                        t.kind == "via" and established(st.gateway, near, t.gateway, t.node)):
+                    pending.append(youngest + establish)
+                    targets.append(replace(t, state="unknown"))
+                    changed = True
+                    continue
+            targets.append(t)
+        out.append(replace(r, status=replace(st, targets=tuple(targets))) if changed else r)
+    return out
+
+
+def _peer_counts(view: _View, gw: str, active: Sequence[str]) -> tuple[int, int]:
+    """(peer gateways reaching an active endpoint of `gw` through the tunnel, peer gateways with such a tunnel):
+    either end's fresh report counts."""
+    seen: dict[str, bool] = {}
+    for a in active:
+        for t in view.own_peers(a):
+            seen[t.gateway] = seen.get(t.gateway, False) or t.reached
+        for g, t in view.peer_views_of(gw, a):
+            seen[g] = seen.get(g, False) or t.reached
+    return sum(1 for up in seen.values() if up), len(seen)
 
 
 def _member_targets(view: _View, node: str) -> list[tuple[PathReport, Target]]:
@@ -438,14 +538,16 @@ def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], no
 
 def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, frozenset[str]],
            reports: Iterable[PathReport], memory: HealthMemory, now: datetime,
-           settings: HealthSettings) -> HealthVerdict:
+           settings: HealthSettings, elected: Mapping[tuple[str, str], datetime] | None = None) -> HealthVerdict:
     """The health verdict for `gw`.
 
     `candidates`: the nodes labelled for `gw` (by name). `actives`: every Gateway's active tunnel nodes, as the
     controller sees them (`gw`'s own included). `reports`: the PathReports that may matter (at least those of
     `gw`'s nodes and of every active endpoint; more is harmless). `memory`: what the last call returned.
+    `elected`: when each (gateway, node) became active, as the controller saw it (see "Young tunnels").
     """
-    reports = list(reports)
+    young: list[datetime] = []
+    reports = mask_young_paths(reports, actives, elected or {}, now, settings.establish, young)
     labelled = {r.name: (n.gateway if (n := candidates.get(r.name)) is not None else None) for r in reports}
     view = build_view(gw.name, actives, reports, labelled, now, settings.stale_after)
     active = sorted(actives.get(gw.name, frozenset()))
@@ -462,14 +564,16 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
 
     stale_times = [r.status.heartbeat_time + settings.stale_after for r in
                    (*view.member_reports, *view.gateway_reports.values()) if r.status.heartbeat_time is not None]
-    next_check = min([*ends, *stale_times], default=None)
+    next_check = min([*ends, *stale_times, *young], default=None)
+    n_peers_up, n_peers = _peer_counts(view, gw.name, active)
     has_evidence = bool(view.member_reports) or any(
         view.peer_views_of(gw.name, a) for a in active) or any(view.own_peers(a) for a in active)
 
     if not active:
         status, reason = ("False", REASON_NO_ACTIVE) if view.member_reports else ("Unknown", REASON_NO_EVIDENCE)
-        return HealthVerdict(HealthInput(unfit=unfit), status, reason, "no active tunnel endpoint",
-                             HealthMemory(holds, memory.trial_spent), next_check=next_check)
+        kept = HealthMemory(holds, memory.trial_spent)
+        return HealthVerdict(HealthInput(unfit=unfit, path_health=path_health(kept, 0, 0)), status, reason,
+                             "no active tunnel endpoint", kept, next_check=next_check)
 
     not_forwarding: dict[str, str] = {}
     blamed: dict[str, Blame] = {}
@@ -488,9 +592,9 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         if blame is None:
             peers = view.peer_views_of(gw.name, a)
             reaching = [t for _, t in peers if t.reached]
-            if node is not None and not node.ready and not node.being_deleted and reaching:
+            if node is not None and node.unreachable and not node.being_deleted and reaching:
                 keep[a] = f"{len(reaching)} of {len(peers)} peers reach it through the tunnel"
-                messages.append(f"{a} is NotReady but kept: {keep[a]}")
+                messages.append(f"{a} is unreachable by the control plane (Ready Unknown) but kept: {keep[a]}")
                 status, reason = "True", REASON_KEPT
                 continue
             lost_own = [t for t in view.own_peers(a) if t.lost]
@@ -549,8 +653,10 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         messages += [f"{n} failed over at {_hhmmss(h.since)}: {h.evidence}" for n, h in sorted(holds.items())]
     if pending:
         next_check = min([*pending, *([next_check] if next_check is not None else [])])
+    kept = replace(memory, holds=holds, trial_spent=trial_spent)
     return HealthVerdict(
         election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep,
-                             held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None)),
+                             held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None),
+                             path_health=path_health(kept, n_peers_up, n_peers)),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),
-        memory=replace(memory, holds=holds, trial_spent=trial_spent), blamed=blamed, next_check=next_check)
+        memory=kept, blamed=blamed, next_check=next_check, peers_up=n_peers_up, peers=n_peers)

@@ -80,6 +80,8 @@ from raven.controller.health import (
     HealthSettings,
     HealthVerdict,
     assess,
+    memory_from_status,
+    path_health,
     record_failover,
 )
 from raven.controller.metrics import ControllerMetrics
@@ -124,7 +126,7 @@ def rfc3339_now() -> str:
 
 def _facts(n: Node) -> tuple[object, ...]:
     """What the election uses from a Node; equal facts mean a node event can be ignored (heartbeats)."""
-    return (n.internal_ip, n.pod_cidrs, n.ready, n.being_deleted, n.gateway, n.extra_cidrs)
+    return (n.internal_ip, n.pod_cidrs, n.ready, n.unreachable, n.being_deleted, n.gateway, n.extra_cidrs)
 
 
 def _checked_facts(n: Node) -> tuple[object, ...]:
@@ -250,7 +252,11 @@ class GatewayReconciler:
         self._actives: dict[str, frozenset[str]] = {}  # gateway -> active tunnel nodes, from the cache
         self._mentioned_by: dict[str, set[str]] = {}  # gateway -> reports that are evidence about it
         self._memory: dict[str, HealthMemory] = {}
+        # (gateway, node) -> when this controller saw the node become an active tunnel endpoint (not for what the
+        # first list showed: that election is older than this controller, its tunnels are established).
+        self._elected_at: dict[tuple[str, str], datetime] = {}
         self._sensitive: set[str] = set()  # gateways whose last verdict saw losses
+        self._failover_memory: dict[str, HealthMemory] = {}  # the memory of a failover being written
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
@@ -265,9 +271,17 @@ class GatewayReconciler:
         name = ev.name
         if ev.type == "DELETED":
             self._actives.pop(name, None)
+            self._elected_at = {k: v for k, v in self._elected_at.items() if k[0] != name}
         elif isinstance(ev.obj, Gateway):
             actives = frozenset(e.node_name for e in ev.obj.status.active_tunnel_endpoints())
             if actives != self._actives.get(name):
+                before = self._actives.get(name, frozenset())
+                if ev.type == "MODIFIED":
+                    seen = self.now()
+                    for node in actives - before:
+                        self._elected_at[(name, node)] = seen
+                for node in before - actives:
+                    self._elected_at.pop((name, node), None)
                 self._actives[name] = actives
                 # Who is whose peer changed: gateways whose evidence involved this one decide again.
                 for other in self._sensitive - {name}:
@@ -373,6 +387,12 @@ class GatewayReconciler:
         owner = meta.labels.get(LABEL_OWNER_GATEWAY) if meta is not None else None
         if owner:
             self.queue.add(owner)
+
+    def new_term(self) -> None:
+        """Leading (again): the health memory comes from the Gateways' status.pathHealth, which another leader may
+        have changed meanwhile, not from what this replica remembered of an earlier term."""
+        self._memory.clear()
+        self._failover_memory.clear()
 
     def enqueue_all(self) -> None:
         for name in self.gateways.keys():
@@ -493,7 +513,23 @@ class GatewayReconciler:
                        switches=self.switches(), extras=extras.by_node,
                        gateway_extras=extras.by_gateway.get(gw.name, ()))
         self._verdicts[gw.name] = verdict
+        if verdict is not None and health.path_health is not None:
+            result = self._with_failovers(gw, result, verdict)
         return result
+
+    def _with_failovers(self, gw: Gateway, result: ElectionResult, verdict: HealthVerdict) -> ElectionResult:
+        """Hold every node this election replaces on health evidence, in the status it writes (status.pathHealth:
+        a new leader reads the holds from there); the memory is kept only once that status is written."""
+        memory = verdict.memory
+        for ep in result.lost:
+            if result.lost_kinds.get(ep.node_name) == LOST_NOT_FORWARDING and ep.node_name in verdict.blamed:
+                memory = record_failover(memory, ep.node_name, verdict.blamed[ep.node_name], self.now())
+        if memory == verdict.memory:
+            self._failover_memory.pop(gw.name, None)
+            return result
+        self._failover_memory[gw.name] = memory
+        ph = path_health(memory, verdict.peers_up, verdict.peers)
+        return replace(result, status=replace(result.status, path_health=ph))
 
     def _relevant_reports(self, gw: str) -> Iterable[PathReport]:
         """The reports about `gw`, and those about every gateway they name (third-party evidence)."""
@@ -511,8 +547,11 @@ class GatewayReconciler:
         if self.health is None or self.reports is None:
             return None
         now = self.now()
+        memory = self._memory.get(gw.name)
+        if memory is None:  # first time (a new leader): what the last leader wrote
+            memory = memory_from_status(gw.status.path_health)
         verdict = assess(gw, {n.name: n for n in members}, self._actives, self._relevant_reports(gw.name),
-                         self._memory.get(gw.name, HealthMemory()), now, self.health)
+                         memory, now, self.health, self._elected_at)
         self._memory[gw.name] = verdict.memory
         if verdict.condition_reason in (REASON_HEALTHY, REASON_NO_EVIDENCE) and not verdict.memory.holds:
             self._sensitive.discard(gw.name)
@@ -525,7 +564,8 @@ class GatewayReconciler:
     def _health_input(self, gw: Gateway, verdict: HealthVerdict) -> HealthInput:
         previous = [c for c in gw.status.conditions or () if c.type == CONDITION_TUNNELS_HEALTHY]
         if verdict.condition_reason == REASON_NO_EVIDENCE and not previous:
-            return verdict.election  # no reports ever: the status stays exactly what it was before PathReports
+            # No reports ever: the status stays exactly what it was before PathReports.
+            return replace(verdict.election, path_health=None)
         return replace(verdict.election, condition=(CONDITION_TUNNELS_HEALTHY, verdict.condition_status,
                                                     verdict.condition_reason, verdict.condition_message))
 
@@ -670,8 +710,9 @@ class GatewayReconciler:
                                  f"{ep.type} endpoint on node {ep.node_name} is no longer active: {reason}")
             if kind == LOST_NOT_FORWARDING and verdict is not None and ep.node_name in verdict.blamed:
                 blame = verdict.blamed[ep.node_name]
-                self._memory[gw.name] = record_failover(self._memory.get(gw.name, verdict.memory), ep.node_name,
-                                                        blame, self.now())
+                self._memory[gw.name] = self._failover_memory.pop(
+                    gw.name, record_failover(self._memory.get(gw.name, verdict.memory), ep.node_name, blame,
+                                             self.now()))
                 self._sensitive.add(gw.name)
                 new = ", ".join(e.node_name for e in result.status.active_tunnel_endpoints()) or "nobody"
                 self.recorder.record(ref, "Warning", EVENT_NOT_FORWARDING,
@@ -746,6 +787,7 @@ class GatewayReconciler:
             self.metrics.active_tunnel_endpoints.remove(name)
         self._written_rv.pop(name, None)
         self._memory.pop(name, None)
+        self._failover_memory.pop(name, None)
         self._verdicts.pop(name, None)
         self._sensitive.discard(name)
         self._tracebacks_logged.pop(name, None)

@@ -227,3 +227,26 @@ async def test_kubectl_apply_strategic_merge_keeps_list_elements_by_merge_key(ku
     assert containers["main"]["image"] == "main:2" and containers["main"]["env"] == [{"name": "B", "value": "2"}]
     assert containers["side"]["imagePullPolicy"] == "Always"
     assert got["metadata"]["generation"] == 3
+
+
+async def test_kubectl_get_gw_shows_the_active_endpoint_tunnel_health_and_peers_up(apiserver: ApiServer,
+                                                                                    kubectl: Kubectl) -> None:
+    """The shipped CRD's printer columns (manifests/01-crd-gateways.yaml), as the real kubectl prints them."""
+    await kubectl("apply", "-f", str(REPO / "manifests" / "01-crd-gateways.yaml"))
+    await kubectl("wait", "--for", "condition=established", "--timeout=10s", "crd/gateways.raven.openyurt.io")
+    await kubectl("apply", "-f", "-", stdin=yaml.safe_dump(gateway(
+        "gw-edge", endpoints=[{"nodeName": "e-1", "type": "tunnel", "port": 4500},
+                              {"nodeName": "e-2", "type": "tunnel", "port": 4500}])))
+    status = {"activeEndpoints": [{"nodeName": "e-2", "type": "tunnel", "port": 4500}],
+              "conditions": [{"type": "TunnelsHealthy", "status": "True", "reason": "FailedOver",
+                              "message": "e-1 failed over at 12:00:01: 3 of 3 peers lost the gateway since 12:00:01"}],
+              "pathHealth": {"peersUp": 2, "peers": 3, "held": [
+                  {"nodeName": "e-1", "since": "2026-12-01T12:00:01Z", "evidence": "3 of 3 peers lost the gateway"}]}}
+    await kubectl("patch", "gw", "gw-edge", "--subresource=status", "--type=merge", "-p",
+                  json.dumps({"status": status}))
+    table = rows(await kubectl("get", "gw"))
+    assert table[0] == ["NAME", "ACTIVEENDPOINT", "EXPOSETYPE", "TUNNELS", "HEALTH", "PEERSUP", "PEERS", "AGE"]
+    assert table[1][:7] == ["gw-edge", "e-2", "", "True", "FailedOver", "2", "3"]
+    # The additive status field is kept by the schema (not pruned).
+    got = json.loads(await kubectl("get", "gw", "gw-edge", "-o", "json"))
+    assert got["status"]["pathHealth"]["held"][0]["nodeName"] == "e-1"

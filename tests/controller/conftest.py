@@ -115,10 +115,12 @@ def gateway_body(name: str, nodes: list[str], **spec: Any) -> dict[str, Any]:
     }
 
 
-async def set_ready(kube: KubeClient, node: str, ready: bool) -> None:
+async def set_ready(kube: KubeClient, node: str, ready: bool, unreachable: bool = False) -> None:
+    """`unreachable`: Ready Unknown, as the node lifecycle controller writes when the kubelet stops posting status."""
     obj = await kube.get(NODES, node)
-    obj["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False",
-                                    "reason": "KubeletReady" if ready else "KubeletNotReady"}]
+    status, reason = ("True", "KubeletReady") if ready else (
+        ("Unknown", "NodeStatusUnknown") if unreachable else ("False", "KubeletNotReady"))
+    obj["status"]["conditions"] = [{"type": "Ready", "status": status, "reason": reason}]
     await kube.replace(NODES, node, obj, subresource="status")
 
 

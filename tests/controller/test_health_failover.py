@@ -122,6 +122,15 @@ async def forwarding_off(reports: Reports, pool: str) -> None:
         await reports.write(m)
 
 
+async def forwarding_off_then_agents_follow(kube: KubeClient, reports: Reports) -> None:
+    """a-1 stops forwarding, the controller fails gw-a over to a-2, and the agents follow (all up again)."""
+    await forwarding_off(reports, "a")
+    await wait_active(kube, "gw-a", ["a-2"])
+    reports.actives["gw-a"] = "a-2"
+    reports.state = {}
+    await reports.write_all()
+
+
 def failovers(ctrl: RunningController, reason: str) -> float:
     return ctrl.metric("raven_gateway_failovers_total", {"reason": reason})
 
@@ -213,11 +222,7 @@ async def test_held_node_is_not_reelected_until_clean_for_the_hold_time(kube: Ku
 async def test_no_flap_the_new_gateway_keeps_its_role_when_the_old_one_recovers(kube: KubeClient,
                                                                                 start: Start) -> None:
     ctrl, reports = await ready_cluster(kube, start, health_hold_time=1.0)
-    await forwarding_off(reports, "a")
-    await wait_active(kube, "gw-a", ["a-2"])
-    reports.actives["gw-a"] = "a-2"
-    reports.state = {}
-    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
     await eventually(lambda: tunnels(kube, "gw-a"), lambda c: c is not None and c["reason"] == "Healthy",
                      within=10, what="hold over and gw-a healthy")
     seen = ctrl.delivered("pathreports", "MODIFIED")
@@ -228,9 +233,10 @@ async def test_no_flap_the_new_gateway_keeps_its_role_when_the_old_one_recovers(
 
 
 async def test_edge_autonomy_keeps_a_notready_gateway_the_peers_still_reach(kube: KubeClient, start: Start) -> None:
+    """Ready Unknown (the control plane cannot hear a-1) while its peers still reach it: kept."""
     ctrl, reports = await ready_cluster(kube, start)
     seen = ctrl.delivered("nodes", "MODIFIED")
-    await set_ready(kube, "a-1", False)
+    await set_ready(kube, "a-1", False, unreachable=True)
     await ctrl.acted_on("nodes", "MODIFIED", seen)
     assert await active(kube, "gw-a") == ["a-1"]
     cond = await tunnels(kube, "gw-a")
@@ -283,3 +289,76 @@ async def test_without_the_pathreport_crd_the_leader_does_not_wait_for_reports(a
         assert time.monotonic() - began < PATHREPORT_SYNC_WAIT_S - 2
     finally:
         await kube.close()
+
+
+async def test_a_new_leader_writes_nothing_while_a_node_is_held(kube: KubeClient, start: Start) -> None:
+    """The election is sticky across leaders: a leader change alone causes zero Gateway writes, also right after a
+    health failover (the held node and the FailedOver condition come from status.pathHealth, not from memory)."""
+    reports = await cluster(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, health_hold_time=300.0)
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads")
+    for p in POOLS:
+        await wait_active(kube, f"gw-{p}", [f"{p}-1"])
+    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
+    await eventually(lambda: tunnels(kube, "gw-a"), lambda c: c is not None and c["reason"] == "FailedOver",
+                     what="gw-a FailedOver while a-1 is held")
+    gw = await kube.get(GATEWAYS, "gw-a")
+    (held,) = gw["status"]["pathHealth"]["held"]
+    assert held["nodeName"] == "a-1" and "2 of 2 members (through it)" in held["evidence"], held
+    assert gw["status"]["pathHealth"]["peersUp"] == 2 and gw["status"]["pathHealth"]["peers"] == 2
+    await a.drained()
+    rvs = {g: (await kube.get(GATEWAYS, f"gw-{g}"))["metadata"]["resourceVersion"] for g in POOLS}
+    b = await start(identity="ctrl-b", leader_elect=True, health_hold_time=300.0)
+    await a.stop()  # releases the Lease
+    await eventually(lambda: b.metric("raven_controller_leader"), lambda v: v == 1, what="b leads")
+    # b reconciled every Gateway (the report events it saw too) before "nothing changed" means anything.
+    await eventually(b.reconciles, lambda n: n >= len(POOLS), what="b reconciled every gateway")
+    await b.drained()
+    assert {g: (await kube.get(GATEWAYS, f"gw-{g}"))["metadata"]["resourceVersion"] for g in POOLS} == rvs
+    assert b.metric("raven_controller_status_writes_total") == 0
+    # ... and b still holds a-1: it fills no slot while a-2 works, and its hold is still written.
+    assert await active(kube, "gw-a") == ["a-2"]
+    assert (await tunnels(kube, "gw-a") or {}).get("reason") == "FailedOver"
+
+
+async def test_a_gateway_reporting_itself_not_ready_is_replaced_although_the_peers_reach_it(kube: KubeClient,
+                                                                                              start: Start) -> None:
+    ctrl, _ = await ready_cluster(kube, start)
+    await set_ready(kube, "a-1", False)  # Ready=False: the kubelet says so, the control plane hears the node
+    await wait_active(kube, "gw-a", ["a-2"])
+    assert failovers(ctrl, "not_ready") == 1 and failovers(ctrl, "not_forwarding") == 0
+
+
+async def test_a_replica_leading_again_takes_the_holds_from_the_status_not_from_its_last_term(
+        kube: KubeClient, start: Start) -> None:
+    """Another leader released a-1 meanwhile (status.pathHealth has no hold): when this replica leads again and a-2
+    stops forwarding, a-1 is a fit candidate (with its own term's memory it would still be held)."""
+    from raven.kube.client import LEASES
+    from raven.kube.leader import micro_time
+
+    reports = await cluster(kube)
+    a = await start(identity="ctrl-a", leader_elect=True, health_hold_time=300.0, lease=(3.0, 2.0, 0.2))
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads")
+    for p in POOLS:
+        await wait_active(kube, f"gw-{p}", [f"{p}-1"])
+    await reports.write_all()
+    await forwarding_off_then_agents_follow(kube, reports)
+    await eventually(lambda: kube.get(GATEWAYS, "gw-a"),
+                     lambda g: [h["nodeName"] for h in g["status"]["pathHealth"].get("held", [])] == ["a-1"],
+                     what="a-1 held in the status")
+    lease = await kube.get(LEASES, "raven-controller", "kube-system")
+    lease["spec"].update(holderIdentity="thief", renewTime=micro_time(), leaseDurationSeconds=30)
+    await kube.replace(LEASES, "raven-controller", lease, "kube-system")
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 0, what="a steps down")
+    # The thief's term: it released a-1 (held lists are replaced whole by a merge patch).
+    await kube.merge_patch(GATEWAYS, "gw-a", {"status": {"pathHealth": {"held": []}}}, subresource="status")
+    lease = await kube.get(LEASES, "raven-controller", "kube-system")
+    del lease["spec"]["holderIdentity"]
+    await kube.replace(LEASES, "raven-controller", lease, "kube-system")
+    await eventually(lambda: a.metric("raven_controller_leader"), lambda v: v == 1, what="a leads again")
+    for m in ("a-1", "a-3"):  # a-2 answers but forwards nothing
+        for p in ("c", "b"):
+            reports.state.setdefault(m, {})[("via", f"gw-{p}")] = "down"
+        await reports.write(m)
+    await wait_active(kube, "gw-a", ["a-1"])

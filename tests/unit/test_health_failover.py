@@ -75,8 +75,9 @@ class World:
         ts = tuple(replace(t, state=state, since=T0) if pred(t) else t for t in r.status.targets)
         self.reports[reporter] = replace(r, status=replace(r.status, targets=ts))
 
-    def set_ready(self, node: str, ready: bool) -> None:
-        self.nodes[node] = replace(self.nodes[node], ready=ready)
+    def set_ready(self, node: str, ready: bool, unreachable: bool = False) -> None:
+        """`unreachable`: Ready is Unknown (the control plane cannot hear the node), not False."""
+        self.nodes[node] = replace(self.nodes[node], ready=ready, unreachable=not ready and unreachable)
 
     def restale(self, node: str, age: float) -> None:
         r = self.reports[node]
@@ -317,7 +318,7 @@ def test_no_flap_released_node_is_not_moved_back_while_the_active_works() -> Non
 def test_edge_autonomy_keeps_a_notready_gateway_that_the_data_plane_still_reaches() -> None:
     w = world()
     for n in nodes_of("gw-ea"):
-        w.set_ready(n, False)
+        w.set_ready(n, False, unreachable=True)
         w.restale(n, 400)  # the pool cannot write its reports either
     w.set_ready("ea-2", True)  # even with a Ready candidate to go to
     v = w.assess("gw-ea")
@@ -326,10 +327,19 @@ def test_edge_autonomy_keeps_a_notready_gateway_that_the_data_plane_still_reache
     assert w.elect("gw-ea", v) == ["ea-1"]
 
 
+def test_a_node_that_says_it_is_not_ready_is_replaced_as_before_whatever_the_data_plane_says() -> None:
+    """Ready=False comes from the node itself (the control plane hears it): not edge autonomy."""
+    w = world()
+    w.set_ready("ea-1", False)
+    v = w.assess("gw-ea")
+    assert v.election.keep == {} and v.condition_reason == REASON_HEALTHY
+    assert w.elect("gw-ea", v) == ["ea-2"]
+
+
 def test_edge_autonomy_ends_when_the_peers_lose_it() -> None:
     w = world()
     for n in nodes_of("gw-ea"):
-        w.set_ready(n, False)
+        w.set_ready(n, False, unreachable=True)
         w.restale(n, 400)
     w.set_ready("ea-2", True)
     peers_of_lose(w, "gw-ea")
@@ -413,3 +423,82 @@ def test_a_held_node_still_fills_a_hole_left_by_readiness_when_nobody_else_can()
     v = w.assess("gw-ea", memory, NOW + timedelta(seconds=5))
     assert "ea-1" in v.election.unfit and v.election.held == {"ea-1"}
     assert w.elect("gw-ea", v) == ["ea-1"]
+
+
+def test_losses_on_a_tunnel_still_coming_up_are_no_evidence_until_it_is_old_enough() -> None:
+    """At start (or after an election) probes run before IKE is up: a peer's first `down` about a gateway elected
+    a moment ago is not a failure (seen in the e2e cluster: one peer's report, written before the others', failed
+    over a gateway whose tunnels were still coming up). Still down once the tunnel is `establish` old: it counts."""
+    w = world()
+    ep = w.active("gw-ep")
+    elected = {(g, w.active(g)): T0 - timedelta(seconds=1) for g in w.gateways}
+    for h in ("gw-cloud", "gw-ea", "gw-eb"):
+        w.target(w.active(h), about("gw-ep", "peer"), "down")
+    w.target(ep, everything, "unknown")  # its own probes have not judged anything yet
+    for m in nodes_of("gw-ep")[1:]:  # its members reach it over raven0, nothing through it yet
+        w.target(m, lambda t: t.kind == "via", "down")
+
+    def verdict(now: datetime) -> HealthVerdict:
+        cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ep"}
+        return assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(), now, SETTINGS,
+                      elected)
+
+    young = verdict(NOW)
+    assert not young.blamed and young.next_check == T0 - timedelta(seconds=1) + SETTINGS.establish
+    old = verdict(T0 + SETTINGS.establish)
+    assert old.blamed[ep].kind == "peers", old
+    # Without election times (a controller that saw the election happen before it started) nothing is young.
+    assert w.assess("gw-ep").blamed
+
+
+def test_a_young_tunnel_that_one_end_reaches_is_established_and_its_losses_count() -> None:
+    """The members of a just-elected gateway lose everything through it while it reaches its peers itself: its
+    tunnels are up, so it answers but does not forward (R2) at once."""
+    w = world()
+    a = w.active("gw-ea")
+    elected = {("gw-ea", a): NOW - timedelta(seconds=1)}
+    forwarding_off(w, "gw-ea")
+    cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ea"}
+    v = assess(w.gateways["gw-ea"], cands, w.actives(), w.reports.values(), HealthMemory(), NOW, SETTINGS, elected)
+    assert v.blamed[a].kind == "forwarding", v
+
+
+def test_path_health_counts_the_peers_and_carries_the_memory_to_a_new_leader() -> None:
+    from raven.api.gateway import GatewayStatus as Status
+    from raven.controller.health import memory_from_status
+
+    w = world()
+    w.target(w.active("gw-cloud"), about("gw-ea", "peer"), "down")
+    v = w.assess("gw-ea")
+    assert (v.peers_up, v.peers) == (3, 3)  # gw-ea's own report still reaches the cloud gateway
+    w.target(w.active("gw-ea"), about("gw-cloud", "peer"), "down")
+    v = w.assess("gw-ea")
+    assert (v.peers_up, v.peers) == (2, 3)
+    node_dies(w, "gw-eb")
+    b = w.active("gw-eb")
+    v = w.assess("gw-eb")
+    memory = record_failover(v.memory, b, v.blamed[b], NOW)
+    after = w.assess("gw-eb", memory)
+    ph = after.election.path_health
+    assert ph is not None and [h.node_name for h in ph.held] == [b] and not ph.trial_spent
+    # What a new leader reads back from the written status is what the old one remembered.
+    parsed = Status.from_dict({"pathHealth": ph.to_dict()}).path_health
+    assert parsed == ph and memory_from_status(parsed) == after.memory
+
+
+def test_a_young_tunnel_up_in_one_direction_only_is_still_coming_up() -> None:
+    """Seen at start in e2e: the gateway's own probes reach its peers while theirs do not reach it yet (one
+    direction's routes or SAs up before the other's): not a failure while the tunnel is young."""
+    w = world()
+    ep = w.active("gw-ep")
+    elected = {(g, w.active(g)): NOW - timedelta(seconds=4) for g in w.gateways}
+    for h in ("gw-cloud", "gw-ea", "gw-eb"):
+        w.target(w.active(h), about("gw-ep", "peer"), "down")
+    for m in nodes_of("gw-ep")[1:]:
+        w.target(m, lambda t: t.kind == "via", "unknown")
+    cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ep"}
+    v = assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(), NOW, SETTINGS, elected)
+    assert not v.blamed, v.condition_message
+    later = assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(),
+                   NOW + SETTINGS.establish, SETTINGS, elected)
+    assert later.blamed[ep].kind == "peers"

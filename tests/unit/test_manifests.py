@@ -84,6 +84,7 @@ def test_crd_serves_openyurt_names() -> None:
     assert columns == {"ActiveEndpoint": ".status.activeEndpoints[*].nodeName", "ExposeType": ".spec.exposeType",
                        "Tunnels": '.status.conditions[?(@.type=="TunnelsHealthy")].status',
                        "Health": '.status.conditions[?(@.type=="TunnelsHealthy")].reason',
+                       "PeersUp": ".status.pathHealth.peersUp", "Peers": ".status.pathHealth.peers",
                        "Age": ".metadata.creationTimestamp"}
 
 
