@@ -2,7 +2,7 @@
 
 A setting is one field of `CommonConfig` (both modes), `NetworkRanges` (the cluster's address ranges, which both
 modes read from the same ConfigMap: the controller checks pod CIDRs against them, the agent plans with them),
-`SharedSettings` (the ranges plus the other values both modes must agree on),
+`SharedHealth` (the path-health timing both modes must agree on),
 `ControllerConfig` or `AgentConfig` (whose plan settings sit in `PlanSettings`), declared with
 `setting(default, help, check=..., env=..., cluster=...)`.
 Its flag is the field name with dashes (`tunnel_cidr` -> `--tunnel-cidr`), its type the field's annotation.
@@ -240,9 +240,9 @@ def _codec(hint: object) -> tuple[Callable[[str], object], tuple[str, ...] | Non
     raise TypeError(f"no parser for settings of type {hint!r}")
 
 
-def _declared(cls: type, mode: Mode, skip: type | None = None) -> tuple[Setting, ...]:
+def _declared(cls: type, mode: Mode, skip: type | tuple[type, ...] = ()) -> tuple[Setting, ...]:
     hints = typing.get_type_hints(cls)
-    skipped = {f.name for f in fields(skip)} if skip else set()
+    skipped = {f.name for base in (skip if isinstance(skip, tuple) else (skip,)) for f in fields(base)}
     out: list[Setting] = []
     for f in fields(cls):
         decl = f.metadata.get(_META)
@@ -318,10 +318,10 @@ class NetworkRanges:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SharedSettings(NetworkRanges):
-    """What the controller and every agent must agree on (the ConfigMap): the address ranges, and how long a new
-    path may take to come up. Agents report such a path down only after it; the controller counts a new tunnel's
-    losses (after either end's election) against a gateway only after it."""
+class SharedHealth:
+    """Path-health timing that the controller and every agent must agree on (the ConfigMap): how long a new path
+    may take to come up. Agents report such a path down only after it; the controller counts a new tunnel's losses
+    (after either end's election) against a gateway only after it."""
 
     health_establish_time: float = setting(10.0, "seconds a new path (a new target, a tunnel after either end's "
                                            "election, one whose far end or gateway moved) may take to come up: "
@@ -341,7 +341,7 @@ def _check_ranges(cfg: NetworkRanges) -> None:
 
 
 @dataclass(frozen=True)
-class ControllerConfig(SharedSettings):
+class ControllerConfig(NetworkRanges, SharedHealth):
     common: CommonConfig
     leader_elect: bool = setting(True, "compete for a Lease so only one replica writes; --no-leader-elect for "
                                  "a single replica")
@@ -393,7 +393,7 @@ def path_mtu_problem(underlay_mtu: int, esp_proposals: tuple[str, ...], ipsec_de
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanSettings(SharedSettings):
+class PlanSettings(NetworkRanges):
     """The agent settings the plan reads (`raven.agent.plan.PlanConfig` extends this class), the cluster's
     `NetworkRanges` included."""
 
@@ -438,7 +438,7 @@ def carry_plan_settings(source: PlanSettings, target: P) -> P:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AgentConfig(PlanSettings):
+class AgentConfig(PlanSettings, SharedHealth):
     common: CommonConfig
     node_name: str = setting("", "this node's name (required)", env="NODE_NAME")
     vpn_driver: Literal["ipsec", "wireguard"] = setting("ipsec", "tunnel between gateways (ipsec: through "
@@ -516,10 +516,11 @@ class AgentConfig(PlanSettings):
 SETTINGS: tuple[Setting, ...] = (
     *_declared(CommonConfig, "common"),
     *_declared(NetworkRanges, "network"),
-    *_declared(SharedSettings, "network", skip=NetworkRanges),
-    *_declared(ControllerConfig, "controller", skip=SharedSettings),
-    *_declared(AgentConfig, "agent", skip=PlanSettings),  # the agent's own settings first, then the plan's
-    *_declared(PlanSettings, "agent", skip=SharedSettings),
+    *_declared(SharedHealth, "network"),
+    *_declared(ControllerConfig, "controller", skip=(NetworkRanges, SharedHealth)),
+    # the agent's own settings first, then the plan's
+    *_declared(AgentConfig, "agent", skip=(PlanSettings, SharedHealth)),
+    *_declared(PlanSettings, "agent", skip=NetworkRanges),
 )
 
 
