@@ -231,7 +231,8 @@ def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
     assert _wg_pid(wg, node) is not None  # members run it too (a failover needs no start)
     agent.stop()
     assert _wg_pid(wg, node) is not None  # an agent stopping leaves it running
-    wg.cleanup_agent(node)
+    # Without --vpn-driver=wireguard: cleanup removes what Raven owns whatever the driver flag says.
+    wg.cleanup_agent(node, drop=("--vpn-driver=wireguard",))
     assert _wg_pid(wg, node) is None
     assert wg.cl.nodes[node].netns.ip("link", "show", "raven-wg0", check=False).returncode != 0
     assert not wg.wireguard_socket(node).exists()

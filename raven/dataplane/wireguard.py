@@ -456,6 +456,8 @@ class WireGuardDriver:
     as a `TunnelState` (ESTABLISHED while its last handshake is fresh); `connects` counts wireguard-go
     (re)starts and adoptions, so the reconciler re-applies after one."""
 
+    daemon = "wireguard"  # what /readyz names when wireguard-go is down
+
     def __init__(self, private_key: bytes, secret: str, port: int = 4500, ifname: str = WG_IFNAME,
                  process: WireGuardGo | None = None, keepalive: int = KEEPALIVE_S) -> None:
         self._private_hex = clamp(private_key).hex()
