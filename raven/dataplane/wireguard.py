@@ -10,9 +10,10 @@ NAT mapping on our side open); preshared key = HKDF-SHA256 of the cluster secret
 sorted (`pair_psk`): a node without the secret cannot complete a handshake with anyone.
 
 Keys: the node's private key lives in `--wireguard-key-file` (base64, as `wg genkey` writes it; created once,
-0600, never logged); its public key is published in the node's tunnel endpoint of its Gateway
-(`spec.endpoints[].config.publicKey`, the key OpenYurt Raven's WireGuard driver uses), where peers read it
-from `status.activeEndpoints` (`raven.agent.wgkeys`). Rotation: delete the file and restart the agent.
+0600, never logged); its public key is published in the node's own PathReport (`status.wireguardPublicKey`,
+`raven.agent.wgkeys`), and the controller copies it into the Gateway's `status.activeEndpoints[].config.publicKey`
+(the key OpenYurt Raven's WireGuard driver uses), where peers read it. Rotation: delete the file and restart the
+agent.
 
 Data plane: this kernel has no WireGuard module, so the agent runs `wireguard-go -f IFACE` itself
 (`WireGuardGo`: started when absent, adopted when an earlier agent left it running, restarted with backoff
