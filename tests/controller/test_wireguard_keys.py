@@ -3,11 +3,13 @@ copies the elected tunnel endpoints' keys into the Gateway's status.activeEndpoi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raven.agent.wgkeys import KeyPublisher
+from raven.agent.wgkeys import REPUBLISH_AFTER_S, KeyPublisher
+from raven.api.gateway import Gateway
 from raven.api.pathreport import PathReport, PathReportStatus, new_report_body, status_patch
 from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, KubeClient
 from raven.kube.typed import TypedClient
@@ -88,3 +90,25 @@ async def test_the_controller_copies_each_elected_endpoints_own_key(kube: KubeCl
     await kube.delete(PATHREPORTS, "b-1")
     await report(kube, "b-1", key("b-1"))
     await eventually(lambda: published(kube, "gw-b"), lambda p: p == {"b-1": key("b-1")}, what="b-1's key")
+
+
+async def test_a_report_deleted_under_the_agent_gets_its_key_back(kube: KubeClient) -> None:
+    """The Gateway shows another key for this elected node (its report was deleted): the publisher writes again."""
+    now = [0.0]
+    elected = Gateway.from_dict({"metadata": {"name": "gw-a"}, "spec": {"endpoints": [
+        {"nodeName": "a-1", "type": "tunnel", "port": 4500}]}, "status": {"activeEndpoints": [
+            {"nodeName": "a-1", "type": "tunnel", "port": 4500, "config": {"publicKey": "OLD"}}]}})
+    publisher = KeyPublisher(TypedClient(kube), "a-1", key("a-1"), lambda: [elected], clock=lambda: now[0])
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready().ok, bool, what="first write")
+        await kube.delete(PATHREPORTS, "a-1")
+        publisher.check()  # just written: the controller may still be copying it, nothing is redone
+        now[0] += REPUBLISH_AFTER_S + 1
+        publisher.check()
+        got = await eventually(lambda: kube.get(PATHREPORTS, "a-1"), lambda r: bool(r), what="report back")
+        assert PathReport.from_dict(got).wireguard_public_key == key("a-1")
+        assert publisher.writes == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
