@@ -17,6 +17,7 @@ processes reach the in-process server through a TCP forwarder from their namespa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import yaml
 from e2e.apiserver import ApiRequest, ApiServer
 from e2e.apiserver.errors import ApiError as ServerApiError
 from e2e.cluster import RAVEN_ARGV
-from e2e.netlab import Lab, Netns
+from e2e.netlab import Lab, Netns, Process
 from raven.kube.client import (
     ENDPOINTS,
     EVENTS,
@@ -222,6 +223,17 @@ class Recorder:
         return [r for r in self.seen[user] if (r.verb, r.resource, r.subresource) == (verb, resource, sub)]
 
 
+@contextlib.contextmanager
+def explained(rec: Recorder, *procs: Process) -> Iterator[None]:
+    """A scenario that stalls because a call was refused fails with the refused calls, not with the symptom."""
+    try:
+        yield
+    except AssertionError as exc:
+        if rec.denied:
+            raise AssertionError(_refused(rec, "".join(p.logs() for p in procs))) from exc
+        raise
+
+
 def _refused(rec: Recorder, logs: str) -> str:
     return ("calls the RBAC manifest refuses:\n" + "\n".join(sorted(set(map(str, rec.denied)))) + "\nlast logs:\n"
             + logs[-3000:])
@@ -270,7 +282,7 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                                        "--ipsec-identity-dir", str(tmp_path / "ipsec")],
                                       name="agent", env=dict(os.environ, NODE_NAME="m-1"))
 
-            try:
+            with explained(rec, controller, agent_proc):
                 await wait_active(kube, "gw-a", ["c-1"], within=30)
                 await wait_active(kube, "gw-c", ["k-1"])
                 await eventually(lambda: kube.get(ENDPOINTS, "raven-lb-gw-a-0", NS), lambda e: bool(e.get("subsets")),
@@ -304,10 +316,6 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                 await asyncio.to_thread(agent_proc.stop, 10.0)
                 lease = await kube.get(LEASES, "raven-controller", NS)
                 assert not lease["spec"].get("holderIdentity"), "the controller did not release its Lease"
-            except AssertionError as exc:
-                if rec.denied:  # a refused call is why the scenario stalled: say that, not the symptom
-                    raise AssertionError(_refused(rec, controller.logs() + agent_proc.logs())) from exc
-                raise
             logs = controller.logs() + agent_proc.logs()
     finally:
         apiserver.on_request = None
@@ -383,7 +391,7 @@ async def test_the_wireguard_agent_needs_no_gateway_write(apiserver: ApiServer, 
                                        "--kubeconfig", kubeconfigs["agt"], "--psk-file", str(psk),
                                        "--wireguard-key-file", str(tmp_path / "wg" / "private.key")],
                                       name="agent", env=dict(os.environ, NODE_NAME="w-1"))
-            try:
+            with explained(rec, controller, agent_proc):
                 await wait_active(kube, "gw-w", ["w-1"], within=30)
 
                 async def status_key() -> str:
@@ -396,10 +404,6 @@ async def test_the_wireguard_agent_needs_no_gateway_write(apiserver: ApiServer, 
                 assert report["status"]["wireguardPublicKey"] == key
                 await asyncio.to_thread(agent_proc.stop, 10.0)
                 await asyncio.to_thread(controller.stop, 10.0)
-            except AssertionError as exc:
-                if rec.denied:
-                    raise AssertionError(_refused(rec, controller.logs() + agent_proc.logs())) from exc
-                raise
             logs = controller.logs() + agent_proc.logs()
     finally:
         apiserver.on_request = None

@@ -425,8 +425,19 @@ class WireGuardGo:
             deadline = time.monotonic() + 5.0
             while self._proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(CHILD_POLL_S)
-        await asyncio.to_thread(Path(self.uapi.path).unlink, missing_ok=True)
+        if existed or not await self._answers():
+            # Ours, or stale (a SIGKILLed wireguard-go leaves it). A socket that answers while this network
+            # namespace has no such device belongs to a wireguard-go elsewhere (the host's, seen from a namespace
+            # that shares /run): not ours to remove.
+            await asyncio.to_thread(Path(self.uapi.path).unlink, missing_ok=True)
         return existed
+
+    async def _answers(self) -> bool:
+        try:
+            await Uapi(self.uapi.path, timeout_s=1.0).get()
+        except (WireGuardUnavailable, UapiError):
+            return False
+        return True
 
 
 async def set_link_mtu_up(ifname: str, mtu: int, netns: str | None = None) -> bool:
