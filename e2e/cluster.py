@@ -429,10 +429,12 @@ class RavenCluster:
         self.delete(NODES, node)
         self.registered.discard(node)
 
-    def cleanup_agent(self, node: str) -> None:
+    def cleanup_agent(self, node: str, drop: tuple[str, ...] = ()) -> None:
         """`raven --mode=agent --cleanup` on the node: removes every kernel object and VICI connection
-        Raven owns there (what a node leaving the cluster is left with once its agent is gone)."""
-        argv = [a for a in self.agent_argv(node) if a not in ("--health-addr", "--metrics-addr", AGENT_HTTP)]
+        Raven owns there (what a node leaving the cluster is left with once its agent is gone). `drop`: agent
+        arguments left out (e.g. `--vpn-driver=wireguard`: cleanup must not depend on it)."""
+        skip = ("--health-addr", "--metrics-addr", AGENT_HTTP, *drop)
+        argv = [a for a in self.agent_argv(node) if a not in skip]
         out = self.cl.nodes[node].netns.run([*argv, "--cleanup"], check=False, timeout=60)
         if out.returncode != 0:
             raise ConvergenceError(f"agent cleanup on {node} failed rc={out.returncode}: {out.stderr[-2000:]}")

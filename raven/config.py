@@ -450,7 +450,7 @@ class AgentConfig(PlanSettings, SharedHealth):
                                    "unset: the key in $VPN_CONNECTION_PSK. There is no default key")
     wireguard_key_file: str = setting("/var/lib/raven/wireguard/private.key", "this node's WireGuard private key "
                                       "(--vpn-driver=wireguard; base64, made 0600 when missing, never sent "
-                                      "anywhere; its public key is published in the node's Gateway endpoint)",
+                                      "anywhere; its public key is published in the node's own PathReport)",
                                       check=not_empty)
     ipsec_identity_dir: str = setting("/var/lib/raven/ipsec", "directory of this node's IPsec private key "
                                       "(0600, made here, never sent anywhere) and certificate (--ipsec-auth=cert)",

@@ -17,6 +17,7 @@ processes reach the in-process server through a TCP forwarder from their namespa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -30,8 +31,19 @@ import yaml
 from e2e.apiserver import ApiRequest, ApiServer
 from e2e.apiserver.errors import ApiError as ServerApiError
 from e2e.cluster import RAVEN_ARGV
-from e2e.netlab import Lab, Netns
-from raven.kube.client import ENDPOINTS, EVENTS, GATEWAYS, LEASES, NODES, SERVICES, KubeClient, Resource, new_api_client
+from e2e.netlab import Lab, Netns, Process
+from raven.kube.client import (
+    ENDPOINTS,
+    EVENTS,
+    GATEWAYS,
+    LEASES,
+    NODES,
+    PATHREPORTS,
+    SERVICES,
+    KubeClient,
+    Resource,
+    new_api_client,
+)
 from tests.controller.conftest import eventually, gateway_body, install_crd, node_body, set_ready
 from tests.controller.test_gateway_election import wait_active
 
@@ -211,6 +223,17 @@ class Recorder:
         return [r for r in self.seen[user] if (r.verb, r.resource, r.subresource) == (verb, resource, sub)]
 
 
+@contextlib.contextmanager
+def explained(rec: Recorder, *procs: Process) -> Iterator[None]:
+    """A scenario that stalls because a call was refused fails with the refused calls, not with the symptom."""
+    try:
+        yield
+    except AssertionError as exc:
+        if rec.denied:
+            raise AssertionError(_refused(rec, "".join(p.logs() for p in procs))) from exc
+        raise
+
+
 def _refused(rec: Recorder, logs: str) -> str:
     return ("calls the RBAC manifest refuses:\n" + "\n".join(sorted(set(map(str, rec.denied)))) + "\nlast logs:\n"
             + logs[-3000:])
@@ -259,7 +282,7 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                                        "--ipsec-identity-dir", str(tmp_path / "ipsec")],
                                       name="agent", env=dict(os.environ, NODE_NAME="m-1"))
 
-            try:
+            with explained(rec, controller, agent_proc):
                 await wait_active(kube, "gw-a", ["c-1"], within=30)
                 await wait_active(kube, "gw-c", ["k-1"])
                 await eventually(lambda: kube.get(ENDPOINTS, "raven-lb-gw-a-0", NS), lambda e: bool(e.get("subsets")),
@@ -293,10 +316,6 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                 await asyncio.to_thread(agent_proc.stop, 10.0)
                 lease = await kube.get(LEASES, "raven-controller", NS)
                 assert not lease["spec"].get("holderIdentity"), "the controller did not release its Lease"
-            except AssertionError as exc:
-                if rec.denied:  # a refused call is why the scenario stalled: say that, not the symptom
-                    raise AssertionError(_refused(rec, controller.logs() + agent_proc.logs())) from exc
-                raise
             logs = controller.logs() + agent_proc.logs()
     finally:
         apiserver.on_request = None
@@ -309,3 +328,87 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
     assert not problems, "rules no call needed:\n" + "\n".join(problems)
     # The events really went where the Role is (and nowhere else).
     assert {r.namespace for r in rec.seen[ctl_user] if r.resource == EVENTS.plural} == {"default"}
+
+
+# --- the WireGuard install (deploy/wireguard) -------------------------------------------------------------
+
+OVERLAY = ROOT / "deploy" / "wireguard"
+AGENT_WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def overlay_grants(user: str) -> list[Grant]:
+    """The base install's rules plus any (Cluster)Role the overlay's Kustomization adds for `user`."""
+    kustomization = yaml.safe_load((OVERLAY / "Kustomization").read_text())
+    extra = [r for r in kustomization.get("resources") or [] if not r.startswith("../")]
+    for name in extra:  # an overlay that adds RBAC: it must be evaluated too (none ships today)
+        kinds = {d["kind"] for d in yaml.safe_load_all((OVERLAY / name).read_text()) if d}
+        assert not kinds & {"ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding"}, (
+            f"{name} adds RBAC: teach overlay_grants to read it")
+    return grants(user)
+
+
+def _wireguard_agent() -> dict[str, Any]:
+    """The agent container as the overlay patches it (its args replace the base's)."""
+    (patch,) = [d for d in yaml.safe_load_all((OVERLAY / "agent-wireguard.yaml").read_text()) if d]
+    return next(c for c in patch["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+
+
+async def test_the_wireguard_agent_needs_no_gateway_write(apiserver: ApiServer, tmp_path: Path) -> None:
+    """A real agent with the overlay's args (--vpn-driver=wireguard, its own wireguard-go) and a real controller,
+    under the RBAC the overlay ships: no call refused, the agent's key reaches its Gateway's status, and the agent
+    never writes a Gateway (it publishes in its own PathReport, which the controller copies)."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root and a network namespace")
+    ctl_user, ctl = _workload("04-controller.yaml", "controller")
+    agent_user, _ = _workload("05-agent.yaml", "agent")
+    agent = _wireguard_agent()
+    rec = Recorder(apiserver, {ctl_user: overlay_grants(ctl_user), agent_user: overlay_grants(agent_user)},
+                   conflict_on="")
+    apiserver.on_request = rec
+    assert apiserver.kubeconfig
+    kube = KubeClient(await new_api_client(apiserver.kubeconfig))
+    try:
+        await install_crd(kube)
+        await kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        await kube.create(NODES, node_body("w-1", "gw-w", ip=AGENT_IP))  # the agent's node, the tunnel endpoint
+        await kube.create(NODES, node_body("p-1", "gw-p"))
+        await kube.create(GATEWAYS, gateway_body("gw-w", ["w-1"]))
+        await kube.create(GATEWAYS, gateway_body("gw-p", ["p-1"]))
+        with Lab("rrbwg") as lab:
+            sa_ns, _, sa_name = agent_user.removeprefix("system:serviceaccount:").partition(":")
+            tokens = {"ctl": apiserver.add_user(ctl_user), "agt": apiserver.add_node_token("w-1", f"{sa_ns}:{sa_name}")}
+            kubeconfigs = {s: apiserver.write_kubeconfig(tmp_path / f"kubeconfig-{s}", t) for s, t in tokens.items()}
+            ctl_ns, agt_ns = _node_netns(lab, apiserver)
+            psk = tmp_path / "psk"
+            psk.write_text("k" * 32)
+            wgrun = tmp_path / "wgrun"
+            wgrun.mkdir()
+            controller = ctl_ns.popen([*RAVEN_ARGV, *_args(ctl, {}), "--kubeconfig", kubeconfigs["ctl"]],
+                                      name="controller", env=dict(os.environ, POD_NAME="raven-controller-0"))
+            # The node's /run/wireguard is a directory of the test (a bind mount in the agent's mount namespace).
+            mount = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
+            agent_proc = agt_ns.popen(["sh", "-c", mount, str(wgrun), *RAVEN_ARGV, *_args(agent, {"HOST_IP": AGENT_IP}),
+                                       "--kubeconfig", kubeconfigs["agt"], "--psk-file", str(psk),
+                                       "--wireguard-key-file", str(tmp_path / "wg" / "private.key")],
+                                      name="agent", env=dict(os.environ, NODE_NAME="w-1"))
+            with explained(rec, controller, agent_proc):
+                await wait_active(kube, "gw-w", ["w-1"], within=30)
+
+                async def status_key() -> str:
+                    gw = await kube.get(GATEWAYS, "gw-w")
+                    (ep,) = gw["status"]["activeEndpoints"]
+                    return str((ep.get("config") or {}).get("publicKey", ""))
+
+                key = await eventually(status_key, bool, within=30, what="w-1's key in gw-w's status")
+                report = await kube.get(PATHREPORTS, "w-1")
+                assert report["status"]["wireguardPublicKey"] == key
+                await asyncio.to_thread(agent_proc.stop, 10.0)
+                await asyncio.to_thread(controller.stop, 10.0)
+            logs = controller.logs() + agent_proc.logs()
+    finally:
+        apiserver.on_request = None
+        await kube.close()
+    assert not rec.denied, _refused(rec, logs)
+    assert rec.calls(agent_user, "patch", "pathreports", "status"), "the key was not written by the agent"
+    agent_writes = {(r.verb, r.resource, r.subresource) for r in rec.seen[agent_user] if r.verb in AGENT_WRITES}
+    assert agent_writes <= {("create", "pathreports", ""), ("patch", "pathreports", "status")}, agent_writes

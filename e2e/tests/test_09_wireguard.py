@@ -24,7 +24,10 @@ import pytest
 from e2e.cluster import RavenCluster
 from e2e.probe import ping
 from e2e.tests.conftest import MEASUREMENTS, PREFIX
+from raven.agent.plan import node_source
+from raven.api.pathreport import PathReport
 from raven.dataplane.wireguard import DeviceInfo, Uapi, WireGuardUnavailable, pair_psk
+from raven.kube.client import PATHREPORTS
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -57,11 +60,19 @@ def device(rc: RavenCluster, node: str) -> DeviceInfo:
 
 
 def published_key(rc: RavenCluster, gateway: str, node: str) -> str:
-    gw = rc.gateways()[gateway]
-    for ep in gw["spec"]["endpoints"]:
-        if ep["nodeName"] == node and ep["type"] == "tunnel":
-            return str((ep.get("config") or {}).get("publicKey", ""))
+    """The key `node` (an endpoint of `gateway`) published: in its own PathReport, nowhere else."""
+    assert node in {ep["nodeName"] for ep in rc.gateways()[gateway]["spec"]["endpoints"]}, (gateway, node)
+    for obj in rc.list_objects(PATHREPORTS):
+        report = PathReport.from_dict(obj)
+        if report.name == node:
+            return report.wireguard_public_key
     return ""
+
+
+def status_keys(rc: RavenCluster, gateway: str) -> dict[str, str]:
+    """node -> config.publicKey of the Gateway's active tunnel endpoints (the controller's copy peers read)."""
+    return {ep["nodeName"]: str((ep.get("config") or {}).get("publicKey", ""))
+            for ep in rc.gateways()[gateway]["status"]["activeEndpoints"] if ep["type"] == "tunnel"}
 
 
 def hexkey(b64: str) -> str:
@@ -73,10 +84,13 @@ def test_matrix_direct_and_relayed_over_wireguard(wg: RavenCluster) -> None:
     assert matrix.failed == []
     gw_a, gw_b = wg.active_gateway_node("gw-edge-a"), wg.active_gateway_node("gw-edge-b")
     relay, pub = wg.active_gateway_node("gw-cloud"), wg.active_gateway_node("gw-edge-pub")
-    # Every node of a Gateway published its key (members too, so a failover finds it there).
+    # Every node of a Gateway published its key in its PathReport (members too, so a failover finds it there);
+    # the controller copied the active endpoints' keys into the status; no agent wrote a Gateway's spec.
     for gateway, nodes in (("gw-cloud", ("cloud-1", "cloud-2")), ("gw-edge-a", ("edge-a-1", "edge-a-2"))):
         for node in nodes:
             assert len(base64.b64decode(published_key(wg, gateway, node))) == 32, (gateway, node)
+        assert status_keys(wg, gateway) == {n: published_key(wg, gateway, n) for n in status_keys(wg, gateway)}
+        assert all("publicKey" not in (ep.get("config") or {}) for ep in wg.gateways()[gateway]["spec"]["endpoints"])
     # NAT <-> NAT: no peer between edge-a and edge-b; each has the relay and edge-pub, allowed IPs one /32 each.
     dev_a, dev_b = device(wg, gw_a), device(wg, gw_b)
     key = {n: hexkey(published_key(wg, g, n)) for g, n in (("gw-edge-a", gw_a), ("gw-edge-b", gw_b),
@@ -99,6 +113,23 @@ def test_matrix_direct_and_relayed_over_wireguard(wg: RavenCluster) -> None:
         assert after[key[node]].rx_bytes - before[key[node]].rx_bytes >= 40 * 84, node
     route = wg.route_get(gw_a, pod_b.ip, src=pod_a.ip, iif="vp0")
     assert "dev raven1" in route, route
+
+
+@pytest.mark.parametrize("role", ["gateway", "member"])
+def test_the_host_network_reaches_remote_pods_over_wireguard(wg: RavenCluster, role: str) -> None:
+    """A process on the node itself (no pod), relayed and direct: the routes' `src` is the node source (the
+    node's own address in its pod CIDR, a /32 on raven0/raven1), which the remote pool routes back and whose
+    VXLAN frames the ingress filter admits from raven-wg0."""
+    node = wg.active_gateway_node("gw-edge-a") if role == "gateway" else wg.member_node("edge-a")
+    ns = wg.cl.nodes[node].netns
+    src = node_source([wg.cl.nodes[node].pod_cidr])
+    assert src is not None
+    for remote in (wg.active_gateway_node("gw-edge-b"), wg.member_node("cloud")):  # relayed, direct
+        dst = wg.cl.nodes[remote].pods[0]
+        route = wg.route_get(node, dst.ip)
+        assert f"src {src}" in route, route
+        r = ping(ns, dst.ip, count=5, interval=0.05, wait=1)
+        assert r.received == 5, (node, remote, r)
 
 
 def test_killed_wireguard_go_is_restarted_and_traffic_resumes(wg: RavenCluster) -> None:
@@ -231,7 +262,8 @@ def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
     assert _wg_pid(wg, node) is not None  # members run it too (a failover needs no start)
     agent.stop()
     assert _wg_pid(wg, node) is not None  # an agent stopping leaves it running
-    wg.cleanup_agent(node)
+    # Without --vpn-driver=wireguard: cleanup removes what Raven owns whatever the driver flag says.
+    wg.cleanup_agent(node, drop=("--vpn-driver=wireguard",))
     assert _wg_pid(wg, node) is None
     assert wg.cl.nodes[node].netns.ip("link", "show", "raven-wg0", check=False).returncode != 0
     assert not wg.wireguard_socket(node).exists()

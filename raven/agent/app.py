@@ -32,6 +32,7 @@ from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.wgkeys import KeyPublisher
 from raven.api.gateway import Gateway
 from raven.api.node import Node
+from raven.api.pathreport import PathReportStatus
 from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane import devices, mtu
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
@@ -299,8 +300,11 @@ def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonit
     return plan_and_probe
 
 
-def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime) -> tuple[PathMonitor, ReportWriter] | None:
-    """The path-health monitor and its PathReport writer (None with --no-health-probes)."""
+def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key: str = ""
+                ) -> tuple[PathMonitor, ReportWriter] | None:
+    """The path-health monitor and its PathReport writer (None with --no-health-probes). `wireguard_key`: this
+    node's WireGuard public key, carried in every status it writes (`raven.agent.wgkeys` writes it first, and
+    alone when path health is off), so a report deleted and created again has it back at the next write."""
     if not cfg.health_probes:
         return None
     metrics = ProbeMetrics(rt.registry)
@@ -310,9 +314,14 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime) -> tuple[Path
     def on_write(result: str) -> None:
         metrics.report_writes.labels(result).inc()
 
+    snapshot: Callable[[float], PathReportStatus] = monitor.status
+    if wireguard_key:
+        def snapshot(now: float) -> PathReportStatus:
+            return replace(monitor.status(now), wireguard_public_key=wireguard_key)
+
     writer = ReportWriter(cfg.node_name, KubeReportStore(TypedClient(client)),
                           WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat,
-                                      cfg.health_rtt_write_interval), monitor.status, on_write)
+                                      cfg.health_rtt_write_interval), snapshot, on_write)
     return monitor, writer
 
 
@@ -333,7 +342,7 @@ def with_wireguard_mtu(plan_fn: Callable[[], Awaitable[PlanResult]], driver: Wir
 async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reconciler: Reconciler, client: TypedClient,
                           gateways: TypedInformer[Gateway], rt: Runtime) -> KeyPublisher:
     """wireguard-go up (adopted or started) before the first pass routes into its device, then supervised; the
-    public key published; both visible in /readyz."""
+    public key published in this node's PathReport (`raven.agent.wgkeys`); both visible in /readyz."""
     process = driver.process
 
     def on_start() -> None:
@@ -386,7 +395,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report)
             if wg is not None:
                 plan_fn = with_wireguard_mtu(plan_fn, wg)
-            health = path_health(cfg, client, rt)
+            health = path_health(cfg, client, rt, wg.public_key if wg is not None else "")
             if health is not None:
                 plan_fn = with_probes(plan_fn, health[0])
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.

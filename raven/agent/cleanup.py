@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 async def agent_cleanup(cfg: AgentConfig) -> int:
-    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections).
+    """`--cleanup`: remove everything Raven owns on this node (kernel objects, raven-* VICI connections, the
+    WireGuard device and the wireguard-go serving it), whatever `--vpn-driver` says: a node switched from one
+    driver to the other, or cleaned with the flags of the other, must not keep the first one's tunnels.
 
     Returns the exit code: 1 when anything could not be removed (so a script or an operator notices), else 0.
     """
@@ -39,26 +41,32 @@ async def agent_cleanup(cfg: AgentConfig) -> int:
     finally:
         await kernel.close()
     failed = not _remove_ingress_filter() or failed
-    if cfg.vpn_driver == "ipsec":
-        vpn = IPsecDriver(cfg.vici_socket, cfg.psk)
-        vpn.set_credentials(None, identity_key_ids(cfg.ipsec_identity_dir))  # our keys, by their ids
-        try:
-            vici_report = await vpn.cleanup()
-            for err in vici_report.errors:
-                log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
-            failed = failed or not vici_report.ok
-            log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
-        except CharonUnavailable as exc:
-            # A charon that is not running holds no connections (it loses them all when it stops).
-            log.warning("charon not reachable; nothing to remove there", extra=kv(error=str(exc)))
-        except Exception as exc:
-            failed = True
-            log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
-        finally:
-            await vpn.close()
-    if cfg.vpn_driver == "wireguard":
-        failed = not await _stop_wireguard() or failed
+    failed = not await _remove_ipsec(cfg) or failed
+    failed = not await _stop_wireguard() or failed
     return 1 if failed else 0
+
+
+async def _remove_ipsec(cfg: AgentConfig) -> bool:
+    """The raven-* VICI connections and this node's keys in charon (none to remove when charon is not running).
+    True if done."""
+    failed = False
+    vpn = IPsecDriver(cfg.vici_socket, cfg.psk)
+    vpn.set_credentials(None, identity_key_ids(cfg.ipsec_identity_dir))  # our keys, by their ids
+    try:
+        vici_report = await vpn.cleanup()
+        for err in vici_report.errors:
+            log.warning("ipsec cleanup operation failed", extra=kv(op=err.op, conn=err.obj, reason=err.reason))
+        failed = not vici_report.ok
+        log.info("ipsec connections removed", extra=kv(ops=vici_report.total_writes))
+    except CharonUnavailable as exc:
+        # A charon that is not running holds no connections (it loses them all when it stops).
+        log.warning("charon not reachable; nothing to remove there", extra=kv(error=str(exc)))
+    except Exception as exc:
+        failed = True
+        log.error("ipsec cleanup failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+    finally:
+        await vpn.close()
+    return not failed
 
 
 async def _stop_wireguard() -> bool:

@@ -44,6 +44,9 @@ class VpnDriver(Protocol):
     """Makes the VPN daemon match the desired tunnels (`raven.dataplane.tunnel`: `raven.dataplane.ipsec.IPsecDriver`,
     `raven.dataplane.wireguard.WireGuardDriver`)."""
 
+    # What /readyz names when the driver's daemon is down: "charon" (IPsec), "wireguard" (WireGuard).
+    daemon: str
+
     # How many times the driver (re)connected to the daemon: a change means charon (wireguard-go) restarted.
     @property
     def connects(self) -> int: ...
@@ -145,7 +148,7 @@ class Reconciler:
             return CheckResult(False, "first reconcile has not succeeded yet")
         outcome = self.last_outcome
         if outcome is not None and outcome.plan.role == "gateway" and self._vpn_error is not None:
-            return CheckResult(False, f"charon: {self._vpn_error}")
+            return CheckResult(False, f"{self._vpn.daemon if self._vpn is not None else 'vpn'}: {self._vpn_error}")
         return CheckResult(True)
 
     async def run(self) -> None:

@@ -7,7 +7,13 @@ path-health contract shared by the agent side (probes) and the controller side (
 
     spec:   {nodeName}
     status: {gateway, role, heartbeatTime, probeIntervalSeconds, targets: [{kind, gateway, node, address,
-             state, since, rttSeconds, lossRatio}]}
+             state, since, rttSeconds, lossRatio}], wireguardPublicKey}
+
+`status.wireguardPublicKey` (with --vpn-driver=wireguard; base64, 32 bytes) is where a node publishes its
+WireGuard public key: in the one object only that node may write (06-pathreport-policy.yaml), never in a
+Gateway (which would need every agent to patch every Gateway). The controller copies it, for each elected
+tunnel endpoint, into the Gateway's `status.activeEndpoints[].config.publicKey` (OpenYurt Raven's key), where
+peers read it; a report whose spec.nodeName differs from its name is ignored there too.
 
 Parsing is strict about types (a wrong type raises `PathReportParseError`, so the typed informer keeps no
 value for that version and the controller treats the node as having no evidence), lenient about absence (a
@@ -210,6 +216,7 @@ class PathReportStatus:
     heartbeat_time: datetime | None = None
     probe_interval_seconds: float | None = None
     targets: tuple[Target, ...] = ()
+    wireguard_public_key: str = ""  # base64; "" when the node runs no WireGuard (or has not published it yet)
 
     @classmethod
     def from_dict(cls, obj: JSONObject, path: str = "status") -> PathReportStatus:
@@ -229,10 +236,13 @@ class PathReportStatus:
             heartbeat_time=parse_time(_str(obj, "heartbeatTime", path), f"{path}.heartbeatTime"),
             probe_interval_seconds=_num(obj, "probeIntervalSeconds", path),
             targets=tuple(targets),
+            wireguard_public_key=_str(obj, "wireguardPublicKey", path),
         )
 
     def to_dict(self) -> JSON:
         out: JSON = {"gateway": self.gateway, "role": self.role}
+        if self.wireguard_public_key:
+            out["wireguardPublicKey"] = self.wireguard_public_key
         if self.heartbeat_time is not None:
             out["heartbeatTime"] = format_time(self.heartbeat_time)
         if self.probe_interval_seconds is not None:
@@ -271,6 +281,12 @@ class PathReport:
         """Written by the node it names (the contract's writer check; RBAC cannot narrow agents' writes)."""
         return bool(self.name) and self.node_name == self.name
 
+    @property
+    def wireguard_public_key(self) -> str:
+        """The WireGuard public key this node published ("" when none, or when the report is ill-formed: a key
+        is taken only from the node's own report)."""
+        return self.status.wireguard_public_key if self.well_formed else ""
+
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         """A report whose heartbeat is older than `stale_after` (3 x the agents' heartbeat) is no evidence."""
         hb = self.status.heartbeat_time
@@ -290,6 +306,11 @@ def new_report_body(node_name: str) -> JSON:
     """What an agent creates once: the object with its spec and no status (status goes via /status)."""
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node_name},
             "spec": {"nodeName": node_name}}
+
+
+def key_patch(public_key: str) -> JSON:
+    """The merge patch of /status that publishes a WireGuard public key (and touches nothing else)."""
+    return {"status": {"wireguardPublicKey": public_key}}
 
 
 def status_patch(status: PathReportStatus) -> JSON:

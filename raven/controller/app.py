@@ -85,11 +85,12 @@ class Controller:
                                                label_selector=MANAGED_SELECTOR), Service.from_dict)
         self.endpoints = TypedInformer(Informer(client, ENDPOINTS, "endpoints", reg, namespace=namespace,
                                                 label_selector=MANAGED_SELECTOR), ServiceEndpoints.from_dict)
-        # The agents' path measurements (failover on data-plane health); see raven/controller/health.py.
-        self.pathreports: TypedInformer[PathReport] | None = None
+        # The agents' PathReports: their WireGuard public keys (copied into the elected endpoints' status, always)
+        # and their path measurements (failover on data-plane health, raven/controller/health.py, when enabled).
+        self.pathreports: TypedInformer[PathReport] | None = TypedInformer(
+            Informer(client, PATHREPORTS, "pathreports", reg), PathReport.from_dict)
         health: HealthSettings | None = None
         if cfg.health_failover:
-            self.pathreports = TypedInformer(Informer(client, PATHREPORTS, "pathreports", reg), PathReport.from_dict)
             health = HealthSettings(stale_after=timedelta(seconds=cfg.health_stale_after),
                                     hold_time=timedelta(seconds=cfg.health_hold_time),
                                     settle=timedelta(seconds=cfg.health_settle_time),
@@ -177,7 +178,8 @@ class Controller:
 
     async def _wait_for_reports(self) -> None:
         """Give the PathReport cache a moment (a NotReady pool the data plane still reaches must not be failed
-        over just because the reports were not read yet), but never wait for a CRD that is not installed."""
+        over, nor a WireGuard key left out of a status, just because the reports were not read yet), but never
+        wait for a CRD that is not installed."""
         assert self.pathreports is not None
         try:
             await self.client.list(PATHREPORTS, limit=1)

@@ -40,6 +40,7 @@ from raven.api.constants import (
     CONDITION_VALID,
     DEFAULT_PROXY_PORT,
     DEFAULT_TUNNEL_PORT,
+    ENDPOINT_CONFIG_PUBLIC_KEY,
     ENDPOINT_TYPE_PROXY,
     ENDPOINT_TYPE_TUNNEL,
     EXPOSE_TYPE_LOAD_BALANCER,
@@ -239,6 +240,7 @@ def elect(
     switches: Switches = ALL_ON,
     extras: Mapping[str, Sequence[str]] | None = None,
     gateway_extras: Sequence[str] = (),
+    keys: Mapping[str, str] | None = None,
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -252,7 +254,10 @@ def elect(
     `endpoint_findings`: what `nodecheck.endpoint_findings` reports about this gateway's endpoints (and any other
     finding to show in NodesValid, such as a rejected extra CIDR). `switches`: raven-cfg (tunnel/proxy election on
     or off). `extras`: the accepted extra CIDRs of this gateway's nodes, by node; `gateway_extras`: the Gateway's
-    own accepted ones, added to the active tunnel endpoint's node.
+    own accepted ones, added to the active tunnel endpoint's node. `keys`: the WireGuard public key each node
+    published in its own PathReport, by node; an elected tunnel endpoint's `config.publicKey` is that key, else
+    the one its spec endpoint carries (an OpenYurt agent writes it there), else the one the previous status had
+    for the same node (a report not read yet, or deleted, never takes a working key away).
     """
     rejected = rejected or {}
     labelled = [n for n in nodes if n.gateway == gw.name]
@@ -283,7 +288,7 @@ def elect(
             else replace(ep, public_ip=None, public_port=None)
             for i, ep in enumerate(tunnels)
         ]
-    active = [_as_active(ep, switches) for ep in tunnels + proxies]
+    active = [_with_key(_as_active(ep, switches), keys or {}, prev_active) for ep in tunnels + proxies]
 
     node_problems: list[str] = []
     for node in sorted(own.values(), key=_node_name):
@@ -339,6 +344,20 @@ def _honoured_replicas(gw: Gateway) -> tuple[int, int, list[str]]:
                      f"endpoint(s), so at most {listed} can be elected")
         proxies = listed
     return tunnels, proxies, notes
+
+
+def _with_key(ep: Endpoint, keys: Mapping[str, str], previous: Sequence[Endpoint]) -> Endpoint:
+    """A tunnel endpoint with the WireGuard public key peers read (see `elect`'s `keys`)."""
+    if ep.type != ENDPOINT_TYPE_TUNNEL:
+        return ep
+    key = keys.get(ep.node_name) or (ep.config or {}).get(ENDPOINT_CONFIG_PUBLIC_KEY)
+    if not key:
+        key = next((p.config[ENDPOINT_CONFIG_PUBLIC_KEY] for p in previous
+                    if p.node_name == ep.node_name and p.type == ENDPOINT_TYPE_TUNNEL and p.config
+                    and p.config.get(ENDPOINT_CONFIG_PUBLIC_KEY)), None)
+    if not key:
+        return ep
+    return replace(ep, config={**(ep.config or {}), ENDPOINT_CONFIG_PUBLIC_KEY: key})
 
 
 def _as_active(ep: Endpoint, switches: Switches) -> Endpoint:

@@ -260,6 +260,8 @@ class GatewayReconciler:
         metrics.queue_depth.set_function(lambda: len(self.queue))
         gateways.add_handler(self.on_gateway)
         nodes.add_handler(self.on_node)
+        if reports is not None:
+            reports.add_handler(self.on_report_key)
         if reports is not None and self.health is not None:
             reports.add_handler(self.on_report)
         if ravencfg is not None:
@@ -373,6 +375,26 @@ class GatewayReconciler:
                 self.queue.add(gw)
         for gw in self._sensitive:
             self.queue.add(gw)
+
+    def on_report_key(self, ev: TypedEvent[PathReport]) -> None:
+        """A node's published WireGuard key changed: the Gateways whose endpoints name it copy it again."""
+        old = ev.old.wireguard_public_key if ev.old is not None else ""
+        new = ev.obj.wireguard_public_key if ev.obj is not None and ev.type != "DELETED" and ev.error is None else ""
+        if old != new:
+            for gw in self._endpoint_of.get(ev.name, ()):
+                self.queue.add(gw)
+
+    def _published_keys(self, gw: Gateway) -> dict[str, str]:
+        """node -> the WireGuard public key its own PathReport publishes, for the nodes of gw's endpoints (a
+        report whose spec.nodeName is not its name publishes nothing: `PathReport.wireguard_public_key`)."""
+        if self.reports is None:
+            return {}
+        out: dict[str, str] = {}
+        for node in _endpoint_nodes(gw):
+            report = self.reports.get(node)
+            if report is not None and report.wireguard_public_key:
+                out[node] = report.wireguard_public_key
+        return out
 
     def _fresh(self, r: PathReport | None) -> bool:
         return r is not None and self.health is not None and r.fresh(self.now(), self.health.stale_after)
@@ -511,7 +533,7 @@ class GatewayReconciler:
         found += [f for f in extras.findings if f.node in own]
         result = elect(gw, members, self.clock(), lb, health, rejected=rejected, endpoint_findings=found,
                        switches=self.switches(), extras=extras.by_node,
-                       gateway_extras=extras.by_gateway.get(gw.name, ()))
+                       gateway_extras=extras.by_gateway.get(gw.name, ()), keys=self._published_keys(gw))
         self._verdicts[gw.name] = verdict
         if verdict is not None and health.path_health is not None:
             result = self._with_failovers(gw, result, verdict)

@@ -209,6 +209,8 @@ def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings,
 class IPsecDriver:
     """Keeps charon's raven-* connections and PSK equal to the desired set. See the module docstring."""
 
+    daemon = "charon"  # what /readyz names when it is down
+
     def __init__(
         self,
         socket_path: str,

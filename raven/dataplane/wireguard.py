@@ -10,9 +10,10 @@ NAT mapping on our side open); preshared key = HKDF-SHA256 of the cluster secret
 sorted (`pair_psk`): a node without the secret cannot complete a handshake with anyone.
 
 Keys: the node's private key lives in `--wireguard-key-file` (base64, as `wg genkey` writes it; created once,
-0600, never logged); its public key is published in the node's tunnel endpoint of its Gateway
-(`spec.endpoints[].config.publicKey`, the key OpenYurt Raven's WireGuard driver uses), where peers read it
-from `status.activeEndpoints` (`raven.agent.wgkeys`). Rotation: delete the file and restart the agent.
+0600, never logged); its public key is published in the node's own PathReport (`status.wireguardPublicKey`,
+`raven.agent.wgkeys`), and the controller copies it into the Gateway's `status.activeEndpoints[].config.publicKey`
+(the key OpenYurt Raven's WireGuard driver uses), where peers read it. Rotation: delete the file and restart the
+agent.
 
 Data plane: this kernel has no WireGuard module, so the agent runs `wireguard-go -f IFACE` itself
 (`WireGuardGo`: started when absent, adopted when an earlier agent left it running, restarted with backoff
@@ -424,8 +425,19 @@ class WireGuardGo:
             deadline = time.monotonic() + 5.0
             while self._proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(CHILD_POLL_S)
-        await asyncio.to_thread(Path(self.uapi.path).unlink, missing_ok=True)
+        if existed or not await self._answers():
+            # Ours, or stale (a SIGKILLed wireguard-go leaves it). A socket that answers while this network
+            # namespace has no such device belongs to a wireguard-go elsewhere (the host's, seen from a namespace
+            # that shares /run): not ours to remove.
+            await asyncio.to_thread(Path(self.uapi.path).unlink, missing_ok=True)
         return existed
+
+    async def _answers(self) -> bool:
+        try:
+            await Uapi(self.uapi.path, timeout_s=1.0).get()
+        except (WireGuardUnavailable, UapiError):
+            return False
+        return True
 
 
 async def set_link_mtu_up(ifname: str, mtu: int, netns: str | None = None) -> bool:
@@ -455,6 +467,8 @@ class WireGuardDriver:
     the device hold exactly the planned peers (only what differs is written); `states()` reports each peer
     as a `TunnelState` (ESTABLISHED while its last handshake is fresh); `connects` counts wireguard-go
     (re)starts and adoptions, so the reconciler re-applies after one."""
+
+    daemon = "wireguard"  # what /readyz names when wireguard-go is down
 
     def __init__(self, private_key: bytes, secret: str, port: int = 4500, ifname: str = WG_IFNAME,
                  process: WireGuardGo | None = None, keepalive: int = KEEPALIVE_S) -> None:

@@ -299,3 +299,23 @@ def test_wireguard_go_outlives_the_process_objects_and_loop_that_started_it(lab:
     finally:
         asyncio.run(WireGuardGo("rvwg-gx", netns=ns.name).stop())
         (SOCKET_DIR / "rvwg-gx.log").unlink(missing_ok=True)
+
+
+def test_stop_where_there_is_no_device_leaves_a_live_socket_alone(lab: Lab) -> None:
+    # `--cleanup` stops WireGuard whatever --vpn-driver says; run in a namespace without the device (sharing /run
+    # with the one that has it, as `ip netns exec` does), it must not take another wireguard-go's socket away.
+    owner, other = lab.netns("so"), lab.netns("st")
+    process = WireGuardGo("rvwg-so", netns=owner.name)
+    asyncio.run(process.ensure())
+    try:
+        assert not asyncio.run(WireGuardGo("rvwg-so", netns=other.name).stop())  # no device there
+        assert Path(process.uapi.path).exists()
+        asyncio.run(process.uapi.get())  # still answering
+        # A stale socket (its wireguard-go gone without removing it) is removed by anyone.
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
+        Path(process.uapi.path).touch()
+    finally:
+        asyncio.run(WireGuardGo("rvwg-so", netns=owner.name).stop())
+        (SOCKET_DIR / "rvwg-so.log").unlink(missing_ok=True)
+    assert not Path(process.uapi.path).exists()

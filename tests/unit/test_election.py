@@ -250,3 +250,28 @@ def test_same_inputs_give_the_same_status() -> None:
     a = elect(gateway(THREE), nodes, NOW)
     b = elect(gateway(THREE), list(reversed(nodes)), NOW)
     assert a.status.to_dict() == b.status.to_dict()
+
+
+def _keys(result: Any) -> dict[str, str | None]:
+    return {ep.node_name: (ep.config or {}).get("publicKey") for ep in result.status.active_endpoints}
+
+
+def test_an_elected_tunnel_endpoint_carries_the_key_its_node_published() -> None:
+    nodes = [node("n-1"), node("n-2")]
+    eps = [tunnel("n-1", config={"k": "v"}), tunnel("n-2"), proxy("n-1")]
+    # The node's own report wins over a key in the spec (an OpenYurt agent's, or a stale one); config kept.
+    r = elect(gateway([{**eps[0], "config": {"k": "v", "publicKey": "SPEC"}}, *eps[1:]]), nodes, NOW,
+              keys={"n-1": "OWN", "n-2": "OTHER"})
+    (t,) = [ep for ep in r.status.active_endpoints if ep.type == "tunnel"]
+    assert t.config is not None and (t.config["k"], t.config["publicKey"]) == ("v", "OWN")
+    # No report: the spec's key (OpenYurt agents publish there); a proxy endpoint never gets one.
+    r = elect(gateway([{**eps[0], "config": {"publicKey": "SPEC"}}, *eps[1:]]), nodes, NOW, keys={})
+    got = [(ep.type, (ep.config or {}).get("publicKey")) for ep in r.status.active_endpoints]
+    assert ("tunnel", "SPEC") in got and all(k is None for t, k in got if t == "proxy")
+    # Neither (reports not read yet, or deleted): the key the previous status had for that node stays.
+    prev = {"activeEndpoints": [{**tunnel("n-1"), "config": {"publicKey": "BEFORE"}}]}
+    r = elect(gateway([tunnel("n-1"), tunnel("n-2")], status=prev), nodes, NOW, keys={})
+    assert _keys(r) == {"n-1": "BEFORE"}
+    # ... but never another node's: a failover to n-2 without its key carries none.
+    r = elect(gateway([tunnel("n-1"), tunnel("n-2")], status=prev), [node("n-1", ready=False), node("n-2")], NOW)
+    assert _keys(r) == {"n-2": None}

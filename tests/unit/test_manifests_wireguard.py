@@ -51,8 +51,20 @@ def test_agent_runs_wireguard_without_charon_and_keeps_its_key_on_the_node(rende
     assert any(a.startswith("--psk-file=") for a in args)  # the cluster secret the pair keys derive from
 
 
-def test_agents_may_patch_gateways_to_publish_their_key(rendered: list[dict[str, Any]]) -> None:
-    role = _one(rendered, "ClusterRole", "raven-agent-wireguard")
-    assert role["rules"] == [{"apiGroups": ["raven.openyurt.io"], "resources": ["gateways"], "verbs": ["patch"]}]
-    binding = _one(rendered, "ClusterRoleBinding", "raven-agent-wireguard")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "raven-agent", "namespace": "raven-system"}]
+RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def test_the_overlay_adds_no_rbac_and_agents_cannot_write_gateways(rendered: list[dict[str, Any]]) -> None:
+    """The key goes into the agent's own PathReport: the overlay's RBAC is the base install's, exactly, and no
+    rule bound to the agent lets it write a Gateway (a node that could would redirect any pool)."""
+    base = yaml.safe_load_all((OVERLAY.parents[1] / "manifests" / "02-rbac.yaml").read_text())
+    want = sorted((d["kind"], d["metadata"]["name"]) for d in base if d and d["kind"] in RBAC_KINDS)
+    got = sorted((d["kind"], d["metadata"]["name"]) for d in rendered if d["kind"] in RBAC_KINDS)
+    assert got == want
+    bound = {d["roleRef"]["name"] for d in rendered if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+             and {"kind": "ServiceAccount", "name": "raven-agent", "namespace": "raven-system"} in d["subjects"]}
+    writes = {"create", "update", "patch", "delete", "deletecollection", "*"}
+    for role in (d for d in rendered if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"] in bound):
+        for rule in role["rules"]:
+            if {"raven.openyurt.io", "*"} & set(rule["apiGroups"]):
+                assert not writes & set(rule["verbs"]), (role["metadata"]["name"], rule)

@@ -1,4 +1,4 @@
-"""The plan with --vpn-driver=wireguard: the same route-based design over raven-wg0, and the key publisher."""
+"""The plan with --vpn-driver=wireguard: the same route-based design over raven-wg0, and the key publisher's check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from raven.agent.app import plan_config
 from raven.agent.plan import PlanConfig, plan
-from raven.agent.wgkeys import key_patch
+from raven.agent.wgkeys import elected_with_other_key
 from raven.config import AgentConfig, CommonConfig
 from raven.dataplane.state import IPsecConnection, NodeNetwork, Route
 from tests.unit.plan_cluster import JSON, cluster_json, diff, nodes, parse, set_active
@@ -95,24 +95,13 @@ def test_agent_config_selects_the_wireguard_plan(tmp_path: pytest.TempPathFactor
     assert (ipsec.tunnel_encapsulation, ipsec.ipsec_tun_ifname) == ("esp", "ipsec0")
 
 
-def test_key_patch_sets_this_nodes_tunnel_endpoints_only_and_carries_the_resource_version() -> None:
-    objs = cluster_json()
-    objs["gw-dc"]["spec"]["endpoints"].append({"nodeName": "dc-1", "type": "proxy", "port": 10262})
-    (gw,) = parse({"gw-dc": objs["gw-dc"]})
-    patch = key_patch(gw, "dc-1", "PUB")
-    assert patch is not None
-    assert patch["metadata"] == {"resourceVersion": "1000"}
-    spec = patch["spec"]
-    assert isinstance(spec, dict)
-    eps = spec["endpoints"]
-    assert [(e["nodeName"], e["type"], e.get("config")) for e in eps] == [
-        ("dc-1", "tunnel", {"publicKey": "PUB"}), ("dc-2", "tunnel", {}), ("dc-1", "proxy", None)]
-    # Already published: nothing to write; a node with no endpoint: nothing either.
-    objs["gw-dc"]["spec"]["endpoints"][0]["config"] = {"publicKey": "PUB", "other": "kept"}
-    (gw,) = parse({"gw-dc": objs["gw-dc"]})
-    assert key_patch(gw, "dc-1", "PUB") is None
-    assert key_patch(gw, "cloud-1", "PUB") is None
-    # A rotated key replaces the old one and keeps the endpoint's other config.
-    patch = key_patch(gw, "dc-1", "NEW")
-    assert patch is not None and isinstance(patch["spec"], dict)
-    assert patch["spec"]["endpoints"][0]["config"] == {"publicKey": "NEW", "other": "kept"}
+def test_the_publisher_republishes_only_where_this_node_is_elected_with_another_key() -> None:
+    objs = with_keys(cluster_json())
+    gws = parse(objs)
+    active = {ep.node_name for gw in gws for ep in gw.status.active_tunnel_endpoints()}
+    node = sorted(active)[0]
+    assert elected_with_other_key(gws, node, key_of(node)) == []  # the controller copied ours
+    (gw,) = [g.name for g in gws if node in {e.node_name for e in g.status.active_tunnel_endpoints()}]
+    assert elected_with_other_key(gws, node, "ROTATED") == [gw]  # not copied yet (or the report lost it)
+    members = {ep.node_name for g in gws for ep in g.spec.endpoints or []} - active
+    assert all(elected_with_other_key(gws, m, "ANY") == [] for m in members)  # not elected: nothing to compare

@@ -49,7 +49,8 @@ class RecordingKernel:
 
 
 class RecordingCharon:
-    def __init__(self, up: bool = True) -> None:
+    def __init__(self, up: bool = True, daemon: str = "charon") -> None:
+        self.daemon = daemon
         self.up = up
         self.connects = 1
         self.loaded: list[frozenset[IPsecConnection]] = []
@@ -155,6 +156,17 @@ async def test_a_dead_charon_does_not_stop_route_changes_and_fails_readiness() -
     assert any(e.startswith("vpn:") for e in outcome.errors)
     check = rec.ready()
     assert not check.ok and "charon: no VICI socket" in check.reason
+
+
+async def test_readiness_names_the_driver_whose_daemon_is_down() -> None:
+    # With --vpn-driver=wireguard a dead wireguard-go is "wireguard: ...", never "charon: ...".
+    kernel, wg = RecordingKernel(), RecordingCharon(daemon="wireguard")
+    rec = make(GATEWAY, kernel, wg)
+    await rec.reconcile_once()
+    wg.up = False
+    await rec.reconcile_once()
+    check = rec.ready()
+    assert not check.ok and check.reason.startswith("wireguard: ") and "charon" not in check.reason
 
 
 async def test_a_member_node_does_not_need_charon() -> None:
