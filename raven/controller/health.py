@@ -20,7 +20,9 @@ which counts as reached. For the active endpoint A of Gateway G:
   does not forward. "Known to work" rests on another report, which may simply be written later than the loss:
   the losses count once they are `settle` old (1 s), by when a truly dead R would have been reported lost too.
   Likewise the other way round: when A's tunnels came back after a member's losses began (a shared cut healed),
-  that member's losses count only once it wrote after A's return, or `report_lag` after it.
+  that member's losses count only `report_lag` after A's return. Not as soon as it wrote after the return: the
+  return's time is whole seconds, and a report written just after it may predate the member's via probes seeing
+  the path back (seen in scenario g with a 20 s cut: a failover 0.5 s after the uplink returned).
 - R3 peers: no peer reaches A, and at least one peer that lost A still reaches another gateway (its own uplink
   works) -> A is not forwarding. A peer that reaches nobody is no evidence (its own uplink may be cut).
 - R4 self: A's own report says it reaches no peer (losses `settle` old), no peer reaches A, and at least one peer
@@ -341,15 +343,14 @@ def _blame(view: _View, node: str, now: datetime, settle: timedelta,
     own = view.own_peers(node)
     own_reached = {t.gateway for t in own if t.reached}
     # When A's tunnels came back (a peer reaches it again, it reaches a peer again) after a member's losses
-    # through it began, that member's report may only lag (agents rate-limit their writes): its losses count
-    # once it wrote after A's return, or `report_lag` after it.
+    # through it began, that member's report may only lag (agents rate-limit their writes, its via probes need a
+    # moment to see the path back, `since` is whole seconds): its losses count `report_lag` after A's return.
     returns = [t.since for t in (*own, *(t for _, t in view.peer_views_of(g, node))) if t.reached and t.since]
 
     def lagging(r: PathReport, lost: Sequence[Target]) -> bool:
         began = min((t.since for t in lost if t.since is not None), default=None)
         back = max((b for b in returns if began is not None and b > began), default=None)
-        hb = r.status.heartbeat_time
-        if back is None or (hb is not None and hb >= back) or now - back >= report_lag:
+        if back is None or now - back >= report_lag:
             return False
         pending.append(back + report_lag)
         return True

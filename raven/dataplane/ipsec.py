@@ -44,6 +44,16 @@ and close_action=start (it re-establishes on its own); the responding side uses 
 charon gives up on an IKE_SA after a hard failure (e.g. NO_PROPOSAL_CHOSEN from a peer whose agent
 has not loaded its side yet): a reconcile re-initiates (non-blocking) every initiator connection that
 has no IKE_SA at all. A terminate that finds no SA (it went away on its own) is not an error.
+Reqids: every connection's CHILD_SA gets a fixed reqid of its own (`assign_reqids`: from a hash of the
+connection name, in a range charon's dynamic allocator never reaches), never charon's dynamic one. charon
+(5.9) re-establishing a CHILD_SA (dpd_action=restart, close_action=start) asks for the reqid the old one
+had; by then that reqid was released, and the kernel interface hands released reqids to the next new
+allocation and honours an explicit request for an existing reqid WITHOUT checking its traffic selectors.
+So after an uplink cut past DPD on a gateway with two peers, the first tunnel back can take the other's
+old reqid and the second then joins it: two CHILD_SAs with one reqid, and kernel-libipsec (which picks
+the outbound SA by reqid) encrypts one peer's packets with the other peer's SA, which drops them "due to
+policy". IKE is up on both ends, ESP to that peer is a black hole until the SAs are torn down. A fixed
+reqid per connection is never allocated, released or shared, so a restart comes back on its own.
 NAT-T: `encap = yes` forces UDP encapsulation (what NAT'ed peers need anyway, and what kernel-libipsec
 does regardless), so the MTU computation can count on ESP-in-UDP; charon detects NAT by itself.
 
@@ -80,6 +90,10 @@ log = logging.getLogger(__name__)
 VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared", "initiate",
                    "load_key", "unload_key", "load_cert")
 CHILD_PREFIX: Final = "inner-"
+# Fixed reqids (see the module docstring): [REQID_BASE, REQID_BASE + REQID_SPAN). charon's dynamic reqids count up
+# from 1 (one per distinct CHILD_SA selector set, recycled), far below; the range stays under 2^31.
+REQID_BASE: Final = 1 << 24
+REQID_SPAN: Final = 1 << 28
 T = TypeVar("T")
 
 
@@ -143,10 +157,27 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | None = None) -> dict[str, Any]:
+def assign_reqids(names: Iterable[str]) -> dict[str, int]:
+    """A distinct fixed reqid per connection name: from a hash of the name (so it does not depend on what else is
+    loaded, and an agent restart computes the same), moved to the next free value on the rare collision (names
+    in sorted order, so the outcome is deterministic)."""
+    out: dict[str, int] = {}
+    taken: set[int] = set()
+    for name in sorted(set(names)):
+        slot = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % REQID_SPAN
+        while REQID_BASE + slot in taken:
+            slot = (slot + 1) % REQID_SPAN
+        out[name] = REQID_BASE + slot
+        taken.add(out[name])
+    return out
+
+
+def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | None = None,
+                reqid: int = 0) -> dict[str, Any]:
     """The VICI load-conn message body for one connection (without the fingerprinted child name).
 
-    `ca_pem`: the cluster CA, required for `auth = pubkey` (the peer's certificate must chain to it)."""
+    `ca_pem`: the cluster CA, required for `auth = pubkey` (the peer's certificate must chain to it).
+    `reqid`: the CHILD_SA's fixed reqid (`assign_reqids`); 0 leaves it to charon (not what the driver loads)."""
     initiator = conn.initiator
     child: dict[str, Any] = {
         "mode": "tunnel",
@@ -157,6 +188,8 @@ def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | 
         "dpd_action": "restart" if initiator else "clear",
         "close_action": "start" if initiator else "none",
     }
+    if reqid:
+        child["reqid"] = reqid
     # IKE to a peer's NAT-T port (4500) must come from our NAT-T socket with the non-ESP marker
     # (RFC 3948). Left at 500, charon sends unmarked IKE from port 500 to 4500; the peer takes it for
     # IKE only while the NAT keeps source port 500. A second node behind the same NAT (the new gateway
@@ -199,8 +232,8 @@ def child_name(config: dict[str, Any]) -> str:
 
 
 def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings,
-                   ca_pem: bytes | None = None) -> tuple[str, dict[str, Any]]:
-    config = conn_config(conn, settings, ca_pem)
+                   ca_pem: bytes | None = None, reqid: int = 0) -> tuple[str, dict[str, Any]]:
+    config = conn_config(conn, settings, ca_pem, reqid)
     name = child_name(config)
     config["children"] = {name: config["children"]["inner"]}
     return name, config
@@ -413,7 +446,8 @@ class IPsecDriver:
         desired = self._loadable(desired, creds.current, report)
         loaded = self._loaded(s)
         ca_pem = creds.current.ca_pem if creds.current is not None else None
-        wanted = {name: _fingerprinted(conn, self.settings, ca_pem) for name, conn in desired.items()}
+        reqids = assign_reqids(desired)
+        wanted = {name: _fingerprinted(conn, self.settings, ca_pem, reqids[name]) for name, conn in desired.items()}
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
         initiators = {n for n, c in desired.items() if c.initiator and n not in to_load}

@@ -293,3 +293,53 @@ async def test_aead_proposals_work_with_userspace_esp(
     assert child["encr-alg"].decode().upper() in ("AES_GCM_16", "CHACHA20_POLY1305")
     # Pod traffic inside raven1 (VXLAN between the inner addresses) through the AEAD SA.
     assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod)), ga.charon.read_log()[-2000:]
+
+
+def cut(ns: Netns, peer: str, on: bool) -> None:
+    """Drop everything between this namespace and `peer` (both ways), or stop dropping it."""
+    op = "-I" if on else "-D"
+    for chain, match in (("OUTPUT", "-d"), ("INPUT", "-s")):
+        ns.run(["iptables", "-w", op, chain, match, peer, "-j", "DROP"])
+
+
+def reqids(ns_charon: Charon) -> dict[str, list[int]]:
+    """raven-* IKE_SA name -> the reqids of its CHILD_SAs (as charon reports them)."""
+    with ns_charon.session() as s:
+        sas = list(s.list_sas())
+    return {(n.decode() if isinstance(n, bytes) else n): [int(c["reqid"]) for c in ike.get("child-sas", {}).values()]
+            for item in sas for n, ike in item.items()}
+
+
+async def test_tunnels_restarted_after_an_outage_past_dpd_keep_their_own_reqids(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    """Issue 11 (g), a pool's uplink cut past charon's DPD give-up: ga restarts both its tunnels (dpd_action=restart),
+    each asking for the reqid it had, both released by then. charon hands a released reqid to the first new
+    CHILD_SA and lets a later explicit request join an existing reqid whatever its selectors: with dynamic
+    reqids, the tunnel healed first took the other's old reqid, the second joined it, and libipsec (outbound SA
+    by reqid) sent one peer's packets into the other peer's SA: IKE up, pods cut for good. The order is forced
+    here: gb cut (so released) first, gc healed (so installed) first."""
+    ga, gb, gc = gws["ga"], gws["gb"], gws["gc"]
+    await bring_up(gws, drivers)
+    driver = drivers["ga"][1]
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod) and ping(ga.ns, ga.pod, gc.pod))
+    before = reqids(ga.charon)
+    cut(ga.ns, gb.underlay, True)
+    await asyncio.sleep(5)  # ga's DPD on gb gives up (~10 s of silence here) well before the one on gc
+    cut(ga.ns, gc.underlay, True)
+
+    async def restarting() -> bool:  # both IKE_SAs given up and being re-established (no CHILD_SA)
+        states = {t.name: t for t in await driver.states()}
+        return all(states.get(n) is not None and states[n].child_state is None for n in ("raven-gb", "raven-gc"))
+
+    assert await wait_for(restarting, 40), ga.charon.read_log()[-3000:]
+    cut(ga.ns, gc.underlay, False)
+    assert await wait_for(lambda: installed(driver, "raven-gc"), 20), ga.charon.read_log()[-3000:]
+    cut(ga.ns, gb.underlay, False)
+    assert await wait_for(lambda: installed(driver, "raven-gb"), 20), ga.charon.read_log()[-3000:]
+    after = reqids(ga.charon)
+    # Traffic to both peers (without fixed reqids one of them stayed a black hole), each tunnel back on its own
+    # reqid, none shared.
+    reached = {p.name: await wait_for(lambda p=p: ping(ga.ns, ga.pod, p.pod, count=1), 5) for p in (gb, gc)}
+    assert reached == {"gb": True, "gc": True}, (reached, before, after)
+    assert after == before and len({r for rs in after.values() for r in rs}) == 2, (before, after)
