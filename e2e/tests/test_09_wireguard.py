@@ -178,6 +178,10 @@ def test_node_with_the_wrong_cluster_secret_cannot_exchange_traffic(wg: RavenClu
     src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
     agent = wg.agents[gw]
     wrong = "wrong-" + wg.psk
+    # Health failover (the default) would replace the gateway that cannot exchange traffic, and the pod would then
+    # reach the relay through the standby: the standby says it is not ready meanwhile, so the node keeps its role.
+    standby = wg.member_node("edge-pub")
+    wg.set_node_ready(standby, False)
     try:
         agent.stop()
         wg.write_psk(gw, wrong)
@@ -206,6 +210,7 @@ def test_node_with_the_wrong_cluster_secret_cannot_exchange_traffic(wg: RavenClu
         agent.stop()
         wg.write_psk(gw, wg.psk)
         agent.start()
+        wg.set_node_ready(standby, True)
     wg.wait_for("traffic with the right secret", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=90)
 
 
