@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from raven.dataplane import probenat
-from raven.dataplane.iptables import run_iptables
+from raven.dataplane.iptables import Iptables
 from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import IngressFilter, IngressPeer, NodeNetwork, ProbeSnat
@@ -247,25 +247,16 @@ class IngressFilterApplier:
     """The owned chains: read, write, remove. Blocking (subprocesses): call from a worker thread."""
 
     def __init__(self, netns: str | None = None, iptables: str = "iptables") -> None:
-        self._prefix: list[str] = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
-        self._iptables = iptables
-
-    def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        return run_iptables(self._prefix, args, stdin)
+        self._ipt = Iptables(netns, iptables)
 
     def read(self) -> IngressObserved:
-        rc, out, err = self._run(f"{self._iptables}-save", "-t", "mangle")
-        if rc != 0:
-            raise OSError(f"{self._iptables}-save failed: {err.strip()}")
-        return parse(out)
+        return parse(self._ipt.save("mangle"))
 
     def write(self, want: Rules, current: IngressObserved) -> int:
         """One iptables-restore (0 when already converged). Returns the number of iptables calls."""
         if current.converged(want):
             return 0
-        rc, _out, err = self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin=restore_script(want, current))
-        if rc != 0:
-            raise OSError(f"{self._iptables}-restore failed: {err.strip()}")
+        self._ipt.restore(restore_script(want, current))
         return 1
 
     def remove(self) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from raven.dataplane.iptables import run_iptables
+from raven.dataplane.iptables import Iptables
 from raven.dataplane.state import ProbeSnat
 
 CHAIN: Final = "RAVEN-PROBE"
@@ -86,25 +86,16 @@ class ProbeNatApplier:
     """The RAVEN-PROBE nat chain: read, write, remove. Blocking (subprocesses): call from a worker thread."""
 
     def __init__(self, netns: str | None = None, iptables: str = "iptables") -> None:
-        self._prefix: list[str] = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
-        self._iptables = iptables
-
-    def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        return run_iptables(self._prefix, args, stdin)
+        self._ipt = Iptables(netns, iptables)
 
     def read(self) -> ProbeNatObserved:
-        rc, out, err = self._run(f"{self._iptables}-save", "-t", "nat")
-        if rc != 0:
-            raise OSError(f"{self._iptables}-save failed: {err.strip()}")
-        return parse(out)
+        return parse(self._ipt.save("nat"))
 
     def write(self, want: tuple[str, ...], current: ProbeNatObserved) -> int:
         """One iptables-restore (0 when already converged). Returns the number of iptables calls."""
         if current.converged(want):
             return 0
-        rc, _out, err = self._run(f"{self._iptables}-restore", "-w", "--noflush", stdin=restore_script(want, current))
-        if rc != 0:
-            raise OSError(f"{self._iptables}-restore failed: {err.strip()}")
+        self._ipt.restore(restore_script(want, current))
         return 1
 
     def remove(self) -> int:
