@@ -13,7 +13,7 @@ import pytest
 from e2e.cluster import RavenCluster
 from e2e.netlab import find_leftovers
 
-from .conftest import MEASUREMENTS
+from .conftest import MEASUREMENTS, own_cluster
 from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -22,13 +22,7 @@ PREFIX = f"{SESSION_PREFIX}m"  # its own cluster, named after the session's pref
 
 @pytest.fixture(scope="module")
 def mix(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
-    cluster = RavenCluster("nat-mix", prefix=PREFIX)
-    try:
-        cluster.start()
-        cluster.wait_converged(timeout=120)
-        yield cluster
-    finally:
-        cluster.close(keep_logs=request.session.testsfailed > 0)
+    yield from own_cluster(request, RavenCluster("nat-mix", prefix=PREFIX))
     assert not any(find_leftovers(PREFIX).values()), find_leftovers(PREFIX)
 
 

@@ -26,7 +26,7 @@ from raven.api.csr import request_body
 from raven.kube.client import CSRS, KubeClient, new_api_client
 from raven.pki import CSR_USAGES, SIGNER_NAME, new_private_key, node_csr
 
-from .conftest import MEASUREMENTS
+from .conftest import MEASUREMENTS, own_cluster
 from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -38,13 +38,8 @@ LIFETIME_S = 24
 
 @pytest.fixture(scope="module")
 def ic(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
-    cluster = RavenCluster("default", prefix=PREFIX, controller_args=["--ipsec-cert-lifetime", str(LIFETIME_S)])
-    try:
-        cluster.start()
-        cluster.wait_converged(timeout=120)
-        yield cluster
-    finally:
-        cluster.close(keep_logs=request.session.testsfailed > 0)
+    controller_args = ["--ipsec-cert-lifetime", str(LIFETIME_S)]
+    yield from own_cluster(request, RavenCluster("default", prefix=PREFIX, controller_args=controller_args))
     assert not any(find_leftovers(PREFIX).values()), find_leftovers(PREFIX)
 
 
