@@ -488,6 +488,9 @@ class AgentConfig(PlanSettings, SharedHealth):
                                       "3 heartbeats old is stale)", check=positive, cluster=True)
     health_min_write_interval: float = setting(2.0, "least seconds between two PathReport writes of a node (changes "
                                                "in between are coalesced)", check=positive, cluster=True)
+    path_change_grace: float = setting(5.0, "seconds an old path (a relay's allowance for the moved subnets, a "
+                                       "tunnel no longer planned) is kept after routes moved off it (make-before-"
+                                       "break: the far end switches on its own clock)", check=positive)
     # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
     psk: str = field(default="", repr=False)
     psk_source: str = ""

@@ -17,7 +17,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +28,8 @@ from raven.agent.kubeproxy import findings as kube_proxy_findings
 from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
-from raven.agent.reconciler import AgentMetrics, Reconciler
+from raven.agent.reconciler import AgentMetrics, Reconciler, VpnDriver
+from raven.agent.staging import Evidence, Stager, StagingMetrics, Verify
 from raven.agent.wgkeys import KeyPublisher
 from raven.api.gateway import Gateway
 from raven.api.node import Node
@@ -41,6 +42,7 @@ from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.natrules import read_nat_rules
 from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK
+from raven.dataplane.tunnel import DriverUnavailable
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.dataplane.wireguard import WireGuardDriver, load_or_create_private_key
 from raven.health import CheckResult
@@ -52,6 +54,7 @@ from raven.pathhealth.core import HealthParams
 from raven.pathhealth.metrics import ProbeMetrics, TunnelByteMetrics
 from raven.pathhealth.monitor import PathMonitor
 from raven.pathhealth.report import KubeReportStore, ReportWriter, WritePolicy
+from raven.pathhealth.targets import ProbeTarget
 from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -325,6 +328,33 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key
     return monitor, writer
 
 
+# CHILD_SA states that carry traffic (REKEYED: the old SA during a rekey, still installed).
+_SA_UP = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
+
+
+def tunnel_evidence(vpn: VpnDriver, monitor: PathMonitor | None) -> Verify:
+    """Make-before-break's evidence (raven.agent.staging): a tunnel is verified when its SA is up (charon's
+    CHILD_SA installed, WireGuard's handshake fresh) and the path-health probe through it is `up` (the SA alone
+    with --no-health-probes); broken when it has no SA or its probe is `down`."""
+
+    async def verify(names: Mapping[str, str]) -> Evidence:
+        try:
+            states = await vpn.states()
+        except DriverUnavailable:
+            states = []  # no daemon, no SA: every tunnel is broken, the plan is applied as it is
+        up = {t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in _SA_UP}
+        verified, broken = set(), set()
+        for hop, name in names.items():
+            probe = monitor.state_of("peer", hop) if monitor is not None else None
+            if name in up and probe in (None, "up"):
+                verified.add(hop)
+            if name not in up or probe == "down":
+                broken.add(hop)
+        return Evidence(frozenset(verified), frozenset(broken))
+
+    return verify
+
+
 def with_wireguard_mtu(plan_fn: Callable[[], Awaitable[PlanResult]], driver: WireGuardDriver
                        ) -> Callable[[], Awaitable[PlanResult]]:
     """The plan step, also giving the WireGuard device the MTU raven1's packets need (raven1's + VXLAN)."""
@@ -399,10 +429,19 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             if health is not None:
                 plan_fn = with_probes(plan_fn, health[0])
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
+            monitor = health[0] if health is not None else None
+            stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry))
             reconciler = Reconciler(
                 plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier(), ProbeNatApplier()), vpn,
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
+                stager=stager,
             )
+            if monitor is not None:
+                def on_path_state(target: ProbeTarget, state: str) -> None:
+                    if target.kind == "peer" and stager.last is not None and stager.last.held:
+                        reconciler.trigger(f"path-health/{target.gateway}")  # a held path change may go now
+
+                monitor.on_change = on_path_state
 
             if isinstance(vpn, IPsecDriver) and cfg.ipsec_auth == "cert":
                 # Imported here: the identity's X.509 code (cryptography) is ~40 ms of a start a PSK node skips.

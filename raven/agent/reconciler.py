@@ -16,12 +16,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven.agent.plan import PlanResult
+from raven.agent.staging import Stager
 from raven.dataplane.ipsec import TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyReport
@@ -115,8 +116,11 @@ class Reconciler:
         debounce: float = 0.05,
         tunnel_check_period: float = 2.0,
         charon_poll_period: float = 0.2,
+        stager: Stager | None = None,
     ) -> None:
         self._plan_fn = plan_fn
+        # Make-before-break (raven.agent.staging): what of each plan is safe to apply now.
+        self._stager = stager
         self._dp_metrics = dataplane_metrics
         self._vpn_error: str | None = None
         self._synced = synced
@@ -158,11 +162,16 @@ class Reconciler:
             due = last_pass + self._resync if retry_at is None else retry_at
             check = self._charon_poll_period if self._charon_down else self._tunnel_check_period
             wake_at = min(due, time.monotonic() + check) if self._vpn is not None else due
+            staged_at = self._stager.wake_at if self._stager is not None else None
+            if staged_at is not None:  # a held path change to look at again, or a grace period ending
+                wake_at = min(wake_at, staged_at)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wake_at - time.monotonic()))
             except TimeoutError:
                 if time.monotonic() >= due:
                     self._reasons.add("retry" if retry_at is not None else "resync")
+                elif staged_at is not None and time.monotonic() >= staged_at:
+                    self._reasons.add("path-staging")
                 elif self._charon_down and self._vpn is not None:
                     if not await self._vpn.available():
                         continue
@@ -243,6 +252,11 @@ class Reconciler:
             self.last_outcome = outcome
             return outcome
         self._log_plan_changes(result)
+        if self._stager is not None:
+            try:
+                result = replace(result, state=await self._stager(result.state))
+            except Exception:  # staging only delays changes: without it, the plan is applied as it is
+                log.exception("path staging failed; applying the plan as it is", extra=kv(reason=reason))
         outcome = ReconcileOutcome(result)
 
         try:

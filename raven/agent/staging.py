@@ -78,7 +78,7 @@ class Stage:
     held_since: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Switch:
     old_hop: str  # inner addresses
     new_hop: str
@@ -87,7 +87,7 @@ class Switch:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Held:
     new_hop: str
     old_hop: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from raven.api.pathreport import (
@@ -58,6 +59,13 @@ class PathMonitor:
         self._planned = asyncio.Event()  # set by the first plan: nothing is written before the targets are known
         self.state_changes = 0
         self._local_gateway = ""  # a member: its gateway's node (its via targets go through it)
+        # Called after a target's state changed (the agent re-runs its reconcile: a path change may wait for it).
+        self.on_change: Callable[[ProbeTarget, str], None] | None = None
+
+    def state_of(self, kind: str, address: str) -> str | None:
+        """The state of the target (kind, address), None when it is not probed."""
+        h = self.health.get((kind, address))
+        return h.state if h is not None else None
 
     # --- inputs ---
 
@@ -131,6 +139,8 @@ class PathMonitor:
                 consecutive_losses=h.consecutive_losses, loss=round(h.loss_ratio, 3),
                 rtt_ms=round(h.rtt * 1000, 2) if h.rtt is not None else None,
                 previous_since=format_time(from_epoch(old.since))))
+            if self.on_change is not None:
+                self.on_change(target, h.state)
         if self.writer is not None:
             worth = self._worth_writing(key, h)
             if worth == "now":

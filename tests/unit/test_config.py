@@ -126,6 +126,7 @@ BAD = {
     "health_rtt_write_interval": "0",
     "health_heartbeat": "0",
     "health_min_write_interval": "0",
+    "path_change_grace": "0",
 }
 
 

@@ -10,9 +10,11 @@ from collections.abc import Iterable, Mapping
 import pytest
 from prometheus_client import CollectorRegistry
 
-from raven.agent.plan import PlanConfig, plan
+from raven.agent.plan import PlanConfig, PlanResult, plan
+from raven.agent.reconciler import AgentMetrics, Reconciler
 from raven.agent.staging import Evidence, Stage, Staged, Stager, StagingMetrics, hops, stage
 from raven.dataplane.diff import Observed, diff
+from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.state import NodeNetwork
 from tests.unit.plan_cluster import JSON, POOLS, cluster_json, gateway_json, nodes, parse
 
@@ -150,7 +152,8 @@ def test_a_held_route_never_points_at_a_hop_without_tunnel_neighbour_or_allowanc
     """Through any sequence of plans and evidence, every raven1 route's next hop has its connection, its
     neighbour and FDB entry, and the filter lets it send: staging cannot black-hole a pool."""
     relay_state, direct_state, cloud, edge_a = states
-    sequence: list[tuple[NodeNetwork, set[str]]] = [(direct_state, set()), (direct_state, {cloud}), (relay_state, {cloud}), (direct_state, {edge_a}),
+    sequence: list[tuple[NodeNetwork, set[str]]] = [
+        (direct_state, set()), (direct_state, {cloud}), (relay_state, {cloud}), (direct_state, {edge_a}),
                 (relay_state, set()), (direct_state, {cloud, edge_a}), (relay_state, {cloud, edge_a})]
     st: Stage | None = None
     for t, (planned, ok) in enumerate(sequence * 3):
@@ -222,3 +225,45 @@ def test_the_stager_logs_meters_and_asks_for_the_evidence_of_both_states(
     asyncio.run(scenario())
 
 
+
+
+async def test_the_reconciler_switches_by_itself_once_the_tunnel_verifies_and_cleans_up_after_the_grace(
+        states: tuple[NodeNetwork, NodeNetwork, str, str]) -> None:
+    """The loop re-runs while a change is held (no event needed: the evidence changes outside the cluster's
+    objects) and at the end of the grace period."""
+    from tests.controller.conftest import eventually
+    from tests.unit.test_reconciler import RecordingCharon, RecordingKernel
+
+    before, after, cloud, edge_a = states
+    plans = [PlanResult(before, role="gateway", gateway="gw-edge-b"),
+             PlanResult(after, role="gateway", gateway="gw-edge-b")]
+    evidence = Evidence(verified=frozenset({cloud}))
+
+    async def verify(names: Mapping[str, str]) -> Evidence:
+        return evidence
+
+    async def plan_fn() -> PlanResult:
+        return plans.pop(0) if len(plans) > 1 else plans[0]
+
+    registry = CollectorRegistry()
+    kernel, charon = RecordingKernel(), RecordingCharon()
+    rec = Reconciler(plan_fn, lambda: True, kernel, charon, AgentMetrics(registry), DataplaneMetrics(registry),
+                     resync_period=30.0, debounce=0.01, tunnel_check_period=30.0,
+                     stager=Stager(0.3, verify, StagingMetrics(registry)))
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.trigger("synced")
+        await eventually(lambda: len(kernel.applied), lambda n: n >= 1, interval=0.01, what="first pass")
+        rec.trigger("gateway/gw-edge-a")
+        await eventually(lambda: len(kernel.applied), lambda n: n >= 2, interval=0.01, what="the change planned")
+        assert next_hops(kernel.applied[-1], EDGE_A_SUBNETS) == {cloud}
+        assert "raven-gw-edge-a" in {c.name for c in charon.loaded[-1]}  # the new tunnel is loaded at once
+        evidence = Evidence(verified=frozenset({cloud, edge_a}))
+        await eventually(lambda: next_hops(kernel.applied[-1], EDGE_A_SUBNETS), lambda h: h == {edge_a},
+                         interval=0.01, within=2.0, what="the switch")
+        assert kernel.applied[-1] != after  # the relay's allowance still lingers ...
+        await eventually(lambda: kernel.applied[-1], lambda s: s == after, interval=0.01, within=2.0,
+                         what="the end of the grace")  # ... until the grace is over
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
