@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +21,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from tests.controller.conftest import eventually
 from tests.dataplane.conftest import ip_json, kernel_snapshot, read_back
 
 pytestmark = pytest.mark.root
@@ -287,3 +290,47 @@ async def test_link_scope_addresses_and_route_sources_round_trip(node: Netns, ap
     assert f"src {src}" in node.ip("route", "get", "10.1.0.9").stdout
     again = await applier.reconcile(desired)
     assert again.ok and again.total_writes == 0, again.writes
+
+
+async def test_a_path_change_is_one_route_replace_per_moved_prefix_and_touches_nothing_else(
+        node: Netns, applier: KernelApplier) -> None:
+    """Make-before-break's switch (raven.agent.staging): the moved pool's prefixes change next hop (relay -> direct)
+    with one RTM_NEWROUTE/NLM_F_REPLACE each, never a delete then an add (a packet between the two would take
+    the main table's route), and no other route is written. Watched with `ip monitor route`, independently of
+    our own write counters."""
+    moved = [f"10.250.{i}.0/24" for i in range(20)]
+    relay, direct = "241.0.0.2", "241.0.0.3"
+    peer_mac = "02:f1:00:00:03:00"
+    base = gateway_state()
+    before = dataclasses.replace(
+        base,
+        routes=base.routes | {Route(s, 9027, "raven1", relay, 1350) for s in moved},
+        neighbors=base.neighbors | {Neighbor("raven1", direct, peer_mac)},
+        fdb=base.fdb | {FdbEntry("raven1", peer_mac, direct)},
+    )
+    after = dataclasses.replace(
+        before, routes=base.routes | {Route(s, 9027, "raven1", direct, 1350) for s in moved})
+    assert (await applier.reconcile(before)).ok
+    monitor = node.popen(["stdbuf", "-oL", "ip", "-4", "monitor", "route"], name="route-monitor")
+    try:
+        # The monitor is listening once it saw a change made after it started (a marker in another table).
+        deadline, k = time.monotonic() + 10, 0
+        while "table 9999" not in monitor.logs() and time.monotonic() < deadline:
+            node.ip("route", "add", f"10.254.{k}.0/24", "dev", "lo", "table", "9999")
+            k += 1
+            await asyncio.sleep(0.05)
+        assert "table 9999" in monitor.logs()
+        report = await applier.reconcile(after)
+        assert report.ok, report.errors
+        node.ip("route", "add", "10.255.0.0/24", "dev", "lo", "table", "9999")  # the end marker
+        await eventually(monitor.logs, lambda text: "10.255.0.0/24" in text, within=10, interval=0.02,
+                         what="the end marker in ip monitor's output")
+        lines = [line for line in monitor.stdout_path.read_text().splitlines()
+                 if "table 9999" not in line and line.strip()]
+    finally:
+        monitor.stop()
+    assert report.writes["route"] == len(moved) and report.total_writes == len(moved), report.writes
+    assert not [line for line in lines if line.startswith("Deleted")], lines
+    assert sorted(line.split()[0] for line in lines) == sorted(moved), lines
+    assert all(f"via {direct} dev raven1" in line for line in lines), lines
+    assert read_back(node) == after
