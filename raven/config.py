@@ -88,6 +88,10 @@ def positive(value: float) -> str | None:
     return None if value > 0 else f"must be > 0, got {value}"
 
 
+def not_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
 def fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
@@ -491,6 +495,9 @@ class AgentConfig(PlanSettings, SharedHealth):
     path_change_grace: float = setting(5.0, "seconds an old path (a relay's allowance for the moved subnets, a "
                                        "tunnel no longer planned) is kept after routes moved off it (make-before-"
                                        "break: the far end switches on its own clock)", check=positive)
+    path_change_settle: float = setting(1.0, "least seconds a planned path change waits before routes move (the "
+                                        "far end plans it too, so its ingress filter accepts the new path); 0: "
+                                        "as soon as the new tunnel is verified", check=not_negative)
     # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
     psk: str = field(default="", repr=False)
     psk_source: str = ""

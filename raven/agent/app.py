@@ -430,7 +430,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 plan_fn = with_probes(plan_fn, health[0])
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             monitor = health[0] if health is not None else None
-            stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry))
+            stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry),
+                            settle=cfg.path_change_settle)
             reconciler = Reconciler(
                 plan_fn, inputs.synced, IngressGuard(kernel, IngressFilterApplier(), ProbeNatApplier()), vpn,
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,

@@ -8,8 +8,11 @@ It is pure (the caller passes the clock and the evidence), like the plan:
 - A route whose next hop moves to a peer whose tunnel is not verified stays on its old next hop while that old
   hop is not broken (a *held* change). Everything else of the new path (its connection, neighbour, FDB entry,
   ingress allowance) is applied at once, so the new tunnel comes up beside the old one.
-- Once the new hop is verified the route moves (a *planned* switch): one RTM_NEWROUTE/NLM_F_REPLACE per prefix
-  (`raven.dataplane.diff` turns a changed next hop of the same (table, dst) into one replace).
+- Once the new hop is verified, and the change has been planned for at least `settle` seconds, the route moves
+  (a *planned* switch): one RTM_NEWROUTE/NLM_F_REPLACE per prefix (`raven.dataplane.diff` turns a changed next
+  hop of the same (table, dst) into one replace). The settle time is for the far end: it plans the same change
+  from the same Gateway event, on its own clock, and only its new plan lets its ingress filter accept what comes
+  the new way (e.g. back through the relay); moving before it has would drop packets there.
 - If the old hop is broken the route moves at once, verified or not (an *unplanned* switch): holding traffic on
   a dead path would only prolong the outage.
 - What only the old path needed (the old hop's ingress allowance for the moved subnets, its connection,
@@ -85,6 +88,7 @@ class Switch:
     prefixes: int
     kind: SwitchKind
     reason: str
+    since: float | None = None  # when the change was first held
 
 
 @dataclass(frozen=True, order=True)
@@ -93,6 +97,7 @@ class Held:
     old_hop: str
     prefixes: int
     since: float
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,11 @@ def hops(state: NodeNetwork) -> dict[str, IPsecConnection]:
 
 
 def stage(planned: NodeNetwork, previous: Stage | None, *, verified: Iterable[str], broken: Iterable[str],
-          now: float, grace: float) -> Staged:
+          now: float, grace: float, settle: float = 0.0) -> Staged:
     """What to apply now on the way from `previous.applied` to `planned` (see the module docstring).
     `verified`, `broken`: inner addresses of peers whose tunnel is verified, broken (a peer in neither is unknown:
-    not a reason to move, not one to stay). `None` as `previous` (the first pass): the plan as it is."""
+    not a reason to move, not one to stay). `settle`: the least time a planned change waits. `None` as
+    `previous` (the first pass): the plan as it is."""
     if previous is None:
         return Staged(planned, Stage(planned))
     ok, bad = frozenset(verified), frozenset(broken)
@@ -136,7 +142,8 @@ def stage(planned: NodeNetwork, previous: Stage | None, *, verified: Iterable[st
         old = old_routes.get((r.table, r.dst))
         if old is None or old.gateway is None or old.gateway == r.gateway or old.ifname != r.ifname:
             continue
-        if r.gateway in ok:
+        settled = now - previous.held_since.get(r.gateway, now) >= settle
+        if r.gateway in ok and settled:
             moved.setdefault((old.gateway, r.gateway, "planned"), []).append(old)
         elif old.gateway in bad:
             moved.setdefault((old.gateway, r.gateway, "unplanned"), []).append(old)
@@ -165,10 +172,14 @@ def stage(planned: NodeNetwork, previous: Stage | None, *, verified: Iterable[st
         state = _with_leftovers(state, keep.items())
 
     held_since = {new: previous.held_since.get(new, now) for new, _old in held}
-    held_out = tuple(sorted(Held(new, old, len(olds), held_since[new]) for (new, old), olds in held.items()))
+    held_out = tuple(sorted(
+        Held(new, old, len(olds), held_since[new],
+             "the far end may not have planned it yet (settle)" if new in ok else "tunnel not verified yet")
+        for (new, old), olds in held.items()))
     switches = tuple(sorted(
         Switch(old, new, len(olds), kind,
-               f"tunnel to {new} verified" if kind == "planned" else f"old next hop {old} broken")
+               "new tunnel verified" if kind == "planned" else "old next hop broken",
+               previous.held_since.get(new))
         for (old, new, kind), olds in moved.items()))
     return Staged(state, Stage(state, lingering, held_since), held_out, switches, expired)
 
@@ -250,8 +261,10 @@ class Stager:
     logs each hold, switch and end of grace, and keeps the metrics."""
 
     def __init__(self, grace: float, verify: Verify, metrics: StagingMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, conn_prefix: str = VICI_CONN_PREFIX) -> None:
+                 clock: Callable[[], float] = time.monotonic, conn_prefix: str = VICI_CONN_PREFIX,
+                 settle: float = 0.0) -> None:
         self.grace = grace
+        self.settle = settle
         self._verify = verify
         self._metrics = metrics
         self._clock = clock
@@ -286,7 +299,7 @@ class Stager:
             names = {hop: c.name for st in (previous.applied, planned) for hop, c in hops(st).items()}
         evidence = await self._verify(names) if names else Evidence()
         staged = stage(planned, previous, verified=evidence.verified, broken=evidence.broken,
-                       now=self._clock(), grace=self.grace)
+                       now=self._clock(), grace=self.grace, settle=self.settle)
         self._report(staged, planned, previous.applied if previous is not None else planned)
         self._stage, self.last = staged.stage, staged
         return staged.state
@@ -297,12 +310,12 @@ class Stager:
             if h.new_hop not in self._held_hops:
                 log.info("path change held", extra=kv(
                     via=self._name(h.new_hop, planned), keep=self._name(h.old_hop, before), prefixes=h.prefixes,
-                    reason=f"tunnel to {self._name(h.new_hop, planned)} not verified yet",
-                    held_s=round(now - h.since, 3)))
+                    reason=h.reason))
         for s in staged.switches:
-            log.info("path switched", extra=kv(**{"from": self._name(s.old_hop, before)},
-                                               to=self._name(s.new_hop, planned), prefixes=s.prefixes, kind=s.kind,
-                                               reason=s.reason, grace_s=self.grace))
+            log.info("path switched", extra=kv(
+                **{"from": self._name(s.old_hop, before)}, to=self._name(s.new_hop, planned), prefixes=s.prefixes,
+                kind=s.kind, reason=s.reason, held_s=round(now - s.since, 3) if s.since is not None else 0.0,
+                grace_s=self.grace))
         for hop in staged.expired:
             log.info("path grace ended", extra=kv(old=self._name(hop, before), reason="grace period over"))
         via = {self._name(h.new_hop, planned) for h in staged.held}

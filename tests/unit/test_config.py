@@ -127,6 +127,7 @@ BAD = {
     "health_heartbeat": "0",
     "health_min_write_interval": "0",
     "path_change_grace": "0",
+    "path_change_settle": "-1",
 }
 
 

@@ -267,3 +267,24 @@ async def test_the_reconciler_switches_by_itself_once_the_tunnel_verifies_and_cl
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_planned_change_waits_the_settle_time_for_the_far_end_an_unplanned_one_does_not(
+        states: tuple[NodeNetwork, NodeNetwork, str, str]) -> None:
+    """Direct -> relay: the relay is verified at once, but edge-a plans the same change on its own clock, and only
+    its new plan lets its filter take edge-b's packets from the relay: the move waits `settle` seconds."""
+    relay_state, direct_state, cloud, edge_a = states
+    ok = {cloud, edge_a}
+    first = stage(direct_state, None, verified=ok, broken=(), now=0.0, grace=GRACE, settle=1.0).stage
+    held = stage(relay_state, first, verified=ok, broken=(), now=10.0, grace=GRACE, settle=1.0)
+    assert next_hops(held.state, EDGE_A_SUBNETS) == {edge_a}
+    assert "settle" in held.held[0].reason
+    still = stage(relay_state, held.stage, verified=ok, broken=(), now=10.9, grace=GRACE, settle=1.0)
+    assert next_hops(still.state, EDGE_A_SUBNETS) == {edge_a}
+    moved = stage(relay_state, still.stage, verified=ok, broken=(), now=11.0, grace=GRACE, settle=1.0)
+    assert next_hops(moved.state, EDGE_A_SUBNETS) == {cloud}
+    assert [(s.kind, s.since) for s in moved.switches] == [("planned", 10.0)]
+    # The direct tunnel breaks before the settle time is over: no reason to wait.
+    broken = stage(relay_state, held.stage, verified={cloud}, broken={edge_a}, now=10.1, grace=GRACE, settle=1.0)
+    assert next_hops(broken.state, EDGE_A_SUBNETS) == {cloud}
+    assert [s.kind for s in broken.switches] == ["unplanned"]
