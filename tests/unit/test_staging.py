@@ -288,3 +288,36 @@ def test_a_planned_change_waits_the_settle_time_for_the_far_end_an_unplanned_one
     broken = stage(relay_state, held.stage, verified={cloud}, broken={edge_a}, now=10.1, grace=GRACE, settle=1.0)
     assert next_hops(broken.state, EDGE_A_SUBNETS) == {cloud}
     assert [s.kind for s in broken.switches] == ["unplanned"]
+
+
+async def test_the_evidence_is_the_sa_and_the_peer_probe_together() -> None:
+    """Verified: SA up and the probe through it `up`; broken: no SA, or the probe `down`; a probe still unknown
+    (the tunnel just came up) is neither. A probe state change calls the monitor's `on_change` (the agent
+    re-runs its loop: a held change may go now)."""
+    from raven.agent.app import tunnel_evidence
+    from raven.pathhealth.core import HealthParams, TargetHealth
+    from raven.pathhealth.monitor import PathMonitor
+    from raven.pathhealth.targets import ProbeTarget
+    from tests.unit.test_reconciler import RecordingCharon
+
+    charon = RecordingCharon()
+    charon.established = {"raven-gw-b", "raven-gw-c"}
+    mon = PathMonitor("a-1", HealthParams(), interval=0.2, timeout=0.5)
+    b, c, d = (ProbeTarget("peer", f"gw-{x}", f"{x}-1", "241.0.0.1", f"241.0.0.{i}")
+               for i, x in ((2, "b"), (3, "c"), (4, "d")))
+    mon.update_plan("gateway", "gw-a", (b, c, d))
+    changes: list[tuple[str, str]] = []
+    mon.on_change = lambda t, state: changes.append((t.gateway, state))
+    for _ in range(3):
+        mon._on_outcome(b.key, 0.001, 0.0)
+    assert changes == [("gw-b", "up")]
+    names = {"241.0.0.2": "raven-gw-b", "241.0.0.3": "raven-gw-c", "241.0.0.4": "raven-gw-d"}
+    ev = await tunnel_evidence(charon, mon)(names)
+    assert ev.verified == {"241.0.0.2"}  # c: SA up, probe unknown; d: no SA
+    assert ev.broken == {"241.0.0.4"}
+    mon.health[c.key] = TargetHealth(state="down")  # its probe lost (the state machine: test_pathhealth_core)
+    ev = await tunnel_evidence(charon, mon)(names)
+    assert "241.0.0.3" in ev.broken
+    # Without path health the SA alone verifies.
+    ev = await tunnel_evidence(charon, None)(names)
+    assert ev.verified == {"241.0.0.2", "241.0.0.3"} and ev.broken == {"241.0.0.4"}
