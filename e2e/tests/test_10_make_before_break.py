@@ -35,6 +35,7 @@ PREFIX = f"{SESSION_PREFIX}k"
 POOLS = ("cloud", "edge-a", "edge-b")
 GRACE = 3.0
 TCP_S = 45.0  # the transfer outlasts both changes (checked)
+HELD_S = 5.0  # how long the test keeps the direct path blocked
 BEFORE = 3.0  # seconds each probe runs before its change: the lab's loss without any change, for comparison
 _VIA = re.compile(r"\bvia (\S+)")
 
@@ -170,4 +171,57 @@ def test_relay_to_direct_and_back_under_a_10ms_probe_and_a_long_tcp_transfer(mbb
     # Back to the relay: planned too (the relay's tunnels exist); aimed at zero loss, bounded here, reported above.
     assert lost_down == 0 or relay_result.max_outage_s < 1.0, MEASUREMENTS
     assert transfer.bytes > 0  # the TCP transfer lived through both changes (iperf3 fails on a reset)
+    rc.wait_converged(timeout=60)
+
+
+def test_a_direct_path_that_never_verifies_keeps_the_pair_on_the_relay(mbb: RavenCluster) -> None:
+    """edge-a exposed, but edge-a's router drops everything from edge-b's site: the direct tunnel never comes up.
+    Both gateways hold the pair on the relay (`raven_path_staged`), the probe keeps flowing; once the block is
+    lifted the tunnel comes up and the pair moves (planned)."""
+    rc = mbb
+    driver = rc.vpn_driver
+    src, dst = rc.cl.nodes["edge-a-1"].pods[0], rc.cl.nodes["edge-b-1"].pods[0]
+    relay = next_hop(rc, "edge-a-1", dst.ip)
+    router = rc.cl.pools["edge-a"].router
+    block = ["FORWARD", "-i", "wan0", "-s", rc.cl.pools["edge-b"].router_wan_ip, "-j", "DROP"]
+    router.run(["iptables", "-I", *block])
+    blocked = True
+    dnat(rc, True)
+    try:
+        with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18512, name=f"mbb-held-{driver}") as probe:
+            assert probe.wait_first_reply(), "the relayed pair never answered"
+            time.sleep(BEFORE)
+            exposed_at = time.monotonic()
+            expose(rc, True)
+
+            def staged() -> bool:
+                return metric(rc.metrics("agent/edge-b-1"), "raven_path_staged", via="gw-edge-a") >= 1
+
+            rc.wait_for("edge-b holding the pair on the relay", staged, timeout=30)
+            time.sleep(HELD_S)  # far longer than the tunnel takes when it can come up
+            assert staged()
+            assert next_hop(rc, "edge-a-1", dst.ip) == relay and next_hop(rc, "edge-b-1", src.ip) == relay
+            router.run(["iptables", "-D", *block])
+            blocked = False
+            unblocked_at = time.monotonic()
+            to_direct = switch(rc, relay, True, src.ip, dst.ip)
+            time.sleep(GRACE + 1.0)
+            result = probe.stop()
+        lost, outages = after(result, exposed_at)
+        MEASUREMENTS[f"make_before_break_held_{driver}"] = {
+            "lost_after_change": lost, "lost_before_change": result.lost - lost, "sent": result.sent,
+            "outages_after_change_s": outages, "held_s": round(unblocked_at - exposed_at, 2),
+            "unblock_to_direct_s": round(to_direct, 3)}
+        if driver == "wireguard":
+            assert lost == 0, MEASUREMENTS[f"make_before_break_held_{driver}"]
+        else:  # the relay connection is replaced on exposure (see the first test): bounded
+            assert result.max_outage_s < 0.5, MEASUREMENTS[f"make_before_break_held_{driver}"]
+        assert metric(rc.metrics("agent/edge-b-1"), "raven_path_staged", via="gw-edge-a") == 0
+    finally:
+        if blocked:
+            router.run(["iptables", "-D", *block])
+        expose(rc, False)
+        switch(rc, relay, False, src.ip, dst.ip)
+        time.sleep(GRACE + 1.0)
+        dnat(rc, False)
     rc.wait_converged(timeout=60)
