@@ -1,0 +1,181 @@
+"""NAT traversal's pure core (raven/nattraversal/core.py) and the PathReport's observedEndpoints: sightings from
+fresh gateway reports only, NAT behaviour inferred from two or more observers (natType a hint, never truth), which
+NAT'd pairs may punch, a schedule both ends derive alike, and "direct" only from a verified input."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+import pytest
+
+from raven.api.pathreport import ObservedEndpoint, PathReport, PathReportParseError, PathReportStatus
+from raven.nattraversal.core import (
+    ADM,
+    EIM,
+    UNKNOWN,
+    NatInference,
+    PunchSchedule,
+    Sighting,
+    decide_pair,
+    infer,
+    pair_start,
+    plan,
+    sightings,
+)
+from tests.unit.test_pathreport_model import _schema
+
+NOW = datetime(2026, 12, 2, 6, 0, 0, tzinfo=UTC)
+T0 = NOW.timestamp()
+
+
+def report(node: str, gateway: str, seen: list[ObservedEndpoint], role: str = "gateway",
+           heartbeat: datetime = NOW, spec_node: str | None = None) -> PathReport:
+    return PathReport(node, spec_node if spec_node is not None else node,
+                      PathReportStatus(gateway=gateway, role=role, heartbeat_time=heartbeat,  # type: ignore[arg-type]
+                                       observed_endpoints=tuple(seen)))
+
+
+def seen(gateway: str, port: int, node: str = "", address: str = "198.18.0.12") -> ObservedEndpoint:
+    return ObservedEndpoint(gateway, node or f"{gateway}-1", address, port, NOW - timedelta(seconds=5))
+
+
+# --- the PathReport field ---
+
+def test_observed_endpoints_round_trip_and_match_the_crd_schema() -> None:
+    r = report("cloud-1", "gw-cloud", [seen("gw-b", 4500), seen("gw-c", 31337, address="198.18.0.13")])
+    doc: Any = r.to_dict()
+    assert doc["status"]["observedEndpoints"][1] == {"gateway": "gw-c", "node": "gw-c-1", "address": "198.18.0.13",
+                                                     "port": 31337, "since": "2026-12-02T05:59:55Z"}
+    assert PathReport.from_dict(doc) == r
+    jsonschema.Draft4Validator(_schema(), format_checker=jsonschema.FormatChecker()).validate(doc)
+
+
+def test_a_report_without_observed_endpoints_is_unchanged_on_the_wire() -> None:
+    doc: Any = report("edge-1", "gw-edge", []).to_dict()
+    assert "observedEndpoints" not in doc["status"]
+    assert PathReport.from_dict(doc).status.observed_endpoints == ()
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("status", "observedEndpoints"), {}), (("status", "observedEndpoints", 0), "x"),
+    (("status", "observedEndpoints", 0, "port"), "4500"), (("status", "observedEndpoints", 0, "port"), 70000),
+    (("status", "observedEndpoints", 0, "port"), 45.5), (("status", "observedEndpoints", 0, "since"), "soon"),
+    (("status", "observedEndpoints", 0, "address"), 7),
+])
+def test_wrong_shapes_of_observed_endpoints_raise_naming_the_field(path: tuple[Any, ...], value: object) -> None:
+    doc: Any = copy.deepcopy(report("cloud-1", "gw-cloud", [seen("gw-b", 4500)]).to_dict())
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(PathReportParseError) as err:
+        PathReport.from_dict(doc)
+    assert "observedEndpoints" in str(err.value)
+
+
+# --- sightings ---
+
+def test_sightings_come_only_from_fresh_well_formed_gateway_reports() -> None:
+    reports = [
+        report("cloud-1", "gw-cloud", [seen("gw-b", 4500)]),
+        report("cloud-2", "gw-cloud2", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=600)),  # stale
+        report("m-1", "gw-cloud", [seen("gw-b", 1)], role="member"),
+        report("evil", "gw-x", [seen("gw-b", 2)], spec_node="other"),
+        report("b-1", "gw-b", [seen("gw-b", 3)]),  # a gateway does not observe itself
+    ]
+    assert sightings(reports, NOW, timedelta(seconds=180)) == (
+        Sighting("gw-cloud", "gw-b", "gw-b-1", "198.18.0.12", 4500, T0 - 5),)
+
+
+# --- inference ---
+
+def S(observer: str, port: int, address: str = "198.18.0.12", node: str = "b-1", since: float = T0) -> Sighting:
+    return Sighting(observer, "gw-b", node, address, port, since)
+
+
+def test_two_observers_same_port_is_endpoint_independent() -> None:
+    i = infer("gw-b", "b-1", [S("gw-c1", 4500), S("gw-c2", 4500)])
+    assert (i.behaviour, i.address, i.port, i.observers, i.source) == (EIM, "198.18.0.12", 4500,
+                                                                        ("gw-c1", "gw-c2"), "observed")
+
+
+def test_two_observers_different_ports_is_address_dependent() -> None:
+    i = infer("gw-b", "b-1", [S("gw-c1", 4500), S("gw-c2", 40123)])
+    assert i.behaviour == ADM and "different mappings" in i.reason
+
+
+def test_one_observer_is_unknown_and_other_nodes_sightings_do_not_count() -> None:
+    i = infer("gw-b", "b-1", [S("gw-c1", 4500), S("gw-c2", 40123, node="b-2")])
+    assert (i.behaviour, i.port, i.observers) == (UNKNOWN, 4500, ("gw-c1",))
+    assert infer("gw-b", "b-1", []).behaviour == UNKNOWN
+
+
+def test_nat_type_is_a_hint_used_without_measurement_and_reported_when_contradicted() -> None:
+    assert infer("gw-b", "b-1", [S("gw-c1", 4500)], nat_type="Symmetric").behaviour == ADM
+    assert infer("gw-b", "b-1", [], nat_type="FullCone", public_ip="198.18.0.12",
+                 public_port=4500).source == "hint"
+    measured = infer("gw-b", "b-1", [S("gw-c1", 4500), S("gw-c2", 4500)], nat_type="Symmetric")
+    assert measured.behaviour == EIM and "contradicted" in measured.reason and measured.port_restricted is None
+
+
+# --- which pairs punch ---
+
+def inf(gw: str, behaviour: str, port: int | None = 4500, restricted: bool | None = None) -> NatInference:
+    return NatInference(gw, f"{gw}-1", behaviour, "198.18.0.1" if port else None, port, ("gw-cloud",),  # type: ignore[arg-type]
+                        "observed", restricted, T0, "")
+
+
+@pytest.mark.parametrize(("x", "y", "punch"), [
+    (inf("a", EIM), inf("b", EIM), True),
+    (inf("a", UNKNOWN), inf("b", EIM), True),
+    (inf("a", ADM), inf("b", EIM), True),  # the symmetric side's packets can open an address-restricted filter
+    (inf("a", ADM), inf("b", EIM, restricted=True), False),  # ... never a port-restricted one
+    (inf("a", ADM), inf("b", ADM), False),
+    (inf("a", EIM, port=None), inf("b", EIM), False),
+])
+def test_which_pairs_may_punch(x: NatInference, y: NatInference, punch: bool) -> None:
+    assert decide_pair(x, y).punch is punch
+    assert decide_pair(y, x) == decide_pair(x, y)  # the same answer at both ends
+
+
+# --- schedule and plan ---
+
+def test_the_schedule_is_bounded_and_both_ends_derive_the_same_start() -> None:
+    s = PunchSchedule()
+    a, b = inf("a", EIM), inf("b", EIM)
+    assert pair_start(a, b, s) == pair_start(b, a, s) == T0 + s.lead
+    starts = [s.attempt_start(0.0, n) for n in range(12)]
+    gaps = [y - x for x, y in itertools.pairwise(starts)]
+    assert gaps[0] == s.window + 5.0 and max(gaps) == s.window + 300.0  # never more than the cap apart
+    assert s.attempt_at(0.0, 3.0) == (0, 0.0, 10.0) and s.attempt_at(0.0, 12.0) == (1, 15.0, 25.0)
+
+
+def test_plan_punches_in_the_window_goes_direct_only_when_verified_and_falls_back() -> None:
+    infs = {"a": inf("a", EIM), "b": inf("b", EIM), "s": inf("s", ADM), "t": inf("t", ADM)}
+    start = T0 + 2
+    p = plan("a", infs, ["b"], {}, {}, start - 1)
+    assert p.punch == () and p.next_check == start and not p.direct_links
+    p = plan("a", infs, ["b"], p.states, {}, start + 1)
+    assert [t.peer for t in p.punch] == ["b"] and not p.direct_links  # trying, still relayed
+    p = plan("a", infs, ["b"], p.states, {"b": True}, start + 3)
+    assert p.direct_links == {("a", "b")} and p.punch  # verified: direct
+    broke = start + 100
+    p = plan("a", infs, ["b"], p.states, {"b": False}, broke)
+    assert not p.direct_links and p.punch and p.next_check == broke + 10  # relayed at once, re-punched
+    p = plan("a", infs, ["b"], p.states, {}, broke + 11)
+    assert p.punch == () and p.next_check == broke + 15  # the attempt failed: backoff
+    p = plan("s", infs, ["t"], {}, {"t": True}, start + 1)  # symmetric to symmetric: never, whatever the input
+    assert p.punch == () and not p.direct_links and not p.decisions[0].punch
+
+
+def test_a_new_mapping_restarts_the_schedule() -> None:
+    infs = {"a": inf("a", EIM), "b": inf("b", EIM)}
+    p = plan("a", infs, ["b"], {}, {}, T0 + 500)
+    moved = {**infs, "b": NatInference("b", "b-1", EIM, "198.18.0.1", 4501, ("gw-cloud",), "observed", None,
+                                       T0 + 600, "")}
+    q = plan("a", moved, ["b"], p.states, {}, T0 + 603)
+    assert q.states["b"].start == T0 + 602 and q.punch and q.punch[0].port == 4501
