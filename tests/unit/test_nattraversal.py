@@ -13,6 +13,8 @@ import jsonschema
 import pytest
 
 from raven.api.pathreport import ObservedEndpoint, PathReport, PathReportParseError, PathReportStatus
+from raven.dataplane.ipsec import TunnelState
+from raven.dataplane.state import IPsecConnection
 from raven.nattraversal.core import (
     ADM,
     EIM,
@@ -26,6 +28,7 @@ from raven.nattraversal.core import (
     plan,
     sightings,
 )
+from raven.nattraversal.observer import EndpointObserver, observe
 from tests.unit.test_pathreport_model import _schema
 
 NOW = datetime(2026, 12, 2, 6, 0, 0, tzinfo=UTC)
@@ -179,3 +182,37 @@ def test_a_new_mapping_restarts_the_schedule() -> None:
                                        T0 + 600, "")}
     q = plan("a", moved, ["b"], p.states, {}, T0 + 603)
     assert q.states["b"].start == T0 + 602 and q.punch and q.punch[0].port == 4501
+
+
+# --- the agent's observer ---
+
+def conn(peer: str, initiator: bool, remote_id: str = "", peer_node: str = "") -> IPsecConnection:
+    return IPsecConnection(f"raven-{peer}", "me", remote_id or f"raven-gw-{peer}", ("%any",),
+                           ("%any",) if not initiator else ("198.18.0.9",), 4500, "241.0.0.1/32", "241.0.0.2/32",
+                           initiator, peer_node=peer_node)
+
+
+def state(peer: str, host: str, port: int, ike: str = "ESTABLISHED") -> TunnelState:
+    return TunnelState(f"raven-{peer}", ike, 1, host, port, "INSTALLED", 2, 0, 0, 0, 0, True)
+
+
+def test_observer_reports_the_mapped_endpoints_of_peers_that_dial_us_only() -> None:
+    conns = [conn("gw-b", False, remote_id="raven-node-b-1"), conn("gw-c", False, peer_node="c-1"),
+             conn("gw-pub", True), conn("gw-d", False)]
+    states = [state("gw-b", "198.18.0.12", 4500), state("gw-c", "198.18.0.13", 31337),
+              state("gw-pub", "198.18.0.9", 4500), state("gw-d", "198.18.0.14", 4500, ike="CONNECTING")]
+    got = observe(conns, states, (), NOW)
+    assert got == (ObservedEndpoint("gw-b", "b-1", "198.18.0.12", 4500, NOW),
+                   ObservedEndpoint("gw-c", "c-1", "198.18.0.13", 31337, NOW))
+    later = NOW + timedelta(seconds=30)
+    again = observe(conns, [state("gw-b", "198.18.0.12", 4500), state("gw-c", "198.18.0.13", 40000)], got, later)
+    assert again[0].since == NOW and again[1].since == later  # a rebinding is a new mapping
+
+
+def test_endpoint_observer_signals_a_change_once() -> None:
+    changes: list[int] = []
+    o = EndpointObserver(lambda: changes.append(1), clock=lambda: T0)
+    conns = [conn("gw-b", False)]
+    assert o.update(conns, [state("gw-b", "198.18.0.12", 4500)])
+    assert not o.update(conns, [state("gw-b", "198.18.0.12", 4500)])
+    assert changes == [1] and o.endpoints[0].port == 4500
