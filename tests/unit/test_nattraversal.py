@@ -5,6 +5,7 @@ NAT'd pairs may punch, a schedule both ends derive alike, and "direct" only from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -216,3 +217,27 @@ def test_endpoint_observer_signals_a_change_once() -> None:
     assert o.update(conns, [state("gw-b", "198.18.0.12", 4500)])
     assert not o.update(conns, [state("gw-b", "198.18.0.12", 4500)])
     assert changes == [1] and o.endpoints[0].port == 4500
+
+
+# --- raven status shows the inference per NAT'd pool ---
+
+def test_raven_status_reports_each_nat_pools_inferred_behaviour_in_its_schema() -> None:
+    from raven.agent.status import to_json
+    from tests.unit.test_status import SCHEMA, healthy_reports, status
+
+    def observed(gw: str, port_a: int, port_b: int) -> PathReport:
+        r = next(x for x in healthy_reports() if x.name == gw)
+        return PathReport(r.name, r.node_name, dataclasses.replace(r.status, observed_endpoints=(
+            ObservedEndpoint("gw-edge-a", "edge-a-1", "198.51.100.1", port_a),
+            ObservedEndpoint("gw-edge-b", "edge-b-1", "198.51.100.2", port_b))))
+
+    reports = [r for r in healthy_reports() if r.name not in ("cloud-1", "dc-1")]
+    reports += [observed("cloud-1", 4500, 4500), observed("dc-1", 4500, 61000)]
+    doc: Any = to_json(status(reports=reports))
+    pools = {p["gateway"]: p for p in doc["pools"]}
+    assert pools["gw-edge-a"]["natTraversal"]["behaviour"] == EIM
+    assert pools["gw-edge-b"]["natTraversal"]["behaviour"] == ADM
+    assert pools["gw-edge-a"]["natTraversal"]["observers"] == ["gw-cloud", "gw-dc"]
+    assert pools["gw-cloud"]["natTraversal"] is None  # reachable: nothing to infer
+    for p in doc["pools"]:
+        jsonschema.validate(p, {**SCHEMA["properties"]["pools"]["items"], "$defs": SCHEMA["$defs"]})

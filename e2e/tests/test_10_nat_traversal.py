@@ -1,0 +1,170 @@
+"""NAT traversal with charon through iptables NAT routers (issue 15): the NAT-type matrix, time to direct,
+reachability throughout, NAT rebinding and a router reboot under a 10 ms probe.
+
+Its own small lab (`e2e.natlab.PunchLab`, prefix ``<session prefix>p``): two public hosts play the reachable
+gateways (pub0 also relays), two hosts behind NAT routers of the kinds under test play NAT'd gateways. Each host
+dials both public hosts from port 4500; the public hosts' SA lists are the rendezvous (`Sighting`s), and each
+host then runs NAT traversal's pure core on its own, as an agent would (`infer`, `decide_pair`, `plan` with the
+shared `PunchSchedule`), loading or unloading its `direct` connection from the plan. "Verified" is this lab's
+make-before-break input: the direct CHILD_SA installed at both ends and a ping through it answered.
+
+What is not here: the agent's plan does not yet hold punch connections (the integration point is
+`raven.nattraversal.core.plan`; docs/architecture.md "NAT traversal"), so no full Raven cluster goes direct.
+Figures go to MEASUREMENTS; bounds are generous (the aims: direct within 10 s, <= 3 s outage on a break)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from e2e.natlab import NAT_KINDS, NatKind, PunchLab, inner, wait_for
+from e2e.netlab import Lab
+from e2e.probe import ContinuousProbe, ProbeResult, ping
+from raven.nattraversal.core import NatInference, PairState, PunchSchedule, decide_pair, infer, plan
+
+from .conftest import MEASUREMENTS
+from .conftest import PREFIX as SESSION_PREFIX
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+PREFIX = f"{SESSION_PREFIX}p"
+SCHEDULE = PunchSchedule()
+# The matrix's expected outcome: direct wherever the mappings and filters allow.
+RELAYED: frozenset[frozenset[str]] = frozenset({frozenset({"port-restricted", "symmetric"}), frozenset({"symmetric"})})
+SHORT = [("port-restricted", "port-restricted"), ("full-cone", "symmetric"), ("port-restricted", "symmetric"),
+         ("symmetric", "symmetric")]
+PAIRS = list(itertools.combinations_with_replacement(NAT_KINDS, 2))
+
+
+@dataclass
+class Run:
+    kinds: tuple[NatKind, NatKind]
+    punched: bool = False
+    direct_s: float | None = None  # from the first attempt's start to verified at both ends
+    from_up_s: float | None = None  # from both relay tunnels up to verified
+    decisions: list[str] = field(default_factory=list)
+    inferences: dict[str, NatInference] = field(default_factory=dict)
+    loaded: list[bool] = field(default_factory=lambda: [False, False])
+    states: list[dict[str, PairState]] = field(default_factory=lambda: [{}, {}])
+
+
+def _verified(pl: PunchLab, i: int) -> bool:
+    j = 1 - i
+    return (pl.direct_installed(i) and pl.direct_installed(j)
+            and ping(pl.net.sites[i].host, inner(j), count=1, wait=1.0).ok)
+
+
+def _step(pl: PunchLab, run: Run, now: float) -> bool:
+    """One plan at each end; returns True when both are direct."""
+    direct = []
+    for i in (0, 1):
+        me, peer = f"h{i}", f"h{1 - i}"
+        verified = {peer: _verified(pl, i)} if run.loaded[i] else {}
+        p = plan(me, run.inferences, [peer], run.states[i], verified, now, SCHEDULE)
+        run.states[i] = dict(p.states)
+        run.decisions = [d.reason for d in p.decisions]
+        if p.punch and not run.loaded[i]:
+            t = p.punch[0]
+            pl.punch(i, 1 - i, t.address, t.port)
+            run.loaded[i] = run.punched = True
+        elif not p.punch and run.loaded[i]:
+            pl.unpunch(i)
+            run.loaded[i] = False
+        direct.append(bool(p.direct_links))
+    return all(direct)
+
+
+def _until_direct(pl: PunchLab, run: Run, t_up: float, timeout: float) -> None:
+    now = time.time()
+    seen = pl.sightings(since=float(int(now)))
+    run.inferences = {f"h{i}": infer(f"h{i}", f"h{i}", seen) for i in (0, 1)}
+    start = float(int(now)) + SCHEDULE.lead
+    start = max(start, float(int(now) + 1))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _step(pl, run, time.time()):
+            run.direct_s = round(time.time() - start, 3)
+            run.from_up_s = round(time.monotonic() - t_up, 3)
+            return
+        time.sleep(0.1)
+
+
+def _pair(kinds: tuple[NatKind, NatKind], port: int) -> tuple[Run, ProbeResult]:
+    with Lab(PREFIX) as lab:
+        pl = PunchLab(lab, kinds)
+        t_boot = time.monotonic()
+        assert wait_for(pl.relays_up, 30) is not None, "relay tunnels did not come up"
+        t_up = time.monotonic()
+        h0, h1 = pl.net.sites[0].host, pl.net.sites[1].host
+        run = Run(kinds)
+        with ContinuousProbe(h0, h1, inner(1), port=port) as probe:
+            assert probe.wait_first_reply(15), "no reply through the relay"
+            _until_direct(pl, run, t_up, timeout=SCHEDULE.lead + SCHEDULE.window + 3)
+            time.sleep(0.5)
+            result = probe.stop()
+        MEASUREMENTS[f"nat_{kinds[0]}__{kinds[1]}"] = {
+            "direct": run.direct_s is not None, "punched": run.punched, "attempt_to_direct_s": run.direct_s,
+            "relays_up_to_direct_s": run.from_up_s, "boot_to_relays_s": round(t_up - t_boot, 2),
+            "behaviours": [run.inferences[h].behaviour for h in ("h0", "h1")],
+            "probe_lost": result.lost, "probe_max_outage_s": round(result.max_outage_s, 3),
+        }
+        return run, result
+
+
+def _check(kinds: tuple[NatKind, NatKind], port: int) -> None:
+    run, probe = _pair(kinds, port)
+    relayed = frozenset(kinds) in RELAYED
+    assert (run.direct_s is None) is relayed, (kinds, run.decisions, run.inferences)
+    if run.direct_s is not None:
+        assert run.direct_s < 30
+    if kinds == ("symmetric", "symmetric"):
+        assert not run.punched  # both address-dependent: not even tried
+        assert decide_pair(run.inferences["h0"], run.inferences["h1"]).punch is False
+    # Reachable throughout, through the relay and across the switch to the direct path.
+    assert probe.max_outage_s < 1.0, probe
+
+
+@pytest.mark.parametrize("kinds", SHORT, ids=["-".join(k) for k in SHORT])
+def test_nat_matrix_short(kinds: tuple[NatKind, NatKind]) -> None:
+    _check(kinds, 18201)
+
+
+@pytest.mark.minute
+@pytest.mark.parametrize("kinds", [k for k in PAIRS if k not in SHORT], ids=["-".join(k) for k in PAIRS
+                                                                           if k not in SHORT])
+def test_nat_matrix_rest(kinds: tuple[NatKind, NatKind]) -> None:
+    _check(kinds, 18202)
+
+
+@pytest.mark.parametrize(("kinds", "site", "event"), [
+    (("port-restricted", "port-restricted"), 0, "flush"),
+    (("full-cone", "symmetric"), 1, "flush"),
+    (("port-restricted", "port-restricted"), 0, "reboot"),
+], ids=["port-restricted-flush", "symmetric-flush", "port-restricted-reboot"])
+def test_direct_path_survives_nat_rebinding(kinds: tuple[NatKind, NatKind], site: int, event: str) -> None:
+    with Lab(PREFIX) as lab:
+        pl = PunchLab(lab, kinds)
+        assert wait_for(pl.relays_up, 30) is not None
+        t_up = time.monotonic()
+        run = Run(kinds)
+        h0, h1 = pl.net.sites[0].host, pl.net.sites[1].host
+        with ContinuousProbe(h0, h1, inner(1), port=18203) as probe:
+            assert probe.wait_first_reply(15)
+            _until_direct(pl, run, t_up, timeout=SCHEDULE.lead + SCHEDULE.window + 3)
+            assert run.direct_s is not None, run.decisions
+            time.sleep(1.0)
+            before = pl.direct_bytes(0)
+            t_event = time.monotonic()
+            s = pl.net.sites[site]
+            s.flush_conntrack() if event == "flush" else s.reload_rules()
+            # Recovered: the probe answers again; the direct SA still carries it (not the relay).
+            time.sleep(8.0)
+            result = probe.stop()
+        recovery = result.outage_from(t_event, horizon=8.0)
+        still_direct = pl.direct_installed(0) and pl.direct_bytes(0) > before
+        MEASUREMENTS[f"nat_{event}_{kinds[site]}"] = {"recovery_s": round(recovery, 3), "lost": result.lost,
+                                                      "still_direct": still_direct}
+        assert recovery < 30, result
+        assert still_direct
