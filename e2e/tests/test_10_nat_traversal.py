@@ -1,12 +1,15 @@
 """NAT traversal with charon through iptables NAT routers (issue 15): the NAT-type matrix, time to direct,
 reachability throughout, NAT rebinding and a router reboot under a 10 ms probe.
 
-Its own small lab (`e2e.natlab.PunchLab`, prefix ``<session prefix>p``): two public hosts play the reachable
+Its own small lab (`e2e.natlab.PunchLab`, prefix ``<session prefix>n``): two public hosts play the reachable
 gateways (pub0 also relays), two hosts behind NAT routers of the kinds under test play NAT'd gateways. Each host
 dials both public hosts from port 4500; the public hosts' SA lists are the rendezvous (`Sighting`s), and each
 host then runs NAT traversal's pure core on its own, as an agent would (`infer`, `decide_pair`, `plan` with the
 shared `PunchSchedule`), loading or unloading its `direct` connection from the plan. "Verified" is this lab's
 make-before-break input: the direct CHILD_SA installed at both ends and a ping through it answered.
+
+`test_rendezvous_in_the_session_cluster` checks the agents' side in the shared cluster: the reachable
+gateways' agents publish the NAT'd gateways' mappings in their PathReports, and `raven status` infers from them.
 
 What is not here: the agent's plan does not yet hold punch connections (the integration point is
 `raven.nattraversal.core.plan`; docs/architecture.md "NAT traversal"), so no full Raven cluster goes direct.
@@ -20,16 +23,19 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from e2e.cluster import RavenCluster
 from e2e.natlab import NAT_KINDS, NatKind, PunchLab, inner, wait_for
 from e2e.netlab import Lab
 from e2e.probe import ContinuousProbe, ProbeResult, ping
+from raven.kube.client import PATHREPORTS
 from raven.nattraversal.core import NatInference, PairState, PunchSchedule, decide_pair, infer, plan
 
 from .conftest import MEASUREMENTS
 from .conftest import PREFIX as SESSION_PREFIX
+from .test_09_status import status_json
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-PREFIX = f"{SESSION_PREFIX}p"
+PREFIX = f"{SESSION_PREFIX}n"  # its own small labs (rven by default)
 SCHEDULE = PunchSchedule()
 # The matrix's expected outcome: direct wherever the mappings and filters allow.
 RELAYED: frozenset[frozenset[str]] = frozenset({frozenset({"port-restricted", "symmetric"}), frozenset({"symmetric"})})
@@ -168,3 +174,30 @@ def test_direct_path_survives_nat_rebinding(kinds: tuple[NatKind, NatKind], site
                                                       "still_direct": still_direct}
         assert recovery < 30, result
         assert still_direct
+
+
+def test_rendezvous_in_the_session_cluster(rc: RavenCluster) -> None:
+    """gw-cloud and gw-edge-pub are reachable; gw-edge-a/b dial them from behind plain MASQUERADE routers (which
+    keep port 4500): both observers see each NAT'd gateway at its router's WAN address, port 4500."""
+    observers = {rc.active_gateway_node(g): g for g in ("gw-cloud", "gw-edge-pub")}
+    want = {(f"gw-{p}", rc.active_gateway_node(f"gw-{p}"), rc.cl.pools[p].router_wan_ip, 4500)
+            for p in ("edge-a", "edge-b")}
+
+    def published() -> bool:
+        got: dict[str, set[tuple[str, str, str, int]]] = {}
+        for r in rc.list_objects(PATHREPORTS):
+            name = r["metadata"]["name"]
+            if name in observers:
+                got[name] = {(e["gateway"], e["node"], e["address"], e["port"])
+                             for e in r.get("status", {}).get("observedEndpoints", [])}
+        return all(got.get(n) == want for n in observers)  # exactly the NAT'd ones (not gw-cloud, which dials
+        # gw-edge-pub: a reachable peer's address is known, nothing to observe)
+
+    took = wait_for(published, 30, interval=0.2)
+    assert took is not None, [r.get("status", {}).get("observedEndpoints") for r in rc.list_objects(PATHREPORTS)]
+    MEASUREMENTS["nat_rendezvous_published_s"] = round(took, 2)
+    pools = {p["gateway"]: p for p in status_json(rc)["pools"]}
+    for gw in ("gw-edge-a", "gw-edge-b"):
+        nat = pools[gw]["natTraversal"]
+        assert nat["behaviour"] == "endpoint-independent" and nat["observers"] == ["gw-cloud", "gw-edge-pub"], nat
+    assert pools["gw-cloud"]["natTraversal"] is None

@@ -1,6 +1,7 @@
 """Rendezvous, the agent's side: what an active gateway sees of its NAT'd peers, for its PathReport.
 
-A peer under NAT dials us (the plan makes us its responder: `IPsecConnection.initiator` False); the address and
+A peer under NAT dials us (the plan makes us its responder, accepting it from any address: `initiator` False,
+`remote_addrs` ("%any",)); the address and
 port its established tunnel arrives from is its NAT's mapping for the flow towards us: charon's SA list
 (`remote-host`/`remote-port`) or WireGuard's peer endpoint, both as `TunnelState.remote_host`/`remote_port`, so
 one path serves both drivers. `observe` is pure; `EndpointObserver` keeps the last result and tells the report
@@ -32,7 +33,10 @@ def observe(conns: Iterable[IPsecConnection], states: Iterable[TunnelState],
             previous: Sequence[ObservedEndpoint], now: datetime) -> tuple[ObservedEndpoint, ...]:
     """The mapped endpoints of the peers that dial us, from their established tunnels (a mapping seen before
     keeps its `since`)."""
-    by_name = {c.name: c for c in conns if not c.initiator and c.name.startswith(VICI_CONN_PREFIX)}
+    # A peer we answer without insisting on its address (`%any`: under NAT, or behind a LoadBalancer) is one whose
+    # source we cannot predict; a reachable peer we answer (the lower name of two reachable gateways dials) is not.
+    by_name = {c.name: c for c in conns
+               if not c.initiator and c.remote_addrs == ("%any",) and c.name.startswith(VICI_CONN_PREFIX)}
     before = {(e.gateway, e.node, e.address, e.port): e.since for e in previous}
     out: dict[str, ObservedEndpoint] = {}
     for s in states:

@@ -199,9 +199,12 @@ def state(peer: str, host: str, port: int, ike: str = "ESTABLISHED") -> TunnelSt
 
 def test_observer_reports_the_mapped_endpoints_of_peers_that_dial_us_only() -> None:
     conns = [conn("gw-b", False, remote_id="raven-node-b-1"), conn("gw-c", False, peer_node="c-1"),
-             conn("gw-pub", True), conn("gw-d", False)]
+             conn("gw-pub", True), conn("gw-d", False), conn("gw-pub2", True)]
+    reachable_dials_us = dataclasses.replace(conns[-1], initiator=False)  # its address is known: not NAT'd
+    conns[-1] = reachable_dials_us
     states = [state("gw-b", "198.18.0.12", 4500), state("gw-c", "198.18.0.13", 31337),
-              state("gw-pub", "198.18.0.9", 4500), state("gw-d", "198.18.0.14", 4500, ike="CONNECTING")]
+              state("gw-pub", "198.18.0.9", 4500), state("gw-d", "198.18.0.14", 4500, ike="CONNECTING"),
+              state("gw-pub2", "198.18.0.9", 4500)]
     got = observe(conns, states, (), NOW)
     assert got == (ObservedEndpoint("gw-b", "b-1", "198.18.0.12", 4500, NOW),
                    ObservedEndpoint("gw-c", "c-1", "198.18.0.13", 31337, NOW))
