@@ -8,8 +8,9 @@ host then runs NAT traversal's pure core on its own, as an agent would (`infer`,
 shared `PunchSchedule`), loading or unloading its `direct` connection from the plan. "Verified" is this lab's
 make-before-break input: the direct CHILD_SA installed at both ends and a ping through it answered.
 
-`test_rendezvous_in_the_session_cluster` checks the agents' side in the shared cluster: the reachable
-gateways' agents publish the NAT'd gateways' mappings in their PathReports, and `raven status` infers from them.
+`test_rendezvous_in_the_session_cluster` checks the agents' and the controller's side in the shared cluster: the
+reachable gateways' agents publish the NAT'd gateways' mappings in their PathReports, `raven status` infers from
+them, and the controller publishes the inference in each NAT'd Gateway's active endpoint config.
 
 What is not here: the agent's plan does not yet hold punch connections (the integration point is
 `raven.nattraversal.core.plan`; docs/architecture.md "NAT traversal"), so no full Raven cluster goes direct.
@@ -28,7 +29,7 @@ from e2e.natlab import NAT_KINDS, NatKind, PunchLab, inner, wait_for
 from e2e.netlab import Lab
 from e2e.probe import ContinuousProbe, ProbeResult, ping
 from raven.kube.client import PATHREPORTS
-from raven.nattraversal.core import NatInference, PairState, PunchSchedule, decide_pair, infer, plan
+from raven.nattraversal.core import NatInference, PairState, PunchSchedule, decide_pair, from_config, infer, plan
 
 from .conftest import MEASUREMENTS
 from .conftest import PREFIX as SESSION_PREFIX
@@ -201,3 +202,18 @@ def test_rendezvous_in_the_session_cluster(rc: RavenCluster) -> None:
         nat = pools[gw]["natTraversal"]
         assert nat["behaviour"] == "endpoint-independent" and nat["observers"] == ["gw-cloud", "gw-edge-pub"], nat
     assert pools["gw-cloud"]["natTraversal"] is None
+
+    # The controller publishes the same inference where the agents read (the NAT'd Gateway's active endpoint).
+    def config(gw: str) -> dict[str, str]:
+        eps = rc.gateways()[gw].get("status", {}).get("activeEndpoints", [])
+        return next((e.get("config", {}) for e in eps if e["type"] == "tunnel"), {})
+
+    def published_to_agents() -> bool:
+        return all(config(f"gw-{p}").get("natBehaviour") == "endpoint-independent"
+                   and config(f"gw-{p}").get("natMappedAddress") == rc.cl.pools[p].router_wan_ip
+                   and config(f"gw-{p}").get("natMappedPort") == "4500" for p in ("edge-a", "edge-b"))
+
+    assert wait_for(published_to_agents, 30, interval=0.2) is not None, config("gw-edge-a")
+    inference = from_config("gw-edge-a", rc.active_gateway_node("gw-edge-a"), config("gw-edge-a"))
+    assert inference is not None and inference.observers == ("gw-cloud", "gw-edge-pub")
+    assert "natBehaviour" not in config("gw-cloud")

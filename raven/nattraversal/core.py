@@ -108,6 +108,42 @@ def _latest(s: Sighting) -> tuple[float, str]:
     return s.since, s.observer
 
 
+# Where the controller publishes an inference for the agents: keys of the NAT'd Gateway's active tunnel endpoint's
+# `status.activeEndpoints[].config` (OpenYurt's free-form map, where the WireGuard `publicKey` lives too), so every
+# agent reads the same from the Gateways alone. Values are strings, as that map holds.
+CONFIG_BEHAVIOUR: Final = "natBehaviour"
+CONFIG_ADDRESS: Final = "natMappedAddress"
+CONFIG_PORT: Final = "natMappedPort"
+CONFIG_OBSERVERS: Final = "natObservers"
+CONFIG_SINCE: Final = "natSince"
+CONFIG_KEYS: Final = (CONFIG_BEHAVIOUR, CONFIG_ADDRESS, CONFIG_PORT, CONFIG_OBSERVERS, CONFIG_SINCE)
+
+
+def to_config(i: NatInference) -> dict[str, str]:
+    """The endpoint config keys that publish `i` (only what was observed: a hint-only inference adds nothing)."""
+    if i.source != "observed" or i.address is None or i.port is None:
+        return {}
+    return {CONFIG_BEHAVIOUR: i.behaviour, CONFIG_ADDRESS: i.address, CONFIG_PORT: str(i.port),
+            CONFIG_OBSERVERS: ",".join(i.observers), CONFIG_SINCE: str(int(i.since))}
+
+
+def from_config(gateway: str, node: str, config: Mapping[str, str], nat_type: str = "") -> NatInference | None:
+    """An agent's reading of what the controller published (None when nothing, or malformed: never a guess)."""
+    behaviour = config.get(CONFIG_BEHAVIOUR, "")
+    address = config.get(CONFIG_ADDRESS, "")
+    try:
+        port, since = int(config.get(CONFIG_PORT, "")), float(config.get(CONFIG_SINCE, "0"))
+    except ValueError:
+        return None
+    if behaviour not in (EIM, ADM, UNKNOWN) or not address or not 0 < port < 65536:
+        return None
+    hint = _hint(nat_type) if nat_type else None
+    observers = tuple(o for o in config.get(CONFIG_OBSERVERS, "").split(",") if o)
+    kind: NatBehaviour = EIM if behaviour == EIM else ADM if behaviour == ADM else UNKNOWN
+    return NatInference(gateway, node, kind, address, port, observers, "observed",
+                        hint[1] if hint is not None and kind != EIM else None, since, "published by the controller")
+
+
 def infer(gateway: str, node: str, seen: Iterable[Sighting], nat_type: str = "", public_ip: str = "",
           public_port: int | None = None) -> NatInference:
     """The NAT behaviour of `gateway` (active endpoint `node`) from the sightings about that node."""

@@ -24,10 +24,12 @@ from raven.nattraversal.core import (
     PunchSchedule,
     Sighting,
     decide_pair,
+    from_config,
     infer,
     pair_start,
     plan,
     sightings,
+    to_config,
 )
 from raven.nattraversal.observer import EndpointObserver, observe
 from tests.unit.test_pathreport_model import _schema
@@ -244,3 +246,36 @@ def test_raven_status_reports_each_nat_pools_inferred_behaviour_in_its_schema() 
     assert pools["gw-cloud"]["natTraversal"] is None  # reachable: nothing to infer
     for p in doc["pools"]:
         jsonschema.validate(p, {**SCHEMA["properties"]["pools"]["items"], "$defs": SCHEMA["$defs"]})
+
+
+# --- the controller publishes the inference in the NAT'd Gateway's active endpoint config; agents read it ---
+
+def test_inference_round_trips_through_endpoint_config_and_malformed_config_reads_as_nothing() -> None:
+    i = infer("gw-b", "b-1", [S("gw-c1", 4500), S("gw-c2", 4500)])
+    config = to_config(i)
+    assert config == {"natBehaviour": EIM, "natMappedAddress": "198.18.0.12", "natMappedPort": "4500",
+                      "natObservers": "gw-c1,gw-c2", "natSince": str(int(T0))}
+    back = from_config("gw-b", "b-1", config)
+    assert back is not None and (back.behaviour, back.address, back.port, back.observers, back.since) == (
+        i.behaviour, i.address, i.port, i.observers, i.since)
+    assert to_config(infer("gw-b", "b-1", [], nat_type="FullCone")) == {}  # a hint alone publishes nothing
+    for bad in ({**config, "natMappedPort": "x"}, {**config, "natMappedPort": "0"}, {**config, "natBehaviour": "?"},
+                {k: v for k, v in config.items() if k != "natMappedAddress"}, {}):
+        assert from_config("gw-b", "b-1", bad) is None
+
+
+def test_election_merges_the_inference_into_the_elected_endpoint_and_drops_an_old_one() -> None:
+    from raven.controller.election import elect
+    from tests.unit.test_election import gateway, node, tunnel
+
+    gw = gateway([tunnel("n-1", underNAT=True), tunnel("n-2", underNAT=True)])
+    config = to_config(infer("gw-a", "n-1", [Sighting(o, "gw-a", "n-1", "198.18.0.12", 4500, T0)
+                                              for o in ("gw-c1", "gw-c2")]))
+    assert config
+    first = elect(gw, [node("n-1"), node("n-2")], "2026-12-02T06:00:00Z", nat={"n-1": config})
+    (ep,) = first.status.active_endpoints or []
+    assert ep.config is not None and ep.config["natMappedPort"] == "4500" and ep.config["natBehaviour"] == EIM
+    again = gateway([tunnel("n-1", underNAT=True)], status=first.status.to_dict())  # type: ignore[arg-type]
+    later = elect(again, [node("n-1")], "2026-12-02T06:01:00Z", nat={})
+    (ep2,) = later.status.active_endpoints or []
+    assert not any(k.startswith("nat") for k in (ep2.config or {}))
