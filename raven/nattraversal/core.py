@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from raven.api.constants import ENDPOINT_TYPE_TUNNEL
+from raven.api.gateway import Gateway
 from raven.api.pathreport import PathReport
 
 NatBehaviour = Literal["endpoint-independent", "address-dependent", "unknown"]
@@ -142,6 +144,20 @@ def from_config(gateway: str, node: str, config: Mapping[str, str], nat_type: st
     kind: NatBehaviour = EIM if behaviour == EIM else ADM if behaviour == ADM else UNKNOWN
     return NatInference(gateway, node, kind, address, port, observers, "observed",
                         hint[1] if hint is not None and kind != EIM else None, since, "published by the controller")
+
+
+def published(gateways: Iterable[Gateway]) -> dict[str, NatInference]:
+    """Gateway name -> the inference the controller published for its active tunnel endpoint: what an agent passes
+    to `plan` as `inferences` (its own Gateway's included), read from the Gateways alone."""
+    out: dict[str, NatInference] = {}
+    for gw in gateways:
+        for ep in gw.status.active_endpoints or []:
+            if ep.type == ENDPOINT_TYPE_TUNNEL and ep.config:
+                i = from_config(gw.name, ep.node_name, ep.config, ep.nat_type or "")
+                if i is not None:
+                    out[gw.name] = i
+                break
+    return out
 
 
 def infer(gateway: str, node: str, seen: Iterable[Sighting], nat_type: str = "", public_ip: str = "",

@@ -28,6 +28,7 @@ from raven.nattraversal.core import (
     infer,
     pair_start,
     plan,
+    published,
     sightings,
     to_config,
 )
@@ -279,3 +280,20 @@ def test_election_merges_the_inference_into_the_elected_endpoint_and_drops_an_ol
     later = elect(again, [node("n-1")], "2026-12-02T06:01:00Z", nat={})
     (ep2,) = later.status.active_endpoints or []
     assert not any(k.startswith("nat") for k in (ep2.config or {}))
+
+
+def test_agents_read_every_published_inference_from_the_gateways_alone() -> None:
+    from raven.controller.election import elect
+    from tests.unit.test_election import gateway, node, tunnel
+
+    def gw(name: str, port: int) -> Any:
+        config = to_config(infer(name, "n-1", [Sighting(o, name, "n-1", "198.18.0.12", port, T0)
+                                                for o in ("gw-c1", "gw-c2")]))
+        g = gateway([tunnel("n-1", underNAT=True)], name=name)
+        st = elect(g, [node("n-1", gw=name)], "2026-12-02T06:00:00Z", nat={"n-1": config}).status
+        return gateway([tunnel("n-1", underNAT=True)], status=st.to_dict(), name=name)  # type: ignore[arg-type]
+
+    plain = gateway([tunnel("n-1")], name="gw-pub")
+    got = published([gw("gw-x", 4500), gw("gw-y", 4501), plain])
+    assert sorted(got) == ["gw-x", "gw-y"] and got["gw-y"].port == 4501 and got["gw-x"].behaviour == EIM
+    assert plan("gw-x", got, ["gw-y"], {}, {}, T0 + 3).punch  # both ends plan from the same published data
