@@ -232,3 +232,36 @@ def test_rendezvous_in_the_session_cluster(rc: RavenCluster) -> None:
     inference = from_config("gw-edge-a", rc.active_gateway_node("gw-edge-a"), config("gw-edge-a"))
     assert inference is not None and inference.observers == ("gw-cloud", "gw-edge-pub")
     assert "natBehaviour" not in config("gw-cloud")
+
+
+def test_a_direct_path_that_breaks_falls_back_to_the_relay() -> None:
+    """The two NAT routers stop passing each other's packets (the relay's path stays): charon's DPD on the direct
+    SA gives up, its CHILD_SA (and libipsec's more specific route) goes, and traffic is relayed again. This is the
+    fallback without the plan's help (bounded by DPD); with it, routing drops the pair from direct_links as soon as
+    the probe through the direct tunnel is down (path health: 3 losses at 0.2 s)."""
+    kinds: tuple[NatKind, NatKind] = ("port-restricted", "port-restricted")
+    with Lab(PREFIX) as lab:
+        pl = PunchLab(lab, kinds)
+        assert wait_for(pl.relays_up, 30) is not None
+        t_up = time.monotonic()
+        run = Run(kinds)
+        h0, h1 = pl.net.sites[0].host, pl.net.sites[1].host
+        with ContinuousProbe(h0, h1, inner(1), port=18204) as probe:
+            assert probe.wait_first_reply(15)
+            _until_direct(pl, run, t_up, timeout=SCHEDULE.lead + SCHEDULE.window + 3)
+            assert run.direct_s is not None, run.decisions
+            time.sleep(1.0)
+            t_cut = time.monotonic()
+            for s, other in ((pl.net.sites[0], pl.net.sites[1]), (pl.net.sites[1], pl.net.sites[0])):
+                s.router.run(["iptables", "-w", "5", "-I", "FORWARD", "-s", other.router_wan_ip, "-j", "DROP"])
+                s.router.run(["iptables", "-w", "5", "-I", "FORWARD", "-d", other.router_wan_ip, "-j", "DROP"])
+            relayed = wait_for(lambda: not pl.direct_installed(0), 40, interval=0.2)
+            time.sleep(2.0)
+            t_stop = time.monotonic()
+            result = probe.stop()
+        outage = result.outage_from(t_cut, horizon=40.0)
+        MEASUREMENTS["nat_direct_break_to_relay"] = {"outage_s": round(outage, 3), "lost": result.lost,
+                                                     "direct_sa_gone_s": relayed}
+        assert relayed is not None, "the broken direct SA never went"
+        assert outage < 40, result
+        assert outage < t_stop - t_cut - 1.0, result  # answered again before the end: through the relay
