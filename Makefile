@@ -48,7 +48,7 @@ lint: install-python
 	$(VENV)/bin/mypy raven
 	@# No Any above raven/kube/ (also set per module in pyproject.toml, so plain `mypy raven` checks it too);
 	@# follow-imports=silent: the flag applies to these packages, not to raven/kube and raven/dataplane they import.
-	$(VENV)/bin/mypy --strict --disallow-any-expr --follow-imports=silent raven/agent raven/controller raven/api
+	$(VENV)/bin/mypy --strict --disallow-any-expr --follow-imports=silent raven/agent raven/controller raven/api raven/nattraversal
 
 bench: install
 	@mkdir -p bench-results

@@ -50,6 +50,7 @@ from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
+from raven.nattraversal.observer import EndpointObserver
 from raven.pathhealth.core import HealthParams
 from raven.pathhealth.metrics import ProbeMetrics, TunnelByteMetrics
 from raven.pathhealth.monitor import PathMonitor
@@ -303,11 +304,13 @@ def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonit
     return plan_and_probe
 
 
-def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key: str = ""
-                ) -> tuple[PathMonitor, ReportWriter] | None:
+def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key: str = "",
+                observer: EndpointObserver | None = None) -> tuple[PathMonitor, ReportWriter] | None:
     """The path-health monitor and its PathReport writer (None with --no-health-probes). `wireguard_key`: this
     node's WireGuard public key, carried in every status it writes (`raven.agent.wgkeys` writes it first, and
-    alone when path health is off), so a report deleted and created again has it back at the next write."""
+    alone when path health is off), so a report deleted and created again has it back at the next write.
+    `observer`: NAT traversal's rendezvous (the NAT'd peers' mapped endpoints), carried in every status too and
+    written as soon as it changes."""
     if not cfg.health_probes:
         return None
     metrics = ProbeMetrics(rt.registry)
@@ -317,10 +320,9 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key
     def on_write(result: str) -> None:
         metrics.report_writes.labels(result).inc()
 
-    snapshot: Callable[[float], PathReportStatus] = monitor.status
-    if wireguard_key:
-        def snapshot(now: float) -> PathReportStatus:
-            return replace(monitor.status(now), wireguard_public_key=wireguard_key)
+    def snapshot(now: float) -> PathReportStatus:
+        return replace(monitor.status(now), wireguard_public_key=wireguard_key,
+                       observed_endpoints=observer.endpoints if observer is not None else ())
 
     writer = ReportWriter(cfg.node_name, KubeReportStore(TypedClient(client)),
                           WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat,
@@ -425,9 +427,11 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report)
             if wg is not None:
                 plan_fn = with_wireguard_mtu(plan_fn, wg)
-            health = path_health(cfg, client, rt, wg.public_key if wg is not None else "")
+            observer = EndpointObserver()
+            health = path_health(cfg, client, rt, wg.public_key if wg is not None else "", observer)
             if health is not None:
                 plan_fn = with_probes(plan_fn, health[0])
+                observer.on_change = health[1].mark_dirty
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             monitor = health[0] if health is not None else None
             stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry),
@@ -437,6 +441,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 AgentMetrics(rt.registry), TunnelByteMetrics(rt.registry), resync_period=cfg.resync_period,
                 stager=stager,
             )
+            reconciler.on_states = observer.update
             if monitor is not None:
                 def on_path_state(target: ProbeTarget, state: str) -> None:
                     if target.kind == "peer" and stager.last is not None and stager.last.held:

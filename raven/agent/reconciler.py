@@ -140,6 +140,9 @@ class Reconciler:
         self._last_plan: PlanResult | None = None
         self.first_success = asyncio.Event()
         self.last_outcome: ReconcileOutcome | None = None
+        # Called with the plan's tunnels and charon's (or WireGuard's) states each time they are read (NAT
+        # traversal's rendezvous: raven.nattraversal.observer).
+        self.on_states: Callable[[Iterable[IPsecConnection], list[TunnelState]], object] | None = None
 
     def trigger(self, reason: str) -> None:
         self._reasons.add(reason)
@@ -233,6 +236,8 @@ class Reconciler:
             log.warning("tunnel check failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
             return "tunnel-check-failed"
         self._dp_metrics.set_tunnels(states)
+        if self.on_states is not None:
+            self.on_states(outcome.plan.state.ipsec, states)
         if self._vpn.connects != connects:
             return "charon-restarted"
         listed = {t.name for t in states}
@@ -303,6 +308,8 @@ class Reconciler:
             if conns:
                 states = await self._vpn.states()
                 self._dp_metrics.set_tunnels(states)
+                if self.on_states is not None:
+                    self.on_states(conns, states)
                 up = {t.name for t in states if t.ike_state == "ESTABLISHED"}
                 outcome.tunnels_pending = sum(1 for c in conns if c.initiator and c.name not in up)
             self._vpn_error = None

@@ -36,6 +36,7 @@ from raven.agent.topology import GatewayView, Topology, build_topology, view_nam
 from raven.api.gateway import Condition, Gateway, UnparsableGateway
 from raven.api.node import Node
 from raven.api.pathreport import STATES, PathReport, State, Target
+from raven.nattraversal.core import NatInference, Sighting, infer, sightings
 
 SCHEMA_VERSION: Final = 1
 
@@ -146,6 +147,8 @@ class Pool:
     subnets: tuple[str, ...]  # routed to this pool by the others
     members: tuple[Member, ...]
     conditions: tuple[Condition, ...]
+    # NAT traversal: the NAT behaviour inferred from the reachable gateways' sightings (pools under NAT only)
+    nat: NatInference | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +261,20 @@ class _Evidence:
 _BAD_WHEN_FALSE: Final = ("Valid", "NodesValid", "TunnelsHealthy")
 
 
-def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: _Evidence) -> Pool:
+def _nat(view: GatewayView, gw: Gateway | None, seen: Sequence[Sighting]) -> NatInference | None:
+    """The inferred NAT behaviour of a pool under NAT (its active endpoint's `natType`/`publicPort` as hints)."""
+    ep = view.endpoint_node if view.active else None
+    if not view.under_nat or ep is None:
+        return None
+    spec = next((e for e in (gw.spec.endpoints or []) if e.node_name == ep.name), None) if gw is not None else None
+    if spec is None:
+        return infer(view.name, ep.name, seen)
+    return infer(view.name, ep.name, seen, nat_type=spec.nat_type or "", public_ip=spec.public_ip or "",
+                 public_port=spec.public_port)
+
+
+def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: _Evidence,
+          seen: Sequence[Sighting] = ()) -> Pool:
     ep = view.endpoint_node if view.active else None
     members = tuple(
         Member(
@@ -275,6 +291,7 @@ def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: 
         reachable=view.reachable, address=view.address, port=view.port, inner=view.inner,
         subnets=view.remote_subnets, members=members,
         conditions=tuple(gw.status.conditions or ()) if gw is not None else (),
+        nat=_nat(view, gw, seen),
     )
 
 
@@ -380,7 +397,8 @@ def status_of(
     node_map = {n.name: n for n in nodes}
     ev = _Evidence(topology, reports, when, stale_after)
     views = sorted(topology.gateways.values(), key=view_name)
-    pools = tuple(_pool(v, by_name.get(v.name), node_map, ev) for v in views)
+    seen = sightings(reports, when, stale_after)
+    pools = tuple(_pool(v, by_name.get(v.name), node_map, ev, seen) for v in views)
     pairs = _pairs(topology, ev)
 
     problems: list[Problem] = [Problem("plan", "", "Planner", p) for p in topology.problems]
@@ -447,6 +465,7 @@ def to_json(s: ClusterStatus, *, pairs: bool = True) -> dict[str, object]:
             "nodes": [{"name": m.name, "ip": m.ip, "subnets": list(m.subnets), "role": m.role, "ready": m.ready,
                        "health": health(m.health)} for m in p.members],
             "conditions": [c.to_dict() for c in p.conditions],
+            "natTraversal": p.nat.to_dict() if p.nat is not None else None,
         })
     problems: list[object] = [
         {"kind": p.kind, "name": p.name, "reason": p.reason, "message": p.message} for p in s.problems

@@ -7,13 +7,19 @@ path-health contract shared by the agent side (probes) and the controller side (
 
     spec:   {nodeName}
     status: {gateway, role, heartbeatTime, probeIntervalSeconds, targets: [{kind, gateway, node, address,
-             state, since, rttSeconds, lossRatio}], wireguardPublicKey}
+             state, since, rttSeconds, lossRatio}], wireguardPublicKey,
+             observedEndpoints: [{gateway, node, address, port, since}]}
 
 `status.wireguardPublicKey` (with --vpn-driver=wireguard; base64, 32 bytes) is where a node publishes its
 WireGuard public key: in the one object only that node may write (06-pathreport-policy.yaml), never in a
 Gateway (which would need every agent to patch every Gateway). The controller copies it, for each elected
 tunnel endpoint, into the Gateway's `status.activeEndpoints[].config.publicKey` (OpenYurt Raven's key), where
 peers read it; a report whose spec.nodeName differs from its name is ignored there too.
+
+`status.observedEndpoints` (NAT traversal's rendezvous, written by active gateways): for each peer gateway under
+NAT whose tunnel this gateway answers, the address and port the peer's packets arrive from (its NAT's mapping, as
+charon's SA list or WireGuard's peer endpoint shows it), since when it is seen there. Readers infer each NAT'd
+gateway's NAT behaviour from these (raven/nattraversal/core.py).
 
 Parsing is strict about types (a wrong type raises `PathReportParseError`, so the typed informer keeps no
 value for that version and the controller treats the node as having no evidence), lenient about absence (a
@@ -188,6 +194,32 @@ class Target:
         return out
 
 
+@dataclass(frozen=True, order=True)
+class ObservedEndpoint:
+    """A NAT'd peer gateway's tunnel as this gateway sees it arrive: its NAT's mapped address and port."""
+
+    gateway: str  # the peer Gateway
+    node: str  # its active endpoint node ("" when unknown)
+    address: str
+    port: int
+    since: datetime | None = None  # first seen at this address:port
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status.observedEndpoints[]") -> ObservedEndpoint:
+        port = _num(obj, "port", path)
+        if port is not None and (port != int(port) or not 0 <= port <= 65535):
+            raise PathReportParseError(f"{path}.port", f"{port!r} is not a port")
+        return cls(gateway=_str(obj, "gateway", path), node=_str(obj, "node", path),
+                   address=_str(obj, "address", path), port=int(port) if port is not None else 0,
+                   since=parse_time(_str(obj, "since", path), f"{path}.since"))
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"gateway": self.gateway, "node": self.node, "address": self.address, "port": self.port}
+        if self.since is not None:
+            out["since"] = format_time(self.since)
+        return out
+
+
 def _as_kind(value: str) -> TargetKind:
     for k in TARGET_KINDS:
         if k == value:
@@ -217,6 +249,7 @@ class PathReportStatus:
     probe_interval_seconds: float | None = None
     targets: tuple[Target, ...] = ()
     wireguard_public_key: str = ""  # base64; "" when the node runs no WireGuard (or has not published it yet)
+    observed_endpoints: tuple[ObservedEndpoint, ...] = ()  # NAT'd peers' mappings (active gateways only)
 
     @classmethod
     def from_dict(cls, obj: JSONObject, path: str = "status") -> PathReportStatus:
@@ -230,6 +263,14 @@ class PathReportStatus:
             if t.get("kind") not in TARGET_KINDS:
                 continue  # a kind a newer agent measures: not evidence this controller knows how to read
             targets.append(Target.from_dict(t, f"{path}.targets[{i}]"))
+        raw_seen = obj.get("observedEndpoints")
+        if raw_seen is not None and not is_array(raw_seen):
+            raise PathReportParseError(f"{path}.observedEndpoints", f"expected array, got {type(raw_seen).__name__}")
+        seen: list[ObservedEndpoint] = []
+        for i, e in enumerate(raw_seen if is_array(raw_seen) else ()):
+            if not is_object(e):
+                raise PathReportParseError(f"{path}.observedEndpoints[{i}]", f"expected object, got {type(e).__name__}")
+            seen.append(ObservedEndpoint.from_dict(e, f"{path}.observedEndpoints[{i}]"))
         return cls(
             gateway=_str(obj, "gateway", path),
             role=_as_role(_choice(obj, "role", path, ROLES, "none")),
@@ -237,6 +278,7 @@ class PathReportStatus:
             probe_interval_seconds=_num(obj, "probeIntervalSeconds", path),
             targets=tuple(targets),
             wireguard_public_key=_str(obj, "wireguardPublicKey", path),
+            observed_endpoints=tuple(seen),
         )
 
     def to_dict(self) -> JSON:
@@ -248,6 +290,8 @@ class PathReportStatus:
         if self.probe_interval_seconds is not None:
             out["probeIntervalSeconds"] = self.probe_interval_seconds
         out["targets"] = [t.to_dict() for t in self.targets]
+        if self.observed_endpoints:
+            out["observedEndpoints"] = [e.to_dict() for e in self.observed_endpoints]
         return out
 
 

@@ -49,6 +49,7 @@ from raven.api.gateway import Condition, Endpoint, Gateway, GatewayStatus, NodeI
 from raven.api.node import Node
 from raven.api.openyurt import ALL_ON, Switches
 from raven.controller.nodecheck import Finding
+from raven.nattraversal.core import CONFIG_KEYS as NAT_CONFIG_KEYS
 
 REASON_VALID = "SpecValid"
 REASON_INVALID = "InvalidSpec"
@@ -241,6 +242,7 @@ def elect(
     extras: Mapping[str, Sequence[str]] | None = None,
     gateway_extras: Sequence[str] = (),
     keys: Mapping[str, str] | None = None,
+    nat: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ElectionResult:
     """Compute the Gateway's status from its spec, its previous status and its nodes.
 
@@ -258,6 +260,8 @@ def elect(
     published in its own PathReport, by node; an elected tunnel endpoint's `config.publicKey` is that key, else
     the one its spec endpoint carries (an OpenYurt agent writes it there), else the one the previous status had
     for the same node (a report not read yet, or deleted, never takes a working key away).
+    `nat`: NAT traversal's inference about each node under NAT (`raven.nattraversal.core.to_config` keys), merged
+    into the elected tunnel endpoint's `config`; keys of an earlier inference not in it are dropped.
     """
     rejected = rejected or {}
     labelled = [n for n in nodes if n.gateway == gw.name]
@@ -288,7 +292,8 @@ def elect(
             else replace(ep, public_ip=None, public_port=None)
             for i, ep in enumerate(tunnels)
         ]
-    active = [_with_key(_as_active(ep, switches), keys or {}, prev_active) for ep in tunnels + proxies]
+    active = [_with_nat(_with_key(_as_active(ep, switches), keys or {}, prev_active), nat or {})
+              for ep in tunnels + proxies]
 
     node_problems: list[str] = []
     for node in sorted(own.values(), key=_node_name):
@@ -358,6 +363,15 @@ def _with_key(ep: Endpoint, keys: Mapping[str, str], previous: Sequence[Endpoint
     if not key:
         return ep
     return replace(ep, config={**(ep.config or {}), ENDPOINT_CONFIG_PUBLIC_KEY: key})
+
+
+def _with_nat(ep: Endpoint, nat: Mapping[str, Mapping[str, str]]) -> Endpoint:
+    """A tunnel endpoint with what NAT traversal inferred about its node (see `elect`'s `nat`)."""
+    if ep.type != ENDPOINT_TYPE_TUNNEL:
+        return ep
+    config = {k: v for k, v in (ep.config or {}).items() if k not in NAT_CONFIG_KEYS}
+    config.update(nat.get(ep.node_name, {}))
+    return replace(ep, config=config or None) if config != (ep.config or {}) else ep
 
 
 def _as_active(ep: Endpoint, switches: Switches) -> Endpoint:

@@ -42,13 +42,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
 from raven.api.constants import (
     API_VERSION,
     CONDITION_VALID,
+    ENDPOINT_TYPE_TUNNEL,
     EVENT_ACTIVE_ENDPOINT_ELECTED,
     EVENT_ACTIVE_ENDPOINT_LOST,
     EXPOSE_TYPE_LOAD_BALANCER,
@@ -99,6 +100,7 @@ from raven.kube.events import EventRecorder, ObjectRef
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.kube.workqueue import WorkQueue
 from raven.log import kv
+from raven.nattraversal.core import infer, sightings, to_config
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ EVENT_NOT_FORWARDING = "GatewayNotForwarding"
 EVENT_NO_BETTER_CANDIDATE = "NoBetterCandidate"
 EVENT_REPLICAS_NOT_HONOURED = REASON_REPLICAS
 MAX_CONFLICT_RETRIES = 5
+# Sightings older than this are no evidence when health failover (and its --health-stale-after) is off: 3 heartbeats.
+NAT_STALE_AFTER = timedelta(seconds=180)
 # The defaults of --overlay-cidr / --tunnel-cidr (raven.config.NetworkRanges), for callers that pass no ranges.
 DEFAULT_RANGES = Ranges.of("240.0.0.0/8", "241.0.0.0/16")
 
@@ -262,6 +266,7 @@ class GatewayReconciler:
         nodes.add_handler(self.on_node)
         if reports is not None:
             reports.add_handler(self.on_report_key)
+            reports.add_handler(self.on_report_nat)
         if reports is not None and self.health is not None:
             reports.add_handler(self.on_report)
         if ravencfg is not None:
@@ -383,6 +388,32 @@ class GatewayReconciler:
         if old != new:
             for gw in self._endpoint_of.get(ev.name, ()):
                 self.queue.add(gw)
+
+    def on_report_nat(self, ev: TypedEvent[PathReport]) -> None:
+        """A gateway's sightings of NAT'd peers changed: the Gateways it names (before or after) infer again."""
+        def named(r: PathReport | None) -> set[tuple[str, str, str, int]]:
+            return {(e.gateway, e.node, e.address, e.port) for e in r.status.observed_endpoints} if r else set()
+
+        old = named(ev.old)
+        new = named(ev.obj if ev.type != "DELETED" and ev.error is None else None)
+        if old != new:
+            for gw in {g for g, _, _, _ in old ^ new}:
+                self.queue.add(gw)
+
+    def _nat_inferences(self, gw: Gateway) -> dict[str, dict[str, str]]:
+        """node -> NAT traversal's inference about it, as endpoint config keys, for gw's endpoints under NAT, from
+        the fresh sightings of the reachable gateways' reports (raven.nattraversal.core)."""
+        under_nat = [ep for ep in gw.spec.all_endpoints if ep.type == ENDPOINT_TYPE_TUNNEL and ep.is_under_nat]
+        if self.reports is None or not under_nat:
+            return {}
+        stale_after = self.health.stale_after if self.health is not None else NAT_STALE_AFTER
+        seen = [s for s in sightings(self.reports.values(), self.now(), stale_after) if s.gateway == gw.name]
+        out: dict[str, dict[str, str]] = {}
+        for ep in under_nat:
+            config = to_config(infer(gw.name, ep.node_name, seen, nat_type=ep.nat_type or ""))
+            if config:
+                out[ep.node_name] = config
+        return out
 
     def _published_keys(self, gw: Gateway) -> dict[str, str]:
         """node -> the WireGuard public key its own PathReport publishes, for the nodes of gw's endpoints (a
@@ -533,7 +564,8 @@ class GatewayReconciler:
         found += [f for f in extras.findings if f.node in own]
         result = elect(gw, members, self.clock(), lb, health, rejected=rejected, endpoint_findings=found,
                        switches=self.switches(), extras=extras.by_node,
-                       gateway_extras=extras.by_gateway.get(gw.name, ()), keys=self._published_keys(gw))
+                       gateway_extras=extras.by_gateway.get(gw.name, ()), keys=self._published_keys(gw),
+                       nat=self._nat_inferences(gw))
         self._verdicts[gw.name] = verdict
         if verdict is not None and health.path_health is not None:
             result = self._with_failovers(gw, result, verdict)

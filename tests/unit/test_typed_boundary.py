@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ABOVE_KUBE = ("raven/agent", "raven/controller", "raven/api")
+ABOVE_KUBE = ("raven/agent", "raven/controller", "raven/api", "raven/nattraversal")
 # What raven/kube/ hands out as raw JSON (or carrying it); the typed layer is raven.kube.typed.
 RAW = {"JSON", "InformerEvent", "name_of", "rv_of", "key_of"}
 
