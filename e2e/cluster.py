@@ -745,6 +745,19 @@ class RavenCluster:
                     out[name] = _decode(body)
             return out
 
+    def tunnels(self, node: str) -> dict[str, bool]:
+        """The node's tunnels by name (raven-<gateway>) -> up, whatever the driver: charon's IKE_SAs (up:
+        ESTABLISHED); with WireGuard, the driver's peers (up: a fresh handshake), as the agent reports them (its
+        tunnel gauge, refreshed by every pass and tunnel check: wait for it rather than read it once)."""
+        if self.vpn_driver == "ipsec":
+            return {n: sa["state"] == "ESTABLISHED" for n, sa in self.sas(node).items()}
+        prefix = 'raven_agent_tunnel_ike_established{connection="'
+        return {key[len(prefix):].split('"', 1)[0]: value == 1 for key, value in self.metrics(f"agent/{node}").items()
+                if key.startswith(prefix)}
+
+    def tunnels_up(self, node: str) -> set[str]:
+        return {name for name, up in self.tunnels(node).items() if up}
+
     def route_get(self, node: str, dst: str, src: str | None = None, iif: str | None = None) -> str:
         """`ip route get` in the node's netns (with a pod source and input device, as forwarded traffic)."""
         args = ["route", "get", dst]
