@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from raven.dataplane.state import IPsecConnection
 from raven.dataplane.wgkernel import KernelWireGuard, choose_data_plane, probe_kernel
 from raven.dataplane.wireguard import WireGuardDriver, pair_psk, public_key
+from tests.dataplane.test_ipsec import wait_for
 
 SECRET = "rvwk-vm-cluster-secret-51c3"
 IFNAME = "raven-wg0"
@@ -92,18 +93,6 @@ def extra_peers(n: int) -> list[IPsecConnection]:
             remote_ts=f"242.{a}.{b + 1}.1/32", initiator=False, local_port=PORT, local_node="node-1",
             peer_node=f"x-{i}", peer_public_key=public_key(key)))
     return out
-
-
-async def wait_for(pred: Callable[[], object], deadline_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        result = pred()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 def wg_dump(ns: str) -> list[list[str]]:

@@ -224,20 +224,31 @@ def test_a_node_whose_key_changed_rejoins(wg: RavenCluster) -> None:
     gw = wg.active_gateway_node("gw-edge-b")
     old = published_key(wg, "gw-edge-b", gw)
     agent = wg.agents[gw]
-    agent.stop()
-    pid = _wg_pid(wg, gw)
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-    wg.wireguard_key_file(gw).unlink()  # rotation: delete the key file, restart the agent
-    agent.start()
-    wg.wait_for("the new key published", lambda: published_key(wg, "gw-edge-b", gw) not in ("", old), timeout=60)
-    new = published_key(wg, "gw-edge-b", gw)
-    relay = wg.active_gateway_node("gw-cloud")
-    wg.wait_for("the relay peered with the new key", lambda: hexkey(new) in device(wg, relay).peers, timeout=60)
-    # (The relay's wireguard-go was not touched: its socket answers throughout.)
-    assert hexkey(old) not in device(wg, relay).peers
-    src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
-    took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=60)
+    # While the agent is away its tunnels are down: health failover would elect the standby before the node with
+    # the new key is back (seen under load), and the relay would then never peer with that key. The standby says
+    # it is not ready meanwhile, so the rotated node keeps its role and must rejoin with its new key.
+    standby = wg.member_node("edge-b")
+    wg.set_node_ready(standby, False)
+    try:
+        agent.stop()
+        pid = _wg_pid(wg, gw)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        wg.wireguard_key_file(gw).unlink()  # rotation: delete the key file, restart the agent
+        agent.start()
+        wg.wait_for("the new key published", lambda: published_key(wg, "gw-edge-b", gw) not in ("", old),
+                    timeout=60)
+        new = published_key(wg, "gw-edge-b", gw)
+        relay = wg.active_gateway_node("gw-cloud")
+        wg.wait_for("the relay peered with the new key", lambda: hexkey(new) in device(wg, relay).peers, timeout=60)
+        # (The relay's wireguard-go was not touched: its socket answers throughout.)
+        assert hexkey(old) not in device(wg, relay).peers
+        assert wg.active_gateway_node("gw-edge-b") == gw
+        src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
+        took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok,
+                           timeout=60)
+    finally:
+        wg.set_node_ready(standby, True)
     MEASUREMENTS["wireguard_key_rotation_to_traffic_s"] = round(took, 2)
 
 
