@@ -554,8 +554,8 @@ class RavenCluster:
             raise ConvergenceError(f"{process} /metrics answered {code}")
         return parse_metrics(body)
 
-    def agent_ready(self, node: str) -> tuple[bool, str]:
-        code, body = self.http_get(self.cl.nodes[node].netns, AGENT_HTTP, "/readyz")
+    def agent_ready(self, node: str, verbose: bool = False) -> tuple[bool, str]:
+        code, body = self.http_get(self.cl.nodes[node].netns, AGENT_HTTP, "/readyz?verbose" if verbose else "/readyz")
         return code == 200, body.strip()
 
     def leader(self) -> int | None:

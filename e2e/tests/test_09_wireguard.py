@@ -311,7 +311,7 @@ def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
 
 def test_the_chosen_data_plane_and_its_reason_are_in_readyz_and_the_metrics(wg: RavenCluster) -> None:
     node = wg.active_gateway_node("gw-edge-a")
-    ok, body = wg.agent_ready(node)
+    ok, body = wg.agent_ready(node, verbose=True)
     assert ok, body
     # This kernel has no WireGuard: the kernel's refusal is the reason given for wireguard-go.
     assert "wireguard-go (pid " in body and "no kernel WireGuard (RTM_NEWLINK raven-wg0 type wireguard: " in body, body
