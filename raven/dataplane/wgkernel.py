@@ -68,7 +68,10 @@ class GenlChannel:
 
     def _family(self, sock: rtnl.RouteSocket) -> int:
         if self.family is None:
-            self.family = lookup_family(sock)
+            try:
+                self.family = lookup_family(sock)
+            except rtnl.NetlinkError as exc:
+                raise WireGuardUnavailable(f"generic netlink family lookup: {exc}") from None
             if self.family is None:
                 raise WireGuardUnavailable("generic netlink family 'wireguard' not registered (no kernel module)")
         return self.family
@@ -81,6 +84,7 @@ class GenlChannel:
             try:
                 return wgnetlink.parse_device(sock.dump(family, body))
             except rtnl.NetlinkError as exc:  # ENODEV: the device is gone (being created again)
+                self.family = None  # looked up again next time (a module reloaded has a new id)
                 raise WireGuardUnavailable(f"{self.ifname}: WG_CMD_GET_DEVICE: {os.strerror(exc.errno or 0)}"
                                            ) from None
         finally:
@@ -92,7 +96,10 @@ class GenlChannel:
             family = self._family(sock)
             for msg in wgnetlink.encode_set_messages(family, self.ifname, lines):
                 # One at a time: a large configuration is several 32 KiB messages, beyond one send's buffer.
-                errors = sock.send([msg])
+                try:
+                    errors = sock.send([msg])
+                except rtnl.NetlinkError as exc:
+                    raise WireGuardUnavailable(f"{self.ifname}: WG_CMD_SET_DEVICE: {exc}") from None
                 if errors:
                     if errors[0].errno == errno.ENODEV:
                         raise WireGuardUnavailable(f"{self.ifname}: WG_CMD_SET_DEVICE: {errors[0].message}")
