@@ -52,6 +52,8 @@ async def run(peers: int, rounds: int, netns: str, implementation: Implementatio
     await process.ensure()
     driver = WireGuardDriver(os.urandom(32), "bench-cluster-secret-0123456789", ifname=IFNAME, process=process)
     wanted = conns(peers)
+    # A kernel device is seen only in its namespace; wireguard-go's socket is in /run, seen from here.
+    wg_prefix = ["ip", "netns", "exec", netns] if process.implementation == "kernel" else []
     try:
         t0 = time.perf_counter()
         cold = await driver.reconcile(wanted)
@@ -75,7 +77,8 @@ async def run(peers: int, rounds: int, netns: str, implementation: Implementatio
             states.append(time.perf_counter() - t0)
             assert len(listed) == peers
             t0 = time.perf_counter()
-            subprocess.run(["wg", "show", IFNAME, "dump"], check=True, capture_output=True, timeout=60)  # noqa: ASYNC221 (timed)
+            subprocess.run([*wg_prefix, "wg", "show", IFNAME, "dump"], check=True, capture_output=True,  # noqa: ASYNC221 (timed)
+                           timeout=60)
             wg_dump.append(time.perf_counter() - t0)
         return {"implementation": process.implementation, "reason": choice.reason, "peers": peers,
                 "cold_apply_ms": cold_s * 1000,
