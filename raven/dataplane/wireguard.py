@@ -253,7 +253,7 @@ class WgDataPlane(Protocol):
     """One WireGuard device and what keeps it there: `WireGuardGo` or `wgkernel.KernelWireGuard`. `starts`
     counts (re)creations and adoptions (the driver's `connects`), `on_start` is called after each one."""
 
-    implementation: str  # "kernel" or "wireguard-go": logged, in /readyz, in raven_wireguard_implementation
+    implementation: str  # "kernel" or "wireguard-go": logged, in /readyz, in raven_agent_wireguard_implementation
     ifname: str
     netns: str | None
     starts: int
