@@ -37,9 +37,11 @@ from raven.dataplane.wgkernel import KernelWireGuard, choose_data_plane, probe_k
 from raven.dataplane.wireguard import WireGuardDriver, pair_psk, public_key
 from tests.dataplane.test_ipsec import wait_for
 
-SECRET = "rvwk-vm-cluster-secret-51c3"
+pytestmark = pytest.mark.root
+
+SECRET = "rvwv-vm-cluster-secret-51c3"
 IFNAME = "raven-wg0"
-NS = ("rvwk-a", "rvwk-b")
+NS = ("rvwv-a", "rvwv-b")  # fixed names (no Lab: this runs inside a VM); not the prefix of any Lab
 PORT = 51820
 
 
@@ -67,8 +69,8 @@ def lab() -> None:
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", ns, "addr", "add", f"241.0.0.{i}/32", "dev", "lo")
-    sh("ip", "link", "add", "rvwk-va", "netns", NS[0], "type", "veth", "peer", "name", "rvwk-vb", "netns", NS[1])
-    for i, (ns, dev) in enumerate(zip(NS, ("rvwk-va", "rvwk-vb"), strict=True), start=1):
+    sh("ip", "link", "add", "rvwv-va", "netns", NS[0], "type", "veth", "peer", "name", "rvwv-vb", "netns", NS[1])
+    for i, (ns, dev) in enumerate(zip(NS, ("rvwv-va", "rvwv-vb"), strict=True), start=1):
         sh("ip", "-n", ns, "addr", "add", f"192.0.2.{i}/24", "dev", dev)
         sh("ip", "-n", ns, "link", "set", dev, "up")
 
@@ -205,9 +207,9 @@ def netns() -> Iterator[None]:
         pytest.skip("needs root")
     lab()
     try:
-        if not probe_kernel("rvwk-probe", NS[0]).kernel:
+        if not probe_kernel("rvwv-probe", NS[0]).kernel:
             pytest.skip("this kernel has no WireGuard (run inside the VM tier)")
-        sh("ip", "-n", NS[0], "link", "del", "rvwk-probe")
+        sh("ip", "-n", NS[0], "link", "del", "rvwv-probe")
         yield
     finally:
         teardown()
@@ -220,10 +222,10 @@ def test_kernel_wireguard_configured_over_generic_netlink_carries_traffic(netns:
 if __name__ == "__main__":
     lab()
     try:
-        if not probe_kernel("rvwk-probe", NS[0]).kernel:
+        if not probe_kernel("rvwv-probe", NS[0]).kernel:
             print("this kernel has no WireGuard", file=sys.stderr)
             sys.exit(2)
-        sh("ip", "-n", NS[0], "link", "del", "rvwk-probe")
+        sh("ip", "-n", NS[0], "link", "del", "rvwv-probe")
         started = time.monotonic()
 
         def say(what: str) -> None:
