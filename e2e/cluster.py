@@ -554,8 +554,8 @@ class RavenCluster:
             raise ConvergenceError(f"{process} /metrics answered {code}")
         return parse_metrics(body)
 
-    def agent_ready(self, node: str) -> tuple[bool, str]:
-        code, body = self.http_get(self.cl.nodes[node].netns, AGENT_HTTP, "/readyz")
+    def agent_ready(self, node: str, verbose: bool = False) -> tuple[bool, str]:
+        code, body = self.http_get(self.cl.nodes[node].netns, AGENT_HTTP, "/readyz?verbose" if verbose else "/readyz")
         return code == 200, body.strip()
 
     def leader(self) -> int | None:
@@ -744,6 +744,19 @@ class RavenCluster:
                 for name, body in sa.items():
                     out[name] = _decode(body)
             return out
+
+    def tunnels(self, node: str) -> dict[str, bool]:
+        """The node's tunnels by name (raven-<gateway>) -> up, whatever the driver: charon's IKE_SAs (up:
+        ESTABLISHED); with WireGuard, the driver's peers (up: a fresh handshake), as the agent reports them (its
+        tunnel gauge, refreshed by every pass and tunnel check: wait for it rather than read it once)."""
+        if self.vpn_driver == "ipsec":
+            return {n: sa["state"] == "ESTABLISHED" for n, sa in self.sas(node).items()}
+        prefix = 'raven_agent_tunnel_ike_established{connection="'
+        return {key[len(prefix):].split('"', 1)[0]: value == 1 for key, value in self.metrics(f"agent/{node}").items()
+                if key.startswith(prefix)}
+
+    def tunnels_up(self, node: str) -> set[str]:
+        return {name for name, up in self.tunnels(node).items() if up}
 
     def route_get(self, node: str, dst: str, src: str | None = None, iif: str | None = None) -> str:
         """`ip route get` in the node's netns (with a pod source and input device, as forwarded traffic)."""

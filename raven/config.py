@@ -446,8 +446,11 @@ class AgentConfig(PlanSettings, SharedHealth):
     common: CommonConfig
     node_name: str = setting("", "this node's name (required)", env="NODE_NAME")
     vpn_driver: Literal["ipsec", "wireguard"] = setting("ipsec", "tunnel between gateways (ipsec: through "
-                                                        "charon over VICI; wireguard: wireguard-go, started by "
-                                                        "the agent)")
+                                                        "charon over VICI; wireguard: the kernel's WireGuard, "
+                                                        "or wireguard-go started by the agent)")
+    wireguard_implementation: Literal["auto", "kernel", "wireguard-go"] = setting(
+        "auto", "WireGuard's data plane (--vpn-driver=wireguard; auto: the kernel module when the kernel can "
+        "create a wireguard device, else wireguard-go; a running wireguard-go is adopted either way)")
     vici_socket: str = setting("/var/run/charon.vici", "charon's VICI socket", check=not_empty)
     psk_file: str | None = setting(None, "file holding the cluster's pre-shared key (IPsec's PSK; with "
                                    "--vpn-driver=wireguard the secret each pair's preshared key is derived from); "

@@ -25,11 +25,14 @@ def make_app(health: Health, registry: CollectorRegistry) -> web.Application:
             return web.Response(status=500, text="\n".join(lines) + "\nhealthz check failed\n")
         return web.Response(text="ok\n")
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(request: web.Request) -> web.Response:
         results = health.readiness()
         ok = all(r.ok for r in results.values()) and health.alive
+        # ?verbose: a passing check's reason too (which WireGuard data plane and why, ...), as kube-apiserver's.
+        verbose = "verbose" in request.query
         lines = [
-            f"[+]{name} ok" if r.ok else f"[-]{name} failed: {r.reason}" for name, r in results.items()
+            (f"[+]{name} ok: {r.reason}" if verbose and r.reason else f"[+]{name} ok") if r.ok
+            else f"[-]{name} failed: {r.reason}" for name, r in results.items()
         ]
         lines.append("readyz check passed" if ok else "readyz check failed")
         return web.Response(status=200 if ok else 503, text="\n".join(lines) + "\n")

@@ -100,5 +100,5 @@ def test_relay_failover_keeps_nat_to_nat_traffic_flowing(rc: RavenCluster) -> No
     assert res.received > 0
     end = res.sent * res.interval_s
     assert all(o.start_s + o.length_s < end - 0.3 for o in res.outages), res
-    relay_sas = {n for n, sa in rc.sas(new).items() if sa["state"] == "ESTABLISHED"}
-    assert {"raven-gw-edge-a", "raven-gw-edge-b"} <= relay_sas
+    rc.wait_for("the new relay endpoint's tunnels to both NAT pools",
+                lambda: {"raven-gw-edge-a", "raven-gw-edge-b"} <= rc.tunnels_up(new), timeout=15)

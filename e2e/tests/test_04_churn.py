@@ -71,13 +71,13 @@ def test_new_pool_joins_the_matrix_and_leaves_it_cleanly(rc: RavenCluster) -> No
                     timeout=30)
         rc.wait_for("the new pool in a full green matrix", lambda: rc.ping_matrix().green, timeout=60, interval=0.3)
         # edge-c is under NAT: it talks to the other NAT pools through the relay, to reachable ones directly.
-        sas = {n for n, sa in rc.sas(SPARE_POOL_NODE).items() if sa["state"] == "ESTABLISHED"}
-        assert {"raven-gw-cloud", "raven-gw-edge-pub"} <= sas
-        assert not ({"raven-gw-edge-a", "raven-gw-edge-b"} & sas)
+        rc.wait_for("edge-c's tunnels to the reachable pools",
+                    lambda: {"raven-gw-cloud", "raven-gw-edge-pub"} <= rc.tunnels_up(SPARE_POOL_NODE), timeout=15)
+        assert not ({"raven-gw-edge-a", "raven-gw-edge-b"} & rc.tunnels_up(SPARE_POOL_NODE))
     finally:
         _leave(rc, SPARE_POOL_NODE)
         rc.delete(GATEWAYS, SPARE_GATEWAY)
         rc.hold_gateways.add(SPARE_GATEWAY)
     rc.wait_for(f"{cidr} routes gone everywhere", lambda: _no_routes_anywhere(rc, cidr, "edge-c"), timeout=30)
     relay = rc.active_gateway_node("gw-cloud")
-    rc.wait_for("relay dropped the pool's tunnel", lambda: "raven-gw-edge-c" not in rc.sas(relay), timeout=30)
+    rc.wait_for("relay dropped the pool's tunnel", lambda: "raven-gw-edge-c" not in rc.tunnels(relay), timeout=30)

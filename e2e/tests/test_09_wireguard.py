@@ -1,11 +1,14 @@
 """Scenario 9: the same cluster with --vpn-driver=wireguard (no charon; each agent runs wireguard-go).
 
-Its own cluster (the default topology: NAT pools edge-a/edge-b relayed through gw-cloud), lab prefix
-``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the pod matrix with direct and
-relayed pairs; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner /32; a killed
-wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go without a
-lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was published before
-it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins.
+Its own cluster (the session cluster's topology: NAT pools edge-a/edge-b relayed through gw-cloud, the spare
+node and pool), lab prefix ``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the
+pod matrix with direct and relayed pairs; the data plane chosen (wireguard-go here: no kernel module) and why,
+in /readyz and the metrics; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner
+/32; a killed wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go
+without a lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was
+published before it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key
+changed rejoins; and the driver-neutral scenarios of the IPsec modules, run again on this cluster (bulk TCP
+without fragments, relay failover, churn, bad input: `test_ipsec_scenario_over_wireguard`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import pytest
 
 from e2e.cluster import RavenCluster
 from e2e.probe import ping
-from e2e.tests.conftest import MEASUREMENTS, PREFIX
+from e2e.tests import test_01_mtu, test_02_failover, test_04_churn, test_05_bad_input
+from e2e.tests.conftest import MEASUREMENTS, PREFIX, SPARE_GATEWAY, SPARE_NODE, SPARE_POOL_NODE, e2e_spec
 from raven.agent.plan import node_source
 from raven.api.pathreport import PathReport
 from raven.dataplane.wireguard import DeviceInfo, Uapi, WireGuardUnavailable, pair_psk
@@ -36,7 +40,9 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 def wg(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
     if os.geteuid() != 0:
         pytest.skip("end-to-end scenarios need root (network namespaces)")
-    cluster = RavenCluster("default", prefix=f"{PREFIX}w", vpn_driver="wireguard", controllers=1)
+    # The session cluster's topology (the spare node and pool too), so the churn scenarios run here as well.
+    cluster = RavenCluster(e2e_spec(), prefix=f"{PREFIX}w", vpn_driver="wireguard", controllers=1,
+                           hold_nodes={SPARE_NODE, SPARE_POOL_NODE}, hold_gateways={SPARE_GATEWAY})
     failed = True
     try:
         cluster.start()
@@ -218,20 +224,31 @@ def test_a_node_whose_key_changed_rejoins(wg: RavenCluster) -> None:
     gw = wg.active_gateway_node("gw-edge-b")
     old = published_key(wg, "gw-edge-b", gw)
     agent = wg.agents[gw]
-    agent.stop()
-    pid = _wg_pid(wg, gw)
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-    wg.wireguard_key_file(gw).unlink()  # rotation: delete the key file, restart the agent
-    agent.start()
-    wg.wait_for("the new key published", lambda: published_key(wg, "gw-edge-b", gw) not in ("", old), timeout=60)
-    new = published_key(wg, "gw-edge-b", gw)
-    relay = wg.active_gateway_node("gw-cloud")
-    wg.wait_for("the relay peered with the new key", lambda: hexkey(new) in device(wg, relay).peers, timeout=60)
-    # (The relay's wireguard-go was not touched: its socket answers throughout.)
-    assert hexkey(old) not in device(wg, relay).peers
-    src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
-    took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok, timeout=60)
+    # While the agent is away its tunnels are down: health failover would elect the standby before the node with
+    # the new key is back (seen under load), and the relay would then never peer with that key. The standby says
+    # it is not ready meanwhile, so the rotated node keeps its role and must rejoin with its new key.
+    standby = wg.member_node("edge-b")
+    wg.set_node_ready(standby, False)
+    try:
+        agent.stop()
+        pid = _wg_pid(wg, gw)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        wg.wireguard_key_file(gw).unlink()  # rotation: delete the key file, restart the agent
+        agent.start()
+        wg.wait_for("the new key published", lambda: published_key(wg, "gw-edge-b", gw) not in ("", old),
+                    timeout=60)
+        new = published_key(wg, "gw-edge-b", gw)
+        relay = wg.active_gateway_node("gw-cloud")
+        wg.wait_for("the relay peered with the new key", lambda: hexkey(new) in device(wg, relay).peers, timeout=60)
+        # (The relay's wireguard-go was not touched: its socket answers throughout.)
+        assert hexkey(old) not in device(wg, relay).peers
+        assert wg.active_gateway_node("gw-edge-b") == gw
+        src, dst = wg.cl.nodes[gw].pods[0], wg.cl.nodes[relay].pods[0]
+        took = wg.wait_for("traffic with the new key", lambda: ping(src.netns, dst.ip, count=1, wait=0.5).ok,
+                           timeout=60)
+    finally:
+        wg.set_node_ready(standby, True)
     MEASUREMENTS["wireguard_key_rotation_to_traffic_s"] = round(took, 2)
 
 
@@ -290,3 +307,33 @@ def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
         # One peer target per WireGuard peer of the device, each up (probed through raven1 over raven-wg0).
         assert len(r.status.targets) == len(device(wg, node).peers) > 0
         assert all(t.kind == "peer" and t.state == "up" for t in r.status.targets)
+
+
+def test_the_chosen_data_plane_and_its_reason_are_in_readyz_and_the_metrics(wg: RavenCluster) -> None:
+    node = wg.active_gateway_node("gw-edge-a")
+    ok, body = wg.agent_ready(node, verbose=True)
+    assert ok, body
+    # This kernel has no WireGuard: the kernel's refusal is the reason given for wireguard-go.
+    assert "wireguard-go (pid " in body and "no kernel WireGuard (RTM_NEWLINK raven-wg0 type wireguard: " in body, body
+    m = wg.metrics(f"agent/{node}")
+    assert m.get('raven_agent_wireguard_implementation{implementation="wireguard-go"}') == 1.0
+    line = next(ln for ln in wg.agents[node].logs().splitlines() if "wireguard data plane" in ln)
+    assert "wireguard-go" in line and "no kernel WireGuard" in line, line
+
+
+# The IPsec modules' scenarios that hold for any driver, run on this cluster (each module's `rc` is this one).
+IPSEC_SCENARIOS = {
+    "bulk-tcp-relayed": lambda rc: test_01_mtu.test_bulk_tcp_is_never_fragmented_with_default_flags(rc, "relayed"),
+    "relay-failover": test_02_failover.test_relay_failover_keeps_nat_to_nat_traffic_flowing,
+    "node-joins-and-leaves": test_04_churn.test_node_joining_a_pool_becomes_reachable_and_leaving_removes_its_routes,
+    "pool-joins-and-leaves": test_04_churn.test_new_pool_joins_the_matrix_and_leaves_it_cleanly,
+    "invalid-gateway": test_05_bad_input.test_invalid_gateway_is_reported_and_the_rest_keeps_working,
+    "node-without-pod-cidr": test_05_bad_input.test_node_without_pod_cidr_is_reported_and_the_rest_keeps_working,
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(IPSEC_SCENARIOS))
+def test_ipsec_scenario_over_wireguard(wg: RavenCluster, scenario: str) -> None:
+    t0 = time.monotonic()
+    IPSEC_SCENARIOS[scenario](wg)
+    MEASUREMENTS[f"wireguard_scenario_{scenario}_s"] = round(time.monotonic() - t0, 1)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import Gauge
 
 from raven.agent.inputs import PlanInputs
 from raven.agent.kubeproxy import findings as kube_proxy_findings
@@ -44,7 +45,8 @@ from raven.dataplane.probenat import ProbeNatApplier
 from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK
 from raven.dataplane.tunnel import DriverUnavailable
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
-from raven.dataplane.wireguard import WireGuardDriver, load_or_create_private_key
+from raven.dataplane.wgkernel import choose_data_plane
+from raven.dataplane.wireguard import WgDataPlane, WireGuardDriver, load_or_create_private_key
 from raven.health import CheckResult
 from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
@@ -371,10 +373,20 @@ def with_wireguard_mtu(plan_fn: Callable[[], Awaitable[PlanResult]], driver: Wir
     return plan_and_size
 
 
-async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reconciler: Reconciler, client: TypedClient,
-                          gateways: TypedInformer[Gateway], rt: Runtime) -> KeyPublisher:
-    """wireguard-go up (adopted or started) before the first pass routes into its device, then supervised; the
-    public key published in this node's PathReport (`raven.agent.wgkeys`); both visible in /readyz."""
+def wireguard_summary(plane: WgDataPlane, reason: str) -> str:
+    """What /readyz says of the WireGuard data plane: which one, why, its process or adoption, its restarts."""
+    if plane.implementation == "kernel":
+        how = "adopted" if plane.adopted else "created"
+        return f"kernel WireGuard ({how}, recreated {plane.restarts}) for {plane.ifname}: {reason}"
+    how = "adopted" if plane.adopted else f"pid {plane.pid}"
+    return f"wireguard-go ({how}, restarts {plane.restarts}) for {plane.ifname}: {reason}"
+
+
+async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reason: str, reconciler: Reconciler,
+                          client: TypedClient, gateways: TypedInformer[Gateway], rt: Runtime) -> KeyPublisher:
+    """The WireGuard device up (the kernel's or wireguard-go's, adopted or started: `reason` says why this one)
+    before the first pass routes into it, then supervised; the public key published in this node's PathReport
+    (`raven.agent.wgkeys`); both visible in /readyz, the data plane also in raven_agent_wireguard_implementation."""
     process = driver.process
 
     def on_start() -> None:
@@ -382,14 +394,16 @@ async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reconciler:
 
     process.on_start = on_start
     await process.ensure()
-    log.info("wireguard data plane", extra=kv(ifname=driver.ifname, implementation="wireguard-go (userspace)",
-                                              adopted=process.adopted, pid=process.pid,
+    log.info("wireguard data plane", extra=kv(ifname=driver.ifname, implementation=process.implementation,
+                                              reason=reason, adopted=process.adopted, pid=process.pid,
                                               public_key=driver.public_key, key_file=cfg.wireguard_key_file))
-    rt.supervisor.spawn("wireguard-go", process.supervise())
+    Gauge("raven_agent_wireguard_implementation", "1 for the WireGuard data plane in use (kernel or wireguard-go).",
+          ["implementation"], registry=rt.registry).labels(process.implementation).set(1)
+    rt.supervisor.spawn("wireguard-go" if process.implementation == "wireguard-go" else "wireguard-kernel",
+                        process.supervise())
 
     def wireguard_check() -> CheckResult:
-        how = "adopted" if process.adopted else f"pid {process.pid}"
-        return CheckResult(True, f"wireguard-go ({how}, restarts {process.restarts}) for {driver.ifname}")
+        return CheckResult(True, wireguard_summary(process, reason))
 
     rt.health.add_readiness_check("wireguard", wireguard_check)
     publisher = KeyPublisher(client, cfg.node_name, driver.public_key, gateways.values)
@@ -406,8 +420,12 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
         kernel = KernelApplier(ownership(plan_config(cfg, None)))
         wg: WireGuardDriver | None = None
         vpn: IPsecDriver | WireGuardDriver
+        wg_reason = ""
         if cfg.vpn_driver == "wireguard":
-            wg = vpn = WireGuardDriver(load_or_create_private_key(cfg.wireguard_key_file), cfg.psk)
+            choice = await choose_data_plane(cfg.wireguard_implementation)
+            wg_reason = choice.reason
+            wg = vpn = WireGuardDriver(load_or_create_private_key(cfg.wireguard_key_file), cfg.psk,
+                                       process=choice.plane)
         else:
             vpn = IPsecDriver(cfg.vici_socket, cfg.psk)
         log.info("agent starting", extra=kv(node=cfg.node_name, vpn_driver=cfg.vpn_driver, vici=cfg.vici_socket,
@@ -466,7 +484,7 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
 
             publisher: KeyPublisher | None = None
             if wg is not None:
-                publisher = await start_wireguard(cfg, wg, reconciler, TypedClient(client), gateways, rt)
+                publisher = await start_wireguard(cfg, wg, wg_reason, reconciler, TypedClient(client), gateways, rt)
 
             def on_gateway(ev: TypedEvent[Gateway]) -> None:
                 if inputs.on_gateway(ev):

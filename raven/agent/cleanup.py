@@ -70,7 +70,8 @@ async def _remove_ipsec(cfg: AgentConfig) -> bool:
 
 
 async def _stop_wireguard() -> bool:
-    """The WireGuard device (wireguard-go ends with it) and its UAPI socket; the key file stays. True if done."""
+    """The WireGuard device, kernel or wireguard-go (which ends with it), and its UAPI socket; the key file stays.
+    True if done."""
     try:
         existed = await WireGuardGo().stop()
     except OSError as exc:

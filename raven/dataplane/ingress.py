@@ -299,9 +299,15 @@ class IngressGuard:
                 return True
             report.errors.append(ApplyError("iptables", "read", OUTER_CHAIN, "iptables is not installed"))
             return False
-        except OSError as exc:
-            report.errors.append(ApplyError("iptables", "read", OUTER_CHAIN, str(exc)))
-            return False
+        except OSError:
+            # Read once more before failing closed: an iptables-save killed by a signal sent to the agent's
+            # process group (a stop under way: the pass still completes) or any one-off failure would otherwise
+            # take this node out of the overlay; a broken iptables fails twice.
+            try:
+                current = await asyncio.to_thread(self._ingress.read)
+            except OSError as exc:
+                report.errors.append(ApplyError("iptables", "read", OUTER_CHAIN, str(exc)))
+                return False
         try:
             n = await asyncio.to_thread(self._ingress.write, want, current)
         except OSError as exc:

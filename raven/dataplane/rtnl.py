@@ -29,6 +29,7 @@ from typing import Final, NamedTuple
 from raven.dataplane.netns import in_netns
 
 NETLINK_ROUTE: Final = 0
+NETLINK_GENERIC: Final = 16
 SOL_NETLINK: Final = 270
 NETLINK_CAP_ACK: Final = 10
 NETLINK_EXT_ACK: Final = 11
@@ -320,12 +321,13 @@ class NetlinkError(OSError):
 
 
 class RouteSocket:
-    """A blocking NETLINK_ROUTE socket, optionally opened inside a named network namespace."""
+    """A blocking NETLINK_ROUTE socket, optionally opened inside a named network namespace (`protocol`
+    NETLINK_GENERIC: the same request/ACK/dump handling for generic netlink, `raven.dataplane.wgkernel`)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, protocol: int = NETLINK_ROUTE) -> None:
         # A socket belongs to the namespace it was created in; in_netns never creates one (a typo fails).
         with in_netns(netns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self._sock = sock
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             sock.setsockopt(SOL_NETLINK, opt, 1)

@@ -8,9 +8,8 @@ one WG_CMD_SET_DEVICE message, and `parse_device` turns WG_CMD_GET_DEVICE answer
 peers spans several messages, a peer's allowed IPs may continue in the next one) into the same `DeviceInfo` the
 UAPI parser gives, so the diff is one piece of code for both data planes. Checked against pyroute2's WireGuard
 message classes (an independent encoder/decoder of the same spec, dev-only) in tests/unit/test_wgnetlink.py.
-
-Not built yet: the NETLINK_GENERIC socket, the family-id lookup round trip, `ip link add ... type wireguard`
-over rtnl, and the automatic choice (this kernel has no WireGuard: the agent always runs wireguard-go).
+Also here: the rtnetlink messages creating a kernel WireGuard device and reading a link's kind. The sockets, the
+family lookup and the choice between the kernel and wireguard-go: `raven.dataplane.wgkernel`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,24 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from raven.dataplane.rtnl import _RTA, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, RouteMsg, _attr, attrs, text
+from raven.dataplane.rtnl import (
+    _IFINFOMSG,
+    _RTA,
+    CREATE,
+    IFF_UP,
+    IFLA_IFNAME,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    RTM_NEWLINK,
+    RouteMsg,
+    _attr,
+    attrs,
+    text,
+)
 from raven.dataplane.wireguard import DeviceInfo, PeerInfo
 
 GENL_ID_CTRL: Final = 0x10
@@ -97,10 +113,9 @@ def _allowed_ip(index: int, cidr: str) -> bytes:
                            _attr(WGALLOWEDIP_A_CIDR_MASK, bytes([int(mask or 32)]))))
 
 
-def encode_set_device(family: int, ifname: str, lines: Sequence[str]) -> RouteMsg:
-    """WG_CMD_SET_DEVICE carrying what the UAPI `set` lines say (`raven.dataplane.wireguard.set_lines`: hex keys,
-    IPv4 endpoints and allowed IPs). One message: the kernel applies it as one change."""
-    device: list[bytes] = [_attr(WGDEVICE_A_IFNAME, ifname.encode() + b"\0")]
+def _parse_set(lines: Sequence[str]) -> tuple[list[bytes], int, list[bytes]]:
+    """UAPI `set` lines as (device attributes, device flags, one encoded peer body per peer, in order)."""
+    device: list[bytes] = []
     flags = 0
     peers: list[list[bytes]] = []
     peer_flags: list[int] = []
@@ -136,20 +151,74 @@ def encode_set_device(family: int, ifname: str, lines: Sequence[str]) -> RouteMs
             allowed[-1].append(_allowed_ip(len(allowed[-1]), value))
         else:
             raise ValueError(f"UAPI peer line not encodable: {key}")
+    bodies = []
+    for peer, pflags, ips in zip(peers, peer_flags, allowed, strict=True):
+        body = list(peer)
+        if pflags:
+            body.append(_attr(WGPEER_A_FLAGS, struct.pack("=I", pflags)))
+        if ips:
+            body.append(_nested(WGPEER_A_ALLOWEDIPS, ips))
+        bodies.append(b"".join(body))
+    return device, flags, bodies
+
+
+def _set_message(family: int, ifname: str, device: Sequence[bytes], flags: int, peers: Sequence[bytes]) -> RouteMsg:
+    attrs_ = [_attr(WGDEVICE_A_IFNAME, ifname.encode() + b"\0"), *device]
     if flags:
-        device.append(_attr(WGDEVICE_A_FLAGS, struct.pack("=I", flags)))
+        attrs_.append(_attr(WGDEVICE_A_FLAGS, struct.pack("=I", flags)))
     if peers:
-        entries = []
-        for i, (peer, pflags, ips) in enumerate(zip(peers, peer_flags, allowed, strict=True)):
-            body = list(peer)
-            if pflags:
-                body.append(_attr(WGPEER_A_FLAGS, struct.pack("=I", pflags)))
-            if ips:
-                body.append(_nested(WGPEER_A_ALLOWEDIPS, ips))
-            entries.append(_nested(i, body))
-        device.append(_nested(WGDEVICE_A_PEERS, entries))
-    message = _GENL.pack(WG_CMD_SET_DEVICE, WG_GENL_VERSION, 0) + b"".join(device)
+        attrs_.append(_nested(WGDEVICE_A_PEERS, (_nested(i, (body,)) for i, body in enumerate(peers))))
+    message = _GENL.pack(WG_CMD_SET_DEVICE, WG_GENL_VERSION, 0) + b"".join(attrs_)
     return RouteMsg(family, NLM_F_REQUEST | NLM_F_ACK, message)
+
+
+def encode_set_device(family: int, ifname: str, lines: Sequence[str]) -> RouteMsg:
+    """WG_CMD_SET_DEVICE carrying what the UAPI `set` lines say (`raven.dataplane.wireguard.set_lines`: hex keys,
+    IPv4 endpoints and allowed IPs), in one message (a few hundred peers at most: `encode_set_messages`)."""
+    device, flags, peers = _parse_set(lines)
+    return _set_message(family, ifname, device, flags, peers)
+
+
+# A nested attribute's length is 16 bits: WGDEVICE_A_PEERS cannot hold more than 64 KiB. `wg` splits a
+# configuration at its socket buffer's size (a page or 8 KiB); 32 KiB is ~200 of Raven's peers per message.
+PEERS_PER_MESSAGE_BYTES: Final = 32 << 10
+
+
+def encode_set_messages(family: int, ifname: str, lines: Sequence[str],
+                        budget: int = PEERS_PER_MESSAGE_BYTES) -> list[RouteMsg]:
+    """The `set` lines as WG_CMD_SET_DEVICE messages whose peers fit `budget` bytes each (as `wg` does for a
+    large configuration): the device's own attributes in the first, whole peers (Raven's have one allowed IP)
+    in each; the kernel applies them in order, each as one change. [] when the lines are []."""
+    if not lines:
+        return []
+    device, flags, peers = _parse_set(lines)
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for body in peers:
+        cost = len(body) + 8  # the entry's nest header, padding included (bodies are 4-aligned)
+        if chunks[-1] and size + cost > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(body)
+        size += cost
+    return [_set_message(family, ifname, device if i == 0 else (), flags if i == 0 else 0, chunk)
+            for i, chunk in enumerate(chunks)]
+
+
+def encode_link_create(ifname: str, mtu: int) -> RouteMsg:
+    """RTM_NEWLINK (exclusive) of a kernel WireGuard device (`ip link add IFNAME type wireguard`), up; the
+    kernel loads the module on demand and answers EOPNOTSUPP when it has none."""
+    info = _attr(IFLA_INFO_KIND, b"wireguard\0")
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + b"".join(
+        (_attr(IFLA_IFNAME, ifname.encode() + b"\0"), _attr(IFLA_MTU, struct.pack("=I", mtu)),
+         _attr(IFLA_LINKINFO, info)))
+    return RouteMsg(RTM_NEWLINK, CREATE, body)
+
+
+def link_kind(payload: bytes) -> str | None:
+    """The IFLA_INFO_KIND of an RTM_NEWLINK answer ("wireguard", "tun" for wireguard-go's...); None: no kind."""
+    info = attrs(payload, _IFINFOMSG.size).get(IFLA_LINKINFO)
+    return text(attrs(info, 0).get(IFLA_INFO_KIND)) if info is not None else None
 
 
 def _list(raw: bytes) -> list[bytes]:

@@ -15,10 +15,12 @@ Keys: the node's private key lives in `--wireguard-key-file` (base64, as `wg gen
 (the key OpenYurt Raven's WireGuard driver uses), where peers read it. Rotation: delete the file and restart the
 agent.
 
-Data plane: this kernel has no WireGuard module, so the agent runs `wireguard-go -f IFACE` itself
-(`WireGuardGo`: started when absent, adopted when an earlier agent left it running, restarted with backoff
-when it dies, stopped only by `--cleanup`) and configures it over the UAPI socket
-`/run/wireguard/IFACE.sock` (text protocol, `Uapi`). The kernel module's generic-netlink path is not built.
+Data plane (a `WgDataPlane`: the device, its configuration channel, its supervision), chosen at start by
+`raven.dataplane.wgkernel.choose_data_plane`: the kernel module where there is one (`KernelWireGuard`, configured
+over generic netlink), else `wireguard-go -f IFACE`, run by the agent itself (`WireGuardGo`: started when absent,
+adopted when an earlier agent left it running, restarted with backoff when it dies, stopped only by `--cleanup`)
+and configured over the UAPI socket `/run/wireguard/IFACE.sock` (text protocol, `Uapi`). Both channels speak
+`DeviceInfo` and UAPI `set` lines, so the diff below is one piece of code for both.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -237,6 +239,40 @@ class Uapi:
         return True
 
 
+class ConfigChannel(Protocol):
+    """How a WireGuard device is read and written: `Uapi` (wireguard-go), `wgkernel.GenlChannel` (the kernel)."""
+
+    async def get(self) -> DeviceInfo: ...
+
+    async def set(self, lines: Iterable[str]) -> None: ...  # UAPI `set` lines; UapiError when refused
+
+    async def available(self) -> bool: ...
+
+
+class WgDataPlane(Protocol):
+    """One WireGuard device and what keeps it there: `WireGuardGo` or `wgkernel.KernelWireGuard`. `starts`
+    counts (re)creations and adoptions (the driver's `connects`), `on_start` is called after each one."""
+
+    implementation: str  # "kernel" or "wireguard-go": logged, in /readyz, in raven_agent_wireguard_implementation
+    ifname: str
+    netns: str | None
+    starts: int
+    restarts: int
+    adopted: bool
+    pid: int | None
+    mtu: int | None
+    on_start: Callable[[], None] | None
+
+    @property
+    def channel(self) -> ConfigChannel: ...
+
+    async def ensure(self) -> None: ...
+
+    async def supervise(self) -> None: ...
+
+    async def stop(self) -> bool: ...
+
+
 # ---------------------------------------------------------------------------------------------------------
 # desired peers and the diff
 
@@ -322,12 +358,17 @@ class WireGuardGo:
         # A plain Popen, not an asyncio subprocess: asyncio kills a child whose transport is closed or collected
         # (at loop shutdown, say), and wireguard-go must outlive the agent.
         self._proc: subprocess.Popen[bytes] | None = None
+        self.implementation = "wireguard-go"
         self.starts = 0  # started or adopted, the first time included
         self.restarts = 0  # started again after it had died
         self.adopted = False
         self.pid: int | None = None
         # The device's MTU (the driver sets it from the plan); applied, with the link up, after every start.
         self.mtu: int | None = 1420
+
+    @property
+    def channel(self) -> Uapi:
+        return self.uapi
 
     async def ensure(self) -> None:
         if await self.uapi.available():
@@ -463,7 +504,7 @@ async def set_link_mtu_up(ifname: str, mtu: int, netns: str | None = None) -> bo
 
 
 class WireGuardDriver:
-    """The tunnel driver over one wireguard-go device (see the module docstring). `reconcile(conns)` makes
+    """The tunnel driver over one WireGuard device (see the module docstring). `reconcile(conns)` makes
     the device hold exactly the planned peers (only what differs is written); `states()` reports each peer
     as a `TunnelState` (ESTABLISHED while its last handshake is fresh); `connects` counts wireguard-go
     (re)starts and adoptions, so the reconciler re-applies after one."""
@@ -471,13 +512,13 @@ class WireGuardDriver:
     daemon = "wireguard"  # what /readyz names when wireguard-go is down
 
     def __init__(self, private_key: bytes, secret: str, port: int = 4500, ifname: str = WG_IFNAME,
-                 process: WireGuardGo | None = None, keepalive: int = KEEPALIVE_S) -> None:
+                 process: WgDataPlane | None = None, keepalive: int = KEEPALIVE_S) -> None:
         self._private_hex = clamp(private_key).hex()
         self.public_key = public_key(private_key)
         self._secret = secret
         self._port = port
         self.ifname = ifname
-        self.process = process if process is not None else WireGuardGo(ifname)
+        self.process: WgDataPlane = process if process is not None else WireGuardGo(ifname)
         self._keepalive = keepalive
         self.device_mtu: int | None = None  # set from the plan (raven1's MTU + VXLAN) by the agent
         self._names: dict[str, str] = {}  # hex public key -> tunnel name, of the last reconcile
@@ -493,7 +534,7 @@ class WireGuardDriver:
         return self.process.starts
 
     async def available(self) -> bool:
-        return await self.process.uapi.available()
+        return await self.process.channel.available()
 
     async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
         started = time.perf_counter()
@@ -501,13 +542,13 @@ class WireGuardDriver:
         conns = list(conns)
         desired, self.problems = desired_peers(conns, self._secret, self._keepalive)
         port = next((c.local_port for c in sorted(conns)), self._port)
-        current = await self.process.uapi.get()
+        current = await self.process.channel.get()
         if self._applied_start != self.process.starts:
             self._dialled = {}  # a new wireguard-go (or an adopted one): nothing of ours is known to be there
         lines = set_lines(current, self._private_hex, port, desired, self._dialled)
         if lines:
             try:
-                await self.process.uapi.set(lines)
+                await self.process.channel.set(lines)
             except UapiError as exc:
                 report.errors.append(ApplyError("wireguard", "uapi_set", self.ifname, str(exc)))
             else:
@@ -528,7 +569,7 @@ class WireGuardDriver:
         return report
 
     async def states(self) -> list[TunnelState]:
-        info = await self.process.uapi.get()
+        info = await self.process.channel.get()
         now = time.time()
         out: list[TunnelState] = []
         for pub, name in sorted(self._names.items(), key=lambda kv_: kv_[1]):

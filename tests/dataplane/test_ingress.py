@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from e2e.netlab import Lab, Netns
-from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, render
+from raven.dataplane.ingress import CHAINS, IngressFilterApplier, IngressGuard, IngressObserved, render
 from raven.dataplane.kernel import KernelApplier
 from raven.dataplane.state import Address, IngressFilter, IngressPeer, NodeNetwork, Route, Rule, VxlanLink
 from tests.dataplane.conftest import ip_json, kernel_snapshot
@@ -150,5 +150,34 @@ async def test_a_failed_rewrite_keeps_the_old_filter_and_the_overlay_but_no_filt
             await kernel2.close()
         assert {(e.kind, e.op) for e in report.errors} == {("iptables", "write"), ("iptables", "guard")}
         assert _links(fresh) == [] and _owned(fresh) == {}
+    finally:
+        await kernel.close()
+
+
+class _FailsOnce(IngressFilterApplier):
+    """The real applier whose next read fails once, as an iptables-save killed by the SIGTERM of the agent's
+    process group does (rc -15, nothing on stderr)."""
+
+    fail_next = False
+
+    def read(self) -> IngressObserved:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("iptables-save failed: ")
+        return super().read()
+
+
+async def test_one_failed_read_of_the_filter_does_not_take_the_node_out_of_the_overlay(lab: Lab) -> None:
+    ns = lab.netns("ingr")
+    kernel = KernelApplier(netns=ns.name)
+    applier = _FailsOnce(ns.name)
+    guard = IngressGuard(kernel, applier)
+    try:
+        assert (await guard.reconcile(STATE)).ok
+        applier.fail_next = True
+        report = await guard.reconcile(STATE)
+        assert not applier.fail_next  # the failing read happened
+        assert report.ok, report.errors
+        assert _links(ns) == ["raven1"] and _owned(ns)
     finally:
         await kernel.close()

@@ -57,6 +57,15 @@ async def test_readyz_lists_each_check_and_fails_on_one(served: Served) -> None:
     assert "[-]charon failed: no VICI socket at /run/x" in body
 
 
+async def test_readyz_verbose_gives_the_reasons_of_passing_checks_too(served: Served) -> None:
+    served.health.add_readiness_check("wireguard", lambda: CheckResult(True, "wireguard-go (pid 7) for raven-wg0"))
+    served.health.add_readiness_check("plain", lambda: CheckResult(True))
+    assert "[+]wireguard ok\n" in (await served.get("/readyz"))[1]
+    status, body = await served.get("/readyz?verbose")
+    assert status == 200 and "[+]wireguard ok: wireguard-go (pid 7) for raven-wg0\n" in body
+    assert "[+]plain ok\n" in body
+
+
 async def test_readyz_passes_when_all_pass(served: Served) -> None:
     served.health.add_readiness_check("a", lambda: CheckResult(True))
     status, body = await served.get("/readyz")

@@ -139,3 +139,28 @@ def test_family_lookup_and_dump_request() -> None:
     d = decoded(dump.msg_type, dump.flags, dump.body)
     assert d["cmd"] == WG_CMD_GET_DEVICE and d.get_attr("WGDEVICE_A_IFNAME") == "raven-wg0"
     assert dump.flags & 0x300 == 0x300  # NLM_F_DUMP
+
+
+def test_a_thousand_peers_are_split_into_messages_that_each_fit_a_nested_attribute() -> None:
+    # A nested attribute's length is 16 bits: 1,000 peers (~150 bytes each) in one WGDEVICE_A_PEERS would wrap it.
+    from raven.dataplane.wgnetlink import encode_set_messages
+    from raven.dataplane.wireguard import WgPeer
+
+    want = {f"{i:064x}": WgPeer(f"raven-gw-{i}", f"{i:064x}", "22" * 32, f"192.0.{i // 250}.{i % 250 + 1}:4500",
+                                25, frozenset({f"241.0.{i // 250}.{i % 250 + 1}/32"})) for i in range(1, 1001)}
+    lines = set_lines(DeviceInfo("", 0, {}), "aa" * 32, 4500, want, {})
+    msgs = encode_set_messages(FAMILY, "raven-wg0", lines)
+    assert len(msgs) > 1
+    seen: list[str] = []
+    for i, m in enumerate(msgs):
+        assert len(m.body) < 0xFFFF
+        d = decoded(m.msg_type, m.flags, m.body)
+        assert d.get_attr("WGDEVICE_A_IFNAME") == "raven-wg0"
+        # The device's own attributes once, in the first message.
+        assert (d.get_attr("WGDEVICE_A_LISTEN_PORT") is not None) == (i == 0)
+        for peer in d.get_attr("WGDEVICE_A_PEERS"):
+            seen.append(base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY")).hex())
+            (ip,) = peer.get_attr("WGPEER_A_ALLOWEDIPS")
+            assert ip.get_attr("WGALLOWEDIP_A_CIDR_MASK") == 32
+    assert seen == sorted(want)  # every peer once, in order
+    assert encode_set_messages(FAMILY, "raven-wg0", []) == []

@@ -206,3 +206,18 @@ def test_an_unclamped_key_is_compared_in_the_clamped_form_wireguard_reports() ->
     driver = WireGuardDriver(raw, SECRET)
     # What wireguard-go answers after `private_key=<raw>` is the clamped key: nothing left to write.
     assert set_lines(DeviceInfo(clamp(raw).hex(), 4500), driver._private_hex, 4500, {}, {}) == []
+
+
+def test_readyz_names_the_data_plane_and_why() -> None:
+    from raven.agent.app import wireguard_summary
+    from raven.dataplane.wgkernel import KernelWireGuard
+    from raven.dataplane.wireguard import WireGuardGo
+
+    kernel = KernelWireGuard("raven-wg0")
+    kernel.adopted, kernel.restarts = True, 1
+    assert wireguard_summary(kernel, "raven-wg0 is a kernel WireGuard device already") == (
+        "kernel WireGuard (adopted, recreated 1) for raven-wg0: raven-wg0 is a kernel WireGuard device already")
+    go = WireGuardGo("raven-wg0")
+    go.pid = 412
+    why = "no kernel WireGuard (RTM_NEWLINK raven-wg0 type wireguard: Operation not supported)"
+    assert wireguard_summary(go, why) == f"wireguard-go (pid 412, restarts 0) for raven-wg0: {why}"
