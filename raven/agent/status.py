@@ -251,8 +251,20 @@ class _Evidence:
     def link(self, a: str, b: str) -> Health:
         return self._links.get((a, b), UNKNOWN)
 
+    @property
+    def links_health(self) -> Mapping[tuple[str, str], Health]:
+        return self._links
+
     def member(self, node: str) -> Health:
         return _from_targets([(node, t) for t in self.members.get(node, [])])
+
+
+def tunnel_health(topology: Topology, reports: Iterable[PathReport], now: datetime,
+                  stale_after: timedelta) -> Mapping[tuple[str, str], Health]:
+    """Each measured tunnel (both orders of every gateway pair) by the evidence rules of `raven status`: fresh,
+    well-formed reports of the current active endpoints about the current far ends. Routing by cost reads its
+    graph from this, so what `raven status` shows is what the gateways route by."""
+    return _Evidence(topology, reports, now, stale_after).links_health
 
 
 _BAD_WHEN_FALSE: Final = ("Valid", "NodesValid", "TunnelsHealthy")

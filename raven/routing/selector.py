@@ -5,7 +5,11 @@ The rule (`Hysteresis`):
 - the current path becomes unusable (a link of it is down, its relay is gone): the best path at once;
 - otherwise the path moves only when the best path is *clearly* better (cheaper by at least `min_gain_ratio` of
   the current cost and by at least `min_gain_ms`) and has stayed clearly better for `hold_seconds`; any moment
-  in between at which no path is clearly better restarts the wait. The move goes to the best path of that moment.
+  in between at which no path is clearly better restarts the wait. The move goes to the best path of that moment;
+- one exception, towards fewer hops: a relayed path returns to the direct link when the direct link is the best
+  path (at least as cheap) for `hold_seconds`, clear gain or not. A detour costs a relay's capacity and adds a
+  point of failure, so it is kept only while it pays; without this a detour taken around a delay would never come
+  back once the delay is gone (two fast links are rarely 5 ms slower than one).
 So a delay that flaps faster than the hold time moves nothing, and noise of a few milliseconds moves nothing.
 """
 
@@ -84,7 +88,8 @@ def select(
         if cur_cost >= INF:
             out[dst] = Chosen(hop, cost, now)
             changes.append(Change(dst, cur.next_hop, hop, "unusable", cur.cost, cost))
-        elif hop == cur.next_hop or not rule.clearly_better(cost, cur_cost):
+        elif hop == cur.next_hop or not (rule.clearly_better(cost, cur_cost) or _back_to_direct(dst, hop, cur, cost,
+                                                                                              cur_cost)):
             out[dst] = Chosen(cur.next_hop, cur_cost, cur.since)
         else:
             since = cur.better_since if cur.better_since is not None else now
@@ -94,6 +99,10 @@ def select(
             else:
                 out[dst] = Chosen(cur.next_hop, cur_cost, cur.since, since)
     return out, changes
+
+
+def _back_to_direct(dst: str, hop: str, cur: Chosen, cost: float, cur_cost: float) -> bool:
+    return hop == dst and cur.next_hop != dst and cost <= cur_cost
 
 
 def plausible_relays(graph: Graph, me: str, dst: str, rule: Hysteresis, limit: int) -> tuple[str, ...]:

@@ -118,6 +118,12 @@ def test_hysteresis_moves_only_for_a_clear_sustained_gain() -> None:
     # Back to fast: the direct link must be clearly better for 10 s again.
     state, ch = select(state, {"b": best_paths(fast, "a")["b"]}, fast, "a", 12.0, RULE)
     assert state["b"].next_hop == "c" and not ch
+    # ... and it does come back, although two fast links are not 5 ms slower than one: towards fewer hops a path
+    # only has to be the best one for the hold time.
+    state, ch = select(state, {"b": best_paths(fast, "a")["b"]}, fast, "a", 21.9, RULE)
+    assert state["b"].next_hop == "c" and not ch
+    state, ch = select(state, {"b": best_paths(fast, "a")["b"]}, fast, "a", 22.0, RULE)
+    assert state["b"].next_hop == "b" and [c.reason for c in ch] == ["better"]
 
 
 def test_flapping_delay_restarts_the_wait() -> None:
