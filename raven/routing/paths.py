@@ -14,6 +14,7 @@ cannot loop. Per destination this is one `map` over a row and one `min`: no Pyth
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from operator import add
 
 from raven.routing.graph import INF, Graph
@@ -21,22 +22,40 @@ from raven.routing.graph import INF, Graph
 
 def best_paths(g: Graph, me: str) -> dict[str, tuple[str, float]]:
     """For every other gateway: (next hop, cost); the next hop is the destination itself for the direct link.
-    Cost INF: no path (no usable link, no relay)."""
+    Cost INF: no path (no usable link, no relay).
+
+    Costs are positive, so a relay whose first leg alone costs as much as the direct link cannot beat it: the
+    relays are taken in order of their first leg and only the prefix cheaper than the direct link is summed.
+    """
     i = g.index.get(me)
     if i is None:
         return {}
     row = g.cost[i]
     names = g.names
     cost = g.cost
+    n = len(names)
+    # row[i] is INF (sorted last), so this gateway is never its own relay; the destination's own row entry is the
+    # direct cost, which bisect_left leaves out of the prefix (or, with no direct link, cost[j][j] is INF).
+    order = sorted(range(n), key=row.__getitem__)
+    first_legs = [row[k] for k in order]
     out: dict[str, tuple[str, float]] = {}
     for j, dst in enumerate(names):
         if j == i:
             continue
-        # row[i] and cost[j][j] are INF, so neither end is ever its own relay.
-        via = list(map(add, row, cost[j]))
-        m = min(via)
         direct = row[j]
-        out[dst] = (dst, direct) if direct <= m else (names[via.index(m)], m)
+        bound = bisect_left(first_legs, direct) if direct < INF else n
+        if bound == 0:
+            out[dst] = (dst, direct)
+            continue
+        relays = order[:bound]
+        via = list(map(add, first_legs[:bound], map(cost[j].__getitem__, relays)))
+        m = min(via)
+        if direct <= m:
+            out[dst] = (dst, direct)
+        elif via.count(m) == 1:
+            out[dst] = (names[relays[via.index(m)]], m)
+        else:  # a tie: the relay first in the graph's order, as from the other end
+            out[dst] = (names[min(r for r, c in zip(relays, via, strict=True) if c == m)], m)
     return out
 
 
