@@ -35,7 +35,7 @@ from raven.agent.plan import _pool_overlay as pool_overlay
 from raven.agent.topology import GatewayView, Topology, build_topology, view_name
 from raven.api.gateway import Condition, Gateway, UnparsableGateway
 from raven.api.node import Node
-from raven.api.pathreport import STATES, PathReport, State, Target
+from raven.api.pathreport import STATES, PathReport, RoutedPath, State, Target
 
 SCHEMA_VERSION: Final = 1
 
@@ -146,6 +146,8 @@ class Pool:
     subnets: tuple[str, ...]  # routed to this pool by the others
     members: tuple[Member, ...]
     conditions: tuple[Condition, ...]
+    # The paths its active endpoint routes by (routing by cost: its fresh PathReport's status.paths), by gateway.
+    routes: tuple[RoutedPath, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +231,15 @@ class _Evidence:
                  stale_after: timedelta) -> None:
         self.links: dict[tuple[str, str], list[tuple[str, Target]]] = {}  # gateway pair -> peer targets
         self.members: dict[str, list[Target]] = {}  # member node -> targets about its gateway
+        self.routes: dict[str, tuple[RoutedPath, ...]] = {}  # gateway -> the paths its active endpoint chose
         endpoint_of = {g.name: g.endpoint.node_name for g in topology.gateways.values() if g.endpoint is not None}
         for r in reports:
             if not r.well_formed or not r.fresh(now, stale_after):
                 continue
             st = r.status
             mine = st.gateway
+            if st.role == "gateway" and st.paths and endpoint_of.get(mine) == r.name:
+                self.routes[mine] = st.paths
             for t in st.targets:
                 if t.gateway not in endpoint_of or t.node != endpoint_of[t.gateway]:
                     continue  # probed at a former endpoint (or of a Gateway gone): not about the current path
@@ -287,6 +292,7 @@ def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: 
         reachable=view.reachable, address=view.address, port=view.port, inner=view.inner,
         subnets=view.remote_subnets, members=members,
         conditions=tuple(gw.status.conditions or ()) if gw is not None else (),
+        routes=ev.routes.get(view.name, ()),
     )
 
 
@@ -459,6 +465,7 @@ def to_json(s: ClusterStatus, *, pairs: bool = True) -> dict[str, object]:
             "nodes": [{"name": m.name, "ip": m.ip, "subnets": list(m.subnets), "role": m.role, "ready": m.ready,
                        "health": health(m.health)} for m in p.members],
             "conditions": [c.to_dict() for c in p.conditions],
+            "routes": [r.to_dict() for r in p.routes],
         })
     problems: list[object] = [
         {"kind": p.kind, "name": p.name, "reason": p.reason, "message": p.message} for p in s.problems

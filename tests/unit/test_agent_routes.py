@@ -118,3 +118,27 @@ def test_weight_annotation_and_bad_values() -> None:
 def test_a_member_node_has_no_choice() -> None:
     router = Router(SETTINGS)
     assert router.update(None, parse(cluster_json()), [], T0) == [] and router.choice is None
+
+
+def test_raven_status_shows_the_chosen_paths() -> None:
+    from dataclasses import replace
+
+    from raven.agent.graph import render_status
+    from raven.agent.status import build_status, to_json
+
+    gws = parse(cluster_json())
+    slow = {**FAST, ("gw-dc", "gw-edge-a"): 90.0}
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(slow, T0), T0)
+    router.update("gw-edge-a", gws, reports(slow, T0 + 11), T0 + 11)
+    published = [replace(r, status=replace(r.status, paths=router.paths())) if r.name == "edge-a-1" else r
+                 for r in reports(slow, T0 + 11)]
+    s = build_status(gws, nodes(), published, datetime.fromtimestamp(T0 + 12, UTC), cfg=PlanConfig(),
+                     stale_after=timedelta(seconds=180))
+    pools = {p["gateway"]: p for p in to_json(s)["pools"]}  # type: ignore[attr-defined]
+    assert {"gateway": "gw-dc", "via": "gw-cloud", "cost": 6.0,
+            "since": "2027-01-15T08:00:00Z"} in pools["gw-edge-a"]["routes"]
+    text = render_status(s)
+    assert "ROUTES" in text
+    line = next(x for x in text.splitlines() if x.startswith("gw-edge-a") and "gw-dc" in x and "gw-cloud" in x)
+    assert "6.0" in line
