@@ -47,6 +47,11 @@ def paths_of(rc: RavenCluster, gateway: str) -> dict[str, str]:
     return {}
 
 
+def both_route(rc: RavenCluster, via: str) -> bool:
+    """edge-a and edge-pub each route the other through `via` ("" the direct link), as their reports say."""
+    return paths_of(rc, "gw-edge-a").get("gw-edge-pub") == via and paths_of(rc, "gw-edge-pub").get("gw-edge-a") == via
+
+
 def kernel_next_hop(rc: RavenCluster, gateway: str, dst_ip: str) -> str:
     """The next hop the gateway's kernel uses for `dst_ip` (read independently: ip route get)."""
     node = rc.active_gateway_node(gateway)
@@ -81,9 +86,7 @@ def _block(rc: RavenCluster, pool: str, peer_lan: str, add: bool) -> None:
 
 
 def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: RavenCluster) -> None:
-    rc.wait_for("edge-a and edge-pub route each other directly",
-                lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "" and
-                paths_of(rc, "gw-edge-pub").get("gw-edge-a") == "", timeout=60)
+    rc.wait_for("edge-a and edge-pub route each other directly", lambda: both_route(rc, ""), timeout=60)
     src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
     dst = rc.cl.nodes[rc.member_node("edge-pub")].pods[0]
     cloud_inner = inner_of(rc, "gw-cloud")
@@ -93,18 +96,15 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
         delay = _delay_from(rc, "edge-a", pub_lan, 80)
         t0 = time.monotonic()
         try:
-            moved = rc.wait_for("both ends detour through the cloud",
-                                lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "gw-cloud" and
-                                paths_of(rc, "gw-edge-pub").get("gw-edge-a") == "gw-cloud", timeout=60, interval=0.2)
+            moved = rc.wait_for("both ends detour through the cloud", lambda: both_route(rc, "gw-cloud"), timeout=60,
+                                interval=0.2)
             assert kernel_next_hop(rc, "gw-edge-a", dst.ip) == cloud_inner
         finally:
             delay.stop(2.0)  # type: ignore[attr-defined]
             rc.cl.pools["edge-a"].router.ip("rule", "del", "iif", "wan0", "from", pub_lan, "lookup", "110",
                                            check=False)
         t1 = time.monotonic()
-        back = rc.wait_for("both ends back on the direct link",
-                           lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "" and
-                           paths_of(rc, "gw-edge-pub").get("gw-edge-a") == "", timeout=60, interval=0.2)
+        back = rc.wait_for("both ends back on the direct link", lambda: both_route(rc, ""), timeout=60, interval=0.2)
         assert kernel_next_hop(rc, "gw-edge-a", dst.ip) != cloud_inner
         time.sleep(1)
         res = probe.stop()
@@ -120,9 +120,7 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
 
 
 def test_a_blocked_direct_tunnel_detours_through_the_third_pool(rc: RavenCluster) -> None:
-    rc.wait_for("edge-a and edge-pub route each other directly",
-                lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "" and
-                paths_of(rc, "gw-edge-pub").get("gw-edge-a") == "", timeout=90)
+    rc.wait_for("edge-a and edge-pub route each other directly", lambda: both_route(rc, ""), timeout=90)
     src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
     dst = rc.cl.nodes[rc.member_node("edge-pub")].pods[0]
     pub_lan = str(rc.cl.pools["edge-pub"].spec.lan)
@@ -131,9 +129,8 @@ def test_a_blocked_direct_tunnel_detours_through_the_third_pool(rc: RavenCluster
         t0 = time.monotonic()
         _block(rc, "edge-a", pub_lan, add=True)  # IKE and ESP-in-UDP between the two sites dropped
         try:
-            moved = rc.wait_for("both ends route through the cloud",
-                                lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "gw-cloud" and
-                                paths_of(rc, "gw-edge-pub").get("gw-edge-a") == "gw-cloud", timeout=30, interval=0.1)
+            moved = rc.wait_for("both ends route through the cloud", lambda: both_route(rc, "gw-cloud"), timeout=30,
+                                interval=0.1)
             time.sleep(3)
             res = probe.stop()
         finally:

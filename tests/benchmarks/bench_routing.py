@@ -9,11 +9,9 @@ bench-results/routing.json.
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,19 +21,8 @@ from raven.api.pathreport import PathReport, PathReportStatus, Target
 from raven.routing.graph import Measurement, build_graph, pair
 from raven.routing.paths import best_paths
 from raven.routing.selector import Hysteresis, select
+from tests.benchmarks.bench_plan import best as best_of
 from tests.benchmarks.bench_plan import gateway
-
-REPEAT = 5
-
-
-def best_of(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(REPEAT):
-        gc.collect()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def mesh(n: int, seed: int = 14) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str], Measurement]]:
