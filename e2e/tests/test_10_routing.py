@@ -66,13 +66,20 @@ def inner_of(rc: RavenCluster, gateway: str) -> str:
     return str(next(a["local"] for a in infos if a["prefixlen"] == 32 and a.get("scope") == "site"))
 
 
-def _delay_from(rc: RavenCluster, pool: str, source: str, ms: float) -> object:
-    """`ms` more on what `pool`'s router receives from `source` (a pool's LAN) over the WAN: one link only."""
+def _delay_from(rc: RavenCluster, pool: str, sources: list[str], ms: float) -> object:
+    """`ms` more on what `pool`'s router receives over the WAN from `sources` only (one link per source)."""
     router = rc.cl.pools[pool].router
     proc = router.add_delay("wan0", ms, dev="dlyr0", table=110)
     router.ip("rule", "del", "iif", "wan0", "lookup", "110")
-    router.ip("rule", "add", "iif", "wan0", "from", source, "lookup", "110", "priority", "110")
+    for source in sources:
+        router.ip("rule", "add", "iif", "wan0", "from", source, "lookup", "110", "priority", "110")
     return proc
+
+
+def _undelay(rc: RavenCluster, pool: str, sources: list[str], proc: object) -> None:
+    proc.stop(2.0)  # type: ignore[attr-defined]  # its TUN device and route go with it
+    for source in sources:
+        rc.cl.pools[pool].router.ip("rule", "del", "iif", "wan0", "from", source, "lookup", "110", check=False)
 
 
 def _block(rc: RavenCluster, pool: str, peer_lan: str, add: bool) -> None:
@@ -93,16 +100,14 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
     pub_lan = str(rc.cl.pools["edge-pub"].spec.lan)
     with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18310, name="route-a") as probe:
         assert probe.wait_first_reply()
-        delay = _delay_from(rc, "edge-a", pub_lan, 80)
+        delay = _delay_from(rc, "edge-a", [pub_lan], 80)
         t0 = time.monotonic()
         try:
             moved = rc.wait_for("both ends detour through the cloud", lambda: both_route(rc, "gw-cloud"), timeout=60,
                                 interval=0.2)
             assert kernel_next_hop(rc, "gw-edge-a", dst.ip) == cloud_inner
         finally:
-            delay.stop(2.0)  # type: ignore[attr-defined]
-            rc.cl.pools["edge-a"].router.ip("rule", "del", "iif", "wan0", "from", pub_lan, "lookup", "110",
-                                           check=False)
+            _undelay(rc, "edge-a", [pub_lan], delay)
         t1 = time.monotonic()
         back = rc.wait_for("both ends back on the direct link", lambda: both_route(rc, ""), timeout=60, interval=0.2)
         assert kernel_next_hop(rc, "gw-edge-a", dst.ip) != cloud_inner
@@ -144,3 +149,57 @@ def test_a_blocked_direct_tunnel_detours_through_the_third_pool(rc: RavenCluster
     assert outage <= 15.0, f"traffic stopped for {outage:.2f} s"
     rc.wait_for("both ends back on the direct link", lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "",
                 timeout=90, interval=0.5)
+
+
+def test_a_nat_pair_uses_the_nearer_relay(rc: RavenCluster) -> None:
+    """Scenario (c): edge-a and edge-b (both under NAT) are relayed; the cloud (exposed: the top-ranked relay) made
+    40 ms farther from both: the pair moves to edge-pub, the nearer reachable gateway, and back when it is removed."""
+    def pair_via(via: str) -> bool:
+        return (paths_of(rc, "gw-edge-a").get("gw-edge-b") == via and
+                paths_of(rc, "gw-edge-b").get("gw-edge-a") == via)
+
+    rc.wait_for("edge-a and edge-b relayed by a reachable gateway",
+                lambda: paths_of(rc, "gw-edge-a").get("gw-edge-b") in ("gw-cloud", "gw-edge-pub"), timeout=60)
+    if not pair_via("gw-cloud"):  # both relays are near now: a tie goes to the top-ranked one (the cloud)
+        rc.wait_for("the pair on the cloud", lambda: pair_via("gw-cloud"), timeout=60, interval=0.5)
+    src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
+    dst = rc.cl.nodes[rc.member_node("edge-b")].pods[0]
+    nat_wans = [rc.cl.pools[p].router_wan_ip for p in ("edge-a", "edge-b")]
+    with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18312, name="route-c") as probe:
+        assert probe.wait_first_reply()
+        delay = _delay_from(rc, "cloud", nat_wans, 40)
+        try:
+            moved = rc.wait_for("the pair moves to the nearer relay", lambda: pair_via("gw-edge-pub"), timeout=60,
+                                interval=0.2)
+        finally:
+            _undelay(rc, "cloud", nat_wans, delay)
+        time.sleep(1)
+        res = probe.stop()
+    MEASUREMENTS["routing_c_moved_to_nearer_relay_s"] = round(moved, 2)
+    MEASUREMENTS["routing_c_probe"] = {"sent": res.sent, "lost": res.sent - res.received,
+                                       "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+    assert res.received > 0
+
+
+def test_a_flapping_delay_moves_no_path_more_than_once_per_hold_period(rc: RavenCluster) -> None:
+    """Scenario (d): 80 ms on the edge-a/edge-pub link, on and off every 2 s for 30 s: a path moves only for a gain
+    sustained for the hold time (10 s), so at most once per 10 s (here: not at all is expected)."""
+    rc.wait_for("edge-a and edge-pub route each other directly", lambda: both_route(rc, ""), timeout=90)
+    pub_lan = str(rc.cl.pools["edge-pub"].spec.lan)
+    seen: list[tuple[float, str | None]] = []
+    t0 = time.monotonic()
+    last: str | None = ""
+    while time.monotonic() - t0 < 30:
+        on = int((time.monotonic() - t0) // 2) % 2 == 0
+        delay = _delay_from(rc, "edge-a", [pub_lan], 80) if on else None
+        end = t0 + 2 * (int((time.monotonic() - t0) // 2) + 1)
+        while time.monotonic() < end:
+            now = paths_of(rc, "gw-edge-a").get("gw-edge-pub")
+            if now != last:
+                seen.append((round(time.monotonic() - t0, 2), now))
+                last = now
+            time.sleep(0.2)
+        if delay is not None:
+            _undelay(rc, "edge-a", [pub_lan], delay)
+    MEASUREMENTS["routing_d_path_changes_in_30s"] = seen
+    assert len(seen) <= 3, seen  # 30 s / 10 s hold

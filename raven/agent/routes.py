@@ -104,10 +104,14 @@ class Router:
         # Pairs with a direct link although both are under NAT (hole punching, #15): set by whoever knows.
         self.extra_direct: frozenset[tuple[str, str]] = frozenset()
         self.evaluations = 0
+        # Relays this gateway moved a pool away from, accepted for the pool until then (epoch seconds): the far end
+        # makes the same move from the same graph, but a few seconds apart (its own hold), still sending through it.
+        self.grace: dict[str, dict[str, float]] = {}
 
     def pending(self) -> bool:
-        """A clearly better path is waiting out its hold time: evaluate again even without new reports."""
-        return any(c.better_since is not None for c in self.state.values())
+        """A clearly better path is waiting out its hold time, or a relay's grace runs out: evaluate again even
+        without new reports."""
+        return any(c.better_since is not None for c in self.state.values()) or bool(self.grace)
 
     def update(self, gateway: str | None, gateways: Sequence[Gateway], reports: Iterable[PathReport],
                now: float) -> list[Change]:
@@ -115,6 +119,7 @@ class Router:
         self.evaluations += 1
         if gateway != self.gateway:
             self.state = {}
+            self.grace = {}
             self._clear_metrics()
             self.gateway = gateway
         if gateway is None:
@@ -130,7 +135,14 @@ class Router:
         rule = self.settings.rule
         before = self.state
         self.state, changes = select(before, best_paths(graph, gateway), graph, gateway, now, rule)
-        relayed = {dst: plausible_relays(graph, gateway, dst, rule, RELAYS_ACCEPTED) for dst in self.state}
+        for ch in changes:
+            if ch.old is not None and ch.old != ch.dst:
+                self.grace.setdefault(ch.dst, {})[ch.old] = now + rule.hold_seconds
+        self.grace = {dst: kept for dst, relays in self.grace.items()
+                      if (kept := {r: until for r, until in relays.items() if until > now})}
+        relayed: dict[str, list[str]] = {}
+        for dst in self.state:
+            relayed[dst] = [*plausible_relays(graph, gateway, dst, rule, RELAYS_ACCEPTED), *self.grace.get(dst, {})]
         self.choice = RouteChoice.of({dst: c.next_hop for dst, c in self.state.items()},
                                      {dst: r for dst, r in relayed.items() if r})
         for ch in changes:

@@ -142,3 +142,22 @@ def test_raven_status_shows_the_chosen_paths() -> None:
     assert "ROUTES" in text
     line = next(x.split() for x in text.splitlines() if x.split()[:3] == ["gw-edge-a", "gw-dc", "gw-cloud"])
     assert line[3] == "6.0"
+
+
+def test_a_relay_moved_away_from_stays_accepted_for_the_hold_time() -> None:
+    """The far end moves a few seconds later (its own hold): until then its traffic still comes through the old relay,
+    which must not be dropped by our ingress filter although it is now clearly worse."""
+    gws = parse(cluster_json())
+    near_cloud = {**FAST, ("gw-cloud", "gw-edge-b"): 3.0, ("gw-dc", "gw-edge-a"): 40.0, ("gw-dc", "gw-edge-b"): 40.0}
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(near_cloud, T0), T0)
+    assert router.choice is not None and router.choice.next_hop_map()["gw-edge-b"] == "gw-cloud"
+    near_dc = {**near_cloud, ("gw-cloud", "gw-edge-a"): 60.0, ("gw-cloud", "gw-edge-b"): 60.0,
+               ("gw-dc", "gw-edge-a"): 3.0, ("gw-dc", "gw-edge-b"): 3.0}
+    router.update("gw-edge-a", gws, reports(near_dc, T0 + 1), T0 + 1)
+    router.update("gw-edge-a", gws, reports(near_dc, T0 + 11), T0 + 11)
+    assert router.choice.next_hop_map()["gw-edge-b"] == "gw-dc"
+    assert "gw-edge-b" in router.choice.relayed_by().get("gw-cloud", set())  # edge-b may still be on the cloud
+    assert router.pending()
+    router.update("gw-edge-a", gws, reports(near_dc, T0 + 21), T0 + 21)
+    assert "gw-edge-b" not in router.choice.relayed_by().get("gw-cloud", set())
