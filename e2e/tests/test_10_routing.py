@@ -20,10 +20,13 @@ from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
 from .conftest import MEASUREMENTS, own_cluster
+from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-PREFIX = os.environ.get("RAVEN_E2E_PREFIX", "rva")
+# Its own default cluster, beside the session cluster (whose prefix is RAVEN_E2E_PREFIX): RAVEN_E2E_ROUTING_PREFIX,
+# else `<RAVEN_E2E_PREFIX>r`.
+PREFIX = os.environ.get("RAVEN_E2E_ROUTING_PREFIX", f"{SESSION_PREFIX}r")
 WAN_PORTS = "500,4500"
 # RTT moves reach the PathReports within 2 s (the default, 30 s, is tuned for the API write rate): the scenario
 # measures the routing, not the report cadence.
