@@ -60,6 +60,7 @@ RTA_TABLE: Final = 15
 RTM_F_LOOKUP_TABLE: Final = 0x1000
 RTM_F_FIB_MATCH: Final = 0x2000
 RTAX_MTU: Final = 2
+RTN_UNSPEC: Final = 0
 RTN_UNICAST: Final = 1
 RTN_UNREACHABLE: Final = 7
 RT_SCOPE_UNIVERSE: Final = 0
@@ -297,7 +298,9 @@ def _route_template(
     """(rtmsg after dst_len + RTA_TABLE + RTA_DST header, attributes after the destination)."""
     rtm_type = RTN_UNICAST
     if msg_type == RTM_DELROUTE:
-        scope, rtm_flags = RT_SCOPE_NOWHERE, 0
+        # Any type (RTN_UNSPEC): the kernel matches a delete's type when one is given, and an unreachable route
+        # is deleted by (table, dst, protocol) like the others.
+        scope, rtm_flags, rtm_type = RT_SCOPE_NOWHERE, 0, RTN_UNSPEC
     elif unreachable:
         scope, rtm_flags, rtm_type = RT_SCOPE_UNIVERSE, 0, RTN_UNREACHABLE
     elif gateway is not None:

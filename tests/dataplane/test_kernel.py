@@ -286,6 +286,9 @@ async def test_unreachable_transit_routes_round_trip_and_replace_in_place(node: 
     back = await applier.reconcile(desired)
     assert back.ok and back.total_writes == 1, back.writes
     assert read_back(node) == desired
+    gone = await applier.reconcile(base)  # the pool left: its unreachable route deleted
+    assert gone.ok and gone.total_writes == 1, (gone.writes, gone.errors)
+    assert read_back(node) == base
 
 
 async def test_link_scope_addresses_and_route_sources_round_trip(node: Netns, applier: KernelApplier) -> None:
