@@ -501,6 +501,16 @@ class AgentConfig(PlanSettings, SharedHealth):
     path_change_settle: float = setting(1.0, "least seconds a planned path change waits before routes move (the "
                                         "far end plans it too, so its ingress filter accepts the new path); 0: "
                                         "as soon as the new tunnel is verified", check=not_negative)
+    routing_by_cost: bool = setting(True, "active gateways route each remote pool by measured cost (RTT, loss, the "
+                                    "Gateways' raven-py.io/link-weight) over the published PathReports: direct, or "
+                                    "through the cheapest relay (raven/routing); --no-routing-by-cost: direct, or "
+                                    "the top-ranked relay", cluster=True)
+    route_hold_time: float = setting(10.0, "seconds a better path must stay better before traffic moves to it",
+                                     check=positive, cluster=True)
+    route_min_gain: float = setting(0.2, "least relative gain (of the current path's cost) worth a path change",
+                                    check=fraction, cluster=True)
+    route_min_gain_ms: float = setting(5.0, "least gain (milliseconds of cost) worth a path change", check=positive,
+                                       cluster=True)
     # The pre-shared key itself (from psk_file or VPN_CONNECTION_PSK); never logged, never defaulted.
     psk: str = field(default="", repr=False)
     psk_source: str = ""

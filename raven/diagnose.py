@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.api.gateway import Gateway
@@ -46,6 +46,10 @@ from raven.dataplane.diff import Changes, Observed, diff
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection, NodeNetwork, Route
 from raven.pathhealth.targets import ProbeTarget
+from raven.routing.choice import RouteChoice
+
+if TYPE_CHECKING:
+    from raven.kube.client import KubeClient
 
 CheckName = Literal["plan", "kernel", "route", "sysctl", "charon", "sa", "probe", "mtu", "tunnel-port"]
 
@@ -433,6 +437,21 @@ def mtu_findings(ev: Evidence) -> list[Finding]:
 # collection (I/O)
 
 
+async def _published_routes(client: KubeClient, node_name: str) -> RouteChoice | None:
+    """The next hops this node's agent routes by (routing by cost), as its own PathReport publishes them: the plan
+    is compared with the kernel, and a detoured pool must not read as drift. None when there are none."""
+    from raven.api.pathreport import PathReport, PathReportParseError
+    from raven.kube.client import PATHREPORTS, ApiError
+
+    try:
+        report = PathReport.from_dict(await client.get(PATHREPORTS, node_name))
+    except (ApiError, OSError, PathReportParseError):
+        return None
+    if not report.well_formed or not report.status.paths:
+        return None
+    return RouteChoice.of({p.gateway: p.via or p.gateway for p in report.status.paths})
+
+
 async def collect(cfg: AgentConfig, *, probes: bool = True, log_wait: float = 12.0,
                   initiate_timeout: float = 9.0) -> Evidence:
     from raven.agent.app import SafetyNet, UnderlayFollower, ownership, plan_config
@@ -457,6 +476,7 @@ async def collect(cfg: AgentConfig, *, probes: bool = True, log_wait: float = 12
                 bad.append(f"gateway {(item.get('metadata') or {}).get('name', '?')}: malformed object skipped "
                            f"({exc})")
         node = Node.from_dict(node_obj)
+        routing = await _published_routes(client, cfg.node_name)
         # The agent's own plan step: devices and path MTUs read, the safety net, then the pure plan. Twice, as the
         # agent converges: the second plan has the path MTU towards the peers the first one found.
         follower, safety = UnderlayFollower(), SafetyNet(client.server_host)
@@ -464,7 +484,7 @@ async def collect(cfg: AgentConfig, *, probes: bool = True, log_wait: float = 12
         result = pcfg = None
         for _ in range(2):
             pcfg = plan_config(cfg, await follower.follow(node))
-            result = plan(gateways, {node.name: node}, cfg.node_name, pcfg, protected)
+            result = plan(gateways, {node.name: node}, cfg.node_name, pcfg, protected, routing)
             follower.planned(result)
         assert result is not None and pcfg is not None
         if bad:

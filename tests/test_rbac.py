@@ -261,6 +261,9 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
         await kube.create(GATEWAYS, gateway_body("gw-a", ["c-1", "c-2"], exposeType="LoadBalancer"))
         await kube.create(GATEWAYS, gateway_body("gw-f", ["f-1"], exposeType="LoadBalancer"))
         await kube.create(GATEWAYS, gateway_body("gw-c", ["k-1"]))
+        # The agent's node is also a tunnel candidate (of a Gateway with no node of its own: never elected), so it
+        # watches the PathReports, as routing by cost needs (raven/agent/app.py).
+        await kube.create(GATEWAYS, gateway_body("gw-m", ["m-1"]))
 
         with Lab("rrbac") as lab:
             kubeconfigs = {}
@@ -303,7 +306,8 @@ async def test_rbac_allows_every_call_of_the_code_and_nothing_more(apiserver: Ap
                 await kube.merge_patch(GATEWAYS, "gw-a", {"spec": {"exposeType": None}})
                 await eventually(lambda: rec.calls(ctl_user, "delete", "endpoints"), bool, what="Endpoints deleted")
                 await eventually(lambda: [r.resource for r in rec.seen[agent_user] if r.verb == "watch"],
-                                 lambda w: {"gateways", "nodes"} <= set(w), what="the agent's informers watching")
+                                 lambda w: {"gateways", "nodes", "pathreports"} <= set(w),
+                                 what="the agent's informers watching")
                 # The agent's certificate request: created, read back, approved and signed by the controller.
                 for sub in ("approval", "status"):
                     await eventually(lambda sub=sub: rec.calls(ctl_user, "patch", "certificatesigningrequests", sub),

@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
@@ -30,11 +31,13 @@ from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
 from raven.agent.reconciler import AgentMetrics, Reconciler, VpnDriver
+from raven.agent.routes import Router, RouterSettings, RoutingMetrics
 from raven.agent.staging import Evidence, Stager, StagingMetrics, Verify
 from raven.agent.wgkeys import KeyPublisher
+from raven.api.constants import ENDPOINT_TYPE_TUNNEL
 from raven.api.gateway import Gateway
 from raven.api.node import Node
-from raven.api.pathreport import PathReportStatus
+from raven.api.pathreport import STALE_AFTER_HEARTBEATS, PathReport, PathReportStatus, RoutedPath
 from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane import devices, mtu
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
@@ -48,7 +51,7 @@ from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.dataplane.wgkernel import choose_data_plane
 from raven.dataplane.wireguard import WgDataPlane, WireGuardDriver, load_or_create_private_key
 from raven.health import CheckResult
-from raven.kube.client import GATEWAYS, NODES, KubeClient
+from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
@@ -58,6 +61,8 @@ from raven.pathhealth.metrics import ProbeMetrics, TunnelByteMetrics
 from raven.pathhealth.monitor import PathMonitor
 from raven.pathhealth.report import KubeReportStore, ReportWriter, WritePolicy
 from raven.pathhealth.targets import ProbeTarget
+from raven.routing.choice import RouteChoice
+from raven.routing.selector import Hysteresis
 from raven.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -271,14 +276,16 @@ class MembershipReport:
 
 def plan_with_underlay(
     cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None,
-    report: MembershipReport | None = None,
+    report: MembershipReport | None = None, routing: Callable[[], RouteChoice | None] | None = None,
 ) -> Callable[[], Awaitable[PlanResult]]:
     """The reconciler's plan step: follow the underlay and the protected addresses (I/O), then plan from the
-    cached inputs (pure), then say whether this node is in the network."""
+    cached inputs (pure) with the current routing choice (`routing`, e.g. `Router.choice`; a make-before-break
+    stage may sit in it), then say whether this node is in the network."""
 
     async def plan_fn() -> PlanResult:
         protected = await safety.protected() if safety is not None else ()
-        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected)
+        result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected,
+                             routing() if routing is not None else None)
         underlay.planned(result)
         if report is not None:
             report.update(result)
@@ -307,7 +314,8 @@ def with_probes(plan_fn: Callable[[], Awaitable[PlanResult]], monitor: PathMonit
 
 
 def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key: str = "",
-                observer: EndpointObserver | None = None) -> tuple[PathMonitor, ReportWriter] | None:
+                observer: EndpointObserver | None = None,
+                paths: Callable[[], tuple[RoutedPath, ...]] | None = None) -> tuple[PathMonitor, ReportWriter] | None:
     """The path-health monitor and its PathReport writer (None with --no-health-probes). `wireguard_key`: this
     node's WireGuard public key, carried in every status it writes (`raven.agent.wgkeys` writes it first, and
     alone when path health is off), so a report deleted and created again has it back at the next write.
@@ -324,7 +332,8 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key
 
     def snapshot(now: float) -> PathReportStatus:
         return replace(monitor.status(now), wireguard_public_key=wireguard_key,
-                       observed_endpoints=observer.endpoints if observer is not None else ())
+                       observed_endpoints=observer.endpoints if observer is not None else (),
+                       paths=paths() if paths is not None else ())
 
     writer = ReportWriter(cfg.node_name, KubeReportStore(TypedClient(client)),
                           WritePolicy(cfg.health_min_write_interval, cfg.health_heartbeat,
@@ -412,6 +421,62 @@ async def start_wireguard(cfg: AgentConfig, driver: WireGuardDriver, reason: str
     return publisher
 
 
+def _tunnel_candidate(node_name: str, inputs: PlanInputs) -> bool:
+    return any(ep.node_name == node_name and ep.type == ENDPOINT_TYPE_TUNNEL
+               for g in inputs.gateways() for ep in g.spec.all_endpoints)
+
+
+def router_settings(cfg: AgentConfig) -> RouterSettings:
+    return RouterSettings(Hysteresis(cfg.route_hold_time, cfg.route_min_gain, cfg.route_min_gain_ms),
+                          timedelta(seconds=STALE_AFTER_HEARTBEATS * cfg.health_heartbeat), cfg.tunnel_cidr)
+
+
+class RoutingLoop:
+    """Runs the router (`raven.agent.routes`) when its inputs changed (a PathReport, a Gateway, this node's role)
+    or a better path waits out its hold time, at most every `interval` seconds; a new choice re-plans, and the
+    node's PathReport publishes the paths."""
+
+    def __init__(self, router: Router, inputs: PlanInputs, reports: TypedInformer[PathReport],
+                 on_choice: Callable[[], None], interval: float = 1.0) -> None:
+        self.router = router
+        self.inputs = inputs
+        self.reports = reports
+        self.on_choice = on_choice
+        self.interval = interval
+        self.dirty = asyncio.Event()
+
+    def mark(self) -> None:
+        self.dirty.set()
+
+    def wrap(self, plan_fn: Callable[[], Awaitable[PlanResult]]) -> Callable[[], Awaitable[PlanResult]]:
+        """The plan step, also re-evaluating the routes when this node became (or stopped being) a gateway."""
+
+        async def plan_and_route() -> PlanResult:
+            result = await plan_fn()
+            if (result.gateway if result.role == "gateway" else None) != self.router.gateway:
+                self.mark()
+            return result
+
+        return plan_and_route
+
+    def step(self, now: float) -> bool:
+        """One evaluation; whether the choice changed."""
+        last = self.inputs.last
+        gateway = last.gateway if last is not None and last.role == "gateway" else None
+        before = self.router.choice
+        self.router.update(gateway, self.inputs.gateways(), self.reports.values(), now)
+        return self.router.choice != before
+
+    async def run(self) -> None:
+        while True:
+            if not self.router.pending():
+                await self.dirty.wait()
+            self.dirty.clear()
+            if self.step(time.time()):
+                self.on_choice()
+            await asyncio.sleep(self.interval)
+
+
 def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
     """The agent's main coroutine over `api` (from `new_api_client`, loaded before anything starts)."""
 
@@ -442,14 +507,37 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             )
             inputs = PlanInputs(cfg.node_name, gateways, nodes)
             report = MembershipReport(inputs)
-            plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report)
+            router: Router | None = None
+            reports: TypedInformer[PathReport] | None = None
+            if cfg.routing_by_cost and cfg.health_probes:
+                # Every node's report is cached (members' too: no field selects gateways' reports only); parsed
+                # once per resourceVersion. Read only: agents write their own report only.
+                reports = TypedInformer(Informer(client, PATHREPORTS, "pathreports", rt.registry),
+                                        PathReport.from_dict)
+                router = Router(router_settings(cfg), RoutingMetrics(rt.registry))
+
+            def choice() -> RouteChoice | None:
+                return router.choice if router is not None else None
+
+            plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report,
+                                         choice)
             if wg is not None:
                 plan_fn = with_wireguard_mtu(plan_fn, wg)
             observer = EndpointObserver()
-            health = path_health(cfg, client, rt, wg.public_key if wg is not None else "", observer)
+            health = path_health(cfg, client, rt, wg.public_key if wg is not None else "", observer,
+                                 router.paths if router is not None else None)
             if health is not None:
                 plan_fn = with_probes(plan_fn, health[0])
                 observer.on_change = health[1].mark_dirty
+            routing: RoutingLoop | None = None
+            if router is not None and reports is not None:
+                def on_choice() -> None:
+                    reconciler.trigger("routing")
+                    if health is not None:
+                        health[1].mark_dirty()
+
+                routing = RoutingLoop(router, inputs, reports, on_choice)
+                plan_fn = routing.wrap(plan_fn)
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             monitor = health[0] if health is not None else None
             stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry),
@@ -489,12 +577,34 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             def on_gateway(ev: TypedEvent[Gateway]) -> None:
                 if inputs.on_gateway(ev):
                     reconciler.trigger(f"gateway/{ev.name}")
+                if routing is not None:
+                    routing.mark()
+                    watch_reports()
                 if publisher is not None:
                     publisher.check()
 
             def on_node(ev: TypedEvent[Node]) -> None:
                 if inputs.on_node(ev):
                     reconciler.trigger(f"node/{ev.name}")
+
+            watching = False
+
+            def watch_reports() -> None:
+                """Only a tunnel candidate (a node in some Gateway's spec.endpoints) can become a gateway and route:
+                its agent watches the PathReports from then on (a standby's cache is warm when it takes over); a
+                plain member never caches them (~9 MiB at 100 gateways)."""
+                nonlocal watching
+                if watching or routing is None or reports is None or not _tunnel_candidate(cfg.node_name, inputs):
+                    return
+                watching = True
+                loop = routing
+
+                def on_report(ev: TypedEvent[PathReport]) -> None:
+                    loop.mark()
+
+                reports.add_handler(on_report)
+                rt.supervisor.spawn("informer-pathreports", reports.run())
+                rt.health.add_readiness_check("informer-pathreports", reports.check)
 
             gateways.add_handler(on_gateway)
             nodes.add_handler(on_node)
@@ -508,6 +618,9 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             await gateways.wait_synced()
             await nodes.wait_synced()
             reconciler.trigger("synced")
+            if routing is not None:
+                watch_reports()
+                rt.supervisor.spawn("routing", routing.run())
             if health is not None:
                 # Probe results are data (logged, metered, published), never readiness: no check registered.
                 rt.supervisor.spawn("path-health", health[0].run(health[1]))

@@ -183,6 +183,18 @@ def render_status(s: ClusterStatus, paint: Paint | None = None) -> str:
                      "-o json lists every pair)")
     lines.append("")
 
+    detours = [(p.gateway, r) for p in s.pools for r in p.routes if r.via]
+    if any(p.routes for p in s.pools):
+        lines.append("ROUTES (routing by cost: paths a gateway sends through a relay; the others go direct)")
+        rows = [["FROM", "TO", "VIA", "COST", "FOR"]]
+        for src, r in detours[:TEXT_LIST_LIMIT]:
+            age = (s.now - r.since).total_seconds() if r.since is not None else None
+            rows.append([src, r.gateway, r.via, f"{r.cost:.1f}", format_age(age)])
+        lines += _table(rows, pt) if len(rows) > 1 else ["  (none: every pool is reached directly)"]
+        if len(detours) > TEXT_LIST_LIMIT:
+            lines.append(f"  ({len(detours) - TEXT_LIST_LIMIT} more: -o json lists every route)")
+        lines.append("")
+
     lines.append(pt(f"PROBLEMS ({len(s.problems)})", "red" if s.problems else "green") if s.problems
                  else pt("PROBLEMS: none", "green"))
     lines += [f"  {p.message}" if p.reason in ("Planner",) else f"  [{p.reason}] {p.message}" for p in s.problems]

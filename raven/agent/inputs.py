@@ -16,6 +16,7 @@ from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, plan
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.kube.typed import TypedEvent, TypedInformer
+from raven.routing.choice import RouteChoice
 
 
 class PlanInputs:
@@ -24,7 +25,7 @@ class PlanInputs:
         self._gateways = gateways
         self._nodes = nodes
         self._generation = 0
-        self._planned: tuple[int, PlanConfig, tuple[ProtectedAddress, ...]] | None = None
+        self._planned: tuple[int, PlanConfig, tuple[ProtectedAddress, ...], RouteChoice | None] | None = None
         self._last: PlanResult | None = None
 
     def synced(self) -> bool:
@@ -53,6 +54,15 @@ class PlanInputs:
         """This node's own Node object, if the cache has it."""
         return self._nodes.get(self.node_name)
 
+    @property
+    def last(self) -> PlanResult | None:
+        """The last plan built (None before the first)."""
+        return self._last
+
+    def gateways(self) -> list[Gateway]:
+        """The parsed Gateways the plan uses (each its last good version)."""
+        return self._gateway_list([])
+
     def _gateway_list(self, problems: list[str]) -> list[Gateway]:
         out: list[Gateway] = []
         for entry in self._gateways.entries():
@@ -64,16 +74,17 @@ class PlanInputs:
             out.append(entry.value)
         return out
 
-    def plan(self, cfg: PlanConfig, protected: tuple[ProtectedAddress, ...] = ()) -> PlanResult:
-        """The plan for the current inputs with `cfg` and the protected addresses: the cached one when none
-        changed."""
-        key = (self._generation, cfg, protected)
+    def plan(self, cfg: PlanConfig, protected: tuple[ProtectedAddress, ...] = (),
+             routing: RouteChoice | None = None) -> PlanResult:
+        """The plan for the current inputs with `cfg`, the protected addresses and the routing choice: the cached
+        one when none changed."""
+        key = (self._generation, cfg, protected, routing)
         if self._last is not None and self._planned == key:
             return self._last
         problems: list[str] = []
         gateways = self._gateway_list(problems)
         me = self.node()
-        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg, protected)
+        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg, protected, routing)
         if problems:
             result = replace(result, problems=problems + result.problems)
         self._last, self._planned = result, key

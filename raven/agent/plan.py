@@ -59,6 +59,7 @@ from raven.dataplane.state import (
     RAVEN_RULE_PRIORITY,
     RAVEN_TABLE,
     SCOPE_SITE,
+    UNREACHABLE,
     VICI_CONN_PREFIX,
     WIREGUARD_LINK,
     Address,
@@ -74,6 +75,7 @@ from raven.dataplane.state import (
     VxlanLink,
 )
 from raven.pathhealth.targets import ProbeTarget
+from raven.routing.choice import RouteChoice
 
 # Kernel-reserved routing tables (unspec, default, main, local).
 _RESERVED_TABLES = frozenset({0, 253, 254, 255})
@@ -327,9 +329,12 @@ def plan(
     node_name: str,
     cfg: PlanConfig,
     protected: Sequence[ProtectedAddress] = (),
+    routing: RouteChoice | None = None,
 ) -> PlanResult:
     """This node's desired Raven state; malformed input is skipped and listed in `problems`. `protected`: the
-    addresses the agent found at the edge that no route may cover (this node's own is added here)."""
+    addresses the agent found at the edge that no route may cover (this node's own is added here). `routing`: the
+    gateway's choice of next hop per remote pool (`raven.routing`); None or a pool it does not name: the default
+    path (direct, or the top-ranked relay)."""
     node_map = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
     topology = build_topology(gateways, cfg.tunnel_cidr)
     problems = list(topology.problems)
@@ -367,9 +372,11 @@ def plan(
     # Remote subnets, with the gateway they are reached through. Anything overlapping this pool's own
     # subnets is left out: a route for it would steer intra-pool traffic into the tunnel.
     local_nets = _Ranges(gw.subnets)
-    remote: list[tuple[str, str]] = []  # (subnet, next gateway name)
+    remote: list[tuple[str, str, str]] = []  # (subnet, next gateway name, owning gateway)
+    direct_names = {p.dst for p in paths if p.kind == "direct"}
+    chosen = routing.next_hop_map() if routing is not None else {}
     for p in paths:
-        nxt = p.next_gateway
+        nxt = _next_gateway(topology, p, chosen.get(p.dst), direct_names, problems)
         if nxt is None:
             continue
         for subnet in topology.gateways[p.dst].remote_subnets:
@@ -380,7 +387,7 @@ def plan(
                 continue
             if unsafe(subnet, p.dst):
                 continue
-            remote.append((subnet, nxt))
+            remote.append((subnet, nxt, p.dst))
 
     links: set[VxlanLink] = set()
     addresses: set[Address] = set()
@@ -422,7 +429,7 @@ def plan(
         # this entry the echo would wait on an ARP reply that never comes).
         neighbors.add(Neighbor(cfg.intra_pool_link, str(overlay[ep_node.name]), gw_mac))
         fdb.add(FdbEntry(cfg.intra_pool_link, gw_mac, ep_node.ip))
-        for subnet, _ in remote:
+        for subnet, _, _ in remote:
             routes.add(
                 Route(
                     dst=subnet,
@@ -503,7 +510,9 @@ def plan(
             # WireGuard picks the peer by the packet's destination (allowed IPs: the inner /32): route it in.
             routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
         peer_probes.append(ProbeTarget("peer", peer.name, _node_name(peer), gw.inner, peer.inner))
-    for subnet, nxt in remote:
+    by_pool: dict[str, list[str]] = {}
+    for subnet, nxt, owner in remote:
+        by_pool.setdefault(owner, []).append(subnet)
         next_inner = topology.gateways[nxt].inner
         if next_inner is None:  # cannot happen: paths only lead through active gateways
             continue
@@ -517,15 +526,25 @@ def plan(
                 src=src,
             )
         )
-    # Peers may send from the subnets we route via them (relayed pools included) and their inner address;
-    # members from their own pod CIDRs (the return routes) and their overlay address.
+        # The transit table (the return table: reached only from raven1): what arrives from a tunnel leaves on a
+        # direct link or not at all, so no packet ever crosses a second relay, whatever the gateways' views.
+        owner_inner = topology.gateways[owner].inner
+        if owner in direct_names and owner_inner is not None:
+            routes.add(Route(dst=subnet, table=cfg.return_table, ifname=cfg.inter_gateway_link, gateway=owner_inner,
+                             mtu=mtus.cross_pool_path))
+        else:
+            routes.add(Route(dst=subnet, table=cfg.return_table, ifname=UNREACHABLE))
+    # Peers may send from the subnets we route via them (relayed pools included), the subnets of pools whose path
+    # towards us may go through them (`routing.relayed`, direct peers with a direct link to that pool only), and
+    # their inner address; members from their own pod CIDRs (the return routes) and their overlay address.
+    relayed = _relayed_sources(topology, routing, direct_names, by_pool, gw.name)
     tunnel_peers = [(n.ip, f"{n.ip}/32", n.ip) for n in neighbors if n.ifname == cfg.inter_gateway_link]
     pool_peers = [
         (pn.ip, f"{overlay[pn.name]}/32", str(overlay[pn.name]))
         for pn in gw.nodes
         if pn.name != me.name and pn.name in overlay
     ]
-    ingress = _ingress(cfg, routes, tunnel=tunnel_peers, pool=pool_peers, problems=problems)
+    ingress = _ingress(cfg, routes, tunnel=tunnel_peers, pool=pool_peers, problems=problems, extra=relayed)
     snat = ProbeSnat(sources=cfg.overlay_cidr, destinations=cfg.tunnel_cidr, to_source=gw.inner)
     return PlanResult(
         _state(links, addresses, routes, rules, neighbors, fdb, ipsec, clamp, ingress, snat),
@@ -612,6 +631,40 @@ def _state(
     )
 
 
+def _next_gateway(topology: Topology, path: Path, wanted: str | None, direct: set[str],
+                  problems: list[str]) -> str | None:
+    """The gateway `path.dst`'s subnets are routed through: the routing choice when the topology allows it (the
+    destination itself over a direct link, or a relay with direct links to both ends), else the default path."""
+    default = path.next_gateway
+    if wanted is None or wanted == default or path.kind == "unreachable":
+        return default
+    if wanted == path.dst:
+        ok = path.dst in direct
+    else:
+        ok = wanted in direct and wanted in topology.gateways and topology.path(wanted, path.dst).kind == "direct"
+    if not ok:
+        problems.append(f"routing: {path.dst} via {wanted} is not a usable path here; using {path.describe()}")
+        return default
+    return wanted
+
+
+def _relayed_sources(topology: Topology, routing: RouteChoice | None, direct: set[str],
+                     by_pool: Mapping[str, Sequence[str]], me: str) -> dict[str, set[str]]:
+    """Relay's inner address -> the subnets of pools it may relay to us (it must have a direct link to the pool:
+    a relay forwards only on direct links, so anything else from it is not the pool's traffic)."""
+    out: dict[str, set[str]] = {}
+    if routing is None:
+        return out
+    for relay, dst in routing.relayed:
+        view = topology.gateways.get(relay)
+        if relay not in direct or view is None or view.inner is None or dst in (relay, me) or dst not in by_pool:
+            continue
+        if topology.path(relay, dst).kind != "direct":
+            continue
+        out.setdefault(view.inner, set()).update(by_pool[dst])
+    return out
+
+
 def _direct_peers(topology: Topology, paths: Sequence[Path]) -> list[GatewayView]:
     """The gateways this node's gateway has a tunnel to (an IPsec SA between the inner addresses)."""
     out = []
@@ -646,6 +699,7 @@ def _ingress(
     tunnel: list[tuple[str, str, str]],
     pool: list[tuple[str, str, str]],
     problems: list[str],
+    extra: Mapping[str, set[str]] | None = None,
 ) -> IngressFilter:
     """Who may send into raven1 (`tunnel`) and raven0 (`pool`): (outer source, its own inner address, the
     next hop our routes use for it). A sender may use as inner source its own address and every subnet
@@ -654,6 +708,8 @@ def _ingress(
     for r in routes:
         if r.gateway is not None:
             via.setdefault((r.ifname, r.gateway), set()).add(r.dst)
+    for nh, subnets in (extra or {}).items():  # more sources of a tunnel peer (by inner address)
+        via.setdefault((cfg.inter_gateway_link, nh), set()).update(subnets)
     capacity = mark_capacity(cfg.ingress_mark_mask)
     shift = mark_shift(cfg.ingress_mark_mask)
 

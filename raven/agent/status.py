@@ -35,7 +35,7 @@ from raven.agent.plan import _pool_overlay as pool_overlay
 from raven.agent.topology import GatewayView, Topology, build_topology, view_name
 from raven.api.gateway import Condition, Gateway, UnparsableGateway
 from raven.api.node import Node
-from raven.api.pathreport import STATES, PathReport, State, Target
+from raven.api.pathreport import STATES, PathReport, RoutedPath, State, Target
 from raven.nattraversal.core import NatInference, Sighting, infer, sightings
 
 SCHEMA_VERSION: Final = 1
@@ -149,6 +149,8 @@ class Pool:
     conditions: tuple[Condition, ...]
     # NAT traversal: the NAT behaviour inferred from the reachable gateways' sightings (pools under NAT only)
     nat: NatInference | None = None
+    # The paths its active endpoint routes by (routing by cost: its fresh PathReport's status.paths), by gateway.
+    routes: tuple[RoutedPath, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,12 +234,15 @@ class _Evidence:
                  stale_after: timedelta) -> None:
         self.links: dict[tuple[str, str], list[tuple[str, Target]]] = {}  # gateway pair -> peer targets
         self.members: dict[str, list[Target]] = {}  # member node -> targets about its gateway
+        self.routes: dict[str, tuple[RoutedPath, ...]] = {}  # gateway -> the paths its active endpoint chose
         endpoint_of = {g.name: g.endpoint.node_name for g in topology.gateways.values() if g.endpoint is not None}
         for r in reports:
             if not r.well_formed or not r.fresh(now, stale_after):
                 continue
             st = r.status
             mine = st.gateway
+            if st.role == "gateway" and st.paths and endpoint_of.get(mine) == r.name:
+                self.routes[mine] = st.paths
             for t in st.targets:
                 if t.gateway not in endpoint_of or t.node != endpoint_of[t.gateway]:
                     continue  # probed at a former endpoint (or of a Gateway gone): not about the current path
@@ -254,8 +259,20 @@ class _Evidence:
     def link(self, a: str, b: str) -> Health:
         return self._links.get((a, b), UNKNOWN)
 
+    @property
+    def links_health(self) -> Mapping[tuple[str, str], Health]:
+        return self._links
+
     def member(self, node: str) -> Health:
         return _from_targets([(node, t) for t in self.members.get(node, [])])
+
+
+def tunnel_health(topology: Topology, reports: Iterable[PathReport], now: datetime,
+                  stale_after: timedelta) -> Mapping[tuple[str, str], Health]:
+    """Each measured tunnel (both orders of every gateway pair) by the evidence rules of `raven status`: fresh,
+    well-formed reports of the current active endpoints about the current far ends. Routing by cost reads its
+    graph from this, so what `raven status` shows is what the gateways route by."""
+    return _Evidence(topology, reports, now, stale_after).links_health
 
 
 _BAD_WHEN_FALSE: Final = ("Valid", "NodesValid", "TunnelsHealthy")
@@ -292,6 +309,7 @@ def _pool(view: GatewayView, gw: Gateway | None, nodes: Mapping[str, Node], ev: 
         subnets=view.remote_subnets, members=members,
         conditions=tuple(gw.status.conditions or ()) if gw is not None else (),
         nat=_nat(view, gw, seen),
+        routes=ev.routes.get(view.name, ()),
     )
 
 
@@ -466,6 +484,7 @@ def to_json(s: ClusterStatus, *, pairs: bool = True) -> dict[str, object]:
                        "health": health(m.health)} for m in p.members],
             "conditions": [c.to_dict() for c in p.conditions],
             "natTraversal": p.nat.to_dict() if p.nat is not None else None,
+            "routes": [r.to_dict() for r in p.routes],
         })
     problems: list[object] = [
         {"kind": p.kind, "name": p.name, "reason": p.reason, "message": p.message} for p in s.problems

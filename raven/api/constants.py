@@ -38,3 +38,7 @@ EVENT_ACTIVE_ENDPOINT_LOST: Final = "ActiveEndpointLost"
 
 # Our additive status condition type.
 CONDITION_VALID: Final = "Valid"
+
+# Routing by measured cost (raven/routing/graph.py): an operator's extra cost, in milliseconds (>= 0), added to
+# every link of the Gateway that carries this annotation; a Gateway without it (an OpenYurt one) adds nothing.
+ANNOTATION_LINK_WEIGHT: Final = "raven-py.io/link-weight"

@@ -8,7 +8,11 @@ path-health contract shared by the agent side (probes) and the controller side (
     spec:   {nodeName}
     status: {gateway, role, heartbeatTime, probeIntervalSeconds, targets: [{kind, gateway, node, address,
              state, since, rttSeconds, lossRatio}], wireguardPublicKey,
-             observedEndpoints: [{gateway, node, address, port, since}]}
+             observedEndpoints: [{gateway, node, address, port, since}], paths: [{gateway, via, cost, since}]}
+
+`status.paths` (an active gateway's, with routing by cost): the path it uses to each other pool (`via` the relay,
+"" for the direct link; `cost` as raven.routing.graph defines it; `since` when it was chosen), for `raven status`
+and `raven graph`. Additive: readers that do not know it ignore it.
 
 `status.wireguardPublicKey` (with --vpn-driver=wireguard; base64, 32 bytes) is where a node publishes its
 WireGuard public key: in the one object only that node may write (06-pathreport-policy.yaml), never in a
@@ -220,6 +224,27 @@ class ObservedEndpoint:
         return out
 
 
+@dataclass(frozen=True)
+class RoutedPath:
+    """The path an active gateway uses to another pool (routing by cost)."""
+
+    gateway: str  # the remote pool's Gateway
+    via: str  # the relay; "" for the direct link
+    cost: float
+    since: datetime | None = None
+
+    @classmethod
+    def from_dict(cls, obj: JSONObject, path: str = "status.paths[]") -> RoutedPath:
+        return cls(gateway=_str(obj, "gateway", path), via=_str(obj, "via", path), cost=_num(obj, "cost", path) or 0.0,
+                   since=parse_time(_str(obj, "since", path), f"{path}.since"))
+
+    def to_dict(self) -> JSON:
+        out: JSON = {"gateway": self.gateway, "via": self.via, "cost": self.cost}
+        if self.since is not None:
+            out["since"] = format_time(self.since)
+        return out
+
+
 def _as_kind(value: str) -> TargetKind:
     for k in TARGET_KINDS:
         if k == value:
@@ -250,6 +275,7 @@ class PathReportStatus:
     targets: tuple[Target, ...] = ()
     wireguard_public_key: str = ""  # base64; "" when the node runs no WireGuard (or has not published it yet)
     observed_endpoints: tuple[ObservedEndpoint, ...] = ()  # NAT'd peers' mappings (active gateways only)
+    paths: tuple[RoutedPath, ...] = ()  # an active gateway's chosen paths (routing by cost), by gateway
 
     @classmethod
     def from_dict(cls, obj: JSONObject, path: str = "status") -> PathReportStatus:
@@ -271,6 +297,14 @@ class PathReportStatus:
             if not is_object(e):
                 raise PathReportParseError(f"{path}.observedEndpoints[{i}]", f"expected object, got {type(e).__name__}")
             seen.append(ObservedEndpoint.from_dict(e, f"{path}.observedEndpoints[{i}]"))
+        raw_paths = obj.get("paths")
+        if raw_paths is not None and not is_array(raw_paths):
+            raise PathReportParseError(f"{path}.paths", f"expected array, got {type(raw_paths).__name__}")
+        paths: list[RoutedPath] = []
+        for i, p in enumerate(raw_paths if is_array(raw_paths) else ()):
+            if not is_object(p):
+                raise PathReportParseError(f"{path}.paths[{i}]", f"expected object, got {type(p).__name__}")
+            paths.append(RoutedPath.from_dict(p, f"{path}.paths[{i}]"))
         return cls(
             gateway=_str(obj, "gateway", path),
             role=_as_role(_choice(obj, "role", path, ROLES, "none")),
@@ -279,6 +313,7 @@ class PathReportStatus:
             targets=tuple(targets),
             wireguard_public_key=_str(obj, "wireguardPublicKey", path),
             observed_endpoints=tuple(seen),
+            paths=tuple(paths),
         )
 
     def to_dict(self) -> JSON:
@@ -292,6 +327,8 @@ class PathReportStatus:
         out["targets"] = [t.to_dict() for t in self.targets]
         if self.observed_endpoints:
             out["observedEndpoints"] = [e.to_dict() for e in self.observed_endpoints]
+        if self.paths:
+            out["paths"] = [p.to_dict() for p in self.paths]
         return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from raven.dataplane import rtnl
 from raven.dataplane.diff import Changes
 from raven.dataplane.report import ApplyError, ApplyReport
+from raven.dataplane.state import UNREACHABLE
 from raven.log import kv
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,9 @@ class Writer:
                                         for f in entries])  # fmt: skip
         for op, flags, routes in (("replace", N.REPLACE, c.route_replace), ("create", N.CREATE, c.route_create)):
             await self.send("route", op, [(r, P(
-                N.encode_route, N.RTM_NEWROUTE, flags, dst=r.dst, table=r.table, protocol=proto, oif=Dev(r.ifname),
-                gateway=r.gateway, prefsrc=r.src, mtu=r.mtu,
+                N.encode_route, N.RTM_NEWROUTE, flags, dst=r.dst, table=r.table, protocol=proto,
+                oif=0 if r.ifname == UNREACHABLE else Dev(r.ifname), gateway=r.gateway, prefsrc=r.src, mtu=r.mtu,
+                unreachable=r.ifname == UNREACHABLE,
             )) for r in routes])  # fmt: skip
         await self.send("rule", "add", [(r, P(N.encode_rule, N.RTM_NEWRULE, priority=r.priority, table=r.table,
                                               protocol=proto, iif=r.iif)) for r in c.rule_add])  # fmt: skip

@@ -61,7 +61,9 @@ RTA_TABLE: Final = 15
 RTM_F_LOOKUP_TABLE: Final = 0x1000
 RTM_F_FIB_MATCH: Final = 0x2000
 RTAX_MTU: Final = 2
+RTN_UNSPEC: Final = 0
 RTN_UNICAST: Final = 1
+RTN_UNREACHABLE: Final = 7
 RT_SCOPE_UNIVERSE: Final = 0
 RT_SCOPE_SITE: Final = 253
 RT_SCOPE_NOWHERE: Final = 255
@@ -268,14 +270,16 @@ def encode_route(
     gateway: str | None = None,
     prefsrc: str | None = None,
     mtu: int | None = None,
+    unreachable: bool = False,
 ) -> RouteMsg:
-    """Encode one RTM_NEWROUTE/RTM_DELROUTE request (without the netlink header).
+    """Encode one RTM_NEWROUTE/RTM_DELROUTE request (without the netlink header). `unreachable`: a route of type
+    unreachable (no device, no next hop: the packet is dropped with an ICMP unreachable).
 
     Routes that differ only in their destination share one cached template; encoding patches in
     the destination's length and address (a join instead of a dozen packs per route).
     """
     addr, _, plen = dst.partition("/")
-    mid, tail = _route_template(msg_type, table, protocol, oif, gateway, prefsrc, mtu)
+    mid, tail = _route_template(msg_type, table, protocol, oif, gateway, prefsrc, mtu, unreachable)
     dst_len = int(plen) if plen else 32
     if not 0 <= dst_len <= 32:
         raise ValueError(f"invalid prefix length in {dst!r}")
@@ -289,18 +293,24 @@ _LEN_BYTES: Final = [bytes([n]) for n in range(33)]
 
 @functools.lru_cache(maxsize=4096)
 def _route_template(
-    msg_type: int, table: int, protocol: int, oif: int, gateway: str | None, prefsrc: str | None, mtu: int | None
+    msg_type: int, table: int, protocol: int, oif: int, gateway: str | None, prefsrc: str | None, mtu: int | None,
+    unreachable: bool = False,
 ) -> tuple[bytes, bytes]:
     """(rtmsg after dst_len + RTA_TABLE + RTA_DST header, attributes after the destination)."""
+    rtm_type = RTN_UNICAST
     if msg_type == RTM_DELROUTE:
-        scope, rtm_flags = RT_SCOPE_NOWHERE, 0
+        # Any type (RTN_UNSPEC): the kernel matches a delete's type when one is given, and an unreachable route
+        # is deleted by (table, dst, protocol) like the others.
+        scope, rtm_flags, rtm_type = RT_SCOPE_NOWHERE, 0, RTN_UNSPEC
+    elif unreachable:
+        scope, rtm_flags, rtm_type = RT_SCOPE_UNIVERSE, 0, RTN_UNREACHABLE
     elif gateway is not None:
         # Next hops sit on VXLAN devices without a connected prefix for them: onlink.
         scope, rtm_flags = RT_SCOPE_UNIVERSE, RTNH_F_ONLINK
     else:
         scope, rtm_flags = RT_SCOPE_SITE, 0
     rtmsg = _RTMSG.pack(
-        socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol, scope, RTN_UNICAST, rtm_flags
+        socket.AF_INET, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, protocol, scope, rtm_type, rtm_flags
     )
     mid = rtmsg[2:] + _attr(RTA_TABLE, _U32.pack(table)) + _RTA.pack(8, RTA_DST)
     tail: list[bytes] = []

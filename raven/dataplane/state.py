@@ -73,11 +73,16 @@ class Address:
     scope: int = SCOPE_GLOBAL
 
 
+# `Route.ifname` of a route of type unreachable (no device, no next hop): what the route reader reports for a route
+# without an output device, so a planned one reads back equal.
+UNREACHABLE: Final = "#0"
+
+
 @dataclass(frozen=True, order=True)
 class Route:
     dst: str  # a CIDR
     table: int
-    ifname: str
+    ifname: str  # UNREACHABLE: a route of type unreachable
     gateway: str | None = None  # next hop, always onlink on the VXLAN devices
     mtu: int | None = None
     src: str | None = None

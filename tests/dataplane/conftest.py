@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from e2e.netlab import Lab, Netns
-from raven.dataplane.state import Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
+from raven.dataplane.state import UNREACHABLE, Address, FdbEntry, Neighbor, NodeNetwork, Route, Rule, VxlanLink
 
 PREFIX = os.environ.get("RAVEN_DATAPLANE_PREFIX", "rdp")  # another checkout runs beside with its own
 
@@ -79,7 +79,9 @@ def read_back(ns: Netns) -> NodeNetwork:
         for r in ip_json(ns, "-4", "-d", "route", "show", "table", str(table), "proto", "250"):
             mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
             dst = "0.0.0.0/0" if r["dst"] == "default" else r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
-            routes.add(Route(dst, table, r["dev"], r.get("gateway"), mtu, r.get("prefsrc")))
+            # An unreachable route (the transit table's): no device, read independently by its type.
+            dev = UNREACHABLE if r.get("type") == "unreachable" else r["dev"]
+            routes.add(Route(dst, table, dev, r.get("gateway"), mtu, r.get("prefsrc")))
     rules = set()
     for rule in ip_json(ns, "-4", "-d", "rule", "show"):
         if rule.get("protocol") == "250" or rule.get("protocol") == 250:

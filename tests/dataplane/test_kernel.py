@@ -13,6 +13,7 @@ from e2e.netlab import Lab, Netns
 from raven.dataplane.kernel import KernelApplier, KernelError, Ownership
 from raven.dataplane.state import (
     SCOPE_SITE,
+    UNREACHABLE,
     Address,
     FdbEntry,
     Neighbor,
@@ -268,6 +269,29 @@ async def test_routes_of_every_shape_round_trip(node: Netns, applier: KernelAppl
     assert read_back(node) == desired
     assert (await applier.read()).state == desired
     assert (await applier.reconcile(desired)).total_writes == 0
+
+
+async def test_unreachable_transit_routes_round_trip_and_replace_in_place(node: Netns, applier: KernelApplier) -> None:
+    """The transit table's unreachable routes (a relay forwards only on direct links): written, read back equal
+    (by `ip -j` too), and a pool turning direct or unreachable is one replace of its route."""
+    base = gateway_state(SUBNETS[:3])
+    blocked = Route("10.253.0.0/24", 9028, UNREACHABLE)
+    desired = dataclasses.replace(base, routes=base.routes | {blocked})
+    assert (await applier.reconcile(desired)).ok
+    assert read_back(node) == desired
+    assert "unreachable 10.253.0.0/24" in node.ip("route", "show", "table", "9028").stdout
+    assert (await applier.reconcile(desired)).total_writes == 0
+    direct = Route("10.253.0.0/24", 9028, "raven1", "241.0.0.2", 1350)
+    moved = dataclasses.replace(base, routes=base.routes | {direct})
+    report = await applier.reconcile(moved)
+    assert report.ok and report.total_writes == 1, report.writes
+    assert read_back(node) == moved
+    back = await applier.reconcile(desired)
+    assert back.ok and back.total_writes == 1, back.writes
+    assert read_back(node) == desired
+    gone = await applier.reconcile(base)  # the pool left: its unreachable route deleted
+    assert gone.ok and gone.total_writes == 1, (gone.writes, gone.errors)
+    assert read_back(node) == base
 
 
 async def test_link_scope_addresses_and_route_sources_round_trip(node: Netns, applier: KernelApplier) -> None:

@@ -9,6 +9,7 @@ import pytest
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.dataplane.state import (
     SCOPE_SITE,
+    UNREACHABLE,
     Address,
     FdbEntry,
     IPsecConnection,
@@ -94,11 +95,16 @@ def test_gateway_node_serves_its_pool_and_tunnels_to_remote_gateways() -> None:
     assert s.rules == {Rule(9027, 9027), Rule(9026, 9028, iif="raven1")}
 
     # Return path for the pool's other nodes: only in the return table, only reached from raven1.
-    returns = {r for r in s.routes if r.table == 9028}
+    returns = {r for r in s.routes if r.table == 9028 and r.ifname == "raven0"}
     assert returns == {
         Route("10.245.1.0/24", 9028, "raven0", "240.168.1.12"),
         Route("10.245.2.0/24", 9028, "raven0", "240.168.1.13"),
     }
+    # The same table is the transit table (reached only from raven1): direct peers' subnets on their direct
+    # link, the relayed pool's unreachable (a relay forwards only on direct links: no packet crosses two).
+    transit = {r.dst: r.ifname for r in s.routes if r.table == 9028 and r.ifname != "raven0"}
+    assert transit == {"10.244.0.0/24": "raven1", "10.244.1.0/24": "raven1", "10.247.0.0/24": "raven1",
+                       "10.247.1.0/24": "raven1", "10.246.0.0/24": UNREACHABLE, "10.246.1.0/24": UNREACHABLE}
     assert Neighbor("raven0", "240.168.1.13", "0e:72:f0:a8:01:0d") in s.neighbors
     assert FdbEntry("raven0", "0e:72:f0:a8:01:0d", "192.168.1.13") in s.fdb
 
@@ -133,7 +139,7 @@ def test_gateway_with_one_node_has_no_return_routes() -> None:
     for key in ("nodes",):
         objs["gw-dc"]["status"][key] = objs["gw-dc"]["status"][key][:1]
     s = run("dc-1", objs).state
-    assert {r.table for r in s.routes} == {9027}
+    assert not [r for r in s.routes if r.ifname == "raven0"]  # table 9028 holds only the transit routes
     assert not [n for n in s.neighbors if n.ifname == "raven0"]
 
 

@@ -45,7 +45,7 @@ def test_malformed_status_entries_are_skipped_reported_and_the_rest_planned() ->
     remote = {r.dst for r in result.state.routes if r.table == 9027}
     assert remote == {"10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24", "10.246.1.0/24", "10.254.0.0/24"}
     # No return route or FDB entry for the pool node with the broken entry; the good one is served.
-    returns = {r.dst for r in result.state.routes if r.table == 9028}
+    returns = {r.dst for r in result.state.routes if r.table == 9028 and r.ifname == "raven0"}
     assert returns == {"10.245.1.0/24"}
     assert "192.168.1.300" not in {f.dst for f in result.state.fdb}
     # gw-dc (no usable endpoint) gets no connection; gw-bad (reachable, unknown exposeType) gets a direct one.
@@ -89,7 +89,7 @@ def test_subnet_claimed_by_two_gateways_goes_to_the_older_one_on_every_node() ->
     inner_cloud = next(link.local for link in run("cloud-1", objs).state.links if link.name == "raven1")
     for node in ("edge-a-1", "edge-b-1"):
         result = run(node, objs)
-        (route,) = [r for r in result.state.routes if r.dst == "10.244.0.0/24"]
+        (route,) = [r for r in result.state.routes if r.dst == "10.244.0.0/24" and r.table == 9027]
         assert route.gateway == inner_cloud
         assert has(result.problems, "gw-dc", "10.244.0.0/24", "older gateway gw-cloud")
 

@@ -72,8 +72,8 @@ def test_both_nat_pair_is_relayed_through_the_exposed_gateway() -> None:
     # No IPsec connection between the NAT pair; each side routes the other's subnets via the relay.
     assert "raven-gw-edge-b" not in {c.name for c in edge_a.state.ipsec}
     assert "raven-gw-edge-a" not in {c.name for c in edge_b.state.ipsec}
-    assert {r.gateway for r in edge_a.state.routes if r.dst.startswith("10.246.")} == {cloud_inner}
-    assert {r.gateway for r in edge_b.state.routes if r.dst.startswith("10.245.")} == {cloud_inner}
+    assert {r.gateway for r in edge_a.state.routes if r.dst.startswith("10.246.") and r.table == 9027} == {cloud_inner}
+    assert {r.gateway for r in edge_b.state.routes if r.dst.startswith("10.245.") and r.table == 9027} == {cloud_inner}
     # No raven1 neighbour for the relayed peer: the next hop is the relay.
     assert b_inner not in {n.ip for n in edge_a.state.neighbors}
     # The relay has both connections and routes both pools by their own inner addresses: it forwards.
@@ -162,7 +162,7 @@ def test_relay_moves_only_when_the_relay_goes_away() -> None:
     assert _relay(objs) == "gw-dc"
     edge_a = run("edge-a-1", objs)
     dc_inner = inner_of("dc-1", objs)
-    assert {r.gateway for r in edge_a.state.routes if r.dst.startswith("10.246.")} == {dc_inner}
+    assert {r.gateway for r in edge_a.state.routes if r.dst.startswith("10.246.") and r.table == 9027} == {dc_inner}
     assert {"raven-gw-edge-a", "raven-gw-edge-b"} <= {c.name for c in run("dc-1", objs).state.ipsec}
 
 

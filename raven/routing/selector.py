@@ -1,0 +1,116 @@
+"""Hysteresis: which path a gateway uses now, given the best one and what it used before (pure, explicit state).
+
+The rule (`Hysteresis`):
+- a pool seen for the first time takes the best path;
+- the current path becomes unusable (a link of it is down, its relay is gone): the best path at once;
+- otherwise the path moves only when the best path is *clearly* better (cheaper by at least `min_gain_ratio` of
+  the current cost and by at least `min_gain_ms`) and has stayed clearly better for `hold_seconds`; any moment
+  in between at which no path is clearly better restarts the wait. The move goes to the best path of that moment;
+- one exception, towards fewer hops: a relayed path returns to the direct link when the direct link is the best
+  path (at least as cheap) for `hold_seconds`, clear gain or not. A detour costs a relay's capacity and adds a
+  point of failure, so it is kept only while it pays; without this a detour taken around a delay would never come
+  back once the delay is gone (two fast links are rarely 5 ms slower than one).
+So a delay that flaps faster than the hold time moves nothing, and noise of a few milliseconds moves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from raven.routing.graph import INF, Graph
+from raven.routing.paths import relays_by_cost
+
+Reason = Literal["new", "unusable", "better", "unreachable"]
+REASONS: Final[tuple[Reason, ...]] = ("new", "unusable", "better", "unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Hysteresis:
+    hold_seconds: float = 10.0
+    min_gain_ratio: float = 0.2
+    min_gain_ms: float = 5.0
+
+    def clearly_better(self, candidate: float, current: float) -> bool:
+        if candidate >= INF:
+            return False
+        if current >= INF:
+            return True
+        gain = current - candidate
+        return gain >= self.min_gain_ms and gain >= self.min_gain_ratio * current
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """The path in use to one pool: its next hop (the pool's own gateway: direct), its cost now, since when it is
+    used, and since when a clearly better path has existed (None: none now)."""
+
+    next_hop: str
+    cost: float
+    since: float
+    better_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    dst: str
+    old: str | None  # next hop before (None: none)
+    new: str | None  # next hop now (None: no path)
+    reason: Reason
+    old_cost: float | None
+    new_cost: float | None
+
+
+def select(
+    current: Mapping[str, Chosen],
+    best: Mapping[str, tuple[str, float]],
+    graph: Graph,
+    me: str,
+    now: float,
+    rule: Hysteresis,
+) -> tuple[dict[str, Chosen], list[Change]]:
+    """The paths to use now and the changes from `current` (destinations missing from `best` are dropped)."""
+    out: dict[str, Chosen] = {}
+    changes: list[Change] = []
+    for dst in sorted(best):
+        hop, cost = best[dst]
+        cur = current.get(dst)
+        if cost >= INF:
+            if cur is not None:
+                changes.append(Change(dst, cur.next_hop, None, "unreachable", cur.cost, None))
+            continue
+        if cur is None:
+            out[dst] = Chosen(hop, cost, now)
+            changes.append(Change(dst, None, hop, "new", None, cost))
+            continue
+        cur_cost = graph.path_cost(me, dst, cur.next_hop)
+        if cur_cost >= INF:
+            out[dst] = Chosen(hop, cost, now)
+            changes.append(Change(dst, cur.next_hop, hop, "unusable", cur.cost, cost))
+        elif hop == cur.next_hop or not (rule.clearly_better(cost, cur_cost) or _back_to_direct(dst, hop, cur, cost,
+                                                                                              cur_cost)):
+            out[dst] = Chosen(cur.next_hop, cur_cost, cur.since)
+        else:
+            since = cur.better_since if cur.better_since is not None else now
+            if now - since >= rule.hold_seconds:
+                out[dst] = Chosen(hop, cost, now)
+                changes.append(Change(dst, cur.next_hop, hop, "better", cur_cost, cost))
+            else:
+                out[dst] = Chosen(cur.next_hop, cur_cost, cur.since, since)
+    return out, changes
+
+
+def _back_to_direct(dst: str, hop: str, cur: Chosen, cost: float, cur_cost: float) -> bool:
+    return hop == dst and cur.next_hop != dst and cost <= cur_cost
+
+
+def plausible_relays(graph: Graph, me: str, dst: str, rule: Hysteresis, limit: int) -> tuple[str, ...]:
+    """Relays the gateway of `dst` may be sending our way through: with a symmetric graph its paths to us cost what
+    ours to it cost, so those it would move to or hold (not clearly worse than the best path), at most `limit`,
+    cheapest first. Its ingress filter accepts `dst`'s subnets from them (`raven.agent.plan`)."""
+    ranked = relays_by_cost(graph, me, dst, limit)
+    if not ranked:
+        return ()
+    best = min(graph.link(me, dst), ranked[0][1])
+    return tuple(name for name, c in ranked if not rule.clearly_better(best, c))
