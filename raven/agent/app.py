@@ -516,11 +516,11 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                                         PathReport.from_dict)
                 router = Router(router_settings(cfg), RoutingMetrics(rt.registry))
 
-            def choice() -> RouteChoice | None:
+            def route_choice() -> RouteChoice | None:
                 return router.choice if router is not None else None
 
             plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report,
-                                         choice)
+                                         route_choice)
             if wg is not None:
                 plan_fn = with_wireguard_mtu(plan_fn, wg)
             observer = EndpointObserver()
