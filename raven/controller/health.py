@@ -210,6 +210,9 @@ class _View:
     by_node: Mapping[str, PathReport]  # node -> its fresh, trusted report (the two above)
     # (gateway, node) -> (reporting gateway, target) of every other gateway's active endpoint that probed it
     peer_index: Mapping[tuple[str, str], Sequence[tuple[str, Target]]]
+    # Addresses some fresh report's underlay probe got an answer from (now or before: it has an RTT estimate):
+    # they answer ICMP, so a standby that never got an answer from one is cut off from it.
+    answering: frozenset[str] = frozenset()
 
     def peer_views_of(self, gw: str, node: str) -> Sequence[tuple[str, Target]]:
         return self.peer_index.get((gw, node), ())
@@ -228,16 +231,35 @@ class _View:
         return [t for t in r.status.targets if t.kind == kind and t.state != "unknown"
                 and t.node in self.actives.get(t.gateway, frozenset())]
 
+    def underlay(self, node: str) -> list[Target]:
+        """`node`'s underlay targets that are evidence: reached, or lost after answering ("was up, now down": it
+        has an RTT estimate), or never answered although the address answers others' probes. A target that never
+        answered anyone is no evidence (the address may drop ICMP, as a cloud security group may)."""
+        return [t for t in self.own_peers(node, "underlay")
+                if not t.lost or t.rtt_seconds is not None or t.address in self.answering]
+
+    def young_underlay(self, node: str, now: datetime, establish: timedelta) -> list[datetime]:
+        """When `node`'s underlay targets that have no verdict yet (`unknown`, younger than `establish`: the agent
+        gives a target that never answered its verdict after that window) come of age; empty when none."""
+        r = self.by_node.get(node)
+        if r is None:
+            return []
+        return [t.since + establish for t in r.status.targets if t.kind == "underlay" and t.state == "unknown"
+                and t.since is not None and now - t.since < establish
+                and t.node in self.actives.get(t.gateway, frozenset())]
+
 
 def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Iterable[PathReport],
                labelled: Mapping[str, str | None], now: datetime, stale_after: timedelta) -> _View:
     """`labelled`: node -> the Gateway its label names (the controller's view), for the nodes of `reports`."""
     members: list[PathReport] = []
     gateways: dict[str, PathReport] = {}
+    answering: set[str] = set()
     for r in reports:
         if not r.well_formed or not r.fresh(now, stale_after):
             continue
         st = r.status
+        answering.update(t.address for t in st.targets if t.kind == "underlay" and t.rtt_seconds is not None)
         if st.role == "gateway" and r.name in actives.get(st.gateway, frozenset()):
             gateways[r.name] = r
         elif st.gateway == gateway and labelled.get(r.name) == gateway and st.role != "gateway":
@@ -247,7 +269,8 @@ def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Ite
         for t in r.status.targets:
             if t.kind == "peer" and t.gateway != r.status.gateway and t.state != "unknown":
                 index.setdefault((t.gateway, t.node), []).append((r.status.gateway, t))
-    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index)
+    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index,
+                 frozenset(answering))
 
 
 def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozenset[str]],
@@ -422,7 +445,7 @@ def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
     own = view.own_peers(node)
     if own and not any(t.reached for t in own):
         return f"its own report says it reaches 0 of {len(own)} peers"
-    under = view.own_peers(node, "underlay")
+    under = view.underlay(node)
     if under and not any(t.reached for t in under):
         return f"it reaches 0 of {len(under)} peers over its uplink"
     for r in view.member_reports:
@@ -461,7 +484,7 @@ def _candidate_evidence(view: _View, c: str, a: str, lost: Mapping[str, datetime
     And `c` must have reached the peer while `a` lost it: up since before the loss, or for `grace` since. A
     standby whose uplink just came back (the pool's whole uplink was cut and is healed) reaches the peers a few
     seconds before `a`'s tunnels are up again: that is no reason to move."""
-    under = view.own_peers(c, "underlay")
+    under = view.underlay(c)
     if not under:
         return [], None
     r = view.by_node.get(c)
@@ -511,18 +534,23 @@ def _blame_by_candidates(view: _View, a: str, standbys: Sequence[str], now: date
     return None
 
 
-def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], now: datetime, hold: timedelta
-               ) -> tuple[dict[str, Hold], dict[str, str], list[datetime]]:
+def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], now: datetime, hold: timedelta,
+               establish: timedelta = timedelta(seconds=10)) -> tuple[dict[str, Hold], dict[str, str], list[datetime]]:
     """Advance every hold: (holds still in force, why each held node is unfit, when each could end).
 
     What counts against a held node is what makes a candidate unfit (`_unfit`): its own report says it reaches
     no peer, or it lost its pool's gateway over raven0 while most members reach it. Its losses *through* the
-    current gateway are that gateway's, not its own."""
+    current gateway are that gateway's, not its own. A held node whose underlay targets have no verdict yet (they
+    start when it stands down, and one that never answers gets its verdict after `establish`) is not clean yet
+    either: its uplink may be the very thing that was cut."""
     kept: dict[str, Hold] = {}
     why: dict[str, str] = {}
     ends: list[datetime] = []
     for node, h in holds.items():
         against = _unfit(view, node, active)
+        if against is None and (young := view.young_underlay(node, now, establish)):
+            ends.append(max(young))
+            against = f"its underlay probes have no verdict yet (until {_hhmmss(max(young))})"
         clean = None if against is not None else (h.clean_since or now)
         end = max(h.since + hold, clean + hold) if clean is not None else None
         if end is not None and end <= now:
@@ -552,7 +580,7 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     labelled = {r.name: (n.gateway if (n := candidates.get(r.name)) is not None else None) for r in reports}
     view = build_view(gw.name, actives, reports, labelled, now, settings.stale_after)
     active = sorted(actives.get(gw.name, frozenset()))
-    holds, held_why, ends = _hold_step(view, memory.holds, active, now, settings.hold_time)
+    holds, held_why, ends = _hold_step(view, memory.holds, active, now, settings.hold_time, settings.establish)
     spec_nodes = [ep.node_name for ep in gw.spec.all_endpoints if ep.type == "tunnel"]
 
     unfit: dict[str, str] = dict(held_why)
@@ -655,8 +683,11 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     if pending:
         next_check = min([*pending, *([next_check] if next_check is not None else [])])
     kept = replace(memory, holds=holds, trial_spent=trial_spent)
+    # Evidence first: a standby whose underlay probes reach peers beats one without evidence (the unfit ones,
+    # whose probes fail, are not elected at all).
+    prefer = {c: k for c in spec_nodes if c not in active and (k := sum(1 for t in view.underlay(c) if t.reached))}
     return HealthVerdict(
-        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep,
+        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep, prefer=prefer,
                              held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None),
                              path_health=path_health(kept, n_peers_up, n_peers)),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),

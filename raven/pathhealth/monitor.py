@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
 
 from raven.api.pathreport import (
     ROLE_NONE,
@@ -42,9 +41,6 @@ class PathMonitor:
                  *, metrics: ProbeMetrics | None = None) -> None:
         self.node_name = node_name
         self.params = params
-        # An underlay target that never answered stays unknown (no evidence either way): the peer's address may
-        # simply not answer ICMP (a cloud security group), which must not make every standby unfit for good.
-        self._underlay_params = replace(params, establish_after=2**31)
         self.interval = interval
         self.metrics = metrics
         self.pinger: Pinger[Key] = Pinger(interval, timeout, self._on_outcome)
@@ -117,7 +113,11 @@ class PathMonitor:
         if old is None or target is None:
             return
         now = time.time()
-        h = observe(old, rtt, now, self._underlay_params if target.kind == "underlay" else self.params)
+        # Every kind, underlay included, follows the same rules: a target that never answered is `down` after the
+        # establish window (its report has no RTT: "never answered"); one that answered and stops is `down` after
+        # `down_after` losses and keeps its last RTT estimate ("was up, now down"). Whether a never-answered
+        # underlay target is evidence (the address may drop ICMP) is the controller's call: raven/controller/health.py.
+        h = observe(old, rtt, now, self.params)
         self.health[key] = h
         if self.metrics is not None:
             self.metrics.record(target, h, rtt is not None)

@@ -201,17 +201,28 @@ def test_a_path_that_moved_starts_afresh_and_a_new_path_is_not_down_while_it_is_
     assert mon.health[via.key].state == "up"
 
 
-def test_an_underlay_target_that_never_answered_stays_unknown() -> None:
-    """A peer's public address that drops ICMP must not make the standby look cut off ("0 of N peers over its
-    uplink") for ever; an underlay target that answered once and then stops is down as usual."""
+def test_an_underlay_target_that_never_answered_is_down_after_the_establish_window_without_an_rtt() -> None:
+    """A standby that was just failed over for an uplink cut starts its underlay targets with the uplink already
+    cut: they never answer. They are `unknown` while young (the establish window), then `down` with no RTT ("never
+    answered": the controller decides whether that is evidence, as the address may drop ICMP); a target that
+    answered and then stops is `down` after `down_after` losses and keeps its RTT ("was up, now down")."""
     mon = PathMonitor("a-2", HealthParams(establish_after=5), interval=0.2, timeout=0.5)
     silent = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
     cut = ProbeTarget("underlay", "gw-c", "c-1", "192.168.1.12", "198.18.3.11")
     mon.update_plan("member", "gw-a", (silent, cut))
     for _ in range(3):
         mon._on_outcome(cut.key, 0.001, 0.0)
-    for _ in range(100):
+    for _ in range(4):  # young: the first establish_after - 1 losses are no verdict
         mon._on_outcome(silent.key, None, 0.0)
+    assert mon.health[silent.key].state == "unknown"
+    mon._on_outcome(silent.key, None, 0.0)
     for _ in range(3):
         mon._on_outcome(cut.key, None, 0.0)
-    assert (mon.health[silent.key].state, mon.health[cut.key].state) == ("unknown", "down")
+    assert (mon.health[silent.key].state, mon.health[cut.key].state) == ("down", "down")
+    by_address = {t.address: t for t in mon.status(0.0).targets}
+    assert by_address[silent.address].rtt_seconds is None  # never answered
+    assert by_address[cut.address].rtt_seconds == 0.001  # was up, now down
+    # The uplink returns: reached after up_after replies, as any target (degraded while its window holds losses).
+    for _ in range(3):
+        mon._on_outcome(silent.key, 0.002, 0.0)
+    assert mon.health[silent.key].state == "degraded"
