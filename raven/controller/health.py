@@ -107,6 +107,8 @@ KIND_FORWARDING = "forwarding"
 KIND_PEERS = "peers"
 KIND_SELF = "self"
 UPLINK_KINDS = frozenset({KIND_PEERS, KIND_SELF})
+# How many establish windows an `unknown` underlay target may still be waiting for its verdict (see young_underlay).
+UNDERLAY_VERDICT_WINDOWS = 3
 
 
 @dataclass(frozen=True)
@@ -239,13 +241,16 @@ class _View:
                 if not t.lost or t.rtt_seconds is not None or t.address in self.answering]
 
     def young_underlay(self, node: str, now: datetime, establish: timedelta) -> list[datetime]:
-        """When `node`'s underlay targets that have no verdict yet (`unknown`, younger than `establish`: the agent
-        gives a target that never answered its verdict after that window) come of age; empty when none."""
+        """Until when `node`'s underlay targets that have no verdict yet (`unknown`) may still get one; empty when
+        none. The agent gives a target that never answered its verdict after the establish window, counted in
+        probes (which run late on a loaded host: 10 s of 10 ms probes took 10.5 s in the e2e lab), so `unknown`
+        is "no verdict yet" for UNDERLAY_VERDICT_WINDOWS windows; after that it is an older agent's "never"."""
         r = self.by_node.get(node)
         if r is None:
             return []
-        return [t.since + establish for t in r.status.targets if t.kind == "underlay" and t.state == "unknown"
-                and t.since is not None and now - t.since < establish
+        within = establish * UNDERLAY_VERDICT_WINDOWS
+        return [t.since + within for t in r.status.targets if t.kind == "underlay" and t.state == "unknown"
+                and t.since is not None and now - t.since < within
                 and t.node in self.actives.get(t.gateway, frozenset())]
 
 
