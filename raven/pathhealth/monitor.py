@@ -32,8 +32,10 @@ from raven.pathhealth.targets import ProbeTarget
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-# Probe rounds a state change waits for before it is written (see `_on_outcome`).
+# Probe rounds a state change waits for before it is written (see `_on_outcome`), and at least this long: at a
+# fast interval (10 ms) one event's verdicts land several ticks apart on a loaded host (23-67 ms seen in the e2e lab).
 COALESCE_ROUNDS = 1.5
+COALESCE_MIN_S = 0.1
 
 
 class PathMonitor:
@@ -138,7 +140,8 @@ class PathMonitor:
                 # within a round of each other (a standby's via and underlay targets), and a reader must not see a
                 # report that holds only the first of them ("via lost, underlay still up": a candidate that
                 # seems able to do better when it is cut off just the same).
-                self.writer.mark_dirty(coalesce=COALESCE_ROUNDS * self.interval if h.state != old.state else 0.0)
+                hold = max(COALESCE_ROUNDS * self.interval, COALESCE_MIN_S)
+                self.writer.mark_dirty(coalesce=hold if h.state != old.state else 0.0)
             elif worth == "lazy":
                 self.writer.mark_lazy()
 
