@@ -161,6 +161,9 @@ class HealthVerdict:
     memory: HealthMemory
     blamed: Mapping[str, Blame] = field(default_factory=dict)  # active node -> why it is not forwarding
     next_check: datetime | None = None  # re-assess then even without an event (a hold ends, evidence goes stale)
+    # Young tunnels seen up from both ends in this call's reports (`tunnels_up_both_ways`): the caller keeps them
+    # (until either end is elected again) and passes them back as `seen_up`.
+    seen_up: frozenset[Tunnel] = frozenset()
     peers_up: int = 0  # peer gateways that reach an active endpoint through the tunnel (either end says so)
     peers: int = 0  # peer gateways with a tunnel to an active endpoint (either end probes it)
 
@@ -278,13 +281,17 @@ def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Ite
                  frozenset(answering))
 
 
+Tunnel = tuple[str, str, str, str]  # (gateway, node, peer gateway, peer node)
+
+
 def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozenset[str]],
                      elected: Mapping[tuple[str, str], datetime], now: datetime, establish: timedelta,
-                     pending: list[datetime]) -> list[PathReport]:
+                     pending: list[datetime], seen_up: frozenset[Tunnel] = frozenset()) -> list[PathReport]:
     """The reports with every loss on a path younger than `establish` read as `unknown` (see "Young tunnels"),
     except a member's loss *through* its gateway on a tunnel that gateway reaches the far end by: that one is the
-    gateway's forwarding. A peer's loss of a young tunnel is masked even when the other end reaches it (seen at
-    start in e2e: one direction up before the other).
+    gateway's forwarding; and except a loss on a tunnel in `seen_up` (both ends' reports reached each other since
+    the younger end's election: it was up, and now it is down). A peer's loss of a young tunnel is masked even when
+    the other end reaches it now (seen at start in e2e: one direction up before the other).
 
     `elected`: (gateway, node) -> when the controller saw that node become an active endpoint (absent: before
     the controller started, i.e. old). A masked loss re-checks when its path comes of age (`pending`)."""
@@ -318,7 +325,9 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
             if t.lost and t.kind in ("peer", "via"):
                 ends = [x for x in (elected.get((t.gateway, t.node)), mine) if x is not None]
                 youngest = max(ends) if ends else None
-                if youngest is not None and now - youngest < establish and not (
+                was_up = any((st.gateway, n, t.gateway, t.node) in seen_up or (t.gateway, t.node, st.gateway, n)
+                             in seen_up for n in near)
+                if youngest is not None and now - youngest < establish and not was_up and not (
                         t.kind == "via" and established(st.gateway, near, t.gateway, t.node)):
                     pending.append(youngest + establish)
                     targets.append(replace(t, state="unknown"))
@@ -327,6 +336,26 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
             targets.append(t)
         out.append(replace(r, status=replace(st, targets=tuple(targets))) if changed else r)
     return out
+
+
+def tunnels_up_both_ways(reports: Iterable[PathReport], elected: Mapping[tuple[str, str], datetime], now: datetime,
+                         establish: timedelta) -> frozenset[Tunnel]:
+    """The young tunnels (an end elected less than `establish` ago) whose two ends' reports both reach each other
+    (each gateway's own `peer` target of the other, up or degraded): established, whatever the age. Only a
+    gateway's own probes through its own SA say so: a peer's probe alone may still be answered by the old
+    endpoint's SA while the plans change."""
+    reached: set[Tunnel] = set()
+    for r in reports:
+        if r.well_formed and r.status.role == "gateway":
+            reached |= {(r.status.gateway, r.name, t.gateway, t.node) for t in r.status.targets
+                        if t.kind == "peer" and t.reached}
+
+    def young(gw: str, node: str) -> bool:
+        at = elected.get((gw, node))
+        return at is not None and now - at < establish
+
+    return frozenset(k for k in reached if (k[2], k[3], k[0], k[1]) in reached and (young(k[0], k[1])
+                                                                                  or young(k[2], k[3])))
 
 
 def _peer_counts(view: _View, gw: str, active: Sequence[str]) -> tuple[int, int]:
@@ -572,16 +601,21 @@ def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], no
 
 def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, frozenset[str]],
            reports: Iterable[PathReport], memory: HealthMemory, now: datetime,
-           settings: HealthSettings, elected: Mapping[tuple[str, str], datetime] | None = None) -> HealthVerdict:
+           settings: HealthSettings, elected: Mapping[tuple[str, str], datetime] | None = None,
+           seen_up: frozenset[Tunnel] = frozenset()) -> HealthVerdict:
     """The health verdict for `gw`.
 
     `candidates`: the nodes labelled for `gw` (by name). `actives`: every Gateway's active tunnel nodes, as the
     controller sees them (`gw`'s own included). `reports`: the PathReports that may matter (at least those of
     `gw`'s nodes and of every active endpoint; more is harmless). `memory`: what the last call returned.
-    `elected`: when each (gateway, node) became active, as the controller saw it (see "Young tunnels").
+    `elected`: when each (gateway, node) became active, as the controller saw it (see "Young tunnels");
+    `seen_up`: the young tunnels earlier calls saw up from both ends (`HealthVerdict.seen_up`).
     """
     young: list[datetime] = []
-    reports = mask_young_paths(reports, actives, elected or {}, now, settings.establish, young)
+    reports = list(reports)
+    up_now = tunnels_up_both_ways(reports, elected or {}, now, settings.establish)
+    seen_up = seen_up | up_now
+    reports = mask_young_paths(reports, actives, elected or {}, now, settings.establish, young, seen_up)
     labelled = {r.name: (n.gateway if (n := candidates.get(r.name)) is not None else None) for r in reports}
     view = build_view(gw.name, actives, reports, labelled, now, settings.stale_after)
     active = sorted(actives.get(gw.name, frozenset()))
@@ -607,7 +641,7 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         status, reason = ("False", REASON_NO_ACTIVE) if view.member_reports else ("Unknown", REASON_NO_EVIDENCE)
         kept = HealthMemory(holds, memory.trial_spent)
         return HealthVerdict(HealthInput(unfit=unfit, path_health=path_health(kept, 0, 0)), status, reason,
-                             "no active tunnel endpoint", kept, next_check=next_check)
+                             "no active tunnel endpoint", kept, next_check=next_check, seen_up=up_now)
 
     not_forwarding: dict[str, str] = {}
     blamed: dict[str, Blame] = {}
@@ -696,4 +730,4 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
                              held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None),
                              path_health=path_health(kept, n_peers_up, n_peers)),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),
-        memory=kept, blamed=blamed, next_check=next_check, peers_up=n_peers_up, peers=n_peers)
+        memory=kept, blamed=blamed, next_check=next_check, peers_up=n_peers_up, peers=n_peers, seen_up=up_now)
