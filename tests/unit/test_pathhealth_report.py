@@ -145,21 +145,28 @@ async def test_nothing_is_written_before_the_first_plan() -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _member_writing(interval: float, probe_timeout: float, min_interval: float, targets: tuple[ProbeTarget, ...]
+                          ) -> tuple[PathMonitor, MemoryStore, asyncio.Future[None]]:
+    """A member a-2's monitor probing `targets` (each answered up_after times: up), its writer running."""
+    mon, store = PathMonitor("a-2", HealthParams(), interval=interval, timeout=probe_timeout), MemoryStore()
+    w = ReportWriter("a-2", store, WritePolicy(min_interval=min_interval, heartbeat=60.0), mon.status)
+    mon.writer = w
+    mon.resume_from(await w.load())
+    mon.update_plan("member", "gw-a", targets)
+    task = asyncio.ensure_future(w.run())
+    for _ in range(3):
+        for t in targets:
+            mon._on_outcome(t.key, 0.001, 0.0)
+    return mon, store, task
+
+
 async def test_changes_one_probe_round_apart_land_in_one_write() -> None:
     """An uplink cut takes a standby's via and underlay targets down within a round of each other: the report
     must never say "via lost, underlay up" (a candidate that seems able to do better)."""
     via = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
     under = ProbeTarget("underlay", "gw-b", "b-1", "192.168.1.12", "198.18.2.11")
-    mon, store = PathMonitor("a-2", HealthParams(), interval=0.05, timeout=0.1), MemoryStore()
-    w = ReportWriter("a-2", store, WritePolicy(min_interval=0.3, heartbeat=60.0), mon.status)
-    mon.writer = w
-    mon.resume_from(await w.load())
-    mon.update_plan("member", "gw-a", (via, under))
-    task = asyncio.ensure_future(w.run())
+    mon, store, task = await _member_writing(0.05, 0.1, 0.3, (via, under))
     try:
-        for _ in range(3):
-            for t in (via, under):
-                mon._on_outcome(t.key, 0.001, 0.0)
         await asyncio.sleep(0.5)  # written: both up; and min_interval has passed since
         assert [t.state for t in store.writes[-1].targets] == ["up", "up"]
         n = len(store.writes)
@@ -267,16 +274,8 @@ async def test_one_events_verdicts_a_few_ticks_apart_are_written_together_or_at_
     straggler beyond that is written at once (the rate limit allows two state writes back to back)."""
     via1 = ProbeTarget("via", "gw-b", "b-1", "240.0.0.12", "241.0.0.2")
     via2 = ProbeTarget("via", "gw-c", "c-1", "240.0.0.12", "241.0.0.3")
-    mon, store = PathMonitor("a-2", HealthParams(), interval=0.01, timeout=0.5), MemoryStore()
-    w = ReportWriter("a-2", store, WritePolicy(min_interval=2.0, heartbeat=60.0), mon.status)
-    mon.writer = w
-    mon.resume_from(await w.load())
-    mon.update_plan("member", "gw-a", (via1, via2))
-    task = asyncio.ensure_future(w.run())
+    mon, store, task = await _member_writing(0.01, 0.5, 2.0, (via1, via2))
     try:
-        for _ in range(3):
-            for t in (via1, via2):
-                mon._on_outcome(t.key, 0.001, 0.0)
         await asyncio.sleep(2.3)  # written (both up), and the rate limit has passed since
         assert [t.state for t in store.writes[-1].targets] == ["up", "up"]
         seen = await _first_writes_after(mon, store, [via1.key, via2.key], apart=0.05, within=0.6)
