@@ -235,10 +235,10 @@ def test_an_underlay_target_that_never_answered_is_down_after_the_establish_wind
     by_address = {t.address: t for t in mon.status(0.0).targets}
     assert by_address[silent.address].rtt_seconds is None  # never answered
     assert by_address[cut.address].rtt_seconds == 0.001  # was up, now down
-    # The uplink returns: reached after up_after replies, as any target (degraded while its window holds losses).
+    # The uplink returns: up after up_after replies, as any target.
     for _ in range(3):
         mon._on_outcome(silent.key, 0.002, 0.0)
-    assert mon.health[silent.key].state == "degraded"
+    assert mon.health[silent.key].state == "up"
 
 
 async def _first_writes_after(mon: PathMonitor, store: MemoryStore, keys: list[tuple[str, str]], apart: float,
@@ -280,12 +280,12 @@ async def test_one_events_verdicts_a_few_ticks_apart_are_written_together_or_at_
         assert [t.state for t in store.writes[-1].targets] == ["up", "up"]
         seen = await _first_writes_after(mon, store, [via1.key, via2.key], apart=0.05, within=0.6)
         assert [states for _t, states in seen] == [["down", "down"]], seen
-        for t in (via1, via2):  # both answer again (degraded: losses in the window), then quiet for the limit
+        for t in (via1, via2):  # both answer again (up), then quiet for the rate limit
             for _ in range(3):
                 mon._on_outcome(t.key, 0.001, 0.0)
         await asyncio.sleep(2.3)
         seen = await _first_writes_after(mon, store, [via1.key, via2.key], apart=0.25, within=0.8)
-        assert [states for _t, states in seen] == [["down", "degraded"], ["down", "down"]], seen
+        assert [states for _t, states in seen] == [["down", "up"], ["down", "down"]], seen
         assert seen[1][0] < 0.6  # not after the 2 s rate limit
     finally:
         task.cancel()
