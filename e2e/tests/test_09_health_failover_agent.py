@@ -229,6 +229,84 @@ def test_failure_of_a_ready_gateway_five_runs(rc: RavenCluster, scenario: str) -
     assert max(runs) <= BOUND_S, f"{scenario}: outages {runs} s"
 
 
+HOLD_S = 3.0  # CONTROLLER_ARGS' --health-hold-time
+
+
+def _held(rc: RavenCluster, node: str) -> dict[str, Any] | None:
+    """status.pathHealth.held[] entry of `node` in GATEWAY (None: not held)."""
+    ph = (rc.gateways()[GATEWAY].get("status") or {}).get("pathHealth") or {}
+    return next((dict(h) for h in ph.get("held") or [] if h.get("nodeName") == node), None)
+
+
+def _underlay(rc: RavenCluster, node: str) -> list[Any]:
+    return [t for t in reports(rc)[node].status.targets if t.kind == "underlay"]
+
+
+def test_c_the_cut_gateway_is_not_elected_back_while_its_uplink_stays_cut(rc: RavenCluster) -> None:
+    """The standby blind spot: after (c) fails over, the old gateway stands by with its uplink still cut. Its
+    underlay probes started after the cut and never answer: `down` with no RTT once the establish window ends,
+    while other pools' standbys get answers from the same addresses. So when the new gateway fails too (its charon
+    killed) after the hold time, the old one is not elected back: nothing moves, the condition says why. Once its
+    uplink returns and it has been healthy for the hold time it is released, and the next failure elects it."""
+    healthy(rc)
+    old = rc.active_gateway_node(GATEWAY)
+    new = next(n.spec.name for n in rc.cl.pools[POOL].nodes if n.spec.name != old)
+    undo_cut = wan_cut(rc, old)
+    undo_charon: Callable[[], None] | None = None
+    try:
+        rc.wait_for(f"{GATEWAY} to elect {new}", lambda: rc.active_endpoints()[GATEWAY] == [new], timeout=30,
+                    interval=0.05)
+        t_failover = time.monotonic()
+        # The agent's verdict on the silent targets (after --health-establish-time, 10 s), then the controller's:
+        # the hold does not end (no cleanSince), and the new gateway was seen healthy (the trial budget is back).
+        rc.wait_for(f"{old}'s underlay targets down, never answered", lambda: (u := _underlay(rc, old)) != [] and all(
+            t.state == "down" and t.rtt_seconds is None for t in u), timeout=40, interval=0.2)
+        rc.wait_for(f"{GATEWAY} healthy through {new}", lambda: condition(rc, GATEWAY).get("status") == "True",
+                    timeout=30)
+        rc.wait_for("the hold time over", lambda: time.monotonic() >= t_failover + HOLD_S + 1, timeout=10)
+        held = _held(rc, old)
+        assert held is not None and not held.get("cleanSince"), held
+        undo_charon = charon_down(rc, new)
+        took = rc.wait_for(f"{GATEWAY}: no better candidate than {new}", lambda: (c := condition(rc, GATEWAY)).get(
+            "reason") == "NoBetterCandidate" and old in c.get("message", ""), timeout=30, interval=0.1)
+        cond = condition(rc, GATEWAY)
+        assert "over its uplink" in cond["message"], cond
+        assert rc.active_endpoints()[GATEWAY] == [new]
+        for _ in range(6):  # each poll an observed verdict: the condition still names the reason
+            assert rc.active_endpoints()[GATEWAY] == [new], f"{old} elected back with its uplink cut"
+            assert condition(rc, GATEWAY).get("reason") == "NoBetterCandidate"
+            time.sleep(0.5)
+        undo_charon()
+        undo_charon = None
+        rc.wait_for(f"{GATEWAY} healthy through {new} again", lambda: condition(rc, GATEWAY).get("status") == "True",
+                    timeout=60)
+    finally:
+        if undo_charon is not None:
+            undo_charon()
+        undo_cut()
+    t_back = time.monotonic()
+    rc.wait_for(f"{old}'s underlay targets answer", lambda: all(t.reached for t in _underlay(rc, old)), timeout=30,
+                interval=0.1)
+    answered_s = time.monotonic() - t_back
+    rc.wait_for(f"{old} released", lambda: _held(rc, old) is None, timeout=30, interval=0.1)
+    released_s = time.monotonic() - t_back
+    MEASUREMENTS["health_agent_c_held_no_better_after_s"] = round(took, 2)
+    MEASUREMENTS["health_agent_c_held_condition"] = cond["message"][:300]
+    MEASUREMENTS["health_agent_c_uplink_back_underlay_up_s"] = round(answered_s, 2)
+    MEASUREMENTS["health_agent_c_uplink_back_released_s"] = round(released_s, 2)
+    # Released only after the hold time of healthy reports (times are whole seconds: one second of slack).
+    assert released_s >= answered_s + HOLD_S - 1.0, (answered_s, released_s)
+    # Eligible again: the new gateway's failure now elects the old one.
+    healthy(rc)
+    undo = charon_down(rc, new)
+    try:
+        rc.wait_for(f"{GATEWAY} to elect {old} again", lambda: rc.active_endpoints()[GATEWAY] == [old], timeout=30,
+                    interval=0.05)
+    finally:
+        undo()
+    healthy(rc)
+
+
 def _tunnels(rc: RavenCluster, node: str) -> dict[str, tuple[int, list[int]]]:
     """The node's raven-* IKE_SAs with an INSTALLED CHILD_SA: name -> (IKE unique id, the CHILD_SAs' reqids)."""
     out: dict[str, tuple[int, list[int]]] = {}

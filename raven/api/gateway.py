@@ -421,12 +421,11 @@ class PathHealth:
                    trial_spent=bool(_opt_bool(obj, "trialSpent", path)))
 
     def to_dict(self) -> JSON:
-        out: JSON = {"peersUp": self.peers_up, "peers": self.peers}
-        if self.held:
-            out["held"] = [h.to_dict() for h in self.held]
-        if self.trial_spent:
-            out["trialSpent"] = True
-        return out
+        # `held` and `trialSpent` are always written, empty and false too: the controller writes status as a JSON
+        # merge patch, where an absent key keeps the server's value (a released hold would stay in the API, and
+        # every reconcile would write the status again, finding it different from what it wants).
+        return {"peersUp": self.peers_up, "peers": self.peers, "held": [h.to_dict() for h in self.held],
+                "trialSpent": self.trial_spent}
 
 
 @dataclass(frozen=True)

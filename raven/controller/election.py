@@ -74,6 +74,9 @@ class HealthInput:
     condition: tuple[str, str, str, str] | None = None
     # status.pathHealth to write (peer counts, held nodes); None keeps the previous one.
     path_health: PathHealth | None = None
+    # Evidence first: how many peers each candidate reaches over its own uplink (its underlay probes); a hole is
+    # filled by the candidate that reaches the most, spec order among equals (a candidate with no evidence: 0).
+    prefer: Mapping[str, int] = field(default_factory=dict)
 
 
 NO_HEALTH = HealthInput()
@@ -191,13 +194,22 @@ def _pick(
     electable: set[str] | None = None,
     demote: Mapping[str, str] | None = None,
     last_resort: set[str] | None = None,
+    prefer: Mapping[str, int] | None = None,
 ) -> list[Endpoint]:
     """Sticky choice for one endpoint type: previous survivors keep their slot, holes filled in spec order.
 
     `eligible`: may stay active; `electable` (default: the same): may become active; `demote`: survivors to
     replace by an electable spare when there is one (kept otherwise); `last_resort`: may fill a hole (never
-    replace a demoted survivor) when no electable spare is left."""
+    replace a demoted survivor) when no electable spare is left; `prefer`: spares with a higher value come
+    first (spec order among equals)."""
     electable = eligible if electable is None else electable
+    rank = prefer or {}
+
+    def more_evidence_first(name: str) -> int:
+        return -rank.get(name, 0)
+
+    def ordered(names: list[str]) -> list[str]:
+        return sorted(names, key=more_evidence_first)  # stable: spec order among equals
     by_node = {ep.node_name: ep for ep in spec_eps if ep.type == ep_type}
     slots: list[str | None] = []
     for old in previous:
@@ -213,7 +225,7 @@ def _pick(
         slots.append(None)
     taken = {s for s in slots if s is not None}
     spare = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in electable]
-    spare = [n for n in spare if n not in taken and n not in (demote or {})]
+    spare = ordered([n for n in spare if n not in taken and n not in (demote or {})])
     for i, s in enumerate(slots):
         if s is None and spare:
             slots[i] = spare.pop(0)
@@ -222,8 +234,8 @@ def _pick(
             slots[i] = spare.pop(0)
     if last_resort and None in slots:
         taken = {s for s in slots if s is not None}
-        extra = [ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in last_resort
-                 and ep.node_name not in taken]
+        extra = ordered([ep.node_name for ep in spec_eps if ep.type == ep_type and ep.node_name in last_resort
+                         and ep.node_name not in taken])
         for i, s in enumerate(slots):
             if s is None and extra:
                 slots[i] = extra.pop(0)
@@ -282,7 +294,8 @@ def elect(
              if n is not None]
     notes += switches.problems
     tunnels = _pick(ENDPOINT_TYPE_TUNNEL, want_tunnels if switches.tunnel else 0, spec_eps, prev_active, stay,
-                    electable, health.not_forwarding, (eligible & health.held) - set(health.not_forwarding))
+                    electable, health.not_forwarding, (eligible & health.held) - set(health.not_forwarding),
+                    health.prefer)
     proxies = _pick(ENDPOINT_TYPE_PROXY, want_proxies if switches.proxy else 0, spec_eps, prev_active, eligible)
 
     if gw.spec.expose_type == EXPOSE_TYPE_LOAD_BALANCER:

@@ -107,6 +107,8 @@ KIND_FORWARDING = "forwarding"
 KIND_PEERS = "peers"
 KIND_SELF = "self"
 UPLINK_KINDS = frozenset({KIND_PEERS, KIND_SELF})
+# How many establish windows an `unknown` underlay target may still be waiting for its verdict (see young_underlay).
+UNDERLAY_VERDICT_WINDOWS = 3
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ class HealthVerdict:
     memory: HealthMemory
     blamed: Mapping[str, Blame] = field(default_factory=dict)  # active node -> why it is not forwarding
     next_check: datetime | None = None  # re-assess then even without an event (a hold ends, evidence goes stale)
+    # Young tunnels seen up from both ends in this call's reports (`tunnels_up_both_ways`): the caller keeps them
+    # (until either end is elected again) and passes them back as `seen_up`.
+    seen_up: frozenset[Tunnel] = frozenset()
     peers_up: int = 0  # peer gateways that reach an active endpoint through the tunnel (either end says so)
     peers: int = 0  # peer gateways with a tunnel to an active endpoint (either end probes it)
 
@@ -210,6 +215,9 @@ class _View:
     by_node: Mapping[str, PathReport]  # node -> its fresh, trusted report (the two above)
     # (gateway, node) -> (reporting gateway, target) of every other gateway's active endpoint that probed it
     peer_index: Mapping[tuple[str, str], Sequence[tuple[str, Target]]]
+    # Addresses some fresh report's underlay probe got an answer from (now or before: it has an RTT estimate):
+    # they answer ICMP, so a standby that never got an answer from one is cut off from it.
+    answering: frozenset[str] = frozenset()
 
     def peer_views_of(self, gw: str, node: str) -> Sequence[tuple[str, Target]]:
         return self.peer_index.get((gw, node), ())
@@ -228,16 +236,38 @@ class _View:
         return [t for t in r.status.targets if t.kind == kind and t.state != "unknown"
                 and t.node in self.actives.get(t.gateway, frozenset())]
 
+    def underlay(self, node: str) -> list[Target]:
+        """`node`'s underlay targets that are evidence: reached, or lost after answering ("was up, now down": it
+        has an RTT estimate), or never answered although the address answers others' probes. A target that never
+        answered anyone is no evidence (the address may drop ICMP, as a cloud security group may)."""
+        return [t for t in self.own_peers(node, "underlay")
+                if not t.lost or t.rtt_seconds is not None or t.address in self.answering]
+
+    def young_underlay(self, node: str, now: datetime, establish: timedelta) -> list[datetime]:
+        """Until when `node`'s underlay targets that have no verdict yet (`unknown`) may still get one; empty when
+        none. The agent gives a target that never answered its verdict after the establish window, counted in
+        probes (which run late on a loaded host: 10 s of 10 ms probes took 10.5 s in the e2e lab), so `unknown`
+        is "no verdict yet" for UNDERLAY_VERDICT_WINDOWS windows; after that it is an older agent's "never"."""
+        r = self.by_node.get(node)
+        if r is None:
+            return []
+        within = establish * UNDERLAY_VERDICT_WINDOWS
+        return [t.since + within for t in r.status.targets if t.kind == "underlay" and t.state == "unknown"
+                and t.since is not None and now - t.since < within
+                and t.node in self.actives.get(t.gateway, frozenset())]
+
 
 def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Iterable[PathReport],
                labelled: Mapping[str, str | None], now: datetime, stale_after: timedelta) -> _View:
     """`labelled`: node -> the Gateway its label names (the controller's view), for the nodes of `reports`."""
     members: list[PathReport] = []
     gateways: dict[str, PathReport] = {}
+    answering: set[str] = set()
     for r in reports:
         if not r.well_formed or not r.fresh(now, stale_after):
             continue
         st = r.status
+        answering.update(t.address for t in st.targets if t.kind == "underlay" and t.rtt_seconds is not None)
         if st.role == "gateway" and r.name in actives.get(st.gateway, frozenset()):
             gateways[r.name] = r
         elif st.gateway == gateway and labelled.get(r.name) == gateway and st.role != "gateway":
@@ -247,16 +277,21 @@ def build_view(gateway: str, actives: Mapping[str, frozenset[str]], reports: Ite
         for t in r.status.targets:
             if t.kind == "peer" and t.gateway != r.status.gateway and t.state != "unknown":
                 index.setdefault((t.gateway, t.node), []).append((r.status.gateway, t))
-    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index)
+    return _View(gateway, actives, members, gateways, {**{r.name: r for r in members}, **gateways}, index,
+                 frozenset(answering))
+
+
+Tunnel = tuple[str, str, str, str]  # (gateway, node, peer gateway, peer node)
 
 
 def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozenset[str]],
                      elected: Mapping[tuple[str, str], datetime], now: datetime, establish: timedelta,
-                     pending: list[datetime]) -> list[PathReport]:
+                     pending: list[datetime], seen_up: frozenset[Tunnel] = frozenset()) -> list[PathReport]:
     """The reports with every loss on a path younger than `establish` read as `unknown` (see "Young tunnels"),
     except a member's loss *through* its gateway on a tunnel that gateway reaches the far end by: that one is the
-    gateway's forwarding. A peer's loss of a young tunnel is masked even when the other end reaches it (seen at
-    start in e2e: one direction up before the other).
+    gateway's forwarding; and except a loss on a tunnel in `seen_up` (both ends' reports reached each other since
+    the younger end's election: it was up, and now it is down). A peer's loss of a young tunnel is masked even when
+    the other end reaches it now (seen at start in e2e: one direction up before the other).
 
     `elected`: (gateway, node) -> when the controller saw that node become an active endpoint (absent: before
     the controller started, i.e. old). A masked loss re-checks when its path comes of age (`pending`)."""
@@ -290,7 +325,9 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
             if t.lost and t.kind in ("peer", "via"):
                 ends = [x for x in (elected.get((t.gateway, t.node)), mine) if x is not None]
                 youngest = max(ends) if ends else None
-                if youngest is not None and now - youngest < establish and not (
+                was_up = any((st.gateway, n, t.gateway, t.node) in seen_up or (t.gateway, t.node, st.gateway, n)
+                             in seen_up for n in near)
+                if youngest is not None and now - youngest < establish and not was_up and not (
                         t.kind == "via" and established(st.gateway, near, t.gateway, t.node)):
                     pending.append(youngest + establish)
                     targets.append(replace(t, state="unknown"))
@@ -299,6 +336,26 @@ def mask_young_paths(reports: Iterable[PathReport], actives: Mapping[str, frozen
             targets.append(t)
         out.append(replace(r, status=replace(st, targets=tuple(targets))) if changed else r)
     return out
+
+
+def tunnels_up_both_ways(reports: Iterable[PathReport], elected: Mapping[tuple[str, str], datetime], now: datetime,
+                         establish: timedelta) -> frozenset[Tunnel]:
+    """The young tunnels (an end elected less than `establish` ago) whose two ends' reports both reach each other
+    (each gateway's own `peer` target of the other, up or degraded): established, whatever the age. Only a
+    gateway's own probes through its own SA say so: a peer's probe alone may still be answered by the old
+    endpoint's SA while the plans change."""
+    reached: set[Tunnel] = set()
+    for r in reports:
+        if r.well_formed and r.status.role == "gateway":
+            reached |= {(r.status.gateway, r.name, t.gateway, t.node) for t in r.status.targets
+                        if t.kind == "peer" and t.reached}
+
+    def young(gw: str, node: str) -> bool:
+        at = elected.get((gw, node))
+        return at is not None and now - at < establish
+
+    return frozenset(k for k in reached if (k[2], k[3], k[0], k[1]) in reached and (young(k[0], k[1])
+                                                                                  or young(k[2], k[3])))
 
 
 def _peer_counts(view: _View, gw: str, active: Sequence[str]) -> tuple[int, int]:
@@ -422,7 +479,7 @@ def _unfit(view: _View, node: str, active: Sequence[str]) -> str | None:
     own = view.own_peers(node)
     if own and not any(t.reached for t in own):
         return f"its own report says it reaches 0 of {len(own)} peers"
-    under = view.own_peers(node, "underlay")
+    under = view.underlay(node)
     if under and not any(t.reached for t in under):
         return f"it reaches 0 of {len(under)} peers over its uplink"
     for r in view.member_reports:
@@ -461,7 +518,7 @@ def _candidate_evidence(view: _View, c: str, a: str, lost: Mapping[str, datetime
     And `c` must have reached the peer while `a` lost it: up since before the loss, or for `grace` since. A
     standby whose uplink just came back (the pool's whole uplink was cut and is healed) reaches the peers a few
     seconds before `a`'s tunnels are up again: that is no reason to move."""
-    under = view.own_peers(c, "underlay")
+    under = view.underlay(c)
     if not under:
         return [], None
     r = view.by_node.get(c)
@@ -511,18 +568,23 @@ def _blame_by_candidates(view: _View, a: str, standbys: Sequence[str], now: date
     return None
 
 
-def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], now: datetime, hold: timedelta
-               ) -> tuple[dict[str, Hold], dict[str, str], list[datetime]]:
+def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], now: datetime, hold: timedelta,
+               establish: timedelta = timedelta(seconds=10)) -> tuple[dict[str, Hold], dict[str, str], list[datetime]]:
     """Advance every hold: (holds still in force, why each held node is unfit, when each could end).
 
     What counts against a held node is what makes a candidate unfit (`_unfit`): its own report says it reaches
     no peer, or it lost its pool's gateway over raven0 while most members reach it. Its losses *through* the
-    current gateway are that gateway's, not its own."""
+    current gateway are that gateway's, not its own. A held node whose underlay targets have no verdict yet (they
+    start when it stands down, and one that never answers gets its verdict after `establish`) is not clean yet
+    either: its uplink may be the very thing that was cut."""
     kept: dict[str, Hold] = {}
     why: dict[str, str] = {}
     ends: list[datetime] = []
     for node, h in holds.items():
         against = _unfit(view, node, active)
+        if against is None and (young := view.young_underlay(node, now, establish)):
+            ends.append(max(young))
+            against = f"its underlay probes have no verdict yet (until {_hhmmss(max(young))})"
         clean = None if against is not None else (h.clean_since or now)
         end = max(h.since + hold, clean + hold) if clean is not None else None
         if end is not None and end <= now:
@@ -539,20 +601,25 @@ def _hold_step(view: _View, holds: Mapping[str, Hold], active: Sequence[str], no
 
 def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, frozenset[str]],
            reports: Iterable[PathReport], memory: HealthMemory, now: datetime,
-           settings: HealthSettings, elected: Mapping[tuple[str, str], datetime] | None = None) -> HealthVerdict:
+           settings: HealthSettings, elected: Mapping[tuple[str, str], datetime] | None = None,
+           seen_up: frozenset[Tunnel] = frozenset()) -> HealthVerdict:
     """The health verdict for `gw`.
 
     `candidates`: the nodes labelled for `gw` (by name). `actives`: every Gateway's active tunnel nodes, as the
     controller sees them (`gw`'s own included). `reports`: the PathReports that may matter (at least those of
     `gw`'s nodes and of every active endpoint; more is harmless). `memory`: what the last call returned.
-    `elected`: when each (gateway, node) became active, as the controller saw it (see "Young tunnels").
+    `elected`: when each (gateway, node) became active, as the controller saw it (see "Young tunnels");
+    `seen_up`: the young tunnels earlier calls saw up from both ends (`HealthVerdict.seen_up`).
     """
     young: list[datetime] = []
-    reports = mask_young_paths(reports, actives, elected or {}, now, settings.establish, young)
+    reports = list(reports)
+    up_now = tunnels_up_both_ways(reports, elected or {}, now, settings.establish)
+    seen_up = seen_up | up_now
+    reports = mask_young_paths(reports, actives, elected or {}, now, settings.establish, young, seen_up)
     labelled = {r.name: (n.gateway if (n := candidates.get(r.name)) is not None else None) for r in reports}
     view = build_view(gw.name, actives, reports, labelled, now, settings.stale_after)
     active = sorted(actives.get(gw.name, frozenset()))
-    holds, held_why, ends = _hold_step(view, memory.holds, active, now, settings.hold_time)
+    holds, held_why, ends = _hold_step(view, memory.holds, active, now, settings.hold_time, settings.establish)
     spec_nodes = [ep.node_name for ep in gw.spec.all_endpoints if ep.type == "tunnel"]
 
     unfit: dict[str, str] = dict(held_why)
@@ -574,7 +641,7 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
         status, reason = ("False", REASON_NO_ACTIVE) if view.member_reports else ("Unknown", REASON_NO_EVIDENCE)
         kept = HealthMemory(holds, memory.trial_spent)
         return HealthVerdict(HealthInput(unfit=unfit, path_health=path_health(kept, 0, 0)), status, reason,
-                             "no active tunnel endpoint", kept, next_check=next_check)
+                             "no active tunnel endpoint", kept, next_check=next_check, seen_up=up_now)
 
     not_forwarding: dict[str, str] = {}
     blamed: dict[str, Blame] = {}
@@ -655,9 +722,12 @@ def assess(gw: Gateway, candidates: Mapping[str, Node], actives: Mapping[str, fr
     if pending:
         next_check = min([*pending, *([next_check] if next_check is not None else [])])
     kept = replace(memory, holds=holds, trial_spent=trial_spent)
+    # Evidence first: a standby whose underlay probes reach peers beats one without evidence (the unfit ones,
+    # whose probes fail, are not elected at all).
+    prefer = {c: k for c in spec_nodes if c not in active and (k := sum(1 for t in view.underlay(c) if t.reached))}
     return HealthVerdict(
-        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep,
+        election=HealthInput(not_forwarding=not_forwarding, unfit=unfit, keep=keep, prefer=prefer,
                              held=frozenset(n for n in holds if n in held_why and _unfit(view, n, active) is None),
                              path_health=path_health(kept, n_peers_up, n_peers)),
         condition_status=status, condition_reason=reason, condition_message="; ".join(messages),
-        memory=kept, blamed=blamed, next_check=next_check, peers_up=n_peers_up, peers=n_peers)
+        memory=kept, blamed=blamed, next_check=next_check, peers_up=n_peers_up, peers=n_peers, seen_up=up_now)

@@ -259,6 +259,9 @@ class GatewayReconciler:
         # (gateway, node) -> when this controller saw the node become an active tunnel endpoint (not for what the
         # first list showed: that election is older than this controller, its tunnels are established).
         self._elected_at: dict[tuple[str, str], datetime] = {}
+        # Young tunnels seen up from both ends since their younger end's election (health.tunnels_up_both_ways):
+        # their losses count at once. Forgotten when either end is elected again or stops being active.
+        self._seen_up: set[tuple[str, str, str, str]] = set()
         self._sensitive: set[str] = set()  # gateways whose last verdict saw losses
         self._failover_memory: dict[str, HealthMemory] = {}  # the memory of a failover being written
         metrics.queue_depth.set_function(lambda: len(self.queue))
@@ -279,6 +282,7 @@ class GatewayReconciler:
         if ev.type == "DELETED":
             self._actives.pop(name, None)
             self._elected_at = {k: v for k, v in self._elected_at.items() if k[0] != name}
+            self._seen_up = {t for t in self._seen_up if name not in (t[0], t[2])}
         elif isinstance(ev.obj, Gateway):
             actives = frozenset(e.node_name for e in ev.obj.status.active_tunnel_endpoints())
             if actives != self._actives.get(name):
@@ -289,6 +293,8 @@ class GatewayReconciler:
                         self._elected_at[(name, node)] = seen
                 for node in before - actives:
                     self._elected_at.pop((name, node), None)
+                moved = {(name, n) for n in actives ^ before}
+                self._seen_up = {t for t in self._seen_up if (t[0], t[1]) not in moved and (t[2], t[3]) not in moved}
                 self._actives[name] = actives
                 # Who is whose peer changed: gateways whose evidence involved this one decide again.
                 for other in self._sensitive - {name}:
@@ -605,8 +611,9 @@ class GatewayReconciler:
         if memory is None:  # first time (a new leader): what the last leader wrote
             memory = memory_from_status(gw.status.path_health)
         verdict = assess(gw, {n.name: n for n in members}, self._actives, self._relevant_reports(gw.name),
-                         memory, now, self.health, self._elected_at)
+                         memory, now, self.health, self._elected_at, frozenset(self._seen_up))
         self._memory[gw.name] = verdict.memory
+        self._seen_up |= verdict.seen_up
         if verdict.condition_reason in (REASON_HEALTHY, REASON_NO_EVIDENCE) and not verdict.memory.holds:
             self._sensitive.discard(gw.name)
         else:

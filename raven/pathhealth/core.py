@@ -6,7 +6,8 @@ a reply in seconds, or None for a lost probe. The state per target:
 - `unknown` until the first verdict;
 - `down` after `down_after` consecutive losses (from any state; from `unknown` with no reply ever, only after
   `establish_after`: a path being set up, such as a new gateway's tunnel, is not yet a loss);
-- out of `down`/`unknown` only after `up_after` consecutive replies (hysteresis: a flapping link stays down);
+- out of `down`/`unknown` only after `up_after` consecutive replies (hysteresis: a flapping link stays down), with
+  a window that starts afresh with those replies (the losses before them were the outage, already reported);
 - then `degraded` while the loss ratio over the last `window` probes is >= `degraded_loss`, or the RTT
   estimate is above `degraded_rtt`; `up` otherwise. A degraded target goes back to `up` as soon as both
   clear (the window itself is the smoothing); it goes `down` only by the consecutive-loss rule.
@@ -89,7 +90,16 @@ def observe(h: TargetHealth, rtt: float | None, now: float, p: HealthParams) -> 
         nxt = replace(h, recent=recent, consecutive_losses=h.consecutive_losses + 1, consecutive_replies=0,
                       sent=h.sent + 1)
     state = _decide(nxt, p)
-    return nxt if state == h.state else replace(nxt, state=state, since=now)
+    if state == h.state:
+        return nxt
+    if h.state in ("down", "unknown") and state != "down":
+        # Back (or up for the first time): the window starts with the replies that brought it back. The losses
+        # before them are the outage `down` already reported (or a path being set up), not partial loss: counted
+        # again they made every recovery "down -> degraded -> up", one more state change (an API write, and on
+        # the controller a Degraded condition, another Gateway write) per target and failover.
+        nxt = replace(nxt, recent=nxt.recent[-nxt.consecutive_replies:])
+        state = _decide(nxt, p)
+    return replace(nxt, state=state, since=now)
 
 
 def _decide(h: TargetHealth, p: HealthParams) -> State:

@@ -34,8 +34,10 @@ from raven.pathhealth.targets import ProbeTarget
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-# Probe rounds a state change waits for before it is written (see `_on_outcome`).
+# Probe rounds a state change waits for before it is written (see `_on_outcome`), and at least this long: at a
+# fast interval (10 ms) one event's verdicts land several ticks apart on a loaded host (23-67 ms seen in the e2e lab).
 COALESCE_ROUNDS = 1.5
+COALESCE_MIN_S = 0.1
 
 
 class PathMonitor:
@@ -43,9 +45,6 @@ class PathMonitor:
                  *, metrics: ProbeMetrics | None = None) -> None:
         self.node_name = node_name
         self.params = params
-        # An underlay target that never answered stays unknown (no evidence either way): the peer's address may
-        # simply not answer ICMP (a cloud security group), which must not make every standby unfit for good.
-        self._underlay_params = replace(params, establish_after=2**31)
         self.interval = interval
         self.metrics = metrics
         self.pinger: Pinger[Key] = Pinger(interval, timeout, self._on_outcome)
@@ -125,7 +124,11 @@ class PathMonitor:
         if old is None or target is None:
             return
         now = time.time()
-        h = observe(old, rtt, now, self._underlay_params if target.kind == "underlay" else self.params)
+        # Every kind, underlay included, follows the same rules: a target that never answered is `down` after the
+        # establish window (its report has no RTT: "never answered"); one that answered and stops is `down` after
+        # `down_after` losses and keeps its last RTT estimate ("was up, now down"). Whether a never-answered
+        # underlay target is evidence (the address may drop ICMP) is the controller's call: raven/controller/health.py.
+        h = observe(old, rtt, now, self.params)
         self.health[key] = h
         if self.metrics is not None:
             self.metrics.record(target, h, rtt is not None)
@@ -148,7 +151,8 @@ class PathMonitor:
                 # within a round of each other (a standby's via and underlay targets), and a reader must not see a
                 # report that holds only the first of them ("via lost, underlay still up": a candidate that
                 # seems able to do better when it is cut off just the same).
-                self.writer.mark_dirty(coalesce=COALESCE_ROUNDS * self.interval if h.state != old.state else 0.0)
+                hold = max(COALESCE_ROUNDS * self.interval, COALESCE_MIN_S)
+                self.writer.mark_dirty(coalesce=hold if h.state != old.state else 0.0)
             elif worth == "lazy":
                 self.writer.mark_lazy()
 

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from e2e.apiserver import ApiRequest
 from e2e.cluster import RavenCluster
@@ -59,6 +60,34 @@ class ApiWrites:
         return [w for w in self.writes if t0 <= w[0] < t1]
 
 
+def status_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What a Gateway status write changed, field by field (conditions by type; a condition's message and its
+    lastTransitionTime apart), e.g. ["pathHealth.peersUp", "conditions[TunnelsHealthy].message"]."""
+    def flat(obj: Any, path: str, out: dict[str, Any]) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                flat(v, f"{path}.{k}" if path else k, out)
+        elif isinstance(obj, list) and path == "conditions":
+            for c in obj:
+                for k, v in (c if isinstance(c, dict) else {}).items():
+                    out[f"conditions[{c.get('type')}].{k}"] = v
+        else:
+            out[path] = obj
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    flat((old or {}).get("status") or {}, "", a)
+    flat(new.get("status") or {}, "", b)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def gateway_status_writes(rc: RavenCluster, rv_from: int) -> list[tuple[str, list[str]]]:
+    """(Gateway, what changed) of each Gateway change committed after resourceVersion `rv_from` (the test API
+    server's watch history)."""
+    store = rc.api.server.state.stores[("raven.openyurt.io", "gateways")]
+    return [(str(e.obj["metadata"]["name"]), status_changes(e.old, e.obj)) for e in list(store.history)
+            if e.rv > rv_from and e.type == "MODIFIED"]
+
+
 def by_kind(writes: list[tuple[float, str, str]]) -> dict[str, int]:
     return dict(sorted(Counter(w[1] for w in writes).items()))
 
@@ -90,6 +119,7 @@ def main() -> int:
         non_lease = sum(n for k, n in steady_kinds.items() if k != "leases")
 
         old = rc.active_gateway_node("gw-edge-a")
+        rv1 = rc.api.server.state.rv
         t1 = time.monotonic()
         rc.cl.cut_link(old)
         try:
@@ -102,6 +132,7 @@ def main() -> int:
         fo_reports = [w for w in fo if w[1] == "pathreports"]
         per_node = {n: sum(1 for w in fo_reports if w[2] == n) for n in sorted(rc.agents)}
         per_gateway = dict(sorted(Counter(w[2] for w in fo if w[1] == "gateways/status").items()))
+        changes = gateway_status_writes(rc, rv1)
     finally:
         rc.api.server.on_request = None
         rc.close()
@@ -112,6 +143,9 @@ def main() -> int:
     print(f"one health failover (gw-edge-a's node dies, still Ready): elected after {took:.2f} s; "
           f"{FAILOVER_S:.0f} s after: {len(fo)} writes {by_kind(fo)}; PathReports max {max(per_node.values())} "
           f"from one node; per node {per_node}; Gateway status writes per Gateway {per_gateway}")
+    print("what each Gateway write changed (in order):")
+    for name, what in changes:
+        print(f"  {name}: {', '.join(what) or 'NOTHING'}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "pathreports.json").write_text(json.dumps({
@@ -121,6 +155,7 @@ def main() -> int:
         "failover_elected_s": took, "failover_window_s": FAILOVER_S, "failover_writes": len(fo_reports),
         "failover_writes_by_kind": by_kind(fo), "failover_writes_per_node": per_node,
         "failover_status_writes_per_gateway": per_gateway,
+        "failover_gateway_changes": [[name, what] for name, what in changes],
         "met": ok}, indent=2))
     return 0 if ok else 1
 

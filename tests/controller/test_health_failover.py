@@ -219,6 +219,27 @@ async def test_held_node_is_not_reelected_until_clean_for_the_hold_time(kube: Ku
     assert failovers(ctrl, "not_forwarding") == 2
 
 
+async def test_a_released_hold_leaves_the_status_and_then_nothing_is_written(kube: KubeClient, start: Start) -> None:
+    """The status is a merge patch: a hold that ends must be cleared in the API (held: [], trialSpent: false), not
+    left there by an absent key, after which the controller found the status different from what it wanted and
+    wrote it again on every reconcile."""
+    ctrl, reports = await ready_cluster(kube, start, health_hold_time=1.0)
+    await forwarding_off_then_agents_follow(kube, reports)
+    await eventually(lambda: kube.get(GATEWAYS, "gw-a"),
+                     lambda g: [h["nodeName"] for h in g["status"]["pathHealth"]["held"]] == ["a-1"],
+                     what="a-1 held in the status")
+    gw = await eventually(lambda: kube.get(GATEWAYS, "gw-a"),
+                          lambda g: g["status"]["pathHealth"]["held"] == [], what="the hold released in the status")
+    assert gw["status"]["pathHealth"]["trialSpent"] is False
+    assert (await tunnels(kube, "gw-a") or {}).get("reason") == "Healthy"
+    await ctrl.drained()
+    writes, reconciles = ctrl.metric("raven_controller_status_writes_total"), ctrl.reconciles()
+    ctrl.controller.reconciler.queue.add("gw-a")  # a reconcile with nothing new: it must write nothing
+    await eventually(ctrl.reconciles, lambda n: n > reconciles, what="gw-a reconciled again")
+    await ctrl.drained()
+    assert ctrl.metric("raven_controller_status_writes_total") == writes
+
+
 async def test_no_flap_the_new_gateway_keeps_its_role_when_the_old_one_recovers(kube: KubeClient,
                                                                                 start: Start) -> None:
     ctrl, reports = await ready_cluster(kube, start, health_hold_time=1.0)

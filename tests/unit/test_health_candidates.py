@@ -8,12 +8,22 @@ trial failover), and the condition says why; also when the pool cannot write its
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
+from raven.api.gateway import Endpoint
 from raven.api.pathreport import State, Target
-from raven.controller.health import REASON_NO_BETTER, REASON_NOT_FORWARDING, REASON_REMOTE_DOWN, record_failover
+from raven.controller.health import (
+    REASON_NO_BETTER,
+    REASON_NOT_FORWARDING,
+    REASON_REMOTE_DOWN,
+    UNDERLAY_VERDICT_WINDOWS,
+    HealthMemory,
+    HealthVerdict,
+    assess,
+    record_failover,
+)
 from tests.unit.test_health_failover import (
     FOUR,
     NOW,
@@ -22,6 +32,7 @@ from tests.unit.test_health_failover import (
     TWO,
     World,
     blamed,
+    node_dies,
     nodes_of,
     peers_of_lose,
     uplink_cut,
@@ -29,15 +40,20 @@ from tests.unit.test_health_failover import (
 )
 
 
-def underlay(w: World, node: str, state: State, only: set[str] | None = None) -> None:
-    """`node` (a standby of its pool) probes every other pool's active gateway over its uplink; `only`: those up."""
+def underlay(w: World, node: str, state: State, only: set[str] | None = None, answered: bool = True,
+             since: datetime | None = None) -> None:
+    """`node` (a standby of its pool) probes every other pool's active gateway over its uplink; `only`: those up.
+    `answered`: the targets had answered before (an RTT estimate); False: a `down` one never did."""
     r = w.reports[node]
     own = w.nodes[node].gateway
     targets = tuple(
-        Target("underlay", h, w.active(h), f"198.18.{i}.11",
-               state if only is None or h not in only else "up", T0 if state == "down" else T0 - timedelta(60))
-        for i, h in enumerate(w.gateways) if h != own)
-    w.reports[node] = replace(r, status=replace(r.status, targets=r.status.targets + targets))
+        Target("underlay", h, w.active(h), f"198.18.{i}.11", st,
+               since or (T0 if state == "down" else T0 - timedelta(60)),
+               0.002 if answered or st != "down" else None)
+        for i, h in enumerate(w.gateways) if h != own
+        for st in [state if only is None or h not in only else "up"])
+    targets = tuple(t for t in r.status.targets if t.kind != "underlay") + targets
+    w.reports[node] = replace(r, status=replace(r.status, targets=targets))
 
 
 @pytest.mark.parametrize("pools", [FOUR, TWO], ids=["four-pools", "two-pools"])
@@ -180,3 +196,119 @@ def test_g_healed_members_lagging_reports_do_not_blame_the_gateway_whose_tunnels
     # `report_lag` after the return, members still losing everything through it: that is evidence.
     v = w.assess("gw-ea", now=healed + SETTINGS.report_lag)
     assert "ea-1" in v.blamed and v.blamed["ea-1"].kind == "forwarding"
+
+
+# --- the standby blind spot: a failed-over node whose uplink stays cut ------------------------------------------
+
+
+def _failed_over_for_an_uplink_cut() -> tuple[World, HealthMemory]:
+    """Scenario (c): ea-1's uplink is cut, ea-2 reaches the peers and takes over; the agents follow the election.
+    ea-1 is now a standby whose uplink is still cut; the other pools' standbys probe the same peer addresses."""
+    w = world()
+    uplink_cut(w, "gw-ea")
+    underlay(w, "ea-2", "up")
+    v = w.assess("gw-ea")
+    assert w.elect("gw-ea", v) == ["ea-2"]
+    memory = record_failover(v.memory, "ea-1", v.blamed["ea-1"], NOW)
+    w.replan()
+    for other in ("cloud-2", "eb-2", "ep-2"):
+        underlay(w, other, "up")
+    return w, memory
+
+
+def test_a_failed_over_node_whose_underlay_probes_never_answer_stays_held_and_is_not_elected_back() -> None:
+    """ea-1's underlay targets started after its uplink was cut: they never answered (no RTT), while other
+    standbys' probes of the same addresses do answer. That is evidence: ea-1 stays held past the hold time, and
+    when ea-2 is lost it is not elected back (a node whose own reports say it cannot do better). Once its uplink
+    is back and it has been clean for the hold time, it is released."""
+    w, memory = _failed_over_for_an_uplink_cut()
+    underlay(w, "ea-1", "down", answered=False)
+    later = NOW + SETTINGS.hold_time + timedelta(seconds=60)
+    v = w.assess("gw-ea", memory, later)
+    assert "ea-1" in v.memory.holds and v.memory.holds["ea-1"].clean_since is None
+    assert "reaches 0 of 3 peers over its uplink" in v.election.unfit["ea-1"], v.election.unfit
+    assert "ea-1" not in v.election.held  # not even as a last resort
+    w.set_ready("ea-2", False)
+    peers_of_lose(w, "gw-ea")
+    v = w.assess("gw-ea", v.memory, later)
+    assert w.elect("gw-ea", v) == []
+    # The uplink returns: its probes answer; clean from then on, released after the hold time.
+    back = later + timedelta(seconds=30)
+    underlay(w, "ea-1", "up", since=back)
+    v = w.assess("gw-ea", v.memory, back)
+    assert v.memory.holds["ea-1"].clean_since == back
+    v = w.assess("gw-ea", v.memory, back + SETTINGS.hold_time - timedelta(seconds=1))
+    assert "ea-1" in v.memory.holds
+    v = w.assess("gw-ea", v.memory, back + SETTINGS.hold_time)
+    assert v.memory.holds == {} and "ea-1" not in v.election.unfit
+    assert w.elect("gw-ea", v) == ["ea-1"]
+
+
+def test_a_held_node_is_not_clean_while_its_underlay_probes_have_no_verdict_yet() -> None:
+    """With a hold time shorter than the agents' establish window (the e2e lab's 3 s), the failed-over node's
+    underlay targets are still `unknown` (young) when the hold time ends: no evidence yet is not "healthy"."""
+    w, memory = _failed_over_for_an_uplink_cut()
+    settings = replace(SETTINGS, hold_time=timedelta(seconds=3))
+    r = w.reports["ea-1"]
+    young = tuple(Target("underlay", h, w.active(h), f"198.18.{i}.11", "unknown", NOW)
+                  for i, h in enumerate(w.gateways) if h != "gw-ea")
+    w.reports["ea-1"] = replace(r, status=replace(r.status, targets=r.status.targets + young))
+
+    def verdict(at: datetime, mem: HealthMemory) -> HealthVerdict:
+        cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ea"}
+        return assess(w.gateways["gw-ea"], cands, w.actives(), w.reports.values(), mem, at, settings)
+
+    v = verdict(NOW + timedelta(seconds=4), memory)
+    assert "ea-1" in v.memory.holds and "no verdict yet" in v.election.unfit["ea-1"], v.election.unfit
+    # Also a little after the window: the agent counts it in probes, which run late on a loaded host.
+    v = verdict(NOW + settings.establish + timedelta(seconds=1), v.memory)
+    assert "no verdict yet" in v.election.unfit["ea-1"] and v.memory.holds["ea-1"].clean_since is None
+    assert v.next_check is not None and v.next_check <= NOW + settings.establish * UNDERLAY_VERDICT_WINDOWS
+    # The window ends with no answer (others' probes of those addresses answer): still held, now with evidence.
+    underlay(w, "ea-1", "down", answered=False, since=NOW + settings.establish)
+    v = verdict(NOW + settings.establish + timedelta(seconds=5), v.memory)
+    assert "reaches 0 of 3 peers over its uplink" in v.election.unfit["ea-1"]
+
+
+def test_underlay_probes_that_nobody_ever_got_an_answer_from_are_no_evidence() -> None:
+    """The peers' addresses drop ICMP (a cloud security group): every standby's underlay targets are `down` without
+    an RTT. That says nothing about the standby: when ea-1's node dies, ea-2 takes over as before. Had another
+    node's probe of those addresses been answered, ea-2's silence would be evidence against it."""
+    w = world()
+    underlay(w, "ea-2", "down", answered=False)
+    underlay(w, "eb-2", "down", answered=False)
+    w.set_ready("ea-1", False)
+    node_dies(w, "gw-ea")
+    v = w.assess("gw-ea")
+    assert "ea-2" not in v.election.unfit, v.election.unfit
+    assert w.elect("gw-ea", v) == ["ea-2"]
+    w = world()
+    underlay(w, "ea-2", "down", answered=False)
+    underlay(w, "eb-2", "up")  # answered from gw-cloud's and gw-ep's addresses (eb-2 does not probe its own)
+    w.set_ready("ea-1", False)
+    node_dies(w, "gw-ea")
+    v = w.assess("gw-ea")
+    assert "reaches 0 of 2 peers over its uplink" in v.election.unfit["ea-2"]
+    assert w.elect("gw-ea", v) == []
+
+
+def test_evidence_first_a_hole_is_filled_by_the_standby_that_reaches_the_peers() -> None:
+    """Three candidates: ea-2 (first in spec order) has no underlay evidence, ea-3 reaches the peers over its
+    uplink. When ea-1's node dies, ea-3 is elected, not ea-2."""
+    w = world()
+    gw = w.gateways["gw-ea"]
+    eps = [*gw.spec.endpoints, Endpoint("ea-3", "tunnel", 4500, False)]
+    w.gateways["gw-ea"] = replace(gw, spec=replace(gw.spec, endpoints=eps))
+    w.set_ready("ea-1", False)
+    node_dies(w, "gw-ea")
+    underlay(w, "ea-3", "up")
+    v = w.assess("gw-ea")
+    assert v.election.prefer == {"ea-3": 3}
+    assert w.elect("gw-ea", v) == ["ea-3"]
+    # Both with evidence: the one that reaches more peers; equals keep spec order.
+    underlay(w, "ea-2", "up")
+    w.gateways["gw-ea"] = replace(w.gateways["gw-ea"], status=gw.status)
+    assert w.elect("gw-ea", w.assess("gw-ea")) == ["ea-2"]
+    underlay(w, "ea-2", "down", only={"gw-cloud"})
+    w.gateways["gw-ea"] = replace(w.gateways["gw-ea"], status=gw.status)
+    assert w.elect("gw-ea", w.assess("gw-ea")) == ["ea-3"]

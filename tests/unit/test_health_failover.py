@@ -502,3 +502,31 @@ def test_a_young_tunnel_up_in_one_direction_only_is_still_coming_up() -> None:
     later = assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(),
                    NOW + SETTINGS.establish, SETTINGS, elected)
     assert later.blamed[ep].kind == "peers"
+
+
+def test_a_young_tunnel_seen_up_from_both_ends_that_goes_down_counts_at_once() -> None:
+    """Scenario (b) five times in a row: the next failure came 8-9 s after the last failover, inside the establish
+    window, so the peers' losses were masked until the window ended (2 s of extra outage). A tunnel both ends'
+    own probes reached since the election was up: its loss is a loss, whatever the tunnel's age."""
+    from raven.controller.health import tunnels_up_both_ways
+
+    w = world()
+    ep = w.active("gw-ep")
+    elected = {("gw-ep", ep): NOW - timedelta(seconds=8)}
+    cands = {n.name: n for n in w.nodes.values() if n.gateway == "gw-ep"}
+    seen = tunnels_up_both_ways(w.reports.values(), elected, NOW - timedelta(seconds=2), SETTINGS.establish)
+    assert ("gw-ep", ep, "gw-cloud", w.active("gw-cloud")) in seen and len(seen) == 6  # 3 peers, both ways
+    uplink_cut(w, "gw-ep")  # its charon dies: every tunnel of it down, both ways
+
+    def verdict(up: frozenset[tuple[str, str, str, str]]) -> HealthVerdict:
+        return assess(w.gateways["gw-ep"], cands, w.actives(), w.reports.values(), HealthMemory(), NOW, SETTINGS,
+                      elected, up)
+
+    assert not verdict(frozenset()).blamed  # not seen up: still coming up, as before
+    assert verdict(seen).blamed[ep].kind == "peers"
+    # The peers' probes alone are not enough (the old endpoint's SA may still answer them while plans change).
+    w.replan()
+    w.target(ep, everything, "unknown")
+    assert not tunnels_up_both_ways(w.reports.values(), elected, NOW - timedelta(seconds=2), SETTINGS.establish)
+    # ... nor a tunnel that came of age (only young ones are kept: old ones are never masked anyway).
+    assert not tunnels_up_both_ways(w.reports.values(), elected, NOW + SETTINGS.establish, SETTINGS.establish)

@@ -55,9 +55,13 @@ def test_a_clean_cut_is_down_after_exactly_down_after_losses_and_back_after_up_a
     assert states(hs[:3]) == ["up", "up", "down"]
     assert hs[2].since == pytest.approx((h0.sent + 3) * INTERVAL)  # detection: exactly 3 intervals
     assert all(s == "down" for s in states(hs[2:12]))
-    # Out of down after 3 replies; the window still holds the cut (7 of 10 lost): degraded until it clears.
-    assert hs[12].state == "degraded" and hs[11].state == "down"
-    assert hs[-1].state == "up" and transitions(hs) == ["up", "down", "degraded", "up"]
+    # Out of down after 3 replies, straight to up: the cut's losses were reported as `down`, the window starts with
+    # the replies that ended it (before, "degraded until the window clears": one more state change, and API write).
+    assert hs[12].state == "up" and hs[11].state == "down" and hs[12].loss_ratio == 0.0
+    assert transitions(hs) == ["up", "down", "up"]
+    # Losses after the return count as before: 3 of the last 10 lost (never 3 in a row) is degraded.
+    more = run([None, None, 0.001, None, 0.001], hs[-1])
+    assert states(more)[-1] == "degraded" and "down" not in states(more)
 
 
 def test_one_lost_probe_in_ten_never_changes_anything() -> None:
