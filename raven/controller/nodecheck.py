@@ -147,6 +147,8 @@ class NodeIndex:
         self.members: dict[str, Node] = {n.name: n for n in all_nodes if n.gateway in gateways}
         self.ranges = ranges
         self.gateway_extras = {g: tuple(c) for g, c in (gateway_extras or {}).items() if g in gateways and c}
+        # Whether any extra CIDR is to be checked at all (asked on every reconcile: never a scan of the nodes).
+        self.has_extras = bool(self.gateway_extras) or any(n.extra_cidrs for n in self.members.values())
         addresses: dict[int, list[tuple[int, str]]] = {4: [], 6: []}
         for n in all_nodes:
             ip = _ip_value(n.internal_ip) if n.internal_ip else None
