@@ -275,7 +275,11 @@ async def main(gateways: int, events: int, rate: float, raven: str) -> JSON:
             print("slowest failovers ms:", sorted(latencies)[-10:], file=sys.stderr)
         # The second baseline, with the controller gone (it would answer every PATCH with its own).
         controller.terminate()
-        await asyncio.wait_for(controller.wait(), 10)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(controller.wait(), 10)
+        if controller.returncode is None:
+            controller.kill()
+            await controller.wait()
         baseline2_s, _, client_cpu_baseline2 = await bare_patches()
         load_end = os.getloadavg()[0]
         watch_task.cancel()
