@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import functools
 import ipaddress
+import socket
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -121,8 +122,26 @@ def _span(net: Network) -> tuple[int, int]:
 @functools.lru_cache(maxsize=1 << 16)  # type: ignore[misc]  # (its type says Callable[..., T])
 def _cidr_span(text: str) -> tuple[int, int, int] | None:
     """(IP version, first, last) of a pod CIDR, None when it does not parse (cached: pure, asked per rebuild)."""
-    net = parse_cidr(text)
+    address, slash, prefix = text.strip().partition("/")
+    first = _v4_value(address)
+    if first is not None and (not slash or (prefix.isascii() and prefix.isdigit() and int(prefix) <= 32)):
+        host_bits = 32 - int(prefix) if slash else 0
+        first = first >> host_bits << host_bits
+        return 4, first, first + (1 << host_bits) - 1
+    net = parse_cidr(text)  # IPv6, a netmask instead of a length, or no CIDR at all
     return None if net is None else (net.version, *_span(net))
+
+
+def _v4_value(text: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer, None for anything else. inet_pton takes exactly what
+    `ipaddress` takes (four decimal octets, no leading zeros) at a tenth of the cost: the first rebuild reads
+    every node's address and pod CIDR, 20,000 of them on a 10,000-node cluster."""
+    if ":" in text:
+        return None
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        return None
 
 
 # One pod CIDR of one node: (IP version, first, last, node, the CIDR as written). A plain tuple: 10,000 of
@@ -147,6 +166,8 @@ class NodeIndex:
         self.members: dict[str, Node] = {n.name: n for n in all_nodes if n.gateway in gateways}
         self.ranges = ranges
         self.gateway_extras = {g: tuple(c) for g, c in (gateway_extras or {}).items() if g in gateways and c}
+        # Whether any extra CIDR is to be checked at all (asked on every reconcile: never a scan of the nodes).
+        self.has_extras = bool(self.gateway_extras) or any(n.extra_cidrs for n in self.members.values())
         addresses: dict[int, list[tuple[int, str]]] = {4: [], 6: []}
         for n in all_nodes:
             ip = _ip_value(n.internal_ip) if n.internal_ip else None
@@ -293,6 +314,9 @@ def is_incumbent(node: Node, listed: Collection[str] | None) -> bool:
 
 @functools.lru_cache(maxsize=1 << 16)  # type: ignore[misc]  # (its type says Callable[..., T])
 def _ip_value(text: str) -> tuple[int, int] | None:
+    v4 = _v4_value(text)
+    if v4 is not None:
+        return 4, v4
     ip = _parse_ip(text)
     return None if ip is None else (ip.version, int(ip))
 

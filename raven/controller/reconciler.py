@@ -178,6 +178,11 @@ def _gateway_extras(gw: AnyGateway | None) -> tuple[str, ...]:
     return extra_cidrs({str(k): str(v) for k, v in annotations.items()})
 
 
+def _meta_but_version(gw: Gateway) -> JSON:
+    """A Gateway's metadata without what every write changes (resourceVersion, managedFields)."""
+    return {k: v for k, v in gw.metadata.items() if k not in ("resourceVersion", "managedFields")}
+
+
 def _endpoint_nodes(gw: AnyGateway | None) -> frozenset[str]:
     if not isinstance(gw, Gateway):
         return frozenset()
@@ -230,6 +235,9 @@ class GatewayReconciler:
         self.queue = WorkQueue()
         self._members: dict[str, set[str]] = {}  # gateway -> names of nodes labelled for it
         self._written_rv: dict[str, str] = {}  # gateway -> resourceVersion of our last status write
+        # gateway -> (the resourceVersion a status write in flight was decided from, the status it writes): its
+        # watch event can arrive before the PATCH's answer, and must still be known as our own write.
+        self._writing: dict[str, tuple[str, GatewayStatus]] = {}
         self._reported: dict[str, tuple[str, ...]] = {}  # gateway -> node problems last reported
         self._invalid: set[str] = set()
         self._verdicts: dict[str, HealthVerdict | None] = {}  # the verdict of the gateway's last election
@@ -299,7 +307,8 @@ class GatewayReconciler:
                 # Who is whose peer changed: gateways whose evidence involved this one decide again.
                 for other in self._sensitive - {name}:
                     self.queue.add(other)
-        if ev.type == "MODIFIED" and ev.obj is not None and ev.obj.resource_version == self._written_rv.get(name):
+        if ev.type == "MODIFIED" and ev.obj is not None and (
+                ev.obj.resource_version == self._written_rv.get(name) or self._own_write_in_flight(ev)):
             return  # our own status write coming back: nothing new to decide
         if ev.type != "MODIFIED":
             self._index = None  # which nodes are members (labelled for an existing Gateway) changed
@@ -326,6 +335,18 @@ class GatewayReconciler:
         else:
             self._endpoints.pop(name, None)
         self.queue.add(name)
+
+    def _own_write_in_flight(self, ev: TypedEvent[AnyGateway]) -> bool:
+        """The event is the status write in flight coming back before its answer: the version it replaces is the one
+        the write was decided from, and nothing changed but the status, to exactly what is being written. (Had
+        somebody else written that, our write fails on its resourceVersion, 409, and is decided again.)"""
+        writing = self._writing.get(ev.name)
+        old, new = ev.old, ev.obj
+        if writing is None or not isinstance(old, Gateway) or not isinstance(new, Gateway):
+            return False
+        based_on, status = writing
+        return (old.resource_version == based_on and new.status == status and new.spec == old.spec
+                and _meta_but_version(new) == _meta_but_version(old))
 
     def on_node(self, ev: TypedEvent[Node]) -> None:
         name = ev.name
@@ -682,7 +703,7 @@ class GatewayReconciler:
         """The extra-allowed-source-cidrs that may be routed (see NodeIndex.extras); when what is accepted changes,
         the other Gateways it concerns are queued (like the node checks' rejections)."""
         assert self._index is not None
-        if not self._index.gateway_extras and not any(n.extra_cidrs for n in self._index.members.values()):
+        if not self._index.has_extras:
             self._extras = Extras()
             return self._extras
         extras = self._index.extras(self._listed_for)
@@ -737,6 +758,7 @@ class GatewayReconciler:
         # A merge patch of the fields we own (lists are replaced whole; others' status fields are kept),
         # carrying the resourceVersion the decision was based on: a stale view is a 409, not a lost update.
         patch: JSON = {"metadata": {"resourceVersion": gw.resource_version}, "status": status.to_dict()}
+        self._writing[gw.name] = (gw.resource_version, status)
         try:
             updated_rv = await self.client.merge_patch(GATEWAYS, gw.name, patch, subresource="status")
         except ApiError as exc:
@@ -745,6 +767,8 @@ class GatewayReconciler:
         except Exception:
             self.metrics.status_write_errors.labels(reason="error").inc()
             raise
+        finally:
+            self._writing.pop(gw.name, None)
         self._written_rv[gw.name] = updated_rv
         self.metrics.status_writes.inc()
         return True

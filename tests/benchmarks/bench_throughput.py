@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra agent flag (e.g. for comparisons)")
+    ap.add_argument("--prefix", default=PREFIX,
+                    help=f"lab prefix of the Raven cluster; the bare tunnels' lab is PREFIX + 'b' (default {PREFIX}, "
+                         f"{BARE_PREFIX}): another prefix lets a second bench run beside this one")
     ap.add_argument("--charon-rcvbuf", type=int, default=0,
                     help="receive buffer (bytes) for every charon's UDP sockets, both labs (default: the host's)")
     args = ap.parse_args(argv)
@@ -285,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     iperf3_path()
     only = {s for s in args.only.split(",") if s}
-    lab = Lab(BARE_PREFIX)
-    rc = RavenCluster("default", prefix=PREFIX, agent_args=args.agent_arg)
+    lab = Lab(BARE_PREFIX if args.prefix == PREFIX else f"{args.prefix}b")
+    rc = RavenCluster("default", prefix=args.prefix, agent_args=args.agent_arg)
     closers: list[Callable[[], None]] = [lab.close, rc.close]
     try:
         cases = [_bare_chain(lab, "d", relay=False), _bare_chain(lab, "t", relay=True)]

@@ -2,6 +2,7 @@
 
 - importing raven.kube.client loads no generated model or API class, yet a program that uses them (the
   tests do) still finds them on `kubernetes_asyncio.client`;
+- an IPsec agent loads no cryptography (only certificate mode and the WireGuard driver's key code do);
 - in-cluster configuration re-reads a rotated (bound service-account) token file;
 - a kubeconfig whose user is an exec credential plugin authenticates with the plugin's token.
 """
@@ -40,6 +41,20 @@ def test_raven_kube_imports_no_generated_code() -> None:
     assert (models, apis, urllib3) == ("False", "False", "False"), out
     # configuration, api_client, rest, exceptions and the config loaders: a dozen, not ~1,500.
     assert int(count) < 30, out
+
+
+def test_an_ipsec_agent_loads_no_cryptography() -> None:
+    # cryptography is ~7 MiB of an agent's RSS (aim 60 MiB): only certificate mode (raven.agent.identity, imported
+    # when used) and the WireGuard driver's key functions load it.
+    out = _run("""
+        import sys
+        import raven.cli, raven.agent.app
+        print("cryptography" in sys.modules)
+        from raven.dataplane.wireguard import pair_psk
+        pair_psk("secret", "a", "b")
+        print("cryptography" in sys.modules)
+    """)
+    assert out.split() == ["False", "True"], out
 
 
 def test_generated_code_still_there_for_who_asks() -> None:

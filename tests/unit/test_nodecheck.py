@@ -178,3 +178,32 @@ def test_an_active_endpoint_that_is_rejected_fails_over_and_says_why() -> None:
     r = elect(g, bad, "2026-01-01T00:01:00Z", rejected=found)
     assert [e.node_name for e in r.status.active_endpoints or []] == ["a-2"]
     assert "pod CIDR 0.0.0.0/0 covers" in r.lost_reasons["a-1"]
+
+
+def test_the_fast_ipv4_parse_reads_exactly_what_ipaddress_reads() -> None:
+    # NodeIndex reads addresses and pod CIDRs with inet_pton (a tenth of the cost); whatever ipaddress accepts or
+    # refuses, and the range it gives, must be the same, or a node would be checked against other numbers.
+    import ipaddress
+
+    from raven.controller import nodecheck
+
+    cidrs = ["10.0.0.0/24", "10.0.0.5/24", " 10.0.0.0/24 ", "10.0.0.0", "10.0.0.0/32", "10.0.0.0/0", "10.0.0.0/33",
+             "10.0.0.0/-1", "010.0.0.0/8", "10.0.0.0/024", "10.0.0.0/255.255.255.0", "10.0.0.0/ 24", "10.0.0.0 /24",
+             "1.2.3", "1.2.3.4.5", "256.0.0.0/8", "fd00::/64", "::ffff:10.0.0.0/120", "banana/99", "", "/24",
+             "10.0.0.0/", "10.0.0.0/\uff12\uff14", "255.255.255.255/32", "1.2.3.4/31", "10.0.0.1/8", "1.2.3.4/+8"]
+    for text in cidrs:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+            want: tuple[int, int, int] | None = (net.version, int(net.network_address),
+                                                 int(net.network_address) + net.num_addresses - 1)
+        except ValueError:
+            want = None
+        assert nodecheck._cidr_span(text) == want, text
+    for text in ["10.0.0.1", "010.0.0.1", "1.2.3", "fd00::1", "::ffff:1.2.3.4", "1.2.3.4 ", " 1.2.3.4", "256.1.1.1",
+                 "0.0.0.0", "fe80::1%eth0", "1.2.3.4%x", "0x1.2.3.4", "1.2.3.4/32"]:
+        try:
+            ip = ipaddress.ip_address(text)
+            want_ip: tuple[int, int] | None = (ip.version, int(ip))
+        except ValueError:
+            want_ip = None
+        assert nodecheck._ip_value(text) == want_ip, text
