@@ -222,6 +222,7 @@ class RavenCluster:
         controller_args: Sequence[str] = (),
         before_start: Callable[[RavenCluster], None] | None = None,
         vpn_driver: str = "ipsec",
+        charon_backend: str = "libipsec",
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -239,6 +240,8 @@ class RavenCluster:
         self.ipsec_auth = ipsec_auth
         # "wireguard": no charon; each agent starts wireguard-go for raven-wg0 (keys, cluster PSK: see agent_argv).
         self.vpn_driver = vpn_driver
+        # "kernel": charon runs the DaemonSet's strongswan.conf (kernel ESP; the VM tier, e2e/vm.py).
+        self.charon_backend = charon_backend
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
         self.net: Cluster | None = None
@@ -316,7 +319,7 @@ class RavenCluster:
                 self.write_psk(node, self.psk)
         t1 = time.monotonic()
         if self.vpn_driver == "ipsec":
-            self.cl.start_charons()
+            self.cl.start_charons(backend=self.charon_backend)
             self.timings["charons_s"] = time.monotonic() - t1
             say(f"{len(self.cl.nodes)} charons up")
         for i in range(self.n_controllers):
@@ -590,7 +593,7 @@ class RavenCluster:
         return next(n.name for n in self.cl.pools[pool].nodes if n.name not in active and n.name in self.registered)
 
     def failover_under_probe(self, pool: str, dst_node: str, port: int, settle: float = 1.0,
-                             dead: bool = True) -> FailoverResult:
+                             dead: bool = True, timeout: float = 30.0) -> FailoverResult:
         """Mark the active endpoint of `pool`'s Gateway NotReady while a pod behind the pool's other node
         sends a 10 ms UDP probe to a pod on `dst_node`; wait for the new election and for traffic, let the
         probe run `settle` s more, then mark the old node Ready again (the new endpoint stays: sticky).
@@ -612,9 +615,10 @@ class RavenCluster:
             self.set_node_ready(old, False)
             try:
                 elected = self.wait_for(f"{gateway} to elect {new}",
-                                        lambda: self.active_endpoints()[gateway] == [new], timeout=30, interval=0.02)
+                                        lambda: self.active_endpoints()[gateway] == [new], timeout=timeout,
+                                        interval=0.02)
                 resumed = self.wait_for("traffic through the new gateway",
-                                        lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=30,
+                                        lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=timeout,
                                         interval=0.02)
                 time.sleep(settle)
             finally:
@@ -624,9 +628,10 @@ class RavenCluster:
                 self.set_node_ready(old, True)
         return FailoverResult(gateway, old, new, elected, elected + resumed, result)
 
-    def restart_agent_under_probe(self, node: str, src_node: str, dst_node: str, port: int) -> ProbeResult:
+    def restart_agent_under_probe(self, node: str, src_node: str, dst_node: str, port: int,
+                                  timeout: float = 30.0) -> ProbeResult:
         """Restart `node`'s agent (SIGTERM, start) while a 10 ms probe runs from a pod on `src_node` to a
-        pod on `dst_node`; the probe stops 0.5 s after the new agent reports ready."""
+        pod on `dst_node`; the probe stops 0.5 s after the new agent reports ready (within `timeout` s)."""
         src, dst = self.cl.nodes[src_node].pods[0], self.cl.nodes[dst_node].pods[0]
         agent = self.agents[node]
         with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"restart-{port}") as probe:
@@ -634,7 +639,7 @@ class RavenCluster:
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered")
             time.sleep(0.3)
             agent.restart()
-            self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=30)
+            self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=timeout)
             time.sleep(0.5)
             return probe.stop()
 
