@@ -223,6 +223,7 @@ class RavenCluster:
         before_start: Callable[[RavenCluster], None] | None = None,
         vpn_driver: str = "ipsec",
         charon_backend: str = "libipsec",
+        patience: float = 1.0,
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -242,6 +243,10 @@ class RavenCluster:
         self.vpn_driver = vpn_driver
         # "kernel": charon runs the DaemonSet's strongswan.conf (kernel ESP; the VM tier, e2e/vm.py).
         self.charon_backend = charon_backend
+        # The VM tier (Python ~16x slower under qemu's emulation): the harness's own waits (HTTP polls of agents
+        # and controllers, a probe's first answer) are this many times longer, and the HTTP polls run on a thread
+        # of this process moved into the namespace instead of a new interpreter per poll.
+        self.patience = patience
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
         self.net: Cluster | None = None
@@ -541,6 +546,9 @@ class RavenCluster:
 
     def http_get(self, ns: Netns, addr: str, path: str, timeout: float = 3.0) -> tuple[int, str]:
         """GET http://addr/path from inside `ns`; (status code, body); (0, "") when nothing answers."""
+        timeout *= self.patience
+        if self.patience > 1.0:
+            return _http_get_on_thread(ns.name, f"http://{addr}{path}", timeout)
         out = ns.run([sys.executable, "-c", _HTTP_GET, f"http://{addr}{path}", str(timeout)],
                      check=False, timeout=timeout + 5)
         code, _, body = out.stdout.partition("\n")
@@ -607,7 +615,7 @@ class RavenCluster:
         new = self.member_node(pool)
         src, dst = self.cl.nodes[new].pods[0], self.cl.nodes[dst_node].pods[0]
         with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"failover-{port}") as probe:
-            if not probe.wait_first_reply():
+            if not probe.wait_first_reply(10.0 * self.patience):
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered before the failover")
             time.sleep(0.3)
             if dead:
@@ -635,7 +643,7 @@ class RavenCluster:
         src, dst = self.cl.nodes[src_node].pods[0], self.cl.nodes[dst_node].pods[0]
         agent = self.agents[node]
         with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"restart-{port}") as probe:
-            if not probe.wait_first_reply():
+            if not probe.wait_first_reply(10.0 * self.patience):
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered")
             time.sleep(0.3)
             agent.restart()
@@ -772,6 +780,30 @@ class RavenCluster:
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
+
+
+def _http_get_on_thread(netns: str, url: str, timeout: float) -> tuple[int, str]:
+    """`RavenCluster.http_get` without a new interpreter: a thread of this process moves into `netns` (a thread's
+    sockets are made in its namespace, as the API server's thread does) and GETs `url`."""
+    import urllib.error
+    import urllib.request
+
+    result: list[tuple[int, str]] = [(0, "")]
+
+    def get() -> None:
+        try:
+            netlab._setns(netlab.NETNS_DIR / netns)
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                result[0] = (int(r.status), r.read().decode(errors="replace"))
+        except urllib.error.HTTPError as e:
+            result[0] = (int(e.code), e.read().decode(errors="replace"))
+        except OSError as e:
+            result[0] = (0, str(e))
+
+    thread = threading.Thread(target=get, name=f"http-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return result[0]
 
 
 def _decode(value: Any) -> Any:

@@ -5,8 +5,8 @@ production clusters take are proven in a VM instead: virtme-ng (PyPI, the `kerne
 kernel (`linux-image-amd64`, modules under /lib/modules) under qemu's software emulation (KVM does not work
 here) with this machine's own files as its root over 9p, read-only, so the checkout and its .venv are there as
 they are. Everything the guest writes goes to tmpfs (virtme overlays /etc, /var, /tmp; the lab's run
-directory, with charon's VICI sockets and the other unix sockets, is on the guest's /run: 9p cannot open
-unix sockets) or to the one shared read-write directory, `--out`, where the guest leaves its pytest log,
+directory, with charon's VICI sockets and the other unix sockets, is a guest tmpfs, `GUEST_RUN_DIR`: 9p cannot
+open unix sockets) or to the one shared read-write directory, `--out`, where the guest leaves its pytest log,
 junit XML, exit code and, when something failed, the lab's logs.
 
     python -m e2e.vm [--vpn-driver ipsec] [--kernel /boot/vmlinuz-V] [--out DIR] MODULE [-- PYTEST_ARGS...]
@@ -53,9 +53,10 @@ GUEST_MODULES = (
     "xt_conntrack", "xt_TCPMSS", "xt_comment", "iptable_mangle", "iptable_nat", "iptable_raw", "iptable_filter",
     "wireguard", "sch_netem", "ip_vs",
 )
-DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = 2700.0
+GUEST_RUN_DIR = Path("/var/tmp/raven-vm")
 # CPU-bound Python is ~16x slower under TCG; generous per-test bound inside the guest.
-GUEST_PYTEST_TIMEOUT_S = 900
+GUEST_PYTEST_TIMEOUT_S = 1800
 
 
 def log(msg: str) -> None:
@@ -219,18 +220,29 @@ def run_guest(args: argparse.Namespace) -> int:
 
 def _guest(args: argparse.Namespace, out: Path) -> int:
     log(f"guest kernel {platform.release()}, {os.cpu_count()} cpus")
+    t0 = time.monotonic()
     missing = [m for m in GUEST_MODULES
                if subprocess.run(["modprobe", m], capture_output=True, check=False).returncode != 0]
     if missing:
         log(f"FAILED: kernel modules missing in {platform.release()}: {' '.join(missing)}")
         return 1
-    run_dir = Path("/run/raven-vm")  # guest tmpfs: unix sockets work here, not over 9p
+    log(f"{len(GUEST_MODULES)} kernel modules loaded in {time.monotonic() - t0:.0f} s")
+    # The lab's run directory on a tmpfs of its own: unix sockets work there (not over 9p), and it is not under
+    # /run, which every lab charon hides behind a private tmpfs (its VICI socket would be out of the agent's view).
+    run_dir = GUEST_RUN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "raven-vm", str(run_dir)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        log(f"FAILED: cannot mount a tmpfs on {run_dir}: {mounted.stderr.strip()}")
+        return 1
     Path("/run/lock").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RAVEN_VM_GUEST="1", RAVEN_VM_RUN_DIR=str(run_dir), RAVEN_VM_VPN_DRIVER=args.vpn_driver,
                CI=args.ci, PYTHONDONTWRITEBYTECODE="1",
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
+    # Live progress on the console (the lab's start alone takes minutes here): the cluster's and the lab's log lines.
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-o", "log_cli=true",
+            "--log-cli-level=INFO", "--log-cli-format=%(asctime)s %(name)s %(message)s",
             f"--timeout={GUEST_PYTEST_TIMEOUT_S}", f"--junitxml={out / 'junit.xml'}", args.module, *args.pytest_args]
     log(f"running {shlex.join(argv)}")
     with open(out / "pytest.log", "wb") as f:

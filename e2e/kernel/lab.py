@@ -41,8 +41,9 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 PREFIX = "rvk"
 VPN_DRIVER = os.environ.get("RAVEN_VM_VPN_DRIVER", "ipsec")
 # Python is ~16x slower under TCG: every wait is generous, the scenarios few.
-CONVERGE_S = 600.0
-STEP_S = 180.0
+CONVERGE_S = 900.0
+STEP_S = 300.0
+PATIENCE = 8.0  # RavenCluster's own waits (HTTP polls, a probe's first answer) x8
 MEASUREMENTS: dict[str, Any] = {}
 ipsec_only = pytest.mark.skipif(VPN_DRIVER != "ipsec", reason=f"IPsec kernel path; this run's driver is {VPN_DRIVER}")
 
@@ -53,10 +54,10 @@ def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
         pytest.fail("e2e/kernel/lab.py runs inside the kernel tier's VM: make test-kernel (python -m e2e.vm ...)")
     if os.geteuid() != 0:
         pytest.skip("the kernel lab needs root (network namespaces)")
-    run_dir = Path(os.environ.get("RAVEN_VM_RUN_DIR", "/run/raven-vm")) / "lab"
+    run_dir = Path(os.environ["RAVEN_VM_RUN_DIR"]) / "lab"
     cluster = RavenCluster("kernel", prefix=PREFIX, run_dir=run_dir, controllers=1, lease_duration=15.0,
                            renew_deadline=10.0, retry_period=2.0, vpn_driver=VPN_DRIVER,
-                           charon_backend="kernel" if VPN_DRIVER == "ipsec" else "libipsec")
+                           charon_backend="kernel" if VPN_DRIVER == "ipsec" else "libipsec", patience=PATIENCE)
     t0 = time.monotonic()
     try:
         cluster.start()
@@ -188,7 +189,7 @@ def test_ingress_filter_takes_the_policy_match_form_with_kernel_esp(rc: RavenClu
     # the gateway's own pool, which that peer cannot speak for.
     via_sa = Attack("D peer SA->raven1 spoofed", nodes[peer].netns, f"{_inner(gw_ns)}:4473", 201, mac1,
                     spoofed, victim, bind=_inner(nodes[peer].netns), drop_chain="RAVEN-OVERLAY-T")
-    listener = Listener(rc, victim)
+    listener = Listener(rc, victim, timeout=STEP_S)
     try:
         for a in (wan, via_sa):
             token = f"shut-{a.name[0]}-{secrets.token_hex(4)}"
