@@ -43,6 +43,10 @@ VPN_DRIVER = os.environ.get("RAVEN_VM_VPN_DRIVER", "ipsec")
 # Python is ~16x slower under TCG: every wait is generous, the scenarios few.
 CONVERGE_S = 900.0
 STEP_S = 300.0
+# Path health at TCG speed: pings between namespaces take ~1.5 s inside a VM on a loaded machine, and the default
+# probes (every 0.2 s, lost after 0.5 s) report every path down and fail healthy gateways over. The failover here
+# is driven by Node readiness (a crashed gateway), so the controller's health failover is off.
+SLOW_HEALTH = ("--health-interval", "2", "--health-timeout", "5")
 PATIENCE = 8.0  # RavenCluster's own waits (HTTP polls, a probe's first answer) x8
 MEASUREMENTS: dict[str, Any] = {}
 ipsec_only = pytest.mark.skipif(VPN_DRIVER != "ipsec", reason=f"IPsec kernel path; this run's driver is {VPN_DRIVER}")
@@ -56,6 +60,7 @@ def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
         pytest.skip("the kernel lab needs root (network namespaces)")
     run_dir = Path(os.environ["RAVEN_VM_RUN_DIR"]) / "lab"
     cluster = RavenCluster("kernel", prefix=PREFIX, run_dir=run_dir, controllers=1, lease_duration=15.0,
+                           agent_args=SLOW_HEALTH, controller_args=("--no-health-failover", *SLOW_HEALTH),
                            renew_deadline=10.0, retry_period=2.0, vpn_driver=VPN_DRIVER,
                            charon_backend="kernel" if VPN_DRIVER == "ipsec" else "libipsec", patience=PATIENCE)
     t0 = time.monotonic()
