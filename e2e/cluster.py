@@ -725,6 +725,8 @@ class RavenCluster:
     def _raise_if_agents_exited(self) -> None:
         """An agent that exited will not come back by waiting: say so at once, with its last words
         (checked in every phase, so a start with a broken agent fails fast whatever else is slow)."""
+        if self.controllers and not any(p.alive() for p in self.controllers):  # nothing will ever elect
+            raise ConvergenceError(f"every controller exited; controller-0: {self.controllers[0].logs()[-1500:]}")
         dead = {n: p.returncode() for n, p in self.agents.items() if not p.alive()}
         if dead:
             name = sorted(dead)[0]

@@ -145,6 +145,8 @@ def run_vm(args: argparse.Namespace) -> int:
     log(f"booting {kernel.name} (qemu TCG, {args.cpus} cpus, {args.memory}): {module}, vpn driver {args.vpn_driver}; "
         f"results in {out}")
     t0 = time.monotonic()
+    # SIGTERM (a CI job cancelled, a kill by pid) unwinds like Ctrl-C, so _boot's finally kills the VM's group.
+    signal.signal(signal.SIGTERM, _raise_exit)
     rc = _boot(argv, env, out / "console.log", args.timeout)
     wall = time.monotonic() - t0
     guest_rc = _read_rc(out / "rc")
@@ -187,6 +189,10 @@ def _boot(argv: Sequence[str], env: dict[str, str], console: Path, timeout: floa
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _group_alive(pgid: int) -> bool:

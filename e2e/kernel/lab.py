@@ -60,7 +60,7 @@ def rc(request: pytest.FixtureRequest) -> Iterator[RavenCluster]:
         pytest.skip("the kernel lab needs root (network namespaces)")
     run_dir = Path(os.environ["RAVEN_VM_RUN_DIR"]) / "lab"
     cluster = RavenCluster("kernel", prefix=PREFIX, run_dir=run_dir, controllers=1, lease_duration=15.0,
-                           agent_args=SLOW_HEALTH, controller_args=("--no-health-failover", *SLOW_HEALTH),
+                           agent_args=SLOW_HEALTH, controller_args=("--no-health-failover",),
                            renew_deadline=10.0, retry_period=2.0, vpn_driver=VPN_DRIVER,
                            charon_backend="kernel" if VPN_DRIVER == "ipsec" else "libipsec", patience=PATIENCE)
     t0 = time.monotonic()
