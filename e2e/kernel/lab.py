@@ -104,8 +104,8 @@ def esp_states(ns: Netns) -> list[dict[str, Any]]:
             continue
         counters = _XFRM_COUNTERS.search(block.split("lifetime current:", 1)[-1])
         states.append({
-            "esp": " proto esp " in block,
-            "encap": "encap type espinudp" in block,
+            "esp": re.search(r"\bproto esp\b", block) is not None,
+            "encap": re.search(r"\bencap type espinudp\b", block) is not None,
             "bytes": int(counters.group(1)) if counters else 0,
             "packets": int(counters.group(2)) if counters else 0,
         })
@@ -148,7 +148,7 @@ def ingress_tunnel_counters(ns: Netns) -> dict[str, int]:
 @ipsec_only
 def test_charon_runs_the_shipped_conf_and_the_kernel_holds_the_esp_sas(rc: RavenCluster) -> None:
     conf = (Path("/etc/netns") / f"{PREFIX}-cloud-1" / "strongswan.conf").read_text()
-    assert "kernel-libipsec {\n          load = no" in conf and "load =" not in conf.split("plugins", 1)[0], conf
+    assert "kernel-libipsec {\n      load = no" in conf and "load =" not in conf.split("plugins", 1)[0], conf
     for node in sorted(rc.registered):
         with rc.charon(node).session() as s:
             plugins = [p.decode() if isinstance(p, bytes) else str(p) for p in s.stats()["plugins"]]
