@@ -133,7 +133,7 @@ def run_vm(args: argparse.Namespace) -> int:
     compileall.compile_dir(str(REPO / "e2e"), quiet=1, workers=0)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="raven-vm-", dir="/tmp"))
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "pytest.log", "junit.xml"):
+    for stale in ("rc", "pytest.log", "junit.xml", "measurements.json"):
         with contextlib.suppress(FileNotFoundError):
             (out / stale).unlink()
     guest = [sys.executable, "-m", "e2e.vm", "guest", "--out", str(out), "--vpn-driver", args.vpn_driver,
@@ -156,6 +156,8 @@ def run_vm(args: argparse.Namespace) -> int:
     if guest_rc is None:
         log(f"FAILED: the guest wrote no exit code (vng rc={rc}: boot failed?); console in {out / 'console.log'}")
         return 1
+    with contextlib.suppress(OSError):
+        log(f"measurements: {(out / 'measurements.json').read_text().strip()}")
     log(f"kernel tier: pytest exit {guest_rc} in the VM, {wall:.0f} s wall (boot included); "
         f"logs in {out}{' (lab logs in lab/)' if (out / 'lab').exists() else ''}")
     return guest_rc
@@ -244,6 +246,7 @@ def _guest(args: argparse.Namespace, out: Path) -> int:
         return 1
     Path("/run/lock").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RAVEN_VM_GUEST="1", RAVEN_VM_RUN_DIR=str(run_dir), RAVEN_VM_VPN_DRIVER=args.vpn_driver,
+               RAVEN_VM_OUT=str(out),
                CI=args.ci, PYTHONDONTWRITEBYTECODE="1",
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
     # Live progress on the console (the lab's start alone takes minutes here): the cluster's and the lab's log lines.
