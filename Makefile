@@ -13,9 +13,13 @@ APT_RUNTIME := strongswan-charon strongswan-swanctl libcharon-extra-plugins libs
 # prometheus (server and promtool): the alerting rules' unit tests and the e2e lab's Prometheus.
 APT_TEST := iputils-ping procps openssl iperf3 dnsmasq-base conntrack prometheus
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
+# The kernel tier (make test-kernel, e2e/vm.py): qemu (software emulation), kmod, a static busybox for
+# virtme-ng's initramfs, and Debian's stock kernel (ESP, WireGuard, netem, IPVS as modules; the newest
+# /boot/vmlinuz-*-amd64 is booted). virtme-ng comes from the pyproject's `kernel` extra.
+APT_KERNEL_TEST := qemu-system-x86 kmod busybox-static linux-image-amd64
 PYTEST_ARGS ?=
 
-.PHONY: install install-system install-python test measure lint bench demo clean
+.PHONY: install install-system install-python install-kernel-test test test-kernel measure lint bench demo clean
 
 install: install-system install-python
 
@@ -29,6 +33,14 @@ install-system:
 
 install-python: $(VENV)/.installed
 
+install-kernel-test: install
+	@missing=$$(for p in $(APT_KERNEL_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(VENV)/bin/pip show -q virtme-ng >/dev/null 2>&1 || $(PY) -m pip install -q -e '.[dev,kernel]'
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -38,6 +50,11 @@ $(VENV)/.installed: pyproject.toml
 # The long measurement variants (marker `minute`) run in `make measure`, so the suite stays well under 20 minutes.
 test: install
 	$(PY) -m pytest -q -m "not minute" $(PYTEST_ARGS)
+
+# The kernel tier: e2e/kernel/lab.py inside a VM booted with Debian's kernel (kernel ESP; see e2e/README.md).
+# VM_ARGS: e.g. --vpn-driver wireguard, --keep; PYTEST_ARGS go to pytest inside the VM.
+test-kernel: install-kernel-test
+	$(PY) -m e2e.vm e2e/kernel/lab.py $(VM_ARGS) -- $(PYTEST_ARGS)
 
 # The e2e scenarios held for an issue's full duration and the five-run medians; figures in the terminal summary.
 measure: install

@@ -222,6 +222,8 @@ class RavenCluster:
         controller_args: Sequence[str] = (),
         before_start: Callable[[RavenCluster], None] | None = None,
         vpn_driver: str = "ipsec",
+        charon_backend: str = "libipsec",
+        patience: float = 1.0,
     ) -> None:
         self.spec = load_topology(spec) if isinstance(spec, str) else spec
         self.prefix = prefix
@@ -239,6 +241,12 @@ class RavenCluster:
         self.ipsec_auth = ipsec_auth
         # "wireguard": no charon; each agent starts wireguard-go for raven-wg0 (keys, cluster PSK: see agent_argv).
         self.vpn_driver = vpn_driver
+        # "kernel": charon runs the DaemonSet's strongswan.conf (kernel ESP; the VM tier, e2e/vm.py).
+        self.charon_backend = charon_backend
+        # The VM tier (Python ~16x slower under qemu's emulation): the harness's own waits (HTTP polls of agents
+        # and controllers, a probe's first answer) are this many times longer, and the HTTP polls run on a thread
+        # of this process moved into the namespace instead of a new interpreter per poll.
+        self.patience = patience
         self.log_level = log_level
         self.psk = secrets.token_hex(24)
         self.net: Cluster | None = None
@@ -316,7 +324,7 @@ class RavenCluster:
                 self.write_psk(node, self.psk)
         t1 = time.monotonic()
         if self.vpn_driver == "ipsec":
-            self.cl.start_charons()
+            self.cl.start_charons(backend=self.charon_backend)
             self.timings["charons_s"] = time.monotonic() - t1
             say(f"{len(self.cl.nodes)} charons up")
         for i in range(self.n_controllers):
@@ -538,6 +546,9 @@ class RavenCluster:
 
     def http_get(self, ns: Netns, addr: str, path: str, timeout: float = 3.0) -> tuple[int, str]:
         """GET http://addr/path from inside `ns`; (status code, body); (0, "") when nothing answers."""
+        timeout *= self.patience
+        if self.patience > 1.0:
+            return _http_get_on_thread(ns.name, f"http://{addr}{path}", timeout)
         out = ns.run([sys.executable, "-c", _HTTP_GET, f"http://{addr}{path}", str(timeout)],
                      check=False, timeout=timeout + 5)
         code, _, body = out.stdout.partition("\n")
@@ -590,7 +601,7 @@ class RavenCluster:
         return next(n.name for n in self.cl.pools[pool].nodes if n.name not in active and n.name in self.registered)
 
     def failover_under_probe(self, pool: str, dst_node: str, port: int, settle: float = 1.0,
-                             dead: bool = True) -> FailoverResult:
+                             dead: bool = True, timeout: float = 30.0) -> FailoverResult:
         """Mark the active endpoint of `pool`'s Gateway NotReady while a pod behind the pool's other node
         sends a 10 ms UDP probe to a pod on `dst_node`; wait for the new election and for traffic, let the
         probe run `settle` s more, then mark the old node Ready again (the new endpoint stays: sticky).
@@ -604,7 +615,7 @@ class RavenCluster:
         new = self.member_node(pool)
         src, dst = self.cl.nodes[new].pods[0], self.cl.nodes[dst_node].pods[0]
         with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"failover-{port}") as probe:
-            if not probe.wait_first_reply():
+            if not probe.wait_first_reply(10.0 * self.patience):
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered before the failover")
             time.sleep(0.3)
             if dead:
@@ -612,9 +623,10 @@ class RavenCluster:
             self.set_node_ready(old, False)
             try:
                 elected = self.wait_for(f"{gateway} to elect {new}",
-                                        lambda: self.active_endpoints()[gateway] == [new], timeout=30, interval=0.02)
+                                        lambda: self.active_endpoints()[gateway] == [new], timeout=timeout,
+                                        interval=0.02)
                 resumed = self.wait_for("traffic through the new gateway",
-                                        lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=30,
+                                        lambda: ping(src.netns, dst.ip, count=1, wait=0.3).ok, timeout=timeout,
                                         interval=0.02)
                 time.sleep(settle)
             finally:
@@ -624,17 +636,18 @@ class RavenCluster:
                 self.set_node_ready(old, True)
         return FailoverResult(gateway, old, new, elected, elected + resumed, result)
 
-    def restart_agent_under_probe(self, node: str, src_node: str, dst_node: str, port: int) -> ProbeResult:
+    def restart_agent_under_probe(self, node: str, src_node: str, dst_node: str, port: int,
+                                  timeout: float = 30.0) -> ProbeResult:
         """Restart `node`'s agent (SIGTERM, start) while a 10 ms probe runs from a pod on `src_node` to a
-        pod on `dst_node`; the probe stops 0.5 s after the new agent reports ready."""
+        pod on `dst_node`; the probe stops 0.5 s after the new agent reports ready (within `timeout` s)."""
         src, dst = self.cl.nodes[src_node].pods[0], self.cl.nodes[dst_node].pods[0]
         agent = self.agents[node]
         with ContinuousProbe(src.netns, dst.netns, dst.ip, port=port, name=f"restart-{port}") as probe:
-            if not probe.wait_first_reply():
+            if not probe.wait_first_reply(10.0 * self.patience):
                 raise ConvergenceError(f"probe {src.name} -> {dst.name} never answered")
             time.sleep(0.3)
             agent.restart()
-            self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=30)
+            self.wait_for(f"agent on {node} ready again", lambda: self.agent_ready(node)[0], timeout=timeout)
             time.sleep(0.5)
             return probe.stop()
 
@@ -712,6 +725,8 @@ class RavenCluster:
     def _raise_if_agents_exited(self) -> None:
         """An agent that exited will not come back by waiting: say so at once, with its last words
         (checked in every phase, so a start with a broken agent fails fast whatever else is slow)."""
+        if self.controllers and not any(p.alive() for p in self.controllers):  # nothing will ever elect
+            raise ConvergenceError(f"every controller exited; controller-0: {self.controllers[0].logs()[-1500:]}")
         dead = {n: p.returncode() for n, p in self.agents.items() if not p.alive()}
         if dead:
             name = sorted(dead)[0]
@@ -780,6 +795,30 @@ class RavenCluster:
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
+
+
+def _http_get_on_thread(netns: str, url: str, timeout: float) -> tuple[int, str]:
+    """`RavenCluster.http_get` without a new interpreter: a thread of this process moves into `netns` (a thread's
+    sockets are made in its namespace, as the API server's thread does) and GETs `url`."""
+    import urllib.error
+    import urllib.request
+
+    result: list[tuple[int, str]] = [(0, "")]
+
+    def get() -> None:
+        try:
+            netlab._setns(netlab.NETNS_DIR / netns)
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                result[0] = (int(r.status), r.read().decode(errors="replace"))
+        except urllib.error.HTTPError as e:
+            result[0] = (int(e.code), e.read().decode(errors="replace"))
+        except OSError as e:
+            result[0] = (0, str(e))
+
+    thread = threading.Thread(target=get, name=f"http-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return result[0]
 
 
 def _decode(value: Any) -> Any:

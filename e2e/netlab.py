@@ -482,9 +482,16 @@ class Netns:
     # -- strongSwan
 
     def start_charon(
-        self, run_dir: Path | None = None, extra_conf: str = "", port: int = 500, port_nat_t: int = 4500
+        self, run_dir: Path | None = None, extra_conf: str = "", port: int = 500, port_nat_t: int = 4500,
+        backend: str = "libipsec",
     ) -> Charon:
-        """Start a charon in this namespace (see the module docstring); waits until VICI answers."""
+        """Start a charon in this namespace (see the module docstring); waits until VICI answers.
+
+        `backend`: ``libipsec`` (the lab's conf: userspace ESP, for kernels without ESP) or ``kernel`` (the
+        strongswan.conf the DaemonSet ships, `production_charon_conf`: ESP in the kernel's xfrm, for the VM tier
+        of e2e/vm.py; `extra_conf`, `port` and `port_nat_t` do not apply to it)."""
+        if backend not in CHARON_BACKENDS:
+            raise ValueError(f"unknown charon backend {backend!r}: want one of {CHARON_BACKENDS}")
         if self.charon is not None and self.charon.process.alive():
             raise LabError(f"charon already running in {self.name}")
         cdir = run_dir if run_dir is not None else self.run_dir
@@ -494,13 +501,39 @@ class Netns:
             raise LabError(f"VICI socket path too long for AF_UNIX: {vici_socket}")
         with contextlib.suppress(FileNotFoundError):
             vici_socket.unlink()
-        conf = charon_conf(vici_socket, cdir / "charon.log", extra_conf, port=port, port_nat_t=port_nat_t)
+        if backend == "kernel":
+            conf = production_charon_conf(vici_socket)
+        else:
+            conf = charon_conf(vici_socket, cdir / "charon.log", extra_conf, port=port, port_nat_t=port_nat_t)
         etc = ETC_NETNS / self.name
         etc.mkdir(parents=True, exist_ok=True)
         conf_path = etc / "strongswan.conf"
         conf_path.write_text(conf)
         self.charon = Charon(self, cdir, conf_path)
         return self.charon
+
+
+# What `Netns.start_charon(backend=...)` accepts.
+CHARON_BACKENDS = ("libipsec", "kernel")
+# The DaemonSet's charon configuration (ConfigMap raven-charon-config) and the VICI socket path in it.
+AGENT_CONFIG_MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "03-agent-config.yaml"
+SHIPPED_VICI_SOCKET = "unix:///var/run/raven/charon.vici"
+
+
+def production_charon_conf(vici_socket: Path, manifest: Path = AGENT_CONFIG_MANIFEST) -> str:
+    """The strongswan.conf the DaemonSet ships (manifests/03-agent-config.yaml), with one change: the VICI
+    socket is the lab's (the pod's shared /var/run/raven would sit in charon's private /run tmpfs here).
+    No plugin list, no libipsec: charon loads its default plugins, kernel-netlink does ESP in the kernel,
+    and it logs to stderr (``charon.err.log``), exactly as in the charon container."""
+    import yaml  # local: only the kernel tier needs it
+
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap" and "strongswan.conf" in (doc.get("data") or {}):
+            conf = str(doc["data"]["strongswan.conf"])
+            if SHIPPED_VICI_SOCKET not in conf:
+                raise LabError(f"{manifest}: the shipped strongswan.conf has no {SHIPPED_VICI_SOCKET}")
+            return conf.replace(SHIPPED_VICI_SOCKET, f"unix://{vici_socket}")
+    raise LabError(f"{manifest}: no ConfigMap with a strongswan.conf")
 
 
 def charon_conf(

@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -76,7 +77,10 @@ def ping(src: Netns, dst_ip: str, count: int = 3, interval: float = 0.2, wait: f
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
     if src_ip:
         argv += ["-I", src_ip]
-    out = src.run([*argv, dst_ip], check=False, timeout=count * (interval + wait) + 10).stdout
+    try:
+        out = src.run([*argv, dst_ip], check=False, timeout=count * (interval + wait) + 10).stdout
+    except subprocess.TimeoutExpired:  # a ping that cannot even finish (a starved VM) answered nothing
+        return PingResult(src.name, dst_ip, count, 0, None, None)
     return parse_ping(src.name, dst_ip, out)
 
 

@@ -424,10 +424,10 @@ class Cluster:
         )
         return proc
 
-    def start_charons(self, nodes: Sequence[str] | None = None) -> dict[str, Charon]:
+    def start_charons(self, nodes: Sequence[str] | None = None, backend: str = "libipsec") -> dict[str, Charon]:
         """One charon per node (all nodes by default); each node's VICI socket is
-        ``cluster.nodes[name].netns.charon.vici_socket``."""
-        return {n: self.nodes[n].netns.start_charon() for n in (nodes or list(self.nodes))}
+        ``cluster.nodes[name].netns.charon.vici_socket``. `backend`: see `Netns.start_charon`."""
+        return {n: self.nodes[n].netns.start_charon(backend=backend) for n in (nodes or list(self.nodes))}
 
     def close(self, keep_logs: bool = False) -> None:
         for proc in self._delays.values():

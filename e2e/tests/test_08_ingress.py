@@ -78,11 +78,11 @@ while True:
 
 
 class Listener:
-    def __init__(self, rc: RavenCluster, pod: str) -> None:
+    def __init__(self, rc: RavenCluster, pod: str, timeout: float = 10.0) -> None:
         self.proc: Process = rc.cl.pods[pod].netns.popen(
             [sys.executable, "-c", _LISTENER, str(PORT)], name=f"ingress-listener-{secrets.token_hex(2)}"
         )
-        rc.wait_for(f"listener in {pod}", lambda: "ready" in self.output(), timeout=10)
+        rc.wait_for(f"listener in {pod}", lambda: "ready" in self.output(), timeout=timeout)
 
     def output(self) -> str:
         return self.proc.stdout_path.read_text(errors="replace") if self.proc.stdout_path.exists() else ""
