@@ -1,0 +1,162 @@
+"""NAT traversal wired into the agent (raven/agent/natpunch.py, `plan(punch=...)`, `Router.extra_direct`): two NAT'd
+pools whose mappings the controller published punch towards each other at both ends, beside the relay; the pair
+is routed direct only once the punch tunnel is verified (SA up and probe up), relayed before, back to the relay
+as soon as the probe goes down; a symmetric / symmetric pair never punches."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+
+from raven.agent.natpunch import NatPuncher
+from raven.agent.plan import PlanConfig, PlanResult, plan
+from raven.agent.routes import Router, RouterSettings
+from raven.api.gateway import Gateway
+from raven.dataplane.ipsec import TunnelState
+from raven.nattraversal.core import ADM, EIM, NatBehaviour, PunchTarget, Sighting, infer, to_config
+from tests.unit.plan_cluster import JSON, cluster_json, nodes, parse
+
+CFG = PlanConfig()
+T0 = datetime(2026, 12, 2, 6, 0, 0, tzinfo=UTC).timestamp()
+NOW = T0 + 3  # inside attempt 0: [ceil(T0 + 2), +10 s)
+MAPPED = {"gw-edge-a": ("198.51.100.1", 4500), "gw-edge-b": ("198.51.100.2", 4600)}
+ACTIVE = {"gw-edge-a": "edge-a-1", "gw-edge-b": "edge-b-1"}
+EDGE_B_SUBNETS = ("10.246.0.0/24", "10.246.1.0/24")
+
+
+def published_cluster(behaviour: dict[str, NatBehaviour] | None = None) -> list[Gateway]:
+    """The reference cluster with the controller's inference in each NAT'd Gateway's active endpoint config, as
+    two reachable observers (gw-cloud, gw-dc) saw it: the same port (EIM) or two ports (ADM)."""
+    objs: dict[str, JSON] = copy.deepcopy(cluster_json())
+    for gw, (address, port) in MAPPED.items():
+        kind = (behaviour or {}).get(gw, EIM)
+        seen = [Sighting("gw-cloud", gw, ACTIVE[gw], address, port, T0),
+                Sighting("gw-dc", gw, ACTIVE[gw], address, port if kind == EIM else port + 7, T0)]
+        inference = infer(gw, ACTIVE[gw], seen)
+        assert inference.behaviour == kind
+        objs[gw]["status"]["activeEndpoints"][0]["config"] = to_config(inference)
+    return parse(objs)
+
+
+def tunnel(name: str) -> TunnelState:
+    return TunnelState(name, "ESTABLISHED", 1, "198.51.100.9", 4500, "INSTALLED", 2, 0, 0, 0, 0, True)
+
+
+def inner_of(gws: list[Gateway], node: str) -> str:
+    return next(link.local for link in plan(gws, nodes(), node, CFG).state.links if link.name == "raven1")
+
+
+def evaluate(gws: list[Gateway], gateway: str, sa_up: tuple[str, ...] = (), probe: str | None = None,
+             puncher: NatPuncher | None = None, now: float = NOW) -> NatPuncher:
+    p = puncher if puncher is not None else NatPuncher(CFG.tunnel_cidr)
+    p.observe([], [tunnel(n) for n in sa_up])
+    p.evaluate(gateway, gws, lambda _inner: probe, now)
+    return p
+
+
+def routed_via(result: PlanResult, subnets: tuple[str, ...]) -> set[str | None]:
+    return {r.gateway for r in result.state.routes if r.dst in subnets and r.table == CFG.table}
+
+
+def test_both_ends_punch_towards_each_others_published_mapping_beside_the_relay() -> None:
+    gws = published_cluster()
+    inner = {n: inner_of(gws, n) for n in ("edge-a-1", "edge-b-1", "cloud-1")}
+    for me, node, peer, peer_node in (("gw-edge-a", "edge-a-1", "gw-edge-b", "edge-b-1"),
+                                      ("gw-edge-b", "edge-b-1", "gw-edge-a", "edge-a-1")):
+        puncher = evaluate(gws, me)
+        assert puncher.punch == (PunchTarget(peer, peer_node, *MAPPED[peer], 0),)
+        assert puncher.direct_links == frozenset()  # nothing verified yet
+        without = plan(gws, nodes(), node, CFG)
+        result = plan(gws, nodes(), node, CFG, punch=puncher.punch)
+        conns = {c.name: c for c in result.state.ipsec}
+        direct = conns[f"raven-{peer}"]
+        assert direct.initiator  # at both ends: simultaneous initiation
+        assert direct.remote_addrs == (MAPPED[peer][0],) and direct.remote_port == MAPPED[peer][1]
+        assert direct.remote_ts == f"{inner[peer_node]}/32"
+        # The relay's tunnel is exactly as without punching, and the routes still go through it.
+        assert conns["raven-gw-cloud"] == {c.name: c for c in without.state.ipsec}["raven-gw-cloud"]
+        assert routed_via(result, EDGE_B_SUBNETS if peer == "gw-edge-b" else ("10.245.0.0/24",)) == {
+            inner["cloud-1"]}
+        # A peer probe through the punched tunnel (the evidence for `verified`), and the ingress filter lets the
+        # peer send its own subnets directly (the far end may move first).
+        assert any(t.kind == "peer" and t.gateway == peer and t.address == inner[peer_node] for t in result.probes)
+        assert result.state.ingress is not None
+        allowed = {p.outer: set(p.sources) for p in result.state.ingress.tunnel}
+        assert inner[peer_node] in allowed
+        if peer == "gw-edge-b":
+            assert set(EDGE_B_SUBNETS) <= allowed[inner[peer_node]]
+        assert not any("nat traversal" in p for p in result.problems)
+
+
+def test_verified_pair_is_routed_direct_unverified_stays_relayed_and_a_probe_down_goes_back() -> None:
+    gws = published_cluster()
+    edge_b, cloud = inner_of(gws, "edge-b-1"), inner_of(gws, "cloud-1")
+    router = Router(RouterSettings(tunnel_cidr=CFG.tunnel_cidr))
+
+    def route(puncher: NatPuncher, now: float) -> PlanResult:
+        router.extra_direct = puncher.direct_links
+        router.update("gw-edge-a", gws, [], now)
+        return plan(gws, nodes(), "edge-a-1", CFG, routing=router.choice, punch=puncher.punch)
+
+    # Punching, SA up but the probe not up yet: not verified, relayed.
+    puncher = evaluate(gws, "gw-edge-a", sa_up=("raven-gw-cloud", "raven-gw-edge-b"), probe="unknown")
+    assert puncher.direct_links == frozenset()
+    assert routed_via(route(puncher, NOW), EDGE_B_SUBNETS) == {cloud}
+    # SA up and probe up: verified, a direct link for routing, which takes it (no measurements: one hop wins).
+    evaluate(gws, "gw-edge-a", sa_up=("raven-gw-cloud", "raven-gw-edge-b"), probe="up", puncher=puncher,
+             now=NOW + 1)
+    assert puncher.direct_links == frozenset({("gw-edge-a", "gw-edge-b")})
+    fresh = Router(RouterSettings(tunnel_cidr=CFG.tunnel_cidr))
+    fresh.extra_direct = puncher.direct_links
+    fresh.update("gw-edge-a", gws, [], NOW + 1)
+    direct = plan(gws, nodes(), "edge-a-1", CFG, routing=fresh.choice, punch=puncher.punch)
+    assert routed_via(direct, EDGE_B_SUBNETS) == {edge_b}
+    assert not any("routing:" in p for p in direct.problems)
+    # The plan accepts the direct next hop only with the punch connection planned.
+    no_punch = plan(gws, nodes(), "edge-a-1", CFG, routing=fresh.choice)
+    assert routed_via(no_punch, EDGE_B_SUBNETS) == {cloud}
+    # The probe goes down: out of direct_links at once, and the router moves back to the relay at once.
+    router = fresh
+    evaluate(gws, "gw-edge-a", sa_up=("raven-gw-cloud", "raven-gw-edge-b"), probe="down", puncher=puncher,
+             now=NOW + 30)
+    assert puncher.direct_links == frozenset()
+    assert routed_via(route(puncher, NOW + 30), EDGE_B_SUBNETS) == {cloud}
+    assert [t.peer for t in puncher.punch] == ["gw-edge-b"]  # re-punched at once
+
+
+def test_the_sa_alone_is_not_verification() -> None:
+    gws = published_cluster()
+    puncher = evaluate(gws, "gw-edge-a", sa_up=("raven-gw-cloud",), probe="up")  # no SA of the punch tunnel
+    assert puncher.direct_links == frozenset() and puncher.punch
+
+
+def test_symmetric_pair_never_punches_and_stays_relayed() -> None:
+    gws = published_cluster({"gw-edge-a": ADM, "gw-edge-b": ADM})
+    puncher = evaluate(gws, "gw-edge-a")
+    assert puncher.punch == () and puncher.plan.next_check is None
+    assert "address-dependent" in puncher.plan.decisions[0].reason
+    result = plan(gws, nodes(), "edge-a-1", CFG, punch=puncher.punch)
+    assert "raven-gw-edge-b" not in {c.name for c in result.state.ipsec}
+
+
+def test_an_attempt_ends_without_verification_and_the_connection_goes() -> None:
+    gws = published_cluster()
+    puncher = evaluate(gws, "gw-edge-a")
+    assert puncher.punch and puncher.plan.next_check is not None
+    end = puncher.plan.next_check
+    evaluate(gws, "gw-edge-a", puncher=puncher, now=end)
+    assert puncher.punch == () and puncher.plan.next_check is not None and puncher.plan.next_check > end
+
+
+def test_a_punch_target_the_topology_connects_directly_is_ignored_and_reported() -> None:
+    gws = published_cluster()
+    result = plan(gws, nodes(), "edge-a-1", CFG, punch=(PunchTarget("gw-dc", "dc-1", "198.51.100.3", 4500, 0),))
+    assert any("punch target gw-dc is not a relayed" in p for p in result.problems)
+    assert {c.name: c for c in result.state.ipsec}["raven-gw-dc"] == {
+        c.name: c for c in plan(gws, nodes(), "edge-a-1", CFG).state.ipsec}["raven-gw-dc"]
+
+
+def test_a_member_plans_nothing_of_it() -> None:
+    gws = published_cluster()
+    target = PunchTarget("gw-edge-b", "edge-b-1", *MAPPED["gw-edge-b"], 0)
+    assert plan(gws, nodes(), "edge-a-2", CFG, punch=(target,)) == plan(gws, nodes(), "edge-a-2", CFG)
