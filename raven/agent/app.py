@@ -29,7 +29,7 @@ from raven.agent.inputs import PlanInputs
 from raven.agent.kubeproxy import findings as kube_proxy_findings
 from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
-from raven.agent.natpunch import NatLoop, NatPuncher
+from raven.agent.natpunch import SA_UP, NatLoop, NatPuncher
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
 from raven.agent.reconciler import AgentMetrics, Reconciler, VpnDriver
 from raven.agent.routes import Router, RouterSettings, RoutingMetrics
@@ -344,10 +344,6 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key
     return monitor, writer
 
 
-# CHILD_SA states that carry traffic (REKEYED: the old SA during a rekey, still installed).
-_SA_UP = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
-
-
 def tunnel_evidence(vpn: VpnDriver, monitor: PathMonitor | None) -> Verify:
     """Make-before-break's evidence (raven.agent.staging): a tunnel is verified when its SA is up (charon's
     CHILD_SA installed, WireGuard's handshake fresh) and the path-health probe through it is `up` (the SA alone
@@ -358,7 +354,7 @@ def tunnel_evidence(vpn: VpnDriver, monitor: PathMonitor | None) -> Verify:
             states = await vpn.states()
         except DriverUnavailable:
             states = []  # no daemon, no SA: every tunnel is broken, the plan is applied as it is
-        up = {t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in _SA_UP}
+        up = {t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in SA_UP}
         verified, broken = set(), set()
         for hop, name in names.items():
             probe = monitor.state_of("peer", hop) if monitor is not None else None

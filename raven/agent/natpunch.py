@@ -35,7 +35,8 @@ from raven.nattraversal.core import NatPlan, PairState, PunchSchedule, PunchTarg
 
 log = logging.getLogger(__name__)
 
-# CHILD_SA states that carry traffic (as in raven.agent.app's make-before-break evidence).
+# CHILD_SA states that carry traffic (REKEYED: the old SA during a rekey, still installed); make-before-break's
+# evidence (raven.agent.app.tunnel_evidence) uses the same.
 SA_UP = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
 
 # The state of a `peer` probe by the peer's inner address (None: not probed).
