@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
+from typing import Any
 
-from raven.agent.natpunch import NatPuncher
+from prometheus_client import CollectorRegistry
+
+from raven.agent.app import UnderlayFollower, plan_with_underlay
+from raven.agent.inputs import PlanInputs
+from raven.agent.natpunch import NatLoop, NatPuncher
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.agent.routes import Router, RouterSettings
 from raven.api.gateway import Gateway
+from raven.api.node import Node
+from raven.config import AgentConfig, CommonConfig, ListenAddr
 from raven.dataplane.ipsec import TunnelState
+from raven.kube.client import GATEWAYS, NODES, KubeClient
+from raven.kube.informer import Informer
+from raven.kube.typed import TypedInformer
 from raven.nattraversal.core import ADM, EIM, NatBehaviour, PunchTarget, Sighting, infer, to_config
 from tests.unit.plan_cluster import JSON, cluster_json, nodes, parse
 
@@ -25,6 +35,10 @@ EDGE_B_SUBNETS = ("10.246.0.0/24", "10.246.1.0/24")
 
 
 def published_cluster(behaviour: dict[str, NatBehaviour] | None = None) -> list[Gateway]:
+    return parse(published_json(behaviour))
+
+
+def published_json(behaviour: dict[str, NatBehaviour] | None = None) -> dict[str, JSON]:
     """The reference cluster with the controller's inference in each NAT'd Gateway's active endpoint config, as
     two reachable observers (gw-cloud, gw-dc) saw it: the same port (EIM) or two ports (ADM)."""
     objs: dict[str, JSON] = copy.deepcopy(cluster_json())
@@ -35,7 +49,7 @@ def published_cluster(behaviour: dict[str, NatBehaviour] | None = None) -> list[
         inference = infer(gw, ACTIVE[gw], seen)
         assert inference.behaviour == kind
         objs[gw]["status"]["activeEndpoints"][0]["config"] = to_config(inference)
-    return parse(objs)
+    return objs
 
 
 def tunnel(name: str) -> TunnelState:
@@ -160,3 +174,38 @@ def test_a_member_plans_nothing_of_it() -> None:
     gws = published_cluster()
     target = PunchTarget("gw-edge-b", "edge-b-1", *MAPPED["gw-edge-b"], 0)
     assert plan(gws, nodes(), "edge-a-2", CFG, punch=(target,)) == plan(gws, nodes(), "edge-a-2", CFG)
+
+
+async def test_the_agent_wiring_plans_the_punch_and_reports_verification_from_the_driver_states() -> None:
+    """PlanInputs + NatLoop + plan_with_underlay as agent_main joins them: the loop's targets reach the plan, the
+    driver's states (as the reconciler hands them over) and the probe state make the pair verified."""
+    client: Any = object.__new__(KubeClient)  # never used: only the caches are read
+    registry = CollectorRegistry()
+    gateways = TypedInformer(Informer(client, GATEWAYS, "gateways", registry), Gateway.from_dict)
+    node_cache = TypedInformer(Informer(client, NODES, "nodes", registry), Node.from_dict)
+    for obj in published_json().values():
+        gateways.store(obj)
+    inputs = PlanInputs("edge-a-1", gateways, node_cache)
+    common = CommonConfig(kubeconfig=None, health_addr=ListenAddr("", 0), metrics_addr=ListenAddr("", 0))
+    cfg = AgentConfig(common=common, node_name="edge-a-1", psk="0123456789abcdef0123", nat_traversal=True)
+    puncher = NatPuncher(cfg.tunnel_cidr)
+    probes: dict[str, str] = {}
+    changes: list[int] = []
+    loop = NatLoop(puncher, inputs, probes.get, lambda: changes.append(1), clock=lambda: NOW)
+
+    def punch() -> tuple[PunchTarget, ...]:
+        return puncher.punch
+
+    plan_fn = loop.wrap(plan_with_underlay(cfg, inputs, UnderlayFollower(tunnel_and_paths=False), punch=punch))
+    first = await plan_fn()
+    assert first.role == "gateway" and loop.dirty.is_set()  # became a gateway: evaluate
+    assert "raven-gw-edge-b" not in {c.name for c in first.state.ipsec}
+    assert loop.step()
+    second = await plan_fn()
+    assert {c.name: c for c in second.state.ipsec}["raven-gw-edge-b"].remote_port == MAPPED["gw-edge-b"][1]
+    edge_b = inner_of(published_cluster(), "edge-b-1")
+    loop.dirty.clear()
+    loop.on_states(second.state.ipsec, [tunnel("raven-gw-cloud"), tunnel("raven-gw-edge-b")])
+    assert loop.dirty.is_set() and not loop.step()  # SA up, probe not up yet: nothing changes
+    probes[edge_b] = "up"
+    assert loop.step() and puncher.direct_links == frozenset({("gw-edge-a", "gw-edge-b")})
