@@ -32,6 +32,7 @@ from raven.dataplane.ipsec import TunnelState
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection
 from raven.log import kv
 from raven.nattraversal.core import NatPlan, PairState, PunchSchedule, PunchTarget, plan, published
+from raven.routing.choice import RouteChoice
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,27 @@ class NatPuncher:
         for a, b in sorted(before.direct_links - self.plan.direct_links):
             log.warning("nat direct lost", extra=kv(gateway=gateway, peer=b if a == gateway else a,
                                                     reason="probe or SA down: back to the relay"))
+
+
+def held_targets(gateway: str | None, gateways: Sequence[Gateway], routing: RouteChoice | None,
+                 tunnel_cidr: str) -> tuple[PunchTarget, ...]:
+    """The punch targets an agent holds for the pairs its published route choice (`routing`) sends direct although
+    the topology relays them: verified pairs keep their connection, towards the peer's published mapping. For
+    `raven diagnose`, which plans as the agent does without its memory (a pair in an attempt is not known)."""
+    if gateway is None or routing is None:
+        return ()
+    topology = build_topology(gateways, tunnel_cidr)
+    if gateway not in topology.gateways or not topology.gateways[gateway].active:
+        return ()
+    inferences = published(gateways)
+    out: list[PunchTarget] = []
+    for dst, hop in routing.next_hops:
+        peer = inferences.get(dst)
+        if hop != dst or dst not in topology.gateways or topology.path(gateway, dst).kind != "relay" or peer is None \
+                or peer.address is None or peer.port is None:
+            continue
+        out.append(PunchTarget(dst, peer.node, peer.address, peer.port, 0))
+    return tuple(out)
 
 
 class NatLoop:

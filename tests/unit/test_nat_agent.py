@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from raven.agent.app import UnderlayFollower, plan_with_underlay
 from raven.agent.inputs import PlanInputs
-from raven.agent.natpunch import NatLoop, NatPuncher
+from raven.agent.natpunch import NatLoop, NatPuncher, held_targets
 from raven.agent.plan import PlanConfig, PlanResult, plan
 from raven.agent.routes import Router, RouterSettings
 from raven.api.gateway import Gateway
@@ -24,6 +24,7 @@ from raven.kube.client import GATEWAYS, NODES, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedInformer
 from raven.nattraversal.core import ADM, EIM, NatBehaviour, PunchTarget, Sighting, infer, to_config
+from raven.routing.choice import RouteChoice
 from tests.unit.plan_cluster import JSON, cluster_json, nodes, parse
 
 CFG = PlanConfig()
@@ -209,3 +210,15 @@ async def test_the_agent_wiring_plans_the_punch_and_reports_verification_from_th
     assert loop.dirty.is_set() and not loop.step()  # SA up, probe not up yet: nothing changes
     probes[edge_b] = "up"
     assert loop.step() and puncher.direct_links == frozenset({("gw-edge-a", "gw-edge-b")})
+
+
+def test_diagnose_plans_the_connection_of_a_punched_pair_its_agent_routes_direct() -> None:
+    """`raven diagnose` has no NatPuncher memory: a pair the published paths route direct although the topology
+    relays it is a verified punched pair, planned towards the peer's published mapping (so it reads as no drift)."""
+    gws = published_cluster()
+    choice = RouteChoice.of({"gw-edge-b": "gw-edge-b", "gw-cloud": "gw-cloud", "gw-dc": "gw-dc"})
+    targets = held_targets("gw-edge-a", gws, choice, CFG.tunnel_cidr)
+    assert targets == (PunchTarget("gw-edge-b", "edge-b-1", *MAPPED["gw-edge-b"], 0),)
+    assert held_targets("gw-edge-a", gws, RouteChoice.of({"gw-edge-b": "gw-cloud"}), CFG.tunnel_cidr) == ()
+    result = plan(gws, nodes(), "edge-a-1", CFG, routing=choice, punch=targets)
+    assert routed_via(result, EDGE_B_SUBNETS) == {inner_of(gws, "edge-b-1")} and not result.problems
