@@ -8,7 +8,7 @@ The edge routers are port-preserving MASQUERADE (the lab's `nat: true`) plus the
 only: without it the first punch packet is accepted by the peer's router itself and the mappings never meet
 (docs/architecture.md, "NAT traversal", findings).
 
-Its own four-pool cluster, one node per pool (prefix ``<session prefix>n``), removed at the end of the module."""
+Its own four-pool cluster, one node per pool, removed at the end of the module. Prefix ``<session prefix>a``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .conftest import MEASUREMENTS
 from .conftest import PREFIX as SESSION_PREFIX
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-PREFIX = f"{SESSION_PREFIX}n"
+PREFIX = f"{SESSION_PREFIX}a"  # its own cluster (rvea by default)
 POOLS = ("cloud", "edge-a", "edge-b", "edge-pub")
 NAT_POOLS = ("edge-a", "edge-b")
 DIRECT_WITHIN_S = 30.0  # from the relayed pair's first answer to both gateways routing it direct (generous)
