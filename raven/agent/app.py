@@ -552,10 +552,23 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 def peer_probe(inner: str) -> str | None:
                     return nat_monitor.state_of("peer", inner)
 
+                nat_writer = health[1]
+                published_links: frozenset[tuple[str, str]] = frozenset()
+
                 def on_nat() -> None:
-                    nat_router.extra_direct = puncher.direct_links if puncher is not None else frozenset()
+                    nonlocal published_links
+                    links = puncher.direct_links if puncher is not None else frozenset()
+                    nat_router.extra_direct = links
                     nat_routing.mark()
+                    if links != published_links:  # a verified pair's probe is published from now on (or no more)
+                        published_links = links
+                        nat_writer.mark_dirty()
                     reconciler.trigger("nat-traversal")
+
+                def attempt(target: ProbeTarget) -> bool:
+                    return target.kind == "peer" and puncher is not None and puncher.attempting(target.gateway)
+
+                nat_monitor.quiet = attempt
 
                 nat = NatLoop(puncher, inputs, peer_probe, on_nat)
                 plan_fn = nat.wrap(plan_fn)

@@ -66,6 +66,13 @@ class NatPuncher:
     def direct_links(self) -> frozenset[tuple[str, str]]:
         return self.plan.direct_links
 
+    def attempting(self, peer: str) -> bool:
+        """A punch towards `peer` is held but not verified: its probe is kept out of the PathReport (an attempt is
+        no tunnel: its losses are no evidence for the controller's health rules, nor worth a write)."""
+        if self.gateway is None or not any(t.peer == peer for t in self.plan.punch):
+            return False
+        return (min(self.gateway, peer), max(self.gateway, peer)) not in self.plan.direct_links
+
     def observe(self, conns: Iterable[IPsecConnection], states: Sequence[TunnelState]) -> bool:
         """The reconciler's read of the driver's states; whether the set of SAs that are up changed."""
         up = frozenset(t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in SA_UP)

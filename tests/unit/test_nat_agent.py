@@ -222,3 +222,33 @@ def test_diagnose_plans_the_connection_of_a_punched_pair_its_agent_routes_direct
     assert held_targets("gw-edge-a", gws, RouteChoice.of({"gw-edge-b": "gw-cloud"}), CFG.tunnel_cidr) == ()
     result = plan(gws, nodes(), "edge-a-1", CFG, routing=choice, punch=targets)
     assert routed_via(result, EDGE_B_SUBNETS) == {inner_of(gws, "edge-b-1")} and not result.problems
+
+
+async def test_a_punch_attempts_probe_stays_out_of_the_report_until_verified() -> None:
+    """A punch attempt is no tunnel: its `peer` probe is probed (the evidence) but neither published nor a reason
+    to write, so its losses never reach the controller's health rules; once verified it is published."""
+    from raven.pathhealth.core import HealthParams
+    from raven.pathhealth.monitor import PathMonitor
+    from raven.pathhealth.report import ReportWriter, WritePolicy
+    from raven.pathhealth.targets import ProbeTarget
+    from tests.unit.test_pathhealth_report import MemoryStore
+
+    relay = ProbeTarget("peer", "gw-cloud", "cloud-1", "241.0.0.1", "241.0.0.3")
+    punched = ProbeTarget("peer", "gw-edge-b", "edge-b-1", "241.0.0.1", "241.0.0.2")
+    mon, store = PathMonitor("edge-a-1", HealthParams(), interval=0.2, timeout=0.5), MemoryStore()
+    writer = ReportWriter("edge-a-1", store, WritePolicy(min_interval=0.01, heartbeat=60.0), mon.status)
+    mon.writer = writer
+    mon.resume_from(await writer.load())
+    verified = False
+    mon.quiet = lambda t: t.gateway == "gw-edge-b" and not verified
+    mon.update_plan("gateway", "gw-edge-a", (relay,))
+    writer._dirty.clear()
+    mon.update_plan("gateway", "gw-edge-a", (relay, punched))
+    assert not writer._dirty.is_set()  # the attempt's target alone is no change of the report
+    for _ in range(3):
+        mon._on_outcome(punched.key, None, 0.0)
+    assert mon.state_of("peer", punched.address) in ("unknown", "down")  # probed all the same
+    assert not writer._dirty.is_set()
+    assert [t.gateway for t in mon.status(T0).targets] == ["gw-cloud"]
+    verified = True
+    assert sorted(t.gateway for t in mon.status(T0).targets) == ["gw-cloud", "gw-edge-b"]
