@@ -56,6 +56,7 @@ class NatPuncher:
         self.states: dict[str, PairState] = {}
         self.plan = NatPlan()
         self.sa_up: frozenset[str] = frozenset()  # connection names whose SA carries traffic
+        self.relayed: frozenset[str] = frozenset()  # the peers the topology relays (the last evaluation's)
         self.evaluations = 0
 
     @property
@@ -67,9 +68,10 @@ class NatPuncher:
         return self.plan.direct_links
 
     def attempting(self, peer: str) -> bool:
-        """A punch towards `peer` is held but not verified: its probe is kept out of the PathReport (an attempt is
-        no tunnel: its losses are no evidence for the controller's health rules, nor worth a write)."""
-        if self.gateway is None or not any(t.peer == peer for t in self.plan.punch):
+        """`peer` is one the topology relays and the pair is not verified direct: a `peer` probe of it can only be a
+        punch attempt's (held now, or just ended), kept out of the PathReport (an attempt is no tunnel: its losses
+        are no evidence for the controller's health rules, nor worth a write)."""
+        if self.gateway is None or peer not in self.relayed:
             return False
         return (min(self.gateway, peer), max(self.gateway, peer)) not in self.plan.direct_links
 
@@ -92,8 +94,10 @@ class NatPuncher:
                 or not topology.gateways[gateway].active:
             self.plan = NatPlan()
             self.states = {}
+            self.relayed = frozenset()
             return self._changed(before)
         nat_peers = [p.dst for p in topology.paths_from(gateway) if p.kind == "relay"]
+        self.relayed = frozenset(nat_peers)
         verified: dict[str, bool] = {}
         for peer in nat_peers:
             inner = topology.gateways[peer].inner

@@ -252,3 +252,17 @@ async def test_a_punch_attempts_probe_stays_out_of_the_report_until_verified() -
     assert [t.gateway for t in mon.status(T0).targets] == ["gw-cloud"]
     verified = True
     assert sorted(t.gateway for t in mon.status(T0).targets) == ["gw-cloud", "gw-edge-b"]
+
+
+def test_a_relayed_peers_probe_is_an_attempt_until_verified_even_between_attempts() -> None:
+    """The target of an attempt that just ended may still be probed until the next plan: it stays quiet too (else
+    every attempt's end would publish it, and cost a write)."""
+    gws = published_cluster()
+    puncher = evaluate(gws, "gw-edge-a")
+    assert puncher.attempting("gw-edge-b") and not puncher.attempting("gw-cloud")
+    end = puncher.plan.next_check
+    assert end is not None
+    evaluate(gws, "gw-edge-a", puncher=puncher, now=end)  # attempt over, not verified
+    assert puncher.punch == () and puncher.attempting("gw-edge-b")
+    evaluate(gws, "gw-edge-a", sa_up=("raven-gw-edge-b",), probe="up", puncher=puncher, now=end + 1)
+    assert not puncher.attempting("gw-edge-b")  # verified: published
