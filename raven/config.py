@@ -505,6 +505,10 @@ class AgentConfig(PlanSettings, SharedHealth):
                                     "Gateways' raven-py.io/link-weight) over the published PathReports: direct, or "
                                     "through the cheapest relay (raven/routing); --no-routing-by-cost: direct, or "
                                     "the top-ranked relay", cluster=True)
+    nat_traversal: bool = setting(False, "NAT'd active gateways punch direct tunnels to their NAT'd peers from the "
+                                  "mappings the controller publishes (raven/agent/natpunch.py); a pair goes direct "
+                                  "once a probe answers through it, else stays relayed. Needs health probes and "
+                                  "routing by cost", cluster=True)
     route_hold_time: float = setting(10.0, "seconds a better path must stay better before traffic moves to it",
                                      check=positive, cluster=True)
     route_min_gain: float = setting(0.2, "least relative gain (of the current path's cost) worth a path change",

@@ -45,6 +45,7 @@ from raven.dataplane import rtnl
 from raven.dataplane.diff import Changes, Observed, diff
 from raven.dataplane.ipsec import CharonUnavailable, TunnelState
 from raven.dataplane.state import VICI_CONN_PREFIX, IPsecConnection, NodeNetwork, Route
+from raven.nattraversal.core import PunchTarget
 from raven.pathhealth.targets import ProbeTarget
 from raven.routing.choice import RouteChoice
 
@@ -482,9 +483,14 @@ async def collect(cfg: AgentConfig, *, probes: bool = True, log_wait: float = 12
         follower, safety = UnderlayFollower(), SafetyNet(client.server_host)
         protected = await safety.protected()
         result = pcfg = None
+        punch: tuple[PunchTarget, ...] = ()
+        if cfg.nat_traversal:  # the punched pairs routed direct keep their connection (raven.agent.natpunch)
+            from raven.agent.natpunch import held_targets
+
+            punch = held_targets(node.gateway, gateways, routing, cfg.tunnel_cidr)
         for _ in range(2):
             pcfg = plan_config(cfg, await follower.follow(node))
-            result = plan(gateways, {node.name: node}, cfg.node_name, pcfg, protected, routing)
+            result = plan(gateways, {node.name: node}, cfg.node_name, pcfg, protected, routing, punch)
             follower.planned(result)
         assert result is not None and pcfg is not None
         if bad:

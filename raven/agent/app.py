@@ -17,7 +17,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from raven.agent.inputs import PlanInputs
 from raven.agent.kubeproxy import findings as kube_proxy_findings
 from raven.agent.kubeproxy import read_policy
 from raven.agent.membership import Membership, membership
+from raven.agent.natpunch import SA_UP, NatLoop, NatPuncher
 from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, node_source
 from raven.agent.reconciler import AgentMetrics, Reconciler, VpnDriver
 from raven.agent.routes import Router, RouterSettings, RoutingMetrics
@@ -41,11 +42,11 @@ from raven.api.pathreport import STALE_AFTER_HEARTBEATS, PathReport, PathReportS
 from raven.config import AgentConfig, carry_plan_settings
 from raven.dataplane import devices, mtu
 from raven.dataplane.ingress import IngressFilterApplier, IngressGuard
-from raven.dataplane.ipsec import Credentials, IPsecDriver
+from raven.dataplane.ipsec import Credentials, IPsecDriver, TunnelState
 from raven.dataplane.kernel import KernelApplier, Ownership
 from raven.dataplane.natrules import read_nat_rules
 from raven.dataplane.probenat import ProbeNatApplier
-from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK
+from raven.dataplane.state import INTER_GATEWAY_LINK, INTRA_POOL_LINK, WIREGUARD_LINK, IPsecConnection
 from raven.dataplane.tunnel import DriverUnavailable
 from raven.dataplane.underlay import Underlay, default_gateways, detect_underlay
 from raven.dataplane.wgkernel import choose_data_plane
@@ -55,6 +56,7 @@ from raven.kube.client import GATEWAYS, NODES, PATHREPORTS, KubeClient
 from raven.kube.informer import Informer
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.log import kv
+from raven.nattraversal.core import PunchTarget
 from raven.nattraversal.observer import EndpointObserver
 from raven.pathhealth.core import HealthParams
 from raven.pathhealth.metrics import ProbeMetrics, TunnelByteMetrics
@@ -277,6 +279,7 @@ class MembershipReport:
 def plan_with_underlay(
     cfg: AgentConfig, inputs: PlanInputs, underlay: UnderlayFollower, safety: SafetyNet | None = None,
     report: MembershipReport | None = None, routing: Callable[[], RouteChoice | None] | None = None,
+    punch: Callable[[], tuple[PunchTarget, ...]] | None = None,
 ) -> Callable[[], Awaitable[PlanResult]]:
     """The reconciler's plan step: follow the underlay and the protected addresses (I/O), then plan from the
     cached inputs (pure) with the current routing choice (`routing`, e.g. `Router.choice`; a make-before-break
@@ -285,7 +288,7 @@ def plan_with_underlay(
     async def plan_fn() -> PlanResult:
         protected = await safety.protected() if safety is not None else ()
         result = inputs.plan(plan_config(cfg, await underlay.follow(inputs.node())), protected,
-                             routing() if routing is not None else None)
+                             routing() if routing is not None else None, punch() if punch is not None else ())
         underlay.planned(result)
         if report is not None:
             report.update(result)
@@ -341,10 +344,6 @@ def path_health(cfg: AgentConfig, client: KubeClient, rt: Runtime, wireguard_key
     return monitor, writer
 
 
-# CHILD_SA states that carry traffic (REKEYED: the old SA during a rekey, still installed).
-_SA_UP = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
-
-
 def tunnel_evidence(vpn: VpnDriver, monitor: PathMonitor | None) -> Verify:
     """Make-before-break's evidence (raven.agent.staging): a tunnel is verified when its SA is up (charon's
     CHILD_SA installed, WireGuard's handshake fresh) and the path-health probe through it is `up` (the SA alone
@@ -355,7 +354,7 @@ def tunnel_evidence(vpn: VpnDriver, monitor: PathMonitor | None) -> Verify:
             states = await vpn.states()
         except DriverUnavailable:
             states = []  # no daemon, no SA: every tunnel is broken, the plan is applied as it is
-        up = {t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in _SA_UP}
+        up = {t.name for t in states if t.ike_state == "ESTABLISHED" and t.child_state in SA_UP}
         verified, broken = set(), set()
         for hop, name in names.items():
             probe = monitor.state_of("peer", hop) if monitor is not None else None
@@ -519,8 +518,16 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             def route_choice() -> RouteChoice | None:
                 return router.choice if router is not None else None
 
+            # NAT traversal needs the probes (its evidence) and routing by cost (what moves the pool).
+            puncher = NatPuncher(cfg.tunnel_cidr) if cfg.nat_traversal and router is not None else None
+            if cfg.nat_traversal and puncher is None:
+                log.warning("nat traversal off", extra=kv(reason="needs --health-probes and --routing-by-cost"))
+
+            def punch_targets() -> tuple[PunchTarget, ...]:
+                return puncher.punch if puncher is not None else ()
+
             plan_fn = plan_with_underlay(cfg, inputs, UnderlayFollower(), SafetyNet(client.server_host), report,
-                                         route_choice)
+                                         route_choice, punch_targets)
             if wg is not None:
                 plan_fn = with_wireguard_mtu(plan_fn, wg)
             observer = EndpointObserver()
@@ -538,6 +545,33 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
 
                 routing = RoutingLoop(router, inputs, reports, on_choice)
                 plan_fn = routing.wrap(plan_fn)
+            nat: NatLoop | None = None
+            if puncher is not None and health is not None and router is not None and routing is not None:
+                nat_router, nat_routing, nat_monitor = router, routing, health[0]
+
+                def peer_probe(inner: str) -> str | None:
+                    return nat_monitor.state_of("peer", inner)
+
+                nat_writer = health[1]
+                published_links: frozenset[tuple[str, str]] = frozenset()
+
+                def on_nat() -> None:
+                    nonlocal published_links
+                    links = puncher.direct_links if puncher is not None else frozenset()
+                    nat_router.extra_direct = links
+                    nat_routing.mark()
+                    if links != published_links:  # a verified pair's probe is published from now on (or no more)
+                        published_links = links
+                        nat_writer.mark_dirty()
+                    reconciler.trigger("nat-traversal")
+
+                def attempt(target: ProbeTarget) -> bool:
+                    return target.kind == "peer" and puncher is not None and puncher.attempting(target.gateway)
+
+                nat_monitor.quiet = attempt
+
+                nat = NatLoop(puncher, inputs, peer_probe, on_nat)
+                plan_fn = nat.wrap(plan_fn)
             # TunnelByteMetrics: the dataplane metrics plus the tunnel byte counters path health reports.
             monitor = health[0] if health is not None else None
             stager = Stager(cfg.path_change_grace, tunnel_evidence(vpn, monitor), StagingMetrics(rt.registry),
@@ -548,8 +582,18 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 stager=stager,
             )
             reconciler.on_states = observer.update
+            if nat is not None:
+                nat_loop = nat
+
+                def on_states(conns: Iterable[IPsecConnection], states: list[TunnelState]) -> None:
+                    observer.update(conns, states)
+                    nat_loop.on_states(conns, states)
+
+                reconciler.on_states = on_states
             if monitor is not None:
                 def on_path_state(target: ProbeTarget, state: str) -> None:
+                    if target.kind == "peer" and nat is not None:
+                        nat.mark()
                     if target.kind == "peer" and stager.last is not None and stager.last.held:
                         reconciler.trigger(f"path-health/{target.gateway}")  # a held path change may go now
 
@@ -580,6 +624,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
                 if routing is not None:
                     routing.mark()
                     watch_reports()
+                if nat is not None:
+                    nat.mark()
                 if publisher is not None:
                     publisher.check()
 
@@ -621,6 +667,8 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             if routing is not None:
                 watch_reports()
                 rt.supervisor.spawn("routing", routing.run())
+            if nat is not None:
+                rt.supervisor.spawn("nat-traversal", nat.run())
             if health is not None:
                 # Probe results are data (logged, metered, published), never readiness: no check registered.
                 rt.supervisor.spawn("path-health", health[0].run(health[1]))

@@ -16,6 +16,7 @@ from raven.agent.plan import PlanConfig, PlanResult, ProtectedAddress, plan
 from raven.api.gateway import Gateway
 from raven.api.node import Node
 from raven.kube.typed import TypedEvent, TypedInformer
+from raven.nattraversal.core import PunchTarget
 from raven.routing.choice import RouteChoice
 
 
@@ -25,7 +26,8 @@ class PlanInputs:
         self._gateways = gateways
         self._nodes = nodes
         self._generation = 0
-        self._planned: tuple[int, PlanConfig, tuple[ProtectedAddress, ...], RouteChoice | None] | None = None
+        self._planned: tuple[int, PlanConfig, tuple[ProtectedAddress, ...], RouteChoice | None,
+                             tuple[PunchTarget, ...]] | None = None
         self._last: PlanResult | None = None
 
     def synced(self) -> bool:
@@ -75,16 +77,17 @@ class PlanInputs:
         return out
 
     def plan(self, cfg: PlanConfig, protected: tuple[ProtectedAddress, ...] = (),
-             routing: RouteChoice | None = None) -> PlanResult:
-        """The plan for the current inputs with `cfg`, the protected addresses and the routing choice: the cached
-        one when none changed."""
-        key = (self._generation, cfg, protected, routing)
+             routing: RouteChoice | None = None, punch: tuple[PunchTarget, ...] = ()) -> PlanResult:
+        """The plan for the current inputs with `cfg`, the protected addresses, the routing choice and NAT
+        traversal's punch targets: the cached one when none changed."""
+        key = (self._generation, cfg, protected, routing, punch)
         if self._last is not None and self._planned == key:
             return self._last
         problems: list[str] = []
         gateways = self._gateway_list(problems)
         me = self.node()
-        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg, protected, routing)
+        result = plan(gateways, {me.name: me} if me is not None else {}, self.node_name, cfg, protected, routing,
+                      punch)
         if problems:
             result = replace(result, problems=problems + result.problems)
         self._last, self._planned = result, key

@@ -32,7 +32,7 @@ import bisect
 import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from raven.agent.addressing import (
@@ -74,6 +74,7 @@ from raven.dataplane.state import (
     Rule,
     VxlanLink,
 )
+from raven.nattraversal.core import PunchTarget
 from raven.pathhealth.targets import ProbeTarget
 from raven.routing.choice import RouteChoice
 
@@ -330,11 +331,15 @@ def plan(
     cfg: PlanConfig,
     protected: Sequence[ProtectedAddress] = (),
     routing: RouteChoice | None = None,
+    punch: Sequence[PunchTarget] = (),
 ) -> PlanResult:
     """This node's desired Raven state; malformed input is skipped and listed in `problems`. `protected`: the
     addresses the agent found at the edge that no route may cover (this node's own is added here). `routing`: the
     gateway's choice of next hop per remote pool (`raven.routing`); None or a pool it does not name: the default
-    path (direct, or the top-ranked relay)."""
+    path (direct, or the top-ranked relay). `punch`: NAT traversal's targets for this gateway
+    (`raven.nattraversal.core.plan`): each relayed peer named gets a direct connection (both ends initiate, towards
+    its mapped address:port) and a `peer` probe beside the relay, and routing may choose it as a direct link; the
+    relay's tunnels stay as they are."""
     node_map = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
     topology = build_topology(gateways, cfg.tunnel_cidr)
     problems = list(topology.problems)
@@ -374,6 +379,9 @@ def plan(
     local_nets = _Ranges(gw.subnets)
     remote: list[tuple[str, str, str]] = []  # (subnet, next gateway name, owning gateway)
     direct_names = {p.dst for p in paths if p.kind == "direct"}
+    # NAT hole punching (gateway only): peers the topology relays, with a direct connection of their own.
+    punched = _punched(topology, paths, punch, problems) if me.name == ep_node.name else {}
+    direct_names |= punched.keys()
     chosen = routing.next_hop_map() if routing is not None else {}
     for p in paths:
         nxt = _next_gateway(topology, p, chosen.get(p.dst), direct_names, problems)
@@ -510,6 +518,19 @@ def plan(
             # WireGuard picks the peer by the packet's destination (allowed IPs: the inner /32): route it in.
             routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
         peer_probes.append(ProbeTarget("peer", peer.name, _node_name(peer), gw.inner, peer.inner))
+    for name, target in sorted(punched.items()):
+        peer = topology.gateways[name]
+        if peer.inner is None:  # cannot happen: `_punched` keeps active gateways only
+            continue
+        peer_mac = mac_from_ipv4(peer.inner)
+        neighbors.add(Neighbor(cfg.inter_gateway_link, peer.inner, peer_mac))
+        fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
+        # Both ends initiate at once towards each other's mapping, from the tunnel port they already use.
+        conn = _connection(gw, me, peer, Path(gw.name, name, "direct", initiator=gw.name), cfg)
+        ipsec.add(replace(conn, remote_addrs=(target.address,), remote_port=target.port))
+        if cfg.tunnel_encapsulation == "wireguard":
+            routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
+        peer_probes.append(ProbeTarget("peer", peer.name, _node_name(peer), gw.inner, peer.inner))
     by_pool: dict[str, list[str]] = {}
     for subnet, nxt, owner in remote:
         by_pool.setdefault(owner, []).append(subnet)
@@ -538,6 +559,10 @@ def plan(
     # towards us may go through them (`routing.relayed`, direct peers with a direct link to that pool only), and
     # their inner address; members from their own pod CIDRs (the return routes) and their overlay address.
     relayed = _relayed_sources(topology, routing, direct_names, by_pool, gw.name)
+    for name in punched:  # the far end may move to the direct path before we do: its own subnets come that way
+        inner = topology.gateways[name].inner
+        if inner is not None and name in by_pool:
+            relayed.setdefault(inner, set()).update(by_pool[name])
     tunnel_peers = [(n.ip, f"{n.ip}/32", n.ip) for n in neighbors if n.ifname == cfg.inter_gateway_link]
     pool_peers = [
         (pn.ip, f"{overlay[pn.name]}/32", str(overlay[pn.name]))
@@ -662,6 +687,23 @@ def _relayed_sources(topology: Topology, routing: RouteChoice | None, direct: se
         if topology.path(relay, dst).kind != "direct":
             continue
         out.setdefault(view.inner, set()).update(by_pool[dst])
+    return out
+
+
+def _punched(topology: Topology, paths: Sequence[Path], punch: Sequence[PunchTarget],
+             problems: list[str]) -> dict[str, PunchTarget]:
+    """The punch targets the plan uses: active peers this gateway has no direct path to (the topology relays
+    them), one target each (the first named)."""
+    relayed = {p.dst for p in paths if p.kind == "relay"}
+    out: dict[str, PunchTarget] = {}
+    for t in punch:
+        view = topology.gateways.get(t.peer)
+        if t.peer in out:
+            continue
+        if t.peer not in relayed or view is None or view.inner is None:
+            problems.append(f"nat traversal: punch target {t.peer} is not a relayed active gateway; ignored")
+            continue
+        out[t.peer] = t
     return out
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from raven.api.pathreport import (
     ROLE_NONE,
@@ -59,6 +60,9 @@ class PathMonitor:
         self._local_gateway = ""  # a member: its gateway's node (its via targets go through it)
         # Called after a target's state changed (the agent re-runs its reconcile: a path change may wait for it).
         self.on_change: Callable[[ProbeTarget, str], None] | None = None
+        # Targets probed but not published (NAT traversal's punch attempts: not a tunnel until verified, so their
+        # losses are no evidence for the controller and no PathReport write); True: keep it out of the report.
+        self.quiet: Callable[[ProbeTarget], bool] | None = None
 
     def state_of(self, kind: str, address: str) -> str | None:
         """The state of the target (kind, address), None when it is not probed."""
@@ -70,7 +74,8 @@ class PathMonitor:
     def update_plan(self, role: Role, gateway: str | None, probes: tuple[ProbeTarget, ...]) -> None:
         now = time.time()
         wanted = {t.key: t for t in probes}
-        changed = (role, gateway or "") != (self.role, self.gateway) or wanted != self.targets
+        changed = (role, gateway or "") != (self.role, self.gateway) or self._reported(wanted) != self._reported(
+            self.targets)
         self.role, self.gateway = role, gateway or ""
         for key in list(self.health):
             if key not in wanted:
@@ -143,7 +148,7 @@ class PathMonitor:
                 previous_since=format_time(from_epoch(old.since))))
             if self.on_change is not None:
                 self.on_change(target, h.state)
-        if self.writer is not None:
+        if self.writer is not None and not self._is_quiet(target):
             worth = self._worth_writing(key, h)
             if worth == "now":
                 # A state change waits for the next probe round: one event (an uplink cut) changes several targets
@@ -154,6 +159,12 @@ class PathMonitor:
                 self.writer.mark_dirty(coalesce=hold if h.state != old.state else 0.0)
             elif worth == "lazy":
                 self.writer.mark_lazy()
+
+    def _is_quiet(self, target: ProbeTarget) -> bool:
+        return self.quiet is not None and self.quiet(target)
+
+    def _reported(self, targets: Mapping[Key, ProbeTarget]) -> dict[Key, ProbeTarget]:
+        return {k: t for k, t in targets.items() if not self._is_quiet(t)}
 
     def _worth_writing(self, key: Key, h: TargetHealth) -> str | None:
         """"now" for a state readers act on, "lazy" for an RTT move alone, None for nothing new."""
@@ -170,6 +181,8 @@ class PathMonitor:
     def status(self, wall_now: float) -> PathReportStatus:
         targets = []
         for key, t in sorted(self.targets.items()):
+            if self._is_quiet(t):
+                continue
             h = self.health.get(key) or initial(wall_now)
             targets.append(Target(kind=t.kind, gateway=t.gateway, node=t.node, address=t.address,
                                   state=h.state, since=from_epoch(h.since),
