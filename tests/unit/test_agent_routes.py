@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
 from raven.agent.plan import PlanConfig, plan
 from raven.agent.routes import Router, RouterSettings, RoutingMetrics, link_weights
-from raven.api.pathreport import PathReport, PathReportStatus, Target
+from raven.api.pathreport import PathReport, PathReportStatus, RoutedPath, Target
 from raven.routing.selector import Hysteresis
 from tests.unit.plan_cluster import cluster_json, nodes, parse
 
@@ -161,3 +162,39 @@ def test_a_relay_moved_away_from_stays_accepted_for_the_hold_time() -> None:
     assert router.pending()
     router.update("gw-edge-a", gws, reports(near_dc, T0 + 21), T0 + 21)
     assert "gw-edge-b" not in router.choice.relayed_by().get("gw-cloud", set())
+
+
+LAN = {("gw-cloud", "gw-edge-a"): 1.0, ("gw-cloud", "gw-edge-b"): 1.2, ("gw-cloud", "gw-dc"): 0.8,
+       ("gw-dc", "gw-edge-a"): 1.1, ("gw-dc", "gw-edge-b"): 0.9}
+
+
+def test_a_lan_like_mesh_opens_no_relay_for_a_direct_pool() -> None:
+    """Every relay within a few ms of the direct link (a LAN, the e2e lab) is no reason to accept a pool's subnets
+    from a relay: the far end uses the direct link as we do (ingress scenario D of e2e/tests/test_08_ingress.py)."""
+    gws = parse(cluster_json())
+    router = Router(SETTINGS)
+    for t in (T0, T0 + 1, T0 + 15):
+        router.update("gw-cloud", gws, reports(LAN, t), t)
+        assert router.choice is not None and router.choice.relayed == ()
+    # The NAT-NAT pair: only the relay of the path in use.
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(LAN, T0), T0)
+    assert router.choice is not None
+    relay = router.choice.next_hop_map()["gw-edge-b"]
+    assert router.choice.relayed_by() == {relay: {"gw-edge-b"}}
+
+
+def test_the_relay_the_far_end_publishes_is_accepted() -> None:
+    """The far end's history may differ (an agent restart took the best path of that moment): the relay its
+    PathReport says it uses towards us is accepted as well."""
+    gws = parse(cluster_json())
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(LAN, T0), T0)
+    assert router.choice is not None
+    mine = router.choice.next_hop_map()["gw-edge-b"]
+    other = "gw-dc" if mine == "gw-cloud" else "gw-cloud"
+    rs = [replace(r, status=replace(r.status, paths=(RoutedPath("gw-edge-a", other, 2.5),)))
+          if r.status.gateway == "gw-edge-b" else r for r in reports(LAN, T0 + 1)]
+    router.update("gw-edge-a", gws, rs, T0 + 1)
+    assert router.choice.next_hop_map()["gw-edge-b"] == mine
+    assert router.choice.relayed_by() == {mine: {"gw-edge-b"}, other: {"gw-edge-b"}}
