@@ -159,6 +159,10 @@ class Router:
                                 datetime.fromtimestamp(int(c.since), UTC))
                      for dst, c in sorted(self.state.items()))
 
+    def vias(self) -> tuple[tuple[str, str], ...]:
+        """The next hop to each pool, without costs: what a change of the published paths is judged by."""
+        return tuple((dst, c.next_hop) for dst, c in sorted(self.state.items()))
+
     def _record(self, before: dict[str, Chosen], changes: list[Change]) -> None:
         m = self.metrics
         if m is None:

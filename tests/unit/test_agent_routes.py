@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import cast
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
+from raven.agent.app import RoutingLoop
+from raven.agent.inputs import PlanInputs
 from raven.agent.plan import PlanConfig, plan
 from raven.agent.routes import Router, RouterSettings, RoutingMetrics, link_weights
 from raven.api.pathreport import PathReport, PathReportStatus, RoutedPath, Target
+from raven.kube.typed import TypedInformer
 from raven.routing.selector import Hysteresis
 from tests.unit.plan_cluster import cluster_json, nodes, parse
 
@@ -198,3 +203,30 @@ def test_the_relay_the_far_end_publishes_is_accepted() -> None:
     router.update("gw-edge-a", gws, rs, T0 + 1)
     assert router.choice.next_hop_map()["gw-edge-b"] == mine
     assert router.choice.relayed_by() == {mine: {"gw-edge-b"}, other: {"gw-edge-b"}}
+
+
+def test_rtt_jitter_writes_no_path_report_and_a_new_via_does() -> None:
+    """A steady cluster must not write its PathReports because path costs jitter with the RTT (every write makes
+    every gateway re-evaluate: e2e test_08_path_health's write bound); a new next hop is written at once."""
+    gws = parse(cluster_json())
+    inputs = SimpleNamespace(last=SimpleNamespace(role="gateway", gateway="gw-edge-a"), gateways=lambda: gws)
+    current: list[PathReport] = reports(FAST, T0)
+    informer = SimpleNamespace(values=lambda: current)
+    events: list[str] = []
+    loop = RoutingLoop(Router(SETTINGS), cast(PlanInputs, inputs), cast("TypedInformer[PathReport]", informer),
+                       lambda: events.append("choice"), on_paths=lambda: events.append("paths"))
+    loop.step(T0)
+    assert events == ["choice", "paths"]
+    events.clear()
+    costs = set()
+    for i in range(1, 30):  # jitter: relays' costs crossing each other and the "clearly worse" bound
+        current = reports({**FAST, ("gw-cloud", "gw-dc"): 2.0 + (i % 3) * 4.0,
+                           ("gw-cloud", "gw-edge-a"): 2.0 + (i % 2) * 3.0}, T0 + i)
+        loop.step(T0 + i)
+        costs.add(tuple(p.cost for p in loop.router.paths()))
+    assert events == [] and len(costs) > 1
+    slow = {**FAST, ("gw-dc", "gw-edge-a"): 90.0}
+    for t in (T0 + 31, T0 + 42):
+        current = reports(slow, t)
+        loop.step(t)
+    assert events == ["choice", "choice", "paths"]  # the pending move (ingress opens), then the move itself
