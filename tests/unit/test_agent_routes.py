@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import cast
-from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
