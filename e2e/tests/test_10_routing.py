@@ -31,6 +31,8 @@ WAN_PORTS = "500,4500"
 # RTT moves reach the PathReports within 2 s (the default, 30 s, is tuned for the API write rate): the scenario
 # measures the routing, not the report cadence.
 AGENT_ARGS = ["--health-rtt-write-interval", "2"]
+# A published choice reaches the kernel after make-before-break's settle time (1 s) once the new hop is verified.
+STAGED_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,10 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
     rc.wait_for("edge-a and edge-pub route each other directly", lambda: both_route(rc, ""), timeout=60)
     src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
     dst = rc.cl.nodes[rc.member_node("edge-pub")].pods[0]
-    cloud_inner = inner_of(rc, "gw-cloud")
+    cloud_inner, pub_inner = inner_of(rc, "gw-cloud"), inner_of(rc, "gw-edge-pub")
+    # The only possible relay: edge-b is under NAT like edge-a (no direct link between them).
     pub_lan = str(rc.cl.pools["edge-pub"].spec.lan)
+    assert kernel_next_hop(rc, "gw-edge-a", dst.ip) == pub_inner
     with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18310, name="route-a") as probe:
         assert probe.wait_first_reply()
         delay = _delay_from(rc, "edge-a", [pub_lan], 80)
@@ -108,12 +112,16 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
         try:
             moved = rc.wait_for("both ends detour through the cloud", lambda: both_route(rc, "gw-cloud"), timeout=60,
                                 interval=0.2)
-            assert kernel_next_hop(rc, "gw-edge-a", dst.ip) == cloud_inner
+            # The report says the choice; the kernel follows once make-before-break let the route move (the new
+            # hop verified and the change planned for --path-change-settle): a second or two later.
+            rc.wait_for("edge-a's kernel routes edge-pub through the cloud",
+                        lambda: kernel_next_hop(rc, "gw-edge-a", dst.ip) == cloud_inner, timeout=STAGED_S, interval=0.1)
         finally:
             _undelay(rc, "edge-a", [pub_lan], delay)
         t1 = time.monotonic()
         back = rc.wait_for("both ends back on the direct link", lambda: both_route(rc, ""), timeout=60, interval=0.2)
-        assert kernel_next_hop(rc, "gw-edge-a", dst.ip) != cloud_inner
+        rc.wait_for("edge-a's kernel routes edge-pub directly again",
+                    lambda: kernel_next_hop(rc, "gw-edge-a", dst.ip) == pub_inner, timeout=STAGED_S, interval=0.1)
         time.sleep(1)
         res = probe.stop()
     MEASUREMENTS["routing_a_detour_after_delay_s"] = round(moved, 2)

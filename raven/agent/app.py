@@ -432,15 +432,19 @@ def router_settings(cfg: AgentConfig) -> RouterSettings:
 
 class RoutingLoop:
     """Runs the router (`raven.agent.routes`) when its inputs changed (a PathReport, a Gateway, this node's role)
-    or a better path waits out its hold time, at most every `interval` seconds; a new choice re-plans, and the
-    node's PathReport publishes the paths."""
+    or a better path waits out its hold time, at most every `interval` seconds; a new choice re-plans
+    (`on_choice`), and a new next hop for some pool (`via`) marks the node's PathReport for writing (`on_paths`).
+    A cost alone is no reason to write: costs move with every RTT sample, and every write makes every gateway
+    re-evaluate; the cost is carried along by the writes the report makes anyway (RTT interval, heartbeat)."""
 
     def __init__(self, router: Router, inputs: PlanInputs, reports: TypedInformer[PathReport],
-                 on_choice: Callable[[], None], interval: float = 1.0) -> None:
+                 on_choice: Callable[[], None], interval: float = 1.0,
+                 on_paths: Callable[[], None] | None = None) -> None:
         self.router = router
         self.inputs = inputs
         self.reports = reports
         self.on_choice = on_choice
+        self.on_paths = on_paths
         self.interval = interval
         self.dirty = asyncio.Event()
 
@@ -459,20 +463,24 @@ class RoutingLoop:
         return plan_and_route
 
     def step(self, now: float) -> bool:
-        """One evaluation; whether the choice changed."""
+        """One evaluation (calling `on_choice` / `on_paths` for what changed); whether the choice changed."""
         last = self.inputs.last
         gateway = last.gateway if last is not None and last.role == "gateway" else None
-        before = self.router.choice
+        before, vias = self.router.choice, self.router.vias()
         self.router.update(gateway, self.inputs.gateways(), self.reports.values(), now)
-        return self.router.choice != before
+        changed = self.router.choice != before
+        if changed:
+            self.on_choice()
+        if self.on_paths is not None and self.router.vias() != vias:
+            self.on_paths()
+        return changed
 
     async def run(self) -> None:
         while True:
             if not self.router.pending():
                 await self.dirty.wait()
             self.dirty.clear()
-            if self.step(time.time()):
-                self.on_choice()
+            self.step(time.time())
             await asyncio.sleep(self.interval)
 
 
@@ -540,10 +548,9 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             if router is not None and reports is not None:
                 def on_choice() -> None:
                     reconciler.trigger("routing")
-                    if health is not None:
-                        health[1].mark_dirty()
 
-                routing = RoutingLoop(router, inputs, reports, on_choice)
+                routing = RoutingLoop(router, inputs, reports, on_choice,
+                                      on_paths=health[1].mark_dirty if health is not None else None)
                 plan_fn = routing.wrap(plan_fn)
             nat: NatLoop | None = None
             if puncher is not None and health is not None and router is not None and routing is not None:

@@ -15,28 +15,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from raven.agent.status import tunnel_health
+from raven.agent.status import Health, health_and_routes
 from raven.agent.topology import Topology, build_topology
 from raven.api.constants import ANNOTATION_LINK_WEIGHT
 from raven.api.gateway import Gateway
 from raven.api.pathreport import PathReport, RoutedPath
 from raven.log import kv
 from raven.routing.choice import RouteChoice
-from raven.routing.graph import Graph, Measurement, build_graph, pair
+from raven.routing.graph import INF, Graph, Measurement, build_graph, pair
 from raven.routing.paths import best_paths
-from raven.routing.selector import REASONS, Change, Chosen, Hysteresis, plausible_relays, select
+from raven.routing.selector import REASONS, Change, Chosen, Hysteresis, expected_relays, select
 
 log = logging.getLogger(__name__)
-
-# Relays whose traffic for one remote pool the ingress filter accepts (those the pool's own gateway may use).
-RELAYS_ACCEPTED = 3
-
 
 class RoutingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -71,16 +67,16 @@ def link_weights(gateways: Iterable[Gateway], problems: list[str] | None = None)
     return out
 
 
-def graph_of(topology: Topology, reports: Iterable[PathReport], now: datetime, stale_after: timedelta,
-             weights: dict[str, float], extra_direct: Iterable[tuple[str, str]] = ()) -> Graph:
-    """The published graph over the active gateways, in tie-break order (the relay ranking first)."""
+def graph_of(topology: Topology, health: Mapping[tuple[str, str], Health], weights: dict[str, float],
+             extra_direct: Iterable[tuple[str, str]] = ()) -> Graph:
+    """The published graph over the active gateways, in tie-break order (the relay ranking first); `health`:
+    `raven.agent.status.tunnel_health`."""
     ranked = [g.name for g in topology.relay_ranking()]
     known = set(ranked)
     names = ranked + sorted(g.name for g in topology.active() if g.name not in known)
     views = topology.gateways
     # Topology.path's rule: a pair connects directly when at least one end is reachable.
     direct = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if views[a].reachable or views[b].reachable]
-    health = tunnel_health(topology, reports, now, stale_after)
     meas = {pair(a, b): Measurement(h.state, h.rtt_seconds, h.loss_ratio) for (a, b), h in health.items() if a < b}
     return build_graph(names, direct, meas, weights, extra_direct)
 
@@ -130,19 +126,24 @@ class Router:
             self.choice = None
             return []
         wall = datetime.fromtimestamp(now, UTC)
-        graph = graph_of(topology, reports, wall, self.settings.stale_after, link_weights(gateways),
-                         self.extra_direct)
+        health, published = health_and_routes(topology, reports, wall, self.settings.stale_after)
+        graph = graph_of(topology, health, link_weights(gateways), self.extra_direct)
         rule = self.settings.rule
         before = self.state
-        self.state, changes = select(before, best_paths(graph, gateway), graph, gateway, now, rule)
+        best = best_paths(graph, gateway)
+        self.state, changes = select(before, best, graph, gateway, now, rule)
         for ch in changes:
             if ch.old is not None and ch.old != ch.dst:
                 self.grace.setdefault(ch.dst, {})[ch.old] = now + rule.hold_seconds
         self.grace = {dst: kept for dst, relays in self.grace.items()
                       if (kept := {r: until for r, until in relays.items() if until > now})}
-        relayed: dict[str, list[str]] = {}
-        for dst in self.state:
-            relayed[dst] = [*plausible_relays(graph, gateway, dst, rule, RELAYS_ACCEPTED), *self.grace.get(dst, {})]
+        # The far end's own path towards us, as it publishes it (its history may differ from ours: a restart).
+        far_via = {dst: p.via for dst, paths in published.items() for p in paths if p.gateway == gateway and p.via}
+        relayed: dict[str, set[str]] = {}
+        for dst, chosen in self.state.items():
+            relayed[dst] = {*expected_relays(chosen, best.get(dst), dst), *self.grace.get(dst, {})}
+            if dst in far_via and graph.path_cost(gateway, dst, far_via[dst]) < INF:
+                relayed[dst].add(far_via[dst])
         self.choice = RouteChoice.of({dst: c.next_hop for dst, c in self.state.items()},
                                      {dst: r for dst, r in relayed.items() if r})
         for ch in changes:
@@ -157,6 +158,10 @@ class Router:
         return tuple(RoutedPath(dst, "" if c.next_hop == dst else c.next_hop, round(c.cost, 3),
                                 datetime.fromtimestamp(int(c.since), UTC))
                      for dst, c in sorted(self.state.items()))
+
+    def vias(self) -> tuple[tuple[str, str], ...]:
+        """The next hop to each pool, without costs: what a change of the published paths is judged by."""
+        return tuple((dst, c.next_hop) for dst, c in sorted(self.state.items()))
 
     def _record(self, before: dict[str, Chosen], changes: list[Change]) -> None:
         m = self.metrics

@@ -275,6 +275,14 @@ def tunnel_health(topology: Topology, reports: Iterable[PathReport], now: dateti
     return _Evidence(topology, reports, now, stale_after).links_health
 
 
+def health_and_routes(topology: Topology, reports: Iterable[PathReport], now: datetime, stale_after: timedelta
+                      ) -> tuple[Mapping[tuple[str, str], Health], Mapping[str, tuple[RoutedPath, ...]]]:
+    """`tunnel_health`, and the paths each gateway's active endpoint publishes (its fresh report's
+    `status.paths`), from one pass over the reports."""
+    ev = _Evidence(topology, reports, now, stale_after)
+    return ev.links_health, ev.routes
+
+
 _BAD_WHEN_FALSE: Final = ("Valid", "NodesValid", "TunnelsHealthy")
 
 

@@ -58,12 +58,3 @@ def best_paths(g: Graph, me: str) -> dict[str, tuple[str, float]]:
             out[dst] = (names[min(r for r, c in zip(relays, via, strict=True) if c == m)], m)
     return out
 
-
-def relays_by_cost(g: Graph, me: str, dst: str, limit: int) -> list[tuple[str, float]]:
-    """The `limit` cheapest usable relays from `me` to `dst`, cheapest first (ties in the graph's order)."""
-    i, j = g.index.get(me), g.index.get(dst)
-    if i is None or j is None or limit <= 0:
-        return []
-    via = list(map(add, g.cost[i], g.cost[j]))
-    ranked = sorted((c, k) for k, c in enumerate(via) if c < INF)
-    return [(g.names[k], c) for c, k in ranked[:limit]]

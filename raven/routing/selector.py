@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from raven.routing.graph import INF, Graph
-from raven.routing.paths import relays_by_cost
 
 Reason = Literal["new", "unusable", "better", "unreachable"]
 REASONS: Final[tuple[Reason, ...]] = ("new", "unusable", "better", "unreachable")
@@ -105,12 +104,15 @@ def _back_to_direct(dst: str, hop: str, cur: Chosen, cost: float, cur_cost: floa
     return hop == dst and cur.next_hop != dst and cost <= cur_cost
 
 
-def plausible_relays(graph: Graph, me: str, dst: str, rule: Hysteresis, limit: int) -> tuple[str, ...]:
-    """Relays the gateway of `dst` may be sending our way through: with a symmetric graph its paths to us cost what
-    ours to it cost, so those it would move to or hold (not clearly worse than the best path), at most `limit`,
-    cheapest first. Its ingress filter accepts `dst`'s subnets from them (`raven.agent.plan`)."""
-    ranked = relays_by_cost(graph, me, dst, limit)
-    if not ranked:
-        return ()
-    best = min(graph.link(me, dst), ranked[0][1])
-    return tuple(name for name, c in ranked if not rule.clearly_better(best, c))
+def expected_relays(cur: Chosen, best: tuple[str, float] | None, dst: str) -> tuple[str, ...]:
+    """Relays the gateway of `dst` may be sending our way through, by the rule it applies to the same (symmetric)
+    graph: the relay of our current path (the path it took too) and the relay of a clearly better path waiting
+    out its hold (it may make the move a few seconds before us). Its ingress filter accepts `dst`'s subnets from
+    them (`raven.agent.plan`); with the direct link in use and no move pending, none: noise between relays within
+    a few milliseconds of each other opens nothing."""
+    out: list[str] = []
+    if cur.next_hop != dst:
+        out.append(cur.next_hop)
+    if cur.better_since is not None and best is not None and best[0] not in (dst, cur.next_hop):
+        out.append(best[0])
+    return tuple(out)

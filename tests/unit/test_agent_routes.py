@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 
+from raven.agent.app import RoutingLoop
+from raven.agent.inputs import PlanInputs
 from raven.agent.plan import PlanConfig, plan
 from raven.agent.routes import Router, RouterSettings, RoutingMetrics, link_weights
-from raven.api.pathreport import PathReport, PathReportStatus, Target
+from raven.api.pathreport import PathReport, PathReportStatus, RoutedPath, Target
+from raven.kube.typed import TypedInformer
 from raven.routing.selector import Hysteresis
 from tests.unit.plan_cluster import cluster_json, nodes, parse
 
@@ -161,3 +167,66 @@ def test_a_relay_moved_away_from_stays_accepted_for_the_hold_time() -> None:
     assert router.pending()
     router.update("gw-edge-a", gws, reports(near_dc, T0 + 21), T0 + 21)
     assert "gw-edge-b" not in router.choice.relayed_by().get("gw-cloud", set())
+
+
+LAN = {("gw-cloud", "gw-edge-a"): 1.0, ("gw-cloud", "gw-edge-b"): 1.2, ("gw-cloud", "gw-dc"): 0.8,
+       ("gw-dc", "gw-edge-a"): 1.1, ("gw-dc", "gw-edge-b"): 0.9}
+
+
+def test_a_lan_like_mesh_opens_no_relay_for_a_direct_pool() -> None:
+    """Every relay within a few ms of the direct link (a LAN, the e2e lab) is no reason to accept a pool's subnets
+    from a relay: the far end uses the direct link as we do (ingress scenario D of e2e/tests/test_08_ingress.py)."""
+    gws = parse(cluster_json())
+    router = Router(SETTINGS)
+    for t in (T0, T0 + 1, T0 + 15):
+        router.update("gw-cloud", gws, reports(LAN, t), t)
+        assert router.choice is not None and router.choice.relayed == ()
+    # The NAT-NAT pair: only the relay of the path in use.
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(LAN, T0), T0)
+    assert router.choice is not None
+    relay = router.choice.next_hop_map()["gw-edge-b"]
+    assert router.choice.relayed_by() == {relay: {"gw-edge-b"}}
+
+
+def test_the_relay_the_far_end_publishes_is_accepted() -> None:
+    """The far end's history may differ (an agent restart took the best path of that moment): the relay its
+    PathReport says it uses towards us is accepted as well."""
+    gws = parse(cluster_json())
+    router = Router(SETTINGS)
+    router.update("gw-edge-a", gws, reports(LAN, T0), T0)
+    assert router.choice is not None
+    mine = router.choice.next_hop_map()["gw-edge-b"]
+    other = "gw-dc" if mine == "gw-cloud" else "gw-cloud"
+    rs = [replace(r, status=replace(r.status, paths=(RoutedPath("gw-edge-a", other, 2.5),)))
+          if r.status.gateway == "gw-edge-b" else r for r in reports(LAN, T0 + 1)]
+    router.update("gw-edge-a", gws, rs, T0 + 1)
+    assert router.choice.next_hop_map()["gw-edge-b"] == mine
+    assert router.choice.relayed_by() == {mine: {"gw-edge-b"}, other: {"gw-edge-b"}}
+
+
+def test_rtt_jitter_writes_no_path_report_and_a_new_via_does() -> None:
+    """A steady cluster must not write its PathReports because path costs jitter with the RTT (every write makes
+    every gateway re-evaluate: e2e test_08_path_health's write bound); a new next hop is written at once."""
+    gws = parse(cluster_json())
+    inputs = SimpleNamespace(last=SimpleNamespace(role="gateway", gateway="gw-edge-a"), gateways=lambda: gws)
+    current: list[PathReport] = reports(FAST, T0)
+    informer = SimpleNamespace(values=lambda: current)
+    events: list[str] = []
+    loop = RoutingLoop(Router(SETTINGS), cast(PlanInputs, inputs), cast("TypedInformer[PathReport]", informer),
+                       lambda: events.append("choice"), on_paths=lambda: events.append("paths"))
+    loop.step(T0)
+    assert events == ["choice", "paths"]
+    events.clear()
+    costs = set()
+    for i in range(1, 30):  # jitter: relays' costs crossing each other and the "clearly worse" bound
+        current = reports({**FAST, ("gw-cloud", "gw-dc"): 2.0 + (i % 3) * 4.0,
+                           ("gw-cloud", "gw-edge-a"): 2.0 + (i % 2) * 3.0}, T0 + i)
+        loop.step(T0 + i)
+        costs.add(tuple(p.cost for p in loop.router.paths()))
+    assert events == [] and len(costs) > 1
+    slow = {**FAST, ("gw-dc", "gw-edge-a"): 90.0}
+    for t in (T0 + 31, T0 + 42):
+        current = reports(slow, t)
+        loop.step(t)
+    assert events == ["choice", "choice", "paths"]  # the pending move (ingress opens), then the move itself

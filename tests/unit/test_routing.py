@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from raven.routing.graph import HOP_COST_MS, INF, UNMEASURED_RTT_MS, Graph, Measurement, build_graph, link_cost, pair
 from raven.routing.paths import best_paths
-from raven.routing.selector import Chosen, Hysteresis, plausible_relays, select
+from raven.routing.selector import Chosen, Hysteresis, expected_relays, select
 
 RULE = Hysteresis(hold_seconds=10.0, min_gain_ratio=0.2, min_gain_ms=5.0)
 
@@ -163,11 +163,21 @@ def test_unusable_path_moves_at_once_and_no_path_is_dropped() -> None:
     assert state == {} and [c.reason for c in ch] == ["unreachable"]
 
 
-def test_plausible_relays_only_when_not_clearly_worse() -> None:
+def test_expected_relays_only_on_the_path_or_a_pending_move() -> None:
+    """A healthy LAN-like mesh (every relay within a few ms of the direct link) opens no relay: the far end uses
+    the direct link as we do. Only the relay of our path, or of a clearly better path waiting out its hold, is
+    expected (the far end applies the same rule to the same graph)."""
     names = ["a", "b", "c", "d"]
-    wan = mesh(names, {("a", "b"): up(30), ("a", "c"): up(30), ("b", "c"): up(30), ("a", "d"): up(30),
-                       ("b", "d"): up(30), ("c", "d"): up(30)})
-    assert plausible_relays(wan, "a", "b", RULE, 3) == ()  # direct clearly best: no relay expected
+    lan = mesh(names, {("a", "b"): up(1.0), ("a", "c"): up(0.4), ("b", "c"): up(0.5), ("a", "d"): up(0.6),
+                       ("b", "d"): up(0.3), ("c", "d"): up(0.5)})
+    state, _ = select({}, best_paths(lan, "a"), lan, "a", 0.0, RULE)
+    assert expected_relays(state["b"], best_paths(lan, "a")["b"], "b") == ()
     detour = mesh(names, {("a", "b"): up(90), ("a", "c"): up(2), ("b", "c"): up(2), ("a", "d"): up(30),
                           ("b", "d"): up(30), ("c", "d"): up(30)})
-    assert plausible_relays(detour, "a", "b", RULE, 3) == ("c",)
+    best = best_paths(detour, "a")
+    state, _ = select(state, best, detour, "a", 1.0, RULE)
+    assert state["b"].next_hop == "b" and state["b"].better_since == 1.0
+    assert expected_relays(state["b"], best["b"], "b") == ("c",)  # the far end may move first
+    state, _ = select(state, best, detour, "a", 11.0, RULE)
+    assert expected_relays(state["b"], best["b"], "b") == ("c",)  # on the detour
+    assert expected_relays(Chosen("b", 3.0, 0.0), ("d", 2.0), "b") == ()  # a cheaper relay, not clearly better
