@@ -1,14 +1,15 @@
 """Scenario 9: the same cluster with --vpn-driver=wireguard (no charon; each agent runs wireguard-go).
 
-Its own cluster (the session cluster's topology: NAT pools edge-a/edge-b relayed through gw-cloud, the spare
-node and pool), lab prefix ``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the
-pod matrix with direct and relayed pairs; the data plane chosen (wireguard-go here: no kernel module) and why,
-in /readyz and the metrics; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner
-/32; a killed wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go
-without a lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was
-published before it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key
-changed rejoins; and the driver-neutral scenarios of the IPsec modules, run again on this cluster (bulk TCP
-without fragments, relay failover, churn, bad input: `test_ipsec_scenario_over_wireguard`).
+Its own cluster (the session cluster's topology: NAT pools edge-a/edge-b relayed through the relay routing by cost
+chooses, gw-cloud or gw-edge-pub; the spare node and pool), lab prefix ``<RAVEN_E2E_PREFIX>w`` so it can run beside
+the session cluster. What is shown: the pod matrix with direct and relayed pairs; the data plane chosen
+(wireguard-go here: no kernel module) and why, in /readyz and the metrics; each gateway's WireGuard peers are its
+direct peers only, allowed IPs their inner /32; a killed wireguard-go is restarted and traffic comes back; an agent
+restart adopts the running wireguard-go without a lost packet; a gateway failover of a NAT'd pool under a 10 ms
+probe (the new endpoint's key was published before it was elected); an operator weight moving the NAT-to-NAT pair
+to the other relay; a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins;
+and the driver-neutral scenarios of the IPsec modules, run again on this cluster (bulk TCP without fragments, relay
+failover, churn, bad input: `test_ipsec_scenario_over_wireguard`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from e2e.tests import test_01_mtu, test_02_failover, test_04_churn, test_05_bad_
 from e2e.tests.conftest import MEASUREMENTS, PREFIX, SPARE_GATEWAY, SPARE_NODE, SPARE_POOL_NODE, e2e_spec
 from e2e.tests.test_08_path_health import all_up, reports
 from raven.agent.plan import node_source
+from raven.api.constants import ANNOTATION_LINK_WEIGHT
 from raven.api.pathreport import PathReport
 from raven.dataplane.wireguard import DeviceInfo, Uapi, WireGuardUnavailable, pair_psk
-from raven.kube.client import PATHREPORTS
+from raven.kube.client import GATEWAYS, PATHREPORTS
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -128,10 +130,42 @@ def test_matrix_direct_and_relayed_over_wireguard(wg: RavenCluster) -> None:
                     gw_b: relay_used(wg, gw_b, "gw-edge-a", pod_a.ip, pod_b.ip, node_of)}  # no move meanwhile
 
 
-def relay_used(rc: RavenCluster, gw: str, dst_gateway: str, dst: str, src: str, node_of: dict[str, str]) -> str:
+def test_an_operator_weight_moves_nat_to_nat_traffic_to_the_other_relay(wg: RavenCluster) -> None:
+    """Both relays carry the pair in turn: the one in use gets a link weight, the pair moves to the other (after the
+    hold time) and its bytes cross that relay's peers. (Without the weight the pair stays there: both relays now cost
+    about the same, and a move needs a clear gain, hysteresis.)"""
+    gw_a, gw_b = wg.active_gateway_node("gw-edge-a"), wg.active_gateway_node("gw-edge-b")
+    gateway_of = {wg.active_gateway_node(g): g for g in ("gw-cloud", "gw-edge-pub")}
+    key = {n: hexkey(published_key(wg, g, n)) for g, n in [("gw-edge-a", gw_a), ("gw-edge-b", gw_b),
+                                                            *((g, n) for n, g in gateway_of.items())]}
+    node_of = {k: n for n, k in key.items()}
+    pod_a, pod_b = wg.cl.nodes[gw_a].pods[0], wg.cl.nodes[gw_b].pods[0]
+    first = relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of)
+    other = next(n for n in gateway_of if n != first)
+
+    def both_via(node: str) -> bool:
+        return (relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of, wait=False) == node
+                and relay_used(wg, gw_b, "gw-edge-a", pod_a.ip, pod_b.ip, node_of, wait=False) == node)
+
+    wg.patch(GATEWAYS, gateway_of[first], {"metadata": {"annotations": {ANNOTATION_LINK_WEIGHT: "300"}}})
+    try:
+        wg.wait_for(f"the pair moved to {other}", lambda: both_via(other), timeout=60)
+        assert relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of) == other
+        before = device(wg, other).peers
+        r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
+        assert r.received == 40, r
+        after = device(wg, other).peers
+        for node in (gw_a, gw_b):
+            assert after[key[node]].rx_bytes - before[key[node]].rx_bytes >= 40 * 84, (node, other)
+    finally:
+        wg.patch(GATEWAYS, gateway_of[first], {"metadata": {"annotations": {ANNOTATION_LINK_WEIGHT: None}}})
+
+
+def relay_used(rc: RavenCluster, gw: str, dst_gateway: str, dst: str, src: str, node_of: dict[str, str],
+               wait: bool = True) -> str:
     """The node relaying `gw`'s traffic from pod `src` to pod `dst` (a pool of `dst_gateway`): the forwarded
     route's next hop on raven1 is one WireGuard peer's inner /32 (`node_of`: peer key -> node), and `gw`'s
-    PathReport names that peer's Gateway as `via` of its path to `dst_gateway`."""
+    PathReport names that peer's Gateway as `via` of its path to `dst_gateway` (waited for, unless not `wait`)."""
     route = rc.route_get(gw, dst, src=src, iif="vp0")
     found = re.search(r"\bvia (\S+) dev raven1\b", route)
     assert found is not None, route
@@ -143,7 +177,8 @@ def relay_used(rc: RavenCluster, gw: str, dst_gateway: str, dst: str, src: str, 
         paths = {p.gateway: p.via for p in reports(rc)[gw].status.paths}
         return paths.get(dst_gateway) not in (None, "") and rc.active_gateway_node(paths[dst_gateway]) == node
 
-    rc.wait_for(f"{gw}'s PathReport naming {node}'s Gateway as its relay to {dst_gateway}", reported, timeout=30)
+    if wait:
+        rc.wait_for(f"{gw}'s PathReport naming {node}'s Gateway as its relay to {dst_gateway}", reported, timeout=30)
     return node
 
 
