@@ -1,14 +1,15 @@
 """Scenario 9: the same cluster with --vpn-driver=wireguard (no charon; each agent runs wireguard-go).
 
-Its own cluster (the session cluster's topology: NAT pools edge-a/edge-b relayed through gw-cloud, the spare
-node and pool), lab prefix ``<RAVEN_E2E_PREFIX>w`` so it can run beside the session cluster. What is shown: the
-pod matrix with direct and relayed pairs; the data plane chosen (wireguard-go here: no kernel module) and why,
-in /readyz and the metrics; each gateway's WireGuard peers are its direct peers only, allowed IPs their inner
-/32; a killed wireguard-go is restarted and traffic comes back; an agent restart adopts the running wireguard-go
-without a lost packet; a gateway failover of a NAT'd pool under a 10 ms probe (the new endpoint's key was
-published before it was elected); a node whose cluster secret is wrong cannot exchange traffic; a node whose key
-changed rejoins; and the driver-neutral scenarios of the IPsec modules, run again on this cluster (bulk TCP
-without fragments, relay failover, churn, bad input: `test_ipsec_scenario_over_wireguard`).
+Its own cluster (the session cluster's topology: NAT pools edge-a/edge-b relayed through the relay routing by cost
+chooses, gw-cloud or gw-edge-pub; the spare node and pool), lab prefix ``<RAVEN_E2E_PREFIX>w`` so it can run beside
+the session cluster. What is shown: the pod matrix with direct and relayed pairs; the data plane chosen
+(wireguard-go here: no kernel module) and why, in /readyz and the metrics; each gateway's WireGuard peers are its
+direct peers only, allowed IPs their inner /32; a killed wireguard-go is restarted and traffic comes back; an agent
+restart adopts the running wireguard-go without a lost packet; a gateway failover of a NAT'd pool under a 10 ms
+probe (the new endpoint's key was published before it was elected); an operator weight moving the NAT-to-NAT pair
+to the other relay; a node whose cluster secret is wrong cannot exchange traffic; a node whose key changed rejoins;
+and the driver-neutral scenarios of the IPsec modules, run again on this cluster (bulk TCP without fragments, relay
+failover, churn, bad input: `test_ipsec_scenario_over_wireguard`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import signal
 import subprocess
 import time
@@ -28,10 +30,12 @@ from e2e.cluster import RavenCluster
 from e2e.probe import ping
 from e2e.tests import test_01_mtu, test_02_failover, test_04_churn, test_05_bad_input
 from e2e.tests.conftest import MEASUREMENTS, PREFIX, SPARE_GATEWAY, SPARE_NODE, SPARE_POOL_NODE, e2e_spec
+from e2e.tests.test_08_path_health import all_up, reports
 from raven.agent.plan import node_source
+from raven.api.constants import ANNOTATION_LINK_WEIGHT
 from raven.api.pathreport import PathReport
 from raven.dataplane.wireguard import DeviceInfo, Uapi, WireGuardUnavailable, pair_psk
-from raven.kube.client import PATHREPORTS
+from raven.kube.client import GATEWAYS, PATHREPORTS
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -109,16 +113,73 @@ def test_matrix_direct_and_relayed_over_wireguard(wg: RavenCluster) -> None:
     relay_dev = device(wg, relay)
     assert relay_dev.peers[key[gw_a]].endpoint is not None
     assert relay_dev.peers[key[gw_a]].endpoint.startswith("198.18.0.")  # r-edge-a's WAN address, not 192.168.11.x
-    # Real traffic edge-a -> edge-b crosses the relay's two peers.
+    # Real traffic edge-a -> edge-b crosses a relay: in each direction the one its source gateway chose by cost
+    # (routing by measured cost: the cloud or edge-pub, whichever is cheaper; not necessarily the same both ways).
     pod_a, pod_b = wg.cl.nodes[gw_a].pods[0], wg.cl.nodes[gw_b].pods[0]
-    before = device(wg, relay).peers
+    node_of = {k: n for n, k in key.items()}
+    used = {gw_a: relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of),
+            gw_b: relay_used(wg, gw_b, "gw-edge-a", pod_a.ip, pod_b.ip, node_of)}
+    assert set(used.values()) <= {relay, pub}, used
+    before = {n: device(wg, n).peers for n in set(used.values())}
     r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
     assert r.received == 40, r
-    after = device(wg, relay).peers
-    for node in (gw_a, gw_b):
-        assert after[key[node]].rx_bytes - before[key[node]].rx_bytes >= 40 * 84, node
-    route = wg.route_get(gw_a, pod_b.ip, src=pod_a.ip, iif="vp0")
-    assert "dev raven1" in route, route
+    after = {n: device(wg, n).peers for n in set(used.values())}
+    for node, via in used.items():  # echo requests from edge-a, replies from edge-b, each at its relay
+        assert after[via][key[node]].rx_bytes - before[via][key[node]].rx_bytes >= 40 * 84, (node, via)
+    assert used == {gw_a: relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of),
+                    gw_b: relay_used(wg, gw_b, "gw-edge-a", pod_a.ip, pod_b.ip, node_of)}  # no move meanwhile
+
+
+def test_an_operator_weight_moves_nat_to_nat_traffic_to_the_other_relay(wg: RavenCluster) -> None:
+    """Both relays carry the pair in turn: the one in use gets a link weight, the pair moves to the other (after the
+    hold time) and its bytes cross that relay's peers. (Without the weight the pair stays there: both relays now cost
+    about the same, and a move needs a clear gain, hysteresis.)"""
+    gw_a, gw_b = wg.active_gateway_node("gw-edge-a"), wg.active_gateway_node("gw-edge-b")
+    gateway_of = {wg.active_gateway_node(g): g for g in ("gw-cloud", "gw-edge-pub")}
+    key = {n: hexkey(published_key(wg, g, n)) for g, n in [("gw-edge-a", gw_a), ("gw-edge-b", gw_b),
+                                                            *((g, n) for n, g in gateway_of.items())]}
+    node_of = {k: n for n, k in key.items()}
+    pod_a, pod_b = wg.cl.nodes[gw_a].pods[0], wg.cl.nodes[gw_b].pods[0]
+    first = relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of)
+    other = next(n for n in gateway_of if n != first)
+
+    def both_via(node: str) -> bool:
+        return (relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of, wait=False) == node
+                and relay_used(wg, gw_b, "gw-edge-a", pod_a.ip, pod_b.ip, node_of, wait=False) == node)
+
+    wg.patch(GATEWAYS, gateway_of[first], {"metadata": {"annotations": {ANNOTATION_LINK_WEIGHT: "300"}}})
+    try:
+        wg.wait_for(f"the pair moved to {other}", lambda: both_via(other), timeout=60)
+        assert relay_used(wg, gw_a, "gw-edge-b", pod_b.ip, pod_a.ip, node_of) == other
+        before = device(wg, other).peers
+        r = ping(pod_a.netns, pod_b.ip, count=40, interval=0.01, wait=1)
+        assert r.received == 40, r
+        after = device(wg, other).peers
+        for node in (gw_a, gw_b):
+            assert after[key[node]].rx_bytes - before[key[node]].rx_bytes >= 40 * 84, (node, other)
+    finally:
+        wg.patch(GATEWAYS, gateway_of[first], {"metadata": {"annotations": {ANNOTATION_LINK_WEIGHT: None}}})
+
+
+def relay_used(rc: RavenCluster, gw: str, dst_gateway: str, dst: str, src: str, node_of: dict[str, str],
+               wait: bool = True) -> str:
+    """The node relaying `gw`'s traffic from pod `src` to pod `dst` (a pool of `dst_gateway`): the forwarded
+    route's next hop on raven1 is one WireGuard peer's inner /32 (`node_of`: peer key -> node), and `gw`'s
+    PathReport names that peer's Gateway as `via` of its path to `dst_gateway` (waited for, unless not `wait`)."""
+    route = rc.route_get(gw, dst, src=src, iif="vp0")
+    found = re.search(r"\bvia (\S+) dev raven1\b", route)
+    assert found is not None, route
+    peers = [k for k, p in device(rc, gw).peers.items() if p.allowed_ips == {f"{found.group(1)}/32"}]
+    assert len(peers) == 1 and peers[0] in node_of, (route, peers)
+    node = node_of[peers[0]]
+
+    def reported() -> bool:
+        paths = {p.gateway: p.via for p in reports(rc)[gw].status.paths}
+        return paths.get(dst_gateway) not in (None, "") and rc.active_gateway_node(paths[dst_gateway]) == node
+
+    if wait:
+        rc.wait_for(f"{gw}'s PathReport naming {node}'s Gateway as its relay to {dst_gateway}", reported, timeout=30)
+    return node
 
 
 @pytest.mark.parametrize("role", ["gateway", "member"])
@@ -296,8 +357,6 @@ def test_cleanup_stops_wireguard_go_and_keeps_the_key(wg: RavenCluster) -> None:
 
 
 def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
-    from e2e.tests.test_08_path_health import all_up, reports
-
     wg.wait_for("every agent's PathReport with all targets up", lambda: all_up(wg), timeout=60)
     rs = reports(wg)
     for gateway in ("gw-cloud", "gw-edge-a", "gw-edge-b", "gw-edge-pub"):
@@ -310,15 +369,54 @@ def test_path_health_reports_every_wireguard_peer_up(wg: RavenCluster) -> None:
 
 
 def test_the_chosen_data_plane_and_its_reason_are_in_readyz_and_the_metrics(wg: RavenCluster) -> None:
+    """What each start chose and why is in its log line; /readyz shows the current start's choice and reason (an
+    agent restarted earlier in this module adopted the wireguard-go it had left running) and the process now."""
     node = wg.active_gateway_node("gw-edge-a")
-    ok, body = wg.agent_ready(node, verbose=True)
+    starts = data_plane_starts(wg, node)
+    # The agent's first start: no wireguard-go ran yet and this kernel has no WireGuard; the kernel's refusal is why.
+    assert not starts[0][0] and starts[0][1].startswith(KERNEL_REFUSAL), starts
+    assert all(reason == ADOPTED for adopted, reason in starts[1:] if adopted), starts
+    check_data_plane(wg, node, starts[-1])
+    # An agent of the module never restarted (the gateway's too, when this test runs alone) shows the first form.
+    fresh = sorted(n for n in wg.agents if len(data_plane_starts(wg, n)) == 1 and wg.agent_ready(n)[0])
+    assert fresh, "every agent was restarted"
+    first = data_plane_starts(wg, fresh[0])[0]
+    assert not first[0] and first[1].startswith(KERNEL_REFUSAL), (fresh[0], first)
+    check_data_plane(wg, fresh[0], first)
+
+
+KERNEL_REFUSAL = "no kernel WireGuard (RTM_NEWLINK raven-wg0 type wireguard: "  # then the kernel's error
+ADOPTED = "a running wireguard-go answers on /run/wireguard/raven-wg0.sock (adopted)"
+_START = re.compile(r'"wireguard data plane" .*\bimplementation=(\S+) reason="([^"]*)" adopted=(True|False) ')
+
+
+def data_plane_starts(rc: RavenCluster, node: str) -> list[tuple[bool, str]]:
+    """(adopted, reason) of each start of the node's agent, oldest first, from its `wireguard data plane` lines."""
+    starts = []
+    for ln in rc.agents[node].logs().splitlines():
+        if '"wireguard data plane"' in ln:
+            found = _START.search(ln)
+            assert found is not None and found.group(1) == "wireguard-go", ln
+            starts.append((found.group(3) == "True", found.group(2)))
+    assert starts, f"no wireguard data plane line in {node}'s log"
+    return starts
+
+
+def check_data_plane(rc: RavenCluster, node: str, start: tuple[bool, str]) -> None:
+    """/readyz names wireguard-go with the reason of the agent's last start, adopted or the running process's pid
+    (a wireguard-go the agent restarted is its own); the metric says wireguard-go, not the kernel."""
+    ok, body = rc.agent_ready(node, verbose=True)
     assert ok, body
-    # This kernel has no WireGuard: the kernel's refusal is the reason given for wireguard-go.
-    assert "wireguard-go (pid " in body and "no kernel WireGuard (RTM_NEWLINK raven-wg0 type wireguard: " in body, body
-    m = wg.metrics(f"agent/{node}")
+    line = next((ln for ln in body.splitlines() if ln.startswith("[+]wireguard ok: ")), "")
+    found = re.fullmatch(r"\[\+\]wireguard ok: wireguard-go \((adopted|pid \d+), restarts (\d+)\) for raven-wg0: (.*)",
+                         line)
+    assert found is not None, body
+    adopted, reason = start
+    how = "adopted" if adopted and found.group(2) == "0" else f"pid {_wg_pid(rc, node)}"
+    assert (found.group(1), found.group(3)) == (how, reason), (node, line, start)
+    m = rc.metrics(f"agent/{node}")
     assert m.get('raven_agent_wireguard_implementation{implementation="wireguard-go"}') == 1.0
-    line = next(ln for ln in wg.agents[node].logs().splitlines() if "wireguard data plane" in ln)
-    assert "wireguard-go" in line and "no kernel WireGuard" in line, line
+    assert 'raven_agent_wireguard_implementation{implementation="kernel"}' not in m
 
 
 # The IPsec modules' scenarios that hold for any driver, run on this cluster (each module's `rc` is this one).
