@@ -271,18 +271,37 @@ def _parse_gateways(raw: Any, pools: Sequence[PoolSpec]) -> list[Mapping[str, An
     return out
 
 
-def load_topology(source: str | Path = "default") -> TopologySpec:
-    """Load a topology by file path or by name (a file in e2e/topologies/)."""
+def cut_topology(pools: Sequence[str], source: str | Path = "default") -> TopologySpec:
+    """Topology `source` cut down to `pools` (in their order there) with one node each; Gateways keep only the
+    endpoints on those nodes (a Gateway left without one is dropped)."""
+    doc: dict[str, Any] = copy.deepcopy(_read_topology(source))
+    doc["pools"] = [dict(p, nodes=p["nodes"][:1]) for p in doc["pools"] if p["name"] in pools]
+    keep = {p["nodes"][0]["name"] for p in doc["pools"]}
+    gateways = []
+    for gw in doc["gateways"]:
+        eps = [ep for ep in gw["spec"]["endpoints"] if ep["nodeName"] in keep]
+        if eps:
+            gateways.append(dict(gw, spec=dict(gw["spec"], endpoints=eps)))
+    doc["gateways"] = gateways
+    return parse_topology(doc)
+
+
+def _read_topology(source: str | Path) -> Any:
+    """A topology document by file path or by name (a file in e2e/topologies/)."""
     path = Path(source)
     if not path.exists() and not str(source).endswith((".yaml", ".yml")):
         path = TOPOLOGY_DIR / f"{source}.yaml"
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as e:
         raise TopologyError(f"cannot read topology {path}: {e}") from e
     except yaml.YAMLError as e:
         raise TopologyError(f"{path}: invalid YAML: {e}") from e
-    return parse_topology(data)
+
+
+def load_topology(source: str | Path = "default") -> TopologySpec:
+    """Load a topology by file path or by name (a file in e2e/topologies/)."""
+    return parse_topology(_read_topology(source))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import yaml
 
 from e2e.cluster import RavenCluster, metric
 from e2e.iperf import iperf3_run
 from e2e.netlab import find_leftovers
 from e2e.probe import ContinuousProbe, ProbeResult
-from e2e.topology import TOPOLOGY_DIR, TopologySpec, parse_topology
+from e2e.topology import TopologySpec, cut_topology
 from raven.kube.client import GATEWAYS
 
 from .conftest import MEASUREMENTS, own_cluster
@@ -42,16 +41,7 @@ _VIA = re.compile(r"\bvia (\S+)")
 
 def spec() -> TopologySpec:
     """The default topology cut down to its cloud and two NAT'd edge pools, one node each."""
-    doc: dict[str, Any] = copy.deepcopy(yaml.safe_load((TOPOLOGY_DIR / "default.yaml").read_text()))
-    doc["pools"] = [dict(p, nodes=p["nodes"][:1]) for p in doc["pools"] if p["name"] in POOLS]
-    keep = {p["nodes"][0]["name"] for p in doc["pools"]}
-    gateways = []
-    for gw in doc["gateways"]:
-        eps = [ep for ep in gw["spec"]["endpoints"] if ep["nodeName"] in keep]
-        if eps:
-            gateways.append(dict(gw, spec=dict(gw["spec"], endpoints=eps)))
-    doc["gateways"] = gateways
-    return parse_topology(doc)
+    return cut_topology(POOLS)
 
 
 @pytest.fixture(scope="module", params=["wireguard", "ipsec"])

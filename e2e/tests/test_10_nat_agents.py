@@ -12,19 +12,16 @@ Its own four-pool cluster, one node per pool, removed at the end of the module. 
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import yaml
 
 from e2e.cluster import RavenCluster
 from e2e.netlab import find_leftovers
 from e2e.probe import ContinuousProbe
-from e2e.topology import TOPOLOGY_DIR, TopologySpec, parse_topology
+from e2e.topology import TopologySpec, cut_topology
 
 from .conftest import MEASUREMENTS
 from .conftest import PREFIX as SESSION_PREFIX
@@ -41,16 +38,7 @@ _VIA = re.compile(r"\bvia (\S+)")
 
 def spec() -> TopologySpec:
     """The default topology cut down to one node per pool: two reachable observers, two NAT'd edges."""
-    doc: dict[str, Any] = copy.deepcopy(yaml.safe_load((TOPOLOGY_DIR / "default.yaml").read_text()))
-    doc["pools"] = [dict(p, nodes=p["nodes"][:1]) for p in doc["pools"] if p["name"] in POOLS]
-    keep = {p["nodes"][0]["name"] for p in doc["pools"]}
-    gateways = []
-    for gw in doc["gateways"]:
-        eps = [ep for ep in gw["spec"]["endpoints"] if ep["nodeName"] in keep]
-        if eps:
-            gateways.append(dict(gw, spec=dict(gw["spec"], endpoints=eps)))
-    doc["gateways"] = gateways
-    return parse_topology(doc)
+    return cut_topology(POOLS)
 
 
 def drop_unsolicited(rc: RavenCluster) -> None:
