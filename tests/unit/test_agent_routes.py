@@ -161,3 +161,26 @@ def test_a_relay_moved_away_from_stays_accepted_for_the_hold_time() -> None:
     assert router.pending()
     router.update("gw-edge-a", gws, reports(near_dc, T0 + 21), T0 + 21)
     assert "gw-edge-b" not in router.choice.relayed_by().get("gw-cloud", set())
+
+
+def test_a_restarted_router_adopts_the_paths_it_published_instead_of_choosing_afresh() -> None:
+    """An agent restart adopts the data plane as it is: the router goes on from the paths its node last published
+    (PathReport status.paths), through the hysteresis; choosing afresh would move pools a restart must not move."""
+    gws = parse(cluster_json())
+    slow_dc = {**FAST, ("gw-dc", "gw-edge-b"): 90.0}
+    before = Router(SETTINGS)
+    before.update("gw-edge-a", gws, reports(slow_dc, T0), T0)
+    assert before.choice is not None and before.choice.next_hop_map()["gw-edge-b"] == "gw-cloud"
+    # dc became the better relay, the hold has not run out: the running router keeps the cloud.
+    before.update("gw-edge-a", gws, reports(FAST, T0 + 3), T0 + 3)
+    assert before.choice is not None and before.choice.next_hop_map()["gw-edge-b"] == "gw-cloud"
+    published = before.paths()
+    fresh = Router(SETTINGS)
+    fresh.update("gw-edge-a", gws, reports(FAST, T0 + 4), T0 + 4)
+    assert fresh.choice is not None and fresh.choice.next_hop_map()["gw-edge-b"] == "gw-dc"  # what a restart did
+    restarted = Router(SETTINGS)
+    changes = restarted.update("gw-edge-a", gws, reports(FAST, T0 + 4), T0 + 4, adopt=published)
+    assert changes == [] and restarted.choice == before.choice
+    # ... and from there the hysteresis as before: the move after the hold.
+    moved = restarted.update("gw-edge-a", gws, reports(FAST, T0 + 15), T0 + 15, adopt=published)
+    assert [(c.dst, c.new, c.reason) for c in moved] == [("gw-edge-b", "gw-dc", "better")]
