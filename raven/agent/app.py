@@ -12,6 +12,7 @@ API server's, the default gateways). `--cleanup` is `cleanup.agent_cleanup`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -75,6 +76,8 @@ MIN_BELIEVED_PATH_MTU = 1280
 PATH_MTU_REFRESH_S = 60.0
 # kube-proxy's nat rules are read this often (one iptables-save fork) and findings logged when they change.
 KUBE_PROXY_CHECK_S = 300.0
+# A tunnel candidate's first plan waits this long at most for the PathReports (routing by cost's input).
+REPORTS_SYNC_WAIT_S = 10.0
 RAVEN_LINKS = (INTRA_POOL_LINK, INTER_GATEWAY_LINK)
 
 
@@ -457,7 +460,13 @@ class RoutingLoop:
         async def plan_and_route() -> PlanResult:
             result = await plan_fn()
             if (result.gateway if result.role == "gateway" else None) != self.router.gateway:
+                # Became (or stopped being) a gateway, e.g. the first pass after a start: the routes of this very
+                # pass come from the router (adopting the paths this node last published), not the default path
+                # now and the router's a second later (an agent restart must write nothing).
                 self.mark()
+                if self.step(time.time()):
+                    self.on_choice()
+                    result = await plan_fn()
             return result
 
         return plan_and_route
@@ -467,13 +476,20 @@ class RoutingLoop:
         last = self.inputs.last
         gateway = last.gateway if last is not None and last.role == "gateway" else None
         before, vias = self.router.choice, self.router.vias()
-        self.router.update(gateway, self.inputs.gateways(), self.reports.values(), now)
+        self.router.update(gateway, self.inputs.gateways(), self.reports.values(), now, self._published(gateway))
         changed = self.router.choice != before
         if changed:
             self.on_choice()
         if self.on_paths is not None and self.router.vias() != vias:
             self.on_paths()
         return changed
+
+    def _published(self, gateway: str | None) -> tuple[RoutedPath, ...]:
+        """The paths this node's own PathReport says it used as `gateway`'s active endpoint."""
+        own = self.reports.get(self.inputs.node_name)
+        if gateway is None or own is None or own.status.role != "gateway" or own.status.gateway != gateway:
+            return ()
+        return own.status.paths
 
     async def run(self) -> None:
         while True:
@@ -673,6 +689,11 @@ def agent_main(cfg: AgentConfig, api: ApiClient) -> Callable[[Runtime], Coroutin
             reconciler.trigger("synced")
             if routing is not None:
                 watch_reports()
+                if watching and reports is not None:
+                    # The first plan routes by the reports (and adopts the paths this node published before a
+                    # restart): wait for them, a while at most (the plan falls back to the default paths).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reports.wait_synced(), REPORTS_SYNC_WAIT_S)
                 rt.supervisor.spawn("routing", routing.run())
             if nat is not None:
                 rt.supervisor.spawn("nat-traversal", nat.run())

@@ -110,13 +110,17 @@ class Router:
         return any(c.better_since is not None for c in self.state.values()) or bool(self.grace)
 
     def update(self, gateway: str | None, gateways: Sequence[Gateway], reports: Iterable[PathReport],
-               now: float) -> list[Change]:
-        """Re-evaluate for this node's gateway (None: not an active gateway: no choice). `now`: epoch seconds."""
+               now: float, adopt: Sequence[RoutedPath] = ()) -> list[Change]:
+        """Re-evaluate for this node's gateway (None: not an active gateway: no choice). `now`: epoch seconds.
+        `adopt`: the paths this node last published for `gateway` (its own PathReport's `status.paths`), taken as
+        the paths in use when the gateway changes (an agent restart): the data plane routes them, so the router
+        goes on from them through the hysteresis instead of choosing afresh (a restart writes nothing)."""
         self.evaluations += 1
         if gateway != self.gateway:
-            self.state = {}
-            self.grace = {}
             self._clear_metrics()
+            self.state = {p.gateway: Chosen(p.via or p.gateway, p.cost, p.since.timestamp() if p.since else now)
+                          for p in adopt} if gateway is not None else {}
+            self.grace = {}
             self.gateway = gateway
         if gateway is None:
             self.choice = None

@@ -209,9 +209,10 @@ def test_rtt_jitter_writes_no_path_report_and_a_new_via_does() -> None:
     """A steady cluster must not write its PathReports because path costs jitter with the RTT (every write makes
     every gateway re-evaluate: e2e test_08_path_health's write bound); a new next hop is written at once."""
     gws = parse(cluster_json())
-    inputs = SimpleNamespace(last=SimpleNamespace(role="gateway", gateway="gw-edge-a"), gateways=lambda: gws)
+    inputs = SimpleNamespace(last=SimpleNamespace(role="gateway", gateway="gw-edge-a"), gateways=lambda: gws,
+                             node_name="edge-a-1")
     current: list[PathReport] = reports(FAST, T0)
-    informer = SimpleNamespace(values=lambda: current)
+    informer = SimpleNamespace(values=lambda: current, get=lambda name: None)
     events: list[str] = []
     loop = RoutingLoop(Router(SETTINGS), cast(PlanInputs, inputs), cast("TypedInformer[PathReport]", informer),
                        lambda: events.append("choice"), on_paths=lambda: events.append("paths"))
@@ -230,3 +231,26 @@ def test_rtt_jitter_writes_no_path_report_and_a_new_via_does() -> None:
         current = reports(slow, t)
         loop.step(t)
     assert events == ["choice", "choice", "paths"]  # the pending move (ingress opens), then the move itself
+
+
+def test_a_restarted_router_adopts_the_paths_it_published_instead_of_choosing_afresh() -> None:
+    """An agent restart adopts the data plane as it is: the router goes on from the paths its node last published
+    (PathReport status.paths), through the hysteresis; choosing afresh would move pools a restart must not move."""
+    gws = parse(cluster_json())
+    slow_dc = {**FAST, ("gw-dc", "gw-edge-b"): 90.0}
+    before = Router(SETTINGS)
+    before.update("gw-edge-a", gws, reports(slow_dc, T0), T0)
+    assert before.choice is not None and before.choice.next_hop_map()["gw-edge-b"] == "gw-cloud"
+    # dc became the better relay, the hold has not run out: the running router keeps the cloud.
+    before.update("gw-edge-a", gws, reports(FAST, T0 + 3), T0 + 3)
+    assert before.choice is not None and before.choice.next_hop_map()["gw-edge-b"] == "gw-cloud"
+    published = before.paths()
+    fresh = Router(SETTINGS)
+    fresh.update("gw-edge-a", gws, reports(FAST, T0 + 4), T0 + 4)
+    assert fresh.choice is not None and fresh.choice.next_hop_map()["gw-edge-b"] == "gw-dc"  # what a restart did
+    restarted = Router(SETTINGS)
+    changes = restarted.update("gw-edge-a", gws, reports(FAST, T0 + 4), T0 + 4, adopt=published)
+    assert changes == [] and restarted.choice == before.choice
+    # ... and from there the hysteresis as before: the move after the hold.
+    moved = restarted.update("gw-edge-a", gws, reports(FAST, T0 + 15), T0 + 15, adopt=published)
+    assert [(c.dst, c.new, c.reason) for c in moved] == [("gw-edge-b", "gw-dc", "better")]
