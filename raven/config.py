@@ -486,8 +486,9 @@ class AgentConfig(PlanSettings, SharedHealth):
                                          check=positive, cluster=True)
     health_rtt_change: float = setting(0.5, "relative change of a target's RTT estimate worth a PathReport write",
                                        check=positive, cluster=True)
-    health_rtt_change_min: float = setting(0.01, "least change of a target's RTT estimate (seconds) worth a "
-                                           "PathReport write", check=positive, cluster=True)
+    health_rtt_change_min: float = setting(0.004, "least change of a target's RTT estimate (seconds) worth a "
+                                           "PathReport write (the resolution routing by cost sees: keep it below "
+                                           "--route-min-gain-ms)", check=positive, cluster=True)
     health_rtt_write_interval: float = setting(30.0, "an RTT move alone (no state change) is written at most this "
                                                "many seconds after the last PathReport write", check=positive,
                                                cluster=True)

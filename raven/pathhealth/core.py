@@ -35,7 +35,8 @@ class HealthParams:
     degraded_rtt: float = 0.5  # seconds
     rtt_alpha: float = 0.2
     rtt_change: float = 0.5  # relative change of the RTT estimate that is worth reporting ...
-    rtt_change_min: float = 0.01  # ... and never less than this (seconds): jitter of a busy host is not news
+    rtt_change_min: float = 0.004  # ... and never less than this (seconds): jitter of a busy host is not news,
+    # a detour's gain (route min gain 5 ms) is
     # A path that never answered (new, or its far end moved) goes from unknown to down only after this many
     # consecutive losses (at least down_after): a tunnel being set up is not a loss.
     establish_after: int = 0

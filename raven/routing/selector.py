@@ -6,10 +6,13 @@ The rule (`Hysteresis`):
 - otherwise the path moves only when the best path is *clearly* better (cheaper by at least `min_gain_ratio` of
   the current cost and by at least `min_gain_ms`) and has stayed clearly better for `hold_seconds`; any moment
   in between at which no path is clearly better restarts the wait. The move goes to the best path of that moment;
-- one exception, towards fewer hops: a relayed path returns to the direct link when the direct link is the best
-  path (at least as cheap) for `hold_seconds`, clear gain or not. A detour costs a relay's capacity and adds a
-  point of failure, so it is kept only while it pays; without this a detour taken around a delay would never come
-  back once the delay is gone (two fast links are rarely 5 ms slower than one).
+- one exception, towards fewer hops: a detour is kept only while it stays clearly better than the (usable) direct
+  link; once it has not been for `hold_seconds`, the pool returns to the direct link, clear gain or not. A detour
+  costs a relay's capacity and adds a point of failure, so it is kept only while it pays; without this a detour
+  taken around a delay would never come back once the delay is gone (two fast links are rarely 5 ms slower than
+  one). "Not clearly better" rather than "cheaper" also absorbs the resolution of the reports (an RTT is
+  republished only when it moved by `--health-rtt-change-min`): a direct link reported a few ms above what it
+  measures now must not keep a detour until the next heartbeat.
 So a delay that flaps faster than the hold time moves nothing, and noise of a few milliseconds moves nothing.
 """
 
@@ -87,21 +90,29 @@ def select(
         if cur_cost >= INF:
             out[dst] = Chosen(hop, cost, now)
             changes.append(Change(dst, cur.next_hop, hop, "unusable", cur.cost, cost))
-        elif hop == cur.next_hop or not (rule.clearly_better(cost, cur_cost) or _back_to_direct(dst, hop, cur, cost,
-                                                                                              cur_cost)):
+            continue
+        target, target_cost = _target(dst, hop, cost, cur.next_hop, cur_cost, graph.path_cost(me, dst, dst), rule)
+        if target is None:
             out[dst] = Chosen(cur.next_hop, cur_cost, cur.since)
+            continue
+        since = cur.better_since if cur.better_since is not None else now
+        if now - since >= rule.hold_seconds:
+            out[dst] = Chosen(target, target_cost, now)
+            changes.append(Change(dst, cur.next_hop, target, "better", cur_cost, target_cost))
         else:
-            since = cur.better_since if cur.better_since is not None else now
-            if now - since >= rule.hold_seconds:
-                out[dst] = Chosen(hop, cost, now)
-                changes.append(Change(dst, cur.next_hop, hop, "better", cur_cost, cost))
-            else:
-                out[dst] = Chosen(cur.next_hop, cur_cost, cur.since, since)
+            out[dst] = Chosen(cur.next_hop, cur_cost, cur.since, since)
     return out, changes
 
 
-def _back_to_direct(dst: str, hop: str, cur: Chosen, cost: float, cur_cost: float) -> bool:
-    return hop == dst and cur.next_hop != dst and cost <= cur_cost
+def _target(dst: str, best: str, best_cost: float, cur: str, cur_cost: float, direct_cost: float,
+            rule: Hysteresis) -> tuple[str | None, float]:
+    """Where the path to `dst` is heading (None: it stays): the best path when it is clearly better, else the
+    direct link when the current detour is no longer clearly better than it."""
+    if best != cur and rule.clearly_better(best_cost, cur_cost):
+        return best, best_cost
+    if cur != dst and direct_cost < INF and not rule.clearly_better(cur_cost, direct_cost):
+        return dst, direct_cost
+    return None, cur_cost
 
 
 def expected_relays(cur: Chosen, best: tuple[str, float] | None, dst: str) -> tuple[str, ...]:

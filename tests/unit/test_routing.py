@@ -126,6 +126,27 @@ def test_hysteresis_moves_only_for_a_clear_sustained_gain() -> None:
     assert state["b"].next_hop == "b" and [c.reason for c in ch] == ["better"]
 
 
+def test_a_detour_returns_when_it_is_no_longer_clearly_better_though_the_direct_link_reads_slower() -> None:
+    """After a delay the direct link's published RTT can stay a few ms above what it measures now (an RTT is
+    republished only when it moved by --health-rtt-change-min): the detour is still the cheapest path on paper
+    but no longer clearly better, and the pool goes back to the direct link after the hold (e2e test_10_routing
+    (a) waited for the next heartbeat, up to a minute, without this)."""
+    names = ["a", "b", "c"]
+    stale = mesh(names, {("a", "b"): up(6), ("a", "c"): up(1), ("b", "c"): up(1)})  # direct 7, via c 4
+    assert best_paths(stale, "a")["b"][0] == "c"
+    state = {"b": Chosen("c", 4.0, 0.0)}
+    state, ch = select(state, {"b": best_paths(stale, "a")["b"]}, stale, "a", 1.0, RULE)
+    assert state["b"].next_hop == "c" and not ch and state["b"].better_since == 1.0
+    state, ch = select(state, {"b": best_paths(stale, "a")["b"]}, stale, "a", 11.0, RULE)
+    assert state["b"].next_hop == "b" and [(c.new, c.reason) for c in ch] == [("b", "better")]
+    # A detour still clearly better (direct 20, via c 4) stays, however long.
+    slow = mesh(names, {("a", "b"): up(20), ("a", "c"): up(1), ("b", "c"): up(1)})
+    state = {"b": Chosen("c", 4.0, 0.0)}
+    for t in (1.0, 11.0, 30.0):
+        state, ch = select(state, {"b": best_paths(slow, "a")["b"]}, slow, "a", t, RULE)
+        assert state["b"].next_hop == "c" and not ch and state["b"].better_since is None
+
+
 def test_flapping_delay_restarts_the_wait() -> None:
     names = ["a", "b", "c"]
     slow = mesh(names, {("a", "b"): up(90), ("a", "c"): up(2), ("b", "c"): up(2)})
