@@ -147,7 +147,11 @@ def _tunnels_established(rc: RavenCluster, node: str, names: set[str]) -> bool:
     return all(sas.get(n, {}).get("state") == "ESTABLISHED" for n in names)
 
 
-@pytest.mark.parametrize("gateway", ["gw-edge-b", "gw-edge-pub", "gw-edge-pub", "gw-edge-pub"])
+# A responder-side gateway (gw-edge-pub) is the case the IKE retransmission cap is about; `make measure` runs it
+# twice more for the spread.
+@pytest.mark.parametrize("gateway", ["gw-edge-b", "gw-edge-pub",
+                                     *(pytest.param("gw-edge-pub", marks=pytest.mark.minute, id=f"gw-edge-pub-{i}")
+                                       for i in (2, 3))])
 def test_charon_killed_and_back_20s_later_recovers_quickly(rc: RavenCluster, gateway: str) -> None:
     """Scenario (j): charon's container restarts after 20 s. Measured from charon's start to (1) every tunnel of
     the gateway ESTABLISHED and (2) pod traffic through it flowing again (a 10 ms UDP probe)."""

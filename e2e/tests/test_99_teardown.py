@@ -47,10 +47,11 @@ def _clean(prefix: str = PREFIX) -> dict[str, list[str]]:
     return {k: v for k, v in find_leftovers(prefix).items() if v}
 
 
-def test_closing_the_cluster_leaves_nothing_behind(rc: RavenCluster) -> None:
+def test_closing_the_cluster_leaves_nothing_behind(rc: RavenCluster, request: pytest.FixtureRequest) -> None:
     run_dir = str(rc.run_dir)
     assert find_leftovers(PREFIX)["netns"], "the cluster should exist before teardown"
-    rc.close()
+    # Its logs stay (as the session fixture would keep them) when an earlier scenario failed.
+    rc.close(keep_logs=request.session.testsfailed > 0 or os.environ.get("RAVEN_E2E_KEEP") == "1")
     assert _clean() == {}
     assert _processes_mentioning(run_dir) == []
     assert not rc.api._thread.is_alive()
