@@ -75,6 +75,7 @@ def best_paths(g: Graph, me: str) -> dict[str, tuple[str, float]]:
                 if first > best:
                     break
                 c = first + to_dst[k]
+                # A tie: the direct link stays; between relays, the one first in the graph's order.
                 if c <= best and (c < best or (hop != j and k < hop)):
                     best = c
                     hop = k
