@@ -14,8 +14,8 @@ Cost of a working tunnel (milliseconds, symmetric: both ends compute the same nu
 A tunnel reported `down` by either end has no link (no cost); a pair that can never connect directly (both under
 NAT) has no link unless the `extra_direct` input says a direct link exists (NAT hole punching).
 
-The matrix is dense (lists of floats, `INF` for no link): the path computation is then a few C-level `map`/`min`
-calls per destination (`raven.routing.paths`), 1,000 gateways in tens of milliseconds.
+The matrix is dense (lists of floats, `INF` for no link): the path computation (`raven.routing.paths`, a branch
+and bound over the relays by first leg) reads rows and columns of it directly, 1,000 gateways in ~10-40 ms.
 """
 
 from __future__ import annotations

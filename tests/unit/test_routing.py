@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
+import pytest
+
+from raven.routing import paths
 from raven.routing.graph import HOP_COST_MS, INF, UNMEASURED_RTT_MS, Graph, Measurement, build_graph, link_cost, pair
 from raven.routing.paths import best_paths
 from raven.routing.selector import Chosen, Hysteresis, expected_relays, select
@@ -63,6 +67,76 @@ def test_ties_break_by_graph_order() -> None:
     g = build_graph(["r2", "r1", "x", "y"], [("r1", "x"), ("r1", "y"), ("r2", "x"), ("r2", "y")], {})
     assert best_paths(g, "x")["y"][0] == "r2"
     assert best_paths(g, "y")["x"][0] == "r2"
+
+
+def reference_best_paths(g: Graph, me: str) -> dict[str, tuple[str, float]]:
+    """The definition (`raven.routing.paths`' docstring), every relay summed: min(direct, min over relays r of
+    cost(me, r) + cost(r, dst)), the direct link winning a tie, then the relay first in the graph's order."""
+    if me not in g.index:
+        return {}
+    i = g.index[me]
+    out: dict[str, tuple[str, float]] = {}
+    for j, dst in enumerate(g.names):
+        if j == i:
+            continue
+        hop, best = j, g.cost[i][j]
+        for r in range(len(g.names)):
+            if r not in (i, j) and g.cost[i][r] + g.cost[r][j] < best:  # strict: the earlier one keeps a tie
+                hop, best = r, g.cost[i][r] + g.cost[r][j]
+        out[dst] = (g.names[hop], best)
+    return out
+
+
+def random_measured_graph(rnd: random.Random, n: int) -> Graph:
+    """build_graph from random reports: links missing (NAT pairs), down, unmeasured, lossy, weighted; RTTs on a
+    coarse grid so that equal costs (ties) are common."""
+    names = [f"g{k}" for k in rnd.sample(range(1000), n)]
+    direct = [(a, b) for x, a in enumerate(names) for b in names[x + 1:] if rnd.random() < 0.8]
+    meas: dict[tuple[str, str], Measurement] = {}
+    for a, b in direct:
+        kind = rnd.random()
+        if kind < 0.1:
+            meas[pair(a, b)] = Measurement("down")
+        elif kind < 0.2:
+            meas[pair(a, b)] = Measurement("unknown", 0.001)
+        elif kind < 0.9:
+            meas[pair(a, b)] = up(rnd.choice((1, 2, 3, 5, 8, 13, 50)), rnd.choice((0.0, 0.0, 0.0, 0.01, 1.0)))
+    weights = {a: float(rnd.choice((0, 0, 1, 3))) for a in names if rnd.random() < 0.3}
+    punched = [(a, b) for x, a in enumerate(names) for b in names[x + 1:] if rnd.random() < 0.05]
+    return build_graph(names, direct, meas, weights, punched)
+
+
+def random_matrix_graph(rnd: random.Random, n: int) -> Graph:
+    """Any symmetric non-negative matrix (zero costs included: a relay whose first leg equals the best cost can
+    still tie it), INF for no link, on a diagonal of INF."""
+    names = [f"m{k}" for k in range(n)]
+    rows = tuple([INF] * n for _ in range(n))
+    for a in range(n):
+        for b in range(a + 1, n):
+            rows[a][b] = rows[b][a] = rnd.choice((INF, 0.0, 1.0, 1.0, 2.0, 3.0, 4.5, rnd.uniform(0, 10)))
+    return Graph(tuple(names), rows, {x: k for k, x in enumerate(names)})
+
+
+@pytest.mark.parametrize("head", [paths.HEAD_RELAYS, 0, 1, 3])
+def test_best_paths_equal_the_definition_on_random_graphs(monkeypatch: pytest.MonkeyPatch, head: int) -> None:
+    """The branch and bound (relays by first leg, a transposed head) returns exactly what summing every relay
+    returns, ties included, from every gateway of many random graphs; small heads exercise the loop after it."""
+    monkeypatch.setattr(paths, "HEAD_RELAYS", head)
+    rnd = random.Random(14 + head)
+    checked = relayed = ties = 0
+    for trial in range(160):
+        n = rnd.choice((1, 2, 3, 4, 6, 9, 17, 40, 70))
+        g = random_measured_graph(rnd, n) if trial % 2 else random_matrix_graph(rnd, n)
+        for me in g.names:
+            want = reference_best_paths(g, me)
+            assert best_paths(g, me) == want, (trial, me)
+            checked += len(want)
+            relayed += sum(1 for d, (h, _) in want.items() if h != d)
+            i = g.index[me]
+            ties += sum(1 for d, (h, c) in want.items() if c < INF and sum(
+                1 for r in range(n) if r != i and g.cost[i][r] + g.cost[r][g.index[d]] == c) > 1)
+    assert checked > 10_000 and relayed > 1000 and ties > 300  # the cases that matter did occur
+    assert best_paths(g, "nobody") == {} == reference_best_paths(g, "nobody")
 
 
 def test_three_reachable_gateways_spread_nat_pairs_to_the_nearest() -> None:
