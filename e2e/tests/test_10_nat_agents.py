@@ -39,7 +39,7 @@ PREFIX = f"{SESSION_PREFIX}a"  # its own cluster (rvea by default)
 POOLS = ("cloud", "edge-a", "edge-b", "edge-pub")
 NAT_POOLS = ("edge-a", "edge-b")
 NAT_POOL_NODES = ("edge-a-1", "edge-b-1")
-# From the relayed pair's first answer to both gateways routing it direct: #15's target (measured 4.4-5.0 s; 13.5-17.9 s
+# From the relayed pair's first answer to both gateways routing it direct: #15's target (measured 4.2-5.8 s; 13.5-17.9 s
 # while the move waited out --route-hold-time, before a verified punched link was taken at once).
 DIRECT_WITHIN_S = 10.0
 VERIFIED_MOVES = 'raven_path_changes_total{reason="verified"}'  # routing took the punched link without the hold
