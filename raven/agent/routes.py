@@ -99,6 +99,8 @@ class Router:
         self.choice: RouteChoice | None = None
         # Pairs with a direct link although both are under NAT (hole punching, #15): set by whoever knows.
         self.extra_direct: frozenset[tuple[str, str]] = frozenset()
+        self.punched: frozenset[str] = frozenset()  # the pools of `extra_direct` at the last evaluation
+        self.punch_lost: dict[str, float] = {}  # pool -> when its punched link left `extra_direct` (epoch s)
         self.evaluations = 0
         # Relays this gateway moved a pool away from, accepted for the pool until then (epoch seconds): the far end
         # makes the same move from the same graph, but a few seconds apart (its own hold), still sending through it.
@@ -121,6 +123,7 @@ class Router:
             self.state = {p.gateway: Chosen(p.via or p.gateway, p.cost, p.since.timestamp() if p.since else now)
                           for p in adopt} if gateway is not None else {}
             self.grace = {}
+            self.punched, self.punch_lost = frozenset(), {}
             self.gateway = gateway
         if gateway is None:
             self.choice = None
@@ -135,7 +138,13 @@ class Router:
         rule = self.settings.rule
         before = self.state
         best = best_paths(graph, gateway)
-        self.state, changes = select(before, best, graph, gateway, now, rule)
+        # The punched links are verified by this agent (probe up through the tunnel): moving to one waits no hold,
+        # unless that link was lost within the hold time (a flapping link gets the ordinary hysteresis).
+        punched = frozenset(b if a == gateway else a for a, b in self.extra_direct if gateway in (a, b))
+        self.punch_lost.update((dst, now) for dst in self.punched - punched)
+        self.punch_lost = {dst: t for dst, t in self.punch_lost.items() if now - t < rule.hold_seconds}
+        self.punched = punched
+        self.state, changes = select(before, best, graph, gateway, now, rule, punched - self.punch_lost.keys())
         for ch in changes:
             if ch.old is not None and ch.old != ch.dst:
                 self.grace.setdefault(ch.dst, {})[ch.old] = now + rule.hold_seconds

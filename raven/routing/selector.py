@@ -14,18 +14,25 @@ The rule (`Hysteresis`):
   republished only when it moved by `--health-rtt-change-min`): a direct link reported a few ms above what it
   measures now must not keep a detour until the next heartbeat.
 So a delay that flaps faster than the hold time moves nothing, and noise of a few milliseconds moves nothing.
+
+One exception to the wait (`verified`, reason "verified"): a move *to the direct link* of a pool whose direct link
+the agent itself verified (a punched NAT-to-NAT tunnel, #15: SA or handshake up and a probe answering through
+it) is made at once, under the same cost conditions. That link is the move NAT traversal planned, not a
+fluctuation of a measurement: waiting out the hold would only keep a relay's capacity in use. The caller
+(`raven.agent.routes.Router`) leaves out a link lost within the hold time, so a flapping punched link gets the
+ordinary hysteresis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from raven.routing.graph import INF, Graph
 
-Reason = Literal["new", "unusable", "better", "unreachable"]
-REASONS: Final[tuple[Reason, ...]] = ("new", "unusable", "better", "unreachable")
+Reason = Literal["new", "unusable", "better", "verified", "unreachable"]
+REASONS: Final[tuple[Reason, ...]] = ("new", "unusable", "better", "verified", "unreachable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +78,10 @@ def select(
     me: str,
     now: float,
     rule: Hysteresis,
+    verified: Collection[str] = (),
 ) -> tuple[dict[str, Chosen], list[Change]]:
-    """The paths to use now and the changes from `current` (destinations missing from `best` are dropped)."""
+    """The paths to use now and the changes from `current` (destinations missing from `best` are dropped).
+    `verified`: destinations whose direct link the agent verified itself (punched): a move to it waits no hold."""
     out: dict[str, Chosen] = {}
     changes: list[Change] = []
     for dst in sorted(best):
@@ -96,7 +105,10 @@ def select(
             out[dst] = Chosen(cur.next_hop, cur_cost, cur.since)
             continue
         since = cur.better_since if cur.better_since is not None else now
-        if now - since >= rule.hold_seconds:
+        if target == dst and dst in verified:
+            out[dst] = Chosen(target, target_cost, now)
+            changes.append(Change(dst, cur.next_hop, target, "verified", cur_cost, target_cost))
+        elif now - since >= rule.hold_seconds:
             out[dst] = Chosen(target, target_cost, now)
             changes.append(Change(dst, cur.next_hop, target, "better", cur_cost, target_cost))
         else:

@@ -254,3 +254,33 @@ def test_a_restarted_router_adopts_the_paths_it_published_instead_of_choosing_af
     # ... and from there the hysteresis as before: the move after the hold.
     moved = restarted.update("gw-edge-a", gws, reports(FAST, T0 + 15), T0 + 15, adopt=published)
     assert [(c.dst, c.new, c.reason) for c in moved] == [("gw-edge-b", "gw-dc", "better")]
+
+
+def test_a_verified_punched_link_is_taken_at_once_and_after_a_loss_only_after_the_hold() -> None:
+    """NAT hole punching (#15): the NAT'd pair edge-a/edge-b is relayed (via dc) until the agent verifies its punched
+    tunnel (`extra_direct`); then the pool moves to it at the next evaluation, not after --route-hold-time (the
+    relay stays accepted for the hold, the far end may move a moment later). A punched link lost and verified
+    again within the hold time gets the ordinary hold: a flapping link does not drag the pool back and forth."""
+    gws = parse(cluster_json())
+    reg = CollectorRegistry()
+    router = Router(SETTINGS, RoutingMetrics(reg))
+    router.update("gw-edge-a", gws, reports(FAST, T0), T0)
+    assert router.choice is not None and router.choice.next_hop_map()["gw-edge-b"] == "gw-dc"
+    pair_ab = ("gw-edge-a", "gw-edge-b")
+    punched = {**FAST, pair_ab: 2.0}  # direct 3 against 8 via dc
+    router.extra_direct = frozenset({pair_ab})
+    changes = router.update("gw-edge-a", gws, reports(punched, T0 + 1), T0 + 1)
+    assert [(c.dst, c.new, c.reason) for c in changes] == [("gw-edge-b", "gw-edge-b", "verified")]
+    assert router.choice.next_hop_map()["gw-edge-b"] == "gw-edge-b"
+    assert "gw-edge-b" in router.choice.relayed_by().get("gw-dc", set())
+    assert reg.get_sample_value("raven_path_changes_total", {"reason": "verified"}) == 1
+    # Its probe went down: the link leaves extra_direct, back to the relay at once.
+    router.extra_direct = frozenset()
+    changes = router.update("gw-edge-a", gws, reports(FAST, T0 + 2), T0 + 2)
+    assert [(c.dst, c.new, c.reason) for c in changes] == [("gw-edge-b", "gw-dc", "unusable")]
+    # Verified again a second later: the ordinary hold this time.
+    router.extra_direct = frozenset({pair_ab})
+    assert not router.update("gw-edge-a", gws, reports(punched, T0 + 3), T0 + 3) and router.pending()
+    assert not router.update("gw-edge-a", gws, reports(punched, T0 + 11), T0 + 11)
+    router.update("gw-edge-a", gws, reports(punched, T0 + 13), T0 + 13)
+    assert router.choice.next_hop_map()["gw-edge-b"] == "gw-edge-b"

@@ -276,3 +276,27 @@ def test_expected_relays_only_on_the_path_or_a_pending_move() -> None:
     state, _ = select(state, best, detour, "a", 11.0, RULE)
     assert expected_relays(state["b"], best["b"], "b") == ("c",)  # on the detour
     assert expected_relays(Chosen("b", 3.0, 0.0), ("d", 2.0), "b") == ()  # a cheaper relay, not clearly better
+
+
+def test_a_verified_punched_link_is_taken_without_the_hold() -> None:
+    """NAT hole punching (#15): the direct link of a NAT'd pair the agent verified itself is the planned target, so
+    the move from the relay waits no hold (reason "verified"); the cost rule still applies: a relay clearly better
+    than the punched link stays."""
+    names = ["a", "b", "c"]
+    g = mesh(names, {("a", "b"): up(2), ("a", "c"): up(1), ("b", "c"): up(1)}, direct=[("a", "c"), ("b", "c")],
+             extra_direct=[("a", "b")])  # direct 3, via c 4
+    relayed = {"b": Chosen("c", 4.0, 0.0)}
+    state, ch = select(relayed, {"b": best_paths(g, "a")["b"]}, g, "a", 1.0, RULE)
+    assert state["b"].next_hop == "c" and not ch  # unverified: the ordinary hold
+    state, ch = select(relayed, {"b": best_paths(g, "a")["b"]}, g, "a", 1.0, RULE, verified={"b"})
+    assert state["b"].next_hop == "b" and [(c.new, c.reason) for c in ch] == [("b", "verified")]
+    assert state["b"].since == 1.0 and state["b"].better_since is None
+    slow = mesh(names, {("a", "b"): up(20), ("a", "c"): up(1), ("b", "c"): up(1)}, direct=[("a", "c"), ("b", "c")],
+                extra_direct=[("a", "b")])
+    state, ch = select(relayed, {"b": best_paths(slow, "a")["b"]}, slow, "a", 1.0, RULE, verified={"b"})
+    assert state["b"].next_hop == "c" and not ch
+    # A detour to another pool is no punched link's move: it keeps the hold although its pool is verified.
+    far = mesh(names, {("a", "b"): up(90), ("a", "c"): up(1), ("b", "c"): up(1)})
+    state, ch = select({"b": Chosen("b", 91.0, 0.0)}, {"b": best_paths(far, "a")["b"]}, far, "a", 1.0, RULE,
+                       verified={"b"})
+    assert state["b"].next_hop == "b" and not ch and state["b"].better_since == 1.0
