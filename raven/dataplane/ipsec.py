@@ -31,19 +31,23 @@ loaded (reported as an error) rather than loaded to fail.
 
 No local cache decides what to load: every reconcile compares with what charon reports, so an agent
 restart or a charon restart converges the same way. The connection's full configuration is
-fingerprinted into its CHILD_SA name (`inner-<hash>`), which `list-conns` reports back: a converged
-reconcile makes zero load/unload calls, and a changed peer replaces that one connection only (its
-IKE_SA is terminated first so the new addresses take effect at once; other peers' SAs are untouched).
+fingerprinted into its CHILD_SA name (`inner-<SA part>-<whole>`), which `list-conns` reports back: a
+converged reconcile makes zero load/unload calls, and a changed peer replaces that one connection only
+(other peers' SAs are untouched). Its IKE_SA is terminated first, so the new identity/addresses take
+effect at once, unless only the role changed (who initiates, where to dial: what the SA part leaves
+out) and the SA's hosts are still allowed: then the established SA carries on (`_keeps_sa`; a pool
+exposed flips the initiator of its relay connection, which must not cut the relayed path).
 The PSK is loaded with owners (every local and remote identity in use) under an id derived from a
 slow hash (scrypt) of secret and owners, so charon's `get-shared` answers "already loaded" without
 charon ever revealing the secret, and the id does not make a weak PSK cheap to guess.
 
 DPD: `dpd_delay` on every connection; the timeout of IKEv2 DPD is charon's retransmission schedule
-(strongswan.conf `retransmit_*`). The initiating side uses start_action=start, dpd_action=restart
-and close_action=start (it re-establishes on its own); the responding side uses none/clear/none.
-charon gives up on an IKE_SA after a hard failure (e.g. NO_PROPOSAL_CHOSEN from a peer whose agent
-has not loaded its side yet): a reconcile re-initiates (non-blocking) every initiator connection that
-has no IKE_SA at all. A terminate that finds no SA (it went away on its own) is not an error.
+(strongswan.conf `retransmit_*`). The initiating side uses dpd_action=restart and close_action=start
+(it re-establishes on its own); the responding side uses clear/none. start_action is none on both:
+charon ends the SAs of a replaced connection whose old config had start_action=start, so the driver
+initiates instead: every reconcile starts (non-blocking) each initiator connection that has no IKE_SA
+at all, a just-loaded one or one charon gave up on after a hard failure (e.g. NO_PROPOSAL_CHOSEN from
+a peer whose agent has not loaded its side yet). A terminate that finds no SA (it went away on its own) is not an error.
 Reqids: every connection's CHILD_SA gets a fixed reqid of its own (`assign_reqids`: from a hash of the
 connection name, in a range charon's dynamic allocator never reaches), never charon's dynamic one. charon
 (5.9) re-establishing a CHILD_SA (dpd_action=restart, close_action=start) asks for the reqid the old one
@@ -184,7 +188,10 @@ def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | 
         "local_ts": [conn.local_ts],
         "remote_ts": [conn.remote_ts],
         "esp_proposals": list(conn.esp_proposals),
-        "start_action": "start" if initiator else "none",
+        # The driver initiates itself (after loading, and whenever an initiator has no IKE_SA): charon ends the
+        # SAs of a replaced connection whose old config had start_action=start, so a change of role or address
+        # on an established pair (a pool exposed) would cut it.
+        "start_action": "none",
         "dpd_action": "restart" if initiator else "clear",
         "close_action": "start" if initiator else "none",
     }
@@ -226,9 +233,39 @@ def _auth(conn: IPsecConnection, ca_pem: bytes | None) -> dict[str, Any]:
     }
 
 
+# What a running SA does not depend on: who initiates (and its NAT-T source port) and where to dial. A connection
+# whose change is only here keeps its established SA (`_keeps_sa`); any other change (identities, credentials,
+# proposals, selectors, timers) ends it.
+_ROLE_KEYS: Final = ("local_port", "local_addrs", "remote_addrs", "remote_port")
+_CHILD_ROLE_KEYS: Final = ("start_action", "dpd_action", "close_action")
+
+
+def _digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 def child_name(config: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    return CHILD_PREFIX + digest[:16]
+    """`inner-<what the SA depends on>-<everything>`: list-conns reports it back, so a reconcile sees both what
+    changed and whether an established SA survives the change."""
+    sa = {k: v for k, v in config.items() if k not in _ROLE_KEYS and k != "children"}
+    sa["children"] = {n: {k: v for k, v in c.items() if k not in _CHILD_ROLE_KEYS}
+                      for n, c in config["children"].items()}
+    return f"{CHILD_PREFIX}{_digest(sa)[:12]}-{_digest(config)[:8]}"
+
+
+def _sa_part(child: str) -> str | None:
+    """The SA part of a loaded child's name; None for a name of an older version (one digest only)."""
+    body = child.removeprefix(CHILD_PREFIX)
+    return body.split("-")[0] if child.startswith(CHILD_PREFIX) and body.count("-") == 1 else None
+
+
+def _keeps_sa(loaded: set[str], child: str, conn: IPsecConnection, hosts: tuple[str, str]) -> bool:
+    """Whether the established SA of a connection loaded with children `loaded` stays valid under the new config
+    (child `child`): same SA part, and its (local, remote) hosts still allowed by the new addresses."""
+    local, remote = hosts
+    return (len(loaded) == 1 and _sa_part(next(iter(loaded))) == _sa_part(child) is not None
+            and ("%any" in conn.remote_addrs or remote in conn.remote_addrs)
+            and (not conn.local_addrs or "%any" in conn.local_addrs or local in conn.local_addrs))
 
 
 def _fingerprinted(conn: IPsecConnection, settings: IPsecSettings,
@@ -434,8 +471,10 @@ class IPsecDriver:
                     out[name] = set(body.get("children", {}).keys())
         return out
 
-    def _active_ike(self, s: Any) -> set[str]:
-        return {name for item in _drain(s.list_sas()) for name in item if name.startswith(self.prefix)}
+    def _active_ike(self, s: Any) -> dict[str, tuple[str, str]]:
+        """Our IKE_SAs by connection name: (local host, remote host)."""
+        return {name: (_s(ike.get("local-host", b"")), _s(ike.get("remote-host", b"")))
+                for item in _drain(s.list_sas()) for name, ike in item.items() if name.startswith(self.prefix)}
 
     def _snapshot(self) -> _CredsPass:
         """What the worker may read of the credentials (set_credentials runs on the event loop's thread)."""
@@ -450,11 +489,8 @@ class IPsecDriver:
         wanted = {name: _fingerprinted(conn, self.settings, ca_pem, reqids[name]) for name, conn in desired.items()}
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
-        initiators = {n for n, c in desired.items() if c.initiator and n not in to_load}
-        if to_load or to_unload or initiators:
-            active = self._active_ike(s)
-        else:
-            active = set()
+        initiators = {n for n, c in desired.items() if c.initiator}
+        active = self._active_ike(s) if to_load or to_unload or initiators else {}
         # Credentials first: a connection that starts on load needs them.
         self._sync_psk(s, desired.values(), report)
         self._sync_creds(s, creds, report)
@@ -463,21 +499,25 @@ class IPsecDriver:
                 self._terminate(s, name, report)
             self._op(report, "unload_conn", name, s.unload_conn, {"name": name})
         for name in to_load:
-            if name in active:
-                # Changed peer: drop its old SA so the new addresses/proposals apply now.
+            if name in active and not _keeps_sa(loaded.get(name, set()), wanted[name][0], desired[name],
+                                                active[name]):
+                # Changed peer: drop its old SA so the new identity/addresses/proposals apply now.
                 self._terminate(s, name, report)
+                del active[name]
             _child, cfg = wanted[name]
             self._op(report, "load_conn", name, s.load_conn, {name: cfg})
             log.info("vici connection loaded", extra=kv(conn=name, remote=",".join(desired[name].remote_addrs),
                                                         initiator=desired[name].initiator))
-        # An initiator whose IKE_SA is gone for good: charon does not retry after a hard failure (e.g.
-        # NO_PROPOSAL_CHOSEN from a peer whose agent had not loaded its side yet, AUTHENTICATION_FAILED),
-        # so start it again. Non-blocking; an SA still being set up is listed and left alone.
-        for name in sorted(initiators - active):
+        # Every initiator without an IKE_SA is started: one just loaded (start_action is none, see conn_config),
+        # and one whose IKE_SA is gone for good (charon does not retry after a hard failure, e.g.
+        # NO_PROPOSAL_CHOSEN from a peer whose agent had not loaded its side yet, AUTHENTICATION_FAILED).
+        # Non-blocking; an SA still being set up is listed and left alone.
+        for name in sorted(initiators - active.keys()):
             child, _cfg = wanted[name]
             self._op(report, "initiate", name, s.initiate,
                      {"ike": name, "child": child, "timeout": -1, "init-limits": "no"})
-            log.info("vici connection re-initiated", extra=kv(conn=name, reason="no IKE_SA"))
+            if name not in to_load:
+                log.info("vici connection re-initiated", extra=kv(conn=name, reason="no IKE_SA"))
         if to_load or to_unload:
             log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))
         return report

@@ -148,7 +148,7 @@ async def bring_up(
         "gb": ([ga], [make(gb, ga, False)]),
         "gc": ([ga], [make(gc, ga, False)]),
     }
-    # Responders first, so the initiator's start_action finds them ready.
+    # Responders first, so the initiator's first IKE_SA (the driver initiates on load) finds them ready.
     for name in ("gb", "gc", "ga"):
         peers, conns = plan[name]
         kernel, driver = drivers[name]
@@ -223,6 +223,39 @@ async def test_a_changed_peer_replaces_only_that_connection(
     report = await drivers["ga"][1].reconcile([conn(ga, gb, True)])
     assert report.writes["unload_conn"] == 1 and report.writes["terminate"] == 1
     assert [t.name for t in await drivers["ga"][1].states()] == ["raven-gb"]
+
+
+async def test_a_role_change_on_an_established_pair_keeps_its_sa(
+    gws: dict[str, Gw], drivers: dict[str, tuple[KernelApplier, IPsecDriver]]
+) -> None:
+    """A pool exposed flips who initiates between it and the relay and narrows the relay's remote addresses: both
+    ends load the changed connection, and the established IKE_SA and CHILD_SA carry on (no terminate, by us or by
+    charon undoing an old start action)."""
+    ga, gb = gws["ga"], gws["gb"]
+    await bring_up(gws, drivers)
+    assert await wait_for(lambda: installed(drivers["gb"][1], "raven-ga"))
+    before = {n: await installed(drivers[n][1], f"raven-{p}") for n, p in (("ga", "gb"), ("gb", "ga"))}
+    # gb initiates now (to ga's address); ga answers anyone.
+    flipped = {"gb": [conn(gb, ga, True)], "ga": [conn(ga, gb, False), conn(ga, gws["gc"], True)]}
+    for name in ("ga", "gb"):
+        report = await drivers[name][1].reconcile(flipped[name])
+        assert report.ok, report.errors
+        assert report.writes["load_conn"] == 1, report.writes  # the change is applied...
+        assert report.writes["terminate"] == 0 and report.writes["initiate"] == 0, report.writes  # ...in place
+    for name, peer in (("ga", "gb"), ("gb", "ga")):
+        with gws[name].charon.session() as s:
+            conns = [body for item in s.list_conns() for n, body in item.items() if n == f"raven-{peer}"]
+        assert conns and conns[0]["children"], conns  # the new config is what charon holds
+    assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod))
+    await asyncio.sleep(1.0)  # charon's own terminate jobs would have run by now
+    for name, peer in (("ga", "gb"), ("gb", "ga")):
+        now = await installed(drivers[name][1], f"raven-{peer}")
+        was = before[name]
+        assert was is not None and now is not None
+        assert (now.ike_unique_id, now.child_unique_id) == (was.ike_unique_id, was.child_unique_id), name
+    # Converged in the new roles.
+    for name in ("ga", "gb"):
+        assert (await drivers[name][1].reconcile(flipped[name])).total_writes == 0
 
 
 async def test_charon_restart_is_survived_without_restarting_the_driver(
