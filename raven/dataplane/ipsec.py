@@ -47,7 +47,8 @@ DPD: `dpd_delay` on every connection; the timeout of IKEv2 DPD is charon's retra
 charon ends the SAs of a replaced connection whose old config had start_action=start, so the driver
 initiates instead: every reconcile starts (non-blocking) each initiator connection that has no IKE_SA
 at all, a just-loaded one or one charon gave up on after a hard failure (e.g. NO_PROPOSAL_CHOSEN from
-a peer whose agent has not loaded its side yet). A terminate that finds no SA (it went away on its own) is not an error.
+a peer whose agent has not loaded its side yet). A terminate that finds no SA (it went away on its
+own) is not an error.
 Reqids: every connection's CHILD_SA gets a fixed reqid of its own (`assign_reqids`: from a hash of the
 connection name, in a range charon's dynamic allocator never reaches), never charon's dynamic one. charon
 (5.9) re-establishing a CHILD_SA (dpd_action=restart, close_action=start) asks for the reqid the old one

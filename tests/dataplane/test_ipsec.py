@@ -235,6 +235,12 @@ async def test_a_role_change_on_an_established_pair_keeps_its_sa(
     await bring_up(gws, drivers)
     assert await wait_for(lambda: installed(drivers["gb"][1], "raven-ga"))
     before = {n: await installed(drivers[n][1], f"raven-{p}") for n, p in (("ga", "gb"), ("gb", "ga"))}
+
+    def children(name: str, peer: str) -> set[str]:
+        with gws[name].charon.session() as s:
+            return {c for item in s.list_conns() for n, body in item.items() if n == f"raven-{peer}"
+                    for c in body.get("children", {})}
+    children0 = {n: children(n, p) for n, p in (("ga", "gb"), ("gb", "ga"))}
     # gb initiates now (to ga's address); ga answers anyone.
     flipped = {"gb": [conn(gb, ga, True)], "ga": [conn(ga, gb, False), conn(ga, gws["gc"], True)]}
     for name in ("ga", "gb"):
@@ -243,11 +249,13 @@ async def test_a_role_change_on_an_established_pair_keeps_its_sa(
         assert report.writes["load_conn"] == 1, report.writes  # the change is applied...
         assert report.writes["terminate"] == 0 and report.writes["initiate"] == 0, report.writes  # ...in place
     for name, peer in (("ga", "gb"), ("gb", "ga")):
-        with gws[name].charon.session() as s:
-            conns = [body for item in s.list_conns() for n, body in item.items() if n == f"raven-{peer}"]
-        assert conns and conns[0]["children"], conns  # the new config is what charon holds
+        # Seen: charon holds the new config (another child name) and replaced the old one, which is when it
+        # would queue its own terminate of the old start action's SAs.
+        now_children = children(name, peer)
+        assert now_children and now_children != children0[name], (children0[name], now_children)
+        assert f"replaced vici connection: raven-{peer}" in gws[name].charon.read_log()
     assert await wait_for(lambda: ping(ga.ns, ga.pod, gb.pod))
-    await asyncio.sleep(1.0)  # charon's own terminate jobs would have run by now
+    await asyncio.sleep(1.0)  # those terminate jobs (asynchronous) would have run by now
     for name, peer in (("ga", "gb"), ("gb", "ga")):
         now = await installed(drivers[name][1], f"raven-{peer}")
         was = before[name]
