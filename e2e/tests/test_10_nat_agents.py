@@ -87,7 +87,8 @@ def next_hop(rc: RavenCluster, node: str, dst: str) -> str | None:
 
 def wg_peers(rc: RavenCluster, node: str) -> dict[str, PeerInfo]:
     """The node's WireGuard peers by the gateway node each belongs to (from the keys the nodes published)."""
-    gateway = {n: g for g in rc.gateways() for n in (ep["nodeName"] for ep in rc.gateways()[g]["spec"]["endpoints"])}
+    gateways = rc.gateways()
+    gateway = {ep["nodeName"]: g for g, obj in gateways.items() for ep in obj["spec"]["endpoints"]}
     node_of = {hexkey(published_key(rc, gateway[n], n)): n for n in ("cloud-1", "edge-a-1", "edge-b-1", "edge-pub-1")}
     return {node_of.get(k, k): p for k, p in device(rc, node).peers.items()}
 
