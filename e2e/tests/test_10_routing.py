@@ -2,8 +2,9 @@
 NAT, edge-pub and cloud reachable); (a) 80 ms more on the edge-a <-> edge-pub WAN link only: their traffic moves
 through the cloud, and comes back when the delay is removed; (b) IKE and ESP between edge-a and edge-pub dropped
 by a firewall while both reach the cloud: traffic flows through the cloud. A 10 ms UDP probe between pods of the
-two pools measures what the traffic saw; the figures go to MEASUREMENTS (zero loss on a planned change needs the
-make-before-break staging, issue 14 part 3, built separately)."""
+two pools measures what the traffic saw; the figures go to MEASUREMENTS, and a planned change ((a), (c), (d)) must
+lose no probe packet (make-before-break). The lab's delay is removed without loss (`_undelay`), so a loss counted is
+the path change's."""
 
 from __future__ import annotations
 
@@ -81,10 +82,14 @@ def _delay_from(rc: RavenCluster, pool: str, sources: list[str], ms: float) -> o
     return proc
 
 
-def _undelay(rc: RavenCluster, pool: str, sources: list[str], proc: object) -> None:
-    proc.stop(2.0)  # type: ignore[attr-defined]  # its TUN device and route go with it
+def _undelay(rc: RavenCluster, pool: str, sources: list[str], proc: object, ms: float) -> None:
+    """Remove the delay without losing what it holds: new packets bypass it first (the rules go), the packets
+    already in it drain (`ms` and a margin), then the program stops (its TUN device and route go with it).
+    Stopped first, it would drop up to `ms` of traffic: a loss of the lab's, not of the path change."""
     for source in sources:
         rc.cl.pools[pool].router.ip("rule", "del", "iif", "wan0", "from", source, "lookup", "110", check=False)
+    time.sleep(ms / 1000 + 0.1)
+    proc.stop(2.0)  # type: ignore[attr-defined]
 
 
 def _block(rc: RavenCluster, pool: str, peer_lan: str, add: bool) -> None:
@@ -117,7 +122,7 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
             rc.wait_for("edge-a's kernel routes edge-pub through the cloud",
                         lambda: kernel_next_hop(rc, "gw-edge-a", dst.ip) == cloud_inner, timeout=STAGED_S, interval=0.1)
         finally:
-            _undelay(rc, "edge-a", [pub_lan], delay)
+            _undelay(rc, "edge-a", [pub_lan], delay, 80)
         t1 = time.monotonic()
         back = rc.wait_for("both ends back on the direct link", lambda: both_route(rc, ""), timeout=60, interval=0.2)
         rc.wait_for("edge-a's kernel routes edge-pub directly again",
@@ -126,11 +131,12 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
         res = probe.stop()
     MEASUREMENTS["routing_a_detour_after_delay_s"] = round(moved, 2)
     MEASUREMENTS["routing_a_back_after_delay_removed_s"] = round(back, 2)
-    MEASUREMENTS["routing_a_probe"] = {"sent": res.sent, "lost": res.sent - res.received,
+    MEASUREMENTS["routing_a_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
                                        "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages],
                                        "detour_at_s": round(t0 - (res.start_monotonic or t0), 2),
                                        "delay_removed_at_s": round(t1 - (res.start_monotonic or t1), 2)}
     assert res.received > 0
+    assert res.sent - res.received == 0, m  # two planned changes (#14): zero loss
     log = rc.agents[rc.active_gateway_node("gw-edge-a")].logs()
     assert "path change" in log and "reason=better" in log
 
@@ -182,14 +188,22 @@ def test_a_nat_pair_uses_the_nearer_relay(rc: RavenCluster) -> None:
         try:
             moved = rc.wait_for("the pair moves to the nearer relay", lambda: pair_via("gw-edge-pub"), timeout=60,
                                 interval=0.2)
+            # The kernels follow the published choice once make-before-break verified the new hop: the probe runs
+            # across the route switch itself, under the delay.
+            pub_inner = inner_of(rc, "gw-edge-pub")
+            rc.wait_for("both edges' kernels route the pair through edge-pub",
+                        lambda: (kernel_next_hop(rc, "gw-edge-a", dst.ip) == pub_inner and
+                                 kernel_next_hop(rc, "gw-edge-b", src.ip) == pub_inner), timeout=STAGED_S, interval=0.1)
+            time.sleep(1)
         finally:
-            _undelay(rc, "cloud", nat_wans, delay)
+            _undelay(rc, "cloud", nat_wans, delay, 40)
         time.sleep(1)
         res = probe.stop()
     MEASUREMENTS["routing_c_moved_to_nearer_relay_s"] = round(moved, 2)
-    MEASUREMENTS["routing_c_probe"] = {"sent": res.sent, "lost": res.sent - res.received,
-                                       "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+    MEASUREMENTS["routing_c_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
+                                           "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
     assert res.received > 0
+    assert res.sent - res.received == 0, m  # a planned change (#14): zero loss
 
 
 def test_a_flapping_delay_moves_no_path_more_than_once_per_hold_period(rc: RavenCluster) -> None:
@@ -197,20 +211,30 @@ def test_a_flapping_delay_moves_no_path_more_than_once_per_hold_period(rc: Raven
     sustained for the hold time (10 s), so at most once per 10 s (here: not at all is expected)."""
     rc.wait_for("edge-a and edge-pub route each other directly", lambda: both_route(rc, ""), timeout=90)
     pub_lan = str(rc.cl.pools["edge-pub"].spec.lan)
+    src = rc.cl.nodes[rc.member_node("edge-a")].pods[0]
+    dst = rc.cl.nodes[rc.member_node("edge-pub")].pods[0]
     seen: list[tuple[float, str | None]] = []
-    t0 = time.monotonic()
-    last: str | None = ""
-    while time.monotonic() - t0 < 30:
-        on = int((time.monotonic() - t0) // 2) % 2 == 0
-        delay = _delay_from(rc, "edge-a", [pub_lan], 80) if on else None
-        end = t0 + 2 * (int((time.monotonic() - t0) // 2) + 1)
-        while time.monotonic() < end:
-            now = paths_of(rc, "gw-edge-a").get("gw-edge-pub")
-            if now != last:
-                seen.append((round(time.monotonic() - t0, 2), now))
-                last = now
-            time.sleep(0.2)
-        if delay is not None:
-            _undelay(rc, "edge-a", [pub_lan], delay)
+    with ContinuousProbe(src.netns, dst.netns, dst.ip, port=18313, name="route-d") as probe:
+        assert probe.wait_first_reply()
+        t0 = time.monotonic()
+        last: str | None = ""
+        while time.monotonic() - t0 < 30:
+            on = int((time.monotonic() - t0) // 2) % 2 == 0
+            delay = _delay_from(rc, "edge-a", [pub_lan], 80) if on else None
+            end = t0 + 2 * (int((time.monotonic() - t0) // 2) + 1)
+            while time.monotonic() < end:
+                now = paths_of(rc, "gw-edge-a").get("gw-edge-pub")
+                if now != last:
+                    seen.append((round(time.monotonic() - t0, 2), now))
+                    last = now
+                time.sleep(0.2)
+            if delay is not None:
+                _undelay(rc, "edge-a", [pub_lan], delay, 80)
+        time.sleep(2)  # a change seen last: its kernel switch (make-before-break settle, ~1 s) happens meanwhile
+        res = probe.stop()
     MEASUREMENTS["routing_d_path_changes_in_30s"] = seen
+    MEASUREMENTS["routing_d_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
+                                           "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
     assert len(seen) <= 3, seen  # 30 s / 10 s hold
+    assert res.received > 0
+    assert res.sent - res.received == 0, m  # whatever moved was a planned change (#14): zero loss
