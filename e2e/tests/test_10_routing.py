@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from e2e.cluster import RavenCluster
-from e2e.probe import ContinuousProbe
+from e2e.probe import ContinuousProbe, ProbeResult
 from raven.api.pathreport import PathReport
 from raven.kube.client import PATHREPORTS
 
@@ -92,6 +92,11 @@ def _undelay(rc: RavenCluster, pool: str, sources: list[str], proc: object, ms: 
     proc.stop(2.0)  # type: ignore[attr-defined]
 
 
+def _figures(res: ProbeResult) -> dict[str, object]:
+    return {"sent": res.sent, "lost": res.sent - res.received,
+            "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+
+
 def _block(rc: RavenCluster, pool: str, peer_lan: str, add: bool) -> None:
     """IKE and ESP-in-UDP between `pool` and the LAN `peer_lan`, both ways, dropped at `pool`'s router."""
     router = rc.cl.pools[pool].router
@@ -131,9 +136,7 @@ def test_a_slow_direct_link_detours_through_the_third_pool_and_returns(rc: Raven
         res = probe.stop()
     MEASUREMENTS["routing_a_detour_after_delay_s"] = round(moved, 2)
     MEASUREMENTS["routing_a_back_after_delay_removed_s"] = round(back, 2)
-    MEASUREMENTS["routing_a_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
-                                       "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages],
-                                       "detour_at_s": round(t0 - (res.start_monotonic or t0), 2),
+    MEASUREMENTS["routing_a_probe"] = m = {**_figures(res), "detour_at_s": round(t0 - (res.start_monotonic or t0), 2),
                                        "delay_removed_at_s": round(t1 - (res.start_monotonic or t1), 2)}
     assert res.received > 0
     assert res.sent - res.received == 0, m  # two planned changes (#14): zero loss
@@ -160,8 +163,7 @@ def test_a_blocked_direct_tunnel_detours_through_the_third_pool(rc: RavenCluster
     outage = res.outage_from(t0)
     MEASUREMENTS["routing_b_paths_moved_s"] = round(moved, 2)
     MEASUREMENTS["routing_b_outage_s"] = round(outage, 2)
-    MEASUREMENTS["routing_b_probe"] = {"sent": res.sent, "lost": res.sent - res.received,
-                                       "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+    MEASUREMENTS["routing_b_probe"] = _figures(res)
     # The aim is 3 s; bounded generously here (a loaded machine) and the figure reported.
     assert outage <= 15.0, f"traffic stopped for {outage:.2f} s"
     rc.wait_for("both ends back on the direct link", lambda: paths_of(rc, "gw-edge-a").get("gw-edge-pub") == "",
@@ -200,8 +202,7 @@ def test_a_nat_pair_uses_the_nearer_relay(rc: RavenCluster) -> None:
         time.sleep(1)
         res = probe.stop()
     MEASUREMENTS["routing_c_moved_to_nearer_relay_s"] = round(moved, 2)
-    MEASUREMENTS["routing_c_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
-                                           "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+    MEASUREMENTS["routing_c_probe"] = m = _figures(res)
     assert res.received > 0
     assert res.sent - res.received == 0, m  # a planned change (#14): zero loss
 
@@ -233,8 +234,7 @@ def test_a_flapping_delay_moves_no_path_more_than_once_per_hold_period(rc: Raven
         time.sleep(2)  # a change seen last: its kernel switch (make-before-break settle, ~1 s) happens meanwhile
         res = probe.stop()
     MEASUREMENTS["routing_d_path_changes_in_30s"] = seen
-    MEASUREMENTS["routing_d_probe"] = m = {"sent": res.sent, "lost": res.sent - res.received,
-                                           "outages": [(round(o.start_s, 2), round(o.length_s, 3)) for o in res.outages]}
+    MEASUREMENTS["routing_d_probe"] = m = _figures(res)
     assert len(seen) <= 3, seen  # 30 s / 10 s hold
     assert res.received > 0
     assert res.sent - res.received == 0, m  # whatever moved was a planned change (#14): zero loss
