@@ -12,9 +12,9 @@ make-before-break input: the direct CHILD_SA installed at both ends and a ping t
 reachable gateways' agents publish the NAT'd gateways' mappings in their PathReports, `raven status` infers from
 them, and the controller publishes the inference in each NAT'd Gateway's active endpoint config.
 
-What is not here: the agent's plan does not yet hold punch connections (the integration point is
-`raven.nattraversal.core.plan`; docs/architecture.md "NAT traversal"), so no full Raven cluster goes direct.
-Figures go to MEASUREMENTS; bounds are generous (the aims: direct within 10 s, <= 3 s outage on a break)."""
+The agents themselves (their plan holding the punch connections, routing moving the pair, both drivers) are proven
+on a full Raven cluster in `test_10_nat_agents.py`; this lab covers the NAT kinds, which that cluster (port-preserving
+MASQUERADE) does not. Figures go to MEASUREMENTS; bounds are generous (the aims: direct within 10 s, <= 3 s outage on a break)."""
 
 from __future__ import annotations
 
