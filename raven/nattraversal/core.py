@@ -5,7 +5,8 @@ address:port) its NAT'd peers' tunnels arrive from (`status.observedEndpoints`, 
 charon's SA list or WireGuard's peer endpoints); the Gateways' `spec.endpoints[].natType` / `publicPort` are
 OpenYurt users' hints. No STUN server, nothing outside the cluster.
 
-- `sightings(reports)`: the fresh observations, one per (observer gateway, observed gateway).
+- `sightings(reports)`: the fresh observations, one per (observer gateway, observed gateway); `evidence(...)`: those
+  about one gateway, and when the first report they rest on turns stale (the controller infers again then).
 - `infer(...)`: one NAT'd gateway's behaviour. Two or more observers that see the same address:port: its
   mapping is endpoint-independent (EIM: one mapping for every destination, so a third peer can aim at it);
   different ports (or addresses): address-dependent (a symmetric NAT: the mapping towards a new peer is
@@ -56,18 +57,44 @@ class Sighting:
     since: float = 0.0  # epoch seconds: first seen at this address:port (0 when unknown)
 
 
+def report_sightings(r: PathReport, now: datetime, stale_after: timedelta) -> tuple[Sighting, ...]:
+    """One report's observations: none unless it is fresh, well-formed and an active gateway's (a member sees no
+    tunnels)."""
+    if not r.well_formed or r.status.role != "gateway" or not r.fresh(now, stale_after):
+        return ()
+    observer = r.status.gateway
+    return tuple(Sighting(observer, e.gateway, e.node, e.address, e.port,
+                          e.since.timestamp() if e.since is not None else 0.0)
+                 for e in r.status.observed_endpoints if observer and e.gateway and e.gateway != observer)
+
+
 def sightings(reports: Iterable[PathReport], now: datetime, stale_after: timedelta) -> tuple[Sighting, ...]:
-    """The observations in fresh, well-formed reports of active gateways (a member sees no tunnels)."""
-    out: list[Sighting] = []
+    """The observations in fresh, well-formed reports of active gateways."""
+    return tuple(sorted({s for r in reports for s in report_sightings(r, now, stale_after)}))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The fresh sightings of one NAT'd gateway's nodes, and when the first report they come from turns stale (None:
+    they come from none). An inference made from `seen` must be made again just after `stale_at`: from then on it
+    would rest on a report that is no evidence any more (its agent died or was cut off, and nothing else changes)."""
+
+    seen: tuple[Sighting, ...]
+    stale_at: datetime | None
+
+
+def evidence(reports: Iterable[PathReport], gateway: str, nodes: Iterable[str], now: datetime,
+             stale_after: timedelta) -> Evidence:
+    """The fresh sightings of `gateway`'s `nodes` (see `Evidence`)."""
+    about = frozenset(nodes)
+    seen: set[Sighting] = set()
+    stale: list[datetime] = []
     for r in reports:
-        if not r.well_formed or r.status.role != "gateway" or not r.fresh(now, stale_after):
-            continue
-        observer = r.status.gateway
-        for e in r.status.observed_endpoints:
-            if observer and e.gateway and e.gateway != observer:
-                out.append(Sighting(observer, e.gateway, e.node, e.address, e.port,
-                                    e.since.timestamp() if e.since is not None else 0.0))
-    return tuple(sorted(set(out)))
+        mine = [s for s in report_sightings(r, now, stale_after) if s.gateway == gateway and s.node in about]
+        if mine and r.status.heartbeat_time is not None:  # fresh: it has a heartbeat
+            seen.update(mine)
+            stale.append(r.status.heartbeat_time + stale_after)
+    return Evidence(tuple(sorted(seen)), min(stale, default=None))
 
 
 # OpenYurt's natType values (from its STUN library) -> the mapping they imply, and whether filtering is known to be

@@ -20,10 +20,12 @@ from raven.nattraversal.core import (
     ADM,
     EIM,
     UNKNOWN,
+    Evidence,
     NatInference,
     PunchSchedule,
     Sighting,
     decide_pair,
+    evidence,
     from_config,
     infer,
     pair_start,
@@ -96,6 +98,24 @@ def test_sightings_come_only_from_fresh_well_formed_gateway_reports() -> None:
     ]
     assert sightings(reports, NOW, timedelta(seconds=180)) == (
         Sighting("gw-cloud", "gw-b", "gw-b-1", "198.18.0.12", 4500, T0 - 5),)
+
+
+def test_evidence_says_when_the_first_report_an_inference_rests_on_turns_stale() -> None:
+    stale_after = timedelta(seconds=180)
+    reports = [
+        report("c1-1", "gw-c1", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=100)),
+        report("c2-1", "gw-c2", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=30)),
+        report("c3-1", "gw-c3", [seen("gw-b", 4500, node="gw-b-2")], heartbeat=NOW - timedelta(seconds=170)),
+        report("c4-1", "gw-c4", [seen("gw-x", 4500)], heartbeat=NOW - timedelta(seconds=175)),  # about another
+        report("c5-1", "gw-c5", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=181)),  # stale already
+    ]
+    found = evidence(reports, "gw-b", ["gw-b-1"], NOW, stale_after)
+    assert [s.observer for s in found.seen] == ["gw-c1", "gw-c2"]
+    assert found.stale_at == NOW + timedelta(seconds=80)  # gw-c1's: then only gw-c2 is left
+    assert evidence(reports, "gw-b", ["gw-b-1", "gw-b-2"], NOW, stale_after).stale_at == NOW + timedelta(seconds=10)
+    later = evidence(reports, "gw-b", ["gw-b-1"], NOW + timedelta(seconds=81), stale_after)
+    assert [s.observer for s in later.seen] == ["gw-c2"] and later.stale_at == NOW + timedelta(seconds=150)
+    assert evidence(reports, "gw-b", ["gw-b-1"], NOW + timedelta(seconds=151), stale_after) == Evidence((), None)
 
 
 # --- inference ---
