@@ -23,7 +23,10 @@ OpenYurt users' hints. No STUN server, nothing outside the cluster.
   direct. A pair is direct only while `verified` says a probe answers through its direct tunnel (the
   make-before-break stage owns that input); `direct_links` is what routing takes as "extra direct links". A
   direct path that stops answering leaves `direct_links` at once (traffic goes back to the relay, whose tunnels
-  were never touched) and is re-punched: the connection stays for one window, then the backoff starts over.
+  were never touched) and is re-punched: the connection stays for one window, then the backoff starts over. An
+  inference the controller withdraws (its observers' reports went stale) starts no attempt, and ends one; a pair
+  verified direct keeps its connection towards the mapping it was verified with while the probe answers (the
+  direct path is the evidence then), and is relayed, not re-punched, once it stops.
 """
 
 from __future__ import annotations
@@ -294,6 +297,7 @@ class PairState:
     endpoints: tuple[str, int, str, int]  # ours and the peer's mapping as last planned: a change starts over
     start: float  # the schedule's origin (epoch s)
     direct_since: float | None = None  # verified direct since (None: relayed)
+    node: str = ""  # the peer's node the connection was planned towards (kept while an inference is withdrawn)
 
 
 @dataclass(frozen=True)
@@ -325,15 +329,22 @@ def plan(local: str, inferences: Mapping[str, NatInference], nat_peers: Sequence
     wake: list[float] = []
     for peer in sorted(set(nat_peers)):
         other = inferences.get(peer)
+        old = states.get(peer)
         if me is None or other is None:
+            # An inference withdrawn (the reports it rested on went stale): no attempt, but a pair verified direct
+            # keeps its connection, towards the mapping it was verified with, for as long as its probe answers.
+            if old is not None and old.direct_since is not None and verified.get(peer, False):
+                punch.append(PunchTarget(peer, old.node, old.endpoints[2], old.endpoints[3], 0))
+                links.add((min(local, peer), max(local, peer)))
+                new_states[peer] = old
             continue
         d = decide_pair(me, other)
         decisions.append(d)
         if not d.punch or other.address is None or other.port is None or me.address is None or me.port is None:
             continue
         ends = (me.address, me.port, other.address, other.port)
-        old = states.get(peer)
         st = old if old is not None and old.endpoints == ends else PairState(ends, pair_start(me, other, schedule))
+        st = st if st.node == other.node else replace(st, node=other.node)
         target = PunchTarget(peer, other.node, other.address, other.port, 0)
         if verified.get(peer, False):
             st = st if st.direct_since is not None else replace(st, direct_since=now)
@@ -342,7 +353,7 @@ def plan(local: str, inferences: Mapping[str, NatInference], nat_peers: Sequence
             new_states[peer] = st
             continue
         if st.direct_since is not None:  # it was direct and broke: re-punch now, backoff from the start again
-            st = PairState(ends, now)
+            st = PairState(ends, now, node=other.node)
         n, begin, end = schedule.attempt_at(st.start, now)
         if begin <= now < end:
             punch.append(replace(target, attempt=n))
