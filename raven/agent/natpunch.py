@@ -12,6 +12,9 @@ Its output feeds two places, both inputs of the pure plan or the router, never I
   move the pool to the direct path (and the staging step moves the routes once the tunnel is verified). A direct
   path whose probe goes `down` leaves `direct_links` at the next evaluation (the monitor's state change triggers
   it), the link leaves the graph, and the router moves the pool back to the relay at once ("unusable").
+An inference the controller withdraws (the observers' reports it rested on went stale) ends an attempt, but a
+verified pair keeps its target (the mapping it was verified with) and its direct link while the probe answers
+(`raven.nattraversal.core.plan`).
 
 `NatLoop` runs it: on a Gateway change, a change of the SAs that are up, a `peer` probe state change, and at the
 core's `next_check` (an attempt begins or ends).

@@ -22,7 +22,8 @@ With --health-failover (the default) step 2 first asks health.py what the agents
 verdict: not forwarding / unfit / kept despite NotReady, and the TunnelsHealthy condition) and feeds it to the
 same election. A PathReport event enqueues only the Gateways whose evidence it changes (the ones it names,
 plus the Gateways whose last verdict saw losses: third-party evidence can change theirs); a verdict that
-depends on time (a hold ending, a report going stale) re-queues its Gateway for then.
+depends on time (a hold ending, a report going stale) re-queues its Gateway for then. So does NAT traversal's
+inference published into a NAT'd Gateway's endpoint config: it is made again when a report it rests on goes stale.
 
 Writes are gated by `may_write()` (the leader check): an ex-leader stops writing at once, mid-reconcile.
 A failed reconcile is retried with per-key jittered backoff; bad data is reported and never crashes.
@@ -100,7 +101,7 @@ from raven.kube.events import EventRecorder, ObjectRef
 from raven.kube.typed import TypedClient, TypedEvent, TypedInformer
 from raven.kube.workqueue import WorkQueue
 from raven.log import kv
-from raven.nattraversal.core import infer, sightings, to_config
+from raven.nattraversal.core import evidence, infer, to_config
 
 log = logging.getLogger(__name__)
 
@@ -417,27 +418,41 @@ class GatewayReconciler:
                 self.queue.add(gw)
 
     def on_report_nat(self, ev: TypedEvent[PathReport]) -> None:
-        """A gateway's sightings of NAT'd peers changed: the Gateways it names (before or after) infer again."""
+        """A gateway's sightings of NAT'd peers changed, or its report turned fresh again (its agent is back, or
+        reaches the API again): the Gateways it names (before or after) infer again. Going stale sends no event: it
+        is timed (`_nat_inferences`)."""
         def named(r: PathReport | None) -> set[tuple[str, str, str, int]]:
             return {(e.gateway, e.node, e.address, e.port) for e in r.status.observed_endpoints} if r else set()
 
-        old = named(ev.old)
-        new = named(ev.obj if ev.type != "DELETED" and ev.error is None else None)
-        if old != new:
-            for gw in {g for g, _, _, _ in old ^ new}:
-                self.queue.add(gw)
+        current = ev.obj if ev.type != "DELETED" and ev.error is None else None
+        old, new = named(ev.old), named(current)
+        changed = old ^ new
+        if current is not None and ev.old is not None and current.fresh(self.now(), self._nat_stale_after) \
+                and not ev.old.fresh(self.now(), self._nat_stale_after):
+            changed |= new
+        for gw in {g for g, _, _, _ in changed}:
+            self.queue.add(gw)
+
+    @property
+    def _nat_stale_after(self) -> timedelta:
+        return self.health.stale_after if self.health is not None else NAT_STALE_AFTER
 
     def _nat_inferences(self, gw: Gateway) -> dict[str, dict[str, str]]:
         """node -> NAT traversal's inference about it, as endpoint config keys, for gw's endpoints under NAT, from
-        the fresh sightings of the reachable gateways' reports (raven.nattraversal.core)."""
+        the fresh sightings of the reachable gateways' reports (raven.nattraversal.core). An inference resting on a
+        report that will turn stale re-queues the Gateway for just after then, so it is made again from what is
+        fresh at that time (fewer observers: `unknown`, or the remaining observer's view; none: withdrawn)."""
         under_nat = [ep for ep in gw.spec.all_endpoints if ep.type == ENDPOINT_TYPE_TUNNEL and ep.is_under_nat]
         if self.reports is None or not under_nat:
             return {}
-        stale_after = self.health.stale_after if self.health is not None else NAT_STALE_AFTER
-        seen = [s for s in sightings(self.reports.values(), self.now(), stale_after) if s.gateway == gw.name]
+        now = self.now()
+        found = evidence(self.reports.values(), gw.name, (ep.node_name for ep in under_nat), now,
+                         self._nat_stale_after)
+        if found.stale_at is not None:
+            self.queue.add_after(gw.name, max((found.stale_at - now).total_seconds(), 0.0) + 0.05)
         out: dict[str, dict[str, str]] = {}
         for ep in under_nat:
-            config = to_config(infer(gw.name, ep.node_name, seen, nat_type=ep.nat_type or ""))
+            config = to_config(infer(gw.name, ep.node_name, found.seen, nat_type=ep.nat_type or ""))
             if config:
                 out[ep.node_name] = config
         return out

@@ -5,7 +5,8 @@ address:port) its NAT'd peers' tunnels arrive from (`status.observedEndpoints`, 
 charon's SA list or WireGuard's peer endpoints); the Gateways' `spec.endpoints[].natType` / `publicPort` are
 OpenYurt users' hints. No STUN server, nothing outside the cluster.
 
-- `sightings(reports)`: the fresh observations, one per (observer gateway, observed gateway).
+- `sightings(reports)`: the fresh observations, one per (observer gateway, observed gateway); `evidence(...)`: those
+  about one gateway, and when the first report they rest on turns stale (the controller infers again then).
 - `infer(...)`: one NAT'd gateway's behaviour. Two or more observers that see the same address:port: its
   mapping is endpoint-independent (EIM: one mapping for every destination, so a third peer can aim at it);
   different ports (or addresses): address-dependent (a symmetric NAT: the mapping towards a new peer is
@@ -22,7 +23,10 @@ OpenYurt users' hints. No STUN server, nothing outside the cluster.
   direct. A pair is direct only while `verified` says a probe answers through its direct tunnel (the
   make-before-break stage owns that input); `direct_links` is what routing takes as "extra direct links". A
   direct path that stops answering leaves `direct_links` at once (traffic goes back to the relay, whose tunnels
-  were never touched) and is re-punched: the connection stays for one window, then the backoff starts over.
+  were never touched) and is re-punched: the connection stays for one window, then the backoff starts over. An
+  inference the controller withdraws (its observers' reports went stale) starts no attempt, and ends one; a pair
+  verified direct keeps its connection towards the mapping it was verified with while the probe answers (the
+  direct path is the evidence then), and is relayed, not re-punched, once it stops.
 """
 
 from __future__ import annotations
@@ -56,18 +60,44 @@ class Sighting:
     since: float = 0.0  # epoch seconds: first seen at this address:port (0 when unknown)
 
 
+def report_sightings(r: PathReport, now: datetime, stale_after: timedelta) -> tuple[Sighting, ...]:
+    """One report's observations: none unless it is fresh, well-formed and an active gateway's (a member sees no
+    tunnels)."""
+    if not r.well_formed or r.status.role != "gateway" or not r.fresh(now, stale_after):
+        return ()
+    observer = r.status.gateway
+    return tuple(Sighting(observer, e.gateway, e.node, e.address, e.port,
+                          e.since.timestamp() if e.since is not None else 0.0)
+                 for e in r.status.observed_endpoints if observer and e.gateway and e.gateway != observer)
+
+
 def sightings(reports: Iterable[PathReport], now: datetime, stale_after: timedelta) -> tuple[Sighting, ...]:
-    """The observations in fresh, well-formed reports of active gateways (a member sees no tunnels)."""
-    out: list[Sighting] = []
+    """The observations in fresh, well-formed reports of active gateways."""
+    return tuple(sorted({s for r in reports for s in report_sightings(r, now, stale_after)}))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The fresh sightings of one NAT'd gateway's nodes, and when the first report they come from turns stale (None:
+    they come from none). An inference made from `seen` must be made again just after `stale_at`: from then on it
+    would rest on a report that is no evidence any more (its agent died or was cut off, and nothing else changes)."""
+
+    seen: tuple[Sighting, ...]
+    stale_at: datetime | None
+
+
+def evidence(reports: Iterable[PathReport], gateway: str, nodes: Iterable[str], now: datetime,
+             stale_after: timedelta) -> Evidence:
+    """The fresh sightings of `gateway`'s `nodes` (see `Evidence`)."""
+    about = frozenset(nodes)
+    seen: set[Sighting] = set()
+    stale: list[datetime] = []
     for r in reports:
-        if not r.well_formed or r.status.role != "gateway" or not r.fresh(now, stale_after):
-            continue
-        observer = r.status.gateway
-        for e in r.status.observed_endpoints:
-            if observer and e.gateway and e.gateway != observer:
-                out.append(Sighting(observer, e.gateway, e.node, e.address, e.port,
-                                    e.since.timestamp() if e.since is not None else 0.0))
-    return tuple(sorted(set(out)))
+        mine = [s for s in report_sightings(r, now, stale_after) if s.gateway == gateway and s.node in about]
+        if mine and r.status.heartbeat_time is not None:  # fresh: it has a heartbeat
+            seen.update(mine)
+            stale.append(r.status.heartbeat_time + stale_after)
+    return Evidence(tuple(sorted(seen)), min(stale, default=None))
 
 
 # OpenYurt's natType values (from its STUN library) -> the mapping they imply, and whether filtering is known to be
@@ -267,6 +297,7 @@ class PairState:
     endpoints: tuple[str, int, str, int]  # ours and the peer's mapping as last planned: a change starts over
     start: float  # the schedule's origin (epoch s)
     direct_since: float | None = None  # verified direct since (None: relayed)
+    node: str = ""  # the peer's node the connection was planned towards (kept while an inference is withdrawn)
 
 
 @dataclass(frozen=True)
@@ -298,15 +329,22 @@ def plan(local: str, inferences: Mapping[str, NatInference], nat_peers: Sequence
     wake: list[float] = []
     for peer in sorted(set(nat_peers)):
         other = inferences.get(peer)
+        old = states.get(peer)
         if me is None or other is None:
+            # An inference withdrawn (the reports it rested on went stale): no attempt, but a pair verified direct
+            # keeps its connection, towards the mapping it was verified with, for as long as its probe answers.
+            if old is not None and old.direct_since is not None and verified.get(peer, False):
+                punch.append(PunchTarget(peer, old.node, old.endpoints[2], old.endpoints[3], 0))
+                links.add((min(local, peer), max(local, peer)))
+                new_states[peer] = old
             continue
         d = decide_pair(me, other)
         decisions.append(d)
         if not d.punch or other.address is None or other.port is None or me.address is None or me.port is None:
             continue
         ends = (me.address, me.port, other.address, other.port)
-        old = states.get(peer)
         st = old if old is not None and old.endpoints == ends else PairState(ends, pair_start(me, other, schedule))
+        st = st if st.node == other.node else replace(st, node=other.node)
         target = PunchTarget(peer, other.node, other.address, other.port, 0)
         if verified.get(peer, False):
             st = st if st.direct_since is not None else replace(st, direct_since=now)
@@ -315,7 +353,7 @@ def plan(local: str, inferences: Mapping[str, NatInference], nat_peers: Sequence
             new_states[peer] = st
             continue
         if st.direct_since is not None:  # it was direct and broke: re-punch now, backoff from the start again
-            st = PairState(ends, now)
+            st = PairState(ends, now, node=other.node)
         n, begin, end = schedule.attempt_at(st.start, now)
         if begin <= now < end:
             punch.append(replace(target, attempt=n))

@@ -163,6 +163,31 @@ def test_an_attempt_ends_without_verification_and_the_connection_goes() -> None:
     assert puncher.punch == () and puncher.plan.next_check is not None and puncher.plan.next_check > end
 
 
+def test_an_inference_withdrawn_by_the_controller_keeps_a_verified_pair_and_ends_an_attempt() -> None:
+    """The controller withdraws an inference when the observers' reports it rested on went stale (their agents died,
+    or lost the API): the Gateways then carry no NAT keys. A verified pair keeps its connection and its direct link
+    while the probe answers; without verification the pair is relayed and nothing is attempted."""
+    gws = published_cluster()
+    withdrawn = copy.deepcopy(published_json())
+    for gw in MAPPED:
+        withdrawn[gw]["status"]["activeEndpoints"][0].pop("config")
+    bare = parse(withdrawn)
+    up = ("raven-gw-cloud", "raven-gw-edge-b")
+    puncher = evaluate(gws, "gw-edge-a", sa_up=up, probe="up")
+    before = plan(gws, nodes(), "edge-a-1", CFG, punch=puncher.punch)
+    evaluate(bare, "gw-edge-a", sa_up=up, probe="up", puncher=puncher, now=NOW + 60)
+    assert puncher.direct_links == frozenset({("gw-edge-a", "gw-edge-b")})
+    kept = plan(bare, nodes(), "edge-a-1", CFG, punch=puncher.punch)
+    assert {c.name: c for c in kept.state.ipsec}["raven-gw-edge-b"] == {
+        c.name: c for c in before.state.ipsec}["raven-gw-edge-b"]  # the same connection: its SA stays
+    evaluate(bare, "gw-edge-a", sa_up=up, probe="down", puncher=puncher, now=NOW + 61)
+    assert puncher.direct_links == frozenset() and puncher.punch == () and puncher.plan.next_check is None
+    assert "raven-gw-edge-b" not in {c.name for c in plan(bare, nodes(), "edge-a-1", CFG,
+                                                            punch=puncher.punch).state.ipsec}
+    fresh = evaluate(bare, "gw-edge-a")  # never verified: nothing to aim at, nothing attempted
+    assert fresh.punch == () and fresh.direct_links == frozenset()
+
+
 def test_a_punch_target_the_topology_connects_directly_is_ignored_and_reported() -> None:
     gws = published_cluster()
     result = plan(gws, nodes(), "edge-a-1", CFG, punch=(PunchTarget("gw-dc", "dc-1", "198.51.100.3", 4500, 0),))

@@ -20,10 +20,13 @@ from raven.nattraversal.core import (
     ADM,
     EIM,
     UNKNOWN,
+    Evidence,
     NatInference,
     PunchSchedule,
+    PunchTarget,
     Sighting,
     decide_pair,
+    evidence,
     from_config,
     infer,
     pair_start,
@@ -96,6 +99,24 @@ def test_sightings_come_only_from_fresh_well_formed_gateway_reports() -> None:
     ]
     assert sightings(reports, NOW, timedelta(seconds=180)) == (
         Sighting("gw-cloud", "gw-b", "gw-b-1", "198.18.0.12", 4500, T0 - 5),)
+
+
+def test_evidence_says_when_the_first_report_an_inference_rests_on_turns_stale() -> None:
+    stale_after = timedelta(seconds=180)
+    reports = [
+        report("c1-1", "gw-c1", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=100)),
+        report("c2-1", "gw-c2", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=30)),
+        report("c3-1", "gw-c3", [seen("gw-b", 4500, node="gw-b-2")], heartbeat=NOW - timedelta(seconds=170)),
+        report("c4-1", "gw-c4", [seen("gw-x", 4500)], heartbeat=NOW - timedelta(seconds=175)),  # about another
+        report("c5-1", "gw-c5", [seen("gw-b", 4500)], heartbeat=NOW - timedelta(seconds=181)),  # stale already
+    ]
+    found = evidence(reports, "gw-b", ["gw-b-1"], NOW, stale_after)
+    assert [s.observer for s in found.seen] == ["gw-c1", "gw-c2"]
+    assert found.stale_at == NOW + timedelta(seconds=80)  # gw-c1's: then only gw-c2 is left
+    assert evidence(reports, "gw-b", ["gw-b-1", "gw-b-2"], NOW, stale_after).stale_at == NOW + timedelta(seconds=10)
+    later = evidence(reports, "gw-b", ["gw-b-1"], NOW + timedelta(seconds=81), stale_after)
+    assert [s.observer for s in later.seen] == ["gw-c2"] and later.stale_at == NOW + timedelta(seconds=150)
+    assert evidence(reports, "gw-b", ["gw-b-1"], NOW + timedelta(seconds=151), stale_after) == Evidence((), None)
 
 
 # --- inference ---
@@ -186,6 +207,35 @@ def test_a_new_mapping_restarts_the_schedule() -> None:
                                        T0 + 600, "")}
     q = plan("a", moved, ["b"], p.states, {}, T0 + 603)
     assert q.states["b"].start == T0 + 602 and q.punch and q.punch[0].port == 4501
+
+
+def test_a_withdrawn_inference_ends_attempts_but_keeps_a_verified_pair_while_its_probe_answers() -> None:
+    infs = {"a": inf("a", EIM), "b": inf("b", EIM), "c": inf("c", EIM)}
+    start = T0 + 2
+    p = plan("a", infs, ["b", "c"], {}, {}, start + 1)
+    p = plan("a", infs, ["b", "c"], p.states, {"b": True}, start + 2)
+    assert p.direct_links == {("a", "b")} and [t.peer for t in p.punch] == ["b", "c"]  # b direct, c trying
+    # The controller withdraws both peers' inferences (their observers' reports went stale).
+    gone = {"a": infs["a"]}
+    q = plan("a", gone, ["b", "c"], p.states, {"b": True}, start + 3)
+    assert q.direct_links == {("a", "b")} and q.punch == (PunchTarget("b", "b-1", "198.18.0.1", 4500, 0),)
+    assert q.next_check is None and "c" not in q.states  # c's attempt ended: relayed, nothing scheduled
+    mine = plan("a", {"b": infs["b"]}, ["b"], p.states, {"b": True}, start + 3)  # our own inference withdrawn
+    assert mine.direct_links == q.direct_links and mine.punch == q.punch
+    # The direct path breaks while withdrawn: relayed at once, not re-punched (no mapping to aim at).
+    r = plan("a", gone, ["b"], q.states, {"b": False}, start + 4)
+    assert r.punch == () and not r.direct_links and r.states == {}
+    # A published inference again (the observers are back): the schedule from its `since`, as at the other end.
+    s = plan("a", infs, ["b"], r.states, {}, start + 12)
+    assert s.states["b"].start == start and s.punch == () and s.next_check == start + 15
+
+
+def test_fewer_observers_with_the_same_mapping_change_nothing_for_the_pair() -> None:
+    infs = {"a": inf("a", EIM), "b": inf("b", EIM)}
+    p = plan("a", infs, ["b"], {}, {"b": True}, T0 + 3)
+    fewer = {**infs, "b": dataclasses.replace(infs["b"], behaviour=UNKNOWN, since=T0 - 60)}
+    q = plan("a", fewer, ["b"], p.states, {"b": True}, T0 + 4)
+    assert q.states == p.states and q.punch == p.punch and q.direct_links == p.direct_links
 
 
 # --- the agent's observer ---
