@@ -14,7 +14,8 @@ them, and the controller publishes the inference in each NAT'd Gateway's active 
 
 The agents themselves (their plan holding the punch connections, routing moving the pair, both drivers) are proven
 on a full Raven cluster in `test_10_nat_agents.py`; this lab covers the NAT kinds, which that cluster (port-preserving
-MASQUERADE) does not. Figures go to MEASUREMENTS; bounds are generous (the aims: direct within 10 s, <= 3 s outage on a break)."""
+MASQUERADE) does not. Figures go to MEASUREMENTS; bounds are generous (the aims: direct within 10 s, <= 3 s outage
+on a break)."""
 
 from __future__ import annotations
 
