@@ -1,0 +1,150 @@
+"""Simultaneous initiation with real charons (kernel-libipsec): both ends of a mutual connection (a NAT-punched pair,
+`IPsecConnection.mutual`) initiate at once, charon completes both exchanges and keeps both IKE_SAs; the driver
+deletes the duplicate at one end, once, without losing a packet.
+
+Topology: ga (192.0.1.1) - rt - gb (192.0.2.1); rt delays every forwarded packet by 0.2 s each way (a userspace
+delay element, no netem here), so two initiations started together always cross: each end answers the other's
+IKE_AUTH before its own answer is back, charon's uniqueness check sees no established duplicate, and both SAs stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.netlab import Lab
+from e2e.probe import ContinuousProbe
+from raven.dataplane.ipsec import IPsecDriver
+from raven.dataplane.kernel import KernelApplier
+from raven.dataplane.state import IPsecConnection
+from tests.dataplane.test_ipsec import PSK, Gw, conn, kernel_state
+
+pytestmark = pytest.mark.root
+
+DELAY_MS = 200.0
+
+
+@pytest.fixture
+def pair(lab: Lab) -> Iterator[dict[str, Gw]]:
+    rt = lab.netns("rt")
+    rt.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    out: dict[str, Gw] = {}
+    for i, name in enumerate(("ga", "gb"), start=1):
+        ns = lab.netns(name)
+        lab.veth(ns, "eth0", rt, f"r{name}")
+        rt.add_addr(f"r{name}", f"192.0.{i}.254/24")
+        ns.add_addr("eth0", f"192.0.{i}.1/24")
+        ns.add_addr("lo", f"10.{i}.0.1/32")
+        ns.ip("route", "add", "default", "via", f"192.0.{i}.254")
+        out[name] = Gw(name, i, ns, ns.start_charon(), f"192.0.{i}.1")
+    delays = [rt.add_delay(f"r{name}", DELAY_MS, dev=f"dly{i}", table=100 + i) for i, name in enumerate(out)]
+    yield out
+    for d in delays:
+        d.stop(1.0)
+
+
+def sas(g: Gw, name: str) -> list[dict[str, Any]]:
+    """charon's IKE_SAs of connection `name` at `g`, read independently of the driver."""
+    with g.charon.session() as s:
+        return [ike for item in s.list_sas() for n, ike in item.items() if n == name]
+
+
+def up(ike: dict[str, Any]) -> bool:
+    children = list(ike.get("child-sas", {}).values())
+    return ike["state"] == b"ESTABLISHED" and any(c["state"] == b"INSTALLED" for c in children)
+
+
+def spis(ike: dict[str, Any]) -> tuple[str, str]:
+    return ike["initiator-spi"].decode(), ike["responder-spi"].decode()
+
+
+def packets_out(ike: dict[str, Any]) -> int:
+    return sum(int(c.get("packets-out", 0)) for c in ike.get("child-sas", {}).values())
+
+
+async def test_both_ends_initiate_at_once_and_one_end_deletes_the_duplicate_without_loss(pair: dict[str, Gw]) -> None:
+    ga, gb = pair["ga"], pair["gb"]
+    names = {"ga": "raven-gb", "gb": "raven-ga"}
+    conns: dict[str, IPsecConnection] = {
+        "ga": dataclasses.replace(conn(ga, gb, True), mutual=True),
+        "gb": dataclasses.replace(conn(gb, ga, True), mutual=True),
+    }
+    kernels = {n: KernelApplier(netns=g.ns.name) for n, g in pair.items()}
+    drivers = {n: IPsecDriver(str(g.charon.vici_socket), PSK) for n, g in pair.items()}
+    try:
+        for n, g in pair.items():
+            assert (await kernels[n].reconcile(kernel_state(g, [gb if n == "ga" else ga]))).ok
+        # Both load and initiate at once (the driver initiates an initiator on load).
+        first = await asyncio.gather(*(drivers[n].reconcile([conns[n]]) for n in pair))
+        assert all(r.ok and r.writes["initiate"] == 1 for r in first), first
+
+        # Both ends hold two ESTABLISHED IKE_SAs, each with its CHILD_SA INSTALLED: the same two (same SPIs).
+        deadline = time.monotonic() + 30
+        while not all(len([i for i in sas(g, names[n]) if up(i)]) == 2 for n, g in pair.items()):
+            assert time.monotonic() < deadline, (ga.charon.read_log()[-3000:], gb.charon.read_log()[-3000:])
+            await asyncio.sleep(0.1)
+        both_up = time.monotonic()
+        pairs = {n: {spis(i): i for i in sas(g, names[n])} for n, g in pair.items()}
+        assert set(pairs["ga"]) == set(pairs["gb"]) and len(pairs["ga"]) == 2
+        keep = min(pairs["ga"], key=lambda p: int(p[0], 16))
+
+        with ContinuousProbe(ga.ns, gb.ns, gb.pod, name="dup-probe") as probe:
+            assert probe.wait_first_reply(), (ga.charon.read_log()[-3000:], gb.charon.read_log()[-3000:])
+            # What the zero loss rests on: each end encrypts with the CHILD_SA it installed last, the one of the
+            # IKE_SA it initiated (it answered the peer's IKE_AUTH first); the one it answered carries only inbound.
+            deadline = time.monotonic() + 5
+            while not all(packets_out(i) > 0 for n, g in pair.items() for i in sas(g, names[n])
+                          if i.get("initiator") == b"yes"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            for n, g in pair.items():
+                for ike in sas(g, names[n]):
+                    if ike.get("initiator") != b"yes":
+                        assert packets_out(ike) == 0, (n, ike)
+
+            # The agent's passes (a tunnel check sees the duplicate and reconciles): until each end holds one.
+            ended = {"ga": 0, "gb": 0}
+            deadline = time.monotonic() + 40
+            while not all(len(sas(g, names[n])) == 1 for n, g in pair.items()):
+                assert time.monotonic() < deadline, ({n: [spis(i) for i in sas(g, names[n])] for n, g in pair.items()},
+                                                     ended)
+                for n in pair:
+                    report = await drivers[n].reconcile([conns[n]])
+                    assert report.ok, report.errors
+                    ended[n] += report.writes.get("terminate_duplicate", 0)
+                await asyncio.sleep(0.2)
+            cleaned = time.monotonic()
+            # Exactly one DELETE, sent by the end that answered the duplicate, and the same SA kept at both ends:
+            # the one with the smaller initiator SPI.
+            assert sorted(ended.values()) == [0, 1], ended
+            actor = next(n for n, c in ended.items() if c)
+            other = "gb" if actor == "ga" else "ga"
+            dropped = next(p for p in pairs[actor] if p != keep)
+            assert pairs[actor][dropped].get("initiator") != b"yes"
+            assert {n: [spis(i) for i in sas(g, names[n])] for n, g in pair.items()} == {"ga": [keep], "gb": [keep]}
+            # The peer removed its side on the DELETE and did not start a new IKE_SA (close_action none when mutual).
+            peer = pair[other]
+            deadline = time.monotonic() + 5
+            while "received DELETE for IKE_SA" not in peer.charon.read_log():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            for n, g in pair.items():
+                assert g.charon.read_log().count("initiating IKE_SA") == 1, (n, g.charon.read_log()[-3000:])
+            assert (await drivers[other].reconcile([conns[other]])).total_writes == 0
+            assert [spis(i) for i in sas(peer, names[other]) if up(i)] == [keep]
+            await asyncio.sleep(1.0)  # the probe runs on over the one SA left, then stops
+        result = probe.stop()
+        print(f"both up -> duplicate deleted: {cleaned - both_up:.2f} s; probe sent {result.sent}, "
+              f"lost {result.sent - result.received}, outages {result.outages}")
+        assert result.sent > 500
+        assert result.received == result.sent, result.outages
+    finally:
+        for k in kernels.values():
+            await k.close()
+        for d in drivers.values():
+            await d.close()
