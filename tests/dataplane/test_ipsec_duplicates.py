@@ -1,10 +1,14 @@
 """Simultaneous initiation with real charons (kernel-libipsec): both ends of a mutual connection (a NAT-punched pair,
-`IPsecConnection.mutual`) initiate at once, charon completes both exchanges and keeps both IKE_SAs; the driver
-deletes the duplicate at one end, once, without losing a packet.
+`IPsecConnection.mutual`) initiate at once and each ends up with two IKE_SAs.
 
 Topology: ga (192.0.1.1) - rt - gb (192.0.2.1); rt delays every forwarded packet by 0.2 s each way (a userspace
-delay element, no netem here), so two initiations started together always cross: each end answers the other's
-IKE_AUTH before its own answer is back, charon's uniqueness check sees no established duplicate, and both SAs stay.
+delay element, no netem here), which makes the two cases deterministic:
+- initiations less than the delay apart cross: each end answers the other's IKE_AUTH before its own answer is back,
+  charon's uniqueness check sees no established duplicate, both SAs stay, and the driver deletes one (once, at one
+  end, without losing a packet);
+- initiations further apart than the delay do not: the earlier initiator's SA is up when it answers the other, and
+  charon itself deletes its own SA 10 s later; the driver leaves that to charon, and the peer must not re-establish
+  what was deleted (it did with close_action = start: a new duplicate every 10 s).
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ def up(ike: dict[str, Any]) -> bool:
 
 def spis(ike: dict[str, Any]) -> tuple[str, str]:
     return ike["initiator-spi"].decode(), ike["responder-spi"].decode()
+
+
+def spis_at(pair: dict[str, Gw], names: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    return {n: sorted(spis(i) for i in sas(g, names[n])) for n, g in pair.items()}
 
 
 def packets_out(ike: dict[str, Any]) -> int:
@@ -141,6 +149,74 @@ async def test_both_ends_initiate_at_once_and_one_end_deletes_the_duplicate_with
         result = probe.stop()
         print(f"both up -> duplicate deleted: {cleaned - both_up:.2f} s; probe sent {result.sent}, "
               f"lost {result.sent - result.received}, outages {result.outages}")
+        assert result.sent > 500
+        assert result.received == result.sent, result.outages
+    finally:
+        for k in kernels.values():
+            await k.close()
+        for d in drivers.values():
+            await d.close()
+
+
+async def test_a_duplicate_charon_deletes_itself_is_not_re_established_and_the_driver_leaves_it(
+    lab: Lab, pair: dict[str, Gw],
+) -> None:
+    ga, gb = pair["ga"], pair["gb"]
+    rt = lab["rt"]
+    names = {"ga": "raven-gb", "gb": "raven-ga"}
+    conns: dict[str, IPsecConnection] = {
+        "ga": dataclasses.replace(conn(ga, gb, True), mutual=True),
+        "gb": dataclasses.replace(conn(gb, ga, True), mutual=True),
+    }
+    kernels = {n: KernelApplier(netns=g.ns.name) for n, g in pair.items()}
+    drivers = {n: IPsecDriver(str(g.charon.vici_socket), PSK) for n, g in pair.items()}
+    try:
+        for n, g in pair.items():
+            assert (await kernels[n].reconcile(kernel_state(g, [gb if n == "ga" else ga]))).ok
+        # ga initiates 0.4 s before gb (twice the one-way delay). IKE is held back at rt until both have initiated
+        # (as the NATs of a punched pair drop the first attempts): otherwise ga's IKE_SA_INIT would reach gb before
+        # gb loaded its connection. charon retransmits 1 s after each initiation: 0.4 s apart still.
+        drop = ["FORWARD", "-p", "udp", "-j", "DROP"]
+        rt.run(["iptables", "-w", "5", "-I", *drop])
+        assert (await drivers["ga"].reconcile([conns["ga"]])).writes["initiate"] == 1
+        await asyncio.sleep(0.4)
+        assert (await drivers["gb"].reconcile([conns["gb"]])).writes["initiate"] == 1
+        rt.run(["iptables", "-w", "5", "-D", *drop])
+
+        deadline = time.monotonic() + 30
+        while not all(len([i for i in sas(g, names[n]) if up(i)]) == 2 for n, g in pair.items()):
+            assert time.monotonic() < deadline, (ga.charon.read_log()[-3000:], gb.charon.read_log()[-3000:])
+            await asyncio.sleep(0.1)
+        before = spis_at(pair, names)
+        assert before["ga"] == before["gb"] and len(before["ga"]) == 2
+        # Not crossed: ga's SA was up when ga answered gb's, and charon scheduled the delete of ga's own.
+        assert "schedule delete of duplicate IKE_SA" in ga.charon.read_log(), ga.charon.read_log()[-3000:]
+        mine = next(spis(i) for i in sas(ga, names["ga"]) if i.get("initiator") == b"yes")
+
+        with ContinuousProbe(ga.ns, gb.ns, gb.pod, name="dup-probe") as probe:
+            assert probe.wait_first_reply()
+            ended = {"ga": 0, "gb": 0}
+            deadline = time.monotonic() + 30
+            # The agent's passes go on while charon deletes its duplicate (ga's, 10 s after gb's came up) and gb
+            # processes the DELETE.
+            while "received DELETE for IKE_SA" not in gb.charon.read_log() or any(
+                    len(v) != 1 for v in spis_at(pair, names).values()):
+                assert time.monotonic() < deadline, (spis_at(pair, names), gb.charon.read_log()[-3000:])
+                for n in pair:
+                    report = await drivers[n].reconcile([conns[n]])
+                    assert report.ok, report.errors
+                    ended[n] += report.writes.get("terminate_duplicate", 0)
+                await asyncio.sleep(0.2)
+            assert ended == {"ga": 0, "gb": 0}  # charon's own cleanup: the driver waited it out
+            left = [p for p in before["ga"] if p != mine]
+            assert spis_at(pair, names) == {"ga": left, "gb": left}
+            # gb did not re-establish the SA ga deleted (close_action none when mutual): one initiation at each end.
+            for n, g in pair.items():
+                assert g.charon.read_log().count("initiating IKE_SA") == 1, (n, g.charon.read_log()[-3000:])
+            await asyncio.sleep(1.0)
+        result = probe.stop()
+        print(f"charon's own duplicate delete; probe sent {result.sent}, lost {result.sent - result.received}, "
+              f"outages {result.outages}")
         assert result.sent > 500
         assert result.received == result.sent, result.outages
     finally:
