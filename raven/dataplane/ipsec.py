@@ -49,6 +49,23 @@ initiates instead: every reconcile starts (non-blocking) each initiator connecti
 at all, a just-loaded one or one charon gave up on after a hard failure (e.g. NO_PROPOSAL_CHOSEN from
 a peer whose agent has not loaded its side yet). A terminate that finds no SA (it went away on its
 own) is not an error.
+Simultaneous initiation (`IPsecConnection.mutual`: a NAT-punched pair, both ends initiate at once): charon
+completes both exchanges, and when they cross (each end answers the other's IKE_AUTH before its own is back)
+it keeps both, two ESTABLISHED IKE_SAs with one CHILD_SA each (`unique = replace` only sees an SA that was
+up when it answered the other; when it does, it deletes the older one 10 s later). Every reconcile deletes
+the duplicates `duplicates_to_end` picks: both ends keep the SA with the smaller initiator SPI, and the
+other one is deleted by the end that answered it, once both have been up `DUPLICATE_GRACE_S` (15 s, so
+charon's own delete comes first). Lossless by construction: kernel-libipsec encrypts with the CHILD_SA
+installed last for the (shared, fixed) reqid, which at each end of a crossed pair is the one it initiated,
+so the deleting end never sends on the duplicate, and its terminate is not forced (the duplicate's SAs stay
+until the peer, which moves to the kept SA as it removes its side, answers the DELETE; only what the peer
+encrypts in the microseconds between sending that answer and removing its side could come too late; the
+test measured 0 lost where the other choice of deleting end loses a round trip). The agent's tunnel
+check asks for a reconcile when it sees one (reason `duplicate-sa`); each delete is one log line and counted
+as VICI op `terminate_duplicate` (raven_agent_vici_operations_total). A mutual connection has
+close_action=none at both ends: with start, the peer re-established whatever was deleted at once (a new
+duplicate; after charon's own delete, a new one every 10 s for ever); an SA gone for good is re-initiated by
+the driver (an initiator without an IKE_SA).
 Reqids: every connection's CHILD_SA gets a fixed reqid of its own (`assign_reqids`: from a hash of the
 connection name, in a range charon's dynamic allocator never reaches), never charon's dynamic one. charon
 (5.9) re-establishing a CHILD_SA (dpd_action=restart, close_action=start) asks for the reqid the old one
@@ -191,7 +208,8 @@ def duplicates_to_end(states: Iterable[TunnelState], grace_s: float = DUPLICATE_
     answered the peer's IKE_AUTH before its own came back). So the deleting end's traffic never used the duplicate;
     the other end's outbound moves to the kept SA when it removes the duplicate on the DELETE, and the packets it
     sent before are ahead of its answer, which the deleting end waits for before removing the duplicate's inbound
-    SA (a non-forced terminate). Nothing is lost. An SA that is not up at this end, or a single one, is never
+    SA (a non-forced terminate); nothing is lost (but, in principle, what the peer encrypts in the microseconds
+    between sending its answer and removing its side). An SA that is not up at this end, or a single one, is never
     touched: the only working SA is never torn down."""
     up: dict[str, list[TunnelState]] = {}
     for t in states:
