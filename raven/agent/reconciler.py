@@ -244,7 +244,8 @@ class Reconciler:
         listed = {t.name for t in states}
         if any(c.initiator and c.name not in listed for c in outcome.plan.state.ipsec):
             return "tunnel-down"
-        if duplicates_to_end(states):  # a simultaneous initiation's duplicate for this end to delete (the driver does)
+        mutual = {c.name for c in outcome.plan.state.ipsec if c.mutual}
+        if duplicates_to_end(t for t in states if t.name in mutual):  # for this end to delete (the driver does)
             return "duplicate-sa"
         return None
 

@@ -197,7 +197,9 @@ class Duplicate:
 def duplicates_to_end(states: Iterable[TunnelState], grace_s: float = DUPLICATE_GRACE_S) -> list[Duplicate]:
     """The duplicate IKE_SAs this end deletes: when both ends of a connection initiate at once (a NAT-punched pair,
     `IPsecConnection.mutual`) and the IKE_AUTH exchanges cross, charon completes both and keeps both (its uniqueness
-    check only sees an SA that was ESTABLISHED when it answered the other one).
+    check only sees an SA that was ESTABLISHED when it answered the other one). Callers pass the states of mutual
+    connections only: at the initiating end of any other one (close_action=start) charon would re-establish the SA
+    the peer deleted.
 
     The rule, the same at both ends without any coordination: among a connection's IKE_SAs that are ESTABLISHED with
     their CHILD_SA INSTALLED, and all so for `grace_s` (`DUPLICATE_GRACE_S`: charon's own cleanup goes first), both
@@ -589,8 +591,9 @@ class IPsecDriver:
                      {"ike": name, "child": child, "timeout": -1, "init-limits": "no"})
             if name not in to_load:
                 log.info("vici connection re-initiated", extra=kv(conn=name, reason="no IKE_SA"))
-        changed = set(to_load) | set(to_unload)
-        for dup in duplicates_to_end(t for t in self._tunnel_states(sas) if t.name not in changed):
+        # Only where both ends initiate: elsewhere the initiating end (close_action=start) would re-establish it.
+        mutual = {n for n, c in desired.items() if c.mutual} - set(to_load)
+        for dup in duplicates_to_end(t for t in self._tunnel_states(sas) if t.name in mutual):
             self._end_duplicate(s, dup, report)
         if to_load or to_unload:
             log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))

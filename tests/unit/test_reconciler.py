@@ -259,7 +259,9 @@ class DuplicatedCharon(RecordingCharon):
 
 async def test_a_duplicate_ike_sa_to_delete_here_calls_for_a_pass() -> None:
     kernel, charon = RecordingKernel(), DuplicatedCharon()
-    rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
+    mutual = dataclasses.replace(GATEWAY, state=dataclasses.replace(
+        GATEWAY.state, ipsec=frozenset({dataclasses.replace(CONN, mutual=True)})))
+    rec = make(mutual, kernel, charon, tunnel_check=0.05)
     task = asyncio.create_task(rec.run())
     rec.trigger("synced")
     await eventually(lambda: bool(charon.loaded), bool, interval=0.01, what="the first load")
@@ -270,6 +272,20 @@ async def test_a_duplicate_ike_sa_to_delete_here_calls_for_a_pass() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(charon.loaded) == 2
+
+
+async def test_a_duplicate_of_a_connection_only_one_end_initiates_calls_for_nothing() -> None:
+    kernel, charon = RecordingKernel(), DuplicatedCharon()
+    rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await eventually(lambda: bool(charon.loaded), bool, interval=0.01, what="the first load")
+    charon.duplicate = True
+    reads = charon.state_reads
+    await eventually(lambda: charon.state_reads, lambda n: n >= reads + 3, interval=0.01, what="three checks")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(charon.loaded) == 1 and charon.duplicate
 
 
 class GarbledCharon(RecordingCharon):
