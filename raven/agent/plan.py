@@ -527,7 +527,7 @@ def plan(
         fdb.add(FdbEntry(cfg.inter_gateway_link, peer_mac, peer.inner))
         # Both ends initiate at once towards each other's mapping, from the tunnel port they already use.
         conn = _connection(gw, me, peer, Path(gw.name, name, "direct", initiator=gw.name), cfg)
-        ipsec.add(replace(conn, remote_addrs=(target.address,), remote_port=target.port))
+        ipsec.add(replace(conn, remote_addrs=(target.address,), remote_port=target.port, mutual=True))
         if cfg.tunnel_encapsulation == "wireguard":
             routes.add(Route(dst=f"{peer.inner}/32", table=cfg.table, ifname=cfg.wireguard_link))
         peer_probes.append(ProbeTarget("peer", peer.name, _node_name(peer), gw.inner, peer.inner))

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven.agent.plan import PlanResult
 from raven.agent.staging import Stager
-from raven.dataplane.ipsec import TunnelState
+from raven.dataplane.ipsec import TunnelState, duplicates_to_end
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyReport
 from raven.dataplane.state import IPsecConnection, NodeNetwork
@@ -221,8 +221,9 @@ class Reconciler:
 
     async def _tunnel_check(self) -> str | None:
         """Between passes, a cheap look at charon (nodes with tunnels only). A restarted charon (the driver
-        had to reconnect: charon lost every connection) or a tunnel we initiate that charon no longer
-        lists calls for a reconcile now rather than at the next resync. Returns the reason, or None."""
+        had to reconnect: charon lost every connection), a tunnel we initiate that charon no longer
+        lists, or a duplicate IKE_SA for this end to delete calls for a reconcile now rather than at the
+        next resync. Returns the reason, or None."""
         outcome = self.last_outcome
         if self._vpn is None or outcome is None or not outcome.plan.state.ipsec or self._vpn_error is not None:
             return None
@@ -243,6 +244,9 @@ class Reconciler:
         listed = {t.name for t in states}
         if any(c.initiator and c.name not in listed for c in outcome.plan.state.ipsec):
             return "tunnel-down"
+        mutual = {c.name for c in outcome.plan.state.ipsec if c.mutual}
+        if duplicates_to_end(t for t in states if t.name in mutual):  # for this end to delete (the driver does)
+            return "duplicate-sa"
         return None
 
     async def reconcile_once(self, reason: str = "manual") -> ReconcileOutcome:

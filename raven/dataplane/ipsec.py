@@ -49,6 +49,23 @@ initiates instead: every reconcile starts (non-blocking) each initiator connecti
 at all, a just-loaded one or one charon gave up on after a hard failure (e.g. NO_PROPOSAL_CHOSEN from
 a peer whose agent has not loaded its side yet). A terminate that finds no SA (it went away on its
 own) is not an error.
+Simultaneous initiation (`IPsecConnection.mutual`: a NAT-punched pair, both ends initiate at once): charon
+completes both exchanges, and when they cross (each end answers the other's IKE_AUTH before its own is back)
+it keeps both, two ESTABLISHED IKE_SAs with one CHILD_SA each (`unique = replace` only sees an SA that was
+up when it answered the other; when it does, it deletes the older one 10 s later). Every reconcile deletes
+the duplicates `duplicates_to_end` picks: both ends keep the SA with the smaller initiator SPI, and the
+other one is deleted by the end that answered it, once both have been up `DUPLICATE_GRACE_S` (15 s, so
+charon's own delete comes first). Lossless by construction: kernel-libipsec encrypts with the CHILD_SA
+installed last for the (shared, fixed) reqid, which at each end of a crossed pair is the one it initiated,
+so the deleting end never sends on the duplicate, and its terminate is not forced (the duplicate's SAs stay
+until the peer, which moves to the kept SA as it removes its side, answers the DELETE; only what the peer
+encrypts in the microseconds between sending that answer and removing its side could come too late; the
+test measured 0 lost where the other choice of deleting end loses a round trip). The agent's tunnel
+check asks for a reconcile when it sees one (reason `duplicate-sa`); each delete is one log line and counted
+as VICI op `terminate_duplicate` (raven_agent_vici_operations_total). A mutual connection has
+close_action=none at both ends: with start, the peer re-established whatever was deleted at once (a new
+duplicate; after charon's own delete, a new one every 10 s for ever); an SA gone for good is re-initiated by
+the driver (an initiator without an IKE_SA).
 Reqids: every connection's CHILD_SA gets a fixed reqid of its own (`assign_reqids`: from a hash of the
 connection name, in a range charon's dynamic allocator never reaches), never charon's dynamic one. charon
 (5.9) re-establishing a CHILD_SA (dpd_action=restart, close_action=start) asks for the reqid the old one
@@ -93,12 +110,17 @@ log = logging.getLogger(__name__)
 
 # VICI operations, as counted in ApplyReport.writes and exported as metrics labels.
 VICI_OPS: Final = ("load_conn", "unload_conn", "terminate", "load_shared", "unload_shared", "initiate",
-                   "load_key", "unload_key", "load_cert")
+                   "load_key", "unload_key", "load_cert", "terminate_duplicate")
 CHILD_PREFIX: Final = "inner-"
 # Fixed reqids (see the module docstring): [REQID_BASE, REQID_BASE + REQID_SPAN). charon's dynamic reqids count up
 # from 1 (one per distinct CHILD_SA selector set, recycled), far below; the range stays under 2^31.
 REQID_BASE: Final = 1 << 24
 REQID_SPAN: Final = 1 << 28
+# How long both IKE_SAs of a duplicate pair must have been ESTABLISHED before the driver deletes one
+# (`duplicates_to_end`): charon's own uniqueness check (unique = replace), when it sees the duplicate, deletes the
+# older SA 10 s after the newer one came up ("suspected reauthentication"); the driver must not delete the other
+# one meanwhile. 5 s of margin for that DELETE exchange (retransmits at 1 s, 2.4 s).
+DUPLICATE_GRACE_S: Final = 15
 T = TypeVar("T")
 
 
@@ -156,6 +178,52 @@ class TunnelState:
     packets_in: int
     packets_out: int
     encap: bool
+    # The IKE_SA's own identity, the same at both ends (who initiated it and both SPIs, hex), whether this end
+    # initiated it, and how long it has been ESTABLISHED (s): what `duplicates_to_end` decides from.
+    initiator: bool = False
+    initiator_spi: str = ""
+    responder_spi: str = ""
+    established_s: int = 0
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A duplicate IKE_SA of a connection this end deletes (`end`), and the one both ends keep (`keep`)."""
+
+    end: TunnelState
+    keep: TunnelState
+
+
+def duplicates_to_end(states: Iterable[TunnelState], grace_s: float = DUPLICATE_GRACE_S) -> list[Duplicate]:
+    """The duplicate IKE_SAs this end deletes: when both ends of a connection initiate at once (a NAT-punched pair,
+    `IPsecConnection.mutual`) and the IKE_AUTH exchanges cross, charon completes both and keeps both (its uniqueness
+    check only sees an SA that was ESTABLISHED when it answered the other one). Callers pass the states of mutual
+    connections only: at the initiating end of any other one (close_action=start) charon would re-establish the SA
+    the peer deleted.
+
+    The rule, the same at both ends without any coordination: among a connection's IKE_SAs that are ESTABLISHED with
+    their CHILD_SA INSTALLED, and all so for `grace_s` (`DUPLICATE_GRACE_S`: charon's own cleanup goes first), both
+    ends keep the one with the smallest (initiator SPI, responder SPI): both ends see the same SPIs. Each other one
+    is deleted by the end that RESPONDED to it, so exactly one end sends one DELETE per duplicate, and it is the end
+    that does not send on it: kernel-libipsec encrypts with the CHILD_SA installed last for the reqid (the
+    connection's fixed reqid is shared by both), which at each end of a crossed pair is the one it initiated (it
+    answered the peer's IKE_AUTH before its own came back). So the deleting end's traffic never used the duplicate;
+    the other end's outbound moves to the kept SA when it removes the duplicate on the DELETE, and the packets it
+    sent before are ahead of its answer, which the deleting end waits for before removing the duplicate's inbound
+    SA (a non-forced terminate); nothing is lost (but, in principle, what the peer encrypts in the microseconds
+    between sending its answer and removing its side). An SA that is not up at this end, or a single one, is never
+    touched: the only working SA is never torn down."""
+    up: dict[str, list[TunnelState]] = {}
+    for t in states:
+        if t.ike_state == "ESTABLISHED" and t.child_state == "INSTALLED" and t.initiator_spi:
+            up.setdefault(t.name, []).append(t)
+    out: list[Duplicate] = []
+    for _name, sas in sorted(up.items()):
+        if len(sas) < 2 or min(t.established_s for t in sas) < grace_s:
+            continue
+        keep = min(sas, key=lambda t: (int(t.initiator_spi, 16), int(t.responder_spi or "0", 16)))
+        out.extend(Duplicate(t, keep) for t in sas if t is not keep and not t.initiator)
+    return out
 
 
 def _s(value: Any) -> str:
@@ -194,7 +262,10 @@ def conn_config(conn: IPsecConnection, settings: IPsecSettings, ca_pem: bytes | 
         # on an established pair (a pool exposed) would cut it.
         "start_action": "none",
         "dpd_action": "restart" if initiator else "clear",
-        "close_action": "start" if initiator else "none",
+        # Not for a mutual connection: the peer deletes the duplicate of a simultaneous initiation, and charon would
+        # re-establish it at once (a new duplicate; with charon's own uniqueness check, a new one every 10 s). The
+        # driver re-initiates an initiator that has no IKE_SA left.
+        "close_action": "start" if initiator and not conn.mutual else "none",
     }
     if reqid:
         child["reqid"] = reqid
@@ -472,10 +543,10 @@ class IPsecDriver:
                     out[name] = set(body.get("children", {}).keys())
         return out
 
-    def _active_ike(self, s: Any) -> dict[str, tuple[str, str]]:
-        """Our IKE_SAs by connection name: (local host, remote host)."""
+    def _active_ike(self, sas: list[Any]) -> dict[str, tuple[str, str]]:
+        """Our IKE_SAs (list-sas items) by connection name: (local host, remote host)."""
         return {name: (_s(ike.get("local-host", b"")), _s(ike.get("remote-host", b"")))
-                for item in _drain(s.list_sas()) for name, ike in item.items() if name.startswith(self.prefix)}
+                for item in sas for name, ike in item.items() if name.startswith(self.prefix)}
 
     def _snapshot(self) -> _CredsPass:
         """What the worker may read of the credentials (set_credentials runs on the event loop's thread)."""
@@ -491,7 +562,8 @@ class IPsecDriver:
         to_load = sorted(n for n, (child, _cfg) in wanted.items() if loaded.get(n) != {child})
         to_unload = sorted(n for n in loaded if n not in wanted)
         initiators = {n for n, c in desired.items() if c.initiator}
-        active = self._active_ike(s) if to_load or to_unload or initiators else {}
+        sas = _drain(s.list_sas()) if to_load or to_unload or initiators else []
+        active = self._active_ike(sas)
         # Credentials first: a connection that starts on load needs them.
         self._sync_psk(s, desired.values(), report)
         self._sync_creds(s, creds, report)
@@ -519,6 +591,10 @@ class IPsecDriver:
                      {"ike": name, "child": child, "timeout": -1, "init-limits": "no"})
             if name not in to_load:
                 log.info("vici connection re-initiated", extra=kv(conn=name, reason="no IKE_SA"))
+        # Only where both ends initiate: elsewhere the initiating end (close_action=start) would re-establish it.
+        mutual = {n for n, c in desired.items() if c.mutual} - set(to_load)
+        for dup in duplicates_to_end(t for t in self._tunnel_states(sas) if t.name in mutual):
+            self._end_duplicate(s, dup, report)
         if to_load or to_unload:
             log.info("vici reconciled", extra=kv(loaded=len(to_load), unloaded=len(to_unload)))
         return report
@@ -565,14 +641,25 @@ class IPsecDriver:
         self._count(report, op)
         try:
             result = call(*args)
-            if op in ("terminate", "initiate"):
+            if op in ("terminate", "initiate", "terminate_duplicate"):
                 _drain(result)  # lazy generators: nothing is sent until iterated
         except vici.exception.CommandException as exc:
-            if op == "terminate" and "no matching SAs" in str(exc):
+            if op in ("terminate", "terminate_duplicate") and "no matching SAs" in str(exc):
                 return  # the SA went away on its own since we listed it: the goal is met
             report.errors.append(ApplyError("vici", op, name, str(exc)))
             # debug: whoever holds the report logs each failure once (the agent's loop, --cleanup).
             log.debug("vici operation failed", extra=kv(op=op, conn=name, reason=str(exc)))
+
+    def _end_duplicate(self, s: Any, dup: Duplicate, report: ApplyReport) -> None:
+        """Delete one duplicate IKE_SA (`duplicates_to_end`). Not forced: charon keeps the duplicate's SAs until the
+        peer answers the DELETE, so what the peer sent on it before it removed its side still arrives."""
+        end, keep = dup.end, dup.keep
+        self._op(report, "terminate_duplicate", end.name, s.terminate, {"ike-id": end.ike_unique_id, "timeout": -1})
+        log.info("vici duplicate IKE_SA deleted",
+                 extra=kv(conn=end.name, ike_id=end.ike_unique_id, spis=f"{end.initiator_spi}_i {end.responder_spi}_r",
+                          kept=f"{keep.initiator_spi}_i {keep.responder_spi}_r", kept_ike_id=keep.ike_unique_id,
+                          reason="simultaneous initiation: both SAs up, the kept one has the smaller initiator SPI, "
+                                 "the peer initiated this one"))
 
     def _terminate(self, s: Any, name: str, report: ApplyReport) -> None:
         # force: do not wait for a DELETE answer from a peer that may be gone; timeout=-1: return at once.
@@ -600,8 +687,12 @@ class IPsecDriver:
             self._op(report, "unload_shared", key_id, s.unload_shared, {"id": key_id})
 
     def _states_sync(self, s: Any) -> list[TunnelState]:
+        return self._tunnel_states(_drain(s.list_sas()))
+
+    def _tunnel_states(self, sas: list[Any]) -> list[TunnelState]:
+        """Our IKE_SAs (list-sas items) as TunnelStates."""
         out: list[TunnelState] = []
-        for item in _drain(s.list_sas()):
+        for item in sas:
             for name, ike in item.items():
                 if not name.startswith(self.prefix):
                     continue
@@ -623,6 +714,10 @@ class IPsecDriver:
                         packets_in=sum(int(c.get("packets-in", 0)) for c in children),
                         packets_out=sum(int(c.get("packets-out", 0)) for c in children),
                         encap=any(_s(c.get("encap", b"no")) == "yes" for c in children),
+                        initiator=_s(ike.get("initiator", b"no")) == "yes",
+                        initiator_spi=_s(ike.get("initiator-spi", b"")),
+                        responder_spi=_s(ike.get("responder-spi", b"")),
+                        established_s=int(ike.get("established", 0)),
                     )
                 )
         return sorted(out, key=lambda t: (t.name, t.ike_unique_id))

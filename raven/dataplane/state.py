@@ -133,6 +133,10 @@ class IPsecConnection:
     local_node: str = ""
     peer_node: str = ""
     peer_public_key: str = ""
+    # The peer initiates this connection too, at the same time (a NAT-punched pair, both ends `initiator`): charon
+    # then does not re-establish an SA the peer deleted (the duplicate of a simultaneous initiation, which one end
+    # deletes; raven.dataplane.ipsec.duplicates_to_end), and an SA gone for good is re-initiated by the driver.
+    mutual: bool = False
 
 
 @dataclass(frozen=True, order=True)

@@ -85,7 +85,7 @@ def test_both_ends_punch_towards_each_others_published_mapping_beside_the_relay(
         result = plan(gws, nodes(), node, CFG, punch=puncher.punch)
         conns = {c.name: c for c in result.state.ipsec}
         direct = conns[f"raven-{peer}"]
-        assert direct.initiator  # at both ends: simultaneous initiation
+        assert direct.initiator and direct.mutual  # at both ends: simultaneous initiation (its duplicate deleted)
         assert direct.remote_addrs == (MAPPED[peer][0],) and direct.remote_port == MAPPED[peer][1]
         assert direct.remote_ts == f"{inner[peer_node]}/32"
         # The relay's tunnel is exactly as without punching, and the routes still go through it.

@@ -8,13 +8,14 @@ loop asked for, so each test can assert what the loop did and did not do.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
 
 from raven.agent.plan import PlanResult
 from raven.agent.reconciler import AgentMetrics, Reconciler
-from raven.dataplane.ipsec import CharonUnavailable, TunnelState
+from raven.dataplane.ipsec import DUPLICATE_GRACE_S, CharonUnavailable, TunnelState
 from raven.dataplane.metrics import DataplaneMetrics
 from raven.dataplane.report import ApplyError, ApplyReport
 from raven.dataplane.state import IPsecConnection, NodeNetwork, Route
@@ -233,6 +234,58 @@ async def test_a_converged_node_makes_no_extra_passes() -> None:
     await asyncio.gather(task, return_exceptions=True)
     # Tunnel checks looked at charon several times, but nothing changed, so nothing was re-applied.
     assert len(kernel.applied) == 1 and len(charon.loaded) == 1
+
+
+class DuplicatedCharon(RecordingCharon):
+    """Lists a duplicate IKE_SA of a simultaneous initiation for this end to delete, until a reconcile (where the
+    real driver deletes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicate = False
+
+    async def reconcile(self, conns: Iterable[IPsecConnection]) -> ApplyReport:
+        self.duplicate = False
+        return await super().reconcile(conns)
+
+    async def states(self) -> list[TunnelState]:
+        states = await super().states()
+        if not self.duplicate:
+            return states
+        kept = dataclasses.replace(states[0], initiator=True, initiator_spi="01", responder_spi="02",
+                                   established_s=DUPLICATE_GRACE_S)
+        return [kept, dataclasses.replace(kept, ike_unique_id=2, initiator=False, initiator_spi="ff")]
+
+
+async def test_a_duplicate_ike_sa_to_delete_here_calls_for_a_pass() -> None:
+    kernel, charon = RecordingKernel(), DuplicatedCharon()
+    mutual = dataclasses.replace(GATEWAY, state=dataclasses.replace(
+        GATEWAY.state, ipsec=frozenset({dataclasses.replace(CONN, mutual=True)})))
+    rec = make(mutual, kernel, charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await eventually(lambda: bool(charon.loaded), bool, interval=0.01, what="the first load")
+    charon.duplicate = True
+    await eventually(lambda: len(charon.loaded) >= 2, bool, interval=0.01, what="the pass for the duplicate")
+    reads = charon.state_reads  # gone with that pass: the checks after it call for nothing more
+    await eventually(lambda: charon.state_reads, lambda n: n >= reads + 2, interval=0.01, what="two more checks")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(charon.loaded) == 2
+
+
+async def test_a_duplicate_of_a_connection_only_one_end_initiates_calls_for_nothing() -> None:
+    kernel, charon = RecordingKernel(), DuplicatedCharon()
+    rec = make(GATEWAY, kernel, charon, tunnel_check=0.05)
+    task = asyncio.create_task(rec.run())
+    rec.trigger("synced")
+    await eventually(lambda: bool(charon.loaded), bool, interval=0.01, what="the first load")
+    charon.duplicate = True
+    reads = charon.state_reads
+    await eventually(lambda: charon.state_reads, lambda n: n >= reads + 3, interval=0.01, what="three checks")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(charon.loaded) == 1 and charon.duplicate
 
 
 class GarbledCharon(RecordingCharon):
