@@ -40,6 +40,9 @@ class RoutingMetrics:
                           ["gateway"], registry=registry)
         self.hops = Gauge("raven_path_hops", "Tunnels on the path this gateway uses to a pool (1 direct, 2 relayed)",
                           ["gateway"], registry=registry)
+        self.since = Gauge("raven_path_since_timestamp_seconds",
+                           "When this gateway's path to a pool took its current next hop (Unix time)", ["gateway"],
+                           registry=registry)
         self.changes = Counter("raven_path_changes", "Path changes of this gateway, by reason", ["reason"],
                                registry=registry)
         for reason in REASONS:
@@ -183,17 +186,18 @@ class Router:
         for ch in changes:
             m.changes.labels(ch.reason).inc()
         for dst in before.keys() - self.state.keys():
-            _remove(m.cost, dst)
-            _remove(m.hops, dst)
+            for g in (m.cost, m.hops, m.since):
+                _remove(g, dst)
         for dst, c in self.state.items():
             m.cost.labels(dst).set(c.cost)
             m.hops.labels(dst).set(1 if c.next_hop == dst else 2)
+            m.since.labels(dst).set(c.since)
 
     def _clear_metrics(self) -> None:
         if self.metrics is not None:
             for dst in self.state:
-                _remove(self.metrics.cost, dst)
-                _remove(self.metrics.hops, dst)
+                for g in (self.metrics.cost, self.metrics.hops, self.metrics.since):
+                    _remove(g, dst)
 
 
 def _remove(g: Gauge, label: str) -> None:

@@ -58,6 +58,8 @@ def test_a_slow_direct_link_moves_to_the_relay_after_the_hold_and_back() -> None
     assert router.choice is not None and router.choice.next_hop_map()["gw-dc"] == "gw-cloud"
     assert reg.get_sample_value("raven_path_changes_total", {"reason": "better"}) == 2
     assert reg.get_sample_value("raven_path_hops", {"gateway": "gw-dc"}) == 2
+    assert reg.get_sample_value("raven_path_since_timestamp_seconds", {"gateway": "gw-dc"}) == T0 + 11
+    assert reg.get_sample_value("raven_path_since_timestamp_seconds", {"gateway": "gw-cloud"}) == T0
     assert reg.get_sample_value("raven_path_cost", {"gateway": "gw-dc"}) == 2 + 2 + 2
     published = {p.gateway: p for p in router.paths()}
     assert published["gw-dc"].via == "gw-cloud" and published["gw-cloud"].via == ""
